@@ -1,0 +1,54 @@
+# WriteVue: `make demo` runs the product locally, `make test` runs the suite.
+# Every target sets up .venv from the pinned lock on first use and is fast afterwards.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.writevue-installed
+CHROMIUM := /usr/bin/chromium
+
+.PHONY: demo test lint format venv chromium lock bench clean
+
+demo: $(STAMP)
+	$(VENV)/bin/writevue demo
+
+test: $(STAMP) chromium
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e . || $(PY) -m pip install --quiet --no-deps -e .
+	@touch $(STAMP)
+
+# Browser tests drive Debian's Chromium; install it where we can (root with apt).
+chromium:
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Chromium for the browser tests (apt-get)"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+		|| echo "!! could not install Chromium: browser tests will be skipped (or fail where required)"; \
+	else echo "!! Chromium not found at $(CHROMIUM): browser tests will be skipped (or fail where required)"; fi
+
+# Re-resolve the pinned set from pyproject.toml into requirements.lock.
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet --upgrade pip
+	.venv-lock/bin/pip install --quiet ".[dev]"
+	(echo "# Pinned, resolved dependency set for WriteVue (runtime + dev tools). Regenerate with \`make lock\`."; \
+	 .venv-lock/bin/pip freeze --exclude-editable | grep -v '^writevue') > requirements.lock
+	rm -rf .venv-lock
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache test-artifacts

@@ -1,0 +1,91 @@
+"""Warehouse writes are idempotent upserts; the cursor moves only with them."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import polars as pl
+import pytest
+
+from writevue_pipelines import refresh, registry, warehouse
+from writevue_pipelines.errors import SourceError
+
+
+def _connection(rt, sandbox_url: str, key: str = "sk_test_warehouse"):
+    with rt.db.session() as session:
+        tenant = registry.add_tenant(session, rt.keys, "Acme", "a@acme.test")
+        connection = registry.add_connection(
+            session, rt.keys, tenant, "stripe", "api_key", {"base_url": sandbox_url}, {"api_key": key}
+        )
+    return tenant, connection
+
+
+def test_refresh_twice_writes_no_duplicate_rows(any_runtime, sandbox):
+    rt = any_runtime
+    tenant, connection = _connection(rt, sandbox.url)
+    refresh.fetch_connection(rt, connection)
+    first = refresh.load_connection(rt, connection)
+    with rt.db.session() as session:
+        count = warehouse.connection_fact_count(session, connection)
+        cursor = registry.get_cursor(session, connection, "charges")
+    assert first.facts == count > 0 and cursor is not None
+    refresh.fetch_connection(rt, connection)
+    refresh.load_connection(rt, connection)
+    with rt.db.session() as session:
+        assert warehouse.duplicate_keys(session, connection) == 0
+        assert warehouse.connection_fact_count(session, connection) == count
+        facts = warehouse.tenant_facts(session, tenant, dt.date(2000, 1, 1), dt.date(2100, 1, 1))
+    assert set(facts["metric"]) == {"gross_volume", "charges", "refunded"}
+
+
+def test_rerun_of_the_same_upsert_changes_no_row(any_runtime, sandbox):
+    rt = any_runtime
+    _tenant, connection_id = _connection(rt, sandbox.url)
+    facts = pl.DataFrame(
+        {"metric": ["m", "m"], "dimension": ["", "eur"], "day": [dt.date(2026, 1, 1)] * 2, "value": [1.0, 2.5]}
+    )
+    with rt.db.session() as session:
+        connection = registry.get_connection(session, connection_id)
+        assert warehouse.upsert_facts(session, connection, facts, window_start=None).written == 2
+    with rt.db.session() as session:
+        again = warehouse.upsert_facts(session, connection, facts, window_start=None)
+    assert again.written == 0 and again.rows == 2
+
+
+def test_days_the_source_no_longer_reports_are_removed_inside_the_window(runtime, sandbox):
+    rt = runtime
+    _tenant, connection_id = _connection(rt, sandbox.url)
+    day = dt.date(2026, 3, 1)
+    with rt.db.session() as session:
+        connection = registry.get_connection(session, connection_id)
+        frame = pl.DataFrame({"metric": ["m", "m"], "dimension": ["", ""], "day": [day, day + dt.timedelta(1)], "value": [1.0, 1.0]})
+        warehouse.upsert_facts(session, connection, frame, window_start=None)
+        result = warehouse.upsert_facts(session, connection, frame.head(1), window_start=day)
+    assert result.removed == 1
+
+
+def test_failed_load_leaves_facts_and_cursor_untouched(runtime, sandbox):
+    rt = runtime
+    _tenant, connection = _connection(rt, sandbox.url)
+    refresh.fetch_connection(rt, connection)
+    refresh.load_connection(rt, connection)
+    with rt.db.session() as session:
+        before = (warehouse.connection_fact_count(session, connection), registry.get_cursor(session, connection, "charges"))
+    staged = rt.settings.staging_dir / connection
+    refresh.fetch_connection(rt, connection)
+    (staged / "records.parquet").write_bytes(b"not parquet")
+    with pytest.raises(Exception):  # noqa: B017 - any failure must roll back
+        refresh.load_connection(rt, connection)
+    with rt.db.session() as session:
+        after = (warehouse.connection_fact_count(session, connection), registry.get_cursor(session, connection, "charges"))
+    assert after == before
+
+
+def test_staged_raw_records_are_deleted_once_aggregated(runtime, sandbox):
+    _tenant, connection = _connection(runtime, sandbox.url)
+    refresh.fetch_connection(runtime, connection)
+    assert (runtime.settings.staging_dir / connection / "records.parquet").exists()
+    refresh.load_connection(runtime, connection)
+    assert not (runtime.settings.staging_dir / connection).exists()
+    with pytest.raises(SourceError, match="nothing staged"):
+        refresh.load_connection(runtime, connection)

@@ -1,0 +1,311 @@
+"""`writevue demo`: the whole product on this machine, with the sandbox provider.
+
+Starts the sandbox, makes sure a demo tenant with one Stripe connection exists,
+materialises it once, starts the Dagster UI and the dashboard server, and prints
+the demo client's dashboard URL. With ``--check`` it verifies all of that
+headless, stops everything and exits 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from . import links, registry
+from .home import init_home
+from .runtime import Runtime
+from .settings import Settings, get_settings
+
+DEMO_TENANT_NAME = "Demo Coffee Roasters"
+DEMO_TENANT_EMAIL = "owner@demo-coffee.example"
+# A sandbox account key, not a real credential: the sandbox derives its data from it.
+DEMO_SANDBOX_KEY = "rk_test_writevue_demo_account"
+DEMO_LINK_LABEL = "demo"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if not self.alive():
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(5)
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+class Supervisor:
+    """Starts child processes in their own process groups and stops them all."""
+
+    def __init__(self, settings: Settings, env: dict[str, str]):
+        self.settings = settings
+        self.env = env
+        self.children: list[Child] = []
+
+    def start(self, name: str, argv: list[str], cwd: Path | None = None) -> Child:
+        log_path = self.settings.log_dir / f"demo-{name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(log_path, "ab")  # noqa: SIM115 - the child owns it
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=cwd,
+            start_new_session=True,
+        )
+        handle.close()
+        child = Child(name, process, log_path)
+        self.children.append(child)
+        return child
+
+    def stop_all(self) -> None:
+        for child in reversed(self.children):
+            child.stop()
+
+
+def wait_until(check, *, timeout: float, what: str, child: Child | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child is not None and not child.alive():
+            raise DemoError(f"{what} exited early; its log ends with:\n{child.tail()}")
+        with contextlib.suppress(httpx.HTTPError, OSError):
+            if check():
+                return
+        time.sleep(0.5)
+    raise DemoError(f"{what} did not come up within {timeout:.0f} s")
+
+
+class DemoError(Exception):
+    pass
+
+
+def ensure_demo_tenant(runtime: Runtime, sandbox_url: str) -> tuple[str, str]:
+    """The demo tenant and its Stripe connection, created once and kept across runs."""
+    state_path = runtime.settings.home / "demo.json"
+    state = {}
+    if state_path.exists():
+        with contextlib.suppress(ValueError):
+            state = json.loads(state_path.read_text())
+    with runtime.db.session() as session:
+        tenant_id = state.get("tenant_id")
+        connection_id = state.get("connection_id")
+        known = {t.id for t in registry.list_tenants(session, runtime.keys)}
+        if tenant_id not in known:
+            tenant_id = registry.add_tenant(session, runtime.keys, DEMO_TENANT_NAME, DEMO_TENANT_EMAIL)
+            connection_id = None
+        connections = {c.id for c in registry.list_connections(session, tenant_id=tenant_id)}
+        if connection_id not in connections:
+            connection_id = registry.add_connection(
+                session,
+                runtime.keys,
+                tenant_id,
+                "stripe",
+                "api_key",
+                {"base_url": sandbox_url},
+                {"api_key": DEMO_SANDBOX_KEY},
+            )
+        else:
+            # The sandbox may be on another port this time.
+            from .models import Connection
+
+            row = session.get(Connection, connection_id)
+            row.options = {**(row.options or {}), "base_url": sandbox_url}
+    state_path.write_text(json.dumps({"tenant_id": tenant_id, "connection_id": connection_id}))
+    return tenant_id, connection_id
+
+
+def fresh_demo_link(runtime: Runtime, tenant_id: str, dashboard_base: str) -> str:
+    """Revoke the previous demo links and make a new one: a token is only ever shown once."""
+    with runtime.db.session() as session:
+        for link in links.list_links(session, tenant_id):
+            if link.label == DEMO_LINK_LABEL and link.revoked_at is None:
+                links.revoke_link(session, link.id)
+        _link, token = links.create_link(session, tenant_id, label=DEMO_LINK_LABEL)
+    return f"{dashboard_base.rstrip('/')}/d/{token}"
+
+
+def _workspace_file(settings: Settings) -> Path:
+    local = Path.cwd() / "workspace.yaml"
+    if local.exists():
+        return local
+    generated = settings.dagster_home / "workspace.yaml"
+    generated.write_text(
+        "load_from:\n  - python_module:\n      module_name: writevue_pipelines.defs\n"
+        "      location_name: writevue\n"
+    )
+    return generated
+
+
+def _graphql_assets(ui_url: str) -> set[str]:
+    query = "{ assetNodes { assetKey { path } } }"
+    response = httpx.post(f"{ui_url}/graphql", json={"query": query}, timeout=30)
+    response.raise_for_status()
+    nodes = response.json().get("data", {}).get("assetNodes", [])
+    return {"/".join(node["assetKey"]["path"]) for node in nodes}
+
+
+def run_demo(
+    *,
+    check: bool = False,
+    ui_port: int | None = None,
+    dashboard_port: int | None = None,
+    sandbox_port: int | None = None,
+) -> int:
+    settings = get_settings()
+    init_home(settings)
+    if check:
+        ui_port, dashboard_port, sandbox_port = (
+            ui_port or free_port(),
+            dashboard_port or free_port(),
+            sandbox_port or free_port(),
+        )
+    else:
+        ui_port, dashboard_port, sandbox_port = ui_port or 3000, dashboard_port or 5006, sandbox_port or 8765
+    sandbox_url = f"http://127.0.0.1:{sandbox_port}"
+    dashboard_base = f"http://127.0.0.1:{dashboard_port}"
+    ui_url = f"http://127.0.0.1:{ui_port}"
+
+    env = dict(os.environ)
+    env.update(
+        {
+            "WRITEVUE_HOME": str(settings.home),
+            "DAGSTER_HOME": str(settings.dagster_home),
+            "WRITEVUE_DASHBOARD_URL": dashboard_base,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    os.environ.update({k: env[k] for k in ("WRITEVUE_HOME", "DAGSTER_HOME", "WRITEVUE_DASHBOARD_URL")})
+    writevue = [sys.executable, "-m", "writevue_pipelines.cli"]
+    supervisor = Supervisor(settings, env)
+    try:
+        say(f"WriteVue home: {settings.home}")
+        sandbox = supervisor.start("sandbox", [*writevue, "sandbox", "--port", str(sandbox_port)])
+        wait_until(
+            lambda: httpx.get(f"{sandbox_url}/_sandbox/health", timeout=2).status_code == 200,
+            timeout=30,
+            what="the sandbox provider",
+            child=sandbox,
+        )
+        say(f"sandbox provider   {sandbox_url}  (Stripe-shaped, seeded data)")
+
+        runtime = Runtime(get_settings())
+        tenant_id, connection_id = ensure_demo_tenant(runtime, sandbox_url)
+        say(f"demo tenant        {tenant_id}")
+        say(f"stripe connection  {connection_id}")
+
+        from .materialize import refresh_now
+
+        report = refresh_now(runtime, tenant_id=tenant_id)
+        for line in report.lines():
+            say(f"  {line}")
+        if report.failed:
+            raise DemoError("the demo connection failed to refresh")
+
+        dashboards = supervisor.start(
+            "dashboard", [*writevue, "serve", "--port", str(dashboard_port)]
+        )
+        dagster = supervisor.start(
+            "dagster",
+            [
+                sys.executable, "-m", "dagster", "dev",
+                "-w", str(_workspace_file(settings)),
+                "-h", "127.0.0.1", "-p", str(ui_port),
+            ],
+        )
+        wait_until(
+            lambda: httpx.get(f"{dashboard_base}/robots.txt", timeout=2).status_code == 200,
+            timeout=120,
+            what="the dashboard server",
+            child=dashboards,
+        )
+        wait_until(
+            lambda: bool(_graphql_assets(ui_url)),
+            timeout=240,
+            what="the Dagster UI",
+            child=dagster,
+        )
+        url = fresh_demo_link(runtime, tenant_id, dashboard_base)
+        say(f"Dagster UI         {ui_url}")
+        say(f"dashboards         {dashboard_base}")
+        if check:
+            verify(runtime, tenant_id, url, dashboard_base, ui_url)
+            say("demo check passed")
+            return 0
+        say("")
+        say("The demo client's dashboard (this URL works like a password):")
+        print(url, flush=True)
+        say("Press Ctrl-C to stop.")
+        while all(child.alive() for child in supervisor.children):
+            time.sleep(1)
+        dead = [child for child in supervisor.children if not child.alive()]
+        for child in dead:
+            say(f"{child.name} stopped; its log ends with:\n{child.tail()}")
+        return 1
+    except DemoError as exc:
+        print(f"writevue demo: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        say("stopping")
+        return 0
+    finally:
+        supervisor.stop_all()
+
+
+def verify(runtime: Runtime, tenant_id: str, url: str, dashboard_base: str, ui_url: str) -> None:
+    from dashboard_server.data import headline_texts
+
+    page = httpx.get(url, timeout=60)
+    if page.status_code != 200:
+        raise DemoError(f"the dashboard answered {page.status_code}, not 200")
+    expected = headline_texts(runtime, tenant_id)
+    missing = [text for text in expected if text not in page.text]
+    if missing:
+        raise DemoError(f"the dashboard page lacks the client's numbers {missing}")
+    say(f"dashboard shows    {', '.join(expected)}")
+    wrong = httpx.get(f"{dashboard_base}/d/{'x' * 43}", timeout=30)
+    if wrong.status_code != 404:
+        raise DemoError(f"a wrong token answered {wrong.status_code}, not 404")
+    assets = _graphql_assets(ui_url)
+    wanted = {"stripe_fetch", "stripe_daily_metrics"}
+    if not wanted <= assets:
+        raise DemoError(f"the Dagster UI lists {sorted(assets)}, not {sorted(wanted)}")
+    say(f"Dagster lists      {', '.join(sorted(assets))}")
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,50 @@
+"""`writevue init`: lay out WRITEVUE_HOME, the key ring, the schema and the Dagster instance."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .database import migrate
+from .settings import Settings
+from .vault import ensure_key_ring
+
+DAGSTER_YAML = """\
+# Written by `writevue init`. Embedded instance: SQLite storage under this folder.
+telemetry:
+  enabled: false
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    max_concurrent_runs: 4
+code_servers:
+  local_startup_timeout: 180
+"""
+
+
+@dataclass(frozen=True)
+class InitReport:
+    home: str
+    database: str
+    key_file_created: bool
+    dagster_yaml_written: bool
+
+
+def init_home(settings: Settings) -> InitReport:
+    for folder in (settings.home, settings.staging_dir, settings.dagster_home, settings.log_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(settings.home, 0o700)
+    created = not settings.key_file.exists()
+    ensure_key_ring(settings.key_file)
+    migrate(settings.database_url)
+    dagster_yaml = settings.dagster_home / "dagster.yaml"
+    wrote = not dagster_yaml.exists()
+    if wrote:
+        dagster_yaml.write_text(DAGSTER_YAML)
+    return InitReport(
+        home=str(settings.home),
+        database="sqlite" if settings.database_url.startswith("sqlite") else "external",
+        key_file_created=created,
+        dagster_yaml_written=wrote,
+    )

@@ -1,0 +1,133 @@
+"""Dashboard links: secret URLs that are as good as passwords.
+
+A token is 32 random bytes, URL-safe; only its SHA-256 is stored, so the URL can
+be shown once, at creation, and never again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .errors import InvalidInput, NotFound
+from .models import DashboardLink, utcnow
+from .registry import parse_uuid, require_tenant
+
+TOKEN_BYTES = 32
+
+
+@dataclass(frozen=True)
+class LinkInfo:
+    id: str
+    tenant_id: str
+    label: str | None
+    created_at: dt.datetime
+    expires_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+    last_used_at: dt.datetime | None
+
+    def as_json(self) -> dict:
+        def iso(value: dt.datetime | None) -> str | None:
+            return None if value is None else value.isoformat()
+
+        return {
+            "id": self.id,
+            "label": self.label,
+            "created_at": iso(self.created_at),
+            "expires_at": iso(self.expires_at),
+            "revoked_at": iso(self.revoked_at),
+            "last_used_at": iso(self.last_used_at),
+        }
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _info(row: DashboardLink) -> LinkInfo:
+    return LinkInfo(
+        id=row.id,
+        tenant_id=row.tenant_id,
+        label=row.label,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        revoked_at=row.revoked_at,
+        last_used_at=row.last_used_at,
+    )
+
+
+def create_link(
+    session: Session,
+    tenant_id: str,
+    *,
+    label: str | None = None,
+    expires_in_days: int | None = None,
+) -> tuple[LinkInfo, str]:
+    """Create a link; returns it with the token, which is never retrievable again."""
+    tenant_id = require_tenant(session, tenant_id)
+    if label is not None and len(label) > 200:
+        raise InvalidInput("The link label is longer than 200 characters.")
+    if expires_in_days is not None and expires_in_days <= 0:
+        raise InvalidInput("--expires-in must be a positive number of days.")
+    token = secrets.token_urlsafe(TOKEN_BYTES)
+    now = utcnow()
+    row = DashboardLink(
+        id=str(uuid.uuid4()),
+        tenant_id=tenant_id,
+        token_sha256=hash_token(token),
+        label=label,
+        created_at=now,
+        expires_at=None if expires_in_days is None else now + dt.timedelta(days=expires_in_days),
+    )
+    session.add(row)
+    session.flush()
+    return _info(row), token
+
+
+def _get_row(session: Session, link_id: str) -> DashboardLink:
+    row = session.get(DashboardLink, parse_uuid(link_id, "Link"))
+    if row is None:
+        raise NotFound(f"No dashboard link with id {link_id}.")
+    return row
+
+
+def revoke_link(session: Session, link_id: str) -> LinkInfo:
+    row = _get_row(session, link_id)
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+    return _info(row)
+
+
+def list_links(session: Session, tenant_id: str) -> list[LinkInfo]:
+    tenant_id = require_tenant(session, tenant_id)
+    rows = session.scalars(
+        select(DashboardLink)
+        .where(DashboardLink.tenant_id == tenant_id)
+        .order_by(DashboardLink.created_at, DashboardLink.id)
+    )
+    return [_info(row) for row in rows]
+
+
+def resolve_token(session: Session, token: str, *, now: dt.datetime | None = None) -> LinkInfo | None:
+    """The live link a token opens, or None for unknown, revoked and expired tokens alike."""
+    if not token or len(token) > 128:
+        return None
+    row = session.scalar(select(DashboardLink).where(DashboardLink.token_sha256 == hash_token(token)))
+    if row is None or row.revoked_at is not None:
+        return None
+    now = now or utcnow()
+    if row.expires_at is not None and row.expires_at <= now:
+        return None
+    return _info(row)
+
+
+def touch_link(session: Session, link_id: str, *, now: dt.datetime | None = None) -> None:
+    row = session.get(DashboardLink, link_id)
+    if row is not None:
+        row.last_used_at = now or utcnow()

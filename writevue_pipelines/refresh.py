@@ -1,0 +1,182 @@
+"""A refresh, in two steps that Dagster runs as two assets (and the CLI can run directly).
+
+1. ``fetch``: read a connection's source incrementally from its cursor (less a
+   lookback for late data) into transient staging under ``WRITEVUE_HOME/staging``.
+2. ``load``: aggregate the staged records with polars and upsert them, advancing
+   the cursor in the same commit; the staged raw records are then deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import polars as pl
+
+from . import registry, warehouse
+from .errors import SourceError, WriteVueError
+from .registry import ConnectionInfo
+from .runtime import Runtime
+from .sources import FetchRequest, get_source
+from .sources.http import open_client
+
+
+@dataclass(frozen=True)
+class FetchSummary:
+    connection_id: str
+    records: int
+    requests: int
+    latency_s: float
+    window_start: str
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class LoadSummary:
+    connection_id: str
+    facts: int
+    written: int
+    removed: int
+    days: int
+    first_day: str | None
+    last_day: str | None
+
+
+def _staging_dir(runtime: Runtime, connection_id: str) -> Path:
+    return runtime.settings.staging_dir / connection_id
+
+
+def window_start(runtime: Runtime, cursor: str | None, *, today: dt.date | None = None) -> dt.date:
+    """First day to fetch: whole days from the cursor less the lookback, or the history."""
+    today = today or dt.datetime.now(dt.UTC).date()
+    settings = runtime.settings
+    if cursor is None:
+        return today - dt.timedelta(days=settings.history_days)
+    try:
+        seen = dt.datetime.fromtimestamp(int(cursor), dt.UTC).date()
+    except ValueError:
+        seen = dt.date.fromisoformat(cursor[:10])
+    return min(today, seen) - dt.timedelta(days=settings.lookback_days)
+
+
+def safe_error(exc: BaseException) -> str:
+    """An error text that may be stored and shown: our own messages, or just the type."""
+    if isinstance(exc, WriteVueError):
+        return str(exc)
+    return f"unexpected {type(exc).__name__}; see the run's logs"
+
+
+async def fetch_connections(runtime: Runtime, connection_ids: list[str]) -> dict[str, FetchSummary | BaseException]:
+    """Fetch several connections concurrently, one HTTP client per source and base URL.
+
+    A failure is returned for its connection instead of raised, so one connection
+    never stops the others.
+    """
+    with runtime.db.session() as session:
+        work = []
+        for connection_id in connection_ids:
+            connection = registry.get_connection(session, connection_id)
+            secrets = registry.get_secrets(session, runtime.keys, connection)
+            cursor = registry.get_cursor(session, connection.id, get_source(connection.source).stream)
+            work.append((connection, secrets, cursor))
+
+    clients = {}
+    results: dict[str, FetchSummary | BaseException] = {}
+    try:
+        async def one(connection: ConnectionInfo, secrets: dict[str, str], cursor: str | None):
+            source = get_source(connection.source)
+            base_url = source.base_url(connection)
+            client = clients.get((source.name, base_url))
+            if client is None:
+                client = clients[(source.name, base_url)] = open_client(base_url=base_url)
+            start = window_start(runtime, cursor)
+            try:
+                result = await source.fetch(
+                    client,
+                    FetchRequest(connection=connection, secrets=secrets, window_start=start, cursor=cursor),
+                )
+                results[connection.id] = _stage(runtime, connection, start, result)
+            except Exception as exc:
+                results[connection.id] = exc
+
+        await asyncio.gather(*(one(*item) for item in work))
+    finally:
+        for client in clients.values():
+            await client.aclose()
+    return results
+
+
+def _stage(runtime: Runtime, connection: ConnectionInfo, start: dt.date, result) -> FetchSummary:
+    folder = _staging_dir(runtime, connection.id)
+    folder.mkdir(parents=True, exist_ok=True)
+    summary = FetchSummary(
+        connection_id=connection.id,
+        records=result.records.height,
+        requests=result.requests,
+        latency_s=round(result.latency_s, 3),
+        window_start=start.isoformat(),
+        next_cursor=result.next_cursor,
+    )
+    records_tmp = folder / "records.parquet.tmp"
+    result.records.write_parquet(records_tmp)
+    os.replace(records_tmp, folder / "records.parquet")
+    manifest_tmp = folder / "manifest.json.tmp"
+    manifest_tmp.write_text(json.dumps(asdict(summary) | {"staged_at": time.time()}))
+    os.replace(manifest_tmp, folder / "manifest.json")
+    return summary
+
+
+def fetch_connection(runtime: Runtime, connection_id: str) -> FetchSummary:
+    """Fetch one connection into staging; raises its error."""
+    result = asyncio.run(fetch_connections(runtime, [connection_id]))[connection_id]
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def load_connection(runtime: Runtime, connection_id: str) -> LoadSummary:
+    """Aggregate a connection's staged records into the warehouse, then drop them."""
+    folder = _staging_dir(runtime, connection_id)
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.exists():
+        raise SourceError(
+            f"connection {connection_id}: nothing staged to aggregate; run its fetch first",
+            connection_id=connection_id,
+        )
+    manifest = json.loads(manifest_path.read_text())
+    records = pl.read_parquet(folder / "records.parquet")
+    with runtime.db.session() as session:
+        connection = registry.get_connection(session, connection_id)
+        source = get_source(connection.source)
+        facts = source.aggregate(records)
+        summary = warehouse.upsert_facts(
+            session,
+            connection,
+            facts,
+            window_start=dt.date.fromisoformat(manifest["window_start"]),
+        )
+        if manifest.get("next_cursor"):
+            registry.set_cursor(session, connection, source.stream, manifest["next_cursor"])
+        registry.record_refresh_result(session, connection.id, error=None)
+    # Raw records are transient: once their aggregates are committed they go.
+    shutil.rmtree(folder, ignore_errors=True)
+    return LoadSummary(
+        connection_id=connection_id,
+        facts=summary.rows,
+        written=summary.written,
+        removed=summary.removed,
+        days=summary.days,
+        first_day=summary.first_day.isoformat() if summary.first_day else None,
+        last_day=summary.last_day.isoformat() if summary.last_day else None,
+    )
+
+
+def record_failure(runtime: Runtime, connection_id: str, exc: BaseException) -> None:
+    with runtime.db.session() as session:
+        registry.record_refresh_result(session, connection_id, error=safe_error(exc))

@@ -1,0 +1,248 @@
+"""Tenants, connections, their encrypted credentials, sync cursors and audit events."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .errors import InvalidInput, NotFound
+from .models import AuditEvent, Connection, Credential, SyncCursor, Tenant, utcnow
+from .vault import Binding, KeyRing
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+@dataclass(frozen=True)
+class TenantInfo:
+    id: str
+    name: str
+    email: str
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class ConnectionInfo:
+    id: str
+    tenant_id: str
+    source: str
+    auth_kind: str
+    options: dict[str, Any]
+    status: str
+    last_error: str | None
+    last_refreshed_at: dt.datetime | None
+
+
+def parse_uuid(value: str, what: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except (ValueError, AttributeError, TypeError):
+        raise InvalidInput(f"{what} {value!r} is not a valid id; ids look like {uuid.uuid4()}.") from None
+
+
+# -- tenants ----------------------------------------------------------------
+
+
+def add_tenant(session: Session, keys: KeyRing, name: str, email: str) -> str:
+    name = (name or "").strip()
+    email = (email or "").strip()
+    if not name:
+        raise InvalidInput("The tenant name is empty; give the client's name.")
+    if len(name) > 200:
+        raise InvalidInput("The tenant name is longer than 200 characters.")
+    if not _EMAIL.match(email):
+        raise InvalidInput(f"{email!r} is not an email address.")
+    tenant_id = str(uuid.uuid4())
+    session.add(
+        Tenant(
+            id=tenant_id,
+            name_ct=keys.encrypt(name, Binding(tenant_id, None, "tenant.name")),
+            email_ct=keys.encrypt(email, Binding(tenant_id, None, "tenant.email")),
+        )
+    )
+    session.flush()
+    return tenant_id
+
+
+def _tenant_info(row: Tenant, keys: KeyRing) -> TenantInfo:
+    return TenantInfo(
+        id=row.id,
+        name=keys.decrypt_text(row.name_ct, Binding(row.id, None, "tenant.name")),
+        email=keys.decrypt_text(row.email_ct, Binding(row.id, None, "tenant.email")),
+        created_at=row.created_at,
+    )
+
+
+def get_tenant(session: Session, keys: KeyRing, tenant_id: str) -> TenantInfo:
+    row = session.get(Tenant, parse_uuid(tenant_id, "Tenant"))
+    if row is None:
+        raise NotFound(f"No tenant with id {tenant_id}; `writevue tenant list` shows them.")
+    return _tenant_info(row, keys)
+
+
+def require_tenant(session: Session, tenant_id: str) -> str:
+    tenant_id = parse_uuid(tenant_id, "Tenant")
+    if session.get(Tenant, tenant_id) is None:
+        raise NotFound(f"No tenant with id {tenant_id}; `writevue tenant list` shows them.")
+    return tenant_id
+
+
+def list_tenants(session: Session, keys: KeyRing) -> list[TenantInfo]:
+    rows = session.scalars(select(Tenant).order_by(Tenant.created_at, Tenant.id))
+    return [_tenant_info(row, keys) for row in rows]
+
+
+# -- connections and credentials --------------------------------------------
+
+
+def add_connection(
+    session: Session,
+    keys: KeyRing,
+    tenant_id: str,
+    source: str,
+    auth_kind: str,
+    options: dict[str, Any],
+    secrets: dict[str, str],
+) -> str:
+    tenant_id = require_tenant(session, tenant_id)
+    connection_id = str(uuid.uuid4())
+    session.add(
+        Connection(
+            id=connection_id,
+            tenant_id=tenant_id,
+            source=source,
+            auth_kind=auth_kind,
+            options=options,
+            status="active",
+        )
+    )
+    session.flush()
+    for field, value in secrets.items():
+        put_secret(session, keys, tenant_id, connection_id, field, value)
+    return connection_id
+
+
+def put_secret(
+    session: Session, keys: KeyRing, tenant_id: str, connection_id: str, field: str, value: str
+) -> None:
+    blob = keys.encrypt(value, Binding(tenant_id, connection_id, field))
+    row = session.get(Credential, (connection_id, field))
+    if row is None:
+        session.add(
+            Credential(
+                connection_id=connection_id,
+                field=field,
+                tenant_id=tenant_id,
+                ciphertext=blob,
+                key_version=keys.primary,
+            )
+        )
+    else:
+        row.ciphertext, row.key_version, row.updated_at = blob, keys.primary, utcnow()
+
+
+def get_secrets(session: Session, keys: KeyRing, connection: ConnectionInfo) -> dict[str, str]:
+    rows = session.scalars(select(Credential).where(Credential.connection_id == connection.id))
+    return {
+        row.field: keys.decrypt_text(row.ciphertext, Binding(row.tenant_id, row.connection_id, row.field))
+        for row in rows
+    }
+
+
+def _connection_info(row: Connection) -> ConnectionInfo:
+    return ConnectionInfo(
+        id=row.id,
+        tenant_id=row.tenant_id,
+        source=row.source,
+        auth_kind=row.auth_kind,
+        options=dict(row.options or {}),
+        status=row.status,
+        last_error=row.last_error,
+        last_refreshed_at=row.last_refreshed_at,
+    )
+
+
+def get_connection(session: Session, connection_id: str) -> ConnectionInfo:
+    row = session.get(Connection, parse_uuid(connection_id, "Connection"))
+    if row is None:
+        raise NotFound(f"No connection with id {connection_id}.")
+    return _connection_info(row)
+
+
+def list_connections(
+    session: Session,
+    *,
+    tenant_id: str | None = None,
+    source: str | None = None,
+    active_only: bool = False,
+) -> list[ConnectionInfo]:
+    query = select(Connection).order_by(Connection.created_at, Connection.id)
+    if tenant_id is not None:
+        query = query.where(Connection.tenant_id == tenant_id)
+    if source is not None:
+        query = query.where(Connection.source == source)
+    if active_only:
+        query = query.where(Connection.status != "disabled")
+    return [_connection_info(row) for row in session.scalars(query)]
+
+
+def record_refresh_result(
+    session: Session, connection_id: str, *, error: str | None, at: dt.datetime | None = None
+) -> None:
+    row = session.get(Connection, connection_id)
+    if row is None:
+        return
+    if error is None:
+        row.last_refreshed_at = at or utcnow()
+        row.last_error = None
+        if row.status == "failing":
+            row.status = "active"
+    else:
+        row.last_error = error[:500]
+        if row.status == "active":
+            row.status = "failing"
+
+
+# -- sync cursors -------------------------------------------------------------
+
+
+def get_cursor(session: Session, connection_id: str, stream: str) -> str | None:
+    row = session.get(SyncCursor, (connection_id, stream))
+    return None if row is None else row.value
+
+
+def set_cursor(session: Session, connection: ConnectionInfo, stream: str, value: str) -> None:
+    row = session.get(SyncCursor, (connection.id, stream))
+    if row is None:
+        session.add(
+            SyncCursor(
+                connection_id=connection.id, stream=stream, tenant_id=connection.tenant_id, value=value
+            )
+        )
+    else:
+        row.value, row.updated_at = value, utcnow()
+
+
+# -- audit ------------------------------------------------------------------
+
+
+def audit(
+    session: Session,
+    actor: str,
+    action: str,
+    tenant_id: str | None = None,
+    **details: Any,
+) -> None:
+    session.add(AuditEvent(actor=actor, action=action, tenant_id=tenant_id, details=details))
+
+
+def list_audit(session: Session, tenant_id: str | None = None) -> list[AuditEvent]:
+    query = select(AuditEvent).order_by(AuditEvent.at, AuditEvent.id)
+    if tenant_id is not None:
+        query = query.where(AuditEvent.tenant_id == tenant_id)
+    return list(session.scalars(query))

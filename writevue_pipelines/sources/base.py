@@ -1,0 +1,76 @@
+"""What a connector is: options it accepts, how it fetches, how it aggregates."""
+
+from __future__ import annotations
+
+import datetime as dt
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+from urllib.parse import urlsplit
+
+import httpx
+import polars as pl
+
+from ..errors import InvalidInput
+from ..registry import ConnectionInfo
+
+
+@dataclass(frozen=True)
+class FetchRequest:
+    connection: ConnectionInfo
+    secrets: dict[str, str]
+    window_start: dt.date
+    cursor: str | None
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """Raw records (minimised to the fields aggregation needs) and where to resume."""
+
+    records: pl.DataFrame
+    next_cursor: str | None
+    requests: int
+    latency_s: float
+
+
+class Source(ABC):
+    """A kind of data source. One instance serves every connection of that kind."""
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    description: ClassVar[str]
+    auth_kinds: ClassVar[tuple[str, ...]]
+    default_base_url: ClassVar[str]
+    #: option name -> help text; anything else given at `connection add` is refused.
+    options: ClassVar[dict[str, str]] = {"base_url": "API root; defaults to the provider's"}
+    #: metric name -> label shown on dashboards
+    metrics: ClassVar[dict[str, str]]
+    stream: ClassVar[str] = "default"
+
+    def validate_options(self, options: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise InvalidInput(
+                f"Source {self.name!r} has no option {unknown[0]!r}; "
+                f"it takes {', '.join(sorted(self.options))}."
+            )
+        if "base_url" in options:
+            parts = urlsplit(options["base_url"])
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise InvalidInput("Option base_url must be an http(s) URL such as https://api.example.com.")
+            if parts.username or parts.password or parts.query:
+                raise InvalidInput("Option base_url must not carry credentials or a query string.")
+        return options
+
+    def base_url(self, connection: ConnectionInfo) -> str:
+        return str(connection.options.get("base_url") or self.default_base_url).rstrip("/")
+
+    @abstractmethod
+    def auth_headers(self, secrets: dict[str, str]) -> dict[str, str]: ...
+
+    @abstractmethod
+    async def fetch(self, client: httpx.AsyncClient, request: FetchRequest) -> FetchResult: ...
+
+    @abstractmethod
+    def aggregate(self, records: pl.DataFrame) -> pl.DataFrame:
+        """Raw records to the warehouse's long format: metric, dimension, day, value."""
