@@ -64,7 +64,11 @@ def postgres_server() -> str:
         with psycopg.connect(POSTGRES_ADMIN_URL, connect_timeout=3) as conn:
             conn.execute("SELECT 1")
     except Exception as exc:
-        peer_missing("PostgreSQL", f"{type(exc).__name__}: {exc}".splitlines()[0], "WRITEVUE_REQUIRE_POSTGRES")
+        peer_missing(
+            "PostgreSQL",
+            f"{type(exc).__name__}: {exc}".splitlines()[0],
+            "WRITEVUE_REQUIRE_POSTGRES",
+        )
     return POSTGRES_ADMIN_URL
 
 
@@ -108,7 +112,9 @@ def chromium_path() -> str:
     try:
         import playwright  # noqa: F401
     except ImportError:
-        peer_missing("Chromium", "the playwright package is not installed", "WRITEVUE_REQUIRE_BROWSER")
+        peer_missing(
+            "Chromium", "the playwright package is not installed", "WRITEVUE_REQUIRE_BROWSER"
+        )
     return CHROMIUM
 
 
@@ -119,7 +125,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     for kind, why in sorted(_missing.items()):
         terminalreporter.write_line(f"{kind}: {why}", red=True, bold=True)
     terminalreporter.write_line(
-        "CI sets WRITEVUE_REQUIRE_POSTGRES=1 and WRITEVUE_REQUIRE_BROWSER=1, where this is a failure."
+        "CI sets WRITEVUE_REQUIRE_POSTGRES=1 and WRITEVUE_REQUIRE_BROWSER=1: "
+        "there, a missing peer is a failure."
     )
 
 

@@ -32,7 +32,11 @@ def test_two_encryptions_of_one_secret_differ():
 def test_ciphertext_copied_to_another_connection_does_not_decrypt():
     ring = KeyRing.generate()
     blob = ring.encrypt(SECRET, Binding("t1", "c1", "api_key"))
-    for other in (Binding("t1", "c2", "api_key"), Binding("t2", "c1", "api_key"), Binding("t1", "c1", "password")):
+    for other in (
+        Binding("t1", "c2", "api_key"),
+        Binding("t2", "c1", "api_key"),
+        Binding("t1", "c1", "password"),
+    ):
         with pytest.raises(VaultError) as err:
             ring.decrypt(blob, other)
         assert SECRET not in str(err.value)
@@ -78,13 +82,21 @@ def test_stored_credentials_decrypt_only_in_their_own_row(any_runtime):
     rt = any_runtime
     with rt.db.session() as session:
         tenant = registry.add_tenant(session, rt.keys, "Acme", "a@acme.test")
-        first = registry.add_connection(session, rt.keys, tenant, "stripe", "api_key", {}, {"api_key": SECRET})
-        second = registry.add_connection(session, rt.keys, tenant, "stripe", "api_key", {}, {"api_key": "sk_test_other"})
+        first = registry.add_connection(
+            session, rt.keys, tenant, "stripe", "api_key", {}, {"api_key": SECRET}
+        )
+        second = registry.add_connection(
+            session, rt.keys, tenant, "stripe", "api_key", {}, {"api_key": "sk_test_other"}
+        )
     with rt.db.session() as session:
         rows = {row.connection_id: row for row in session.scalars(select(Credential))}
-        rows[second].ciphertext = rows[first].ciphertext  # an attacker with write access swaps blobs
+        rows[second].ciphertext = rows[
+            first
+        ].ciphertext  # an attacker with write access swaps blobs
     with rt.db.session() as session:
-        assert registry.get_secrets(session, rt.keys, registry.get_connection(session, first)) == {"api_key": SECRET}
+        assert registry.get_secrets(session, rt.keys, registry.get_connection(session, first)) == {
+            "api_key": SECRET
+        }
         with pytest.raises(VaultError):
             registry.get_secrets(session, rt.keys, registry.get_connection(session, second))
 
@@ -94,7 +106,9 @@ def test_a_dump_of_every_table_holds_no_plaintext_name_email_or_credential(any_r
     name, email = "Zebulon Plaintext-Check", "zebulon.check@example.org"
     with rt.db.session() as session:
         tenant = registry.add_tenant(session, rt.keys, name, email)
-        registry.add_connection(session, rt.keys, tenant, "stripe", "api_key", {}, {"api_key": SECRET})
+        registry.add_connection(
+            session, rt.keys, tenant, "stripe", "api_key", {}, {"api_key": SECRET}
+        )
     dump = []
     reflected = MetaData()
     reflected.reflect(rt.db.engine)

@@ -6,18 +6,14 @@ import datetime as dt
 
 import polars as pl
 import pytest
+from support import add_stripe_connection
 
 from writevue_pipelines import refresh, registry, warehouse
 from writevue_pipelines.errors import SourceError
 
 
-def _connection(rt, sandbox_url: str, key: str = "sk_test_warehouse"):
-    with rt.db.session() as session:
-        tenant = registry.add_tenant(session, rt.keys, "Acme", "a@acme.test")
-        connection = registry.add_connection(
-            session, rt.keys, tenant, "stripe", "api_key", {"base_url": sandbox_url}, {"api_key": key}
-        )
-    return tenant, connection
+def _connection(rt, sandbox_url: str):
+    return add_stripe_connection(rt, sandbox_url, "sk_test_warehouse")
 
 
 def test_refresh_twice_writes_no_duplicate_rows(any_runtime, sandbox):
@@ -42,7 +38,12 @@ def test_rerun_of_the_same_upsert_changes_no_row(any_runtime, sandbox):
     rt = any_runtime
     _tenant, connection_id = _connection(rt, sandbox.url)
     facts = pl.DataFrame(
-        {"metric": ["m", "m"], "dimension": ["", "eur"], "day": [dt.date(2026, 1, 1)] * 2, "value": [1.0, 2.5]}
+        {
+            "metric": ["m", "m"],
+            "dimension": ["", "eur"],
+            "day": [dt.date(2026, 1, 1)] * 2,
+            "value": [1.0, 2.5],
+        }
     )
     with rt.db.session() as session:
         connection = registry.get_connection(session, connection_id)
@@ -58,7 +59,14 @@ def test_days_the_source_no_longer_reports_are_removed_inside_the_window(runtime
     day = dt.date(2026, 3, 1)
     with rt.db.session() as session:
         connection = registry.get_connection(session, connection_id)
-        frame = pl.DataFrame({"metric": ["m", "m"], "dimension": ["", ""], "day": [day, day + dt.timedelta(1)], "value": [1.0, 1.0]})
+        frame = pl.DataFrame(
+            {
+                "metric": ["m", "m"],
+                "dimension": ["", ""],
+                "day": [day, day + dt.timedelta(1)],
+                "value": [1.0, 1.0],
+            }
+        )
         warehouse.upsert_facts(session, connection, frame, window_start=None)
         result = warehouse.upsert_facts(session, connection, frame.head(1), window_start=day)
     assert result.removed == 1
@@ -70,14 +78,20 @@ def test_failed_load_leaves_facts_and_cursor_untouched(runtime, sandbox):
     refresh.fetch_connection(rt, connection)
     refresh.load_connection(rt, connection)
     with rt.db.session() as session:
-        before = (warehouse.connection_fact_count(session, connection), registry.get_cursor(session, connection, "charges"))
+        before = (
+            warehouse.connection_fact_count(session, connection),
+            registry.get_cursor(session, connection, "charges"),
+        )
     staged = rt.settings.staging_dir / connection
     refresh.fetch_connection(rt, connection)
     (staged / "records.parquet").write_bytes(b"not parquet")
     with pytest.raises(Exception):  # noqa: B017 - any failure must roll back
         refresh.load_connection(rt, connection)
     with rt.db.session() as session:
-        after = (warehouse.connection_fact_count(session, connection), registry.get_cursor(session, connection, "charges"))
+        after = (
+            warehouse.connection_fact_count(session, connection),
+            registry.get_cursor(session, connection, "charges"),
+        )
     assert after == before
 
 

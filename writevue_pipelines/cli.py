@@ -35,7 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="writevue", description="WriteVue operator commands.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    commands.add_parser("init", help="create WRITEVUE_HOME, the key ring and the schema (idempotent)")
+    commands.add_parser(
+        "init", help="create WRITEVUE_HOME, the key ring and the schema (idempotent)"
+    )
 
     tenant = commands.add_parser("tenant", help="clients").add_subparsers(
         dest="tenant_command", required=True, parser_class=_Parser
@@ -116,7 +118,9 @@ def _read_api_key(env_var: str | None) -> str:
         value = sys.stdin.read() if sys.stdin is not None else ""
     value = value.strip()
     if not value:
-        raise InvalidInput("The API key is empty; pass it on stdin or name a variable with --api-key-env.")
+        raise InvalidInput(
+            "The API key is empty; pass it on stdin or name a variable with --api-key-env."
+        )
     if any(ch.isspace() for ch in value):
         raise InvalidInput("The API key contains whitespace; give exactly one key.")
     return value
@@ -126,7 +130,9 @@ def _ready_runtime() -> Runtime:
     runtime = Runtime.from_env()
     settings = runtime.settings
     if not settings.key_file.exists():
-        raise CliError(f"WriteVue is not initialised in {settings.home}; run `writevue init` first.")
+        raise CliError(
+            f"WriteVue is not initialised in {settings.home}; run `writevue init` first."
+        )
     from .database import current_revision
 
     if current_revision(settings.database_url) is None:
@@ -153,10 +159,20 @@ def cmd_tenant(args) -> None:
         with runtime.db.session() as session:
             tenants = registry.list_tenants(session, runtime.keys)
         if args.json:
-            print(json.dumps([
-                {"id": t.id, "name": t.name, "email": t.email, "created_at": t.created_at.isoformat()}
-                for t in tenants
-            ], indent=2))
+            print(
+                json.dumps(
+                    [
+                        {
+                            "id": t.id,
+                            "name": t.name,
+                            "email": t.email,
+                            "created_at": t.created_at.isoformat(),
+                        }
+                        for t in tenants
+                    ],
+                    indent=2,
+                )
+            )
         else:
             for t in tenants:
                 print(f"{t.id}  {t.name}  <{t.email}>")
@@ -199,7 +215,9 @@ def cmd_connection(args) -> None:
                 "source": c.source,
                 "status": c.status,
                 "last_error": c.last_error,
-                "last_refreshed_at": c.last_refreshed_at.isoformat() if c.last_refreshed_at else None,
+                "last_refreshed_at": c.last_refreshed_at.isoformat()
+                if c.last_refreshed_at
+                else None,
             }
             for c in connections
         ]
@@ -207,7 +225,9 @@ def cmd_connection(args) -> None:
             print(json.dumps(rows, indent=2))
         else:
             for row in rows:
-                print(f"{row['id']}  {row['source']:<10} {row['status']:<8} tenant {row['tenant_id']}")
+                print(
+                    f"{row['id']}  {row['source']:<10} {row['status']:<8} tenant {row['tenant_id']}"
+                )
 
 
 def cmd_link(args) -> None:
@@ -218,8 +238,10 @@ def cmd_link(args) -> None:
                 session, args.tenant_id, label=args.label, expires_in_days=args.expires_in
             )
         print(f"link id: {link.id}", file=sys.stderr)
-        print("This URL is shown once and works like a password; send it to the client privately.",
-              file=sys.stderr)
+        print(
+            "This URL is shown once and works like a password; send it to the client privately.",
+            file=sys.stderr,
+        )
         print(runtime.settings.dashboard_url(token))
     elif args.link_command == "revoke":
         with runtime.db.session() as session:

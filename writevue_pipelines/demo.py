@@ -78,7 +78,7 @@ class Supervisor:
     def start(self, name: str, argv: list[str], cwd: Path | None = None) -> Child:
         log_path = self.settings.log_dir / f"demo-{name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(log_path, "ab")  # noqa: SIM115 - the child owns it
+        handle = open(log_path, "ab")
         process = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
@@ -126,7 +126,9 @@ def ensure_demo_tenant(runtime: Runtime, sandbox_url: str) -> tuple[str, str]:
         connection_id = state.get("connection_id")
         known = {t.id for t in registry.list_tenants(session, runtime.keys)}
         if tenant_id not in known:
-            tenant_id = registry.add_tenant(session, runtime.keys, DEMO_TENANT_NAME, DEMO_TENANT_EMAIL)
+            tenant_id = registry.add_tenant(
+                session, runtime.keys, DEMO_TENANT_NAME, DEMO_TENANT_EMAIL
+            )
             connection_id = None
         connections = {c.id for c in registry.list_connections(session, tenant_id=tenant_id)}
         if connection_id not in connections:
@@ -195,7 +197,11 @@ def run_demo(
             sandbox_port or free_port(),
         )
     else:
-        ui_port, dashboard_port, sandbox_port = ui_port or 3000, dashboard_port or 5006, sandbox_port or 8765
+        ui_port, dashboard_port, sandbox_port = (
+            ui_port or 3000,
+            dashboard_port or 5006,
+            sandbox_port or 8765,
+        )
     sandbox_url = f"http://127.0.0.1:{sandbox_port}"
     dashboard_base = f"http://127.0.0.1:{dashboard_port}"
     ui_url = f"http://127.0.0.1:{ui_port}"
@@ -209,7 +215,9 @@ def run_demo(
             "PYTHONUNBUFFERED": "1",
         }
     )
-    os.environ.update({k: env[k] for k in ("WRITEVUE_HOME", "DAGSTER_HOME", "WRITEVUE_DASHBOARD_URL")})
+    os.environ.update(
+        {k: env[k] for k in ("WRITEVUE_HOME", "DAGSTER_HOME", "WRITEVUE_DASHBOARD_URL")}
+    )
     writevue = [sys.executable, "-m", "writevue_pipelines.cli"]
     supervisor = Supervisor(settings, env)
     try:
@@ -242,9 +250,16 @@ def run_demo(
         dagster = supervisor.start(
             "dagster",
             [
-                sys.executable, "-m", "dagster", "dev",
-                "-w", str(_workspace_file(settings)),
-                "-h", "127.0.0.1", "-p", str(ui_port),
+                sys.executable,
+                "-m",
+                "dagster",
+                "dev",
+                "-w",
+                str(_workspace_file(settings)),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(ui_port),
             ],
         )
         wait_until(
@@ -288,12 +303,15 @@ def run_demo(
 
 def verify(runtime: Runtime, tenant_id: str, url: str, dashboard_base: str, ui_url: str) -> None:
     from dashboard_server.data import headline_texts
+    from dashboard_server.probe import page_and_document_text
 
-    page = httpx.get(url, timeout=60)
-    if page.status_code != 200:
-        raise DemoError(f"the dashboard answered {page.status_code}, not 200")
+    status, text = page_and_document_text(url)
+    if status != 200:
+        raise DemoError(f"the dashboard answered {status}, not 200")
     expected = headline_texts(runtime, tenant_id)
-    missing = [text for text in expected if text not in page.text]
+    if not expected:
+        raise DemoError("the demo tenant has no figures to show")
+    missing = [figure for figure in expected if figure not in text]
     if missing:
         raise DemoError(f"the dashboard page lacks the client's numbers {missing}")
     say(f"dashboard shows    {', '.join(expected)}")

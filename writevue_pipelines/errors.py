@@ -16,7 +16,9 @@ class InvalidInput(WriteVueError):
 class SourceError(WriteVueError):
     """A source could not be read for one connection; other connections carry on."""
 
-    def __init__(self, message: str, *, connection_id: str | None = None, status: int | None = None):
+    def __init__(
+        self, message: str, *, connection_id: str | None = None, status: int | None = None
+    ):
         super().__init__(message)
         self.connection_id = connection_id
         self.status = status

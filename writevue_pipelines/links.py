@@ -114,11 +114,15 @@ def list_links(session: Session, tenant_id: str) -> list[LinkInfo]:
     return [_info(row) for row in rows]
 
 
-def resolve_token(session: Session, token: str, *, now: dt.datetime | None = None) -> LinkInfo | None:
+def resolve_token(
+    session: Session, token: str, *, now: dt.datetime | None = None
+) -> LinkInfo | None:
     """The live link a token opens, or None for unknown, revoked and expired tokens alike."""
     if not token or len(token) > 128:
         return None
-    row = session.scalar(select(DashboardLink).where(DashboardLink.token_sha256 == hash_token(token)))
+    row = session.scalar(
+        select(DashboardLink).where(DashboardLink.token_sha256 == hash_token(token))
+    )
     if row is None or row.revoked_at is not None:
         return None
     now = now or utcnow()

@@ -21,6 +21,10 @@ from .refresh import safe_error
 from .registry import ConnectionInfo
 from .runtime import Runtime
 
+# The run's full event log goes to the instance (the Dagster UI shows it); the terminal
+# gets the report instead of Dagster's per-event console lines and stack traces.
+_QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+
 
 @dataclass(frozen=True)
 class ConnectionRefresh:
@@ -44,16 +48,24 @@ class RefreshReport:
     partitions_added: int = 0
 
     @property
-    def succeeded(self) -> list[ConnectionRefresh]:
-        return [c for c in self.connections if c.ok]
+    def total(self) -> int:
+        return len(self.connections)
 
     @property
-    def failed(self) -> list[ConnectionRefresh]:
+    def failures(self) -> list[ConnectionRefresh]:
         return [c for c in self.connections if not c.ok]
 
     @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+    @property
+    def succeeded(self) -> int:
+        return self.total - self.failed
+
+    @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.failures
 
     @property
     def facts(self) -> int:
@@ -63,12 +75,33 @@ class RefreshReport:
     def rows_written(self) -> int:
         return sum(c.rows_written for c in self.connections)
 
+    def lines(self) -> list[str]:
+        """One line per connection and a total, for a terminal."""
+        if not self.connections:
+            return ["no active connections to refresh"]
+        lines = []
+        for c in self.connections:
+            if c.ok:
+                lines.append(
+                    f"ok      {c.source:<8} {c.connection_id}  {c.records} records, "
+                    f"{c.facts} facts ({c.rows_written} changed, {c.rows_removed} removed)"
+                )
+            else:
+                lines.append(f"failed  {c.source:<8} {c.connection_id}  {c.error}")
+        lines.append(
+            f"{self.succeeded} of {self.total} connections refreshed; "
+            "the runs are in the Dagster UI"
+        )
+        return lines
+
 
 def open_instance(runtime: Runtime) -> DagsterInstance:
     """The Dagster instance under ``WRITEVUE_HOME/dagster`` that `writevue init` laid out."""
     dagster_home = runtime.settings.dagster_home
     if not (dagster_home / "dagster.yaml").exists():
-        raise NotFound(f"There is no Dagster instance at {dagster_home}; run `writevue init` first.")
+        raise NotFound(
+            f"There is no Dagster instance at {dagster_home}; run `writevue init` first."
+        )
     return DagsterInstance.from_config(str(dagster_home))
 
 
@@ -76,7 +109,9 @@ def refresh_now(runtime: Runtime | None = None, *, tenant_id: str | None = None)
     """Refresh every active connection (or one tenant's) and report each one's outcome.
 
     A failing connection is reported, never raised; an unknown tenant or a missing
-    instance raises a `WriteVueError` before anything runs.
+    instance raises a `WriteVueError` before anything runs. The runs use the Dagster
+    instance and home of ``runtime``; like the code location, they take the database URL
+    from ``WRITEVUE_DATABASE_URL``, never from resource config (it may hold a password).
     """
     owned = runtime is None
     runtime = runtime or Runtime.from_env()
@@ -110,7 +145,10 @@ def _refresh_one(
     instance: DagsterInstance, resource: WriteVueResource, connection: ConnectionInfo
 ) -> ConnectionRefresh:
     outcome = ConnectionRefresh(
-        connection_id=connection.id, tenant_id=connection.tenant_id, source=connection.source, ok=False
+        connection_id=connection.id,
+        tenant_id=connection.tenant_id,
+        source=connection.source,
+        ok=False,
     )
     pair = SOURCE_ASSETS.get(connection.source)
     if pair is None:
@@ -121,6 +159,7 @@ def _refresh_one(
             instance=instance,
             resources={RESOURCE_KEY: resource},
             partition_key=connection.id,
+            run_config=_QUIET_RUN_CONFIG,
             raise_on_error=False,
             tags={"writevue/trigger": "refresh_now"},
         )

@@ -72,7 +72,9 @@ def safe_error(exc: BaseException) -> str:
     return f"unexpected {type(exc).__name__}; see the run's logs"
 
 
-async def fetch_connections(runtime: Runtime, connection_ids: list[str]) -> dict[str, FetchSummary | BaseException]:
+async def fetch_connections(
+    runtime: Runtime, connection_ids: list[str]
+) -> dict[str, FetchSummary | BaseException]:
     """Fetch several connections concurrently, one HTTP client per source and base URL.
 
     A failure is returned for its connection instead of raised, so one connection
@@ -83,12 +85,15 @@ async def fetch_connections(runtime: Runtime, connection_ids: list[str]) -> dict
         for connection_id in connection_ids:
             connection = registry.get_connection(session, connection_id)
             secrets = registry.get_secrets(session, runtime.keys, connection)
-            cursor = registry.get_cursor(session, connection.id, get_source(connection.source).stream)
+            cursor = registry.get_cursor(
+                session, connection.id, get_source(connection.source).stream
+            )
             work.append((connection, secrets, cursor))
 
     clients = {}
     results: dict[str, FetchSummary | BaseException] = {}
     try:
+
         async def one(connection: ConnectionInfo, secrets: dict[str, str], cursor: str | None):
             source = get_source(connection.source)
             base_url = source.base_url(connection)
@@ -99,7 +104,9 @@ async def fetch_connections(runtime: Runtime, connection_ids: list[str]) -> dict
             try:
                 result = await source.fetch(
                     client,
-                    FetchRequest(connection=connection, secrets=secrets, window_start=start, cursor=cursor),
+                    FetchRequest(
+                        connection=connection, secrets=secrets, window_start=start, cursor=cursor
+                    ),
                 )
                 results[connection.id] = _stage(runtime, connection, start, result)
             except Exception as exc:

@@ -42,7 +42,9 @@ def parse_uuid(value: str, what: str) -> str:
     try:
         return str(uuid.UUID(value))
     except (ValueError, AttributeError, TypeError):
-        raise InvalidInput(f"{what} {value!r} is not a valid id; ids look like {uuid.uuid4()}.") from None
+        raise InvalidInput(
+            f"{what} {value!r} is not a valid id; ids look like {uuid.uuid4()}."
+        ) from None
 
 
 # -- tenants ----------------------------------------------------------------
@@ -149,7 +151,9 @@ def put_secret(
 def get_secrets(session: Session, keys: KeyRing, connection: ConnectionInfo) -> dict[str, str]:
     rows = session.scalars(select(Credential).where(Credential.connection_id == connection.id))
     return {
-        row.field: keys.decrypt_text(row.ciphertext, Binding(row.tenant_id, row.connection_id, row.field))
+        row.field: keys.decrypt_text(
+            row.ciphertext, Binding(row.tenant_id, row.connection_id, row.field)
+        )
         for row in rows
     }
 
@@ -221,7 +225,10 @@ def set_cursor(session: Session, connection: ConnectionInfo, stream: str, value:
     if row is None:
         session.add(
             SyncCursor(
-                connection_id=connection.id, stream=stream, tenant_id=connection.tenant_id, value=value
+                connection_id=connection.id,
+                stream=stream,
+                tenant_id=connection.tenant_id,
+                value=value,
             )
         )
     else:

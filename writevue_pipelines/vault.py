@@ -80,7 +80,9 @@ class KeyRing:
         version = self.key_version(blob)
         key = self._keys.get(version)
         if key is None:
-            raise VaultError(f"secret is sealed with key version {version}, which is not in the ring")
+            raise VaultError(
+                f"secret is sealed with key version {version}, which is not in the ring"
+            )
         start = _HEADER.size
         nonce, sealed = blob[start : start + _NONCE_BYTES], blob[start + _NONCE_BYTES :]
         try:
@@ -122,7 +124,9 @@ class KeyRing:
             keys = {int(v): base64.b64decode(k, validate=True) for v, k in raw["keys"].items()}
             return cls(keys, primary=int(raw["primary"]))
         except (ValueError, KeyError, TypeError) as exc:
-            raise VaultError(f"the key file is not a valid key ring ({type(exc).__name__})") from None
+            raise VaultError(
+                f"the key file is not a valid key ring ({type(exc).__name__})"
+            ) from None
 
 
 def save_key_ring(ring: KeyRing, path: Path) -> None:

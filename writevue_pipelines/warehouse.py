@@ -98,7 +98,9 @@ def upsert_facts(
         ).all()
         stale_ids = [row.id for row in existing if (row.metric, row.dimension, row.day) not in keep]
         for start in range(0, len(stale_ids), _BATCH):
-            result = session.execute(delete(Fact).where(Fact.id.in_(stale_ids[start : start + _BATCH])))
+            result = session.execute(
+                delete(Fact).where(Fact.id.in_(stale_ids[start : start + _BATCH]))
+            )
             removed += result.rowcount or 0
 
     days = facts["day"].n_unique() if facts.height else 0
@@ -112,9 +114,7 @@ def upsert_facts(
     )
 
 
-def tenant_facts(
-    session: Session, tenant_id: str, start: dt.date, end: dt.date
-) -> pl.DataFrame:
+def tenant_facts(session: Session, tenant_id: str, start: dt.date, end: dt.date) -> pl.DataFrame:
     """Every aggregate of one tenant between two days (inclusive), summed over connections."""
     rows = session.execute(
         select(Fact.metric, Fact.dimension, Fact.day, func.sum(Fact.value))

@@ -52,7 +52,11 @@ def _fail_connections(
             # Where it broke, without the exception's text (which could quote a response).
             context.log.error("".join(traceback.format_tb(exc.__traceback__)))
     messages = [refresh.safe_error(exc) for exc in errors.values()]
-    description = messages[0] if len(messages) == 1 else f"{len(messages)} connections failed: " + "; ".join(messages)
+    description = (
+        messages[0]
+        if len(messages) == 1
+        else f"{len(messages)} connections failed: " + "; ".join(messages)
+    )
     return Failure(description=description, allow_retries=False)
 
 

@@ -57,7 +57,9 @@ class Source(ABC):
         if "base_url" in options:
             parts = urlsplit(options["base_url"])
             if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise InvalidInput("Option base_url must be an http(s) URL such as https://api.example.com.")
+                raise InvalidInput(
+                    "Option base_url must be an http(s) URL such as https://api.example.com."
+                )
             if parts.username or parts.password or parts.query:
                 raise InvalidInput("Option base_url must not carry credentials or a query string.")
         return options

@@ -55,7 +55,8 @@ class ReadOnlyTransport(httpx.AsyncBaseTransport):
             key = (method, request.url.host.lower(), request.url.path)
             if key not in self._allow:
                 raise WriteRefused(
-                    f"refused {method} {request.url.host}{request.url.path}: WriteVue only reads from sources"
+                    f"refused {method} {request.url.host}{request.url.path}: "
+                    "WriteVue only reads from sources"
                 )
         return await self._inner.handle_async_request(request)
 
@@ -204,7 +205,8 @@ async def get_json(
         return json.loads(bytes(body)), response
     except (ValueError, UnicodeDecodeError):
         raise SourceError(
-            f"connection {connection_id}: {endpoint} answered HTTP {status} with a body that is not JSON",
+            f"connection {connection_id}: {endpoint} answered HTTP {status} "
+            "with a body that is not JSON",
             connection_id=connection_id,
             status=status,
         ) from None

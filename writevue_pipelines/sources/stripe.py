@@ -13,9 +13,7 @@ from .base import FetchRequest, FetchResult, Source
 from .http import get_json
 
 # Stripe amounts are in the currency's smallest unit, except for these.
-ZERO_DECIMAL = frozenset(
-    "bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split()
-)
+ZERO_DECIMAL = frozenset("bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split())
 
 RAW_SCHEMA = {
     "id": pl.String,
@@ -85,8 +83,14 @@ class StripeSource(Source):
 
     def aggregate(self, records: pl.DataFrame) -> pl.DataFrame:
         if records.height == 0:
-            return pl.DataFrame(schema={"metric": pl.String, "dimension": pl.String,
-                                        "day": pl.Date, "value": pl.Float64})
+            return pl.DataFrame(
+                schema={
+                    "metric": pl.String,
+                    "dimension": pl.String,
+                    "day": pl.Date,
+                    "value": pl.Float64,
+                }
+            )
         frame = records.with_columns(
             pl.from_epoch("created", time_unit="s").dt.date().alias("day"),
             pl.col("currency").str.to_lowercase(),
@@ -97,12 +101,16 @@ class StripeSource(Source):
             .alias("unit"),
         )
         succeeded = frame.filter(pl.col("status") == "succeeded")
-        gross = succeeded.group_by("day", "currency").agg(
-            (pl.col("amount") / pl.col("unit")).sum().alias("value")
-        ).with_columns(pl.lit("gross_volume").alias("metric"))
-        refunded = succeeded.group_by("day", "currency").agg(
-            (pl.col("amount_refunded") / pl.col("unit")).sum().alias("value")
-        ).with_columns(pl.lit("refunded").alias("metric"))
+        gross = (
+            succeeded.group_by("day", "currency")
+            .agg((pl.col("amount") / pl.col("unit")).sum().alias("value"))
+            .with_columns(pl.lit("gross_volume").alias("metric"))
+        )
+        refunded = (
+            succeeded.group_by("day", "currency")
+            .agg((pl.col("amount_refunded") / pl.col("unit")).sum().alias("value"))
+            .with_columns(pl.lit("refunded").alias("metric"))
+        )
         charges = (
             succeeded.group_by("day")
             .agg(pl.len().cast(pl.Float64).alias("value"))
@@ -117,8 +125,9 @@ class StripeSource(Source):
 def _charge_row(item: object, connection_id: str) -> dict:
     """Keep only what aggregation needs; tolerate drift in everything else."""
     if not isinstance(item, dict):
-        raise SourceError(f"connection {connection_id}: a charge is not an object",
-                          connection_id=connection_id)
+        raise SourceError(
+            f"connection {connection_id}: a charge is not an object", connection_id=connection_id
+        )
     try:
         return {
             "id": str(item["id"]),

@@ -1,0 +1,276 @@
+"""The dashboard server's gate: no app code runs for a token that opens no live link.
+
+A Tornado routing rule sits in front of every Panel/Bokeh route. For any path
+under ``/d/<token>`` (the page, its websocket, autoload.js, metadata, per-app
+static files) it looks the token's hash up; unknown, revoked and expired tokens
+all get the same 404 page from the same single query, and an address that keeps
+guessing gets 429. Only a live link falls through to Panel.
+
+Every response also gets the security headers, and the access log names the
+link's opaque id instead of the token and keeps only a truncated IP.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tornado import routing
+from tornado.httputil import HTTPHeaders, HTTPServerRequest
+from tornado.web import Application, GZipContentEncoding, OutputTransform, RequestHandler
+
+from writevue_pipelines import links
+from writevue_pipelines.links import LinkInfo
+from writevue_pipelines.runtime import Runtime
+
+from .redaction import limiter_key, truncate_ip
+
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+GATE_PREFIX = "/d/"
+_GATED_PATH = re.compile(r"^/d/([^/]*)(/.*)?$")
+_TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
+_LAST_USED_EVERY = dt.timedelta(minutes=5)
+
+NOT_FOUND_HTML = (ASSETS_DIR / "404.html").read_bytes()
+TOO_MANY_HTML = (
+    b'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+    b"<title>Too many requests</title></head><body><h1>Too many requests</h1>"
+    b"<p>Please wait a minute and try again.</p></body></html>"
+)
+
+# Panel's page starts from inline scripts ('unsafe-inline') and es-module-shims makes
+# blob: scripts; nothing else, and no third-party origin, is allowed. 'unsafe-eval' is
+# not needed by the widgets used (it would be by CustomJS or ReactiveHTML).
+CSP_DIRECTIVES = {
+    "default-src": "'self'",
+    "script-src": "'self' 'unsafe-inline' blob:",
+    "style-src": "'self' 'unsafe-inline'",
+    "img-src": "'self' data: blob:",
+    "font-src": "'self' data:",
+    "connect-src": "'self'",
+    "worker-src": "'self' blob:",
+    "object-src": "'none'",
+    "base-uri": "'none'",
+    "form-action": "'self'",
+    "frame-ancestors": "'none'",
+}
+
+
+def security_headers(frame_ancestors: str | None = None) -> dict[str, str]:
+    """Headers for every response; ``frame_ancestors`` allows a configured embed."""
+    directives = dict(CSP_DIRECTIVES)
+    if frame_ancestors:
+        directives["frame-ancestors"] = frame_ancestors
+    headers = {
+        "Referrer-Policy": "no-referrer",
+        "X-Robots-Tag": "noindex, nofollow",
+        "Cache-Control": "no-store",
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "; ".join(f"{k} {v}" for k, v in directives.items()),
+        "Cross-Origin-Opener-Policy": "same-origin",
+        "Cross-Origin-Resource-Policy": "same-origin",
+    }
+    if not frame_ancestors:
+        headers["X-Frame-Options"] = "DENY"
+    return headers
+
+
+class FailureLimiter:
+    """Failed lookups per address in a sliding window; in memory, per process."""
+
+    def __init__(self, max_failures: int = 20, window_s: float = 60.0):
+        self.max_failures, self.window_s = max_failures, window_s
+        self._hits: dict[str, collections.deque] = {}
+        self._lock = threading.Lock()
+
+    def _window(self, key: str, now: float) -> collections.deque:
+        hits = self._hits.setdefault(key, collections.deque())
+        while hits and hits[0] <= now - self.window_s:
+            hits.popleft()
+        return hits
+
+    def blocked(self, key: str) -> bool:
+        with self._lock:
+            hits = self._window(key, time.monotonic())
+            if not hits:
+                self._hits.pop(key, None)
+            return len(hits) >= self.max_failures
+
+    def fail(self, key: str) -> None:
+        with self._lock:
+            now = time.monotonic()
+            self._window(key, now).append(now)
+
+
+class LinkResolver:
+    """Token to live link, by hash lookup; records when a link was last used."""
+
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+
+    def __call__(self, token: str) -> LinkInfo | None:
+        if not _TOKEN_SHAPE.match(token):
+            return None
+        with self.runtime.db.session() as session:
+            link = links.resolve_token(session, token)
+            if link is not None:
+                now = dt.datetime.now(dt.UTC)
+                if link.last_used_at is None or now - link.last_used_at > _LAST_USED_EVERY:
+                    links.touch_link(session, link.id, now=now)
+            return link
+
+
+class TokenGateMatcher(routing.Matcher):
+    """Matches the requests under /d/ that must not reach Panel; lets live links through."""
+
+    def __init__(
+        self, resolve: Callable[[str], LinkInfo | None], limiter: FailureLimiter, prefix: str = ""
+    ):
+        self.resolve, self.limiter, self.prefix = resolve, limiter, prefix
+
+    def match(self, request: HTTPServerRequest) -> dict | None:
+        path = request.path
+        if self.prefix:
+            if not path.startswith(self.prefix + "/"):
+                return None
+            path = path[len(self.prefix) :]
+        found = _GATED_PATH.match(path)
+        if not found:
+            return None
+        client = limiter_key(request.remote_ip or "")
+        if self.limiter.blocked(client):
+            return {"path_args": [], "path_kwargs": {"status": "429"}}
+        link = None
+        try:
+            link = self.resolve(found.group(1))
+        except Exception:
+            logging.getLogger("writevue.gate").exception("link lookup failed")
+        if link is None:
+            self.limiter.fail(client)
+            return {"path_args": [], "path_kwargs": {"status": "404"}}
+        request.writevue_link_id = link.id  # for the access log
+        return None
+
+
+class RejectHandler(RequestHandler):
+    """Our 404 (or 429) for every method; no Bokeh code involved."""
+
+    SUPPORTED_METHODS = ("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS")
+
+    def prepare(self) -> None:
+        status = int(self.path_kwargs.get("status", "404"))
+        self.set_status(status)
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        if status == 429:
+            self.set_header("Retry-After", "60")
+            self.finish(TOO_MANY_HTML)
+        else:
+            self.finish(NOT_FOUND_HTML)
+
+
+class RobotsHandler(RequestHandler):
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.finish((ASSETS_DIR / "robots.txt").read_bytes())
+
+
+def _security_transform(headers_to_set: dict[str, str]) -> type[OutputTransform]:
+    class SecurityHeaders(OutputTransform):
+        """Runs on every response's first chunk, errors and the websocket upgrade included."""
+
+        def transform_first_chunk(
+            self, status_code, headers: HTTPHeaders, chunk: bytes, finishing: bool
+        ):
+            for name, value in headers_to_set.items():
+                headers[name] = value
+            headers.pop("Server", None)
+            headers.pop("Etag", None)
+            if status_code == 404 and finishing and chunk != NOT_FOUND_HTML:
+                chunk = NOT_FOUND_HTML
+                headers["Content-Type"] = "text/html; charset=utf-8"
+                headers["Content-Length"] = str(len(chunk))
+            return status_code, headers, chunk
+
+    return SecurityHeaders
+
+
+class StaticGzip(GZipContentEncoding):
+    """Compress static files only: pages carry a session token (BREACH caution)."""
+
+    def __init__(self, request: HTTPServerRequest) -> None:
+        super().__init__(request)
+        if not request.path.startswith(("/static/", "/assets/")):
+            self._gzipping = False
+
+
+_access_log = logging.getLogger("tornado.access")
+
+
+def redacted_path(request: HTTPServerRequest) -> str:
+    found = _GATED_PATH.match(request.path)
+    if not found:
+        return request.path
+    link_id = getattr(request, "writevue_link_id", None)
+    return GATE_PREFIX + (f"<link:{link_id}>" if link_id else "<invalid>") + (found.group(2) or "")
+
+
+def log_function(handler: RequestHandler) -> None:
+    """The access log line: no query string, the token replaced, the IP truncated."""
+    status = handler.get_status()
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    request = handler.request
+    _access_log.log(
+        level,
+        "%d %s %s (%s) %.2fms",
+        status,
+        request.method,
+        redacted_path(request),
+        truncate_ip(request.remote_ip or ""),
+        1000.0 * request.request_time(),
+    )
+
+
+def tornado_settings(frame_ancestors: str | None = None) -> dict:
+    """Extra ``pn.serve`` keyword arguments; Bokeh passes them to ``tornado.web.Application``."""
+    return {
+        "log_function": log_function,
+        "transforms": [_security_transform(security_headers(frame_ancestors)), StaticGzip],
+        "default_handler_class": RejectHandler,
+        "extra_patterns": [(r"/robots\.txt", RobotsHandler)],
+    }
+
+
+def _tornado_app(server) -> Application:
+    # The one private attribute: Bokeh's Server keeps its Tornado Application in
+    # ``_tornado`` with no public accessor. Checked, so an upgrade fails loudly.
+    app = getattr(server, "_tornado", None)
+    if not isinstance(app, Application):
+        raise RuntimeError(
+            "bokeh's Server no longer exposes _tornado; the gate cannot be installed"
+        )
+    return app
+
+
+def install_gate(
+    server, resolve: Callable[[str], LinkInfo | None], limiter: FailureLimiter
+) -> None:
+    """Put the token gate in front of all Panel/Bokeh routes (before the server starts)."""
+    # add_handlers inserts its host rule ahead of the router holding every Bokeh route;
+    # when the matcher answers None, routing carries on to those routes.
+    _tornado_app(server).add_handlers(
+        r".*", [routing.Rule(TokenGateMatcher(resolve, limiter, server.prefix), RejectHandler)]
+    )
+
+
+def current_link(resolve: Callable[[str], LinkInfo | None]) -> LinkInfo | None:
+    """Inside a Panel session: the live link it was opened with, checked again."""
+    import panel as pn
+
+    token = pn.state.route_params.get("token", "")
+    return resolve(token) if token else None
