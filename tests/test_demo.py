@@ -29,7 +29,12 @@ def _processes_in(folder: Path) -> list[int]:
 def _writevue(env, cwd, *args, timeout=540):
     return subprocess.run(
         [sys.executable, "-m", "writevue_pipelines.cli", *args],
-        capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=cwd,
+        check=False,
     )
 
 
