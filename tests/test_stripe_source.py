@@ -38,9 +38,9 @@ def _connection(url: str) -> ConnectionInfo:
 async def _fetch(url: str, key: str, start: dt.date):
     source = get_source("stripe")
     async with open_client(base_url=url) as client:
-        return await source.fetch(
-            client, FetchRequest(_connection(url), {"api_key": key}, start, None)
-        )
+        connection = _connection(url)
+        auth = source.build_auth(connection, {"api_key": key})
+        return await source.fetch(client, FetchRequest(connection, auth, start, None))
 
 
 def test_sandbox_pages_like_stripe(sandbox):

@@ -102,12 +102,18 @@ async def fetch_connections(
                 client = clients[(source.name, base_url)] = open_client(base_url=base_url)
             start = window_start(runtime, cursor)
             try:
-                result = await source.fetch(
-                    client,
-                    FetchRequest(
-                        connection=connection, secrets=secrets, window_start=start, cursor=cursor
-                    ),
+                tokens = None
+                if connection.auth_kind == "oauth2":
+                    from .oauth import token_source
+
+                    tokens = token_source(runtime, connection, secrets)
+                request = FetchRequest(
+                    connection=connection,
+                    auth=source.build_auth(connection, secrets, tokens),
+                    window_start=start,
+                    cursor=cursor,
                 )
+                result = await source.fetch(client, request)
                 results[connection.id] = _stage(runtime, connection, start, result)
             except Exception as exc:
                 results[connection.id] = exc

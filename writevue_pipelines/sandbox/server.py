@@ -3,147 +3,42 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import threading
-import time
 from collections import Counter
 
 import tornado.web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from . import stripe_data
+from . import faults as fault_plans
+from . import stripe
+from .base import NotFoundHandler, SandboxHandler
 
 
-class _Base(tornado.web.RequestHandler):
-    def set_default_headers(self) -> None:
-        self.set_header("Content-Type", "application/json")
-
-    def count(self, name: str) -> None:
-        self.application.settings["counters"][name] += 1
-
-    def write_json(self, status: int, body: dict) -> None:
-        self.set_status(status)
-        self.finish(json.dumps(body))
-
-    def write_error(self, status_code: int, **kwargs) -> None:
-        self.finish(json.dumps({"error": {"type": "api_error", "message": self._reason}}))
-
-
-class StripeHandler(_Base):
-    """Stripe's list API wire format: Bearer key, limit, starting_after, has_more, created[gte]."""
-
-    def api_key(self) -> str | None:
-        header = self.request.headers.get("Authorization", "")
-        if header.startswith("Bearer "):
-            return header[len("Bearer ") :].strip() or None
-        if header.startswith("Basic "):
-            # Stripe also accepts the key as the basic-auth user name.
-            try:
-                user = base64.b64decode(header[len("Basic ") :]).decode().split(":", 1)[0]
-            except (ValueError, UnicodeDecodeError):
-                return None
-            return user or None
-        return None
-
-    def authorise(self) -> str | None:
-        key = self.api_key()
-        if key is None or not key.startswith(("sk_test_", "rk_test_")):
-            masked = "" if key is None else f" {key[:8]}****{key[-4:]}"
-            self.count("stripe.unauthorised")
-            self.set_header("WWW-Authenticate", 'Bearer realm="Stripe"')
-            self.write_json(
-                401,
-                {
-                    "error": {
-                        "type": "invalid_request_error",
-                        "message": f"Invalid API Key provided:{masked}",
-                    }
-                },
-            )
-            return None
-        return stripe_data.account_for_key(key)
-
-
-class ChargesHandler(StripeHandler):
-    async def get(self) -> None:
-        account = self.authorise()
-        if account is None:
-            return
-        self.count("stripe.charges")
-        delay = self.application.settings["latency_s"]
-        if delay:
-            await asyncio.sleep(delay)
-        try:
-            limit = int(self.get_query_argument("limit", "10"))
-            created_gte = self.get_query_argument("created[gte]", None)
-            created_gte = int(created_gte) if created_gte is not None else None
-        except ValueError:
-            self.write_json(400, _invalid("limit and created[gte] must be integers"))
-            return
-        if not 1 <= limit <= 100:
-            self.write_json(400, _invalid("limit must be between 1 and 100"))
-            return
-        starting_after = self.get_query_argument("starting_after", None)
-        result = stripe_data.list_charges(
-            account,
-            now=int(time.time()),
-            limit=limit,
-            created_gte=created_gte,
-            starting_after=starting_after,
-        )
-        if result is None:
-            self.write_json(
-                400,
-                {
-                    "error": {
-                        "type": "invalid_request_error",
-                        "code": "resource_missing",
-                        "param": "starting_after",
-                        "message": f"No such charge: '{starting_after}'",
-                    }
-                },
-            )
-            return
-        page, has_more = result
-        self.write_json(
-            200, {"object": "list", "url": "/v1/charges", "has_more": has_more, "data": page}
-        )
-
-
-class RefuseWrites(_Base):
-    """Stripe would accept a POST here; the sandbox records it so tests can prove none arrive."""
-
-    def post(self, *_args) -> None:
-        self.count("stripe.write_attempts")
-        self.write_json(405, _invalid("the sandbox is read-only"))
-
-
-class HealthHandler(_Base):
+class HealthHandler(SandboxHandler):
     def get(self) -> None:
-        self.write_json(200, {"ok": True, "counters": dict(self.application.settings["counters"])})
+        self.write_json(200, {"ok": True, "counters": dict(self.counters)})
 
 
-class NotFoundHandler(_Base):
-    def prepare(self) -> None:
-        self.write_json(404, _invalid("Unrecognized request URL"))
+def make_app(
+    *, latency_s: float = 0.0, hang_s: float = 5.0, faults: str = ""
+) -> tornado.web.Application:
+    """The sandbox: every provider's routes, shared counters and fault knobs.
 
-
-def _invalid(message: str) -> dict:
-    return {"error": {"type": "invalid_request_error", "message": message}}
-
-
-def make_app(*, latency_s: float = 0.0) -> tornado.web.Application:
+    ``latency_s`` delays every answer; ``faults`` is a default fault plan for every
+    request (see ``faults``); ``hang_s`` is how long a ``timeout`` fault hangs.
+    """
     return tornado.web.Application(
         [
-            (r"/v1/charges", ChargesHandler),
-            (r"/v1/charges/?(.*)", RefuseWrites),
+            *stripe.routes(),
             (r"/_sandbox/health", HealthHandler),
         ],
         default_handler_class=NotFoundHandler,
         counters=Counter(),
+        fault_counts=Counter(),
+        default_faults=fault_plans.parse(faults),
         latency_s=latency_s,
+        hang_s=hang_s,
         # The sandbox's own request log would only repeat what the tests assert on.
         log_function=lambda handler: None,
     )
@@ -152,9 +47,9 @@ def make_app(*, latency_s: float = 0.0) -> tornado.web.Application:
 class SandboxServer:
     """The sandbox on a loopback port, in a background thread with its own event loop."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, latency_s: float = 0.0):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, **app_settings):
         self.host = host
-        self.app = make_app(latency_s=latency_s)
+        self.app = make_app(**app_settings)
         self._sockets = bind_sockets(port, address=host)
         self.port = self._sockets[0].getsockname()[1]
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -200,9 +95,9 @@ class SandboxServer:
         self.stop()
 
 
-def serve_forever(host: str = "127.0.0.1", port: int = 8765) -> None:
+def serve_forever(host: str = "127.0.0.1", port: int = 8765, **app_settings) -> None:
     async def main() -> None:
-        server = HTTPServer(make_app())
+        server = HTTPServer(make_app(**app_settings))
         server.listen(port, address=host)
         await asyncio.Event().wait()
 

@@ -11,14 +11,15 @@ from urllib.parse import urlsplit
 import httpx
 import polars as pl
 
-from ..errors import InvalidInput
+from ..errors import InvalidInput, SourceError
 from ..registry import ConnectionInfo
+from .auth import ApiKeyAuth, ApiKeyPlacement, BasicAuth, OAuth2BearerAuth, OAuthSpec, TokenSource
 
 
 @dataclass(frozen=True)
 class FetchRequest:
     connection: ConnectionInfo
-    secrets: dict[str, str]
+    auth: httpx.Auth
     window_start: dt.date
     cursor: str | None
 
@@ -67,8 +68,38 @@ class Source(ABC):
     def base_url(self, connection: ConnectionInfo) -> str:
         return str(connection.options.get("base_url") or self.default_base_url).rstrip("/")
 
-    @abstractmethod
-    def auth_headers(self, secrets: dict[str, str]) -> dict[str, str]: ...
+    #: how an API key is sent, for sources that take one
+    api_key_placement: ClassVar[ApiKeyPlacement] = ApiKeyPlacement()
+    #: the provider's OAuth2 endpoints, for sources that support OAuth2
+    oauth: ClassVar[OAuthSpec | None] = None
+
+    def build_auth(
+        self,
+        connection: ConnectionInfo,
+        secrets: dict[str, str],
+        tokens: TokenSource | None = None,
+    ) -> httpx.Auth:
+        """The credentials of one connection as an ``httpx.Auth``."""
+        kind = connection.auth_kind
+        if kind not in self.auth_kinds:
+            raise SourceError(
+                f"connection {connection.id}: {self.title} does not take {kind} credentials",
+                connection_id=connection.id,
+            )
+        if kind == "api_key":
+            return ApiKeyAuth(secrets.get("api_key", ""), self.api_key_placement)
+        if kind == "basic":
+            if not secrets.get("username") or not secrets.get("password"):
+                raise SourceError(
+                    f"connection {connection.id}: the username or password is missing",
+                    connection_id=connection.id,
+                )
+            return BasicAuth(secrets["username"], secrets["password"])
+        if tokens is None:
+            raise SourceError(
+                f"connection {connection.id}: no OAuth2 token source", connection_id=connection.id
+            )
+        return OAuth2BearerAuth(tokens)
 
     @abstractmethod
     async def fetch(self, client: httpx.AsyncClient, request: FetchRequest) -> FetchResult: ...

@@ -150,12 +150,15 @@ async def get_json(
     connection_id: str,
     params: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
+    auth: httpx.Auth | None = None,
     max_bytes: int = MAX_RESPONSE_BYTES,
 ) -> tuple[Any, httpx.Response]:
     """GET a JSON document; any failure is a ``SourceError`` safe to log."""
     endpoint = path.split("?", 1)[0]
     try:
-        async with client.stream("GET", path, params=params, headers=headers) as response:
+        async with client.stream(
+            "GET", path, params=params, headers=headers, auth=auth or httpx.USE_CLIENT_DEFAULT
+        ) as response:
             declared = response.headers.get("Content-Length")
             if declared and declared.isdigit() and int(declared) > max_bytes:
                 raise SourceError(

@@ -39,12 +39,6 @@ class StripeSource(Source):
     stream = "charges"
     page_size = 100
 
-    def auth_headers(self, secrets: dict[str, str]) -> dict[str, str]:
-        key = secrets.get("api_key")
-        if not key:
-            raise SourceError("the Stripe connection has no API key; add it again")
-        return {"Authorization": f"Bearer {key}"}
-
     async def fetch(self, client: httpx.AsyncClient, request: FetchRequest) -> FetchResult:
         connection_id = request.connection.id
         window_start = dt.datetime.combine(request.window_start, dt.time(), dt.UTC)
@@ -52,13 +46,12 @@ class StripeSource(Source):
             "limit": self.page_size,
             "created[gte]": int(window_start.timestamp()),
         }
-        headers = self.auth_headers(request.secrets)
         rows: list[dict] = []
         requests = 0
         started = time.perf_counter()
         while True:
             body, _ = await get_json(
-                client, "/v1/charges", connection_id=connection_id, params=params, headers=headers
+                client, "/v1/charges", connection_id=connection_id, params=params, auth=request.auth
             )
             requests += 1
             if not isinstance(body, dict) or not isinstance(body.get("data"), list):
