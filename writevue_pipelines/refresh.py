@@ -17,6 +17,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import httpx
 import polars as pl
 
 from . import registry, warehouse
@@ -99,7 +100,10 @@ async def fetch_connections(
             base_url = source.base_url(connection)
             client = clients.get((source.name, base_url))
             if client is None:
-                client = clients[(source.name, base_url)] = open_client(base_url=base_url)
+                client = clients[(source.name, base_url)] = open_client(
+                    base_url=base_url,
+                    timeout=httpx.Timeout(runtime.settings.http_timeout_s, connect=10.0),
+                )
             start = window_start(runtime, cursor)
             try:
                 tokens = None

@@ -17,6 +17,7 @@ class Settings:
     dashboard_base_url: str = "http://127.0.0.1:5006"
     history_days: int = 90
     lookback_days: int = 3
+    http_timeout_s: float = 30.0
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -30,6 +31,7 @@ class Settings:
             ).rstrip("/"),
             history_days=_positive_int(env, "WRITEVUE_HISTORY_DAYS", 90),
             lookback_days=_positive_int(env, "WRITEVUE_LOOKBACK_DAYS", 3),
+            http_timeout_s=float(_positive_int(env, "WRITEVUE_HTTP_TIMEOUT_S", 30)),
         )
 
     @cached_property
@@ -65,7 +67,7 @@ def _positive_int(env, name: str, default: int) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be a whole number of days, not {raw!r}.") from None
+        raise ConfigError(f"{name} must be a whole number, not {raw!r}.") from None
     if value <= 0:
         raise ConfigError(f"{name} must be greater than zero.")
     return value
