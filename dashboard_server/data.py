@@ -17,7 +17,7 @@ from writevue_pipelines.runtime import Runtime
 from writevue_pipelines.sources import SOURCES
 
 STALE_AFTER = dt.timedelta(hours=36)
-MONEY_METRICS = frozenset({"gross_volume", "refunded"})
+MONEY_METRICS = frozenset({"gross_volume", "net", "fees", "refunds"})
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from dashboard_server.redaction import scrub, truncate_ip
 from writevue_pipelines import links, refresh
 from writevue_pipelines.demo import free_port
 from writevue_pipelines.models import DashboardLink
+from writevue_pipelines.sources import get_source
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 REQUIRED_HEADERS = {
@@ -158,7 +159,7 @@ def test_dashboard_data_reads_one_tenant_and_compares_periods(runtime, sandbox):
     data = load_dashboard(runtime, acme.id, days=30)
     assert data.tenant_name == "Acme Ltd"
     assert [s.state for s in data.sources] == ["fresh"]
-    assert {k.metric for k in data.kpis} == {"gross_volume", "charges", "refunded"}
+    assert {k.metric for k in data.kpis} == set(get_source("stripe").metrics)
     charges = next(k for k in data.kpis if k.metric == "charges")
     assert charges.value == data.series.filter(data.series["metric"] == "charges")["value"].sum()
     assert charges.previous > 0 and charges.change_text.endswith("vs previous period")

@@ -80,49 +80,101 @@ def test_sandbox_refuses_bad_keys_and_unknown_cursors(sandbox):
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "resource_missing"
 
 
-def test_fetch_reads_every_page_from_the_window_start(sandbox):
+def _sandbox_objects(objects_for_day, key: str, start: dt.date) -> list[dict]:
+    account = stripe_data.account_for_key(key)
+    now = int(time.time())
+    return [
+        item
+        for day in range(stripe_data.day_number(start), now // 86400 + 1)
+        for item in objects_for_day(account, day)
+        if item["created"] <= now
+    ]
+
+
+def test_fetch_reads_every_page_of_both_lists_from_the_window_start(sandbox):
     start = dt.date.today() - dt.timedelta(days=20)
     result = asyncio.run(_fetch(sandbox.url, KEY, start))
+    transactions = _sandbox_objects(stripe_data.balance_transactions_for_day, KEY, start)
+    customers = _sandbox_objects(stripe_data.customers_for_day, KEY, start)
+    assert len(transactions) > 100  # more than one page
+    kinds = result.records["kind"].value_counts().sort("kind").rows()
+    assert kinds == [("balance_transaction", len(transactions)), ("customer", len(customers))]
+    pages = -(-len(transactions) // 100) + max(1, -(-len(customers) // 100))
+    assert result.requests == pages
+    assert result.next_cursor == str(max(t["created"] for t in transactions + customers))
+
+
+def test_aggregates_match_the_sandbox_ledger(sandbox):
+    """Gross, refunds, fees and net per day and currency, computed independently."""
+    start = dt.date.today() - dt.timedelta(days=10)
+    facts = get_source("stripe").aggregate(asyncio.run(_fetch(sandbox.url, KEY, start)).records)
+    got = {(m, d, day): v for m, d, day, v in facts.iter_rows()}
+    expected: dict = {}
     account = stripe_data.account_for_key(KEY)
     now = int(time.time())
-    expected = [
-        c
-        for day in range(stripe_data.day_number(start), now // 86400 + 1)
-        for c in stripe_data.charges_for_day(account, day)
-        if c["created"] <= now
-    ]
-    assert result.records.height == len(expected) > 100
-    assert result.requests == -(-len(expected) // 100)  # ceil: has_more ends the loop
-    assert set(result.records.columns) == {
-        "id",
-        "created",
-        "amount",
-        "amount_refunded",
-        "currency",
-        "status",
-    }
-    assert result.next_cursor == str(max(c["created"] for c in expected))
+    for day_no in range(stripe_data.day_number(start), now // 86400 + 1):
+        day = dt.date(1970, 1, 1) + dt.timedelta(days=day_no)
+        for charge in stripe_data.charges_for_day(account, day_no):
+            if charge["created"] > now or charge["status"] != "succeeded":
+                continue
+            cur, amount = charge["currency"], charge["amount"] / 100
+            fee = stripe_data.stripe_fee(charge["amount"]) / 100
+            for metric, value in (("gross_volume", amount), ("fees", fee), ("net", amount - fee)):
+                expected[(metric, cur, day)] = expected.get((metric, cur, day), 0) + value
+            expected[("charges", "", day)] = expected.get(("charges", "", day), 0) + 1
+            if charge["refunded"]:
+                expected[("refunds", cur, day)] = expected.get(("refunds", cur, day), 0) + amount
+                expected[("net", cur, day)] -= amount
+        customers = [
+            c for c in stripe_data.customers_for_day(account, day_no) if c["created"] <= now
+        ]
+        if customers:
+            expected[("new_customers", "", day)] = len(customers)
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value), key
+    # Anything else the connector reports is a zero (a currency-day with no refunds).
+    assert all(v == 0 for k, v in got.items() if k not in expected)
 
 
-def test_aggregation_gives_gross_volume_per_day_and_currency():
+def test_aggregation_handles_zero_decimal_currencies():
     source = get_source("stripe")
-    day = dt.datetime(2026, 5, 1, 12, tzinfo=dt.UTC)
+    day = int(dt.datetime(2026, 5, 1, 12, tzinfo=dt.UTC).timestamp())
     records = pl.DataFrame(
         {
+            "kind": ["balance_transaction"] * 3 + ["customer"],
             "id": ["a", "b", "c", "d"],
-            "created": [int(day.timestamp())] * 4,
-            "amount": [1000, 2550, 500, 700],
-            "amount_refunded": [0, 2550, 0, 0],
-            "currency": ["usd", "usd", "jpy", "usd"],
-            "status": ["succeeded", "succeeded", "succeeded", "failed"],
+            "created": [day] * 4,
+            "type": ["charge", "charge", "refund", None],
+            "amount": [1000, 500, -1000, None],
+            "fee": [59, 0, 0, None],
+            "net": [941, 500, -1000, None],
+            "currency": ["usd", "jpy", "usd", None],
         }
     )
-    facts = source.aggregate(records)
-    value = {(m, d): v for m, d, _, v in facts.iter_rows()}
-    assert value[("gross_volume", "usd")] == 35.50
+    value = {(m, d): v for m, d, _, v in source.aggregate(records).iter_rows()}
+    assert value[("gross_volume", "usd")] == 10.00
     assert value[("gross_volume", "jpy")] == 500  # zero-decimal currency
-    assert value[("refunded", "usd")] == 25.50
-    assert value[("charges", "")] == 3
+    assert value[("refunds", "usd")] == 10.00
+    assert value[("net", "usd")] == pytest.approx(-0.59)
+    assert value[("charges", "")] == 2 and value[("new_customers", "")] == 1
+
+
+def test_drift_is_tolerated_but_a_missing_required_field_fails_that_connection():
+    from writevue_pipelines.sources.stripe import _transaction_row
+
+    item = {
+        "id": "txn_1",
+        "created": "1700000000",
+        "amount": "250",
+        "fee": None,
+        "currency": "usd",
+        "surprise": {"new": "field"},
+    }
+    row = _transaction_row(item, "c1", "/v1/x")
+    assert row["created"] == 1700000000 and row["amount"] == 250 and row["fee"] == 0
+    with pytest.raises(SourceError, match="lacks the required field 'currency'") as err:
+        _transaction_row({"id": "t", "created": 1, "amount": 1}, "c1", "/v1/balance_transactions")
+    assert "c1" in str(err.value)
 
 
 def test_a_bad_key_is_a_clean_error_for_that_connection_only(runtime, sandbox, caplog):

@@ -10,6 +10,7 @@ from support import add_stripe_connection
 
 from writevue_pipelines import refresh, registry, warehouse
 from writevue_pipelines.errors import SourceError
+from writevue_pipelines.sources import get_source
 
 
 def _connection(rt, sandbox_url: str):
@@ -23,7 +24,7 @@ def test_refresh_twice_writes_no_duplicate_rows(any_runtime, sandbox):
     first = refresh.load_connection(rt, connection)
     with rt.db.session() as session:
         count = warehouse.connection_fact_count(session, connection)
-        cursor = registry.get_cursor(session, connection, "charges")
+        cursor = registry.get_cursor(session, connection, "balance_transactions")
     assert first.facts == count > 0 and cursor is not None
     refresh.fetch_connection(rt, connection)
     refresh.load_connection(rt, connection)
@@ -31,7 +32,7 @@ def test_refresh_twice_writes_no_duplicate_rows(any_runtime, sandbox):
         assert warehouse.duplicate_keys(session, connection) == 0
         assert warehouse.connection_fact_count(session, connection) == count
         facts = warehouse.tenant_facts(session, tenant, dt.date(2000, 1, 1), dt.date(2100, 1, 1))
-    assert set(facts["metric"]) == {"gross_volume", "charges", "refunded"}
+    assert set(facts["metric"]) == set(get_source("stripe").metrics)
 
 
 def test_rerun_of_the_same_upsert_changes_no_row(any_runtime, sandbox):
@@ -80,7 +81,7 @@ def test_failed_load_leaves_facts_and_cursor_untouched(runtime, sandbox):
     with rt.db.session() as session:
         before = (
             warehouse.connection_fact_count(session, connection),
-            registry.get_cursor(session, connection, "charges"),
+            registry.get_cursor(session, connection, "balance_transactions"),
         )
     staged = rt.settings.staging_dir / connection
     refresh.fetch_connection(rt, connection)
@@ -90,7 +91,7 @@ def test_failed_load_leaves_facts_and_cursor_untouched(runtime, sandbox):
     with rt.db.session() as session:
         after = (
             warehouse.connection_fact_count(session, connection),
-            registry.get_cursor(session, connection, "charges"),
+            registry.get_cursor(session, connection, "balance_transactions"),
         )
     assert after == before
 

@@ -41,12 +41,18 @@ class StripeHandler(SandboxHandler):
         return stripe_data.account_for_key(key)
 
 
-class ChargesHandler(StripeHandler):
+class ListHandler(StripeHandler):
+    """One Stripe list endpoint: ``limit``, ``starting_after``, ``created[gte]``, ``has_more``."""
+
+    path = ""
+    noun = ""
+    objects_for_day = staticmethod(stripe_data.charges_for_day)
+
     async def get(self) -> None:
         account = await self.authorise()
         if account is None:
             return
-        self.count("stripe.charges")
+        self.count(f"stripe.{self.path.rsplit('/', 1)[-1]}")
         try:
             limit = int(self.get_query_argument("limit", "10"))
             created_gte = self.get_query_argument("created[gte]", None)
@@ -58,7 +64,8 @@ class ChargesHandler(StripeHandler):
             self.write_json(400, _invalid("limit must be between 1 and 100"))
             return
         starting_after = self.get_query_argument("starting_after", None)
-        result = stripe_data.list_charges(
+        result = stripe_data.list_objects(
+            self.objects_for_day,
             account,
             now=int(time.time()),
             limit=limit,
@@ -69,7 +76,7 @@ class ChargesHandler(StripeHandler):
             self.write_json(
                 400,
                 _invalid(
-                    f"No such charge: '{starting_after}'",
+                    f"No such {self.noun}: '{starting_after}'",
                     code="resource_missing",
                     param="starting_after",
                 ),
@@ -77,8 +84,23 @@ class ChargesHandler(StripeHandler):
             return
         page, has_more = result
         self.write_json(
-            200, {"object": "list", "url": "/v1/charges", "has_more": has_more, "data": page}
+            200, {"object": "list", "url": self.path, "has_more": has_more, "data": page}
         )
+
+
+class ChargesHandler(ListHandler):
+    path, noun = "/v1/charges", "charge"
+    objects_for_day = staticmethod(stripe_data.charges_for_day)
+
+
+class BalanceTransactionsHandler(ListHandler):
+    path, noun = "/v1/balance_transactions", "balance transaction"
+    objects_for_day = staticmethod(stripe_data.balance_transactions_for_day)
+
+
+class CustomersHandler(ListHandler):
+    path, noun = "/v1/customers", "customer"
+    objects_for_day = staticmethod(stripe_data.customers_for_day)
 
 
 class RefuseWrites(SandboxHandler):
@@ -94,5 +116,7 @@ class RefuseWrites(SandboxHandler):
 def routes() -> list:
     return [
         (r"/v1/charges", ChargesHandler),
+        (r"/v1/balance_transactions", BalanceTransactionsHandler),
+        (r"/v1/customers", CustomersHandler),
         (r"/v1/(.*)", RefuseWrites),
     ]

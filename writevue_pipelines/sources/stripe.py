@@ -1,7 +1,13 @@
-"""Stripe: charges by day and currency, read with a restricted or secret API key."""
+"""Stripe: gross volume, fees, net and refunds per day and currency, and new customers per day.
+
+Read from balance transactions (what Stripe's own reports use) and customers, with a
+restricted or secret API key, through Stripe's list APIs: ``limit``,
+``starting_after``/``has_more`` pagination and ``created[gte]`` for incremental reads.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 
@@ -9,134 +15,176 @@ import httpx
 import polars as pl
 
 from ..errors import SourceError
+from .auth import ApiKeyPlacement
 from .base import FetchRequest, FetchResult, Source
 from .http import get_json
 
 # Stripe amounts are in the currency's smallest unit, except for these.
 ZERO_DECIMAL = frozenset("bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split())
+SALE_TYPES = ("charge", "payment")
+REFUND_TYPES = ("refund", "payment_refund")
 
 RAW_SCHEMA = {
+    "kind": pl.String,  # balance_transaction or customer
     "id": pl.String,
     "created": pl.Int64,
+    "type": pl.String,
     "amount": pl.Int64,
-    "amount_refunded": pl.Int64,
+    "fee": pl.Int64,
+    "net": pl.Int64,
     "currency": pl.String,
-    "status": pl.String,
 }
+LONG_SCHEMA = {"metric": pl.String, "dimension": pl.String, "day": pl.Date, "value": pl.Float64}
 
 
 class StripeSource(Source):
     name = "stripe"
     title = "Stripe"
-    description = "Payments: gross volume, charges and refunds per day and currency."
+    description = "Payments: gross volume, fees, net and refunds per currency; new customers."
     auth_kinds = ("api_key",)
+    api_key_placement = ApiKeyPlacement(header="Authorization", prefix="Bearer ")
     default_base_url = "https://api.stripe.com"
     metrics = {
         "gross_volume": "Gross volume",
-        "charges": "Successful charges",
-        "refunded": "Refunded",
+        "net": "Net volume",
+        "fees": "Fees",
+        "refunds": "Refunds",
+        "charges": "Payments",
+        "new_customers": "New customers",
     }
-    stream = "charges"
+    stream = "balance_transactions"
     page_size = 100
 
     async def fetch(self, client: httpx.AsyncClient, request: FetchRequest) -> FetchResult:
+        started = time.perf_counter()
+        since = int(dt.datetime.combine(request.window_start, dt.time(), dt.UTC).timestamp())
+        (transactions, t_requests), (customers, c_requests) = await asyncio.gather(
+            self._list(client, request, "/v1/balance_transactions", since, _transaction_row),
+            self._list(client, request, "/v1/customers", since, _customer_row),
+        )
+        records = pl.DataFrame(transactions + customers, schema=RAW_SCHEMA, orient="row")
+        newest = records["created"].max() if records.height else None
+        return FetchResult(
+            records=records,
+            next_cursor=str(newest) if newest is not None else request.cursor,
+            requests=t_requests + c_requests,
+            latency_s=time.perf_counter() - started,
+        )
+
+    async def _list(self, client, request: FetchRequest, path: str, since: int, to_row):
+        """Every object of one list endpoint created since ``since``, newest first."""
         connection_id = request.connection.id
-        window_start = dt.datetime.combine(request.window_start, dt.time(), dt.UTC)
-        params: dict[str, str | int] = {
-            "limit": self.page_size,
-            "created[gte]": int(window_start.timestamp()),
-        }
+        params: dict[str, str | int] = {"limit": self.page_size, "created[gte]": since}
         rows: list[dict] = []
         requests = 0
-        started = time.perf_counter()
         while True:
             body, _ = await get_json(
-                client, "/v1/charges", connection_id=connection_id, params=params, auth=request.auth
+                client, path, connection_id=connection_id, params=params, auth=request.auth
             )
             requests += 1
             if not isinstance(body, dict) or not isinstance(body.get("data"), list):
                 raise SourceError(
-                    f"connection {connection_id}: /v1/charges answered without a data list",
+                    f"connection {connection_id}: {path} answered without a data list",
                     connection_id=connection_id,
                 )
-            for item in body["data"]:
-                rows.append(_charge_row(item, connection_id))
-            if not body.get("has_more") or not body["data"]:
-                break
-            params["starting_after"] = rows[-1]["id"]
-        records = pl.DataFrame(rows, schema=RAW_SCHEMA, orient="row")
-        newest = records["created"].max() if records.height else None
-        next_cursor = str(newest) if newest is not None else request.cursor
-        return FetchResult(
-            records=records,
-            next_cursor=next_cursor,
-            requests=requests,
-            latency_s=time.perf_counter() - started,
-        )
+            page = [to_row(item, connection_id, path) for item in body["data"]]
+            rows.extend(page)
+            if not body.get("has_more") or not page:
+                return rows, requests
+            params["starting_after"] = page[-1]["id"]
 
     def aggregate(self, records: pl.DataFrame) -> pl.DataFrame:
         if records.height == 0:
-            return pl.DataFrame(
-                schema={
-                    "metric": pl.String,
-                    "dimension": pl.String,
-                    "day": pl.Date,
-                    "value": pl.Float64,
-                }
-            )
+            return pl.DataFrame(schema=LONG_SCHEMA)
         frame = records.with_columns(
             pl.from_epoch("created", time_unit="s").dt.date().alias("day"),
             pl.col("currency").str.to_lowercase(),
-        ).with_columns(
+        )
+        money = frame.filter(pl.col("kind") == "balance_transaction").with_columns(
             pl.when(pl.col("currency").is_in(list(ZERO_DECIMAL)))
             .then(1.0)
             .otherwise(100.0)
-            .alias("unit"),
+            .alias("unit")
         )
-        succeeded = frame.filter(pl.col("status") == "succeeded")
-        gross = (
-            succeeded.group_by("day", "currency")
-            .agg((pl.col("amount") / pl.col("unit")).sum().alias("value"))
-            .with_columns(pl.lit("gross_volume").alias("metric"))
+        sales = pl.col("type").is_in(SALE_TYPES)
+        refunds = pl.col("type").is_in(REFUND_TYPES)
+        per_currency = money.group_by("day", "currency").agg(
+            ((pl.col("amount") / pl.col("unit")).filter(sales).sum()).alias("gross_volume"),
+            ((-pl.col("amount") / pl.col("unit")).filter(refunds).sum()).alias("refunds"),
+            (pl.col("fee") / pl.col("unit")).sum().alias("fees"),
+            ((pl.col("net") / pl.col("unit")).filter(sales | refunds).sum()).alias("net"),
         )
-        refunded = (
-            succeeded.group_by("day", "currency")
-            .agg((pl.col("amount_refunded") / pl.col("unit")).sum().alias("value"))
-            .with_columns(pl.lit("refunded").alias("metric"))
-        )
-        charges = (
-            succeeded.group_by("day")
-            .agg(pl.len().cast(pl.Float64).alias("value"))
-            .with_columns(pl.lit("").alias("currency"), pl.lit("charges").alias("metric"))
-        )
-        columns = ["metric", "currency", "day", "value"]
-        return pl.concat(
-            [gross.select(columns), refunded.select(columns), charges.select(columns)]
+        long_money = per_currency.unpivot(
+            index=["day", "currency"], variable_name="metric", value_name="value"
         ).rename({"currency": "dimension"})
+        counts = pl.concat(
+            [
+                money.filter(sales)
+                .group_by("day")
+                .agg(pl.len().alias("value"))
+                .with_columns(pl.lit("charges").alias("metric")),
+                frame.filter(pl.col("kind") == "customer")
+                .group_by("day")
+                .agg(pl.len().alias("value"))
+                .with_columns(pl.lit("new_customers").alias("metric")),
+            ]
+        ).with_columns(pl.lit("").alias("dimension"))
+        columns = [
+            pl.col("metric"),
+            pl.col("dimension"),
+            pl.col("day"),
+            pl.col("value").cast(pl.Float64),
+        ]
+        return pl.concat([long_money.select(columns), counts.select(columns)])
 
 
-def _charge_row(item: object, connection_id: str) -> dict:
-    """Keep only what aggregation needs; tolerate drift in everything else."""
-    if not isinstance(item, dict):
-        raise SourceError(
-            f"connection {connection_id}: a charge is not an object", connection_id=connection_id
-        )
+def _int(value: object) -> int:
+    # Stripe sends integers; tolerate numeric strings and nulls from drift or proxies.
+    if value is None or value == "":
+        return 0
+    return int(value)
+
+
+def _transaction_row(item: object, connection_id: str, path: str) -> dict:
+    """Keep only what aggregation needs; ignore every other field."""
     try:
         return {
+            "kind": "balance_transaction",
             "id": str(item["id"]),
             "created": int(item["created"]),
-            "amount": int(item.get("amount") or 0),
-            "amount_refunded": int(item.get("amount_refunded") or 0),
+            "type": str(item.get("type") or ""),
+            "amount": _int(item["amount"]),
+            "fee": _int(item.get("fee")),
+            "net": _int(item.get("net", _int(item["amount"]) - _int(item.get("fee")))),
             "currency": str(item["currency"]),
-            "status": str(item.get("status") or ""),
         }
-    except KeyError as exc:
-        raise SourceError(
-            f"connection {connection_id}: a charge lacks the required field {exc.args[0]!r}",
-            connection_id=connection_id,
-        ) from None
-    except (TypeError, ValueError):
-        raise SourceError(
-            f"connection {connection_id}: a charge has a field of the wrong type",
-            connection_id=connection_id,
-        ) from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _drift(exc, connection_id, path) from None
+
+
+def _customer_row(item: object, connection_id: str, path: str) -> dict:
+    try:
+        return {
+            "kind": "customer",
+            "id": str(item["id"]),
+            "created": int(item["created"]),
+            "type": None,
+            "amount": None,
+            "fee": None,
+            "net": None,
+            "currency": None,
+        }
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _drift(exc, connection_id, path) from None
+
+
+def _drift(exc: Exception, connection_id: str, path: str) -> SourceError:
+    if isinstance(exc, KeyError):
+        what = f"lacks the required field {exc.args[0]!r}"
+    elif isinstance(exc, TypeError) and "subscriptable" in str(exc):
+        what = "is not an object"
+    else:
+        what = "has a field of the wrong type"
+    return SourceError(
+        f"connection {connection_id}: an item from {path} {what}", connection_id=connection_id
+    )
