@@ -6,7 +6,8 @@ import ipaddress
 import logging
 import re
 
-_TOKEN_IN_TEXT = re.compile(r"/d/(?![<(])[^/\s?#'\"<>)\]]+")
+from writevue_pipelines.redaction import redact_urls
+
 _IPV4_IN_TEXT = re.compile(r"(?<![\d.])(\d{1,3}\.\d{1,3}\.\d{1,3})\.\d{1,3}(?![\d.])")
 _IPV6_IN_TEXT = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
 
@@ -48,7 +49,7 @@ def _scrub_ipv6(match: re.Match) -> str:
 
 def scrub(text: str) -> str:
     """Remove anything token-like after /d/ and full client IPs from free text."""
-    text = _TOKEN_IN_TEXT.sub("/d/<redacted>", text)
+    text = redact_urls(text)
     text = _IPV4_IN_TEXT.sub(lambda m: m.group(1) + ".0", text)
     return _IPV6_IN_TEXT.sub(_scrub_ipv6, text)
 

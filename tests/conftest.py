@@ -7,6 +7,7 @@ missing peer a failure. The summary says loudly what did not run.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import uuid
@@ -118,7 +119,114 @@ def chromium_path() -> str:
     return CHROMIUM
 
 
+# -- every secret the suite uses, and every log line and error text it produced -------------
+
+_SECRETS: set[str] = set()
+_TEXTS: list[tuple[str, str]] = []  # (where, text)
+_NOT_SECRET_FIELDS = {"tenant.name", "tenant.email"}
+
+
+class _CaptureEverything(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            _TEXTS.append((f"log {record.name}", logging.Formatter().format(record)))
+        except Exception:
+            _TEXTS.append((f"log {record.name}", str(record.msg)))
+
+
+def remember_secret(value: str) -> str:
+    """Add a secret a test made up itself; the session fails if it is ever logged."""
+    if value and len(value) >= 8:
+        _SECRETS.add(value)
+    return value
+
+
+def _watch_secrets_and_errors() -> None:
+    """Record every credential the vault encrypts, every link token, every error text."""
+    from writevue_pipelines import errors, links
+    from writevue_pipelines.vault import KeyRing
+
+    encrypt = KeyRing.encrypt
+
+    def recording_encrypt(self, plaintext, binding):
+        if binding.field not in _NOT_SECRET_FIELDS:
+            remember_secret(plaintext if isinstance(plaintext, str) else plaintext.decode())
+        return encrypt(self, plaintext, binding)
+
+    KeyRing.encrypt = recording_encrypt
+
+    create_link = links.create_link
+
+    def recording_create_link(*args, **kwargs):
+        info, token = create_link(*args, **kwargs)
+        remember_secret(token)
+        return info, token
+
+    links.create_link = recording_create_link
+
+    init = errors.WriteVueError.__init__
+
+    def recording_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        _TEXTS.append((f"error {type(self).__name__}", str(self)))
+
+    errors.WriteVueError.__init__ = recording_init
+
+
+def pytest_configure(config):
+    handler = _CaptureEverything(level=logging.DEBUG)
+    for name in ("", "bokeh", "panel", "dagster", "tornado", "httpx", "authlib"):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+    logging.getLogger().setLevel(min(logging.getLogger().level or logging.DEBUG, logging.INFO))
+    _watch_secrets_and_errors()
+
+
+def pytest_runtest_makereport(item, call):
+    if call.excinfo is not None:
+        _TEXTS.append((f"exception in {item.nodeid}", str(call.excinfo.value)))
+
+
+def _leaks(basetemp: Path | None) -> list[str]:
+    texts = list(_TEXTS)
+    if basetemp is not None and basetemp.exists():
+        for path in basetemp.rglob("*.log"):
+            try:
+                texts.append((f"file {path.name}", path.read_text(errors="replace")))
+            except OSError:
+                continue
+    found = []
+    for secret in _SECRETS:
+        for where, text in texts:
+            if secret in text:
+                found.append(f"{secret[:4]}… ({len(secret)} chars) appeared in {where}")
+                break
+    return found
+
+
+_LEAKS: list[str] = []
+
+
+def pytest_sessionfinish(session, exitstatus):
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    _LEAKS.extend(_leaks(factory.getbasetemp() if factory is not None else None))
+    if _LEAKS:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    # Test artifacts (screenshots) survive; scratch homes under tmp_path are pytest's.
+    artifacts = Path(session.config.rootpath) / "test-artifacts"
+    if artifacts.exists() and not any(artifacts.iterdir()):
+        shutil.rmtree(artifacts, ignore_errors=True)
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    leaks = _LEAKS
+    terminalreporter.section("secrets in logs and error texts", sep="-")
+    terminalreporter.write_line(
+        f"searched {len(_TEXTS)} log records and error texts for {len(_SECRETS)} secrets: "
+        + ("none found" if not leaks else f"{len(leaks)} LEAKED")
+    )
+    for leak in leaks:
+        terminalreporter.write_line(leak, red=True, bold=True)
     if not _missing:
         return
     terminalreporter.section("peers missing: these tests did NOT run", sep="!", red=True, bold=True)
@@ -128,10 +236,3 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         "CI sets WRITEVUE_REQUIRE_POSTGRES=1 and WRITEVUE_REQUIRE_BROWSER=1: "
         "there, a missing peer is a failure."
     )
-
-
-def pytest_sessionfinish(session, exitstatus):
-    # Test artifacts (screenshots) survive; scratch homes under tmp_path are pytest's.
-    artifacts = Path(session.config.rootpath) / "test-artifacts"
-    if artifacts.exists() and not any(artifacts.iterdir()):
-        shutil.rmtree(artifacts, ignore_errors=True)
