@@ -1,26 +1,52 @@
-"""The client's dashboard: header, source status, KPI cards and a daily chart per metric.
+"""The client's dashboard as a Panel ``Viewer``: its parameters are the state, HTML is the view.
 
-The view never touches tokens or SQL: it is handed a tenant id by the gate and
-reads through ``dashboard_server.data``.
+The view never touches tokens or SQL: the server hands it a ``DashboardSource``
+(load a period, is the link still alive, where the CSV is). To stay cheap per
+view (a few Bokeh models, not hundreds), the header, KPI cards, the charts (SVG
+drawn here, one per metric) and the breakdown table are one HTML pane; only the
+date-range picker is made of widgets.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import html
+from collections.abc import Callable
+from typing import Protocol
+from urllib.parse import urlencode
 
 import panel as pn
+import param
 import polars as pl
-from bokeh.models import ColumnDataSource, DatetimeTickFormatter, HoverTool, NumeralTickFormatter
-from bokeh.palettes import Category10
-from bokeh.plotting import figure
 
-from .data import DashboardData, format_value, metric_label
+from .data import PRESET_DAYS, DashboardData, Period, format_value, metric_label
 
 STATE_LABEL = {"fresh": "Fresh", "stale": "Stale", "needs_reconnect": "Needs reconnect"}
+RANGE_OPTIONS = {f"{days} days": str(days) for days in PRESET_DAYS} | {"Custom": "custom"}
+GONE_HTML = (
+    '<div class="wv-gone"><h1>This link no longer works</h1>'
+    "<p>Ask your WriteVue contact for a new one.</p></div>"
+)
+_TOOLTIP_MAX_DAYS = 92
 
 
-def _header(data: DashboardData) -> pn.pane.HTML:
+class DashboardSource(Protocol):
+    """What the view may ask of the server about the one tenant it shows."""
+
+    def load(self, period: Period) -> DashboardData: ...
+
+    def alive(self) -> bool: ...
+
+
+def csv_href(period: Period) -> str:
+    """Relative to the page itself, so the view needs no token to link to its export."""
+    return "?" + urlencode({"format": "csv", "from": period.start, "to": period.end})
+
+
+# -- HTML pieces ------------------------------------------------------------------------
+
+
+def header_html(data: DashboardData) -> str:
     updated = data.last_updated.strftime("%d %b %Y, %H:%M UTC") if data.last_updated else "not yet"
     statuses = (
         "".join(
@@ -30,89 +56,230 @@ def _header(data: DashboardData) -> pn.pane.HTML:
         )
         or '<li class="wv-status">No data sources connected yet.</li>'
     )
-    return pn.pane.HTML(
+    return (
         f'<header class="wv-header"><img class="wv-logo" src="/assets/logo.svg" alt="WriteVue">'
         f"<div><h1>{html.escape(data.tenant_name)}</h1>"
-        f'<p class="wv-updated">Last updated: {updated} &middot; '
-        f"{data.start:%d %b} to {data.end:%d %b %Y}</p></div></header>"
-        f'<ul class="wv-statuses">{statuses}</ul>',
-        sizing_mode="stretch_width",
+        f'<p class="wv-updated">Last updated: <span class="wv-updated-at">{updated}</span>'
+        f' &middot; <span class="wv-period">{data.period.label}</span></p></div></header>'
+        f'<ul class="wv-statuses">{statuses}</ul>'
     )
 
 
-def _cards(data: DashboardData) -> pn.pane.HTML:
+def cards_html(data: DashboardData) -> str:
     if not data.kpis:
-        return pn.pane.HTML('<p class="wv-empty">No data for this period yet.</p>')
+        return '<p class="wv-empty">No data for this period yet.</p>'
     cards = []
     for kpi in data.kpis:
         change = kpi.change
         trend = "flat" if change is None or change == 0 else ("up" if change > 0 else "down")
         cards.append(
-            f'<div class="wv-card"><div class="wv-card-label">{html.escape(kpi.label)}</div>'
+            f'<div class="wv-card" data-metric="{html.escape(kpi.metric)}" '
+            f'data-dimension="{html.escape(kpi.dimension)}">'
+            f'<div class="wv-card-label">{html.escape(kpi.label)}</div>'
             f'<div class="wv-card-value">{html.escape(kpi.text)}</div>'
             f'<div class="wv-card-change wv-{trend}">{html.escape(kpi.change_text)}</div></div>'
         )
-    return pn.pane.HTML(
-        f'<div class="wv-cards">{"".join(cards)}</div>', sizing_mode="stretch_width"
-    )
+    return f'<section class="wv-cards">{"".join(cards)}</section>'
 
 
-def _chart(metric: str, series: pl.DataFrame) -> figure:
-    plot = figure(
-        title=metric_label(metric),
-        x_axis_type="datetime",
-        height=260,
-        sizing_mode="stretch_width",
-        toolbar_location=None,
-        tools="",
-    )
+def _nice_max(value: float) -> float:
+    if value <= 0:
+        return 1.0
+    magnitude = 10 ** (len(str(int(value))) - 1)
+    for step in (1, 2, 2.5, 5, 10):
+        if value <= step * magnitude:
+            return step * magnitude
+    return 10 * magnitude
+
+
+def _axis_text(value: float) -> str:
+    if abs(value) >= 1_000_000:
+        return f"{value / 1_000_000:g}M"
+    if abs(value) >= 1_000:
+        return f"{value / 1_000:g}k"
+    return f"{value:g}"
+
+
+def chart_svg(metric: str, series: pl.DataFrame, period: Period) -> str:
+    """One metric's daily values as an SVG line chart; one line per dimension, gaps as zero."""
+    width, height, left, right, top, bottom = 640, 200, 48, 10, 10, 24
+    plot_w, plot_h = width - left - right, height - top - bottom
+    span = max(period.days - 1, 1)
     dimensions = sorted(series["dimension"].unique().to_list())
-    palette = Category10[10]
-    for index, dimension in enumerate(dimensions):
-        rows = series.filter(pl.col("dimension") == dimension).sort("day")
-        days = [dt.datetime.combine(day, dt.time()) for day in rows["day"].to_list()]
-        values = rows["value"].to_list()
-        source = ColumnDataSource(
-            {
-                "day": days,
-                "value": values,
-                "text": [format_value(metric, dimension, v) for v in values],
-            }
-        )
-        plot.line(
-            "day",
-            "value",
-            source=source,
-            line_width=2,
-            color=palette[index % 10],
-            legend_label=dimension.upper() if dimension else metric_label(metric),
-        )
-    plot.add_tools(
-        HoverTool(
-            tooltips=[("day", "@day{%F}"), ("value", "@text")],
-            formatters={"@day": "datetime"},
-            mode="vline",
-        )
-    )
-    plot.xaxis.formatter = DatetimeTickFormatter(days="%d %b", months="%b %Y")
-    plot.yaxis.formatter = NumeralTickFormatter(format="0,0")
-    plot.legend.location = "top_left"
-    plot.legend.background_fill_alpha = 0.6
-    return plot
+    by_day: dict[str, dict[dt.date, float]] = {
+        d: dict(series.filter(pl.col("dimension") == d).select("day", "value").iter_rows())
+        for d in dimensions
+    }
+    days = [period.start + dt.timedelta(days=i) for i in range(period.days)]
+    low = min(0.0, min((v for m in by_day.values() for v in m.values()), default=0.0))
+    high = _nice_max(max((v for m in by_day.values() for v in m.values()), default=0.0))
+    scale = plot_h / (high - low) if high > low else 1.0
 
+    def x(i: int) -> float:
+        return left + plot_w * i / span
 
-def build_dashboard(data: DashboardData) -> pn.viewable.Viewable:
-    series = data.series.group_by("metric", "dimension", "day").agg(pl.col("value").sum())
-    charts = [
-        pn.pane.Bokeh(
-            _chart(metric, series.filter(pl.col("metric") == metric)), sizing_mode="stretch_width"
-        )
-        for metric in sorted(series["metric"].unique().to_list())
+    def y(v: float) -> float:
+        return top + plot_h - (v - low) * scale
+
+    parts = [
+        f'<svg class="wv-chart-svg" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="{html.escape(metric_label(metric))}, daily" '
+        f'data-metric="{html.escape(metric)}" data-days="{period.days}">'
     ]
-    return pn.Column(
-        _header(data),
-        _cards(data),
-        *charts,
-        css_classes=["wv-dashboard"],
-        sizing_mode="stretch_width",
+    for fraction in (0, 0.5, 1):
+        value = low + (high - low) * fraction
+        parts.append(
+            f'<line class="wv-grid" x1="{left}" x2="{width - right}" y1="{y(value):.1f}" '
+            f'y2="{y(value):.1f}"/><text class="wv-axis" x="{left - 6}" y="{y(value) + 4:.1f}" '
+            f'text-anchor="end">{_axis_text(value)}</text>'
+        )
+    for i, anchor in ((0, "start"), (span // 2, "middle"), (span, "end")):
+        parts.append(
+            f'<text class="wv-axis" x="{x(i):.1f}" y="{height - 6}" text-anchor="{anchor}">'
+            f"{days[min(i, len(days) - 1)]:%d %b}</text>"
+        )
+    for index, dimension in enumerate(dimensions):
+        values = by_day[dimension]
+        points = " ".join(f"{x(i):.1f},{y(values.get(day, 0.0)):.1f}" for i, day in enumerate(days))
+        parts.append(
+            f'<polyline class="wv-line wv-s{index % 6}" points="{points}" '
+            f'data-dimension="{html.escape(dimension)}"/>'
+        )
+    if period.days <= _TOOLTIP_MAX_DAYS:
+        band = plot_w / span
+        for i, day in enumerate(days):
+            tip = "; ".join(format_value(metric, d, by_day[d].get(day, 0.0)) for d in dimensions)
+            parts.append(
+                f'<rect class="wv-hover" x="{x(i) - band / 2:.1f}" y="{top}" '
+                f'width="{band:.1f}" height="{plot_h}"><title>{day:%d %b %Y}: '
+                f"{html.escape(tip)}</title></rect>"
+            )
+    parts.append("</svg>")
+    legend = "".join(
+        f'<span class="wv-key wv-s{index % 6}">{html.escape(d.upper())}</span>'
+        for index, d in enumerate(dimensions)
+        if d
     )
+    return (
+        f'<figure class="wv-chart"><figcaption>{html.escape(metric_label(metric))}'
+        f"{legend}</figcaption>{''.join(parts)}</figure>"
+    )
+
+
+def charts_html(data: DashboardData) -> str:
+    if data.series.is_empty():
+        return ""
+    charts = [
+        chart_svg(metric, data.series.filter(pl.col("metric") == metric), data.period)
+        for metric in sorted(data.series["metric"].unique().to_list())
+    ]
+    return f'<section class="wv-charts">{"".join(charts)}</section>'
+
+
+def breakdown_html(data: DashboardData) -> str:
+    if not data.kpis:
+        return ""
+    days = data.period.days
+    rows = "".join(
+        f'<tr><th scope="row">{html.escape(k.label)}</th>'
+        f"<td>{html.escape(k.text)}</td><td>{html.escape(k.previous_text)}</td>"
+        f"<td>{'—' if k.change is None else f'{k.change:+.1%}'}</td>"
+        f"<td>{html.escape(format_value(k.metric, k.dimension, k.value / days))}</td></tr>"
+        for k in data.kpis
+    )
+    return (
+        '<section class="wv-breakdown"><h2>Breakdown</h2><div class="wv-table-wrap">'
+        '<table class="wv-table"><thead><tr><th scope="col">Metric</th>'
+        '<th scope="col">This period</th><th scope="col">Previous period</th>'
+        '<th scope="col">Change</th><th scope="col">Daily average</th></tr></thead>'
+        f"<tbody>{rows}</tbody></table></div></section>"
+    )
+
+
+def dashboard_html(data: DashboardData, *, tv: bool = False) -> str:
+    export = (
+        ""
+        if tv
+        else f'<p class="wv-export"><a href="{html.escape(csv_href(data.period))}" download>'
+        "Download these figures (CSV)</a></p>"
+    )
+    body = header_html(data) + cards_html(data) + charts_html(data)
+    body += "" if tv else breakdown_html(data)
+    return f'<div class="wv-dashboard{" wv-tv" if tv else ""}">{body}{export}</div>'
+
+
+# -- the Viewer -------------------------------------------------------------------------
+
+
+class Dashboard(pn.viewable.Viewer):
+    """One client's dashboard. The date range and TV mode are its state."""
+
+    range = param.Selector(default="30", objects=list(RANGE_OPTIONS.values()))
+    custom = param.CalendarDateRange(default=None, doc="the custom period, when range is custom")
+    tv = param.Boolean(default=False, doc="TV mode: reloads itself, large type, dark")
+    refresh_s = param.Integer(default=60, bounds=(1, None))
+    gone = param.Boolean(default=False, doc="the link was revoked or expired while open")
+
+    def __init__(
+        self, source: DashboardSource, *, today: Callable[[], dt.date] | None = None, **params
+    ):
+        self._source = source
+        self._today = today or (lambda: dt.datetime.now(dt.UTC).date())
+        if params.get("custom") is None:
+            period = Period.last(30, self._today())
+            params["custom"] = (period.start, period.end)
+        super().__init__(**params)
+        self._content = pn.pane.HTML(sizing_mode="stretch_width", margin=0)
+        picker = pn.widgets.RadioButtonGroup.from_param(
+            self.param.range, options=RANGE_OPTIONS, name="", button_type="light"
+        )
+        self._custom_picker = pn.widgets.DateRangePicker.from_param(
+            self.param.custom, name="", visible=self.range == "custom", width=260
+        )
+        controls = pn.Row(
+            picker, self._custom_picker, css_classes=["wv-controls"], visible=not self.tv
+        )
+        self._layout = pn.Column(
+            controls,
+            self._content,
+            css_classes=["wv-root"] + (["wv-root-tv"] if self.tv else []),
+            styles={"background": "#0b1020", "min-height": "100vh"} if self.tv else {},
+            sizing_mode="stretch_width",
+            margin=0,
+        )
+        self._controls = controls
+        self._callback = None
+        self._render()
+
+    @property
+    def period(self) -> Period:
+        if self.range == "custom" and self.custom:
+            return Period.between(*self.custom)
+        days = int(self.range) if self.range != "custom" else 30
+        return Period.last(days, self._today())
+
+    @param.depends("range", "custom", watch=True)
+    def _render(self) -> None:
+        if self.gone:
+            return
+        self._custom_picker.visible = self.range == "custom"
+        self._content.object = dashboard_html(self._source.load(self.period), tv=self.tv)
+
+    def tick(self) -> None:
+        """Periodic: stop showing anything once the link is dead; in TV mode, reload."""
+        if not self._source.alive():
+            self.gone = True
+            self._controls.visible = False
+            self._content.object = GONE_HTML
+            if self._callback is not None:
+                self._callback.stop()
+            return
+        if self.tv:
+            self._render()
+
+    def start_periodic(self) -> None:
+        """Called by the server inside the new session; Bokeh drops it with the session."""
+        self._callback = pn.state.add_periodic_callback(self.tick, period=self.refresh_s * 1000)
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        return self._layout

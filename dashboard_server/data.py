@@ -1,13 +1,20 @@
 """What a client's dashboard shows, read from the warehouse only (never a source API).
 
-Plain functions, testable without a browser or a server. One warehouse query per
-view for the facts; the tenant's header (name, connection status) is a second,
-tiny read of the registry.
+Plain functions, testable without a browser or a server. A view costs one small
+registry read (the tenant's name and its connections' status, which also says
+when its data last changed) and at most one warehouse query for the facts of the
+period shown and the period before it; the facts are cached under the tenant, the
+period and the tenant's last refresh, so a new refresh is seen at once and one
+tenant's cached facts can never answer another tenant's view.
 """
 
 from __future__ import annotations
 
+import collections
+import csv
 import datetime as dt
+import io
+import threading
 from dataclasses import dataclass
 
 import polars as pl
@@ -18,6 +25,39 @@ from writevue_pipelines.sources import SOURCES
 
 STALE_AFTER = dt.timedelta(hours=36)
 MONEY_METRICS = frozenset({"gross_volume", "net", "fees", "refunds"})
+PRESET_DAYS = (7, 30, 90, 365)
+MAX_DAYS = 731
+
+
+@dataclass(frozen=True)
+class Period:
+    """The days shown (inclusive) and the equally long period before them."""
+
+    start: dt.date
+    end: dt.date
+
+    @classmethod
+    def last(cls, days: int, today: dt.date | None = None) -> Period:
+        today = today or dt.datetime.now(dt.UTC).date()
+        return cls(today - dt.timedelta(days=days - 1), today)
+
+    @classmethod
+    def between(cls, start: dt.date, end: dt.date) -> Period:
+        """A custom period, put in order and capped at two years."""
+        start, end = min(start, end), max(start, end)
+        return cls(max(start, end - dt.timedelta(days=MAX_DAYS - 1)), end)
+
+    @property
+    def days(self) -> int:
+        return (self.end - self.start).days + 1
+
+    @property
+    def previous_start(self) -> dt.date:
+        return self.start - dt.timedelta(days=self.days)
+
+    @property
+    def label(self) -> str:
+        return f"{self.start:%d %b %Y} to {self.end:%d %b %Y}"
 
 
 @dataclass(frozen=True)
@@ -31,6 +71,10 @@ class Kpi:
     @property
     def text(self) -> str:
         return format_value(self.metric, self.dimension, self.value)
+
+    @property
+    def previous_text(self) -> str:
+        return format_value(self.metric, self.dimension, self.previous)
 
     @property
     def change(self) -> float | None:
@@ -55,15 +99,31 @@ class SourceStatus:
 
 
 @dataclass(frozen=True)
+class TenantHeader:
+    tenant_name: str
+    last_updated: dt.datetime | None
+    sources: list[SourceStatus]
+    #: changes whenever the tenant's facts may have changed; part of the cache key
+    version: tuple
+
+
+@dataclass(frozen=True)
 class DashboardData:
     tenant_name: str
     last_updated: dt.datetime | None
-    start: dt.date
-    end: dt.date
+    period: Period
     sources: list[SourceStatus]
     kpis: list[Kpi]
     #: metric, dimension, day, value for the period shown
     series: pl.DataFrame
+
+    @property
+    def start(self) -> dt.date:
+        return self.period.start
+
+    @property
+    def end(self) -> dt.date:
+        return self.period.end
 
 
 def format_value(metric: str, dimension: str, value: float) -> str:
@@ -90,7 +150,8 @@ def _source_status(connection: registry.ConnectionInfo, now: dt.datetime) -> Sou
             connection.source,
             title,
             "needs_reconnect",
-            f"Reconnect {title}: WriteVue can no longer read it.",
+            f"Reconnect {title}: WriteVue can no longer read it. "
+            "Ask your WriteVue contact for a connect link.",
         )
     if connection.last_refreshed_at is None or now - connection.last_refreshed_at > STALE_AFTER:
         return SourceStatus(
@@ -102,20 +163,74 @@ def _source_status(connection: registry.ConnectionInfo, now: dt.datetime) -> Sou
     return SourceStatus(connection.source, title, "fresh", "Up to date.")
 
 
-def load_dashboard(
-    runtime: Runtime, tenant_id: str, *, days: int = 30, today: dt.date | None = None
-) -> DashboardData:
-    today = today or dt.datetime.now(dt.UTC).date()
-    start = today - dt.timedelta(days=days - 1)
-    previous_start = start - dt.timedelta(days=days)
+class FactCache:
+    """Facts per (tenant, its data version, period); least recently used entries go first.
+
+    One instance serves every session of a process (it lives in ``pn.state.cache``),
+    which is why the tenant id leads every key.
+    """
+
+    def __init__(self, max_entries: int = 512):
+        self.max_entries = max_entries
+        self._entries: collections.OrderedDict[tuple, pl.DataFrame] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> pl.DataFrame | None:
+        with self._lock:
+            frame = self._entries.get(key)
+            if frame is not None:
+                self._entries.move_to_end(key)
+            return frame
+
+    def put(self, key: tuple, frame: pl.DataFrame) -> None:
+        with self._lock:
+            self._entries[key] = frame
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def load_header(runtime: Runtime, tenant_id: str) -> TenantHeader:
     now = dt.datetime.now(dt.UTC)
     with runtime.db.session() as session:
         tenant = registry.get_tenant(session, runtime.keys, tenant_id)
         connections = registry.list_connections(session, tenant_id=tenant_id, active_only=True)
-        facts = warehouse.tenant_facts(session, tenant_id, previous_start, today)
+    refreshed = [c.last_refreshed_at for c in connections if c.last_refreshed_at is not None]
+    version = tuple(sorted((c.id, c.last_refreshed_at, c.status) for c in connections))
+    return TenantHeader(
+        tenant_name=tenant.name,
+        last_updated=max(refreshed) if refreshed else None,
+        sources=[_source_status(c, now) for c in connections],
+        version=version,
+    )
 
-    current = facts.filter(pl.col("day") >= start)
-    earlier = facts.filter(pl.col("day") < start)
+
+def load_facts(
+    runtime: Runtime,
+    tenant_id: str,
+    period: Period,
+    version: tuple,
+    cache: FactCache | None = None,
+) -> pl.DataFrame:
+    """The tenant's facts for the period and the one before it: one query, or none if cached."""
+    key = (tenant_id, version, period.previous_start, period.end)
+    if cache is not None:
+        cached = cache.get(key)
+        if cached is not None:
+            return cached
+    with runtime.db.session() as session:
+        facts = warehouse.tenant_facts(session, tenant_id, period.previous_start, period.end)
+    if cache is not None:
+        cache.put(key, facts)
+    return facts
+
+
+def summarise(header: TenantHeader, period: Period, facts: pl.DataFrame) -> DashboardData:
+    current = facts.filter(pl.col("day") >= period.start)
+    earlier = facts.filter(pl.col("day") < period.start)
     totals = current.group_by("metric", "dimension").agg(pl.col("value").sum())
     before = {
         (m, d): v
@@ -133,16 +248,47 @@ def load_dashboard(
         )
         for metric, dimension, value in totals.sort("metric", "dimension").iter_rows()
     ]
-    refreshed = [c.last_refreshed_at for c in connections if c.last_refreshed_at is not None]
     return DashboardData(
-        tenant_name=tenant.name,
-        last_updated=max(refreshed) if refreshed else None,
-        start=start,
-        end=today,
-        sources=[_source_status(c, now) for c in connections],
+        tenant_name=header.tenant_name,
+        last_updated=header.last_updated,
+        period=period,
+        sources=header.sources,
         kpis=kpis,
-        series=current,
+        series=current.sort("metric", "dimension", "day"),
     )
+
+
+def load_dashboard(
+    runtime: Runtime,
+    tenant_id: str,
+    *,
+    days: int = 30,
+    period: Period | None = None,
+    today: dt.date | None = None,
+    cache: FactCache | None = None,
+) -> DashboardData:
+    period = period or Period.last(days, today)
+    header = load_header(runtime, tenant_id)
+    return summarise(header, period, load_facts(runtime, tenant_id, period, header.version, cache))
+
+
+CSV_COLUMNS = ("day", "metric", "label", "dimension", "value")
+
+
+def dashboard_csv(data: DashboardData) -> str:
+    """Exactly the daily figures the dashboard shows for its period, one row per day and metric."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for metric, dimension, day, value in data.series.sort("day", "metric", "dimension").iter_rows():
+        # A leading =, +, - or @ would be a formula in a spreadsheet; labels are ours, but be safe.
+        label = metric_label(metric, dimension).lstrip("=+-@")
+        writer.writerow((day.isoformat(), metric, label, dimension, repr(float(value))))
+    return out.getvalue()
+
+
+def csv_filename(data: DashboardData) -> str:
+    return f"writevue-{data.start:%Y%m%d}-{data.end:%Y%m%d}.csv"
 
 
 def headline_texts(runtime: Runtime, tenant_id: str) -> list[str]:

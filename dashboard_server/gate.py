@@ -34,6 +34,8 @@ from .redaction import limiter_key, truncate_ip
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 GATE_PREFIX = "/d/"
 _GATED_PATH = re.compile(r"^/d/([^/]*)(/.*)?$")
+_CONNECT_PATH = re.compile(r"^/connect/([^/]*)(/.*)?$")
+_COOKIE_FLAGS = frozenset({"expires", "max-age", "httponly", "samesite", "secure"})
 _TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 _LAST_USED_EVERY = dt.timedelta(minutes=5)
 
@@ -155,6 +157,26 @@ class TokenGateMatcher(routing.Matcher):
             self.limiter.fail(client)
             return {"path_args": [], "path_kwargs": {"status": "404"}}
         request.writevue_link_id = link.id  # for the access log
+        request.writevue_link = link  # for the CSV export
+        return None
+
+
+class CsvExportMatcher(routing.Matcher):
+    """``/d/<token>?format=csv`` of a live link (the gate has run) goes to the CSV export.
+
+    The dashboard links to its export relative to itself (``?format=csv&...``), so the
+    view needs no token to offer a download.
+    """
+
+    def __init__(self, prefix: str = ""):
+        self.prefix = prefix
+
+    def match(self, request: HTTPServerRequest) -> dict | None:
+        if getattr(request, "writevue_link", None) is None:
+            return None
+        found = _GATED_PATH.match(request.path[len(self.prefix) :])
+        if found and not found.group(2) and request.query_arguments.get("format") == [b"csv"]:
+            return {}
         return None
 
 
@@ -180,9 +202,22 @@ class RobotsHandler(RequestHandler):
         self.finish((ASSETS_DIR / "robots.txt").read_bytes())
 
 
+def session_cookie(set_cookie: str, *, secure: bool) -> str:
+    """A Set-Cookie value made a session cookie (no Expires/Max-Age), HttpOnly, SameSite=Lax."""
+    parts = [part.strip() for part in set_cookie.split(";") if part.strip()]
+    kept = [parts[0]] + [
+        part for part in parts[1:] if part.split("=", 1)[0].strip().lower() not in _COOKIE_FLAGS
+    ]
+    return "; ".join(kept + ["HttpOnly", "SameSite=Lax"] + (["Secure"] if secure else []))
+
+
 def _security_transform(headers_to_set: dict[str, str]) -> type[OutputTransform]:
     class SecurityHeaders(OutputTransform):
         """Runs on every response's first chunk, errors and the websocket upgrade included."""
+
+        def __init__(self, request: HTTPServerRequest) -> None:
+            super().__init__(request)
+            self.secure = request.protocol == "https"
 
         def transform_first_chunk(
             self, status_code, headers: HTTPHeaders, chunk: bytes, finishing: bool
@@ -191,6 +226,11 @@ def _security_transform(headers_to_set: dict[str, str]) -> type[OutputTransform]
                 headers[name] = value
             headers.pop("Server", None)
             headers.pop("Etag", None)
+            cookies = headers.get_list("Set-Cookie")
+            if cookies:
+                del headers["Set-Cookie"]
+                for cookie in cookies:
+                    headers.add("Set-Cookie", session_cookie(cookie, secure=self.secure))
             if status_code == 404 and finishing and chunk != NOT_FOUND_HTML:
                 chunk = NOT_FOUND_HTML
                 headers["Content-Type"] = "text/html; charset=utf-8"
@@ -215,6 +255,11 @@ _access_log = logging.getLogger("tornado.access")
 def redacted_path(request: HTTPServerRequest) -> str:
     found = _GATED_PATH.match(request.path)
     if not found:
+        invite = _CONNECT_PATH.match(request.path)
+        if invite:
+            invite_id = getattr(request, "writevue_invite_id", None)
+            tail = invite.group(2) or ""
+            return "/connect/" + (f"<invite:{invite_id}>" if invite_id else "<invite>") + tail
         return request.path
     link_id = getattr(request, "writevue_link_id", None)
     return GATE_PREFIX + (f"<link:{link_id}>" if link_id else "<invalid>") + (found.group(2) or "")
@@ -236,13 +281,16 @@ def log_function(handler: RequestHandler) -> None:
     )
 
 
-def tornado_settings(frame_ancestors: str | None = None) -> dict:
+def tornado_settings(
+    frame_ancestors: str | None = None, extra_patterns: list | None = None
+) -> dict:
     """Extra ``pn.serve`` keyword arguments; Bokeh passes them to ``tornado.web.Application``."""
     return {
         "log_function": log_function,
         "transforms": [_security_transform(security_headers(frame_ancestors)), StaticGzip],
         "default_handler_class": RejectHandler,
-        "extra_patterns": [(r"/robots\.txt", RobotsHandler)],
+        "extra_patterns": [(r"/robots\.txt", RobotsHandler), *(extra_patterns or [])],
+        "xsrf_cookie_kwargs": {"httponly": True, "samesite": "Lax"},
     }
 
 
@@ -258,14 +306,19 @@ def _tornado_app(server) -> Application:
 
 
 def install_gate(
-    server, resolve: Callable[[str], LinkInfo | None], limiter: FailureLimiter
+    server,
+    resolve: Callable[[str], LinkInfo | None],
+    limiter: FailureLimiter,
+    csv_handler: tuple[type[RequestHandler], dict] | None = None,
 ) -> None:
     """Put the token gate in front of all Panel/Bokeh routes (before the server starts)."""
     # add_handlers inserts its host rule ahead of the router holding every Bokeh route;
-    # when the matcher answers None, routing carries on to those routes.
-    _tornado_app(server).add_handlers(
-        r".*", [routing.Rule(TokenGateMatcher(resolve, limiter, server.prefix), RejectHandler)]
-    )
+    # when the matchers answer None, routing carries on to those routes.
+    rules = [routing.Rule(TokenGateMatcher(resolve, limiter, server.prefix), RejectHandler)]
+    if csv_handler is not None:
+        handler, kwargs = csv_handler
+        rules.append(routing.Rule(CsvExportMatcher(server.prefix), handler, kwargs))
+    _tornado_app(server).add_handlers(r".*", rules)
 
 
 def current_link(resolve: Callable[[str], LinkInfo | None]) -> LinkInfo | None:

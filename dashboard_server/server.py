@@ -1,4 +1,4 @@
-"""The Panel server for client dashboards: ``/d/{token}`` behind the gate."""
+"""The Panel server for client dashboards: ``/d/{token}`` behind the gate, and the connect page."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import panel as pn
 
 from writevue_pipelines.runtime import Runtime
 
-from .app import build_dashboard
-from .data import load_dashboard
+from .app import GONE_HTML, Dashboard
+from .data import DashboardData, FactCache, Period, load_dashboard
 from .gate import (
     ASSETS_DIR,
     FailureLimiter,
@@ -19,19 +19,58 @@ from .gate import (
     install_gate,
     tornado_settings,
 )
+from .handlers import ConnectHandler, CsvExportHandler, OAuthCallbackHandler
 from .redaction import install_log_scrubber
 
 THEME = "/assets/theme.css"
+FAVICON = "/assets/favicon.svg"
+CACHE_KEY = "writevue.facts"
+
+
+class TenantData:
+    """The one tenant a session may show, bound by the server; the view sees only this."""
+
+    def __init__(self, runtime: Runtime, tenant_id: str, cache: FactCache, alive):
+        self._runtime, self._tenant_id, self._cache, self._alive = runtime, tenant_id, cache, alive
+
+    def load(self, period: Period) -> DashboardData:
+        return load_dashboard(self._runtime, self._tenant_id, period=period, cache=self._cache)
+
+    def alive(self) -> bool:
+        return self._alive()
+
+
+def fact_cache() -> FactCache:
+    """The process-wide cache; ``pn.state.cache`` is shared by every session."""
+    return pn.state.cache.setdefault(CACHE_KEY, FactCache())
 
 
 def make_app(runtime: Runtime, resolve: LinkResolver):
+    refresh_s = runtime.settings.dashboard_refresh_s
+
     def dashboard():
+        document = pn.state.curdoc
+        document.title = "Dashboard · WriteVue"
+        # Panel's default favicon URL is relative ("./favicon.ico"): under /d/ it would hit
+        # the gate as a bad token. Ours is served from /assets.
+        document.template_variables["app_favicon"] = FAVICON
+        document.template_variables["apple_icon"] = FAVICON
+        token = pn.state.route_params.get("token", "")
         link = current_link(resolve)
         if link is None:  # revoked between the gate and this session
-            return pn.pane.HTML("<h1>Not found</h1>")
-        pn.state.curdoc.title = "Dashboard · WriteVue"
-        data = load_dashboard(runtime, link.tenant_id)
-        return build_dashboard(data)
+            return pn.pane.HTML(GONE_HTML)
+
+        def alive() -> bool:
+            # Re-checked by hash on every periodic tick: a revoked, rotated or expired
+            # link stops updating open sessions.
+            return resolve(token) is not None
+
+        tv = pn.state.session_args.get("tv", [b""])[0] in (b"1", b"true", b"yes")
+        view = Dashboard(
+            TenantData(runtime, link.tenant_id, fact_cache(), alive), tv=tv, refresh_s=refresh_s
+        )
+        view.start_periodic()
+        return view
 
     return dashboard
 
@@ -48,9 +87,18 @@ def build_server(
     install_log_scrubber()
     pn.config.css_files = [THEME]
     pn.extension(design="native", notifications=False)
+    limiter = limiter or FailureLimiter()
     resolve = LinkResolver(runtime)
     public = urlsplit(runtime.settings.dashboard_base_url).netloc
     origins = sorted({f"{host}:{port}", f"localhost:{port}", f"127.0.0.1:{port}", public})
+    pages = [
+        (
+            r"/connect/([A-Za-z0-9_-]{1,128})",
+            ConnectHandler,
+            {"runtime": runtime, "limiter": limiter},
+        ),
+        (r"/oauth/callback", OAuthCallbackHandler, {"runtime": runtime}),
+    ]
     server = pn.serve(
         {"/d/{token}": make_app(runtime, resolve)},
         port=port,
@@ -63,9 +111,17 @@ def build_server(
         use_index=False,
         redirect_root=False,
         static_dirs={"assets": str(ASSETS_DIR)},
-        **tornado_settings(frame_ancestors),
+        ico_path="none",  # no Panel icon at /favicon.ico; pages link /assets/favicon.svg
+        **tornado_settings(
+            frame_ancestors or runtime.settings.dashboard_embed_origins, extra_patterns=pages
+        ),
     )
-    install_gate(server, resolve, limiter or FailureLimiter())
+    install_gate(
+        server,
+        resolve,
+        limiter,
+        csv_handler=(CsvExportHandler, {"runtime": runtime, "cache": fact_cache()}),
+    )
     return server
 
 

@@ -29,3 +29,74 @@ def add_stripe_connection(
             {"api_key": api_key},
         )
     return tenant_id, connection_id
+
+
+def add_tenant_with_facts(
+    runtime: Runtime, name: str, facts, *, refreshed_at=None
+) -> tuple[str, str]:
+    """(tenant id, connection id): a tenant whose Stripe connection already holds ``facts``.
+
+    ``facts`` is a polars frame in the warehouse's long format; no source is called.
+    """
+    import datetime as dt
+
+    from writevue_pipelines import warehouse
+
+    with runtime.db.session() as session:
+        tenant_id = registry.add_tenant(session, runtime.keys, name, "ops@client.test")
+        connection_id = registry.add_connection(
+            session,
+            runtime.keys,
+            tenant_id,
+            "stripe",
+            "api_key",
+            {"base_url": "http://127.0.0.1:9"},
+            {"api_key": f"sk_test_{tenant_id.replace('-', '')}"},
+        )
+        connection = registry.get_connection(session, connection_id)
+        warehouse.upsert_facts(session, connection, facts, window_start=None)
+        registry.record_refresh_result(
+            session, connection_id, error=None, at=refreshed_at or dt.datetime.now(dt.UTC)
+        )
+    return tenant_id, connection_id
+
+
+def start_dashboard_server(home, log_path, **env: str):
+    """`writevue serve` in its own process on a free port: (process, base URL)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from writevue_pipelines.demo import free_port
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    environ = {
+        **os.environ,
+        "WRITEVUE_HOME": str(home),
+        "WRITEVUE_DASHBOARD_URL": base,
+        **env,
+    }
+    environ.pop("WRITEVUE_DATABASE_URL", None)
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "writevue_pipelines.cli", "serve", "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=environ,
+        )
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/robots.txt", timeout=2).status_code == 200:
+                return process, base
+        except httpx.HTTPError:
+            time.sleep(0.3)
+        if process.poll() is not None:
+            break
+    process.kill()
+    process.wait(10)
+    raise AssertionError(open(log_path).read())

@@ -147,6 +147,7 @@ def test_the_documented_flow(cli_home):
         (["link", "create", "not-a-uuid"], None, "not a valid id"),
         (["link", "revoke", "00000000-0000-0000-0000-000000000000"], None, "No dashboard link"),
         (["tenant", "frobnicate"], None, "invalid choice"),
+        (["tenant", "list", "--password", SECRET], None, "unrecognized arguments"),
     ],
 )
 def test_bad_input_gets_one_line_and_changes_nothing(cli_home, args, stdin, message):

@@ -1,5 +1,8 @@
 """The Dagster code location: per-connection partitions, the asset pair, sensors, refresh_now.
 
+Schedules, batching, failure isolation and the instance configuration are in
+test_orchestration.py.
+
 Everything runs for real: a SQLite warehouse under a temporary WRITEVUE_HOME, the
 sandbox provider over HTTP on loopback, and Dagster instances on disk.
 """
@@ -30,6 +33,8 @@ from support import add_stripe_connection
 from writevue_pipelines import registry, warehouse
 from writevue_pipelines.defs import defs
 from writevue_pipelines.defs.assets import SOURCE_ASSETS
+from writevue_pipelines.defs.batches import RANGE_END_TAG as RANGE_END
+from writevue_pipelines.defs.batches import RANGE_START_TAG as RANGE_START
 from writevue_pipelines.defs.partitions import CONNECTION_PARTITIONS
 from writevue_pipelines.defs.resources import WriteVueResource
 from writevue_pipelines.defs.sensors import CONNECTION_SENSORS
@@ -67,7 +72,7 @@ def new_key() -> str:
 def materialize_stripe(instance: DagsterInstance, connection_id: str, **kwargs):
     instance.add_dynamic_partitions(STRIPE_PARTITIONS.name, [connection_id])
     return materialize(
-        STRIPE.both,
+        [STRIPE.refresh],
         instance=instance,
         resources=RESOURCES,
         partition_key=connection_id,
@@ -103,13 +108,18 @@ def test_every_source_has_partitions_an_asset_pair_and_a_sensor():
     graph = defs.resolve_asset_graph()
     for source in SOURCES:
         assert CONNECTION_PARTITIONS[source].name == f"{source}_connections"
-        fetch = graph.get(SOURCE_ASSETS[source].fetch.key)
-        metrics = graph.get(SOURCE_ASSETS[source].daily_metrics.key)
+        fetch = graph.get(SOURCE_ASSETS[source].fetch_key)
+        metrics = graph.get(SOURCE_ASSETS[source].daily_metrics_key)
         assert fetch.key.to_user_string() == f"{source}_fetch"
         assert metrics.key.to_user_string() == f"{source}_daily_metrics"
         assert metrics.parent_keys == {fetch.key}
         assert fetch.partitions_def == metrics.partitions_def == CONNECTION_PARTITIONS[source]
         assert defs.resolve_sensor_def(f"{source}_connection_partitions") is not None
+        assert defs.resolve_sensor_def(f"{source}_failing_connections") is not None
+        assert defs.resolve_schedule_def(f"{source}_refresh").execution_timezone == "UTC"
+        checks = {key.name for key in graph.asset_check_keys if key.asset_key == metrics.key}
+        assert checks == {"refreshed", "keys_unique", "values_sane", "fresh", "volume_steady"}
+        assert fetch.description and metrics.description
 
 
 def test_both_assets_write_facts_for_a_connection(runtime, sandbox, instance):
@@ -157,7 +167,7 @@ def test_a_partition_range_fetches_all_its_connections_in_one_run(runtime, sandb
     instance.add_dynamic_partitions(STRIPE_PARTITIONS.name, [first, second])
 
     result = materialize(
-        STRIPE.both,
+        [STRIPE.refresh],
         instance=instance,
         resources=RESOURCES,
         tags={
@@ -203,7 +213,7 @@ def test_dagster_instance_holds_no_tenant_name_email_or_key(runtime, sandbox, in
         assert secret not in text
 
 
-def test_a_failing_connection_fails_its_run_with_a_clean_message(runtime, sandbox, instance):
+def test_a_run_of_one_failing_connection_fails_with_a_clean_message(runtime, sandbox, instance):
     _, connection_id = add_stripe_connection(
         runtime, sandbox.url, "bad_key", name=TENANT_NAME, email=TENANT_EMAIL
     )
@@ -212,7 +222,7 @@ def test_a_failing_connection_fails_its_run_with_a_clean_message(runtime, sandbo
 
     assert not result.success
     (failure,) = result.get_step_failure_events()
-    assert failure.step_key == "stripe_fetch"
+    assert failure.step_key == "stripe_refresh"
     message = failure.step_failure_data.user_failure_data.description
     # Both Stripe lists are read at once; whichever answers first names the endpoint.
     assert re.fullmatch(
@@ -227,7 +237,7 @@ def test_a_failing_connection_fails_its_run_with_a_clean_message(runtime, sandbo
     assert fact_count(runtime, connection_id) == (0, 0)
 
 
-def sensor_tick(instance: DagsterInstance, source: str):
+def sensor_tick(instance: DagsterInstance, source: str, cursor: str | None = None):
     """One evaluation as the sensor daemon runs it: by instance ref, run requests resolved."""
     repository = defs.get_repository_def()
     sensor = CONNECTION_SENSORS[source]
@@ -237,6 +247,7 @@ def sensor_tick(instance: DagsterInstance, source: str):
         repository_def=repository,
         sensor_name=sensor.name,
         resources=defs.resources,
+        cursor=cursor,
     ) as context:
         return sensor.evaluate_tick(context)
 
@@ -248,16 +259,18 @@ def test_the_sensor_keeps_partitions_equal_to_active_connections(runtime, sandbo
     _, second = add_stripe_connection(runtime, sandbox.url, new_key(), tenant_id=tenant_id)
 
     added = sensor_tick(instance, "stripe")
-    # A first refresh for each new connection, valid although its partition is new.
-    assert [r.partition_key for r in added.run_requests] == sorted([first, second])
+    # One first refresh (history backfill) for both new connections: a partition range.
+    (request,) = added.run_requests
+    assert (request.tags[RANGE_START], request.tags[RANGE_END]) == tuple(sorted([first, second]))
     apply_partition_requests(instance, added)
     assert set(instance.get_dynamic_partitions(STRIPE_PARTITIONS.name)) == {first, second}
-    unchanged = sensor_tick(instance, "stripe")
+    # The cursor remembers the registry it saw: nothing changed, nothing is asked of Dagster.
+    unchanged = sensor_tick(instance, "stripe", added.cursor)
     assert unchanged.skip_message and not unchanged.dynamic_partitions_requests
 
     with runtime.db.session() as session:
         session.get(Connection, second).status = "disabled"
-    removed = sensor_tick(instance, "stripe")
+    removed = sensor_tick(instance, "stripe", unchanged.cursor)
     assert removed.run_requests == []
     apply_partition_requests(instance, removed)
     assert instance.get_dynamic_partitions(STRIPE_PARTITIONS.name) == [first]
@@ -274,9 +287,10 @@ def test_the_sensor_can_be_built_with_build_sensor_context(runtime, sandbox, ins
         result = CONNECTION_SENSORS["stripe"](context)
 
     assert isinstance(result, SensorResult)
-    (add, delete) = result.dynamic_partitions_requests
+    (delete, add) = result.dynamic_partitions_requests
     assert add.partition_keys == [connection_id]
     assert delete.partition_keys == ["not-a-connection-any-more"]
+    assert [r.partition_key for r in result.run_requests] == [connection_id]
 
 
 def test_refresh_now_reports_each_connection_and_never_raises_for_one(runtime, sandbox):

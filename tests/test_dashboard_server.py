@@ -200,10 +200,10 @@ def test_the_dashboard_renders_in_chromium_from_its_own_origin_only(served, chro
             page.goto(url)
             for figure in headline_texts(runtime, acme.id):
                 page.get_by_text(figure, exact=True).first.wait_for(timeout=30_000)
-            # Charts draw into canvases inside Bokeh's shadow roots; locators pierce them.
-            page.locator("canvas").first.wait_for(timeout=30_000)
+            # Charts are SVG inside Panel's shadow roots; locators pierce them.
+            page.locator("svg.wv-chart-svg").first.wait_for(timeout=30_000)
             ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+            page.screenshot(path=str(ARTIFACTS / "dashboard-stripe.png"), full_page=True)
             dashboard_errors = list(errors)
             page.goto(f"{served['base']}/d/{'C' * 43}")
             assert "Not found" in page.content()

@@ -104,3 +104,28 @@ def test_staged_raw_records_are_deleted_once_aggregated(runtime, sandbox):
     assert not (runtime.settings.staging_dir / connection).exists()
     with pytest.raises(SourceError, match="nothing staged"):
         refresh.load_connection(runtime, connection)
+
+
+def test_snapshot_history_survives_later_refreshes(runtime, sandbox):
+    """Stars on Monday stay Monday's stars when Tuesday's refresh only sees Tuesday."""
+    _tenant, connection_id = _connection(runtime, sandbox.url)
+    monday, tuesday = dt.date(2026, 3, 2), dt.date(2026, 3, 3)
+
+    def snapshot(day, value):
+        return pl.DataFrame(
+            {"metric": ["stars"], "dimension": ["o/r"], "day": [day], "value": [value]}
+        )
+
+    with runtime.db.session() as session:
+        connection = registry.get_connection(session, connection_id)
+        warehouse.upsert_facts(session, connection, snapshot(monday, 10.0), window_start=monday)
+        result = warehouse.upsert_facts(
+            session,
+            connection,
+            snapshot(tuesday, 12.0),
+            window_start=monday,
+            snapshot_metrics=frozenset({"stars"}),
+        )
+    assert result.removed == 0
+    with runtime.db.session() as session:
+        assert warehouse.connection_fact_count(session, connection_id) == 2

@@ -11,13 +11,31 @@ from .vault import ensure_key_ring
 
 DAGSTER_YAML = """\
 # Written by `writevue init`. Embedded instance: SQLite storage under this folder.
+# For PostgreSQL (production) see deploy/dagster.yaml and docs/operations.md.
 telemetry:
   enabled: false
 run_coordinator:
   module: dagster.core.run_coordinator
   class: QueuedRunCoordinator
   config:
+    dequeue_interval_seconds: 2
+concurrency:
+  runs:
+    # Each run is a process (~155 MB) refreshing a batch of connections.
     max_concurrent_runs: 4
+  pools:
+    # Each source's refresh takes a slot in its provider's pool (stripe_api, ga4_api, ...)
+    # for the whole run, so at most this many runs talk to one provider at a time. Each run
+    # holds at most 50 HTTP connections, so a provider sees at most 2 x 50 concurrent
+    # requests. Per provider: `dagster instance concurrency set ga4_api 1`.
+    default_limit: 2
+    granularity: run
+schedules:
+  use_threads: true
+  num_workers: 2
+sensors:
+  use_threads: true
+  num_workers: 2
 code_servers:
   local_startup_timeout: 180
 """

@@ -104,6 +104,20 @@ def revoke_link(session: Session, link_id: str) -> LinkInfo:
     return _info(row)
 
 
+def rotate_link(session: Session, link_id: str) -> tuple[LinkInfo, str]:
+    """Give a live link a new token; the old token stops working at once."""
+    row = _get_row(session, link_id)
+    if row.revoked_at is not None:
+        raise InvalidInput(f"Link {row.id} is revoked; create a new link instead.")
+    if row.expires_at is not None and row.expires_at <= utcnow():
+        raise InvalidInput(f"Link {row.id} has expired; create a new link instead.")
+    token = secrets.token_urlsafe(TOKEN_BYTES)
+    row.token_sha256 = hash_token(token)
+    row.last_used_at = None
+    session.flush()
+    return _info(row), token
+
+
 def list_links(session: Session, tenant_id: str) -> list[LinkInfo]:
     tenant_id = require_tenant(session, tenant_id)
     rows = session.scalars(

@@ -1,9 +1,9 @@
 """Refresh connections now, through Dagster in this process, so the runs show in the UI.
 
 Used by ``writevue refresh [--tenant ID]`` and ``writevue demo``. Each connection gets
-its own in-process run of its source's two assets; batching several connections into
-one run belongs to the orchestration work (schedules and backfills), not to this
-operator shortcut.
+its own in-process run of its source's refresh, so a failure fails that connection's
+run only. Refreshing many connections in few runs is the schedules' job (batched
+partition-range runs), not this operator shortcut's.
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def _refresh_one(
         return replace(outcome, error=f"source {connection.source!r} has no Dagster assets")
     try:
         result = materialize(
-            pair.both,
+            [pair.refresh],
             instance=instance,
             resources={RESOURCE_KEY: resource},
             partition_key=connection.id,

@@ -166,4 +166,69 @@ class Fact(Base):
     )
 
 
+class OAuthState(Base):
+    """A pending OAuth2 authorisation: single-use, short-lived, found by its state's hash."""
+
+    __tablename__ = "oauth_states"
+
+    state_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    source: Mapped[str] = mapped_column(String(64))
+    # Set when the authorisation renews an existing connection instead of adding one.
+    connection_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    options: Mapped[dict] = mapped_column(JSON, default=dict)
+    redirect_uri: Mapped[str] = mapped_column(Text)
+    code_verifier_ct: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class ConnectInvite(Base):
+    """A one-time, expiring link to the client's connect page; found by its token's hash."""
+
+    __tablename__ = "connect_invites"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    # The sources offered and their operator-set options (never secrets): the client
+    # chooses a source but cannot point a connector at another address.
+    sources: Mapped[list] = mapped_column(JSON, default=list)
+    options: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    # The hash of the OAuth2 state of a flow started from this invite, to spend it on return.
+    oauth_state_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    spent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    connection_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+
+
 metadata = Base.metadata
+
+
+class DeletionRequest(Base):
+    """A client's erasure request; once carried out, the one record kept of the tenant.
+
+    It holds the tenant id, when erasure was asked for and done, how many rows each
+    table lost and how many grants were revoked: never a name, an email, a connection
+    id or any data. ``tenant_id`` is deliberately no foreign key: the record outlives
+    the tenant row.
+    """
+
+    __tablename__ = "deletion_requests"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(36))
+    requested_by: Mapped[str] = mapped_column(String(200))
+    requested_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    #: pending -> running -> done, or failed (rerunning resumes a failed or running one)
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    completed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    #: table name -> rows removed, plus "staging_files"
+    removed: Mapped[dict] = mapped_column(JSON, default=dict)
+    #: counts only: {"attempted": n, "revoked": n, "failed": n, "unsupported": n}
+    revocations: Mapped[dict] = mapped_column(JSON, default=dict)
+    verified: Mapped[bool | None] = mapped_column(nullable=True)
+    #: the kind of failure (an exception type), never a message that could hold data
+    error: Mapped[str | None] = mapped_column(String(200), nullable=True)

@@ -12,15 +12,15 @@ import logging
 import re
 
 _QUERY = re.compile(r"(https?://[^\s\"'?#]+)\?[^\s\"'#]*")
-_DASHBOARD_TOKEN = re.compile(r"/d/(?![<(])[^/\s?#'\"<>)\]]+")
+_DASHBOARD_TOKEN = re.compile(r"/(d|connect)/(?![<(])[^/\s?#'\"<>)\]]+")
 _USERINFO = re.compile(r"(https?://)[^/\s@\"']+@")
 
 
 def redact_urls(text: str) -> str:
-    """Drop query strings, user-info and dashboard tokens from every URL in ``text``."""
+    """Drop query strings, user-info and dashboard and invite tokens from every URL in ``text``."""
     text = _QUERY.sub(r"\1?<redacted>", text)
     text = _USERINFO.sub(r"\1<redacted>@", text)
-    return _DASHBOARD_TOKEN.sub("/d/<redacted>", text)
+    return _DASHBOARD_TOKEN.sub(r"/\1/<redacted>", text)
 
 
 class UrlRedactingFilter(logging.Filter):
@@ -38,9 +38,30 @@ class UrlRedactingFilter(logging.Filter):
 _FILTER = UrlRedactingFilter()
 
 
+# A logger's filters do not see records propagated from its children, so each logger
+# that writes URLs or headers is named.
+_LOGGERS = (
+    "httpx",
+    "httpcore",
+    "httpcore.connection",
+    "httpcore.http11",
+    "httpcore.http2",
+    "httpcore.proxy",
+    "authlib",
+    "authlib.integrations.httpx_client",
+)
+
+
 def install() -> None:
-    """Attach the filter to the loggers of the HTTP libraries WriteVue uses (idempotent)."""
-    for name in ("httpx", "httpcore", "authlib"):
+    """Attach the filter to the loggers of the HTTP libraries WriteVue uses (idempotent).
+
+    httpcore's DEBUG lines dump whole response headers (a ``Link`` header can repeat a
+    query-string key), so httpcore is also held at INFO, where it writes nothing.
+    """
+    for name in _LOGGERS:
         logger = logging.getLogger(name)
         if _FILTER not in logger.filters:
             logger.addFilter(_FILTER)
+    httpcore = logging.getLogger("httpcore")
+    if httpcore.level < logging.INFO:
+        httpcore.setLevel(logging.INFO)

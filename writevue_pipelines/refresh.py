@@ -98,10 +98,15 @@ async def fetch_connections(
         async def one(connection: ConnectionInfo, secrets: dict[str, str], cursor: str | None):
             source = get_source(connection.source)
             base_url = source.base_url(connection)
-            client = clients.get((source.name, base_url))
+            allow = tuple(source.allowed_writes(connection))
+            key = (source.name, base_url, allow)
+            client = clients.get(key)
             if client is None:
-                client = clients[(source.name, base_url)] = open_client(
+                client = clients[key] = open_client(
                     base_url=base_url,
+                    allow=allow,
+                    provider=source.name,
+                    max_in_flight=source.max_in_flight,
                     timeout=httpx.Timeout(runtime.settings.http_timeout_s, connect=10.0),
                 )
             start = window_start(runtime, cursor)
@@ -168,19 +173,26 @@ def load_connection(runtime: Runtime, connection_id: str) -> LoadSummary:
         )
     manifest = json.loads(manifest_path.read_text())
     records = pl.read_parquet(folder / "records.parquet")
-    with runtime.db.session() as session:
-        connection = registry.get_connection(session, connection_id)
-        source = get_source(connection.source)
-        facts = source.aggregate(records)
-        summary = warehouse.upsert_facts(
-            session,
-            connection,
-            facts,
-            window_start=dt.date.fromisoformat(manifest["window_start"]),
-        )
-        if manifest.get("next_cursor"):
-            registry.set_cursor(session, connection, source.stream, manifest["next_cursor"])
-        registry.record_refresh_result(session, connection.id, error=None)
+    # The connection is locked against a concurrent erasure: one erased since its fetch
+    # gets nothing written back, and its staged records go.
+    try:
+        with runtime.db.locked_session() as session:
+            connection = registry.writable_connection(session, connection_id)
+            source = get_source(connection.source)
+            facts = source.aggregate(records)
+            summary = warehouse.upsert_facts(
+                session,
+                connection,
+                facts,
+                window_start=dt.date.fromisoformat(manifest["window_start"]),
+                snapshot_metrics=source.snapshot_metrics,
+            )
+            if manifest.get("next_cursor"):
+                registry.set_cursor(session, connection, source.stream, manifest["next_cursor"])
+            registry.record_refresh_result(session, connection.id, error=None)
+    except registry.ConnectionErased:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     # Raw records are transient: once their aggregates are committed they go.
     shutil.rmtree(folder, ignore_errors=True)
     return LoadSummary(

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .errors import InvalidInput, NotFound
+from .errors import InvalidInput, NotFound, SourceError
 from .models import AuditEvent, Connection, Credential, SyncCursor, Tenant, utcnow
 from .vault import Binding, KeyRing
 
@@ -184,8 +184,11 @@ def list_connections(
     tenant_id: str | None = None,
     source: str | None = None,
     active_only: bool = False,
+    status: str | None = None,
 ) -> list[ConnectionInfo]:
     query = select(Connection).order_by(Connection.created_at, Connection.id)
+    if status is not None:
+        query = query.where(Connection.status == status)
     if tenant_id is not None:
         query = query.where(Connection.tenant_id == tenant_id)
     if source is not None:
@@ -253,3 +256,34 @@ def list_audit(session: Session, tenant_id: str | None = None) -> list[AuditEven
     if tenant_id is not None:
         query = query.where(AuditEvent.tenant_id == tenant_id)
     return list(session.scalars(query))
+
+
+# -- erasure guard ------------------------------------------------------------
+
+#: the status an erasure gives a tenant's connections, in its own commit, before it deletes
+ERASING = "erasing"
+
+
+class ConnectionErased(SourceError):
+    """The connection is gone or being erased: a late refresh must write nothing."""
+
+
+def writable_connection(session: Session, connection_id: str) -> ConnectionInfo:
+    """The connection, locked against a concurrent erasure until the transaction ends.
+
+    Refuses a connection that is gone or being erased, so a refresh that fetched
+    before an erasure cannot write its results back afterwards. On PostgreSQL the
+    row is locked FOR SHARE (the erasure's status update waits for this transaction,
+    then deletes what it wrote); on SQLite the caller's BEGIN IMMEDIATE serialises.
+    """
+    query = select(Connection).where(Connection.id == connection_id)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(read=True)
+    row = session.scalars(query.execution_options(populate_existing=True)).first()
+    if row is None or row.status == ERASING:
+        raise ConnectionErased(
+            f"connection {connection_id} has been erased (or is being erased); "
+            "its refresh wrote nothing",
+            connection_id=connection_id,
+        )
+    return _connection_info(row)

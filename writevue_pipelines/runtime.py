@@ -22,9 +22,20 @@ class Runtime:
     def db(self) -> Database:
         return Database.from_settings(self.settings)
 
-    @cached_property
+    @property
     def keys(self) -> KeyRing:
-        return load_key_ring(self.settings.key_file)
+        """The key ring, read again whenever the key file changes: a long-running process
+        (the dashboard server, Dagster) decrypts what a rotation elsewhere re-encrypted."""
+        path = self.settings.key_file
+        try:
+            info = path.stat()
+            stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
+        except FileNotFoundError:
+            stamp = None
+        cached = self.__dict__.get("_keys")
+        if cached is None or cached[0] != stamp:
+            cached = self.__dict__["_keys"] = (stamp, load_key_ring(path))
+        return cached[1]
 
     def close(self) -> None:
         if "db" in self.__dict__:

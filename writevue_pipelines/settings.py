@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+_CRON_PREFIX = "WRITEVUE_REFRESH_CRON_"
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -18,6 +20,22 @@ class Settings:
     history_days: int = 90
     lookback_days: int = 3
     http_timeout_s: float = 30.0
+    #: how often a TV-mode dashboard reloads, and every open dashboard re-checks its link
+    dashboard_refresh_s: int = 60
+    #: CSP frame-ancestors sources allowed to embed dashboards; none by default
+    dashboard_embed_origins: str | None = None
+    #: connections per scheduled (or backfill) run: N connections cost ceil(N / batch) runs
+    refresh_batch: int = 50
+    #: when every source refreshes (cron, UTC) unless ``WRITEVUE_REFRESH_CRON_<SOURCE>`` says
+    refresh_cron: str = "0 6 * * *"
+    refresh_crons: tuple[tuple[str, str], ...] = ()
+    #: a failing connection is retried alone after 15, 30, 60, … minutes, this many times
+    retry_base_minutes: int = 15
+    retry_attempts: int = 5
+    #: a connection whose last successful refresh is older than this fails its freshness check
+    freshness_hours: int = 36
+    #: staged raw records older than this are swept away (a load deletes them at once)
+    staging_max_age_hours: int = 24
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -32,7 +50,26 @@ class Settings:
             history_days=_positive_int(env, "WRITEVUE_HISTORY_DAYS", 90),
             lookback_days=_positive_int(env, "WRITEVUE_LOOKBACK_DAYS", 3),
             http_timeout_s=float(_positive_int(env, "WRITEVUE_HTTP_TIMEOUT_S", 30)),
+            dashboard_refresh_s=_positive_int(env, "WRITEVUE_DASHBOARD_REFRESH_S", 60),
+            dashboard_embed_origins=env.get("WRITEVUE_DASHBOARD_EMBED_ORIGINS") or None,
+            refresh_batch=_positive_int(env, "WRITEVUE_REFRESH_BATCH", 50),
+            refresh_cron=(env.get("WRITEVUE_REFRESH_CRON") or "0 6 * * *").strip(),
+            refresh_crons=tuple(
+                sorted(
+                    (name[len(_CRON_PREFIX) :].lower(), value.strip())
+                    for name, value in env.items()
+                    if name.startswith(_CRON_PREFIX) and value.strip()
+                )
+            ),
+            retry_base_minutes=_positive_int(env, "WRITEVUE_RETRY_BASE_MINUTES", 15),
+            retry_attempts=_positive_int(env, "WRITEVUE_RETRY_ATTEMPTS", 5),
+            freshness_hours=_positive_int(env, "WRITEVUE_FRESHNESS_HOURS", 36),
+            staging_max_age_hours=_positive_int(env, "WRITEVUE_STAGING_MAX_AGE_HOURS", 24),
         )
+
+    def cron_for(self, source: str) -> str:
+        """The refresh cadence of one source: its own setting, else the shared one."""
+        return dict(self.refresh_crons).get(source, self.refresh_cron)
 
     @cached_property
     def database_url(self) -> str:
@@ -58,6 +95,9 @@ class Settings:
 
     def dashboard_url(self, token: str) -> str:
         return f"{self.dashboard_base_url}/d/{token}"
+
+    def connect_url(self, token: str) -> str:
+        return f"{self.dashboard_base_url}/connect/{token}"
 
 
 def _positive_int(env, name: str, default: int) -> int:

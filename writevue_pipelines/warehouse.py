@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
 
 import polars as pl
-from sqlalchemy import delete, func, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from .models import Fact, utcnow
@@ -15,8 +15,6 @@ from .registry import ConnectionInfo
 
 #: The long format every source produces and the warehouse stores.
 FACT_SCHEMA = {"metric": pl.String, "dimension": pl.String, "day": pl.Date, "value": pl.Float64}
-
-_BATCH = 5_000
 
 
 @dataclass(frozen=True)
@@ -53,56 +51,39 @@ def upsert_facts(
     facts: pl.DataFrame,
     *,
     window_start: dt.date | None,
+    snapshot_metrics: frozenset[str] = frozenset(),
 ) -> UpsertSummary:
     """Make the connection's facts from ``window_start`` on equal ``facts``.
 
     Rows whose value is unchanged are not touched, so rerunning a refresh changes
-    nothing; rows inside the window that the source no longer reports are removed.
+    nothing; rows inside the window that the source no longer reports are removed,
+    except those of ``snapshot_metrics``: a source sees those only as of today, so the
+    days it no longer reports keep the values their own refresh saw.
     Runs inside the caller's transaction.
+
+    The rows travel in bulk: on PostgreSQL by ``COPY`` into a temporary table and one
+    ``INSERT … ON CONFLICT … WHERE value IS DISTINCT FROM``; on SQLite by one prepared
+    upsert run with ``executemany``. Either way the staged keys then find the stale rows
+    in one ``DELETE``.
     """
     facts = normalise_facts(facts)
     now = utcnow()
-    records = [
-        {
-            "tenant_id": connection.tenant_id,
-            "connection_id": connection.id,
-            "metric": metric,
-            "dimension": dimension,
-            "day": day,
-            "value": value,
-            "updated_at": now,
-        }
-        for metric, dimension, day, value in facts.iter_rows()
-    ]
     dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    written = 0
-    for start in range(0, len(records), _BATCH):
-        chunk = records[start : start + _BATCH]
-        stmt = insert(Fact).values(chunk)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["connection_id", "metric", "dimension", "day"],
-            set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at},
-            where=Fact.value != stmt.excluded.value,
-        ).returning(Fact.id)
-        # Counted from RETURNING: rowcount is not reliable across drivers for upserts.
-        written += len(session.execute(stmt).all())
-
-    removed = 0
-    if window_start is not None:
-        keep = {(r["metric"], r["dimension"], r["day"]) for r in records}
-        existing = session.execute(
-            select(Fact.id, Fact.metric, Fact.dimension, Fact.day).where(
-                Fact.connection_id == connection.id, Fact.day >= window_start
-            )
-        ).all()
-        stale_ids = [row.id for row in existing if (row.metric, row.dimension, row.day) not in keep]
-        for start in range(0, len(stale_ids), _BATCH):
-            result = session.execute(
-                delete(Fact).where(Fact.id.in_(stale_ids[start : start + _BATCH]))
-            )
-            removed += result.rowcount or 0
-
+    raw = session.connection().connection.driver_connection
+    # A connection's first load (its history backfill) has nothing to conflict with or
+    # remove: the rows go in as a plain bulk insert.
+    has_rows = session.scalar(select(Fact.id).where(Fact.connection_id == connection.id).limit(1))
+    if has_rows is None:
+        written = _insert_new(raw, dialect, connection, facts, now)
+        removed = 0
+    elif dialect == "postgresql":
+        written, removed = _upsert_postgres(
+            raw, connection, facts, now, window_start, sorted(snapshot_metrics)
+        )
+    else:
+        written, removed = _upsert_sqlite(
+            raw, connection, facts, now, window_start, sorted(snapshot_metrics)
+        )
     days = facts["day"].n_unique() if facts.height else 0
     return UpsertSummary(
         rows=facts.height,
@@ -112,6 +93,124 @@ def upsert_facts(
         first_day=facts["day"].min() if facts.height else None,
         last_day=facts["day"].max() if facts.height else None,
     )
+
+
+def _insert_new(raw, dialect, connection, facts, now) -> int:
+    if dialect == "postgresql":
+        ids = (connection.tenant_id, connection.id)
+        with (
+            raw.cursor() as cursor,
+            cursor.copy(
+                "COPY facts (tenant_id, connection_id, metric, dimension, day, value, updated_at) "
+                "FROM STDIN"
+            ) as copy,
+        ):
+            for row in facts.iter_rows():
+                copy.write_row((*ids, *row, now))
+        return facts.height
+    cursor = raw.cursor()
+    try:
+        cursor.executemany(
+            "INSERT INTO facts (tenant_id, connection_id, metric, dimension, day, value, "
+            "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            _sqlite_params(connection, facts, now),
+        )
+    finally:
+        cursor.close()
+    return facts.height
+
+
+def _sqlite_params(connection, facts, now) -> list[tuple]:
+    return facts.select(
+        pl.lit(connection.tenant_id).alias("tenant_id"),
+        pl.lit(connection.id).alias("connection_id"),
+        "metric",
+        "dimension",
+        pl.col("day").dt.strftime("%Y-%m-%d"),
+        "value",
+        pl.lit(_sqlite_timestamp(now)).alias("updated_at"),
+    ).rows()
+
+
+def _upsert_postgres(raw, connection, facts, now, window_start, kept) -> tuple[int, int]:
+    with raw.cursor() as cursor:
+        cursor.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS writevue_incoming_facts (metric text, "
+            "dimension text, day date, value double precision) ON COMMIT DROP"
+        )
+        cursor.execute("TRUNCATE writevue_incoming_facts")
+        with cursor.copy(
+            "COPY writevue_incoming_facts (metric, dimension, day, value) FROM STDIN"
+        ) as copy:
+            for row in facts.iter_rows():
+                copy.write_row(row)
+        cursor.execute(
+            "INSERT INTO facts (tenant_id, connection_id, metric, dimension, day, value, "
+            "updated_at) SELECT %s, %s, metric, dimension, day, value, %s "
+            "FROM writevue_incoming_facts "
+            "ON CONFLICT (connection_id, metric, dimension, day) DO UPDATE "
+            "SET value = excluded.value, updated_at = excluded.updated_at "
+            "WHERE facts.value IS DISTINCT FROM excluded.value",
+            (connection.tenant_id, connection.id, now),
+        )
+        written = max(cursor.rowcount, 0)
+        removed = 0
+        if window_start is not None:
+            cursor.execute(
+                "DELETE FROM facts f WHERE f.connection_id = %s AND f.day >= %s "
+                "AND NOT (f.metric = ANY(%s)) AND NOT EXISTS "
+                "(SELECT 1 FROM writevue_incoming_facts i WHERE i.metric = f.metric "
+                "AND i.dimension = f.dimension AND i.day = f.day)",
+                (connection.id, window_start, kept),
+            )
+            removed = max(cursor.rowcount, 0)
+    return written, removed
+
+
+def _sqlite_timestamp(value: dt.datetime) -> str:
+    # The text SQLAlchemy's SQLite DateTime stores: naive UTC, microseconds.
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _upsert_sqlite(raw, connection, facts, now, window_start, kept) -> tuple[int, int]:
+    params = _sqlite_params(connection, facts, now)
+    rows = [row[2:5] for row in params]
+    cursor = raw.cursor()
+    try:
+        before = raw.total_changes
+        cursor.executemany(
+            "INSERT INTO facts (tenant_id, connection_id, metric, dimension, day, value, "
+            "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (connection_id, metric, dimension, day) DO UPDATE "
+            "SET value = excluded.value, updated_at = excluded.updated_at "
+            "WHERE facts.value IS NOT excluded.value",
+            params,
+        )
+        written = raw.total_changes - before
+        removed = 0
+        if window_start is not None:
+            cursor.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS writevue_incoming_keys "
+                "(metric TEXT, dimension TEXT, day TEXT, PRIMARY KEY (metric, dimension, day))"
+            )
+            cursor.execute("DELETE FROM writevue_incoming_keys")
+            cursor.executemany(
+                "INSERT INTO writevue_incoming_keys VALUES (?, ?, ?)",
+                rows,
+            )
+            before = raw.total_changes
+            cursor.execute(
+                "DELETE FROM facts WHERE connection_id = ? AND day >= ? "
+                "AND metric NOT IN (SELECT value FROM json_each(?)) AND NOT EXISTS "
+                "(SELECT 1 FROM writevue_incoming_keys i WHERE i.metric = facts.metric "
+                "AND i.dimension = facts.dimension AND i.day = facts.day)",
+                (connection.id, window_start.isoformat(), json.dumps(kept)),
+            )
+            removed = raw.total_changes - before
+            cursor.execute("DELETE FROM writevue_incoming_keys")
+    finally:
+        cursor.close()
+    return written, removed
 
 
 def tenant_facts(session: Session, tenant_id: str, start: dt.date, end: dt.date) -> pl.DataFrame:
@@ -141,12 +240,50 @@ def duplicate_keys(session: Session, connection_id: str) -> int:
     return session.scalar(select(func.count()).select_from(sub)) or 0
 
 
+def value_problems(session: Session, connection_id: str, nonnegative: list[str]) -> tuple[int, int]:
+    """(values that are not finite numbers, negative values of metrics that cannot be negative)."""
+    huge = 1.0e308
+    nonfinite = session.scalar(
+        select(func.count()).where(
+            Fact.connection_id == connection_id,
+            (Fact.value.is_(None))
+            | (Fact.value != Fact.value)  # NaN is the one value unequal to itself
+            | (Fact.value > huge)
+            | (Fact.value < -huge),
+        )
+    )
+    negative = 0
+    if nonnegative:
+        negative = session.scalar(
+            select(func.count()).where(
+                Fact.connection_id == connection_id,
+                Fact.metric.in_(nonnegative),
+                Fact.value < 0,
+            )
+        )
+    return nonfinite or 0, negative or 0
+
+
+def daily_totals(
+    session: Session, connection_id: str, since: dt.date
+) -> list[tuple[str, dt.date, float]]:
+    """(metric, day, total over dimensions) of one connection from ``since`` on."""
+    rows = session.execute(
+        select(Fact.metric, Fact.day, func.sum(Fact.value))
+        .where(Fact.connection_id == connection_id, Fact.day >= since)
+        .group_by(Fact.metric, Fact.day)
+    ).all()
+    return [(metric, day, float(total or 0.0)) for metric, day, total in rows]
+
+
 __all__ = [
     "FACT_SCHEMA",
     "UpsertSummary",
     "connection_fact_count",
+    "daily_totals",
     "duplicate_keys",
     "normalise_facts",
     "tenant_facts",
     "upsert_facts",
+    "value_problems",
 ]

@@ -1,9 +1,19 @@
-"""WriteVue's Dagster code location: per-source asset pairs, partition sensors, the runtime."""
+"""WriteVue's Dagster code location: per-source refreshes, schedules, sensors, the runtime.
+
+Runs execute in process: a refresh is one step that fetches its batch of connections
+concurrently, so a second process per step would only add start-up time.
+"""
 
 from __future__ import annotations
 
-from dagster import Definitions
+from dagster import Definitions, in_process_executor
 
-from . import assets, resources, sensors
+from . import assets, resources, schedules, sensors
 
-defs = Definitions.merge(assets.defs, sensors.defs, resources.defs)
+defs = Definitions.merge(
+    assets.defs,
+    schedules.defs,
+    sensors.defs,
+    resources.defs,
+    Definitions(executor=in_process_executor),
+)

@@ -1,4 +1,10 @@
-"""The asset pair every source gets: fetch a connection into staging, then aggregate it.
+"""The asset pair every source gets: fetch connections into staging, then aggregate them.
+
+Both assets are computed by one step, so a batch run costs one process: the step
+fetches every connection of its run at once (async), aggregates each fetched one, and
+records a materialisation per connection partition for each asset it completed. A
+connection that fails is recorded as failing (registry and the ``refreshed`` check)
+and never stops the others; only a run of that one connection fails.
 
 Nothing passes through an IO manager: staging files under ``WRITEVUE_HOME/staging``
 are the handoff, and the assets report only counts, timings and days as metadata —
@@ -9,140 +15,191 @@ never names, emails, credentials or URLs.
 # `from __future__ import annotations` here.
 import asyncio
 import traceback
-from collections.abc import Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from dagster import (
+    AssetCheckEvaluation,
     AssetExecutionContext,
+    AssetKey,
+    AssetMaterialization,
     AssetsDefinition,
+    AssetSpec,
+    BackfillPolicy,
+    Backoff,
     Definitions,
     Failure,
-    MaterializeResult,
+    Jitter,
     MetadataValue,
-    asset,
+    RetryPolicy,
+    multi_asset,
 )
 
 from .. import refresh
 from ..errors import WriteVueError
+from ..settings import get_settings
 from ..sources import SOURCES, Source
+from . import checks
 from .partitions import CONNECTION_PARTITIONS
 from .resources import WriteVueResource
+
+#: Whole-step failures (the warehouse unreachable, the process killed) are retried;
+#: a connection's own failure is not: the failing-connections sensor retries it alone.
+FETCH_RETRY_POLICY = RetryPolicy(
+    max_retries=2, delay=30, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
+)
 
 
 @dataclass(frozen=True)
 class SourceAssets:
-    fetch: AssetsDefinition
-    daily_metrics: AssetsDefinition
+    """One source's refresh: the fetch and daily-metrics assets, computed together."""
+
+    source: str
+    refresh: AssetsDefinition
 
     @property
-    def both(self) -> list[AssetsDefinition]:
-        return [self.fetch, self.daily_metrics]
+    def fetch_key(self) -> AssetKey:
+        return AssetKey(f"{self.source}_fetch")
+
+    @property
+    def daily_metrics_key(self) -> AssetKey:
+        return AssetKey(f"{self.source}_daily_metrics")
+
+    @property
+    def keys(self) -> list[AssetKey]:
+        return [self.fetch_key, self.daily_metrics_key]
 
 
-def _fail_connections(
-    context: AssetExecutionContext,
-    writevue: WriteVueResource,
-    errors: Mapping[str, BaseException],
-) -> Failure:
-    """Record each failure on its connection, log a safe line, and build the step failure."""
-    for connection_id, exc in errors.items():
-        refresh.record_failure(writevue.runtime, connection_id, exc)
-        context.log.error(refresh.safe_error(exc))
-        if not isinstance(exc, WriteVueError):
-            # Where it broke, without the exception's text (which could quote a response).
-            context.log.error("".join(traceback.format_tb(exc.__traceback__)))
-    messages = [refresh.safe_error(exc) for exc in errors.values()]
-    description = (
-        messages[0]
-        if len(messages) == 1
-        else f"{len(messages)} connections failed: " + "; ".join(messages)
-    )
-    return Failure(description=description, allow_retries=False)
+def pool_name(source: str) -> str:
+    """The concurrency pool that keeps a provider's concurrent runs within its rate limit."""
+    return f"{source}_api"
 
 
-def build_source_assets(source: Source) -> SourceAssets:
+def build_source_assets(source: Source, *, batch: int | None = None) -> SourceAssets:
     partitions = CONNECTION_PARTITIONS[source.name]
     tags = {"source": source.name}
+    fetch_key = AssetKey(f"{source.name}_fetch")
+    metrics_key = AssetKey(f"{source.name}_daily_metrics")
+    batch = batch or get_settings().refresh_batch
 
-    @asset(
-        name=f"{source.name}_fetch",
-        group_name=source.name,
+    @multi_asset(
+        name=f"{source.name}_refresh",
+        specs=[
+            AssetSpec(
+                fetch_key,
+                group_name=source.name,
+                description=(
+                    f"{source.title}: read each connection incrementally from its cursor into "
+                    "transient staging. The records never leave WRITEVUE_HOME/staging."
+                ),
+                kinds={source.name},
+                tags=tags,
+                skippable=True,
+            ),
+            AssetSpec(
+                metrics_key,
+                group_name=source.name,
+                deps=[fetch_key],
+                description=(
+                    f"{source.title}: aggregate the staged records with polars into daily "
+                    f"facts ({', '.join(source.metrics) or 'from the spec'}), upsert them into "
+                    "the warehouse and advance the cursor in the same commit, then delete "
+                    "the staged records."
+                ),
+                kinds={"polars"},
+                tags=tags,
+                skippable=True,
+            ),
+        ],
+        check_specs=checks.check_specs(metrics_key, partitions),
         partitions_def=partitions,
-        description=(
-            f"{source.title}: read each connection incrementally from its cursor into "
-            "transient staging. The records never leave WRITEVUE_HOME/staging."
-        ),
-        kinds={source.name},
-        tags=tags,
-        pool=f"{source.name}_api",
+        # Subsettable so that no output is required: a connection's outcome is reported by
+        # the per-partition events below. A subset still refreshes the pair: one asset
+        # of it alone (a fetch left unaggregated) would be a half-written refresh.
+        can_subset=True,
+        backfill_policy=BackfillPolicy.multi_run(batch),
+        retry_policy=FETCH_RETRY_POLICY,
+        pool=pool_name(source.name),
     )
-    def fetch(context: AssetExecutionContext, writevue: WriteVueResource) -> MaterializeResult:
+    def refresh_connections(
+        context: AssetExecutionContext, writevue: WriteVueResource
+    ) -> Iterator[AssetMaterialization | AssetCheckEvaluation]:
+        runtime = writevue.runtime
         connection_ids = list(context.partition_keys)
+        before = checks.connection_states(runtime, connection_ids)
         # One call for every connection in the run: the fetch is async-batched.
         try:
-            results = asyncio.run(refresh.fetch_connections(writevue.runtime, connection_ids))
+            fetched = asyncio.run(refresh.fetch_connections(runtime, connection_ids))
         except Exception as exc:
-            results = dict.fromkeys(connection_ids, exc)
-        errors = {cid: r for cid, r in results.items() if isinstance(r, BaseException)}
-        if errors:
-            raise _fail_connections(context, writevue, errors)
+            fetched = dict.fromkeys(connection_ids, exc)
+        failures: dict[str, BaseException] = {}
         for connection_id in connection_ids:
-            summary = results[connection_id]
-            context.add_asset_metadata(
-                {
+            summary = fetched[connection_id]
+            if isinstance(summary, BaseException):
+                failures[connection_id] = summary
+                continue
+            yield AssetMaterialization(
+                fetch_key,
+                partition=connection_id,
+                metadata={
                     "records": MetadataValue.int(summary.records),
                     "requests": MetadataValue.int(summary.requests),
                     "source_latency_s": MetadataValue.float(summary.latency_s),
                     "window_start": MetadataValue.text(summary.window_start),
                 },
-                partition_key=connection_id,
             )
-        return MaterializeResult()
-
-    @asset(
-        name=f"{source.name}_daily_metrics",
-        group_name=source.name,
-        partitions_def=partitions,
-        deps=[fetch],
-        description=(
-            f"{source.title}: aggregate the staged records with polars into daily facts "
-            f"({', '.join(source.metrics)}), upsert them into the warehouse and advance "
-            "the cursor in the same commit, then delete the staged records."
-        ),
-        kinds={"polars"},
-        tags=tags,
-    )
-    def daily_metrics(
-        context: AssetExecutionContext, writevue: WriteVueResource
-    ) -> MaterializeResult:
-        errors: dict[str, BaseException] = {}
-        for connection_id in context.partition_keys:
             try:
-                summary = refresh.load_connection(writevue.runtime, connection_id)
+                loaded = refresh.load_connection(runtime, connection_id)
             except Exception as exc:
-                errors[connection_id] = exc
+                failures[connection_id] = exc
                 continue
-            context.add_asset_metadata(
-                {
-                    "facts": MetadataValue.int(summary.facts),
-                    "rows_written": MetadataValue.int(summary.written),
-                    "rows_removed": MetadataValue.int(summary.removed),
-                    "days_touched": MetadataValue.int(summary.days),
-                    "first_day": MetadataValue.text(summary.first_day or ""),
-                    "last_day": MetadataValue.text(summary.last_day or ""),
+            yield AssetMaterialization(
+                metrics_key,
+                partition=connection_id,
+                metadata={
+                    "facts": MetadataValue.int(loaded.facts),
+                    "rows_written": MetadataValue.int(loaded.written),
+                    "rows_removed": MetadataValue.int(loaded.removed),
+                    "days_touched": MetadataValue.int(loaded.days),
+                    "first_day": MetadataValue.text(loaded.first_day or ""),
+                    "last_day": MetadataValue.text(loaded.last_day or ""),
                 },
-                partition_key=connection_id,
             )
-        if errors:
-            raise _fail_connections(context, writevue, errors)
-        return MaterializeResult()
+        for connection_id, exc in failures.items():
+            _record_failure(context, writevue, connection_id, exc)
+        yield from checks.evaluate(runtime, source, metrics_key, before, failures)
+        if failures:
+            context.log.warning(
+                f"{len(failures)} of {len(connection_ids)} connections failed; "
+                "the others were refreshed"
+            )
+        if len(connection_ids) == 1 and failures:
+            # A run of one connection is that connection's refresh: it fails with it, so
+            # its partition shows as failed. A batch run succeeds for the others' sake.
+            raise Failure(
+                description=refresh.safe_error(failures[connection_ids[0]]), allow_retries=False
+            )
 
-    return SourceAssets(fetch=fetch, daily_metrics=daily_metrics)
+    return SourceAssets(source=source.name, refresh=refresh_connections)
 
 
-#: source name -> its asset pair
+def _record_failure(
+    context: AssetExecutionContext,
+    writevue: WriteVueResource,
+    connection_id: str,
+    exc: BaseException,
+) -> None:
+    """Record the failure on its connection and log a line that is safe to keep."""
+    refresh.record_failure(writevue.runtime, connection_id, exc)
+    context.log.error(refresh.safe_error(exc))
+    if not isinstance(exc, WriteVueError):
+        # Where it broke, without the exception's text (which could quote a response).
+        context.log.error("".join(traceback.format_tb(exc.__traceback__)))
+
+
+#: source name -> its refresh (the fetch and daily-metrics assets)
 SOURCE_ASSETS: dict[str, SourceAssets] = {
     name: build_source_assets(source) for name, source in SOURCES.items()
 }
 
-defs = Definitions(assets=[a for pair in SOURCE_ASSETS.values() for a in pair.both])
+defs = Definitions(assets=[pair.refresh for pair in SOURCE_ASSETS.values()])

@@ -1,8 +1,22 @@
-"""Sensors that keep each source's connection partitions equal to the registry."""
+"""Sensors per source: keep the connection partitions equal to the registry, retry failures.
+
+- ``{source}_connection_partitions`` adds a partition for every new connection (and
+  requests its first refresh, which backfills its history, in batches) and removes the
+  partitions of connections that were disabled or deleted. Its cursor is a fingerprint
+  of the active connections, so an unchanged registry costs one query and no write.
+- ``{source}_failing_connections`` retries each failing connection alone, after a
+  doubling wait, and flags one whose retries are used up: its ``refreshed`` check fails
+  with a note that retries stopped, until a refresh succeeds again.
+"""
 
 # Dagster reads the annotations of asset and sensor functions at runtime, so no
 # `from __future__ import annotations` here.
+import hashlib
+import json
+import time
+
 from dagster import (
+    AssetCheckEvaluation,
     DefaultSensorStatus,
     Definitions,
     RunRequest,
@@ -14,9 +28,23 @@ from dagster import (
 )
 
 from .. import registry
+from . import checks
 from .assets import SOURCE_ASSETS, SourceAssets
+from .batches import SOURCE_TAG, TRIGGER_TAG, batch_run_requests
 from .partitions import CONNECTION_PARTITIONS
 from .resources import WriteVueResource
+
+ATTEMPT_TAG = "writevue/attempt"
+#: At most this many single-connection retries start per tick; the rest wait their turn.
+RETRIES_PER_TICK = 20
+
+
+def _now() -> float:
+    return time.time()
+
+
+def fingerprint(connection_ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(connection_ids)).encode()).hexdigest()
 
 
 def build_connection_partitions_sensor(source: str, assets: SourceAssets) -> SensorDefinition:
@@ -25,10 +53,11 @@ def build_connection_partitions_sensor(source: str, assets: SourceAssets) -> Sen
     @sensor(
         name=f"{source}_connection_partitions",
         description=(
-            f"Adds a partition (and requests its first refresh) for every new {source} "
-            "connection and removes the partitions of connections that were disabled or deleted."
+            f"Adds a partition for every new {source} connection and requests its first "
+            "refresh (its whole history, batched), and removes the partitions of connections "
+            "that were disabled or deleted."
         ),
-        target=assets.both,
+        target=[assets.refresh],
         minimum_interval_seconds=30,
         default_status=DefaultSensorStatus.RUNNING,
     )
@@ -36,30 +65,118 @@ def build_connection_partitions_sensor(source: str, assets: SourceAssets) -> Sen
         context: SensorEvaluationContext, writevue: WriteVueResource
     ) -> SensorResult | SkipReason:
         with writevue.runtime.db.session() as session:
-            wanted = {
+            wanted = [
                 c.id for c in registry.list_connections(session, source=source, active_only=True)
-            }
+            ]
+        marker = fingerprint(wanted)
+        if context.cursor == marker:
+            return SkipReason(f"{len(wanted)} {source} connections, unchanged")
         present = set(context.instance.get_dynamic_partitions(partitions.name))
-        added = sorted(wanted - present)
-        removed = sorted(present - wanted)
+        added = sorted(set(wanted) - present)
+        removed = sorted(present - set(wanted))
         if not added and not removed:
-            return SkipReason(f"{len(present)} {source} connections, none added or removed")
+            return SensorResult(skip_reason=f"{len(present)} {source} connections", cursor=marker)
         requests = []
-        if added:
-            requests.append(partitions.build_add_request(added))
         if removed:
             requests.append(partitions.build_delete_request(removed))
+        if added:
+            # Appended in this order, so each batch is a contiguous partition range.
+            requests.append(partitions.build_add_request(added))
         return SensorResult(
-            run_requests=[RunRequest(partition_key=key) for key in added],
+            run_requests=batch_run_requests(
+                assets,
+                added,
+                batch=writevue.runtime.settings.refresh_batch,
+                trigger="new_connection",
+            ),
             dynamic_partitions_requests=requests,
+            cursor=marker,
         )
 
     return connection_partitions
+
+
+def build_failing_connections_sensor(source: str, assets: SourceAssets) -> SensorDefinition:
+    @sensor(
+        name=f"{source}_failing_connections",
+        description=(
+            f"Retries each failing {source} connection alone after a doubling wait "
+            "(WRITEVUE_RETRY_BASE_MINUTES, WRITEVUE_RETRY_ATTEMPTS times), then flags it on "
+            "its `refreshed` check until a refresh succeeds."
+        ),
+        target=[assets.refresh],
+        minimum_interval_seconds=60,
+        default_status=DefaultSensorStatus.RUNNING,
+    )
+    def failing_connections(
+        context: SensorEvaluationContext, writevue: WriteVueResource
+    ) -> SensorResult | SkipReason:
+        settings = writevue.runtime.settings
+        with writevue.runtime.db.session() as session:
+            failing = [
+                c.id for c in registry.list_connections(session, source=source, status="failing")
+            ]
+        # connection id -> [retries made, not before (epoch s), flagged (0/1)]
+        before = json.loads(context.cursor) if context.cursor else {}
+        now = _now()
+        wait = settings.retry_base_minutes * 60
+        state, requests, events = {}, [], []
+        for connection_id in failing:
+            attempts, not_before, flagged = before.get(connection_id, [0, now + wait, 0])
+            due = now >= not_before
+            if due and attempts < settings.retry_attempts and len(requests) < RETRIES_PER_TICK:
+                attempts += 1
+                requests.append(
+                    RunRequest(
+                        run_key=f"{connection_id}:{attempts}:{int(not_before)}",
+                        asset_selection=assets.keys,
+                        partition_key=connection_id,
+                        tags={
+                            SOURCE_TAG: source,
+                            TRIGGER_TAG: "retry",
+                            ATTEMPT_TAG: str(attempts),
+                        },
+                    )
+                )
+                not_before = now + wait * 2**attempts
+            elif due and attempts >= settings.retry_attempts and not flagged:
+                flagged = 1
+                context.log.warning(
+                    f"connection {connection_id} still fails after {attempts} retries; "
+                    "retries stopped until it refreshes (fix or reconnect it)"
+                )
+                events.append(
+                    AssetCheckEvaluation(
+                        asset_key=assets.daily_metrics_key,
+                        check_name=checks.REFRESHED,
+                        passed=False,
+                        partition=connection_id,
+                        description=(
+                            f"still failing after {attempts} retries; retries stopped until "
+                            "a refresh succeeds"
+                        ),
+                        metadata={"retries": attempts},
+                    )
+                )
+            state[connection_id] = [attempts, not_before, flagged]
+        cursor = json.dumps(state, sort_keys=True)
+        if not requests and not events:
+            return SensorResult(
+                skip_reason=f"{len(failing)} failing {source} connections, none due",
+                cursor=cursor,
+            )
+        return SensorResult(run_requests=requests, asset_events=events, cursor=cursor)
+
+    return failing_connections
 
 
 CONNECTION_SENSORS = {
     source: build_connection_partitions_sensor(source, assets)
     for source, assets in SOURCE_ASSETS.items()
 }
+FAILING_SENSORS = {
+    source: build_failing_connections_sensor(source, assets)
+    for source, assets in SOURCE_ASSETS.items()
+}
 
-defs = Definitions(sensors=list(CONNECTION_SENSORS.values()))
+defs = Definitions(sensors=[*CONNECTION_SENSORS.values(), *FAILING_SENSORS.values()])

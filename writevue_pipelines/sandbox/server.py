@@ -10,8 +10,8 @@ import tornado.web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
+from . import bench, ga4, github, oauth, rest, stripe
 from . import faults as fault_plans
-from . import stripe
 from .base import NotFoundHandler, SandboxHandler
 
 
@@ -21,7 +21,7 @@ class HealthHandler(SandboxHandler):
 
 
 def make_app(
-    *, latency_s: float = 0.0, hang_s: float = 5.0, faults: str = ""
+    *, latency_s: float = 0.0, hang_s: float = 5.0, faults: str = "", bench_records: int = 1000
 ) -> tornado.web.Application:
     """The sandbox: every provider's routes, shared counters and fault knobs.
 
@@ -31,6 +31,11 @@ def make_app(
     return tornado.web.Application(
         [
             *stripe.routes(),
+            *oauth.routes(),
+            *ga4.routes(),
+            *rest.routes(),
+            *github.routes(),
+            *bench.routes(),
             (r"/_sandbox/health", HealthHandler),
         ],
         default_handler_class=NotFoundHandler,
@@ -39,6 +44,7 @@ def make_app(
         default_faults=fault_plans.parse(faults),
         latency_s=latency_s,
         hang_s=hang_s,
+        bench_records=bench_records,
         # The sandbox's own request log would only repeat what the tests assert on.
         log_function=lambda handler: None,
     )

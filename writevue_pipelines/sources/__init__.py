@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from ..errors import InvalidInput
 from .base import FetchRequest, FetchResult, Source
+from .ga4 import GA4Source
+from .github import GitHubSource
+from .rest import RestSource
 from .stripe import StripeSource
 
-SOURCES: dict[str, Source] = {source.name: source for source in (StripeSource(),)}
+SOURCES: dict[str, Source] = {
+    source.name: source for source in (StripeSource(), GA4Source(), RestSource(), GitHubSource())
+}
 
 
 def get_source(name: str) -> Source:

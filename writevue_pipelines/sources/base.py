@@ -47,6 +47,10 @@ class Source(ABC):
     #: metric name -> label shown on dashboards
     metrics: ClassVar[dict[str, str]]
     stream: ClassVar[str] = "default"
+    #: metrics a source can only observe as of today (kept as history, never re-read)
+    snapshot_metrics: ClassVar[frozenset[str]] = frozenset()
+    #: requests in flight to this provider per process; None keeps the HTTP layer's default
+    max_in_flight: ClassVar[int | None] = None
 
     def validate_options(self, options: dict[str, str]) -> dict[str, str]:
         unknown = sorted(set(options) - set(self.options))
@@ -64,6 +68,11 @@ class Source(ABC):
             if parts.username or parts.password or parts.query:
                 raise InvalidInput("Option base_url must not carry credentials or a query string.")
         return options
+
+    def allowed_writes(self, connection: ConnectionInfo) -> tuple:
+        """(method, host, path) requests other than GET this source may make: read-only
+        queries that providers document as POST (such as GA4's runReport). None by default."""
+        return ()
 
     def base_url(self, connection: ConnectionInfo) -> str:
         return str(connection.options.get("base_url") or self.default_base_url).rstrip("/")

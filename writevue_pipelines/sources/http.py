@@ -1,24 +1,40 @@
 """The one HTTP layer every connector uses: read-only, patient, bounded and discreet.
 
 Behaviour is added by wrapping httpx transports, so connectors only ever call
-``open_client`` and ``get_json``:
+``open_client`` and ``get_json``. From the outside in:
 
 - ``ReadOnlyTransport`` refuses any request but GET and HEAD before it leaves the
   process, except an explicit allow-list of (method, host, path).
 - ``RetryTransport`` retries connect errors, timeouts, 429 and 5xx with exponential
-  backoff and jitter, honouring ``Retry-After``.
+  backoff and full jitter, honouring ``Retry-After`` (seconds or an HTTP date), and
+  retries GitHub-style secondary rate limits (403/429 with ``Retry-After``, or a 403
+  whose body names a "secondary rate limit"). A write (an allow-listed POST) is only
+  retried when the provider cannot have acted on it: a failed connect or a 429.
+- ``ProviderTransport`` caps requests in flight per provider (one limit shared by every
+  client of that provider in the process) and reads ``x-ratelimit-remaining`` /
+  ``x-ratelimit-reset``: once a credential's budget is spent, its further requests wait
+  for the reset, up to ``RateLimitPolicy.max_pause_s``; a longer wait fails the request
+  with a ``SourceError`` instead of stalling a run for an hour.
 - ``get_json`` caps the response size and turns anything unusable into a
   ``SourceError`` that names the connection, endpoint and status, never a secret.
+
+Nothing here puts a query string, header or response body into an exception text (API
+keys may travel as query parameters) and this module logs nothing; httpx's own request
+log line loses its query string to ``writevue_pipelines.redaction``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import email.utils
+import hashlib
 import json
 import random
+import threading
 import time
-from collections.abc import Iterable
+import weakref
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,13 +44,27 @@ from ..errors import SourceError
 
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 DEFAULT_LIMITS = httpx.Limits(max_connections=50, max_keepalive_connections=20)
+#: requests in flight per provider when no client names a limit: as many as one client's
+#: connection pool, so the shared limit only tightens when a provider asks for it
+DEFAULT_MAX_IN_FLIGHT = DEFAULT_LIMITS.max_connections or 50
 MAX_RESPONSE_BYTES = 20 * 1024 * 1024
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 USER_AGENT = "WriteVue/0.1 (read-only dashboard sync)"
+READ_METHODS = frozenset({"GET", "HEAD"})
+# A 403 body is only read to look for a secondary-rate-limit notice; it is small.
+_PEEK_BYTES = 64 * 1024
 
 
 class WriteRefused(SourceError):
     """A request that could change data at a provider was stopped before leaving the process."""
+
+
+class RateLimited(SourceError):
+    """A provider asked for a longer wait than the layer allows; the next refresh retries."""
+
+    def __init__(self, message: str, *, wait_s: float, status: int | None = None):
+        super().__init__(message, status=status)
+        self.wait_s = wait_s
 
 
 @dataclass(frozen=True)
@@ -42,26 +72,6 @@ class AllowedWrite:
     method: str
     host: str
     path: str
-
-
-class ReadOnlyTransport(httpx.AsyncBaseTransport):
-    def __init__(self, inner: httpx.AsyncBaseTransport, allow: Iterable[AllowedWrite] = ()):
-        self._inner = inner
-        self._allow = frozenset((a.method.upper(), a.host.lower(), a.path) for a in allow)
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        method = request.method.upper()
-        if method not in ("GET", "HEAD"):
-            key = (method, request.url.host.lower(), request.url.path)
-            if key not in self._allow:
-                raise WriteRefused(
-                    f"refused {method} {request.url.host}{request.url.path}: "
-                    "WriteVue only reads from sources"
-                )
-        return await self._inner.handle_async_request(request)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
 
 
 @dataclass
@@ -74,6 +84,18 @@ class RetryPolicy:
     def backoff(self, attempt: int) -> float:
         # Full jitter: a random wait up to the exponential bound spreads out retries.
         return random.uniform(0, min(self.max_delay_s, self.base_delay_s * 2**attempt))
+
+
+@dataclass(frozen=True)
+class RateLimitPolicy:
+    """How the layer treats a provider's rate-limit signals."""
+
+    #: pause once ``x-ratelimit-remaining`` is at or below this
+    reserve: int = 0
+    #: the longest a request waits for a reset or a ``Retry-After``; beyond it, fail
+    max_pause_s: float = 120.0
+    #: wait after a secondary rate limit that names no time (GitHub: at least a minute)
+    secondary_wait_s: float = 60.0
 
 
 def retry_after_seconds(value: str | None, *, now: float | None = None) -> float | None:
@@ -92,34 +114,332 @@ def retry_after_seconds(value: str | None, *, now: float | None = None) -> float
     return max(0.0, when.timestamp() - (now if now is not None else time.time()))
 
 
+def rate_limit_reset_at(value: str | None, *, now: float | None = None) -> float | None:
+    """Epoch seconds of an ``x-ratelimit-reset``: GitHub sends epoch seconds, some
+    providers send seconds from now; a value too small to be a recent epoch is the latter."""
+    if not value:
+        return None
+    try:
+        number = float(value.strip())
+    except ValueError:
+        return None
+    if number < 0:
+        return None
+    if number < 1_000_000_000:
+        return (now if now is not None else time.time()) + number
+    return number
+
+
+def redact_url(url: httpx.URL | str) -> str:
+    """A URL safe to log or show: scheme, host and path; no user info, query or fragment."""
+    try:
+        parsed = httpx.URL(str(url))
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return "<unparseable URL>"
+    if not parsed.host:
+        return parsed.path
+    port = f":{parsed.port}" if parsed.port else ""
+    return f"{parsed.scheme}://{parsed.host}{port}{parsed.path}"
+
+
+# -- read-only guard -----------------------------------------------------------------------
+
+
+class ReadOnlyTransport(httpx.AsyncBaseTransport):
+    def __init__(self, inner: httpx.AsyncBaseTransport, allow: Iterable[AllowedWrite] = ()):
+        self._inner = inner
+        self._allow = frozenset((a.method.upper(), a.host.lower(), a.path) for a in allow)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        method = request.method.upper()
+        if method not in READ_METHODS:
+            key = (method, request.url.host.lower(), request.url.path)
+            if key not in self._allow:
+                raise WriteRefused(
+                    f"refused {method} {request.url.host}{request.url.path}: "
+                    "WriteVue only reads from sources"
+                )
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+# -- per-provider concurrency and rate-limit state ---------------------------------------------
+
+
+class _InFlightLimit:
+    """A counting limit whose size may change; bound to one event loop."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.active = 0
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+
+    async def acquire(self) -> None:
+        while self.active >= self.limit:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                elif waiter.done() and not waiter.cancelled():
+                    self._wake()  # pass the turn this task was given to the next one
+                raise
+        self.active += 1
+
+    def release(self) -> None:
+        self.active -= 1
+        self._wake()
+
+    def resize(self, limit: int) -> None:
+        self.limit = limit
+        for _ in range(max(0, limit - self.active)):
+            self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+
+# asyncio primitives belong to one event loop, so limits are kept per loop; a process
+# usually runs one loop at a time, and every client of a provider on it shares one limit.
+_limits: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _InFlightLimit]] = (
+    weakref.WeakKeyDictionary()
+)
+# Rate-limit pauses are plain deadlines, shared by every loop and thread of the process:
+# (provider, credential digest) -> epoch seconds before which no request is sent.
+_pauses: dict[tuple[str, str], float] = {}
+_pauses_lock = threading.Lock()
+# provider -> the in-flight limit a client asked for; every loop's limit follows it
+_configured_limits: dict[str, int] = {}
+
+
+def in_flight_limit(provider: str) -> _InFlightLimit:
+    """The running loop's in-flight limit for a provider, at its configured size."""
+    size = _configured_limits.get(provider, DEFAULT_MAX_IN_FLIGHT)
+    per_loop = _limits.setdefault(asyncio.get_running_loop(), {})
+    limit = per_loop.get(provider)
+    if limit is None:
+        limit = per_loop[provider] = _InFlightLimit(size)
+    elif limit.limit != size:
+        limit.resize(size)
+    return limit
+
+
+def _credential_digest(request: httpx.Request) -> str:
+    # Providers count rate limits per credential, so one tenant's spent budget must not
+    # stall another's. Only a one-way digest of the header is kept, never the header.
+    value = request.headers.get("Authorization")
+    return hashlib.sha256(value.encode()).hexdigest()[:32] if value else ""
+
+
+def pause_until(bucket: tuple[str, str], until: float) -> None:
+    with _pauses_lock:
+        now = time.time()
+        for key in [k for k, v in _pauses.items() if v <= now]:
+            del _pauses[key]
+        if until > now and until > _pauses.get(bucket, 0.0):
+            _pauses[bucket] = until
+
+
+def paused_for(bucket: tuple[str, str]) -> float:
+    """Seconds this bucket must still wait; 0 when it may send now."""
+    with _pauses_lock:
+        return max(0.0, _pauses.get(bucket, 0.0) - time.time())
+
+
+class ProviderTransport(httpx.AsyncBaseTransport):
+    """Waits out a credential's rate-limit pause, then holds a provider slot per request."""
+
+    def __init__(
+        self,
+        inner: httpx.AsyncBaseTransport,
+        *,
+        provider: str,
+        rate_limit: RateLimitPolicy,
+        sleep: Callable[[float], Any],
+    ):
+        self._inner = inner
+        self.provider = provider
+        self.rate_limit = rate_limit
+        self._sleep = sleep
+
+    def bucket(self, request: httpx.Request) -> tuple[str, str]:
+        return (self.provider, _credential_digest(request))
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        bucket = self.bucket(request)
+        wait = paused_for(bucket)
+        if wait > 0:
+            if wait > self.rate_limit.max_pause_s:
+                raise RateLimited(
+                    f"{request.url.host} rate limit is spent for another {wait:.0f} s, longer "
+                    f"than the {self.rate_limit.max_pause_s:.0f} s WriteVue waits",
+                    wait_s=wait,
+                )
+            # One sleep, not a loop: a later signal that extends the pause is seen by the
+            # provider answering 429 again, which the retry layer handles.
+            await self._sleep(wait)
+        limit = in_flight_limit(self.provider)
+        await limit.acquire()
+        try:
+            response = await self._inner.handle_async_request(request)
+        except BaseException:
+            limit.release()
+            raise
+        self._observe(bucket, response)
+        # The slot is held until the body has been read, so the cap counts whole exchanges.
+        response.stream = _ReleaseOnClose(response.stream, limit.release)
+        return response
+
+    def _observe(self, bucket: tuple[str, str], response: httpx.Response) -> None:
+        remaining = response.headers.get("x-ratelimit-remaining", "").strip()
+        if not remaining.lstrip("-").isdigit() or int(remaining) > self.rate_limit.reserve:
+            return
+        reset_at = rate_limit_reset_at(response.headers.get("x-ratelimit-reset"))
+        if reset_at is not None:
+            pause_until(bucket, reset_at)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class _ReleaseOnClose(httpx.AsyncByteStream):
+    def __init__(self, stream: Any, release: Callable[[], None]):
+        self._stream = stream
+        self._release: Callable[[], None] | None = release
+
+    async def __aiter__(self):
+        async for chunk in self._stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            if hasattr(self._stream, "aclose"):
+                await self._stream.aclose()
+        finally:
+            release, self._release = self._release, None
+            if release is not None:
+                release()
+
+
+# -- retries -------------------------------------------------------------------------------
+
+
 class RetryTransport(httpx.AsyncBaseTransport):
-    def __init__(self, inner: httpx.AsyncBaseTransport, policy: RetryPolicy | None = None):
+    def __init__(
+        self,
+        inner: httpx.AsyncBaseTransport,
+        policy: RetryPolicy | None = None,
+        *,
+        rate_limit: RateLimitPolicy | None = None,
+        provider: ProviderTransport | None = None,
+    ):
         self._inner = inner
         self.policy = policy or RetryPolicy()
+        self.rate_limit = rate_limit or RateLimitPolicy()
+        self._provider = provider
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         policy = self.policy
+        is_read = request.method.upper() in READ_METHODS
         for attempt in range(policy.attempts):
             last = attempt == policy.attempts - 1
             try:
                 response = await self._inner.handle_async_request(request)
-            except (httpx.ConnectError, httpx.TimeoutException, httpx.RemoteProtocolError):
+            except (httpx.ConnectError, httpx.ConnectTimeout):
+                # Nothing reached the provider, so even a write may be sent again.
                 if last:
                     raise
                 await policy.sleep(policy.backoff(attempt))
                 continue
-            if response.status_code not in RETRY_STATUSES or last:
+            except (httpx.TimeoutException, httpx.RemoteProtocolError):
+                # A write may have reached the provider before the answer was lost.
+                if last or not is_read:
+                    raise
+                await policy.sleep(policy.backoff(attempt))
+                continue
+            if response.status_code not in (*RETRY_STATUSES, 403):
                 return response
-            wait = retry_after_seconds(response.headers.get("Retry-After"))
+            response, server_wait = await self._server_wait(request, response)
+            if server_wait is None or last or (not is_read and response.status_code != 429):
+                return response
             await response.aclose()
-            delay = policy.backoff(attempt)
-            if wait is not None:
-                delay = min(max(wait, delay), policy.max_delay_s * 4)
-            await policy.sleep(delay)
+            if server_wait == 0.0:
+                await policy.sleep(policy.backoff(attempt))
+                continue
+            wait = max(server_wait, policy.backoff(attempt))
+            if wait > self.rate_limit.max_pause_s:
+                raise RateLimited(
+                    f"{request.url.host} asked WriteVue to wait {wait:.0f} s, longer than "
+                    f"the {self.rate_limit.max_pause_s:.0f} s it waits",
+                    wait_s=wait,
+                    status=response.status_code,
+                )
+            if self._provider is not None:
+                # Every request of this credential waits, not just this one.
+                pause_until(self._provider.bucket(request), time.time() + wait)
+            else:
+                await policy.sleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _server_wait(
+        self, request: httpx.Request, response: httpx.Response
+    ) -> tuple[httpx.Response, float | None]:
+        """(response, seconds the provider asks for): 0 means plain backoff, None no retry.
+
+        A spent primary budget (remaining 0) waits in ``ProviderTransport``, which has
+        already recorded the reset; this layer then only backs off briefly.
+        """
+        status = response.status_code
+        headers = response.headers
+        retry_after = retry_after_seconds(headers.get("Retry-After"))
+        if retry_after is not None:
+            return response, retry_after
+        spent = headers.get("x-ratelimit-remaining", "").strip() == "0"
+        if status == 403:
+            if spent and headers.get("x-ratelimit-reset"):
+                return response, 0.0
+            response, body = await _peek(request, response)
+            if b"secondary rate limit" in body.lower():
+                return response, self.rate_limit.secondary_wait_s
+            return response, None
+        return response, 0.0
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+async def _peek(request: httpx.Request, response: httpx.Response) -> tuple[httpx.Response, bytes]:
+    """Read a (small) error body and hand back an equivalent, still unread response."""
+    raw = bytearray()
+    async for chunk in response.aiter_raw():
+        raw.extend(chunk)
+        if len(raw) > _PEEK_BYTES:
+            break
+    await response.aclose()
+    again = httpx.Response(
+        response.status_code,
+        headers=response.headers,
+        stream=httpx.ByteStream(bytes(raw)),
+        extensions=response.extensions,
+        request=request,
+    )
+    try:
+        # A throwaway copy decodes any Content-Encoding for the check.
+        text = httpx.Response(200, headers=response.headers, content=bytes(raw)).content
+    except httpx.DecodingError:
+        text = b""
+    return again, text
+
+
+# -- the client ------------------------------------------------------------------------------
 
 
 def open_client(
@@ -130,10 +450,36 @@ def open_client(
     retry: RetryPolicy | None = None,
     timeout: httpx.Timeout = DEFAULT_TIMEOUT,
     limits: httpx.Limits = DEFAULT_LIMITS,
+    provider: str | None = None,
+    max_in_flight: int | None = None,
+    rate_limit: RateLimitPolicy | None = None,
 ) -> httpx.AsyncClient:
-    """An async client for one provider; share it across a batch of connections."""
+    """An async client for one provider; share it across a batch of connections.
+
+    ``provider`` names the concurrency limit and rate-limit state this client shares
+    with every other client of the same provider (default: the base URL's host and
+    port); ``max_in_flight`` sets that limit (default ``DEFAULT_MAX_IN_FLIGHT``).
+    """
+    retry = retry or RetryPolicy()
+    rate_limit = rate_limit or RateLimitPolicy()
+    if provider is None:
+        parsed = httpx.URL(base_url)
+        provider = f"{parsed.host}:{parsed.port}" if parsed.port else parsed.host
+    if max_in_flight is not None:
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        # The last client to name a provider's limit sets it for every client of it.
+        _configured_limits[provider] = max_in_flight
     inner = httpx.AsyncHTTPTransport(limits=limits, retries=0)
-    transport = ReadOnlyTransport(RetryTransport(inner, retry), allow)
+    gate = ProviderTransport(
+        inner,
+        provider=provider,
+        rate_limit=rate_limit,
+        sleep=retry.sleep,
+    )
+    transport = ReadOnlyTransport(
+        RetryTransport(gate, retry, rate_limit=rate_limit, provider=gate), allow
+    )
     return httpx.AsyncClient(
         base_url=base_url,
         headers={"User-Agent": USER_AGENT, "Accept": "application/json", **(headers or {})},
@@ -141,6 +487,11 @@ def open_client(
         timeout=timeout,
         follow_redirects=False,
     )
+
+
+def endpoint_of(path: str) -> str:
+    """What an error may name of a request target: its path (and host), never its query."""
+    return redact_url(path)
 
 
 async def get_json(
@@ -154,7 +505,7 @@ async def get_json(
     max_bytes: int = MAX_RESPONSE_BYTES,
 ) -> tuple[Any, httpx.Response]:
     """GET a JSON document; any failure is a ``SourceError`` safe to log."""
-    endpoint = path.split("?", 1)[0]
+    endpoint = endpoint_of(path)
     try:
         async with client.stream(
             "GET", path, params=params, headers=headers, auth=auth or httpx.USE_CLIENT_DEFAULT
@@ -178,19 +529,42 @@ async def get_json(
                     )
     except WriteRefused:
         raise
-    except SourceError:
+    except RateLimited as exc:
+        raise SourceError(
+            f"connection {connection_id}: {endpoint} is rate limited ({exc}); "
+            "the next refresh carries on",
+            connection_id=connection_id,
+            status=exc.status or 429,
+        ) from None
+    except SourceError as exc:
+        if exc.connection_id is None:
+            # Raised below this call (an auth flow, say) without naming the connection.
+            raise SourceError(
+                f"connection {connection_id}: {endpoint}: {exc}",
+                connection_id=connection_id,
+                status=exc.status,
+            ) from None
         raise
     except httpx.TimeoutException:
         raise SourceError(
             f"connection {connection_id}: {endpoint} timed out after retries",
             connection_id=connection_id,
         ) from None
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, UnicodeError) as exc:
+        # Only the type: httpx's messages may quote the URL with its query string.
         raise SourceError(
             f"connection {connection_id}: {endpoint} could not be reached ({type(exc).__name__})",
             connection_id=connection_id,
         ) from None
     status = response.status_code
+    spent = response.headers.get("x-ratelimit-remaining", "").strip() == "0"
+    if status == 429 or (status == 403 and spent):
+        raise SourceError(
+            f"connection {connection_id}: {endpoint} is rate limited (HTTP {status}) after "
+            "retries; the next refresh carries on",
+            connection_id=connection_id,
+            status=status,
+        )
     if status in (401, 403):
         raise SourceError(
             f"connection {connection_id}: {endpoint} refused the credentials (HTTP {status}); "

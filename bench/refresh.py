@@ -1,0 +1,286 @@
+"""Benchmark: refresh N connections against the sandbox, fetch to warehouse.
+
+    python -m bench.refresh --connections 1000
+
+Every connection is a declarative REST connection reading the sandbox's fixed-size
+``/bench/events`` endpoint (10 pages of 100 records, 50 ms injected latency per
+request) through WriteVue's whole path: fetch, staging, polars aggregation and the
+warehouse upsert. Baselines measured in the same session on the same sandbox:
+
+- sequential: the same pages fetched one after another with plain httpx;
+- dlt: dlt's REST API source loading the same endpoint into SQLite, one pipeline
+  per connection as its documentation shows (run in ``bench/.venv-dlt``, created on
+  first use, because dlt's pins are not ours).
+
+Slow baselines are timed on a sample of connections and scaled; the table says so.
+The sandbox runs in its own process so it does not share our CPU time accounting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+LATENCY_S = 0.05
+PAGES = 10
+PER_PAGE = 100
+IN_FLIGHT_FOR_IDEAL = 50
+HERE = Path(__file__).resolve().parent
+DLT_VENV = HERE / ".venv-dlt"
+
+SPEC = """\
+base_url = "{base_url}"
+endpoint = "/bench/events"
+records_path = "data"
+
+[params]
+per_page = {per_page}
+
+[auth]
+type = "bearer"
+
+[paginator]
+type = "page_number"
+page_param = "page"
+start = 1
+total_pages_path = "total_pages"
+
+[mapping]
+date_field = "created_at"
+date_format = "iso_datetime"
+dimension = "category"
+
+[[mapping.metrics]]
+name = "amount"
+field = "amount"
+agg = "sum"
+
+[[mapping.metrics]]
+name = "events"
+agg = "count"
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_sandbox(records: int) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    code = (
+        "from writevue_pipelines.sandbox.server import serve_forever;"
+        f"serve_forever('127.0.0.1', {port}, latency_s={LATENCY_S}, bench_records={records})"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            if httpx.get(f"{url}/_sandbox/health", timeout=1).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    process.kill()
+    raise SystemExit("the sandbox did not start")
+
+
+def keys(n: int) -> list[str]:
+    return [f"bench_{index:05d}" for index in range(n)]
+
+
+# -- WriteVue, in a child process so its peak RSS is the refresh's own --------------------
+
+
+def writevue_child(base_url: str, n: int, home: str) -> dict:
+    os.environ["WRITEVUE_HOME"] = home
+    os.environ.pop("WRITEVUE_DATABASE_URL", None)
+    import asyncio
+
+    from writevue_pipelines import refresh, registry
+    from writevue_pipelines.home import init_home
+    from writevue_pipelines.runtime import Runtime
+    from writevue_pipelines.settings import get_settings
+
+    init_home(get_settings())
+    runtime = Runtime.from_env()
+    spec_path = Path(home) / "bench-spec.toml"
+    spec_path.write_text(SPEC.format(base_url=base_url, per_page=PER_PAGE))
+    with runtime.db.session() as session:
+        tenant = registry.add_tenant(session, runtime.keys, "Bench", "bench@example.test")
+        ids = [
+            registry.add_connection(
+                session,
+                runtime.keys,
+                tenant,
+                "rest",
+                "api_key",
+                {"spec": str(spec_path)},
+                {"api_key": key},
+            )
+            for key in keys(n)
+        ]
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    started = time.perf_counter()
+    results = asyncio.run(refresh.fetch_connections(runtime, ids))
+    fetched = time.perf_counter()
+    failures = [r for r in results.values() if isinstance(r, BaseException)]
+    if failures:
+        raise SystemExit(f"{len(failures)} connections failed: {refresh.safe_error(failures[0])}")
+    facts = 0
+    for connection_id in ids:
+        facts += refresh.load_connection(runtime, connection_id).facts
+    done = time.perf_counter()
+    requests = sum(r.requests for r in results.values())
+    return {
+        "wall_s": done - started,
+        "fetch_s": fetched - started,
+        "load_s": done - fetched,
+        "requests": requests,
+        "facts": facts,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_before_mb": rss_before,
+    }
+
+
+def run_writevue(base_url: str, n: int, workdir: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.refresh", "--child", base_url, str(n), workdir],
+        capture_output=True,
+        text=True,
+        cwd=HERE.parent,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"WriteVue refresh failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# -- baselines ------------------------------------------------------------------------
+
+
+def run_sequential(base_url: str, sample: list[str]) -> float:
+    """The same pages, one request at a time, with plain httpx; seconds for the sample."""
+    started = time.perf_counter()
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+        for key in sample:
+            page = 1
+            while True:
+                response = client.get(
+                    "/bench/events",
+                    params={"page": page, "per_page": PER_PAGE},
+                    headers={"Authorization": f"Bearer {key}"},
+                )
+                response.raise_for_status()
+                body = response.json()
+                if page >= body["total_pages"]:
+                    break
+                page += 1
+    return time.perf_counter() - started
+
+
+def ensure_dlt() -> Path | None:
+    python = DLT_VENV / "bin" / "python"
+    if python.exists():
+        return python
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(DLT_VENV)], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", "dlt[sqlalchemy]"], check=True
+        )
+    except (subprocess.CalledProcessError, OSError):
+        return None
+    return python
+
+
+def run_dlt(base_url: str, sample: list[str], workdir: str) -> float | None:
+    python = ensure_dlt()
+    if python is None:
+        return None
+    out = subprocess.run(
+        [str(python), str(HERE / "dlt_baseline.py"), base_url, workdir, *sample],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        print(f"dlt baseline failed:\n{out.stderr[-2000:]}", file=sys.stderr)
+        return None
+    seconds = json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
+    return sum(seconds)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--connections", type=int, default=100)
+    parser.add_argument("--sequential-sample", type=int, default=50)
+    parser.add_argument("--dlt-sample", type=int, default=20)
+    parser.add_argument(
+        "--child", nargs=3, metavar=("BASE_URL", "N", "WORKDIR"), help=argparse.SUPPRESS
+    )
+    args = parser.parse_args(argv)
+    if args.child:
+        base_url, n, workdir = args.child
+        print(json.dumps(writevue_child(base_url, int(n), workdir)))
+        return
+
+    n = args.connections
+    sandbox, base_url = start_sandbox(PAGES * PER_PAGE)
+    try:
+        with tempfile.TemporaryDirectory(prefix="writevue-bench-") as workdir:
+            ours = run_writevue(base_url, n, str(Path(workdir) / "home"))
+            seq_sample = keys(n)[: min(n, args.sequential_sample)]
+            seq_s = run_sequential(base_url, seq_sample) * n / len(seq_sample)
+            dlt_sample = keys(n)[: min(n, args.dlt_sample)]
+            dlt_raw = run_dlt(base_url, dlt_sample, str(Path(workdir) / "dlt"))
+            dlt_s = None if dlt_raw is None else dlt_raw * n / len(dlt_sample)
+    finally:
+        sandbox.terminate()
+        sandbox.wait(10)
+
+    ideal = PAGES * n * LATENCY_S / IN_FLIGHT_FOR_IDEAL
+    wall = ours["wall_s"]
+    rows = [
+        ("connections", f"{n}", f"{PAGES} pages x {PER_PAGE} records, {LATENCY_S * 1000:.0f} ms"),
+        ("pages fetched", f"{ours['requests']}", f"expected {n * PAGES}"),
+        (
+            "WriteVue wall",
+            f"{wall:.2f} s",
+            f"fetch {ours['fetch_s']:.2f} s + load {ours['load_s']:.2f} s",
+        ),
+        ("ideal (50 in flight)", f"{ideal:.2f} s", "pages x 50 ms / 50"),
+        (
+            "peak RSS",
+            f"{ours['peak_rss_mb']:.0f} MB",
+            f"{ours['rss_before_mb']:.0f} MB before the refresh",
+        ),
+        ("sequential httpx", f"{seq_s:.2f} s", f"timed on {len(seq_sample)} connections, scaled"),
+        (
+            "dlt rest_api -> SQLite",
+            "n/a" if dlt_s is None else f"{dlt_s:.2f} s",
+            f"timed on {len(dlt_sample)} connections (1 pipeline each), scaled",
+        ),
+    ]
+    width = max(len(r[0]) for r in rows)
+    for name, value, note in rows:
+        print(f"{name:<{width}}  {value:>12}  {note}")
+    vs_dlt = "n/a" if dlt_s is None else f"{dlt_s / wall:.2f}"
+    print(
+        f"connections={n} wall_s={wall:.2f} ideal_ratio={ideal / wall:.2f} "
+        f"peak_rss_mb={ours['peak_rss_mb']:.0f} vs_sequential={seq_s / wall:.2f} vs_dlt={vs_dlt}"
+    )
+
+
+if __name__ == "__main__":
+    main()

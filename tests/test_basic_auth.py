@@ -1,0 +1,201 @@
+"""HTTP basic connections: the last resort, stored encrypted, advised once, never an argument."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import io
+import os
+import subprocess
+import sys
+
+import httpx
+import polars as pl
+import pytest
+from conftest import remember_secret
+
+from writevue_pipelines import cli, refresh, registry
+from writevue_pipelines.models import Credential
+from writevue_pipelines.sandbox.base import SandboxHandler
+from writevue_pipelines.sources import SOURCES
+from writevue_pipelines.sources.auth import BasicAuth
+from writevue_pipelines.sources.base import FetchRequest, FetchResult, Source
+from writevue_pipelines.sources.http import get_json
+
+PASSWORD = remember_secret("pw_correct horse battery staple")
+
+
+class BasicProbe(Source):
+    """A test connector for a provider that offers nothing better than a password."""
+
+    name = "basic_probe"
+    title = "Basic probe"
+    description = "Test connector for HTTP basic auth."
+    auth_kinds = ("api_key", "basic")
+    default_base_url = "https://basic.example.invalid"
+    metrics = {"seen": "Seen"}
+
+    async def fetch(self, client: httpx.AsyncClient, request: FetchRequest) -> FetchResult:
+        body, _ = await get_json(
+            client, "/_basic/whoami", connection_id=request.connection.id, auth=request.auth
+        )
+        return FetchResult(pl.DataFrame({"user": [body["user"]]}), None, 1, 0.0)
+
+    def aggregate(self, records: pl.DataFrame) -> pl.DataFrame:
+        return pl.DataFrame(
+            {"metric": ["seen"], "dimension": [""], "day": [dt.date.today()], "value": [1.0]}
+        )
+
+
+class BasicWhoAmI(SandboxHandler):
+    def get(self) -> None:
+        header = self.request.headers.get("Authorization", "")
+        user, _, password = base64.b64decode(header.removeprefix("Basic ")).decode().partition(":")
+        if password != PASSWORD:
+            self.write_json(401, {"message": "bad credentials"})
+            return
+        self.count("basic.whoami")
+        self.write_json(200, {"user": user})
+
+
+@pytest.fixture
+def basic_probe(sandbox, monkeypatch):
+    monkeypatch.setitem(SOURCES, BasicProbe.name, BasicProbe())
+    sandbox.app.add_handlers(r".*", [(r"/_basic/whoami", BasicWhoAmI)])
+    return sandbox
+
+
+def _tenant(runtime) -> str:
+    with runtime.db.session() as session:
+        return registry.add_tenant(session, runtime.keys, "Acme Ltd", "ops@acme.test")
+
+
+def _cli(monkeypatch, capsys, *args: str, stdin: str = "", env: dict | None = None):
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    for name, value in (env or {}).items():
+        monkeypatch.setenv(name, value)
+    code = cli.main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _counts(runtime) -> tuple[int, int]:
+    with runtime.db.session() as session:
+        return len(registry.list_connections(session)), session.query(Credential).count()
+
+
+@pytest.mark.parametrize("via", ["env", "stdin"])
+def test_basic_connection_is_stored_encrypted_and_reads_the_source(
+    runtime, basic_probe, monkeypatch, capsys, via
+):
+    tenant_id = _tenant(runtime)
+    args = ["connection", "add", tenant_id, "basic_probe", "--auth", "basic"]
+    args += ["--username", "reporting-reader", "--option", f"base_url={basic_probe.url}"]
+    if via == "env":
+        code, out, err = _cli(
+            monkeypatch, capsys, *args, "--password-env", "WV_PW", env={"WV_PW": PASSWORD}
+        )
+    else:
+        code, out, err = _cli(monkeypatch, capsys, *args, stdin=PASSWORD + "\n")
+    assert code == 0, err
+    connection_id = out.strip().splitlines()[-1]
+    assert err.count("dedicated read-only account") == 1
+    assert PASSWORD not in out + err
+
+    with runtime.db.session() as session:
+        connection = registry.get_connection(session, connection_id)
+        assert connection.auth_kind == "basic"
+        secrets = registry.get_secrets(session, runtime.keys, connection)
+        rows = session.query(Credential).filter_by(connection_id=connection_id).all()
+    assert secrets == {"username": "reporting-reader", "password": PASSWORD}
+    assert {row.field for row in rows} == {"username", "password"}
+    for row in rows:
+        assert b"reporting-reader" not in row.ciphertext and PASSWORD.encode() not in row.ciphertext
+    auth = BasicProbe().build_auth(connection, secrets)
+    assert isinstance(auth, BasicAuth) and PASSWORD not in repr(auth)
+
+    assert refresh.fetch_connection(runtime, connection_id).records == 1
+    assert basic_probe.counters["basic.whoami"] == 1
+
+
+def test_a_wrong_password_is_a_clear_error_without_the_password(runtime, basic_probe):
+    tenant_id = _tenant(runtime)
+    with runtime.db.session() as session:
+        connection_id = registry.add_connection(
+            session,
+            runtime.keys,
+            tenant_id,
+            "basic_probe",
+            "basic",
+            {"base_url": basic_probe.url},
+            {"username": "reader", "password": remember_secret("pw_wrong_password_1")},
+        )
+    results = asyncio.run(refresh.fetch_connections(runtime, [connection_id]))
+    message = str(results[connection_id])
+    assert "refused the credentials" in message and "pw_wrong" not in message
+
+
+@pytest.mark.parametrize(
+    ("extra", "stdin", "message"),
+    [
+        (["--auth", "basic"], PASSWORD, "needs --username"),
+        (["--auth", "basic", "--username", "u", "--api-key-env", "X"], "", "--password-env"),
+        (["--username", "u"], "key", "are for --auth basic"),
+        (["--auth", "basic", "--username", "u"], "\n", "password is empty"),
+        (["--auth", "basic", "--username", "u", "--password-env", "WV_UNSET_PW"], "", "not set"),
+        (["--auth", "basic", "--username", "u", "--password-env", PASSWORD], "", "not an env"),
+        (["--auth", "basic", "--username", "u", "--password", PASSWORD], "", "unrecognized"),
+        (["--auth", "oauth2"], "", "invalid choice"),
+    ],
+)
+def test_bad_basic_input_gets_one_line_and_stores_nothing(
+    runtime, basic_probe, monkeypatch, capsys, extra, stdin, message
+):
+    tenant_id = _tenant(runtime)
+    before = _counts(runtime)
+    monkeypatch.delenv("WV_UNSET_PW", raising=False)
+    code, out, err = _cli(
+        monkeypatch, capsys, "connection", "add", tenant_id, "basic_probe", *extra, stdin=stdin
+    )
+    assert code != 0 and out == ""
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+    assert _counts(runtime) == before
+    if "--password" not in extra:  # argparse itself echoes what it does not know
+        assert PASSWORD not in err
+
+
+def test_built_in_sources_refuse_basic_auth(tmp_path):
+    for name in ("stripe", "github", "ga4"):
+        if name in SOURCES:
+            assert "basic" not in SOURCES[name].auth_kinds, name
+    env = {**os.environ, "WRITEVUE_HOME": str(tmp_path / "home")}
+    env.pop("WRITEVUE_DATABASE_URL", None)
+
+    def run(*args, stdin=""):
+        return subprocess.run(
+            [sys.executable, "-m", "writevue_pipelines.cli", *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+
+    assert run("init").returncode == 0
+    tenant = run("tenant", "add", "Acme", "--email", "a@acme.test").stdout.strip()
+    result = run(
+        "connection",
+        "add",
+        tenant,
+        "stripe",
+        "--auth",
+        "basic",
+        "--username",
+        "admin",
+        stdin=PASSWORD,
+    )
+    assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1
+    assert "takes api_key, not basic" in result.stderr
+    assert PASSWORD not in result.stderr + result.stdout
+    assert run("connection", "list", "--json").stdout.strip() == "[]"

@@ -1,0 +1,559 @@
+"""The client's dashboard as a product: its numbers, its periods, its export, its link's life.
+
+One `writevue serve` process serves the whole module (starting one costs seconds);
+each test adds the tenants and links it needs to the same warehouse.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import polars as pl
+import pytest
+from conftest import remember_secret
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from support import add_tenant_with_facts, start_dashboard_server
+
+from dashboard_server.app import chart_svg, dashboard_html
+from dashboard_server.data import FactCache, Period, dashboard_csv, load_dashboard
+from dashboard_server.gate import LinkResolver, session_cookie
+from dashboard_server.probe import page_and_document_text
+from writevue_pipelines import invites, links, registry
+from writevue_pipelines.home import init_home
+from writevue_pipelines.models import ConnectInvite, Connection, DashboardLink
+from writevue_pipelines.runtime import Runtime
+from writevue_pipelines.settings import Settings
+from writevue_pipelines.sources import SOURCES
+from writevue_pipelines.sources.auth import OAuthSpec
+from writevue_pipelines.sources.base import Source
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+TODAY = dt.datetime.now(dt.UTC).date()
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+
+
+def daily_facts(days: int, charges: float, gross: float) -> pl.DataFrame:
+    """Payments and USD gross volume per day for ``days`` days up to today; distinct per tenant."""
+    day_list = [TODAY - dt.timedelta(days=i) for i in range(days)]
+    return pl.DataFrame(
+        {
+            "metric": ["charges"] * days + ["gross_volume"] * days,
+            "dimension": [""] * days + ["usd"] * days,
+            "day": day_list * 2,
+            "value": [float(charges + i % 7) for i in range(days)]
+            + [gross + i for i in range(days)],
+        }
+    )
+
+
+@dataclass
+class World:
+    runtime: Runtime
+    base: str
+    log: Path
+    acme: str
+    acme_token: str
+    globex: str
+    globex_token: str
+
+    def url(self, token: str, query: str = "") -> str:
+        return f"{self.base}/d/{token}{query}"
+
+    def link(self, tenant_id: str, **kwargs) -> tuple[links.LinkInfo, str]:
+        with self.runtime.db.session() as session:
+            return links.create_link(session, tenant_id, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dashboards")
+    settings = Settings.from_env({"WRITEVUE_HOME": str(root / "home")})
+    init_home(settings)
+    runtime = Runtime(settings)
+    acme, _ = add_tenant_with_facts(runtime, "Acme Ltd", daily_facts(400, 10, 1000.25))
+    globex, _ = add_tenant_with_facts(runtime, "Globex Corp", daily_facts(400, 500, 77777.75))
+    with runtime.db.session() as session:
+        _, acme_token = links.create_link(session, acme)
+        _, globex_token = links.create_link(session, globex)
+    log = root / "serve.log"
+    process, base = start_dashboard_server(settings.home, log, WRITEVUE_DASHBOARD_REFRESH_S="1")
+    try:
+        yield World(runtime, base, log, acme, acme_token, globex, globex_token)
+    finally:
+        process.terminate()
+        process.wait(20)
+        runtime.close()
+
+
+# -- what the client sees ------------------------------------------------------------------
+
+
+def test_cards_compare_the_period_with_the_one_before(world):
+    data = load_dashboard(world.runtime, world.acme, days=7)
+    charges = next(k for k in data.kpis if k.metric == "charges")
+    # day i (0 = today) is worth 10 + i % 7: any 7 consecutive days sum to 10*7 + 21
+    assert charges.value == charges.previous == 91
+    assert charges.text == "91" and charges.change_text == "+0.0% vs previous period"
+    gross = next(k for k in data.kpis if k.metric == "gross_volume")
+    assert gross.value == sum(1000.25 + i for i in range(7))
+    assert gross.previous == sum(1000.25 + i for i in range(7, 14))
+    assert gross.text == "7,022.75 USD" and gross.change < 0
+
+
+def test_one_warehouse_query_per_view_and_a_cache_keyed_by_tenant_and_refresh(world):
+    from sqlalchemy import event
+
+    fact_queries = []
+
+    def count(_conn, _cursor, statement, *_args):
+        if "FROM facts" in statement:
+            fact_queries.append(statement)
+
+    event.listen(world.runtime.db.engine, "before_cursor_execute", count)
+    try:
+        cache = FactCache()
+        period = Period.last(30, TODAY)
+        first = load_dashboard(world.runtime, world.acme, period=period, cache=cache)
+        assert len(fact_queries) == 1
+        load_dashboard(world.runtime, world.acme, period=period, cache=cache)
+        assert len(fact_queries) == 1 and len(cache) == 1  # served from the cache
+        other = load_dashboard(world.runtime, world.globex, period=period, cache=cache)
+        assert len(fact_queries) == 2 and len(cache) == 2 and other.tenant_name == "Globex Corp"
+        assert set(other.series["value"]).isdisjoint(first.series["value"])
+        with world.runtime.db.session() as session:  # a refresh makes cached facts stale
+            connection = session.query(Connection).filter_by(tenant_id=world.acme).one()
+            registry.record_refresh_result(session, connection.id, error=None)
+        load_dashboard(world.runtime, world.acme, period=period, cache=cache)
+        assert len(fact_queries) == 3
+    finally:
+        event.remove(world.runtime.db.engine, "before_cursor_execute", count)
+
+
+def test_the_page_shows_cards_charts_table_and_export_of_the_period(world):
+    data = load_dashboard(world.runtime, world.acme, days=30)
+    page = dashboard_html(data)
+    for kpi in data.kpis:
+        assert kpi.text in page and kpi.change_text in page
+    assert page.count('<svg class="wv-chart-svg"') == 2 and 'data-days="30"' in page
+    assert "<table" in page and "Previous period" in page
+    assert f"?format=csv&amp;from={data.start}&amp;to={data.end}" in page
+    tv = dashboard_html(data, tv=True)
+    assert "wv-tv" in tv and "format=csv" not in tv
+
+
+def test_a_chart_draws_every_day_of_the_period_and_gaps_as_zero():
+    period = Period(dt.date(2026, 1, 1), dt.date(2026, 1, 10))
+    series = pl.DataFrame(
+        {
+            "metric": ["charges"] * 2,
+            "dimension": [""] * 2,
+            "day": [dt.date(2026, 1, 1), dt.date(2026, 1, 10)],
+            "value": [5.0, 10.0],
+        }
+    )
+    svg = chart_svg("charges", series, period)
+    points = svg.split('points="')[1].split('"')[0].split()
+    assert len(points) == 10
+    assert points[0].split(",")[1] != points[-1].split(",")[1]
+    assert "01 Jan 2026: 5" in svg and "05 Jan 2026: 0" in svg
+
+
+def test_the_websocket_document_holds_this_tenants_numbers_only(world):
+    status, text = page_and_document_text(world.url(world.acme_token))
+    assert status == 200
+    for kpi in load_dashboard(world.runtime, world.acme).kpis:
+        assert kpi.text in text
+    assert "Acme Ltd" in text and "Globex" not in text and "77,7" not in text
+
+
+def test_csv_export_is_exactly_the_period_shown(world):
+    start, end = TODAY - dt.timedelta(days=9), TODAY - dt.timedelta(days=3)
+    response = httpx.get(world.url(world.acme_token, f"?format=csv&from={start}&to={end}"))
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/csv")
+    assert "attachment" in response.headers["content-disposition"]
+    assert response.headers["cache-control"] == "no-store"
+    rows = list(csv.DictReader(io.StringIO(response.text)))
+    assert len(rows) == 14 and {r["day"] for r in rows} == {
+        str(start + dt.timedelta(days=i)) for i in range(7)
+    }
+    expected = load_dashboard(world.runtime, world.acme, period=Period(start, end))
+    assert response.text == dashboard_csv(expected)
+    bad = httpx.get(world.url(world.acme_token, "?format=csv&from=yesterday"))
+    assert bad.status_code == 400
+
+
+# -- the link's life -------------------------------------------------------------------------
+
+
+def test_rotating_a_link_kills_the_old_token(world):
+    link, old = world.link(world.acme)
+    with world.runtime.db.session() as session:
+        rotated, new = links.rotate_link(session, link.id)
+    remember_secret(new)
+    assert rotated.id == link.id
+    assert httpx.get(world.url(old)).status_code == 404
+    assert httpx.get(world.url(new)).status_code == 200
+    with world.runtime.db.session() as session:
+        assert session.get(DashboardLink, link.id).last_used_at is not None
+
+
+def test_unknown_revoked_and_expired_tokens_take_the_same_time(world):
+    """One query path for all three; compared loosely (medians), never a hard threshold."""
+    revoked, revoked_token = world.link(world.acme)
+    expired, expired_token = world.link(world.acme, expires_in_days=1)
+    with world.runtime.db.session() as session:
+        links.revoke_link(session, revoked.id)
+        session.get(DashboardLink, expired.id).expires_at = dt.datetime.now(dt.UTC) - dt.timedelta(
+            seconds=1
+        )
+    resolve = LinkResolver(world.runtime)
+    tokens = {"unknown": "U" * 43, "revoked": revoked_token, "expired": expired_token}
+    timings: dict[str, list[float]] = {kind: [] for kind in tokens}
+    for _ in range(60):
+        for kind, token in tokens.items():
+            started = time.perf_counter()
+            assert resolve(token) is None
+            timings[kind].append(time.perf_counter() - started)
+    medians = {kind: statistics.median(values) for kind, values in timings.items()}
+    assert max(medians.values()) < 3 * min(medians.values()) + 0.002, medians
+
+
+def test_cookies_are_session_cookies_httponly_and_samesite():
+    hardened = session_cookie(
+        "_xsrf=abc; expires=Wed, 01 Jan 2031 00:00:00 GMT; Max-Age=9; Path=/", secure=True
+    )
+    assert hardened == "_xsrf=abc; Path=/; HttpOnly; SameSite=Lax; Secure"
+    assert "Secure" not in session_cookie("a=b", secure=False)
+
+
+def test_the_token_never_reaches_the_log_and_addresses_are_truncated(world):
+    page_and_document_text(world.url(world.globex_token))
+    httpx.get(world.url(world.globex_token, "?format=csv&from=2026-01-01&to=2026-01-02"))
+    time.sleep(0.3)
+    log = world.log.read_text()
+    assert "/ws (" in log and "<link:" in log
+    assert world.globex_token not in log and world.acme_token not in log
+    assert "127.0.0.1" not in log.replace("http://127.0.0.1", "")
+
+
+# -- the connect page ----------------------------------------------------------------------
+
+
+def _invite(world, **kwargs) -> str:
+    with world.runtime.db.session() as session:
+        _info, token = invites.create_invite(session, world.acme, **kwargs)
+    return remember_secret(token)
+
+
+def _form(client: httpx.Client, url: str) -> tuple[str, httpx.Response]:
+    page = client.get(url)
+    assert page.status_code == 200, page.text
+    return page.text.split('name="_xsrf" value="')[1].split('"')[0], page
+
+
+def test_an_invite_takes_an_api_key_once(world):
+    token = _invite(
+        world, sources=["stripe"], options={"stripe": {"base_url": "http://127.0.0.1:9"}}
+    )
+    url = f"{world.base}/connect/{token}"
+    with httpx.Client() as client:
+        xsrf, page = _form(client, url)
+        assert "Stripe" in page.text and 'type="password"' in page.text
+        cookie = page.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+        assert "expires" not in cookie.lower() and "max-age" not in cookie.lower()
+        key = remember_secret("rk_test_" + "k" * 24)
+        form = {"action": "api_key", "source": "stripe", "api_key": key}
+        assert client.post(url, data=form).status_code == 403  # no XSRF token
+        done = client.post(url, data={**form, "_xsrf": xsrf})
+        assert done.status_code == 200 and "connected" in done.text
+        assert client.get(url).status_code == 404  # spent
+    with world.runtime.db.session() as session:
+        invite = (
+            session.query(ConnectInvite).filter_by(token_sha256=invites.hash_token(token)).one()
+        )
+        connection = registry.get_connection(session, invite.connection_id)
+        assert connection.tenant_id == world.acme and connection.options["base_url"]
+        assert registry.get_secrets(session, world.runtime.keys, connection) == {"api_key": key}
+    log = world.log.read_text()
+    assert token not in log and f"<invite:{invite.id}>" in log
+
+
+def test_the_connect_page_sends_the_client_to_the_provider_and_back(world, sandbox):
+    options = {"base_url": sandbox.url, "auth_base_url": sandbox.url, "property_id": "123456"}
+    token = _invite(world, sources=["ga4"], options={"ga4": options})
+    url = f"{world.base}/connect/{token}"
+    with httpx.Client() as client:
+        xsrf, page = _form(client, url)
+        assert "Sign in with Google Analytics 4" in page.text
+        started = client.post(url, data={"action": "oauth", "source": "ga4", "_xsrf": xsrf})
+        assert started.status_code == 200
+        authorize = started.text.split("url=")[1].split('"')[0].replace("&amp;", "&")
+        query = parse_qs(urlsplit(authorize).query)
+        assert authorize.startswith(sandbox.url)
+        assert query["redirect_uri"] == [f"{world.base}/oauth/callback"]
+        assert query["code_challenge_method"] == ["S256"]
+        with world.runtime.db.session() as session:
+            invite = (
+                session.query(ConnectInvite).filter_by(token_sha256=invites.hash_token(token)).one()
+            )
+            assert invite.oauth_state_sha256 == invites.hash_token(query["state"][0])
+            assert invite.spent_at is None  # spent only when the provider sends them back
+        declined = client.get(f"{world.base}/oauth/callback?error=access_denied")
+        assert declined.status_code == 400 and "did not grant" in declined.text
+        unknown = client.get(f"{world.base}/oauth/callback?state={'s' * 43}&code=abc")
+        assert unknown.status_code == 400 and "start again" in unknown.text.lower()
+
+
+class InviteProbe(Source):
+    """An OAuth2 source whose endpoints the sandbox serves, for the whole round trip."""
+
+    name = "invite_probe"
+    title = "Invite probe"
+    description = "Test connector for invites."
+    auth_kinds = ("oauth2",)
+    default_base_url = "https://probe.example.invalid"
+    oauth = OAuthSpec(
+        base_url="https://auth.example.invalid",
+        authorize_path="/oauth/authorize",
+        token_path="/oauth/token",
+        revoke_path="/oauth/revoke",
+        scopes=("read:probe",),
+    )
+    metrics = {"seen": "Seen"}
+
+    async def fetch(self, client, request):  # pragma: no cover - never fetched here
+        raise NotImplementedError
+
+    def aggregate(self, records):  # pragma: no cover
+        raise NotImplementedError
+
+
+def test_completing_the_providers_round_trip_spends_the_invite(world, sandbox, monkeypatch):
+    monkeypatch.setitem(SOURCES, InviteProbe.name, InviteProbe())
+    options = {"base_url": sandbox.url, "auth_base_url": sandbox.url}
+    token = _invite(world, sources=[InviteProbe.name], options={InviteProbe.name: options})
+    callback = "https://dash.writevue.test/oauth/callback"
+    authorize = invites.start_oauth(world.runtime, token, InviteProbe.name, callback)
+    consent = httpx.get(authorize, follow_redirects=False)
+    assert consent.status_code == 302
+    returned = parse_qs(urlsplit(consent.headers["location"]).query)
+    remember_secret(returned["code"][0])
+    connection_id = invites.finish_oauth(world.runtime, returned["state"][0], returned["code"][0])
+    with world.runtime.db.session() as session:
+        assert invites.resolve_invite(session, token) is None
+        invite = (
+            session.query(ConnectInvite).filter_by(token_sha256=invites.hash_token(token)).one()
+        )
+        assert invite.connection_id == connection_id and invite.spent_at is not None
+        connection = registry.get_connection(session, connection_id)
+        assert (connection.tenant_id, connection.auth_kind) == (world.acme, "oauth2")
+
+
+def test_expired_and_unknown_invites_get_the_404_page(world):
+    token = _invite(world, sources=["stripe"])
+    with world.runtime.db.session() as session:
+        row = session.query(ConnectInvite).filter_by(token_sha256=invites.hash_token(token)).one()
+        row.expires_at = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+    for candidate in (token, "N" * 43):
+        response = httpx.get(f"{world.base}/connect/{candidate}")
+        assert response.status_code == 404 and "Not found" in response.text
+        assert response.headers["referrer-policy"] == "no-referrer"
+
+
+# -- tenant isolation, as a property ---------------------------------------------------------
+
+
+@settings(
+    max_examples=4,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    tenants=st.lists(
+        st.lists(
+            st.tuples(st.sampled_from(["charges", "new_customers"]), st.integers(1, 6)),
+            min_size=1,
+            max_size=3,
+            unique=True,
+        ),
+        min_size=2,
+        max_size=3,
+    )
+)
+def test_each_link_sees_only_its_own_tenants_values(world, tenants):
+    made = []
+    for rows in tenants:
+        # Values unique across the whole test run: 9-digit numbers with a random stem.
+        stem = int.from_bytes(__import__("os").urandom(3), "big") % 900_000 + 100_000
+        facts = pl.DataFrame(
+            {
+                "metric": [m for m, _ in rows],
+                "dimension": [""] * len(rows),
+                "day": [TODAY - dt.timedelta(days=ago) for _, ago in rows],
+                "value": [float(stem * 1000 + n) for n in range(len(rows))],
+            }
+        )
+        tenant_id, _ = add_tenant_with_facts(world.runtime, f"Tenant {stem}", facts)
+        _link, token = world.link(tenant_id)
+        made.append(
+            (token, {f"{v:,.0f}" for v in facts["value"]}, {str(v) for v in facts["value"]})
+        )
+    for index, (token, shown, exported) in enumerate(made):
+        others_shown = set().union(*(m[1] for i, m in enumerate(made) if i != index))
+        others_exported = set().union(*(m[2] for i, m in enumerate(made) if i != index))
+        status, document = page_and_document_text(world.url(token))
+        assert status == 200
+        page = httpx.get(world.url(token)).text
+        export = httpx.get(
+            world.url(token, f"?format=csv&from={TODAY - dt.timedelta(days=29)}&to={TODAY}")
+        ).text
+        assert shown & {t for t in shown if t in document}  # its own values are there
+        for text in (document, page):
+            assert not [v for v in others_shown if v in text]
+        assert exported <= {row.split(",")[-1] for row in export.splitlines()[1:]}
+        assert not [v for v in others_exported if v in export]
+
+
+# -- in a real browser -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser(chromium_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def _card_value(page, metric: str) -> str:
+    return page.locator(f'.wv-card[data-metric="{metric}"] .wv-card-value').first.inner_text()
+
+
+@pytest.mark.browser
+def test_in_chromium_cards_charts_range_csv_and_only_its_own_origin(world, browser):
+    origins, errors = set(), []
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    page = context.new_page()
+    page.on(
+        "request", lambda r: origins.add("/".join(r.url.removeprefix("blob:").split("/", 3)[:3]))
+    )
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    try:
+        page.goto(world.url(world.acme_token))
+        thirty = load_dashboard(world.runtime, world.acme, days=30)
+        expected = {k.metric: k.text for k in thirty.kpis}
+        page.locator(".wv-card").first.wait_for(timeout=30_000)
+        assert {m: _card_value(page, m) for m in expected} == expected
+        assert page.locator("svg.wv-chart-svg").count() == 2
+        assert page.locator('svg.wv-chart-svg[data-days="30"]').count() == 2
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+
+        page.get_by_role("button", name="7 days").click()
+        seven = {k.metric: k.text for k in load_dashboard(world.runtime, world.acme, days=7).kpis}
+        page.locator('svg.wv-chart-svg[data-days="7"]').first.wait_for(timeout=15_000)
+        assert {m: _card_value(page, m) for m in seven} == seven != expected
+
+        with page.expect_download() as download_info:
+            page.get_by_text("Download these figures (CSV)").click()
+        downloaded = Path(download_info.value.path()).read_text()
+        assert downloaded == dashboard_csv(load_dashboard(world.runtime, world.acme, days=7))
+
+        page.set_viewport_size({"width": 390, "height": 844})  # a phone
+        page.screenshot(path=str(ARTIFACTS / "dashboard-phone.png"), full_page=True)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 400, width
+    finally:
+        context.close()
+    assert origins <= {world.base, world.base.replace("http", "ws")}, origins
+    assert not errors, errors
+
+
+@pytest.mark.browser
+def test_in_chromium_tv_mode_refreshes_by_itself(world, browser):
+    tenant_id, connection_id = add_tenant_with_facts(
+        world.runtime, "Initech", daily_facts(10, 3, 100.0)
+    )
+    _link, token = world.link(tenant_id)
+    page = browser.new_page(viewport={"width": 1920, "height": 1080})
+    try:
+        page.goto(world.url(token, "?tv=1"))
+        page.locator(".wv-tv .wv-card").first.wait_for(timeout=30_000)
+        before = _card_value(page, "charges")
+        assert page.get_by_text("Download these figures (CSV)").count() == 0
+        with world.runtime.db.session() as session:  # a refresh lands new figures
+            connection = registry.get_connection(session, connection_id)
+            from writevue_pipelines import warehouse
+
+            warehouse.upsert_facts(
+                session,
+                connection,
+                pl.DataFrame(
+                    {"metric": ["charges"], "dimension": [""], "day": [TODAY], "value": [5000.0]}
+                ),
+                window_start=None,
+            )
+            registry.record_refresh_result(session, connection_id, error=None)
+        after = load_dashboard(world.runtime, tenant_id).kpis
+        expected = next(k.text for k in after if k.metric == "charges")
+        assert expected != before
+        page.locator(".wv-card-value", has_text=expected).wait_for(timeout=15_000)
+        page.screenshot(path=str(ARTIFACTS / "dashboard-tv.png"))
+    finally:
+        page.close()
+
+
+@pytest.mark.browser
+def test_in_chromium_an_open_page_of_a_revoked_link_stops_updating(world, browser):
+    link, token = world.link(world.globex)
+    page = browser.new_page()
+    try:
+        page.goto(world.url(token))
+        page.locator(".wv-card").first.wait_for(timeout=30_000)
+        with world.runtime.db.session() as session:
+            links.revoke_link(session, link.id)
+        page.get_by_text("This link no longer works").wait_for(timeout=15_000)
+        assert page.locator(".wv-card").count() == 0
+    finally:
+        page.close()
+
+
+@pytest.mark.browser
+def test_in_chromium_unknown_revoked_and_expired_tokens_show_the_404_page(world, browser):
+    revoked, revoked_token = world.link(world.acme)
+    expired, expired_token = world.link(world.acme, expires_in_days=1)
+    with world.runtime.db.session() as session:
+        links.revoke_link(session, revoked.id)
+        session.get(DashboardLink, expired.id).expires_at = dt.datetime.now(dt.UTC) - dt.timedelta(
+            seconds=1
+        )
+    page = browser.new_page()
+    try:
+        for token in ("Z" * 43, revoked_token, expired_token):
+            response = page.goto(world.url(token))
+            assert response.status == 404
+            assert page.locator("h1").inner_text() == "Not found"
+    finally:
+        page.close()

@@ -1,0 +1,116 @@
+"""The fault matrix: every sandbox fault ends in success after retries, or in a clean
+failure of that one connection, while the other connections of the same batch are written.
+
+All connections of the matrix refresh together in one batch, as a scheduled run does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import httpx
+import pytest
+from support import add_stripe_connection
+
+from writevue_pipelines import oauth, refresh, registry, warehouse
+from writevue_pipelines.errors import SourceError
+from writevue_pipelines.sandbox import SandboxServer
+from writevue_pipelines.sandbox.faults import with_faults
+
+CALLBACK = "http://127.0.0.1:5006/connect/callback"
+
+# fault plan on the credential -> does the refresh succeed?
+API_KEY_FAULTS = {
+    "latency300": True,
+    "429x2": True,  # Retry-After honoured, then success
+    "5xx3": True,  # a burst of 503s, retried with backoff
+    "timeout1": True,  # one hung request, timed out and retried
+    "5xx": False,  # a provider that stays down
+    "malformed": False,  # JSON that does not parse
+    "truncated": False,  # a page cut in half
+}
+# login_hint fault plan for OAuth2 grants -> does the refresh succeed?
+OAUTH_FAULTS = {
+    "expired": True,  # the access token is dead on first use: refreshed once, then fine
+    "revoked": False,  # the grant was revoked: at the next refresh the client must reconnect
+}
+
+
+@pytest.fixture
+def faulty_sandbox(monkeypatch):
+    monkeypatch.setenv("WRITEVUE_HTTP_TIMEOUT_S", "1")
+    monkeypatch.setenv("WRITEVUE_HISTORY_DAYS", "10")
+    with SandboxServer(hang_s=2.5) as server:
+        yield server
+
+
+def _github_oauth_connection(runtime, sandbox, tenant: str, plan: str) -> str:
+    options = {"base_url": sandbox.url, "auth_base_url": sandbox.url, "owner": "acme-org"}
+    url = oauth.begin_authorization(runtime, tenant, "github", options, CALLBACK)
+    consent = httpx.get(url + f"&login_hint=faulty-{plan}__f_{plan}", follow_redirects=False)
+    assert consent.status_code == 302
+    return oauth.complete_authorization(runtime, *oauth.parse_callback(consent.headers["location"]))
+
+
+def _expire_access_token(runtime, connection_id: str) -> None:
+    past = (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)).isoformat()
+    with runtime.db.session() as session:
+        connection = registry.get_connection(session, connection_id)
+        registry.put_secret(
+            session, runtime.keys, connection.tenant_id, connection_id, "expires_at", past
+        )
+
+
+@pytest.mark.timeout(240)
+def test_every_fault_ends_in_retried_success_or_a_clean_failure_of_one_connection(
+    home, faulty_sandbox
+):
+    from writevue_pipelines.home import init_home
+    from writevue_pipelines.runtime import Runtime
+    from writevue_pipelines.settings import Settings
+
+    init_home(Settings.from_env())
+    runtime = Runtime(Settings.from_env())
+    sandbox = faulty_sandbox
+    tenant, clean = add_stripe_connection(runtime, sandbox.url, "sk_test_matrix_clean")
+    expected: dict[str, tuple[str, bool]] = {clean: ("clean", True)}
+    keys = {}
+    for plan, succeeds in API_KEY_FAULTS.items():
+        key = with_faults(f"sk_test_matrix_{plan}", plan)
+        keys[plan] = key
+        _, connection = add_stripe_connection(runtime, sandbox.url, key, tenant_id=tenant)
+        expected[connection] = (plan, succeeds)
+    for plan, succeeds in OAUTH_FAULTS.items():
+        connection = _github_oauth_connection(runtime, sandbox, tenant, plan)
+        expected[connection] = (f"oauth {plan}", succeeds)
+        if plan == "revoked":
+            _expire_access_token(runtime, connection)  # an hour later: time to refresh
+
+    results = asyncio.run(refresh.fetch_connections(runtime, list(expected)))
+
+    for connection_id, (plan, succeeds) in expected.items():
+        result = results[connection_id]
+        if succeeds:
+            assert not isinstance(result, BaseException), (plan, result)
+            load = refresh.load_connection(runtime, connection_id)
+            assert load.facts > 0, plan
+            continue
+        assert isinstance(result, SourceError), (plan, result)
+        message = str(result)
+        assert connection_id in message, plan
+        assert not any(key in message for key in keys.values()), plan
+        refresh.record_failure(runtime, connection_id, result)
+        with runtime.db.session() as session:
+            stored = registry.get_connection(session, connection_id)
+            assert stored.status in ("failing", "needs_reauth"), plan
+            assert stored.last_error == message
+            assert warehouse.connection_fact_count(session, connection_id) == 0
+
+    counters = sandbox.counters
+    assert counters["fault.429"] >= 2 and counters["fault.5xx"] >= 3
+    assert counters["fault.timeout"] >= 1 and counters["fault.malformed"] >= 1
+    with runtime.db.session() as session:
+        facts = warehouse.tenant_facts(session, tenant, dt.date(2000, 1, 1), dt.date(2100, 1, 1))
+    assert facts.height > 0
+    runtime.close()

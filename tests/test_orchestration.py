@@ -1,0 +1,316 @@
+"""Orchestration at scale: batched schedule runs, failure isolation, retries, the instances.
+
+Runs execute in process (the tests are about how connections are grouped into runs and
+what each run records); the bench (`python -m bench.orchestration`) drives the same
+schedule through a real daemon and run launcher. History is kept to three days so a
+refresh of 120 sandbox connections takes seconds.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import shutil
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from dagster import (
+    AddDynamicPartitionsRequest,
+    AssetCheckSeverity,
+    DagsterInstance,
+    DeleteDynamicPartitionsRequest,
+    build_schedule_context,
+    build_sensor_context,
+    instance_for_test,
+    materialize,
+    serialize_value,
+)
+
+from writevue_pipelines import registry
+from writevue_pipelines.defs import defs, sensors
+from writevue_pipelines.defs.assets import SOURCE_ASSETS
+from writevue_pipelines.defs.batches import RANGE_END_TAG, RANGE_START_TAG, TRIGGER_TAG
+from writevue_pipelines.defs.checks import REFRESHED, volume_drops
+from writevue_pipelines.defs.partitions import CONNECTION_PARTITIONS
+from writevue_pipelines.defs.resources import WriteVueResource
+from writevue_pipelines.defs.schedules import REFRESH_SCHEDULES
+from writevue_pipelines.defs.sensors import CONNECTION_SENSORS, FAILING_SENSORS
+from writevue_pipelines.home import init_home
+from writevue_pipelines.runtime import Runtime
+from writevue_pipelines.sandbox import SandboxServer
+from writevue_pipelines.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+STRIPE = SOURCE_ASSETS["stripe"]
+STRIPE_PARTITIONS = CONNECTION_PARTITIONS["stripe"]
+RESOURCES = {"writevue": WriteVueResource()}
+QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+TENANT_NAME = "Marchbanks Velvet Cartography Co"
+TENANT_EMAIL = "ledger@marchbanks-velvet.example"
+TICK = dt.datetime(2026, 3, 2, 6, 0, tzinfo=dt.UTC)
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    with SandboxServer() as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def short_history(monkeypatch):
+    monkeypatch.setenv("WRITEVUE_HISTORY_DAYS", "3")
+
+
+@pytest.fixture
+def instance():
+    with instance_for_test() as instance:
+        yield instance
+
+
+def new_key() -> str:
+    return f"sk_test_{secrets.token_hex(12)}"
+
+
+def add_connections(runtime: Runtime, sandbox_url: str, keys: list[str]) -> list[str]:
+    """One tenant with a Stripe connection per key, in one transaction."""
+    with runtime.db.session() as session:
+        tenant_id = registry.add_tenant(session, runtime.keys, TENANT_NAME, TENANT_EMAIL)
+        return [
+            registry.add_connection(
+                session,
+                runtime.keys,
+                tenant_id,
+                "stripe",
+                "api_key",
+                {"base_url": sandbox_url},
+                {"api_key": key},
+            )
+            for key in keys
+        ]
+
+
+def apply_partition_requests(instance: DagsterInstance, result) -> None:
+    """What the sensor daemon does with a tick's dynamic partition requests."""
+    for request in result.dynamic_partitions_requests or []:
+        if isinstance(request, AddDynamicPartitionsRequest):
+            instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
+        elif isinstance(request, DeleteDynamicPartitionsRequest):
+            for key in request.partition_keys:
+                instance.delete_dynamic_partition(request.partitions_def_name, key)
+
+
+def run(instance: DagsterInstance, request):
+    """Execute a run request in process, as the run launcher would out of process."""
+    return materialize(
+        [STRIPE.refresh],
+        instance=instance,
+        resources=RESOURCES,
+        selection=request.asset_selection,
+        partition_key=request.partition_key,
+        tags=request.tags,
+        run_config=QUIET,
+        raise_on_error=False,
+    )
+
+
+def schedule_tick(instance: DagsterInstance):
+    context = build_schedule_context(
+        instance=instance,
+        scheduled_execution_time=TICK,
+        repository_def=defs.get_repository_def(),
+    )
+    return REFRESH_SCHEDULES["stripe"].evaluate_tick(context).run_requests
+
+
+def connection(runtime: Runtime, connection_id: str) -> registry.ConnectionInfo:
+    with runtime.db.session() as session:
+        return registry.get_connection(session, connection_id)
+
+
+def check_results(result, name: str) -> dict[str, object]:
+    return {e.partition: e for e in result.get_asset_check_evaluations() if e.check_name == name}
+
+
+def test_a_scheduled_refresh_of_120_connections_takes_3_runs(runtime, sandbox, instance):
+    connection_ids = add_connections(runtime, sandbox.url, [new_key() for _ in range(120)])
+    instance.add_dynamic_partitions(STRIPE_PARTITIONS.name, connection_ids)
+
+    requests = schedule_tick(instance)
+
+    assert len(requests) == 3
+    assert [(r.tags[RANGE_START_TAG], r.tags[RANGE_END_TAG]) for r in requests] == [
+        (connection_ids[0], connection_ids[49]),
+        (connection_ids[50], connection_ids[99]),
+        (connection_ids[100], connection_ids[119]),
+    ]
+    assert all(r.tags[TRIGGER_TAG] == "schedule" for r in requests)
+    results = [run(instance, request) for request in requests]
+    assert all(result.success for result in results)
+    for key in STRIPE.keys:
+        assert instance.get_materialized_partitions(key) == set(connection_ids)
+    events = [e for result in results for e in result.get_asset_materialization_events()]
+    assert len(events) == 240  # one per connection and asset, each with its own counts
+    assert all(e.materialization.metadata for e in events)
+    assert len(instance.get_runs()) == 3
+    assert all(connection(runtime, cid).status == "active" for cid in connection_ids[::40])
+
+
+def test_one_poisoned_connection_fails_alone_and_is_retried_alone(
+    runtime, sandbox, instance, monkeypatch
+):
+    poison = "bad_key_" + secrets.token_hex(12)
+    good_keys = [new_key() for _ in range(4)]
+    ids = add_connections(runtime, sandbox.url, [*good_keys[:2], poison, *good_keys[2:]])
+    poisoned = ids[2]
+
+    # A new batch of connections: one first-refresh run for all five.
+    with build_sensor_context(instance=instance, resources=RESOURCES) as context:
+        added = CONNECTION_SENSORS["stripe"](context)
+    apply_partition_requests(instance, added)
+    (request,) = added.run_requests
+    result = run(instance, request)
+
+    assert result.success  # the batch is not failed by one connection
+    metrics = STRIPE.daily_metrics_key
+    assert instance.get_materialized_partitions(metrics) == set(ids) - {poisoned}
+    refreshed = check_results(result, REFRESHED)
+    assert {p for p, e in refreshed.items() if not e.passed} == {poisoned}
+    assert "refused the credentials" in refreshed[poisoned].description
+    assert poison not in refreshed[poisoned].description
+    failing = connection(runtime, poisoned)
+    assert failing.status == "failing" and poison not in failing.last_error
+    assert "refused the credentials" in failing.last_error
+    assert all(connection(runtime, cid).status == "active" for cid in ids if cid != poisoned)
+
+    # Retried alone, once its first wait is over, and cured by a new key.
+    now = 1_900_000_000.0
+    monkeypatch.setattr(sensors, "_now", lambda: now)
+    cursor = tick_failing(instance).cursor
+    monkeypatch.setattr(sensors, "_now", lambda: now + 16 * 60)
+    retry = tick_failing(instance, cursor)
+    (request,) = retry.run_requests
+    assert request.partition_key == poisoned and request.tags[TRIGGER_TAG] == "retry"
+    with runtime.db.session() as session:
+        registry.put_secret(
+            session, runtime.keys, failing.tenant_id, poisoned, "api_key", new_key()
+        )
+    retried = run(instance, request)
+    assert retried.success
+    assert {e.materialization.partition for e in retried.get_asset_materialization_events()} == {
+        poisoned
+    }
+    assert connection(runtime, poisoned).status == "active"
+    assert tick_failing(instance, retry.cursor).skip_reason is not None
+
+    # Nothing personal or secret reached the instance: runs, tags, events, files.
+    stored = [serialize_value(r) for r in instance.get_runs()]
+    for run_record in instance.get_runs():
+        stored += [
+            serialize_value(r.event_log_entry)
+            for r in instance.get_records_for_run(run_record.run_id).records
+        ]
+    for path in Path(instance.root_directory).rglob("*"):
+        if path.is_file():
+            stored.append(path.read_bytes().decode("utf-8", "replace"))
+    text = "\n".join(stored)
+    assert poisoned in text
+    for secret in (TENANT_NAME, TENANT_EMAIL, poison, poison[-12:], *good_keys):
+        assert secret not in text
+
+
+def tick_failing(instance: DagsterInstance, cursor: str | None = None):
+    with build_sensor_context(instance=instance, resources=RESOURCES, cursor=cursor) as context:
+        return FAILING_SENSORS["stripe"](context)
+
+
+def test_a_connection_that_keeps_failing_is_flagged_once(runtime, sandbox, instance, monkeypatch):
+    monkeypatch.setenv("WRITEVUE_RETRY_ATTEMPTS", "1")
+    (connection_id,) = add_connections(runtime, sandbox.url, [new_key()])
+    with runtime.db.session() as session:
+        registry.record_refresh_result(session, connection_id, error="the source said no")
+    start = 1_900_000_000.0
+    cursor = None
+    outcomes = []
+    for minutes in (0, 16, 16 + 31, 16 + 62):
+        monkeypatch.setattr(sensors, "_now", lambda m=minutes: start + m * 60)
+        result = tick_failing(instance, cursor)
+        cursor = result.cursor
+        outcomes.append((len(result.run_requests), len(result.asset_events)))
+
+    # wait, retry once, flag, then stay quiet until a refresh succeeds
+    assert outcomes == [(0, 0), (1, 0), (0, 1), (0, 0)]
+
+
+def test_the_flag_is_a_failed_refreshed_check_for_that_connection(runtime, sandbox, monkeypatch):
+    monkeypatch.setenv("WRITEVUE_RETRY_ATTEMPTS", "1")
+    (connection_id,) = add_connections(runtime, sandbox.url, [new_key()])
+    with runtime.db.session() as session:
+        registry.record_refresh_result(session, connection_id, error="the source said no")
+    cursor = f'{{"{connection_id}": [1, 0, 0]}}'
+    with instance_for_test() as instance:
+        result = tick_failing(instance, cursor)
+    (flag,) = result.asset_events
+    assert (flag.asset_key, flag.check_name, flag.partition) == (
+        STRIPE.daily_metrics_key,
+        REFRESHED,
+        connection_id,
+    )
+    assert not flag.passed and flag.severity == AssetCheckSeverity.ERROR
+
+
+def test_volume_drop_compares_the_last_whole_day_with_the_week_before():
+    today = dt.date(2026, 3, 10)
+    week = [("charges", today - dt.timedelta(days=n), 10.0) for n in range(2, 9)]
+    assert (
+        volume_drops([*week, ("charges", today - dt.timedelta(days=1), 9.0)], ["charges"], today)
+        == []
+    )
+    assert volume_drops(
+        [*week, ("charges", today - dt.timedelta(days=1), 2.0)], ["charges"], today
+    ) == ["charges"]
+    # today is still filling up; a short history says nothing
+    assert volume_drops([*week, ("charges", today, 0.0)], ["charges"], today) == []
+    assert volume_drops(week[-2:], ["charges"], today) == []
+
+
+def test_writevue_init_writes_a_queued_instance_with_provider_pools(home):
+    settings = Settings.from_env()
+    init_home(settings)
+
+    with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+        config = instance.get_concurrency_config()
+        assert config.pool_config.default_pool_limit == 2
+        assert config.pool_config.pool_granularity.value == "run"
+        assert config.run_queue_config.max_concurrent_runs == 4
+        assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+        assert instance.get_settings("telemetry") == {"enabled": False}
+        assert Path(instance.root_directory) == settings.dagster_home
+
+
+def test_a_schedule_tick_and_its_runs_on_the_postgres_instance_of_deploy(
+    runtime, sandbox, postgres_url, tmp_path, monkeypatch
+):
+    url = urlsplit(postgres_url)
+    monkeypatch.setenv("DAGSTER_PG_HOST", url.hostname)
+    monkeypatch.setenv("DAGSTER_PG_PORT", str(url.port or 5432))
+    monkeypatch.setenv("DAGSTER_PG_DB", url.path.lstrip("/"))
+    monkeypatch.setenv("DAGSTER_PG_USERNAME", url.username or "postgres")
+    monkeypatch.setenv("DAGSTER_PG_PASSWORD", url.password or "")
+    monkeypatch.setenv("WRITEVUE_REFRESH_BATCH", "2")
+    dagster_home = tmp_path / "dagster-pg"
+    dagster_home.mkdir()
+    shutil.copy(REPO / "deploy" / "dagster.yaml", dagster_home / "dagster.yaml")
+    assert "password" not in (dagster_home / "dagster.yaml").read_text().split("env:")[0]
+    connection_ids = add_connections(runtime, sandbox.url, [new_key() for _ in range(3)])
+
+    with DagsterInstance.from_config(str(dagster_home)) as instance:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+        with build_sensor_context(instance=instance, resources=RESOURCES) as context:
+            apply_partition_requests(instance, CONNECTION_SENSORS["stripe"](context))
+        requests = schedule_tick(instance)
+        assert len(requests) == 2  # three connections, batches of two
+        assert all(run(instance, request).success for request in requests)
+        assert instance.get_materialized_partitions(STRIPE.daily_metrics_key) == set(connection_ids)
+        assert len(instance.get_runs()) == 2

@@ -1,0 +1,200 @@
+"""A client's export: everything WriteVue keeps about it, in one zip, without a secret.
+
+``aggregates.csv`` and ``aggregates.parquet`` hold every aggregate (the warehouse's
+facts), ``connections.csv`` the connected sources (never a credential),
+``links.csv`` the dashboard links (never a token or its hash), ``client.json`` the
+contact details, and ``README.txt`` says what each file is.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+from sqlalchemy import select
+
+from .. import links, registry
+from ..errors import InvalidInput
+from ..models import Connection, Fact
+from ..runtime import Runtime
+
+AGGREGATE_SCHEMA = {
+    "connection_id": pl.String,
+    "source": pl.String,
+    "metric": pl.String,
+    "dimension": pl.String,
+    "day": pl.Date,
+    "value": pl.Float64,
+    "updated_at": pl.Datetime("us", "UTC"),
+}
+
+README = """\
+WriteVue export for {name}
+Made {made} UTC. Client id: {tenant_id}
+
+WriteVue keeps only daily aggregates of your sources, never the raw records, and
+never shows a stored secret again. This archive holds everything it keeps about you:
+
+client.json          your name, contact email and when you became a client
+connections.csv      your connected sources: id, source, how it is authorised,
+                     non-secret options (such as an account or property id), status,
+                     last refresh. API keys, passwords and OAuth tokens are not
+                     included: they are stored encrypted and never shown back.
+links.csv            your dashboard links: id, label, created, expires, revoked,
+                     last used. The secret URLs themselves are not stored by WriteVue
+                     (only a one-way hash, also left out), so they cannot be exported.
+aggregates.csv       every aggregate: connection_id, source, metric, dimension
+                     ('' when the metric has no breakdown), day, value, updated_at (UTC).
+aggregates.parquet   the same table in Apache Parquet, with its types.
+
+{facts} aggregates from {connections} connections.
+"""
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    path: Path
+    facts: int
+    connections: int
+    links: int
+    bytes: int
+
+
+def _csv(rows: list[dict], columns: list[str]) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(row)
+    return buffer.getvalue().encode()
+
+
+def _iso(value: dt.datetime | None) -> str:
+    return "" if value is None else value.isoformat()
+
+
+def tenant_aggregates(runtime: Runtime, tenant_id: str) -> pl.DataFrame:
+    """Every fact of one tenant, per connection, in the export's schema."""
+    with runtime.db.session() as session:
+        rows = session.execute(
+            select(
+                Fact.connection_id,
+                Connection.source,
+                Fact.metric,
+                Fact.dimension,
+                Fact.day,
+                Fact.value,
+                Fact.updated_at,
+            )
+            .join(Connection, Connection.id == Fact.connection_id)
+            .where(Fact.tenant_id == tenant_id)
+            .order_by(Fact.connection_id, Fact.metric, Fact.dimension, Fact.day)
+        ).all()
+    return pl.DataFrame(rows, schema=AGGREGATE_SCHEMA, orient="row")
+
+
+def export_tenant(
+    runtime: Runtime, tenant_id: str, out: Path, *, force: bool = False
+) -> ExportReport:
+    """Write the tenant's export to ``out`` atomically (a temporary file, then a rename)."""
+    out = Path(out).expanduser()
+    if out.suffix.lower() != ".zip":
+        raise InvalidInput(f"{out} does not end in .zip; name the export FILE.zip.")
+    if out.is_dir():
+        raise InvalidInput(f"{out} is a directory; give a file name ending in .zip.")
+    if out.exists() and not force:
+        raise InvalidInput(f"{out} already exists; pass --force to replace it.")
+    if not out.parent.is_dir():
+        raise InvalidInput(f"The folder {out.parent} does not exist; create it first.")
+
+    with runtime.db.session() as session:
+        tenant = registry.get_tenant(session, runtime.keys, tenant_id)
+        connections = registry.list_connections(session, tenant_id=tenant.id)
+        link_rows = links.list_links(session, tenant.id)
+    facts = tenant_aggregates(runtime, tenant.id)
+
+    parquet = io.BytesIO()
+    facts.write_parquet(parquet)
+    files = {
+        "README.txt": README.format(
+            name=tenant.name,
+            made=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M"),
+            tenant_id=tenant.id,
+            facts=facts.height,
+            connections=len(connections),
+        ).encode(),
+        "client.json": json.dumps(
+            {
+                "id": tenant.id,
+                "name": tenant.name,
+                "email": tenant.email,
+                "created_at": _iso(tenant.created_at),
+            },
+            indent=2,
+        ).encode(),
+        "connections.csv": _csv(
+            [
+                {
+                    "id": c.id,
+                    "source": c.source,
+                    "auth_kind": c.auth_kind,
+                    "options": json.dumps(c.options, sort_keys=True),
+                    "status": c.status,
+                    "last_refreshed_at": _iso(c.last_refreshed_at),
+                }
+                for c in connections
+            ],
+            ["id", "source", "auth_kind", "options", "status", "last_refreshed_at"],
+        ),
+        "links.csv": _csv(
+            [
+                {
+                    "id": item.id,
+                    "label": item.label or "",
+                    "created_at": _iso(item.created_at),
+                    "expires_at": _iso(item.expires_at),
+                    "revoked_at": _iso(item.revoked_at),
+                    "last_used_at": _iso(item.last_used_at),
+                }
+                for item in link_rows
+            ],
+            ["id", "label", "created_at", "expires_at", "revoked_at", "last_used_at"],
+        ),
+        "aggregates.csv": facts.with_columns(
+            pl.col("updated_at").dt.strftime("%Y-%m-%dT%H:%M:%S%.6f+00:00")
+        )
+        .write_csv()
+        .encode(),
+        "aggregates.parquet": parquet.getvalue(),
+    }
+
+    # The export holds personal data: owner-only, and never a half-written file at ``out``.
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+                for name, data in files.items():
+                    archive.writestr(name, data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return ExportReport(
+        path=out,
+        facts=facts.height,
+        connections=len(connections),
+        links=len(link_rows),
+        bytes=out.stat().st_size,
+    )

@@ -1,0 +1,564 @@
+"""A declarative REST source: a spec file (auth, paging, records, metrics) instead of code.
+
+The spec is read and validated in full before any request, at ``connection add`` and
+again at each fetch; a bad spec fails with one message that starts with the field at
+fault (``spec.paginator.type: …``). Secrets never live in the spec: its ``auth`` says
+only how to present the connection's encrypted credentials. See
+``docs/sources/example-rest.toml``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+import time
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import polars as pl
+
+from ..errors import InvalidInput, SourceError
+from ..registry import ConnectionInfo
+from .auth import OAuthSpec, TokenSource
+from .base import FetchRequest, FetchResult, Source
+from .http import get_json
+from .rest_parts import (
+    DOTTED_PATH,
+    SECRET_NAME,
+    AuthConfig,
+    Paginator,
+    SpecError,
+    as_table,
+    auth_from_spec,
+    build_auth,
+    dig,
+    field_error,
+    optional_text,
+    paginator_from_spec,
+    refuse_unknown,
+    same_origin_url,
+    text,
+)
+
+DATE_FORMATS = ("iso_date", "iso_datetime", "unix", "unix_ms")
+AGGS = ("sum", "count", "mean", "last")
+MAX_PAGES = 10_000
+_METRIC_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
+_PATH = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*")
+
+#: the minimised raw records: one row per (record, metric), with what aggregation needs
+RAW_SCHEMA = {
+    "metric": pl.String,
+    "agg": pl.String,
+    "dimension": pl.String,
+    "day": pl.Date,
+    "at": pl.Float64,
+    "seq": pl.Int64,
+    "value": pl.Float64,
+}
+FACT_SCHEMA = {"metric": pl.String, "dimension": pl.String, "day": pl.Date, "value": pl.Float64}
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    agg: str
+    #: dotted path to the value; None for a plain record count
+    field: str | None
+
+
+@dataclass(frozen=True)
+class MappingSpec:
+    date_field: str
+    date_format: str
+    dimension: str | None
+    metrics: tuple[MetricSpec, ...]
+
+
+@dataclass(frozen=True)
+class IncrementalSpec:
+    param: str
+    format: str
+    field: str
+
+
+@dataclass(frozen=True)
+class RestSpec:
+    base_url: str
+    endpoint: str
+    params: dict[str, str]
+    auth: AuthConfig
+    paginator: Paginator | None
+    records_path: str | None
+    incremental: IncrementalSpec | None
+    mapping: MappingSpec
+
+
+# -- reading and validating a spec ---------------------------------------------------
+
+
+def load_spec(path: str | Path) -> RestSpec:
+    """Read a TOML (or YAML, when PyYAML is installed) spec file and validate all of it."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SpecError(
+            f"spec: cannot read {path} ({exc.strerror or type(exc).__name__})"
+        ) from None
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise SpecError(
+                "spec: YAML specs need PyYAML, which is not installed; use TOML"
+            ) from None
+        try:
+            document = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise SpecError(f"spec: {path.name} is not valid YAML{where}") from None
+    elif path.suffix.lower() == ".toml":
+        try:
+            document = tomllib.loads(raw.decode("utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise SpecError(f"spec: {path.name} is not valid TOML ({exc})") from None
+    else:
+        raise SpecError(f"spec: {path.name} must be a .toml (or .yaml) file")
+    return parse_spec(document)
+
+
+def parse_spec(document: Any) -> RestSpec:
+    """Validate a spec document (the parsed file) into a ``RestSpec``."""
+    where = "spec"
+    table = as_table(document, where)
+    refuse_unknown(
+        table,
+        {
+            "base_url",
+            "endpoint",
+            "params",
+            "auth",
+            "paginator",
+            "records_path",
+            "incremental",
+            "mapping",
+        },
+        where,
+    )
+    base_url = text(table, "base_url", where, hint="the API root, such as https://api.example.com")
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise field_error("spec.base_url", f"{base_url!r} is not an http(s) URL")
+    if parts.username or parts.password or parts.query:
+        raise field_error("spec.base_url", "must not carry credentials or a query string")
+    endpoint = text(
+        table, "endpoint", where, pattern=_PATH, hint="a path starting with /, such as /v1/orders"
+    )
+    if "auth" not in table:
+        raise field_error(
+            "spec.auth.type", "is required; expected one of api_key, basic, bearer, oauth2"
+        )
+    if "mapping" not in table:
+        raise field_error("spec.mapping", "is required: which fields give the day and the metrics")
+    return RestSpec(
+        base_url=base_url.rstrip("/"),
+        endpoint=endpoint,
+        params=_params(table.get("params", {})),
+        auth=auth_from_spec(table["auth"]),
+        paginator=None
+        if table.get("paginator") is None
+        else paginator_from_spec(table["paginator"]),
+        records_path=optional_text(
+            table, "records_path", where, pattern=DOTTED_PATH, hint="a dotted path like data.items"
+        ),
+        incremental=_incremental(table.get("incremental")),
+        mapping=_mapping(table["mapping"]),
+    )
+
+
+def _params(value: Any) -> dict[str, str]:
+    table = as_table(value, "spec.params")
+    params = {}
+    for key, item in table.items():
+        if isinstance(item, bool):
+            item = "true" if item else "false"
+        if not isinstance(item, (str, int, float)):
+            raise field_error(f"spec.params.{key}", "must be a string or a number")
+        params[str(key)] = str(item)
+    # A secret in a query parameter would sit in the spec file in clear text.
+    refuse_unknown({k: v for k, v in table.items() if SECRET_NAME.search(k)}, set(), "spec.params")
+    return params
+
+
+def _incremental(value: Any) -> IncrementalSpec | None:
+    if value is None:
+        return None
+    where = "spec.incremental"
+    table = as_table(value, where)
+    refuse_unknown(table, {"param", "format", "field"}, where)
+    return IncrementalSpec(
+        param=text(table, "param", where, hint="the query parameter that filters by date"),
+        format=text(table, "format", where, default="iso_date", choices=DATE_FORMATS),
+        field=text(table, "field", where, pattern=DOTTED_PATH, hint="a dotted path"),
+    )
+
+
+def _mapping(value: Any) -> MappingSpec:
+    where = "spec.mapping"
+    table = as_table(value, where)
+    refuse_unknown(table, {"date_field", "date_format", "dimension", "metrics"}, where)
+    date_field = text(table, "date_field", where, pattern=DOTTED_PATH, hint="a dotted path")
+    date_format = text(table, "date_format", where, default="iso_datetime", choices=DATE_FORMATS)
+    dimension = optional_text(table, "dimension", where, pattern=DOTTED_PATH, hint="a dotted path")
+    items = table.get("metrics")
+    if not isinstance(items, list) or not items:
+        raise field_error(f"{where}.metrics", "must be a non-empty list of {name, field, agg}")
+    metrics = []
+    seen: set[str] = set()
+    for index, item in enumerate(items):
+        at = f"{where}.metrics[{index}]"
+        metric = as_table(item, at)
+        refuse_unknown(metric, {"name", "field", "agg"}, at)
+        name = text(
+            metric,
+            "name",
+            at,
+            pattern=_METRIC_NAME,
+            hint="lower case letters, digits and _, starting with a letter",
+        )
+        if name in seen:
+            raise field_error(f"{at}.name", f"{name!r} is used twice")
+        seen.add(name)
+        agg = text(metric, "agg", at, choices=AGGS)
+        field = optional_text(metric, "field", at, pattern=DOTTED_PATH, hint="a dotted path")
+        if field is None and agg != "count":
+            raise field_error(
+                f"{at}.field", f"is required for agg {agg!r} (only count may omit it)"
+            )
+        metrics.append(MetricSpec(name=name, agg=agg, field=field))
+    return MappingSpec(
+        date_field=date_field, date_format=date_format, dimension=dimension, metrics=tuple(metrics)
+    )
+
+
+# -- dates ----------------------------------------------------------------------------
+
+
+def parse_instant(value: Any, fmt: str) -> dt.datetime | None:
+    """A record's date or time as an aware UTC datetime; None when it is not one."""
+    try:
+        if fmt in ("unix", "unix_ms"):
+            if isinstance(value, bool):
+                return None
+            number = float(value)
+            if not math.isfinite(number):
+                return None
+            seconds = number / 1000 if fmt == "unix_ms" else number
+            return dt.datetime.fromtimestamp(seconds, dt.UTC)
+        if not isinstance(value, str):
+            return None
+        if fmt == "iso_date":
+            day = dt.date.fromisoformat(value.strip()[:10])
+            return dt.datetime.combine(day, dt.time(), dt.UTC)
+        moment = dt.datetime.fromisoformat(value.strip())
+    except (ValueError, TypeError, OverflowError, OSError):
+        return None
+    if moment.tzinfo is None:
+        # A time without an offset is taken as UTC, the usual API convention.
+        return moment.replace(tzinfo=dt.UTC)
+    return moment.astimezone(dt.UTC)
+
+
+def format_instant(day: dt.date, fmt: str) -> str:
+    moment = dt.datetime.combine(day, dt.time(), dt.UTC)
+    if fmt == "iso_date":
+        return day.isoformat()
+    if fmt == "iso_datetime":
+        return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if fmt == "unix_ms":
+        return str(int(moment.timestamp()) * 1000)
+    return str(int(moment.timestamp()))
+
+
+# -- the source ------------------------------------------------------------------------
+
+
+class RestSource(Source):
+    name = "rest"
+    title = "REST API"
+    description = "Any JSON REST API, described by a spec file: auth, paging, records and metrics."
+    auth_kinds = ("api_key", "basic", "oauth2")
+    default_base_url = ""
+    options = {
+        "base_url": "API root; overrides the spec's base_url",
+        "spec": "path to the spec file (.toml, or .yaml)",
+    }
+    #: metric names come from each connection's spec
+    metrics: dict[str, str] = {}
+    stream = "records"
+
+    def validate_options(self, options: dict[str, str]) -> dict[str, str]:
+        options = super().validate_options(options)
+        if not options.get("spec"):
+            raise InvalidInput("Source 'rest' needs the option spec=PATH to a spec file.")
+        path = Path(options["spec"]).expanduser().resolve()
+        load_spec(path)
+        # Stored absolute, so a refresh run from another directory finds the same file.
+        return {**options, "spec": str(path)}
+
+    def spec(self, connection: ConnectionInfo) -> RestSpec:
+        """The connection's spec, validated; a bad one is a ``SourceError`` for it alone."""
+        try:
+            return load_spec(connection.options.get("spec") or "")
+        except SpecError as exc:
+            raise SourceError(
+                f"connection {connection.id}: {exc}", connection_id=connection.id
+            ) from None
+
+    def base_url(self, connection: ConnectionInfo) -> str:
+        # Called before the fetch's error handling, so a bad spec must not raise here;
+        # fetch reports it.
+        if connection.options.get("base_url"):
+            return str(connection.options["base_url"]).rstrip("/")
+        try:
+            return load_spec(connection.options.get("spec") or "").base_url
+        except SpecError:
+            return self.default_base_url
+
+    def oauth_spec(self, connection: ConnectionInfo) -> OAuthSpec | None:
+        """The provider's OAuth2 endpoints from the spec, for connections that use oauth2."""
+        auth = self.spec(connection).auth
+        if auth.type != "oauth2" or not auth.token_url or not auth.authorize_url:
+            return None
+        token = urlsplit(auth.token_url)
+        return OAuthSpec(
+            base_url=f"{token.scheme}://{token.netloc}",
+            authorize_path=auth.authorize_url,
+            token_path=auth.token_url,
+            revoke_path=auth.revoke_url,
+            scopes=auth.scopes,
+        )
+
+    def build_auth(
+        self,
+        connection: ConnectionInfo,
+        secrets: dict[str, str],
+        tokens: TokenSource | None = None,
+    ) -> httpx.Auth:
+        spec = self.spec(connection)
+        wanted = spec.auth.credential_kind
+        if connection.auth_kind != wanted:
+            raise SourceError(
+                f"connection {connection.id}: the spec's auth type {spec.auth.type!r} needs "
+                f"{wanted} credentials, but the connection holds {connection.auth_kind}",
+                connection_id=connection.id,
+            )
+        try:
+            return build_auth(spec.auth, secrets, tokens)
+        except SourceError as exc:
+            raise SourceError(
+                f"connection {connection.id}: {exc}", connection_id=connection.id
+            ) from None
+
+    async def fetch(self, client: httpx.AsyncClient, request: FetchRequest) -> FetchResult:
+        connection = request.connection
+        spec = self.spec(connection)
+        base_url = self.base_url(connection)
+        params: dict[str, Any] = dict(spec.params)
+        if spec.incremental is not None:
+            params[spec.incremental.param] = format_instant(
+                request.window_start, spec.incremental.format
+            )
+        page = spec.paginator.first(spec.endpoint, params) if spec.paginator else None
+        url, page_params = (page.url, page.params) if page else (spec.endpoint, params)
+        rows: list[dict] = []
+        seen_fields: set[str] = set()
+        newest: dt.datetime | None = None
+        seen_pages: set[str] = set()
+        requests = 0
+        started = time.perf_counter()
+        while True:
+            key = repr((url, sorted((page_params or {}).items())))
+            if key in seen_pages or requests >= MAX_PAGES:
+                raise SourceError(
+                    f"connection {connection.id}: {spec.endpoint} pagination does not advance; "
+                    "check the spec's paginator",
+                    connection_id=connection.id,
+                )
+            seen_pages.add(key)
+            body, response = await get_json(
+                client,
+                url,
+                connection_id=connection.id,
+                params=page_params,
+                auth=request.auth,
+            )
+            requests += 1
+            records = dig(body, spec.records_path)
+            if not isinstance(records, list):
+                raise SourceError(
+                    f"connection {connection.id}: {spec.endpoint} answered without a list at "
+                    f"spec.records_path {spec.records_path or '(the whole body)'!r}",
+                    connection_id=connection.id,
+                )
+            for record in records:
+                moment = _record_rows(
+                    spec, record, len(rows), request.window_start, rows, seen_fields, connection.id
+                )
+                if moment is not None and (newest is None or moment > newest):
+                    newest = moment
+            if page is None:
+                break
+            page = spec.paginator.next(page, body, response, len(records))
+            if page is None:
+                break
+            url = (
+                page.url
+                if page.params is not None
+                else same_origin_url(base_url, page.url, connection_id=connection.id)
+            )
+            page_params = page.params
+        _check_fields_seen(spec, rows, seen_fields, connection.id)
+        frame = pl.DataFrame(rows, schema=RAW_SCHEMA, orient="row")
+        next_cursor = newest.isoformat() if newest is not None else request.cursor
+        return FetchResult(
+            records=frame,
+            next_cursor=next_cursor,
+            requests=requests,
+            latency_s=time.perf_counter() - started,
+        )
+
+    def aggregate(self, records: pl.DataFrame) -> pl.DataFrame:
+        if records.height == 0:
+            return pl.DataFrame(schema=FACT_SCHEMA)
+        keys = ["metric", "dimension", "day"]
+        ordered = records.sort("at", "seq")
+        parts = []
+        for agg, expression in (
+            ("sum", pl.col("value").sum()),
+            ("count", pl.col("value").count().cast(pl.Float64)),
+            ("mean", pl.col("value").mean()),
+            ("last", pl.col("value").drop_nulls().last()),
+        ):
+            rows = ordered.filter(pl.col("agg") == agg)
+            if rows.height:
+                parts.append(
+                    rows.group_by(keys).agg(expression.alias("value")).select(*keys, "value")
+                )
+        facts = pl.concat(parts).with_columns(pl.col("value").cast(pl.Float64))
+        return facts.filter(pl.col("value").is_not_null()).sort(keys)
+
+
+def _record_rows(
+    spec: RestSpec,
+    record: Any,
+    seq: int,
+    window_start: dt.date,
+    rows: list[dict],
+    seen_fields: set[str],
+    connection_id: str,
+) -> dt.datetime | None:
+    """Append one record's metric rows; return its incremental instant (for the cursor)."""
+    mapping = spec.mapping
+    if not isinstance(record, Mapping):
+        raise SourceError(
+            f"connection {connection_id}: {spec.endpoint} listed a record that is not an object",
+            connection_id=connection_id,
+        )
+    raw_date = dig(record, mapping.date_field)
+    if raw_date is None:
+        raise SourceError(
+            f"connection {connection_id}: a record from {spec.endpoint} lacks the required "
+            f"field {mapping.date_field!r} (spec.mapping.date_field)",
+            connection_id=connection_id,
+        )
+    moment = parse_instant(raw_date, mapping.date_format)
+    if moment is None:
+        raise SourceError(
+            f"connection {connection_id}: a record's {mapping.date_field!r} is not a "
+            f"{mapping.date_format} value (spec.mapping.date_format)",
+            connection_id=connection_id,
+        )
+    cursor_instant = moment
+    if spec.incremental is not None:
+        raw_cursor = dig(record, spec.incremental.field)
+        cursor_instant = (
+            parse_instant(raw_cursor, spec.incremental.format) if raw_cursor is not None else None
+        )
+    # The server may ignore the incremental parameter; days before the window are
+    # not ours to rewrite.
+    if moment.date() < window_start:
+        return cursor_instant
+    dimension = ""
+    if mapping.dimension is not None:
+        value = dig(record, mapping.dimension)
+        dimension = "" if value is None or isinstance(value, (dict, list)) else str(value)
+    for metric in mapping.metrics:
+        value: float | None
+        if metric.field is None:
+            value = 1.0
+        else:
+            raw = dig(record, metric.field)
+            if raw is not None:
+                seen_fields.add(metric.field)
+            try:
+                value = _number(raw)
+            except ValueError:
+                raise SourceError(
+                    f"connection {connection_id}: a record's {metric.field!r} is not a number "
+                    f"(spec.mapping metric {metric.name!r})",
+                    connection_id=connection_id,
+                ) from None
+            if metric.agg == "count" and value is not None:
+                value = 1.0
+        rows.append(
+            {
+                "metric": metric.name,
+                "agg": metric.agg,
+                "dimension": dimension,
+                "day": moment.date(),
+                "at": moment.timestamp(),
+                "seq": seq,
+                "value": value,
+            }
+        )
+    return cursor_instant
+
+
+def _number(raw: Any) -> float | None:
+    """A metric value from a number or a numeric string; None for null or empty.
+
+    Raises ValueError for anything else, which is drift the spec does not cover.
+    """
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+        raise ValueError(raw)
+    number = float(raw)
+    if not math.isfinite(number):
+        raise ValueError(raw)
+    return number
+
+
+def _check_fields_seen(
+    spec: RestSpec, rows: list[dict], seen_fields: set[str], connection_id: str
+) -> None:
+    """A metric field that no record carries is drift (a renamed field), not zero."""
+    if not rows:
+        return
+    for metric in spec.mapping.metrics:
+        if metric.field is not None and metric.field not in seen_fields:
+            raise SourceError(
+                f"connection {connection_id}: no record from {spec.endpoint} has the field "
+                f"{metric.field!r} (metric {metric.name!r}); the API may have changed, "
+                "update the spec",
+                connection_id=connection_id,
+            )
