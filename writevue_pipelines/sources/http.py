@@ -43,7 +43,9 @@ import httpx
 from ..errors import SourceError
 
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
-DEFAULT_LIMITS = httpx.Limits(max_connections=50, max_keepalive_connections=20)
+# Keep every pooled connection alive: closing the ones above a smaller keep-alive
+# limit after each burst means a new TCP connection for most requests of a batch.
+DEFAULT_LIMITS = httpx.Limits(max_connections=50, max_keepalive_connections=50)
 #: requests in flight per provider when no client names a limit: as many as one client's
 #: connection pool, so the shared limit only tightens when a provider asks for it
 DEFAULT_MAX_IN_FLIGHT = DEFAULT_LIMITS.max_connections or 50

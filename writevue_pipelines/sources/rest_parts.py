@@ -125,6 +125,8 @@ def dig(document: Any, path: str | None) -> Any:
     """The value at a dotted path (``data.items``, ``results.0.id``); None when absent."""
     if not path:
         return document
+    if "." not in path and isinstance(document, dict):
+        return document.get(path)  # the common case, on every record of every page
     value = document
     for part in path.split("."):
         if isinstance(value, Mapping):
