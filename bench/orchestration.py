@@ -130,14 +130,13 @@ def main(argv: list[str] | None = None) -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="writevue-bench-orchestration-"))
     home = workdir / "home"
-    # The schedule fires at the first whole minute that leaves the daemon time to start.
-    tick = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=75)).replace(second=0, microsecond=0)
     env = {
         "WRITEVUE_HOME": str(home),
         "DAGSTER_HOME": str(home / "dagster"),
         "WRITEVUE_HISTORY_DAYS": str(args.history_days),
-        "WRITEVUE_REFRESH_CRON_STRIPE": f"{tick.minute} {tick.hour} * * *",
     }
+    # A kill of the bench still stops the daemon tree and the sandbox (see finally).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     os.environ.update(env)
     os.environ.pop("WRITEVUE_DATABASE_URL", None)
 
@@ -168,6 +167,9 @@ def main(argv: list[str] | None = None) -> None:
             "load_from:\n  - python_module:\n      module_name: writevue_pipelines.defs\n"
             f"      location_name: writevue\n      working_directory: {REPO}\n"
         )
+        # The schedule fires at the first whole minute that leaves the daemon time to start.
+        tick = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=75)).replace(second=0, microsecond=0)
+        env["WRITEVUE_REFRESH_CRON_STRIPE"] = f"{tick.minute} {tick.hour} * * *"
         log = (workdir / "daemon.log").open("w")
         with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
             instance.add_dynamic_partitions("stripe_connections", dagster_ids)

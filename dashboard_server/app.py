@@ -221,9 +221,15 @@ class Dashboard(pn.viewable.Viewer):
     gone = param.Boolean(default=False, doc="the link was revoked or expired while open")
 
     def __init__(
-        self, source: DashboardSource, *, today: Callable[[], dt.date] | None = None, **params
+        self,
+        source: DashboardSource,
+        *,
+        today: Callable[[], dt.date] | None = None,
+        on_interaction: Callable[[], None] | None = None,
+        **params,
     ):
         self._source = source
+        self._on_interaction = on_interaction
         self._today = today or (lambda: dt.datetime.now(dt.UTC).date())
         if params.get("custom") is None:
             period = Period.last(30, self._today())
@@ -264,6 +270,12 @@ class Dashboard(pn.viewable.Viewer):
             return
         self._custom_picker.visible = self.range == "custom"
         self._content.object = dashboard_html(self._source.load(self.period), tv=self.tv)
+
+    @param.depends("range", "custom", watch=True)
+    def _interacted(self) -> None:
+        """The client used a control: counted (anonymised) for the dashboard-use trends."""
+        if self._on_interaction is not None and not self.gone:
+            self._on_interaction()
 
     def tick(self) -> None:
         """Periodic: stop showing anything once the link is dead; in TV mode, reload."""

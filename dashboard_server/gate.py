@@ -7,13 +7,16 @@ all get the same 404 page from the same single query, and an address that keeps
 guessing gets 429. Only a live link falls through to Panel.
 
 Every response also gets the security headers, and the access log names the
-link's opaque id instead of the token and keeps only a truncated IP.
+link's opaque id instead of the token and keeps only a truncated IP. Page loads
+and CSV downloads of a live link also go to the anonymised JSON-lines access log
+(``access_log``) that the trends pipeline rolls up.
 """
 
 from __future__ import annotations
 
 import collections
 import datetime as dt
+import functools
 import logging
 import re
 import threading
@@ -29,6 +32,7 @@ from writevue_pipelines import links
 from writevue_pipelines.links import LinkInfo
 from writevue_pipelines.runtime import Runtime
 
+from .access_log import AccessLog, Visitor
 from .redaction import limiter_key, truncate_ip
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
@@ -265,8 +269,22 @@ def redacted_path(request: HTTPServerRequest) -> str:
     return GATE_PREFIX + (f"<link:{link_id}>" if link_id else "<invalid>") + (found.group(2) or "")
 
 
-def log_function(handler: RequestHandler) -> None:
-    """The access log line: no query string, the token replaced, the IP truncated."""
+def page_event(request: HTTPServerRequest, status: int) -> str | None:
+    """``view`` for a dashboard page load, ``export`` for its CSV download, else None."""
+    if status != 200 or request.method != "GET":
+        return None
+    link_id = getattr(request, "writevue_link_id", None)
+    found = _GATED_PATH.match(request.path)
+    if link_id is None or found is None or found.group(2):
+        return None
+    return "export" if request.query_arguments.get("format") == [b"csv"] else "view"
+
+
+def log_function(handler: RequestHandler, access_log: AccessLog | None = None) -> None:
+    """The access log line: no query string, the token replaced, the IP truncated.
+
+    With an ``access_log``, a page load or CSV download also becomes an access event.
+    """
     status = handler.get_status()
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
     request = handler.request
@@ -279,14 +297,19 @@ def log_function(handler: RequestHandler) -> None:
         truncate_ip(request.remote_ip or ""),
         1000.0 * request.request_time(),
     )
+    if access_log is not None and (event := page_event(request, status)):
+        visitor = Visitor.from_request(request.remote_ip, request.headers)
+        access_log.record(event, request.writevue_link_id, visitor)
 
 
 def tornado_settings(
-    frame_ancestors: str | None = None, extra_patterns: list | None = None
+    frame_ancestors: str | None = None,
+    extra_patterns: list | None = None,
+    access_log: AccessLog | None = None,
 ) -> dict:
     """Extra ``pn.serve`` keyword arguments; Bokeh passes them to ``tornado.web.Application``."""
     return {
-        "log_function": log_function,
+        "log_function": functools.partial(log_function, access_log=access_log),
         "transforms": [_security_transform(security_headers(frame_ancestors)), StaticGzip],
         "default_handler_class": RejectHandler,
         "extra_patterns": [(r"/robots\.txt", RobotsHandler), *(extra_patterns or [])],

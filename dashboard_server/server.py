@@ -9,6 +9,7 @@ import panel as pn
 
 from writevue_pipelines.runtime import Runtime
 
+from .access_log import AccessLog, Visitor
 from .app import GONE_HTML, Dashboard
 from .data import DashboardData, FactCache, Period, load_dashboard
 from .gate import (
@@ -45,7 +46,7 @@ def fact_cache() -> FactCache:
     return pn.state.cache.setdefault(CACHE_KEY, FactCache())
 
 
-def make_app(runtime: Runtime, resolve: LinkResolver):
+def make_app(runtime: Runtime, resolve: LinkResolver, access_log: AccessLog | None = None):
     refresh_s = runtime.settings.dashboard_refresh_s
 
     def dashboard():
@@ -65,9 +66,21 @@ def make_app(runtime: Runtime, resolve: LinkResolver):
             # link stops updating open sessions.
             return resolve(token) is not None
 
+        on_interaction = None
+        if access_log is not None:
+            # The page request that opened this session: its client, anonymised once.
+            request = document.session_context.request
+            visitor = Visitor.from_request(getattr(request, "remote_ip", None), request.headers)
+
+            def on_interaction() -> None:
+                access_log.record("interaction", link.id, visitor)
+
         tv = pn.state.session_args.get("tv", [b""])[0] in (b"1", b"true", b"yes")
         view = Dashboard(
-            TenantData(runtime, link.tenant_id, fact_cache(), alive), tv=tv, refresh_s=refresh_s
+            TenantData(runtime, link.tenant_id, fact_cache(), alive),
+            tv=tv,
+            refresh_s=refresh_s,
+            on_interaction=on_interaction,
         )
         view.start_periodic()
         return view
@@ -89,6 +102,7 @@ def build_server(
     pn.extension(design="native", notifications=False)
     limiter = limiter or FailureLimiter()
     resolve = LinkResolver(runtime)
+    access_log = AccessLog(runtime.settings.log_dir)
     public = urlsplit(runtime.settings.dashboard_base_url).netloc
     origins = sorted({f"{host}:{port}", f"localhost:{port}", f"127.0.0.1:{port}", public})
     pages = [
@@ -100,7 +114,7 @@ def build_server(
         (r"/oauth/callback", OAuthCallbackHandler, {"runtime": runtime}),
     ]
     server = pn.serve(
-        {"/d/{token}": make_app(runtime, resolve)},
+        {"/d/{token}": make_app(runtime, resolve, access_log)},
         port=port,
         address=host,
         show=False,
@@ -113,7 +127,9 @@ def build_server(
         static_dirs={"assets": str(ASSETS_DIR)},
         ico_path="none",  # no Panel icon at /favicon.ico; pages link /assets/favicon.svg
         **tornado_settings(
-            frame_ancestors or runtime.settings.dashboard_embed_origins, extra_patterns=pages
+            frame_ancestors or runtime.settings.dashboard_embed_origins,
+            extra_patterns=pages,
+            access_log=access_log,
         ),
     )
     install_gate(

@@ -26,6 +26,7 @@ from dagster import (
     materialize,
     serialize_value,
 )
+from sqlalchemy import delete
 
 from writevue_pipelines import registry
 from writevue_pipelines.defs import defs, sensors
@@ -37,6 +38,7 @@ from writevue_pipelines.defs.resources import WriteVueResource
 from writevue_pipelines.defs.schedules import REFRESH_SCHEDULES
 from writevue_pipelines.defs.sensors import CONNECTION_SENSORS, FAILING_SENSORS
 from writevue_pipelines.home import init_home
+from writevue_pipelines.models import Connection, Credential
 from writevue_pipelines.runtime import Runtime
 from writevue_pipelines.sandbox import SandboxServer
 from writevue_pipelines.settings import Settings
@@ -217,6 +219,20 @@ def test_one_poisoned_connection_fails_alone_and_is_retried_alone(
     assert poisoned in text
     for secret in (TENANT_NAME, TENANT_EMAIL, poison, poison[-12:], *good_keys):
         assert secret not in text
+
+
+def test_a_connection_deleted_since_the_tick_does_not_fail_its_batch(runtime, sandbox, instance):
+    ids = add_connections(runtime, sandbox.url, [new_key() for _ in range(3)])
+    instance.add_dynamic_partitions(STRIPE_PARTITIONS.name, ids)
+    (request,) = schedule_tick(instance)
+    with runtime.db.session() as session:
+        session.execute(delete(Credential).where(Credential.connection_id == ids[1]))
+        session.execute(delete(Connection).where(Connection.id == ids[1]))
+
+    result = run(instance, request)
+
+    assert result.success
+    assert instance.get_materialized_partitions(STRIPE.daily_metrics_key) == {ids[0], ids[2]}
 
 
 def tick_failing(instance: DagsterInstance, cursor: str | None = None):

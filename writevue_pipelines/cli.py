@@ -644,7 +644,7 @@ def cmd_keys(args) -> None:
                 "Rerun `writevue keys rotate` to continue.",
                 file=sys.stderr,
             )
-            raise SystemExit(130) from None
+            raise
         for line in report.lines():
             print(line)
         print("older keys can now be retired with `writevue keys retire VERSION`", file=sys.stderr)

@@ -232,3 +232,32 @@ class DeletionRequest(Base):
     verified: Mapped[bool | None] = mapped_column(nullable=True)
     #: the kind of failure (an exception type), never a message that could hold data
     error: Mapped[str | None] = mapped_column(String(200), nullable=True)
+
+
+class TrendView(Base):
+    """Dashboard views of one UTC day counted along one dimension, from the access logs.
+
+    Aggregate only: no IP, no link id, no tenant; nothing joins a row to a client or
+    to a visitor. ``dimension`` is browser, platform or referrer_domain.
+    """
+
+    __tablename__ = "trend_views"
+
+    day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    dimension: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[str] = mapped_column(String(255), primary_key=True)
+    views: Mapped[int] = mapped_column(Integer)
+
+
+class TrendInteraction(Base):
+    """One UTC day of dashboard use across all clients: views, interactions, exports."""
+
+    __tablename__ = "trend_interactions"
+
+    day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    views: Mapped[int] = mapped_column(Integer)
+    interactions: Mapped[int] = mapped_column(Integer)
+    exports: Mapped[int] = mapped_column(Integer)
+    interactions_per_view: Mapped[float] = mapped_column(Double)
+    #: when the day's logs were last rolled up; log retention compares it with the files
+    rolled_up_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)

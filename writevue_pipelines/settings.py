@@ -36,6 +36,12 @@ class Settings:
     freshness_hours: int = 36
     #: staged raw records older than this are swept away (a load deletes them at once)
     staging_max_age_hours: int = 24
+    #: raw dashboard access logs older than this many days go, once rolled up into trends
+    access_log_retention_days: int = 30
+    #: a referrer domain seen on fewer views than this in a day is counted as "(other)"
+    trend_min_referrer_views: int = 5
+    #: Dagster runs (and their event logs) older than this many days are deleted daily
+    run_retention_days: int = 30
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -65,6 +71,9 @@ class Settings:
             retry_attempts=_positive_int(env, "WRITEVUE_RETRY_ATTEMPTS", 5),
             freshness_hours=_positive_int(env, "WRITEVUE_FRESHNESS_HOURS", 36),
             staging_max_age_hours=_positive_int(env, "WRITEVUE_STAGING_MAX_AGE_HOURS", 24),
+            access_log_retention_days=_positive_int(env, "WRITEVUE_ACCESS_LOG_RETENTION_DAYS", 30),
+            trend_min_referrer_views=_positive_int(env, "WRITEVUE_TREND_MIN_REFERRER_VIEWS", 5),
+            run_retention_days=_positive_int(env, "WRITEVUE_RUN_RETENTION_DAYS", 30),
         )
 
     def cron_for(self, source: str) -> str:

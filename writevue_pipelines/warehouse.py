@@ -66,7 +66,8 @@ def upsert_facts(
     upsert run with ``executemany``. Either way the staged keys then find the stale rows
     in one ``DELETE``.
     """
-    facts = normalise_facts(facts)
+    # In the unique key's order: each index grows at its end instead of at random pages.
+    facts = normalise_facts(facts).sort("metric", "dimension", "day")
     now = utcnow()
     dialect = session.get_bind().dialect.name
     raw = session.connection().connection.driver_connection

@@ -127,13 +127,17 @@ def build_source_assets(source: Source, *, batch: int | None = None) -> SourceAs
         runtime = writevue.runtime
         connection_ids = list(context.partition_keys)
         before = checks.connection_states(runtime, connection_ids)
+        existing = [cid for cid in connection_ids if cid in before]
         # One call for every connection in the run: the fetch is async-batched.
         try:
-            fetched = asyncio.run(refresh.fetch_connections(runtime, connection_ids))
+            fetched = asyncio.run(refresh.fetch_connections(runtime, existing))
         except Exception as exc:
-            fetched = dict.fromkeys(connection_ids, exc)
+            fetched = dict.fromkeys(existing, exc)
         failures: dict[str, BaseException] = {}
         for connection_id in connection_ids:
+            if connection_id not in before:
+                context.log.warning(f"connection {connection_id} no longer exists; skipped")
+                continue
             summary = fetched[connection_id]
             if isinstance(summary, BaseException):
                 failures[connection_id] = summary

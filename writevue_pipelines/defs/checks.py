@@ -24,6 +24,7 @@ from dagster import (
 )
 
 from .. import refresh, registry, warehouse
+from ..errors import NotFound
 from ..models import utcnow
 from ..runtime import Runtime
 from ..sources import Source
@@ -79,12 +80,15 @@ def nonnegative_metrics(source: Source) -> list[str]:
 
 
 def connection_states(runtime: Runtime, connection_ids: list[str]) -> dict[str, ConnectionState]:
-    """Each connection's standing before a refresh, to report only what changed."""
+    """Each existing connection's standing before a refresh, to report only what changed."""
     fresh_after = utcnow() - dt.timedelta(hours=runtime.settings.freshness_hours)
     with runtime.db.session() as session:
         states = {}
         for connection_id in connection_ids:
-            info = registry.get_connection(session, connection_id)
+            try:
+                info = registry.get_connection(session, connection_id)
+            except NotFound:
+                continue  # deleted since its partition was added; the sensor removes it
             last = info.last_refreshed_at
             states[connection_id] = ConnectionState(
                 failing=info.status == "failing", fresh=last is not None and last >= fresh_after

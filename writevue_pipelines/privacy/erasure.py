@@ -35,11 +35,12 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from .. import registry
 from ..errors import NotFound, WriteVueError
-from ..models import Connection, DeletionRequest, Tenant, utcnow
+from ..models import Connection, DashboardLink, DeletionRequest, Tenant, utcnow
 from ..runtime import Runtime
 from ..vault import Binding, VaultError
 from . import verification
 from .scope import owned_tables, tenant_clause
+from .trends import forget_links
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,9 @@ class ErasureReport:
         return self.verification is not None and self.verification.ok
 
     def lines(self) -> list[str]:
-        rows = sum(v for k, v in self.removed.items() if k != "staging_files")
+        rows = sum(
+            v for k, v in self.removed.items() if k not in ("staging_files", "access_log_lines")
+        )
         lines = [f"erased tenant {self.tenant_id} (request {self.request_id})"]
         lines += [f"  {table}: {count} removed" for table, count in sorted(self.removed.items())]
         lines.append(f"  {rows} rows in all")
@@ -268,6 +271,9 @@ def _delete_rows(
             select(Connection.id, Connection.source).where(Connection.tenant_id == tenant_id)
         ).all()
         connection_ids = [c.id for c in connections]
+        link_ids = list(
+            session.scalars(select(DashboardLink.id).where(DashboardLink.tenant_id == tenant_id))
+        )
         removed: dict[str, int] = {}
         for table in owned_tables():
             clause = tenant_clause(table, tenant_id, connection_ids)
@@ -278,7 +284,7 @@ def _delete_rows(
                 removed[table.name] = count
         request.status, request.completed_at = "done", utcnow()
         request.removed, request.revocations = removed, revocations
-    return removed, [(c.id, c.source) for c in connections]
+    return removed, [(c.id, c.source) for c in connections], link_ids
 
 
 def _remove_staging(runtime: Runtime, connection_ids: list[str]) -> int:
@@ -325,7 +331,7 @@ def run_erasure(
     report.revocations = revoke_grants(runtime, marked.connections)
     for attempt in range(1, _DELETE_ATTEMPTS + 1):
         try:
-            removed, connections = _delete_rows(runtime, request_id, report.revocations)
+            removed, connections, link_ids = _delete_rows(runtime, request_id, report.revocations)
             break
         except (IntegrityError, DBAPIError) as exc:
             # A row added for the tenant meanwhile (a connection completing its OAuth
@@ -345,6 +351,7 @@ def run_erasure(
             keys.append(cid)
     report.removed = dict(removed)
     report.removed["staging_files"] = _remove_staging(runtime, connection_ids)
+    report.removed["access_log_lines"] = forget_links(runtime, link_ids)
 
     _drop_deleted_bytes(runtime, list(removed))
     result = verification.verify_erasure(runtime, tenant_id, connection_ids, secrets=marked.contact)

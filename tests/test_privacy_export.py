@@ -1,0 +1,123 @@
+"""It's your data: a client's export holds every aggregate, its connections and links, no secret."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import stat
+import zipfile
+
+import polars as pl
+import pytest
+from conftest import remember_secret
+from support import add_stripe_connection
+
+from writevue_pipelines import cli, links, refresh, registry
+from writevue_pipelines.errors import InvalidInput
+from writevue_pipelines.models import Credential, DashboardLink
+from writevue_pipelines.privacy import export_tenant, list_events
+from writevue_pipelines.privacy.export import tenant_aggregates
+
+KEY = "sk_test_export_key_0007"
+
+
+@pytest.fixture
+def client(runtime, sandbox):
+    tenant_id, connection_id = add_stripe_connection(
+        runtime, sandbox.url, remember_secret(KEY), name="Export Co", email="data@export.test"
+    )
+    refresh.fetch_connection(runtime, connection_id)
+    refresh.load_connection(runtime, connection_id)
+    with runtime.db.session() as session:
+        _, token = links.create_link(session, tenant_id, label="office TV")
+    return tenant_id, connection_id, token
+
+
+def test_export_round_trip_equals_the_warehouse(runtime, client, tmp_path):
+    tenant_id, connection_id, token = client
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    out = folder / "export.zip"
+    report = export_tenant(runtime, tenant_id, out)
+    assert report.path == out and report.facts > 0 and report.connections == 1
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert [p.name for p in folder.iterdir()] == ["export.zip"]  # no temp file left
+
+    warehouse = tenant_aggregates(runtime, tenant_id)
+    with zipfile.ZipFile(out) as archive:
+        names = set(archive.namelist())
+        assert names == {
+            "README.txt",
+            "client.json",
+            "connections.csv",
+            "links.csv",
+            "aggregates.csv",
+            "aggregates.parquet",
+        }
+        parquet = pl.read_parquet(io.BytesIO(archive.read("aggregates.parquet")))
+        from_csv = pl.read_csv(
+            io.BytesIO(archive.read("aggregates.csv")),
+            schema_overrides={"dimension": pl.String, "day": pl.Date},
+        ).with_columns(pl.col("dimension").fill_null(""))
+        client_json = json.loads(archive.read("client.json"))
+        connections = list(csv.DictReader(io.StringIO(archive.read("connections.csv").decode())))
+        link_rows = list(csv.DictReader(io.StringIO(archive.read("links.csv").decode())))
+        readme = archive.read("README.txt").decode()
+        everything = b"".join(archive.read(name) for name in names)
+
+    assert parquet.equals(warehouse)
+    assert from_csv.drop("updated_at").equals(warehouse.drop("updated_at"))
+    assert from_csv.height == report.facts
+    assert client_json == {
+        "id": tenant_id,
+        "name": "Export Co",
+        "email": "data@export.test",
+        "created_at": client_json["created_at"],
+    }
+    assert [(c["id"], c["source"], c["auth_kind"]) for c in connections] == [
+        (connection_id, "stripe", "api_key")
+    ]
+    assert [row["label"] for row in link_rows] == ["office TV"]
+    assert "aggregates.parquet" in readme and "never shown back" in readme
+    # No secret of any kind: not the API key, not the link's token, not its hash.
+    with runtime.db.session() as session:
+        (hashed,) = session.query(DashboardLink.token_sha256).all()[0]
+        (blob,) = session.query(Credential.ciphertext).first()
+    for secret in (KEY.encode(), token.encode(), hashed.encode(), blob):
+        assert secret not in everything
+
+
+def test_export_refuses_to_overwrite_and_bad_paths_leave_nothing(runtime, client, tmp_path):
+    tenant_id, _, _ = client
+    tmp_path = tmp_path / "exports"
+    tmp_path.mkdir()
+    out = tmp_path / "export.zip"
+    out.write_bytes(b"an earlier export")
+    with pytest.raises(InvalidInput, match="--force"):
+        export_tenant(runtime, tenant_id, out)
+    assert out.read_bytes() == b"an earlier export"
+    export_tenant(runtime, tenant_id, out, force=True)
+    assert zipfile.is_zipfile(out)
+    with pytest.raises(InvalidInput, match="does not exist"):
+        export_tenant(runtime, tenant_id, tmp_path / "missing" / "x.zip")
+    with pytest.raises(InvalidInput, match=r"\.zip"):
+        export_tenant(runtime, tenant_id, tmp_path / "x.txt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export.zip"]
+
+
+def test_cli_export_is_audited(runtime, client, tmp_path, capsys):
+    tenant_id, _, _ = client
+    out = tmp_path / "cli.zip"
+    assert cli.main(["tenant", "export", tenant_id, "--out", str(out), "--actor", "dana"]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    assert cli.main(["tenant", "export", tenant_id, "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    unknown = "00000000-0000-4000-8000-000000000000"
+    assert cli.main(["tenant", "export", unknown, "--out", str(tmp_path / "u.zip")]) == 2
+    assert "No tenant" in capsys.readouterr().err
+    assert not (tmp_path / "u.zip").exists()
+    events = [(e.actor, e.action, e.tenant_id) for e in list_events(runtime, tenant_id)]
+    assert events == [("dana", "tenant.export", tenant_id)]
+    with runtime.db.session() as session:
+        assert registry.get_tenant(session, runtime.keys, tenant_id).name == "Export Co"

@@ -1,0 +1,82 @@
+"""Aggregates only (staging leftovers are swept); staff access leaves an audit record."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+
+import pytest
+
+from writevue_pipelines import cli, registry
+from writevue_pipelines.privacy import list_events, operator_name, sweep_staging
+from writevue_pipelines.settings import ConfigError, Settings
+
+
+def _stage(folder, age_hours: float) -> None:
+    folder.mkdir(parents=True)
+    (folder / "records.parquet").write_bytes(b"raw records")
+    stamp = time.time() - age_hours * 3600
+    for path in (folder / "records.parquet", folder):
+        os.utime(path, (stamp, stamp))
+
+
+def _connection(runtime) -> str:
+    with runtime.db.session() as session:
+        tenant_id = registry.add_tenant(session, runtime.keys, "Sweep Co", "ops@sweep.test")
+        return registry.add_connection(
+            session, runtime.keys, tenant_id, "stripe", "api_key", {}, {"api_key": "sk_y"}
+        )
+
+
+def test_staging_leftovers_older_than_the_limit_are_swept(runtime):
+    staging = runtime.settings.staging_dir
+    fresh, stale = _connection(runtime), _connection(runtime)
+    erased = "00000000-0000-4000-8000-00000000dead"  # no such connection any more
+    _stage(staging / fresh, age_hours=1)
+    _stage(staging / stale, age_hours=30)
+    _stage(staging / erased, age_hours=0)
+    (staging / "stray.tmp").write_bytes(b"x")
+    os.utime(staging / "stray.tmp", (time.time() - 90_000, time.time() - 90_000))
+
+    report = sweep_staging(runtime)  # the default limit: 24 hours
+    assert sorted(p.name for p in staging.iterdir()) == [fresh]
+    assert (report.removed_entries, report.removed_files, report.kept_entries) == (3, 3, 1)
+    assert sweep_staging(runtime, max_age=dt.timedelta(0)).removed_entries == 1
+    assert list(staging.iterdir()) == []
+
+
+def test_the_staging_age_limit_is_a_setting():
+    assert Settings.from_env({"WRITEVUE_STAGING_MAX_AGE_HOURS": "6"}).staging_max_age_hours == 6
+    with pytest.raises(ConfigError, match="WRITEVUE_STAGING_MAX_AGE_HOURS"):
+        Settings.from_env({"WRITEVUE_STAGING_MAX_AGE_HOURS": "soon"})
+
+
+def test_reading_a_tenant_is_audited_and_listed(runtime, capsys):
+    with runtime.db.session() as session:
+        tenant_id = registry.add_tenant(session, runtime.keys, "Watched Co", "ops@watched.test")
+        other = registry.add_tenant(session, runtime.keys, "Other Co", "ops@other.test")
+    assert cli.main(["tenant", "show", tenant_id, "--actor", "erin"]) == 0
+    out = capsys.readouterr().out
+    assert "Watched Co" in out and "ops@watched.test" in out
+    assert cli.main(["tenant", "show", other, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["name"] == "Other Co"
+    assert cli.main(["refresh", "--tenant", tenant_id, "--actor", "erin"]) == 0
+    capsys.readouterr()
+    assert cli.main(["tenant", "show", tenant_id, "--actor", "bad\nname"]) == 2
+    assert "--actor" in capsys.readouterr().err
+
+    assert cli.main(["audit", "list", "--tenant", tenant_id, "--json"]) == 0
+    events = json.loads(capsys.readouterr().out)
+    assert [(e["actor"], e["action"], e["tenant_id"]) for e in events] == [
+        ("erin", "tenant.show", tenant_id),
+        ("erin", "tenant.refresh", tenant_id),
+    ]
+    assert all(set(e) == {"at", "actor", "action", "tenant_id", "details"} for e in events)
+    assert cli.main(["audit", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and operator_name() in lines[1] and other in lines[1]
+    assert len(list_events(runtime)) == 3
+    assert cli.main(["audit", "list", "--tenant", "nope"]) == 2
+    assert "not a valid id" in capsys.readouterr().err
