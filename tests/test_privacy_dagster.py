@@ -37,8 +37,9 @@ from writevue_pipelines.defs.privacy import (
 from writevue_pipelines.defs.resources import WriteVueResource
 from writevue_pipelines.errors import NotFound
 from writevue_pipelines.models import TrendInteraction
-from writevue_pipelines.privacy import pending_requests, request_erasure
+from writevue_pipelines.privacy import pending_requests, request_erasure, verification
 from writevue_pipelines.privacy.trends import access_log_file, pending_days
+from writevue_pipelines.privacy.verification import VerificationReport
 
 RESOURCES = {"writevue": WriteVueResource()}
 STRIPE = CONNECTION_PARTITIONS["stripe"].name
@@ -235,3 +236,23 @@ def test_the_trends_asset_rolls_up_pending_days_and_expires_old_logs(runtime, in
     again = materialize([access_log_trends], instance=instance, resources=RESOURCES)
     (event,) = again.asset_materializations_for_node("access_log_trends")
     assert event.metadata["days_rolled_up"].value == 0
+
+
+def test_a_failed_verification_fails_the_erasure_run(runtime, sandbox, instance, monkeypatch):
+    tenant, connection_id = add_stripe_connection(runtime, sandbox.url, "sk_test_cccccccccccc")
+    instance.add_dynamic_partitions(STRIPE, [connection_id])
+    request_id = request_erasure(runtime, tenant, "ops")
+
+    def nothing_erased(runtime, tenant_id, connection_ids, secrets=()):
+        return VerificationReport(rows={"facts": 1}, tables_scanned=1)
+
+    monkeypatch.setattr(verification, "verify_erasure", nothing_erased)
+    (request,) = tick(instance).run_requests
+    run = defs.resolve_job_def("erasure").execute_in_process(
+        run_config=request.run_config, tags=request.tags, instance=instance, raise_on_error=False
+    )
+    assert not run.success
+    (failure,) = [e for e in run.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
+    assert "verification found its data left" in failure.step_failure_data.error.message
+    assert failure.step_failure_data.user_failure_data.metadata["verified"].value is False
+    assert request_id in run_log_text(instance, run.run_id)

@@ -95,7 +95,7 @@ class ErasureReport:
         )
         keys = sum(len(v) for v in self.partitions.values())
         if keys:
-            lines.append(f"  Dagster partitions to remove: {keys} (the partitions sensor does)")
+            lines.append(f"  Dagster partitions of its connections: {keys}")
         if self.verification is not None:
             lines += self.verification.lines()
         return lines
