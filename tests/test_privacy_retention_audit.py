@@ -80,3 +80,26 @@ def test_reading_a_tenant_is_audited_and_listed(runtime, capsys):
     assert len(list_events(runtime)) == 3
     assert cli.main(["audit", "list", "--tenant", "nope"]) == 2
     assert "not a valid id" in capsys.readouterr().err
+
+
+def test_testing_a_connection_is_audited_and_keeps_nothing(runtime, sandbox, capsys):
+    from support import add_stripe_connection
+
+    from writevue_pipelines import warehouse
+
+    tenant_id, connection_id = add_stripe_connection(runtime, sandbox.url, "sk_test_probe_check")
+    assert cli.main(["connection", "test", connection_id, "--actor", "sam"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ok: stripe connection") and "nothing was kept" in out
+    assert sandbox.counters["stripe.balance_transactions"] >= 1
+    with runtime.db.session() as session:
+        assert warehouse.connection_fact_count(session, connection_id) == 0
+        assert registry.get_cursor(session, connection_id, "balance_transactions") is None
+    assert not (runtime.settings.staging_dir / connection_id).exists()
+    events = list_events(runtime, tenant_id)
+    assert [(e.actor, e.action) for e in events] == [("sam", "connection.test")]
+
+    _, broken = add_stripe_connection(runtime, sandbox.url, "bad_key_zz", tenant_id=tenant_id)
+    assert cli.main(["connection", "test", broken]) == 2
+    err = capsys.readouterr().err
+    assert "refused the credentials" in err and "bad_key_zz" not in err

@@ -128,6 +128,13 @@ def _parser() -> argparse.ArgumentParser:
         help="finish an OAuth2 authorisation: the callback URL comes on stdin; "
         "prints the connection id last",
     )
+    ctest = connection.add_parser(
+        "test",
+        help="read a connection's last day from its source to prove it works; keeps nothing "
+        "(audited)",
+    )
+    ctest.add_argument("connection_id")
+    ctest.add_argument("--actor", help="who is running this, for the staff audit")
     clist = connection.add_parser("list", help="list connections")
     clist.add_argument("--tenant")
     clist.add_argument("--json", action="store_true")
@@ -378,6 +385,26 @@ def cmd_connection(args) -> None:
 
         state, code = parse_callback(_read_stdin("callback URL"))
         print(complete_authorization(runtime, state, code))
+    elif args.connection_command == "test":
+        from .privacy import operator_name, record_access
+        from .refresh import check_connection
+
+        with runtime.db.session() as session:
+            connection = registry.get_connection(session, args.connection_id)
+        # Reading a tenant's source is reading its data: audited before it happens.
+        record_access(
+            runtime,
+            operator_name(args.actor),
+            "connection.test",
+            connection.tenant_id,
+            connection_id=connection.id,
+        )
+        result = check_connection(runtime, connection.id)
+        print(
+            f"ok: {connection.source} connection {connection.id} answered "
+            f"{result.requests} request(s) with {result.records} record(s) "
+            f"in {result.latency_s:.2f} s; nothing was kept"
+        )
     elif args.connection_command == "list":
         with runtime.db.session() as session:
             tenant_id = registry.require_tenant(session, args.tenant) if args.tenant else None
