@@ -8,7 +8,6 @@ through for exactly ``/v1beta/properties/{property_id}:runReport`` on the API ho
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 import time
 from typing import Any
@@ -21,7 +20,7 @@ from ..errors import InvalidInput, SourceError
 from ..registry import ConnectionInfo
 from .auth import OAuthSpec
 from .base import FetchRequest, FetchResult, Source
-from .http import MAX_RESPONSE_BYTES, AllowedWrite, WriteRefused
+from .http import AllowedWrite, request_json
 
 _PROPERTY_ID = re.compile(r"[0-9]{1,20}")
 #: our metric name -> the GA4 API names that carry it (GA4 renamed conversions in 2024)
@@ -233,61 +232,23 @@ async def _post_report(
     *,
     connection: ConnectionInfo,
     auth: httpx.Auth,
-    max_bytes: int = MAX_RESPONSE_BYTES,
 ) -> Any:
-    """POST one runReport query; any failure is a ``SourceError`` safe to log.
-
-    Like ``http.get_json``, but it reads Google's error JSON to tell a missing
-    permission from an exhausted quota.
-    """
-    connection_id = connection.id
+    """POST one runReport query; Google's error JSON tells a missing permission from an
+    exhausted quota."""
     endpoint = f"GA4 {path}"
-    try:
-        async with client.stream("POST", path, json=query, auth=auth) as response:
-            body = bytearray()
-            async for chunk in response.aiter_bytes():
-                body.extend(chunk)
-                if len(body) > max_bytes:
-                    raise SourceError(
-                        f"connection {connection_id}: {endpoint} sent more than {max_bytes} bytes",
-                        connection_id=connection_id,
-                        status=response.status_code,
-                    )
-    except WriteRefused:
-        raise
-    except SourceError as exc:
-        if exc.connection_id is None:
-            raise SourceError(
-                f"connection {connection_id}: {endpoint}: {exc}",
-                connection_id=connection_id,
-                status=exc.status,
-            ) from None
-        raise
-    except httpx.TimeoutException:
-        raise SourceError(
-            f"connection {connection_id}: {endpoint} timed out after retries",
-            connection_id=connection_id,
-        ) from None
-    except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, UnicodeError) as exc:
-        raise SourceError(
-            f"connection {connection_id}: {endpoint} could not be reached ({type(exc).__name__})",
-            connection_id=connection_id,
-        ) from None
-    status = response.status_code
-    try:
-        document = json.loads(bytes(body))
-    except (ValueError, UnicodeDecodeError):
-        document = None
-    if status >= 400:
-        raise _google_error(connection, endpoint, status, document)
-    if document is None:
-        raise SourceError(
-            f"connection {connection_id}: {endpoint} answered HTTP {status} with a body that "
-            "is not JSON",
-            connection_id=connection_id,
-            status=status,
-        )
-    return document
+    body, _ = await request_json(
+        client,
+        "POST",
+        path,
+        connection_id=connection.id,
+        json_body=query,
+        auth=auth,
+        endpoint=endpoint,
+        error_for_status=lambda status, document: _google_error(
+            connection, endpoint, status, document
+        ),
+    )
+    return body
 
 
 def _google_error(

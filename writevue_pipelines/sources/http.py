@@ -507,10 +507,50 @@ async def get_json(
     max_bytes: int = MAX_RESPONSE_BYTES,
 ) -> tuple[Any, httpx.Response]:
     """GET a JSON document; any failure is a ``SourceError`` safe to log."""
-    endpoint = endpoint_of(path)
+    return await request_json(
+        client,
+        "GET",
+        path,
+        connection_id=connection_id,
+        params=params,
+        headers=headers,
+        auth=auth,
+        max_bytes=max_bytes,
+    )
+
+
+ErrorForStatus = Callable[[int, Any], "SourceError | None"]
+
+
+async def request_json(
+    client: httpx.AsyncClient,
+    method: str,
+    path: str,
+    *,
+    connection_id: str,
+    params: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+    auth: httpx.Auth | None = None,
+    json_body: Any = None,
+    max_bytes: int = MAX_RESPONSE_BYTES,
+    endpoint: str | None = None,
+    error_for_status: ErrorForStatus | None = None,
+) -> tuple[Any, httpx.Response]:
+    """One request answered with JSON; any failure is a ``SourceError`` safe to log.
+
+    A method other than GET must be allow-listed in the client (the read-only guard
+    refuses it otherwise). ``error_for_status(status, document)`` lets a connector turn
+    a provider's error document into its own sentence for statuses of 400 and above.
+    """
+    endpoint = endpoint or endpoint_of(path)
     try:
         async with client.stream(
-            "GET", path, params=params, headers=headers, auth=auth or httpx.USE_CLIENT_DEFAULT
+            method,
+            path,
+            params=params,
+            headers=headers,
+            json=json_body,
+            auth=auth or httpx.USE_CLIENT_DEFAULT,
         ) as response:
             declared = response.headers.get("Content-Length")
             if declared and declared.isdigit() and int(declared) > max_bytes:
@@ -559,6 +599,14 @@ async def get_json(
             connection_id=connection_id,
         ) from None
     status = response.status_code
+    if status >= 400 and error_for_status is not None:
+        try:
+            document = json.loads(bytes(body))
+        except (ValueError, UnicodeDecodeError):
+            document = None
+        custom = error_for_status(status, document)
+        if custom is not None:
+            raise custom
     spent = response.headers.get("x-ratelimit-remaining", "").strip() == "0"
     if status == 429 or (status == 403 and spent):
         raise SourceError(
