@@ -295,6 +295,18 @@ def test_an_oauth_grant_reads_github(runtime, sandbox, monkeypatch):
         }
     assert stored == expected_facts("octo-user", OWNER, start, int(time.time()))
 
+    # Erasure ends the grant at GitHub (DELETE /applications/{client_id}/grant).
+    from writevue_pipelines.sandbox.oauth import account_for_access_token
+
+    with runtime.db.session() as session:
+        secrets = registry.get_secrets(
+            session, runtime.keys, registry.get_connection(session, connection_id)
+        )
+    assert account_for_access_token(sandbox.app.settings, secrets["access_token"]) == "octo-user"
+    assert oauth.revoke_grant(runtime, connection_id) is True
+    assert sandbox.counters["oauth.revocations"] == 1
+    assert account_for_access_token(sandbox.app.settings, secrets["access_token"]) is None
+
 
 def test_a_next_link_to_another_host_is_not_followed(sandbox):
     from writevue_pipelines.sandbox.base import SandboxHandler

@@ -35,7 +35,7 @@ import secrets
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 import httpx
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
@@ -126,12 +126,14 @@ class Endpoints:
     revoke: str | None
     scopes: tuple[str, ...]
     extra_authorize_params: dict[str, str]
+    revoke_style: str = "rfc7009"
 
     def allowed_writes(self) -> list[AllowedWrite]:
         """The only requests that may change anything at the provider: these POSTs."""
-        return [
-            AllowedWrite("POST", *_host_and_path(url)) for url in (self.token, self.revoke) if url
-        ]
+        urls = [self.token]
+        if self.revoke and self.revoke_style == "rfc7009":
+            urls.append(self.revoke)
+        return [AllowedWrite("POST", *_host_and_path(url)) for url in urls if url]
 
 
 def _host_and_path(url: str) -> tuple[str, str]:
@@ -169,6 +171,7 @@ def _endpoints(source_name: str, options: dict[str, Any]) -> Endpoints:
         revoke=_resolve(spec, options, spec.revoke_path),
         scopes=tuple(spec.scopes),
         extra_authorize_params=dict(spec.extra_authorize_params),
+        revoke_style=spec.revoke_style,
     )
 
 
@@ -647,6 +650,10 @@ def revoke_grant(runtime: Runtime, connection_id: str) -> bool:
     if not endpoints.revoke:
         return False
     tokens = Tokens.from_secrets(stored)
+    if endpoints.revoke_style == "github_grant":
+        if not tokens.access_token:
+            return False
+        return _run(_revoke_github_grant(runtime, endpoints, tokens.access_token, connection_id))
     token, hint = (
         (tokens.refresh_token, "refresh_token")
         if tokens.refresh_token
@@ -655,6 +662,44 @@ def revoke_grant(runtime: Runtime, connection_id: str) -> bool:
     if not token:
         return False
     return _run(_revoke(runtime, endpoints, token, hint, connection_id))
+
+
+async def _revoke_github_grant(
+    runtime: Runtime, endpoints: Endpoints, access_token: str, connection_id: str
+) -> bool:
+    """GitHub ends a grant with ``DELETE /applications/{client_id}/grant``: answered 204."""
+    creds = client_credentials(endpoints.source, endpoints.token)
+    url = endpoints.revoke.replace("{client_id}", quote(creds.client_id, safe=""))
+    parts = urlsplit(url)
+    host, path = _host_and_path(url)
+    async with open_client(
+        base_url=f"{parts.scheme}://{parts.netloc}",
+        allow=[AllowedWrite("DELETE", host, path)],
+        timeout=httpx.Timeout(runtime.settings.http_timeout_s, connect=10.0),
+        provider=f"oauth:{parts.netloc}",
+        headers={"Accept": "application/vnd.github+json"},
+    ) as client:
+        try:
+            response = await client.request(
+                "DELETE",
+                path,
+                json={"access_token": access_token},
+                auth=httpx.BasicAuth(creds.client_id, creds.client_secret),
+            )
+        except httpx.HTTPError as exc:
+            raise SourceError(
+                f"connection {connection_id}: the revocation endpoint {host}/applications/…/"
+                f"grant could not be reached ({type(exc).__name__})",
+                connection_id=connection_id,
+            ) from None
+    if response.status_code != 204:
+        raise SourceError(
+            f"connection {connection_id}: the revocation endpoint {host}/applications/…/grant "
+            f"answered HTTP {response.status_code}",
+            connection_id=connection_id,
+            status=response.status_code,
+        )
+    return True
 
 
 async def _revoke(

@@ -23,6 +23,7 @@ many requests were being answered at once.
 from __future__ import annotations
 
 import email.utils
+import json
 import math
 import re
 import time
@@ -321,12 +322,38 @@ class RefuseWrites(GitHubHandler):
 _NAME = r"([A-Za-z0-9_.-]+)"
 
 
+if oauth is not None:
+
+    class GrantHandler(oauth._ClientAuthenticated):
+        """GitHub's ``DELETE /applications/{client_id}/grant``: ends an OAuth grant."""
+
+        def delete(self, client_id: str) -> None:
+            self.count("github.grant_delete")
+            if self.authenticated_client() != client_id:
+                self.write_json(401, {"message": "Requires authentication"})
+                return
+            try:
+                token = json.loads(self.request.body or b"{}").get("access_token", "")
+            except (ValueError, AttributeError):
+                token = ""
+            store = oauth._store(self.application.settings)
+            entry = store.access.get(token) if isinstance(token, str) else None
+            if entry is None:
+                self.write_json(404, {"message": "Not Found"})
+                return
+            if oauth.revoke_grant(self.application.settings, entry[0]):
+                self.count("oauth.revocations")
+            self.set_status(204)
+            self.finish()
+
+
 def routes() -> list:
     # GitHub's own OAuth paths, served by the sandbox authorisation server.
     login = (
         [
             (r"/login/oauth/authorize", oauth.AuthorizeHandler),
             (r"/login/oauth/access_token", oauth.TokenHandler),
+            (r"/applications/([A-Za-z0-9_.-]+)/grant", GrantHandler),
         ]
         if oauth is not None
         else []

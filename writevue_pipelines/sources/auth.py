@@ -37,6 +37,10 @@ class OAuthSpec:
     revoke_path: str | None = None
     scopes: tuple[str, ...] = ()
     extra_authorize_params: dict[str, str] = field(default_factory=dict)
+    #: "rfc7009": POST the token to ``revoke_path``. "github_grant": GitHub's
+    #: ``DELETE /applications/{client_id}/grant`` with the client's basic auth and the
+    #: access token in a JSON body, which ends the whole grant.
+    revoke_style: str = "rfc7009"
 
 
 class ApiKeyAuth(httpx.Auth):

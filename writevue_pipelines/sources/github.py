@@ -106,6 +106,8 @@ class GitHubSource(Source):
         base_url="https://github.com",
         authorize_path="/login/oauth/authorize",
         token_path="/login/oauth/access_token",  # noqa: S106 - a path, not a secret
+        revoke_path="https://api.github.com/applications/{client_id}/grant",
+        revoke_style="github_grant",
         scopes=("read:org",),
     )
 
