@@ -111,7 +111,9 @@ def chart_svg(metric: str, series: pl.DataFrame, period: Period) -> str:
         for d in dimensions
     }
     days = [period.start + dt.timedelta(days=i) for i in range(period.days)]
-    low = min(0.0, min((v for m in by_day.values() for v in m.values()), default=0.0))
+    smallest = min((v for m in by_day.values() for v in m.values()), default=0.0)
+    # Round both ends outwards, so the axis reads 0, 2.5k, 5k rather than the raw extremes.
+    low = -_nice_max(-smallest) if smallest < 0 else 0.0
     high = _nice_max(max((v for m in by_day.values() for v in m.values()), default=0.0))
     scale = plot_h / (high - low) if high > low else 1.0
 
@@ -126,8 +128,8 @@ def chart_svg(metric: str, series: pl.DataFrame, period: Period) -> str:
         f'aria-label="{html.escape(metric_label(metric))}, daily" '
         f'data-metric="{html.escape(metric)}" data-days="{period.days}">'
     ]
-    for fraction in (0, 0.5, 1):
-        value = low + (high - low) * fraction
+    # Gridlines at the bottom, zero (or the middle) and the top.
+    for value in (low, 0.0 if low < 0 else high / 2, high):
         parts.append(
             f'<line class="wv-grid" x1="{left}" x2="{width - right}" y1="{y(value):.1f}" '
             f'y2="{y(value):.1f}"/><text class="wv-axis" x="{left - 6}" y="{y(value) + 4:.1f}" '
