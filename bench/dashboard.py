@@ -364,12 +364,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="browser loads per page")
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--no-browser", action="store_true")
+    parser.add_argument(
+        "--rss-only",
+        action="store_true",
+        help="only the dashboard server's RSS growth (no query, throughput or browser runs)",
+    )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=40.0,
+        help="seconds to wait before each RSS reading (at least Bokeh's 15 s + 17 s cleanup)",
+    )
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
         serve(args.serve, args.port)
         return 0
+    if args.rss_only:
+        return rss_only(args)
 
     from writevue_pipelines import links
     from writevue_pipelines.home import init_home
@@ -414,17 +427,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append((f"{kind}: views/s at 20 viewers", f"{twenty:.1f}"))
                 rows.append((f"{kind}: view p95 at 20 viewers", f"{p95_20 * 1000:.0f} ms"))
                 if kind == "dashboard":
-                    time.sleep(40)  # let the sessions above expire before the baseline
-                    before = rss_mb(process.pid)
-                    asyncio.run(_sessions(urls, args.sessions))
-                    time.sleep(40)  # Bokeh drops closed sessions after ~15 s, checked every 17 s
-                    growth = rss_mb(process.pid) - before
-                    rows.append(
-                        (
-                            f"dashboard: RSS growth after {args.sessions} sessions",
-                            f"{growth:.1f} MB",
-                        )
-                    )
+                    growth = rss_growth(process.pid, urls, args.sessions, rows, args.settle)
                     if not args.no_browser:
                         bare_process, bare_base = start_server("bare", env)
                         try:
@@ -465,6 +468,67 @@ def main(argv: list[str] | None = None) -> int:
         f"view_p95_ms_at_20={d['p95_20'] * 1000:.0f} render_ratio_cold={cold:.2f} "
         f"render_ratio_warm={warm:.2f} rss_growth_mb={growth:.1f}"
     )
+    return 0
+
+
+# Bokeh discards a session whose websocket closed once it has been unused for
+# unused_session_lifetime (15 s), checked every check_unused_sessions (17 s): a closed
+# session is gone at most 32 s later. Both RSS readings wait longer than that.
+SESSION_CLEANUP_WAIT_S = 40
+
+
+def rss_growth(
+    pid: int, urls: list[str], sessions: int, rows: list, settle: float = SESSION_CLEANUP_WAIT_S
+) -> float:
+    """RSS after ``sessions`` sessions opened and closed, less RSS before, both settled."""
+    time.sleep(settle)  # earlier sessions gone before the baseline
+    before = rss_mb(pid)
+    started = time.perf_counter()
+    asyncio.run(_sessions(urls, sessions))
+    opened = time.perf_counter() - started
+    time.sleep(settle)
+    growth = rss_mb(pid) - before
+    rows.append(
+        (
+            f"dashboard: RSS growth after {sessions} sessions",
+            f"{growth:.1f} MB  ({before:.0f} MB before; sessions opened in {opened:.0f} s, "
+            f"read {settle:.0f} s after the last closed, past Bokeh's "
+            "15 s + 17 s cleanup)",
+        )
+    )
+    return growth
+
+
+def rss_only(args) -> int:
+    """The RSS measurement alone, against a small warehouse."""
+    from writevue_pipelines import links
+    from writevue_pipelines.home import init_home
+    from writevue_pipelines.runtime import Runtime
+    from writevue_pipelines.settings import Settings
+
+    rows: list[tuple[str, str]] = []
+    today = dt.datetime.now(dt.UTC).date()
+    with tempfile.TemporaryDirectory(prefix="writevue-bench-") as scratch:
+        home = Path(scratch) / "home"
+        env = {"WRITEVUE_HOME": str(home), "WRITEVUE_DATABASE_URL": ""}
+        settings = Settings.from_env(env)
+        init_home(settings)
+        runtime = Runtime(settings)
+        tenants = make_tenants(runtime, args.tenants)
+        fill_sqlite(home / "warehouse.db", tenants, today)
+        with runtime.db.session() as session:
+            tokens = [links.create_link(session, t)[1] for t, _ in tenants[:50]]
+        runtime.close()
+        process, base = start_server("dashboard", env)
+        try:
+            urls = [f"{base}/d/{token}" for token in tokens]
+            asyncio.run(throughput(urls, 1, 2.0))  # warm up: every tenant's page once or more
+            growth = rss_growth(process.pid, urls, args.sessions, rows, args.settle)
+        finally:
+            stop_server(process)
+    for name, value in rows:
+        print(f"  {name}  {value}")
+    print(f"rss_growth_mb={growth:.1f}")
     return 0
 
 

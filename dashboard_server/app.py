@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import weakref
 from collections.abc import Callable
 from typing import Protocol
 from urllib.parse import urlencode
@@ -292,8 +293,22 @@ class Dashboard(pn.viewable.Viewer):
             self._render()
 
     def start_periodic(self) -> None:
-        """Called by the server inside the new session; Bokeh drops it with the session."""
-        self._callback = pn.state.add_periodic_callback(self.tick, period=self.refresh_s * 1000)
+        """Called by the server inside the new session; Bokeh drops it with the session.
+
+        The callback holds the view only weakly: once a session is destroyed, Bokeh's
+        periodic keeps its callback until the pending sleep ends (up to ``refresh_s``),
+        and a strong reference would keep the whole view (its HTML, widgets, source)
+        alive that long after the session is gone. While the session lives, its
+        widgets hold the view.
+        """
+        view = weakref.ref(self)
+
+        def tick() -> None:
+            live = view()
+            if live is not None:
+                live.tick()
+
+        self._callback = pn.state.add_periodic_callback(tick, period=self.refresh_s * 1000)
 
     def __panel__(self) -> pn.viewable.Viewable:
         return self._layout

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 from urllib.parse import urlsplit
 
@@ -26,6 +28,44 @@ from .redaction import install_log_scrubber
 THEME = "/assets/theme.css"
 FAVICON = "/assets/favicon.svg"
 CACHE_KEY = "writevue.facts"
+TRIM_DELAY_S = 2.0
+
+
+def _load_malloc_trim():
+    """glibc's ``malloc_trim``, or None (musl, macOS): hands freed heap pages back to the OS."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+_malloc_trim = _load_malloc_trim()
+_trim_pending = False
+
+
+def release_memory(session_context) -> None:
+    """After a session is destroyed: once its objects are gone, return the freed heap to the OS.
+
+    A session's page, HTML and Bokeh messages are large strings that glibc serves from
+    its heap; freed, they stay in the process (RSS) as fragmented free chunks, so a busy
+    server's RSS only ever climbs. One ``malloc_trim`` a little after a burst of session
+    ends (coalesced: at most one pending) gives those pages back; it takes milliseconds.
+    """
+    global _trim_pending
+    if _malloc_trim is None or _trim_pending:
+        return
+    from tornado.ioloop import IOLoop
+
+    def trim() -> None:
+        global _trim_pending
+        _trim_pending = False
+        _malloc_trim(0)
+
+    _trim_pending = True
+    IOLoop.current().call_later(TRIM_DELAY_S, trim)
 
 
 class TenantData:
@@ -101,6 +141,8 @@ def build_server(
     pn.config.css_files = [THEME]
     pn.extension(design="native", notifications=False)
     limiter = limiter or FailureLimiter()
+    if release_memory not in getattr(pn.state, "_on_session_destroyed", ()):
+        pn.state.on_session_destroyed(release_memory)  # outside a session: for every session
     resolve = LinkResolver(runtime)
     access_log = AccessLog(runtime.settings.log_dir)
     public = urlsplit(runtime.settings.dashboard_base_url).netloc
