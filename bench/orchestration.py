@@ -27,36 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
+from bench.sandbox_process import start_sandbox
 
 REPO = Path(__file__).resolve().parents[1]
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_sandbox() -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    code = (
-        "from writevue_pipelines.sandbox.server import serve_forever;"
-        f"serve_forever('127.0.0.1', {port})"
-    )
-    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            if httpx.get(f"{url}/_sandbox/health", timeout=1).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    process.kill()
-    raise SystemExit("the sandbox did not start")
 
 
 def tree_rss_mb(root: int) -> float:

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import httpx
 
+from bench.sandbox_process import start_sandbox
+
 LATENCY_S = 0.05
 PAGES = 10
 PER_PAGE = 100
@@ -70,32 +72,6 @@ agg = "sum"
 name = "events"
 agg = "count"
 """
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_sandbox(records: int) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    code = (
-        "from writevue_pipelines.sandbox.server import serve_forever;"
-        f"serve_forever('127.0.0.1', {port}, latency_s={LATENCY_S}, bench_records={records})"
-    )
-    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            if httpx.get(f"{url}/_sandbox/health", timeout=1).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    process.kill()
-    raise SystemExit("the sandbox did not start")
 
 
 def keys(n: int) -> list[str]:
@@ -273,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     n = args.connections
-    sandbox, base_url = start_sandbox(PAGES * PER_PAGE)
+    sandbox, base_url = start_sandbox(latency_s=LATENCY_S, bench_records=PAGES * PER_PAGE)
     try:
         with tempfile.TemporaryDirectory(prefix="writevue-bench-") as workdir:
             ours = run_writevue(base_url, n, workdir, max(1, args.processes))

@@ -1,9 +1,17 @@
-"""Helpers the tests share: a tenant with a Stripe connection on the sandbox."""
+"""Helpers the tests share: tenants with connections on the sandbox, a dashboard server,
+and a test OAuth2 source served by the sandbox's authorisation server."""
 
 from __future__ import annotations
 
+import datetime as dt
+
+import httpx
+import polars as pl
+
 from writevue_pipelines import registry
 from writevue_pipelines.runtime import Runtime
+from writevue_pipelines.sources.auth import OAuthSpec
+from writevue_pipelines.sources.base import FetchRequest, FetchResult, Source
 
 
 def add_stripe_connection(
@@ -38,8 +46,6 @@ def add_tenant_with_facts(
 
     ``facts`` is a polars frame in the warehouse's long format; no source is called.
     """
-    import datetime as dt
-
     from writevue_pipelines import warehouse
 
     with runtime.db.session() as session:
@@ -67,8 +73,6 @@ def start_dashboard_server(home, log_path, **env: str):
     import subprocess
     import sys
     import time
-
-    import httpx
 
     from writevue_pipelines.demo import free_port
 
@@ -100,3 +104,32 @@ def start_dashboard_server(home, log_path, **env: str):
     process.kill()
     process.wait(10)
     raise AssertionError(open(log_path).read())
+
+
+class SandboxOAuthSource(Source):
+    """A test connector whose OAuth2 endpoints (with RFC 7009 revocation) are the sandbox's.
+
+    Its fetch reads nothing; subclasses name themselves and read what their test needs.
+    """
+
+    name = "sandbox_oauth_probe"
+    title = "OAuth probe"
+    description = "Test connector for the OAuth2 flow against the sandbox."
+    auth_kinds = ("oauth2",)
+    default_base_url = "https://probe.example.invalid"
+    oauth = OAuthSpec(
+        base_url="https://auth.example.invalid",
+        authorize_path="/oauth/authorize",
+        token_path="/oauth/token",
+        revoke_path="/oauth/revoke",
+        scopes=("read:probe",),
+    )
+    metrics = {"seen": "Seen"}
+
+    async def fetch(self, client: httpx.AsyncClient, request: FetchRequest) -> FetchResult:
+        return FetchResult(pl.DataFrame({"n": [1]}), None, 0, 0.0)
+
+    def aggregate(self, records: pl.DataFrame) -> pl.DataFrame:
+        return pl.DataFrame(
+            {"metric": ["seen"], "dimension": [""], "day": [dt.date.today()], "value": [1.0]}
+        )

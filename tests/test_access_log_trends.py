@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import remember_secret
+from conftest import CHROMIUM_ARGS, remember_secret
 from sqlalchemy import MetaData, inspect, select
 from support import add_stripe_connection, start_dashboard_server
 
@@ -49,14 +49,6 @@ from writevue_pipelines.privacy.trends import (
 from writevue_pipelines.runtime import Runtime
 from writevue_pipelines.settings import Settings
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 CLIENT_IP, CLIENT_NETWORK = "127.0.0.1", "127.0.0.0"
 FIELDS = ["time", "link", "ip", "browser", "platform", "referrer", "event"]
 INBOUND_REFERER = "https://news.example.com/a/private/path?who=someone"

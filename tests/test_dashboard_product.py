@@ -18,10 +18,10 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import polars as pl
 import pytest
-from conftest import remember_secret
+from conftest import CHROMIUM_ARGS, remember_secret
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import add_tenant_with_facts, start_dashboard_server
+from support import SandboxOAuthSource, add_tenant_with_facts, start_dashboard_server
 
 from dashboard_server.app import chart_svg, dashboard_html
 from dashboard_server.data import FactCache, Period, dashboard_csv, load_dashboard
@@ -33,19 +33,9 @@ from writevue_pipelines.models import ConnectInvite, Connection, DashboardLink
 from writevue_pipelines.runtime import Runtime
 from writevue_pipelines.settings import Settings
 from writevue_pipelines.sources import SOURCES
-from writevue_pipelines.sources.auth import OAuthSpec
-from writevue_pipelines.sources.base import Source
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 TODAY = dt.datetime.now(dt.UTC).date()
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 
 
 def daily_facts(days: int, charges: float, gross: float) -> pl.DataFrame:
@@ -322,28 +312,8 @@ def test_the_connect_page_sends_the_client_to_the_provider_and_back(world, sandb
         assert unknown.status_code == 400 and "start again" in unknown.text.lower()
 
 
-class InviteProbe(Source):
-    """An OAuth2 source whose endpoints the sandbox serves, for the whole round trip."""
-
+class InviteProbe(SandboxOAuthSource):
     name = "invite_probe"
-    title = "Invite probe"
-    description = "Test connector for invites."
-    auth_kinds = ("oauth2",)
-    default_base_url = "https://probe.example.invalid"
-    oauth = OAuthSpec(
-        base_url="https://auth.example.invalid",
-        authorize_path="/oauth/authorize",
-        token_path="/oauth/token",
-        revoke_path="/oauth/revoke",
-        scopes=("read:probe",),
-    )
-    metrics = {"seen": "Seen"}
-
-    async def fetch(self, client, request):  # pragma: no cover - never fetched here
-        raise NotImplementedError
-
-    def aggregate(self, records):  # pragma: no cover
-        raise NotImplementedError
 
 
 def test_completing_the_providers_round_trip_spends_the_invite(world, sandbox, monkeypatch):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import CHROMIUM_ARGS
 from support import add_stripe_connection
 
 from dashboard_server.data import headline_texts, load_dashboard
@@ -175,14 +176,7 @@ def test_the_dashboard_renders_in_chromium_from_its_own_origin_only(served, chro
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=chromium_path,
-            args=[
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--no-first-run",
-            ],
+            args=CHROMIUM_ARGS,
         )
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})

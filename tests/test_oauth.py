@@ -27,6 +27,7 @@ import polars as pl
 import pytest
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from conftest import remember_secret
+from support import SandboxOAuthSource
 
 from writevue_pipelines import cli, refresh, registry
 from writevue_pipelines.errors import InvalidInput, SourceError
@@ -49,40 +50,23 @@ from writevue_pipelines.sandbox.base import SandboxHandler
 from writevue_pipelines.sandbox.oauth import account_for_access_token
 from writevue_pipelines.sources import SOURCES
 from writevue_pipelines.sources.auth import OAuthSpec
-from writevue_pipelines.sources.base import FetchRequest, FetchResult, Source
+from writevue_pipelines.sources.base import FetchRequest, FetchResult
 from writevue_pipelines.sources.http import WriteRefused, get_json, open_client
 from writevue_pipelines.vault import Binding
 
 CALLBACK = "https://connect.writevue.test/oauth/callback"
 
 
-class ProbeSource(Source):
+class ProbeSource(SandboxOAuthSource):
     """Reads one thing: which sandbox account the connection's access token belongs to."""
 
     name = "oauth_probe"
-    title = "OAuth probe"
-    description = "Test connector for the OAuth2 flow."
-    auth_kinds = ("oauth2",)
-    default_base_url = "https://probe.example.invalid"
-    oauth = OAuthSpec(
-        base_url="https://auth.example.invalid",
-        authorize_path="/oauth/authorize",
-        token_path="/oauth/token",
-        revoke_path="/oauth/revoke",
-        scopes=("read:probe",),
-    )
-    metrics = {"seen": "Seen"}
 
     async def fetch(self, client: httpx.AsyncClient, request: FetchRequest) -> FetchResult:
         body, _ = await get_json(
             client, "/_probe/whoami", connection_id=request.connection.id, auth=request.auth
         )
         return FetchResult(pl.DataFrame({"account": [body["account"]]}), None, 1, 0.0)
-
-    def aggregate(self, records: pl.DataFrame) -> pl.DataFrame:
-        return pl.DataFrame(
-            {"metric": ["seen"], "dimension": [""], "day": [dt.date.today()], "value": [1.0]}
-        )
 
 
 class WhoAmI(SandboxHandler):

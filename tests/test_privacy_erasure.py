@@ -19,7 +19,7 @@ import polars as pl
 import pytest
 from conftest import remember_secret
 from sqlalchemy import Column, ForeignKey, MetaData, String, Table, func, select, text, update
-from support import add_stripe_connection
+from support import SandboxOAuthSource, add_stripe_connection
 
 from writevue_pipelines import cli, invites, links, refresh, registry, warehouse
 from writevue_pipelines.models import Connection, DeletionRequest, Fact, metadata
@@ -35,37 +35,13 @@ from writevue_pipelines.privacy import (
 from writevue_pipelines.privacy.erasure import mark_erasing
 from writevue_pipelines.privacy.scope import tenant_clause
 from writevue_pipelines.sources import SOURCES
-from writevue_pipelines.sources.auth import OAuthSpec
-from writevue_pipelines.sources.base import FetchRequest, FetchResult, Source
 
 CALLBACK = "https://connect.writevue.test/oauth/callback"
 NAME, EMAIL = "Erasable Widgets GmbH", "privacy-officer@erasable.test"
 
 
-class GrantSource(Source):
-    """A test connector whose OAuth2 endpoints (with RFC 7009 revocation) are the sandbox's."""
-
+class GrantSource(SandboxOAuthSource):
     name = "grant_probe"
-    title = "Grant probe"
-    description = "Test connector for revocation on erasure."
-    auth_kinds = ("oauth2",)
-    default_base_url = "https://probe.example.invalid"
-    oauth = OAuthSpec(
-        base_url="https://auth.example.invalid",
-        authorize_path="/oauth/authorize",
-        token_path="/oauth/token",
-        revoke_path="/oauth/revoke",
-        scopes=("read:probe",),
-    )
-    metrics = {"seen": "Seen"}
-
-    async def fetch(self, client: httpx.AsyncClient, request: FetchRequest) -> FetchResult:
-        return FetchResult(pl.DataFrame({"n": [1]}), None, 0, 0.0)
-
-    def aggregate(self, records: pl.DataFrame) -> pl.DataFrame:
-        return pl.DataFrame(
-            {"metric": ["seen"], "dimension": [""], "day": [dt.date.today()], "value": [1.0]}
-        )
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ operator when inviting; the client only picks a source and authorises it.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from . import registry
 from .errors import InvalidInput
+from .links import hash_token
 from .models import ConnectInvite, utcnow
 from .runtime import Runtime
 from .sources import SOURCES, get_source
@@ -42,10 +42,6 @@ class InviteInfo:
     created_at: dt.datetime
     expires_at: dt.datetime
     spent_at: dt.datetime | None
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _info(row: ConnectInvite) -> InviteInfo:

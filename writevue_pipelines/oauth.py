@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
 import ipaddress
 import json
 import logging
@@ -43,6 +42,7 @@ from sqlalchemy import delete, select
 
 from . import registry
 from .errors import InvalidInput, NotFound, SourceError
+from .links import hash_token
 from .models import Connection, Credential, OAuthState, utcnow
 from .registry import ConnectionInfo
 from .runtime import Runtime
@@ -240,7 +240,8 @@ def _validate_options(source: Source, options: dict[str, str]) -> dict[str, str]
 
 
 def _state_hash(state: str) -> str:
-    return hashlib.sha256(state.encode()).hexdigest()
+    # Stored like a link token: only the hash, so the database never holds a live state.
+    return hash_token(state)
 
 
 def _verifier_binding(tenant_id: str, state_hash: str) -> Binding:

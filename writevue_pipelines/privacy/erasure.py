@@ -114,17 +114,21 @@ def request_erasure(runtime: Runtime, tenant_id: str, actor: str) -> str:
         existing = _open_request(session, tenant_id)
         if existing is not None:
             return existing.id
-        request = DeletionRequest(
-            id=str(uuid.uuid4()),
-            tenant_id=tenant_id,
-            requested_by=actor,
-            requested_at=utcnow(),
-            status="pending",
-            removed={},
-            revocations={},
-        )
-        session.add(request)
-        return request.id
+        return _new_request(session, tenant_id, actor).id
+
+
+def _new_request(session, tenant_id: str, actor: str) -> DeletionRequest:
+    request = DeletionRequest(
+        id=str(uuid.uuid4()),
+        tenant_id=tenant_id,
+        requested_by=actor,
+        requested_at=utcnow(),
+        status="pending",
+        removed={},
+        revocations={},
+    )
+    session.add(request)
+    return request
 
 
 def pending_requests(runtime: Runtime) -> list[PendingRequest]:
@@ -183,17 +187,7 @@ def _resolve(runtime: Runtime, request_or_tenant_id: str, actor: str) -> Deletio
             return request
         if session.get(Tenant, ident) is None:
             raise _not_found(session, ident)
-        request = DeletionRequest(
-            id=str(uuid.uuid4()),
-            tenant_id=ident,
-            requested_by=actor,
-            requested_at=utcnow(),
-            status="pending",
-            removed={},
-            revocations={},
-        )
-        session.add(request)
-        return request
+        return _new_request(session, ident, actor)
 
 
 # -- the erasure ----------------------------------------------------------------------------
