@@ -21,7 +21,7 @@ def start_sandbox(**app_settings: float | int) -> tuple[subprocess.Popen, str]:
     )
     process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
+    for _ in range(1200):  # up to a minute: it may prepare benchmark data first
         try:
             if httpx.get(f"{url}/_sandbox/health", timeout=1).status_code == 200:
                 return process, url

@@ -6,7 +6,6 @@ All connections of the matrix refresh together in one batch, as a scheduled run 
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 
 import httpx
@@ -87,15 +86,17 @@ def test_every_fault_ends_in_retried_success_or_a_clean_failure_of_one_connectio
         if plan == "revoked":
             _expire_access_token(runtime, connection)  # an hour later: time to refresh
 
-    results = asyncio.run(refresh.fetch_connections(runtime, list(expected)))
+    # The batch path: fetched concurrently, each loaded as soon as it is staged.
+    outcomes = refresh.refresh_connections(runtime, list(expected))
 
     for connection_id, (plan, succeeds) in expected.items():
-        result = results[connection_id]
+        outcome = outcomes[connection_id]
         if succeeds:
-            assert not isinstance(result, BaseException), (plan, result)
-            load = refresh.load_connection(runtime, connection_id)
-            assert load.facts > 0, plan
+            assert outcome.error is None, (plan, outcome.error)
+            assert outcome.loaded.facts > 0, plan
             continue
+        result = outcome.error
+        assert outcome.fetched is None and outcome.loaded is None, plan
         assert isinstance(result, SourceError), (plan, result)
         message = str(result)
         assert connection_id in message, plan
@@ -113,4 +114,35 @@ def test_every_fault_ends_in_retried_success_or_a_clean_failure_of_one_connectio
     with runtime.db.session() as session:
         facts = warehouse.tenant_facts(session, tenant, dt.date(2000, 1, 1), dt.date(2100, 1, 1))
     assert facts.height > 0
+    runtime.close()
+
+
+def test_a_load_that_fails_in_a_batch_leaves_the_others_loaded(home, faulty_sandbox):
+    """A connection whose fetch succeeds but whose load is refused (it is being erased)
+    fails alone: its staged records go, nothing of it is written, the others load."""
+    from writevue_pipelines.home import init_home
+    from writevue_pipelines.models import Connection
+    from writevue_pipelines.runtime import Runtime
+    from writevue_pipelines.settings import Settings
+
+    init_home(Settings.from_env())
+    runtime = Runtime(Settings.from_env())
+    tenant, kept = add_stripe_connection(runtime, faulty_sandbox.url, "sk_test_batch_kept")
+    _, erasing = add_stripe_connection(
+        runtime, faulty_sandbox.url, "sk_test_batch_erasing", tenant_id=tenant
+    )
+    with runtime.db.session() as session:
+        session.get(Connection, erasing).status = registry.ERASING
+
+    outcomes = refresh.refresh_connections(runtime, [erasing, kept])
+
+    assert list(outcomes) == [erasing, kept]
+    assert outcomes[kept].error is None and outcomes[kept].loaded.facts > 0
+    failed = outcomes[erasing]
+    assert failed.fetched is not None and failed.fetched.records > 0  # the fetch worked
+    assert isinstance(failed.error, registry.ConnectionErased) and failed.loaded is None
+    assert not (runtime.settings.staging_dir / erasing).exists()
+    with runtime.db.session() as session:
+        assert warehouse.connection_fact_count(session, erasing) == 0
+        assert warehouse.connection_fact_count(session, kept) == outcomes[kept].loaded.facts
     runtime.close()

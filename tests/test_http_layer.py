@@ -265,6 +265,22 @@ def test_a_response_over_the_size_cap_is_refused(sandbox):
         run(go())
 
 
+def test_a_cookie_one_answer_sets_never_travels_with_a_later_request(sandbox):
+    # A client is shared by many tenants' connections: a provider's cookie kept from
+    # one tenant's answer would go out with the next tenant's request.
+    async def go():
+        async with _client(sandbox.url) as client:
+            first, response = await _get(client, _token(), "/_sandbox/cookies")
+            second, _ = await _get(client, _token(), "/_sandbox/cookies")
+            return first, second, response, len(client.cookies)
+
+    first, second, response, kept = run(go())
+    assert "sandbox_session" in response.headers["Set-Cookie"]  # the provider did set one
+    assert first == {"received": None}
+    assert second == {"received": None}
+    assert kept == 0
+
+
 # -- per-provider concurrency and rate limits ------------------------------------------------------
 
 

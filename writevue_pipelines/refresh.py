@@ -14,6 +14,8 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -78,12 +80,16 @@ def safe_error(exc: BaseException) -> str:
 
 
 async def fetch_connections(
-    runtime: Runtime, connection_ids: list[str]
+    runtime: Runtime,
+    connection_ids: list[str],
+    *,
+    on_staged: Callable[[FetchSummary], None] | None = None,
 ) -> dict[str, FetchSummary | BaseException]:
     """Fetch several connections concurrently, one HTTP client per source and base URL.
 
     A failure is returned for its connection instead of raised, so one connection
-    never stops the others.
+    never stops the others. ``on_staged`` is called (in the event loop) as soon as a
+    connection's records are staged, while the others are still being fetched.
     """
     with runtime.db.session() as session:
         work = []
@@ -104,9 +110,12 @@ async def fetch_connections(
                 source = get_source(connection.source)
                 request = _fetch_request(runtime, connection, secrets, start, cursor)
                 result = await source.fetch(clients.client_for(connection, index), request)
-                results[connection.id] = _stage(runtime, connection, start, result)
+                results[connection.id] = summary = _stage(runtime, connection, start, result)
             except Exception as exc:
                 results[connection.id] = exc
+                return
+            if on_staged is not None:
+                on_staged(summary)
 
         await asyncio.gather(*(one(index, *item) for index, item in enumerate(work)))
     return results
@@ -211,7 +220,9 @@ def _stage(runtime: Runtime, connection: ConnectionInfo, start: dt.date, result)
     result.records.write_parquet(records_tmp)
     os.replace(records_tmp, folder / "records.parquet")
     manifest_tmp = folder / "manifest.json.tmp"
-    manifest_tmp.write_text(json.dumps(asdict(summary) | {"staged_at": time.time()}))
+    manifest_tmp.write_text(
+        json.dumps(asdict(summary) | {"source": connection.source, "staged_at": time.time()})
+    )
     os.replace(manifest_tmp, folder / "manifest.json")
     return summary
 
@@ -222,6 +233,62 @@ def fetch_connection(runtime: Runtime, connection_id: str) -> FetchSummary:
     if isinstance(result, BaseException):
         raise result
     return result
+
+
+@dataclass(frozen=True)
+class RefreshOutcome:
+    """One connection's refresh: what was fetched and loaded, or the error that stopped it.
+
+    ``fetched`` without ``loaded`` means the fetch succeeded and the load failed.
+    """
+
+    connection_id: str
+    fetched: FetchSummary | None = None
+    loaded: LoadSummary | None = None
+    error: BaseException | None = None
+
+
+def refresh_connections(runtime: Runtime, connection_ids: list[str]) -> dict[str, RefreshOutcome]:
+    """Fetch and load several connections, each loaded as soon as its fetch is staged.
+
+    The loads run one at a time on a thread of their own, overlapping the fetches that
+    are still waiting on the network, so a batch costs about its fetch time rather than
+    fetch plus load, and a load waiting for the database's write lock (another batch
+    is writing) never stalls the fetches. A failure is returned for its connection.
+    """
+    return asyncio.run(_refresh_connections(runtime, connection_ids))
+
+
+async def _refresh_connections(
+    runtime: Runtime, connection_ids: list[str]
+) -> dict[str, RefreshOutcome]:
+    loop = asyncio.get_running_loop()
+    loads: dict[str, asyncio.Future] = {}
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="writevue-load") as loader:
+
+        def load_when_staged(summary: FetchSummary) -> None:
+            loads[summary.connection_id] = loop.run_in_executor(
+                loader, load_connection, runtime, summary.connection_id
+            )
+
+        try:
+            fetched = await fetch_connections(runtime, connection_ids, on_staged=load_when_staged)
+        finally:
+            # Every started load finishes (or fails) before the batch is over.
+            settled = await asyncio.gather(*loads.values(), return_exceptions=True)
+    loaded = dict(zip(loads, settled, strict=True))
+    outcomes = {}
+    for connection_id in connection_ids:
+        summary = fetched[connection_id]
+        if isinstance(summary, BaseException):
+            outcomes[connection_id] = RefreshOutcome(connection_id, error=summary)
+            continue
+        result = loaded[connection_id]
+        if isinstance(result, BaseException):
+            outcomes[connection_id] = RefreshOutcome(connection_id, fetched=summary, error=result)
+        else:
+            outcomes[connection_id] = RefreshOutcome(connection_id, fetched=summary, loaded=result)
+    return outcomes
 
 
 def load_connection(runtime: Runtime, connection_id: str) -> LoadSummary:
@@ -235,13 +302,18 @@ def load_connection(runtime: Runtime, connection_id: str) -> LoadSummary:
         )
     manifest = json.loads(manifest_path.read_text())
     records = pl.read_parquet(folder / "records.parquet")
+    source_name = manifest.get("source")
+    if source_name is None:  # staged by a version that did not record it
+        with runtime.db.session() as session:
+            source_name = registry.get_connection(session, connection_id).source
+    source = get_source(source_name)
+    # Aggregated before the write lock is taken: other loads may write meanwhile.
+    facts = source.aggregate(records)
     # The connection is locked against a concurrent erasure: one erased since its fetch
     # gets nothing written back, and its staged records go.
     try:
         with runtime.db.locked_session() as session:
             connection = registry.writable_connection(session, connection_id)
-            source = get_source(connection.source)
-            facts = source.aggregate(records)
             summary = warehouse.upsert_facts(
                 session,
                 connection,

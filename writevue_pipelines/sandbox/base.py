@@ -25,8 +25,11 @@ class SandboxHandler(tornado.web.RequestHandler):
         self.counters[name] += 1
 
     def write_json(self, status: int, body) -> None:
+        self.write_encoded(status, json.dumps(body))
+
+    def write_encoded(self, status: int, data: str) -> None:
+        """Answer with a JSON text already encoded (body faults still apply)."""
         self.set_status(status)
-        data = json.dumps(body)
         if status < 400 and self._body_fault == "malformed":
             data = "{this is not json"
         elif status < 400 and self._body_fault == "truncated":

@@ -20,14 +20,35 @@ class HealthHandler(SandboxHandler):
         self.write_json(200, {"ok": True, "counters": dict(self.counters)})
 
 
+class CookiesHandler(SandboxHandler):
+    """Sets a session cookie on every answer and says which cookie the request carried.
+
+    Real providers' edges set cookies on API responses; clients must not replay them.
+    """
+
+    def get(self) -> None:
+        received = self.request.headers.get("Cookie")
+        self.set_header("Set-Cookie", "sandbox_session=s3ss10n; Path=/; HttpOnly")
+        self.write_json(200, {"received": received})
+
+
 def make_app(
-    *, latency_s: float = 0.0, hang_s: float = 5.0, faults: str = "", bench_records: int = 1000
+    *,
+    latency_s: float = 0.0,
+    hang_s: float = 5.0,
+    faults: str = "",
+    bench_records: int = 1000,
+    bench_accounts: int = 0,
 ) -> tornado.web.Application:
     """The sandbox: every provider's routes, shared counters and fault knobs.
 
     ``latency_s`` delays every answer; ``faults`` is a default fault plan for every
-    request (see ``faults``); ``hang_s`` is how long a ``timeout`` fault hangs.
+    request (see ``faults``); ``hang_s`` is how long a ``timeout`` fault hangs;
+    ``bench_accounts`` benchmark accounts of ``bench_records`` events are generated
+    before the first request.
     """
+    if bench_accounts:
+        bench.prepare_accounts(bench_accounts, bench_records)
     return tornado.web.Application(
         [
             *stripe.routes(),
@@ -37,6 +58,7 @@ def make_app(
             *github.routes(),
             *bench.routes(),
             (r"/_sandbox/health", HealthHandler),
+            (r"/_sandbox/cookies", CookiesHandler),
         ],
         default_handler_class=NotFoundHandler,
         counters=Counter(),

@@ -28,9 +28,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import email.utils
+import functools
 import hashlib
+import http.cookiejar
 import json
 import random
+import ssl
 import threading
 import time
 import weakref
@@ -444,6 +447,32 @@ async def _peek(request: httpx.Request, response: httpx.Response) -> tuple[httpx
 # -- the client ------------------------------------------------------------------------------
 
 
+@functools.cache
+def shared_ssl_context() -> ssl.SSLContext:
+    """One verifying TLS context for every client of the process (httpx's defaults).
+
+    Loading the CA bundle costs ~17 ms of CPU, and a batch opens dozens of clients.
+    """
+    return httpx.create_ssl_context()
+
+
+class _NoCookies(http.cookiejar.CookieJar):
+    """A cookie jar that keeps nothing.
+
+    A client is shared by many tenants' connections: a cookie one provider account set
+    must never travel with another tenant's request, and sources need no cookies.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+
+    def extract_cookies(self, response, request) -> None:
+        return None
+
+    def set_cookie(self, cookie) -> None:
+        return None
+
+
 def open_client(
     *,
     base_url: str,
@@ -472,7 +501,7 @@ def open_client(
             raise ValueError("max_in_flight must be at least 1")
         # The last client to name a provider's limit sets it for every client of it.
         _configured_limits[provider] = max_in_flight
-    inner = httpx.AsyncHTTPTransport(limits=limits, retries=0)
+    inner = httpx.AsyncHTTPTransport(limits=limits, retries=0, verify=shared_ssl_context())
     gate = ProviderTransport(
         inner,
         provider=provider,
@@ -488,6 +517,7 @@ def open_client(
         transport=transport,
         timeout=timeout,
         follow_redirects=False,
+        cookies=_NoCookies(),
     )
 
 

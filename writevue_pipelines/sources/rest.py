@@ -103,15 +103,43 @@ class RestSpec:
 # -- reading and validating a spec ---------------------------------------------------
 
 
+#: validated specs by (path, mtime_ns, size, inode): a refresh reads each connection's
+#: spec several times, and a batch often shares one spec file
+_spec_cache: dict[tuple, RestSpec] = {}
+_SPEC_CACHE_SIZE = 256
+
+
 def load_spec(path: str | Path) -> RestSpec:
-    """Read a TOML (or YAML, when PyYAML is installed) spec file and validate all of it."""
+    """Read a TOML (or YAML, when PyYAML is installed) spec file and validate all of it.
+
+    A file already validated and unchanged since (same path, size, inode and mtime) is
+    not parsed again; an edited file is.
+    """
     path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError:
+        stat = None
+    if stat is not None:
+        identity = (str(path), stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        cached = _spec_cache.get(identity)
+        if cached is not None:
+            return cached
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise SpecError(
             f"spec: cannot read {path} ({exc.strerror or type(exc).__name__})"
         ) from None
+    spec = _parse_file(path, raw)
+    if stat is not None:
+        if len(_spec_cache) >= _SPEC_CACHE_SIZE:
+            _spec_cache.clear()
+        _spec_cache[identity] = spec
+    return spec
+
+
+def _parse_file(path: Path, raw: bytes) -> RestSpec:
     if path.suffix.lower() in (".yaml", ".yml"):
         try:
             import yaml
@@ -379,8 +407,7 @@ class RestSource(Source):
             )
         page = spec.paginator.first(spec.endpoint, params) if spec.paginator else None
         url, page_params = (page.url, page.params) if page else (spec.endpoint, params)
-        rows: list[dict] = []
-        seen_fields: set[str] = set()
+        columns = _Columns(spec, request.window_start, connection.id)
         newest: dt.datetime | None = None
         seen_pages: set[str] = set()
         requests = 0
@@ -409,12 +436,9 @@ class RestSource(Source):
                     f"spec.records_path {spec.records_path or '(the whole body)'!r}",
                     connection_id=connection.id,
                 )
-            for record in records:
-                moment = _record_rows(
-                    spec, record, len(rows), request.window_start, rows, seen_fields, connection.id
-                )
-                if moment is not None and (newest is None or moment > newest):
-                    newest = moment
+            page_newest = columns.add_page(records)
+            if page_newest is not None and (newest is None or page_newest > newest):
+                newest = page_newest
             if page is None:
                 break
             page = spec.paginator.next(page, body, response, len(records))
@@ -426,8 +450,7 @@ class RestSource(Source):
                 else same_origin_url(base_url, page.url, connection_id=connection.id)
             )
             page_params = page.params
-        _check_fields_seen(spec, rows, seen_fields, connection.id)
-        frame = pl.DataFrame(rows, schema=RAW_SCHEMA, orient="row")
+        frame = columns.frame()
         next_cursor = newest.isoformat() if newest is not None else request.cursor
         return FetchResult(
             records=frame,
@@ -457,80 +480,144 @@ class RestSource(Source):
         return facts.filter(pl.col("value").is_not_null()).sort(keys)
 
 
-def _record_rows(
-    spec: RestSpec,
-    record: Any,
-    seq: int,
-    window_start: dt.date,
-    rows: list[dict],
-    seen_fields: set[str],
-    connection_id: str,
-) -> dt.datetime | None:
-    """Append one record's metric rows; return its incremental instant (for the cursor)."""
-    mapping = spec.mapping
-    if not isinstance(record, Mapping):
-        raise SourceError(
-            f"connection {connection_id}: {spec.endpoint} listed a record that is not an object",
-            connection_id=connection_id,
+class _Columns:
+    """The records of one fetch, kept as columns: one entry per record in the window.
+
+    Each record is checked as it arrives (a missing date or a value that is not a number
+    is a ``SourceError`` naming the field); ``frame`` then unfolds the columns into the
+    minimised long rows (one per record and metric, ``RAW_SCHEMA``) in one polars step.
+    """
+
+    def __init__(self, spec: RestSpec, window_start: dt.date, connection_id: str):
+        self.spec = spec
+        self.connection_id = connection_id
+        self.window_start_ts = dt.datetime.combine(window_start, dt.time(), dt.UTC).timestamp()
+        self.seq = 0
+        self.at: list[float] = []
+        self.seqs: list[int] = []
+        self.dimension: list[str] = []
+        self.values: list[list[float | None]] = [[] for _ in spec.mapping.metrics]
+        self.seen_fields: set[str] = set()
+
+    def add_page(self, records: list) -> dt.datetime | None:
+        """Take one page's records; return the newest incremental instant among them."""
+        newest = None
+        for record in records:
+            moment = self.add(record)
+            if moment is not None and (newest is None or moment > newest):
+                newest = moment
+        return newest
+
+    def error(self, message: str) -> SourceError:
+        return SourceError(
+            f"connection {self.connection_id}: {message}", connection_id=self.connection_id
         )
-    raw_date = dig(record, mapping.date_field)
-    if raw_date is None:
-        raise SourceError(
-            f"connection {connection_id}: a record from {spec.endpoint} lacks the required "
-            f"field {mapping.date_field!r} (spec.mapping.date_field)",
-            connection_id=connection_id,
-        )
-    moment = parse_instant(raw_date, mapping.date_format)
-    if moment is None:
-        raise SourceError(
-            f"connection {connection_id}: a record's {mapping.date_field!r} is not a "
-            f"{mapping.date_format} value (spec.mapping.date_format)",
-            connection_id=connection_id,
-        )
-    cursor_instant = moment
-    if spec.incremental is not None:
-        raw_cursor = dig(record, spec.incremental.field)
-        cursor_instant = (
-            parse_instant(raw_cursor, spec.incremental.format) if raw_cursor is not None else None
-        )
-    # The server may ignore the incremental parameter; days before the window are
-    # not ours to rewrite.
-    if moment.date() < window_start:
-        return cursor_instant
-    dimension = ""
-    if mapping.dimension is not None:
-        value = dig(record, mapping.dimension)
-        dimension = "" if value is None or isinstance(value, (dict, list)) else str(value)
-    for metric in mapping.metrics:
-        value: float | None
-        if metric.field is None:
-            value = 1.0
-        else:
+
+    def add(self, record: Any) -> dt.datetime | None:
+        """Take one record; return its incremental instant (for the cursor)."""
+        spec, mapping = self.spec, self.spec.mapping
+        seq = self.seq
+        self.seq += 1
+        if not isinstance(record, Mapping):
+            raise self.error(f"{spec.endpoint} listed a record that is not an object")
+        raw_date = dig(record, mapping.date_field)
+        if raw_date is None:
+            raise self.error(
+                f"a record from {spec.endpoint} lacks the required field "
+                f"{mapping.date_field!r} (spec.mapping.date_field)"
+            )
+        moment = parse_instant(raw_date, mapping.date_format)
+        if moment is None:
+            raise self.error(
+                f"a record's {mapping.date_field!r} is not a {mapping.date_format} value "
+                "(spec.mapping.date_format)"
+            )
+        cursor_instant = moment
+        if spec.incremental is not None:
+            raw_cursor = dig(record, spec.incremental.field)
+            cursor_instant = (
+                parse_instant(raw_cursor, spec.incremental.format)
+                if raw_cursor is not None
+                else None
+            )
+        at = moment.timestamp()
+        # The server may ignore the incremental parameter; days before the window are
+        # not ours to rewrite.
+        if at < self.window_start_ts:
+            return cursor_instant
+        values = []
+        for metric in mapping.metrics:
+            if metric.field is None:
+                values.append(1.0)
+                continue
             raw = dig(record, metric.field)
             if raw is not None:
-                seen_fields.add(metric.field)
+                self.seen_fields.add(metric.field)
             try:
                 value = _number(raw)
             except ValueError:
-                raise SourceError(
-                    f"connection {connection_id}: a record's {metric.field!r} is not a number "
-                    f"(spec.mapping metric {metric.name!r})",
-                    connection_id=connection_id,
+                raise self.error(
+                    f"a record's {metric.field!r} is not a number "
+                    f"(spec.mapping metric {metric.name!r})"
                 ) from None
             if metric.agg == "count" and value is not None:
                 value = 1.0
-        rows.append(
+            values.append(value)
+        dimension = ""
+        if mapping.dimension is not None:
+            raw = dig(record, mapping.dimension)
+            dimension = "" if raw is None or isinstance(raw, (dict, list)) else str(raw)
+        self.at.append(at)
+        self.seqs.append(seq)
+        self.dimension.append(dimension)
+        for column, value in zip(self.values, values, strict=True):
+            column.append(value)
+        return cursor_instant
+
+    def frame(self) -> pl.DataFrame:
+        """The long rows (``RAW_SCHEMA``); a metric field no record carried is drift."""
+        spec = self.spec
+        if not self.at:
+            return pl.DataFrame(schema=RAW_SCHEMA)
+        for metric in spec.mapping.metrics:
+            if metric.field is not None and metric.field not in self.seen_fields:
+                raise self.error(
+                    f"no record from {spec.endpoint} has the field {metric.field!r} "
+                    f"(metric {metric.name!r}); the API may have changed, update the spec"
+                )
+        wide = pl.DataFrame(
             {
-                "metric": metric.name,
-                "agg": metric.agg,
-                "dimension": dimension,
-                "day": moment.date(),
-                "at": moment.timestamp(),
-                "seq": seq,
-                "value": value,
-            }
+                "at": self.at,
+                "seq": self.seqs,
+                "dimension": self.dimension,
+                **{f"v{index}": column for index, column in enumerate(self.values)},
+            },
+            schema={
+                "at": pl.Float64,
+                "seq": pl.Int64,
+                "dimension": pl.String,
+                **{f"v{index}": pl.Float64 for index in range(len(self.values))},
+            },
+        ).with_columns(
+            # Instants are UTC, so the day is the UTC calendar day of the timestamp.
+            pl.from_epoch((pl.col("at") * 1_000_000).floor().cast(pl.Int64), time_unit="us")
+            .dt.date()
+            .alias("day")
         )
-    return cursor_instant
+        return pl.concat(
+            [
+                wide.select(
+                    pl.lit(metric.name, pl.String).alias("metric"),
+                    pl.lit(metric.agg, pl.String).alias("agg"),
+                    "dimension",
+                    "day",
+                    "at",
+                    "seq",
+                    pl.col(f"v{index}").alias("value"),
+                )
+                for index, metric in enumerate(spec.mapping.metrics)
+            ]
+        )
 
 
 def _number(raw: Any) -> float | None:
@@ -546,19 +633,3 @@ def _number(raw: Any) -> float | None:
     if not math.isfinite(number):
         raise ValueError(raw)
     return number
-
-
-def _check_fields_seen(
-    spec: RestSpec, rows: list[dict], seen_fields: set[str], connection_id: str
-) -> None:
-    """A metric field that no record carries is drift (a renamed field), not zero."""
-    if not rows:
-        return
-    for metric in spec.mapping.metrics:
-        if metric.field is not None and metric.field not in seen_fields:
-            raise SourceError(
-                f"connection {connection_id}: no record from {spec.endpoint} has the field "
-                f"{metric.field!r} (metric {metric.name!r}); the API may have changed, "
-                "update the spec",
-                connection_id=connection_id,
-            )
