@@ -13,7 +13,6 @@ never names, emails, credentials or URLs.
 
 # Dagster reads the annotations of asset and sensor functions at runtime, so no
 # `from __future__ import annotations` here.
-import asyncio
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -128,34 +127,32 @@ def build_source_assets(source: Source, *, batch: int | None = None) -> SourceAs
         connection_ids = list(context.partition_keys)
         before = checks.connection_states(runtime, connection_ids)
         existing = [cid for cid in connection_ids if cid in before]
-        # One call for every connection in the run: the fetch is async-batched.
+        # One call for every connection in the run: the fetches are async-batched and
+        # each connection is loaded as soon as its records are staged.
         try:
-            fetched = asyncio.run(refresh.fetch_connections(runtime, existing))
+            outcomes = refresh.refresh_connections(runtime, existing)
         except Exception as exc:
-            fetched = dict.fromkeys(existing, exc)
+            outcomes = {cid: refresh.RefreshOutcome(cid, error=exc) for cid in existing}
         failures: dict[str, BaseException] = {}
         for connection_id in connection_ids:
             if connection_id not in before:
                 context.log.warning(f"connection {connection_id} no longer exists; skipped")
                 continue
-            summary = fetched[connection_id]
-            if isinstance(summary, BaseException):
-                failures[connection_id] = summary
-                continue
-            yield AssetMaterialization(
-                fetch_key,
-                partition=connection_id,
-                metadata={
-                    "records": MetadataValue.int(summary.records),
-                    "requests": MetadataValue.int(summary.requests),
-                    "source_latency_s": MetadataValue.float(summary.latency_s),
-                    "window_start": MetadataValue.text(summary.window_start),
-                },
-            )
-            try:
-                loaded = refresh.load_connection(runtime, connection_id)
-            except Exception as exc:
-                failures[connection_id] = exc
+            outcome = outcomes[connection_id]
+            fetched, loaded = outcome.fetched, outcome.loaded
+            if fetched is not None:
+                yield AssetMaterialization(
+                    fetch_key,
+                    partition=connection_id,
+                    metadata={
+                        "records": MetadataValue.int(fetched.records),
+                        "requests": MetadataValue.int(fetched.requests),
+                        "source_latency_s": MetadataValue.float(fetched.latency_s),
+                        "window_start": MetadataValue.text(fetched.window_start),
+                    },
+                )
+            if loaded is None:  # then outcome.error says why
+                failures[connection_id] = outcome.error
                 continue
             yield AssetMaterialization(
                 metrics_key,
