@@ -16,7 +16,6 @@ server, run workers).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import math
 import os
@@ -81,16 +80,12 @@ def add_connections(runtime, url: str, n: int, prefix: str) -> list[str]:
 
 
 def pure_refresh(runtime, connection_ids: list[str], batch: int) -> float:
-    """The same work without Dagster: async fetch per batch, then load each connection."""
+    """The same work without Dagster: what each run's step does, one batch after another."""
     from writevue_pipelines import refresh
 
     start = time.perf_counter()
     for first in range(0, len(connection_ids), batch):
-        chunk = connection_ids[first : first + batch]
-        results = asyncio.run(refresh.fetch_connections(runtime, chunk))
-        for connection_id in chunk:
-            if not isinstance(results[connection_id], BaseException):
-                refresh.load_connection(runtime, connection_id)
+        refresh.refresh_connections(runtime, connection_ids[first : first + batch])
     return time.perf_counter() - start
 
 

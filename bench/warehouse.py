@@ -5,10 +5,11 @@
 For each database, the same ``rows`` facts (one connection, metrics x dimensions x
 days) are written three ways in the same session:
 
-- baseline: the fastest plain load into a fresh table of the same columns with no
-  index (PostgreSQL ``COPY``; SQLite ``executemany`` of a plain ``INSERT``);
+- baseline: the fastest plain load of the same rows (tenant and connection UUIDs
+  included) into a fresh table of the same columns with no index (PostgreSQL ``COPY``;
+  SQLite ``executemany`` of a plain ``INSERT``);
 - upsert: ``warehouse.upsert_facts`` into the real ``facts`` table, empty for this
-  connection (its unique and tenant indexes maintained);
+  connection (its primary key maintained);
 - rerun: the same upsert again, which must change no row.
 
 ratio = baseline time / upsert time (1.0: as fast as the plain load). PostgreSQL is
@@ -57,8 +58,22 @@ def make_facts(rows: int) -> pl.DataFrame:
     return frame.with_columns((pl.int_range(pl.len()) % 997 * 1.5).alias("value"))
 
 
+# The baselines store the same rows as the upsert: a tenant id and a connection id (UUIDs,
+# as WriteVue's are) on every row, with the same metrics, dimensions, days and values.
+BASELINE_TENANT = str(uuid.uuid4())
+BASELINE_CONNECTION = str(uuid.uuid4())
+
+
 def sqlite_baseline(path: Path, facts: pl.DataFrame) -> float:
-    rows = facts.with_columns(pl.col("day").dt.strftime("%Y-%m-%d")).rows()
+    rows = facts.select(
+        pl.lit(BASELINE_TENANT).alias("tenant_id"),
+        pl.lit(BASELINE_CONNECTION).alias("connection_id"),
+        "metric",
+        "dimension",
+        pl.col("day").dt.strftime("%Y-%m-%d"),
+        "value",
+        pl.lit("2026-01-01 00:00:00.000000").alias("updated_at"),
+    ).rows()
     with sqlite3.connect(path) as conn:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(
@@ -66,10 +81,7 @@ def sqlite_baseline(path: Path, facts: pl.DataFrame) -> float:
             "dimension TEXT, day TEXT, value REAL, updated_at TEXT)"
         )
         start = time.perf_counter()
-        conn.executemany(
-            "INSERT INTO baseline VALUES ('t', 'c', ?, ?, ?, ?, '2026-01-01 00:00:00.000000')",
-            rows,
-        )
+        conn.executemany("INSERT INTO baseline VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
         conn.commit()
         return time.perf_counter() - start
 
@@ -84,13 +96,14 @@ def postgres_baseline(url: str, facts: pl.DataFrame) -> float:
         )
         conn.commit()
         now = dt.datetime.now(dt.UTC)
+        ids = (BASELINE_TENANT, BASELINE_CONNECTION)
         start = time.perf_counter()
         with cursor.copy(
             "COPY baseline (tenant_id, connection_id, metric, dimension, day, value, updated_at) "
             "FROM STDIN"
         ) as copy:
             for metric, dimension, day, value in facts.iter_rows():
-                copy.write_row(("t", "c", metric, dimension, day, value, now))
+                copy.write_row((*ids, metric, dimension, day, value, now))
         conn.commit()
         return time.perf_counter() - start
 

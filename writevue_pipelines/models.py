@@ -19,10 +19,10 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Text,
     TypeDecorator,
-    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -146,23 +146,33 @@ class AuditEvent(Base):
 
 
 class Fact(Base):
-    """One daily aggregate: the only data from sources that WriteVue keeps."""
+    """One daily aggregate: the only data from sources that WriteVue keeps.
+
+    The primary key is the whole identity: a tenant's rows lie together and, within
+    them, each connection's days in order. A refresh or a check of one connection reads
+    and writes one range of the key, and a tenant's view reads one range per connection
+    (a tenant has a handful). On SQLite the table is clustered on that key (WITHOUT
+    ROWID), so the facts are stored once, not in a table and again in an index. There
+    are deliberately no foreign keys: PostgreSQL checks one with a trigger per inserted
+    row, which costs more than loading the row itself; the warehouse writes a
+    connection's facts only while it holds that connection (see
+    ``registry.writable_connection``), and erasure finds the rows by ``tenant_id``.
+    """
 
     __tablename__ = "facts"
 
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
-    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
-    connection_id: Mapped[str] = mapped_column(ForeignKey("connections.id"))
-    metric: Mapped[str] = mapped_column(String(64))
-    # '' when the metric has no breakdown, so the unique key needs no NULL handling.
-    dimension: Mapped[str] = mapped_column(String(128), default="")
+    tenant_id: Mapped[str] = mapped_column(String(36))
+    connection_id: Mapped[str] = mapped_column(String(36))
     day: Mapped[dt.date] = mapped_column(Date)
+    metric: Mapped[str] = mapped_column(String(64))
+    # '' when the metric has no breakdown, so the key needs no NULL handling.
+    dimension: Mapped[str] = mapped_column(String(128), default="")
     value: Mapped[float] = mapped_column(Double)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     __table_args__ = (
-        UniqueConstraint("connection_id", "metric", "dimension", "day"),
-        Index(None, "tenant_id", "metric", "day"),
+        PrimaryKeyConstraint("tenant_id", "connection_id", "day", "metric", "dimension"),
+        {"sqlite_with_rowid": False},
     )
 
 

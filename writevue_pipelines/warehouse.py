@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
+import io
 from dataclasses import dataclass
+from itertools import repeat
 
 import polars as pl
+from psycopg import sql
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from .models import Fact, utcnow
+from .models import Connection, Fact, utcnow
 from .registry import ConnectionInfo
 
 #: The long format every source produces and the warehouse stores.
@@ -32,16 +34,22 @@ def normalise_facts(frame: pl.DataFrame) -> pl.DataFrame:
     missing = [name for name in FACT_SCHEMA if name not in frame.columns]
     if missing:
         raise ValueError(f"aggregates lack columns {missing}")
-    frame = frame.select(
-        pl.col("metric").cast(pl.String),
-        pl.col("dimension").cast(pl.String).fill_null(""),
-        pl.col("day").cast(pl.Date),
-        pl.col("value").cast(pl.Float64),
-    ).filter(pl.col("value").is_not_null() & pl.col("value").is_finite())
+    # Sorted in the fact table's key order (tenant, connection, day, metric, dimension);
+    # one lazy plan, which polars runs in about half the time of the eager steps.
     return (
-        frame.group_by("metric", "dimension", "day")
+        frame.lazy()
+        .select(
+            pl.col("metric").cast(pl.String),
+            pl.col("dimension").cast(pl.String).fill_null(""),
+            pl.col("day").cast(pl.Date),
+            pl.col("value").cast(pl.Float64),
+        )
+        .filter(pl.col("value").is_not_null() & pl.col("value").is_finite())
+        .group_by("day", "metric", "dimension")
         .agg(pl.col("value").sum())
         .sort("day", "metric", "dimension")
+        .select(list(FACT_SCHEMA))
+        .collect()
     )
 
 
@@ -61,111 +69,112 @@ def upsert_facts(
     days it no longer reports keep the values their own refresh saw.
     Runs inside the caller's transaction.
 
-    The rows travel in bulk: on PostgreSQL by ``COPY`` into a temporary table and one
-    ``INSERT … ON CONFLICT … WHERE value IS DISTINCT FROM``; on SQLite by one prepared
-    upsert run with ``executemany``. Either way the staged keys then find the stale rows
-    in one ``DELETE``.
+    Compare first, then write only the difference: the connection's stored facts over
+    the days concerned come back in one bulk read and are compared in polars, so a
+    rerun reads once and writes nothing. New rows travel in bulk in key order (on
+    PostgreSQL by ``COPY``; should another transaction insert the same keys meanwhile,
+    the unique key fails this one whole and the refresh is retried); changed rows go
+    through ``INSERT … ON CONFLICT DO UPDATE … WHERE`` the value differs.
     """
-    # In the unique key's order: each index grows at its end instead of at random pages.
-    facts = normalise_facts(facts).sort("metric", "dimension", "day")
-    now = utcnow()
+    facts = normalise_facts(facts)  # sorted in the primary key's order
+    days = facts["day"].n_unique() if facts.height else 0
+    first_day = facts["day"].min() if facts.height else None
+    last_day = facts["day"].max() if facts.height else None
+    # The stored days this upsert may change: those it brings, and the whole window.
+    bounds = [d for d in (window_start, first_day) if d is not None]
+    since = min(bounds) if bounds else None
+    until = None if window_start is not None else last_day
     dialect = session.get_bind().dialect.name
     raw = session.connection().connection.driver_connection
-    # A connection's first load (its history backfill) has nothing to conflict with or
-    # remove: the rows go in as a plain bulk insert.
-    has_rows = session.scalar(select(Fact.id).where(Fact.connection_id == connection.id).limit(1))
-    if has_rows is None:
-        written = _insert_new(raw, dialect, connection, facts, now)
-        removed = 0
-    elif dialect == "postgresql":
-        written, removed = _upsert_postgres(
-            raw, connection, facts, now, window_start, sorted(snapshot_metrics)
+    written = removed = 0
+    if since is not None:
+        stored = (_stored_postgres if dialect == "postgresql" else _stored_sqlite)(
+            raw, connection, since, until
         )
-    else:
-        written, removed = _upsert_sqlite(
-            raw, connection, facts, now, window_start, sorted(snapshot_metrics)
-        )
-    days = facts["day"].n_unique() if facts.height else 0
+        new, changed, gone = _difference(facts, stored, window_start, snapshot_metrics)
+        if dialect == "postgresql":
+            written, removed = _write_postgres(raw, connection, new, changed, gone)
+        else:
+            written, removed = _write_sqlite(raw, connection, new, changed, gone)
     return UpsertSummary(
         rows=facts.height,
         written=written,
         removed=removed,
         days=days,
-        first_day=facts["day"].min() if facts.height else None,
-        last_day=facts["day"].max() if facts.height else None,
+        first_day=first_day,
+        last_day=last_day,
     )
 
 
-def _insert_new(raw, dialect, connection, facts, now) -> int:
-    if dialect == "postgresql":
-        ids = (connection.tenant_id, connection.id)
-        with (
-            raw.cursor() as cursor,
-            cursor.copy(
-                "COPY facts (tenant_id, connection_id, metric, dimension, day, value, updated_at) "
-                "FROM STDIN"
-            ) as copy,
-        ):
-            for row in facts.iter_rows():
-                copy.write_row((*ids, *row, now))
-        return facts.height
-    cursor = raw.cursor()
+_KEY = ["day", "metric", "dimension"]
+_STORED_SCHEMA = {"day": pl.Date, "metric": pl.String, "dimension": pl.String, "value": pl.Float64}
+
+
+def _difference(
+    facts: pl.DataFrame,
+    stored: pl.DataFrame,
+    window_start: dt.date | None,
+    snapshot_metrics: frozenset[str],
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """(rows not stored yet, rows whose value changed, stored keys to remove)."""
+    if stored.height == 0:
+        return facts, facts.clear(), stored.select(_KEY)
+    joined = facts.join(
+        stored.rename({"value": "stored"}), on=_KEY, how="left", maintain_order="left"
+    )
+    new = joined.filter(pl.col("stored").is_null()).drop("stored")
+    changed = joined.filter(pl.col("stored") != pl.col("value")).drop("stored")
+    if window_start is None:
+        gone = stored.clear().select(_KEY)
+    else:
+        gone = stored.filter(
+            (pl.col("day") >= window_start) & ~pl.col("metric").is_in(sorted(snapshot_metrics))
+        ).join(facts, on=_KEY, how="anti")
+    return new, changed, gone.select(_KEY)
+
+
+def _stored_sqlite(raw, connection, since: dt.date, until: dt.date | None) -> pl.DataFrame:
+    query = (
+        "SELECT day, metric, dimension, value FROM facts "
+        "WHERE tenant_id = ? AND connection_id = ? AND day >= ? AND day <= ?"
+    )
+    cursor = raw.execute(
+        query,
+        (
+            connection.tenant_id,
+            connection.id,
+            since.isoformat(),
+            (until or dt.date.max).isoformat(),
+        ),
+    )
     try:
-        cursor.executemany(
-            "INSERT INTO facts (tenant_id, connection_id, metric, dimension, day, value, "
-            "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            _sqlite_params(connection, facts, now),
-        )
+        rows = cursor.fetchall()
     finally:
         cursor.close()
-    return facts.height
+    frame = pl.DataFrame(rows, schema={**_STORED_SCHEMA, "day": pl.String}, orient="row")
+    return frame.with_columns(pl.col("day").str.to_date("%Y-%m-%d"))
 
 
-def _sqlite_params(connection, facts, now) -> list[tuple]:
-    return facts.select(
-        pl.lit(connection.tenant_id).alias("tenant_id"),
-        pl.lit(connection.id).alias("connection_id"),
-        "metric",
-        "dimension",
-        pl.col("day").dt.strftime("%Y-%m-%d"),
-        "value",
-        pl.lit(_sqlite_timestamp(now)).alias("updated_at"),
-    ).rows()
-
-
-def _upsert_postgres(raw, connection, facts, now, window_start, kept) -> tuple[int, int]:
+def _stored_postgres(raw, connection, since: dt.date, until: dt.date | None) -> pl.DataFrame:
+    # COPY's text out is the cheapest way to bring many rows back; PostgreSQL prints
+    # doubles in their shortest exact form, so they read back bit for bit.
+    buffer = bytearray()
     with raw.cursor() as cursor:
-        cursor.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS writevue_incoming_facts (metric text, "
-            "dimension text, day date, value double precision) ON COMMIT DROP"
-        )
-        cursor.execute("TRUNCATE writevue_incoming_facts")
-        with cursor.copy(
-            "COPY writevue_incoming_facts (metric, dimension, day, value) FROM STDIN"
-        ) as copy:
-            for row in facts.iter_rows():
-                copy.write_row(row)
-        cursor.execute(
-            "INSERT INTO facts (tenant_id, connection_id, metric, dimension, day, value, "
-            "updated_at) SELECT %s, %s, metric, dimension, day, value, %s "
-            "FROM writevue_incoming_facts "
-            "ON CONFLICT (connection_id, metric, dimension, day) DO UPDATE "
-            "SET value = excluded.value, updated_at = excluded.updated_at "
-            "WHERE facts.value IS DISTINCT FROM excluded.value",
-            (connection.tenant_id, connection.id, now),
-        )
-        written = max(cursor.rowcount, 0)
-        removed = 0
-        if window_start is not None:
-            cursor.execute(
-                "DELETE FROM facts f WHERE f.connection_id = %s AND f.day >= %s "
-                "AND NOT (f.metric = ANY(%s)) AND NOT EXISTS "
-                "(SELECT 1 FROM writevue_incoming_facts i WHERE i.metric = f.metric "
-                "AND i.dimension = f.dimension AND i.day = f.day)",
-                (connection.id, window_start, kept),
-            )
-            removed = max(cursor.rowcount, 0)
-    return written, removed
+        query = sql.SQL(
+            "COPY (SELECT day, metric, dimension, value FROM facts WHERE tenant_id = {} "
+            "AND connection_id = {} AND day >= {} AND day <= {}) TO STDOUT (FORMAT csv)"
+        ).format(connection.tenant_id, connection.id, since, until or dt.date.max)
+        with cursor.copy(query) as copy:
+            for chunk in copy:
+                buffer += chunk
+    if not buffer:
+        return pl.DataFrame(schema=_STORED_SCHEMA)
+    return pl.read_csv(
+        bytes(buffer),
+        has_header=False,
+        new_columns=list(_STORED_SCHEMA),
+        schema=_STORED_SCHEMA,
+    )  # COPY quotes an empty string (""), which reads back as '', not as null
 
 
 def _sqlite_timestamp(value: dt.datetime) -> str:
@@ -173,67 +182,151 @@ def _sqlite_timestamp(value: dt.datetime) -> str:
     return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-def _upsert_sqlite(raw, connection, facts, now, window_start, kept) -> tuple[int, int]:
-    params = _sqlite_params(connection, facts, now)
-    rows = [row[2:5] for row in params]
+def _sqlite_rows(connection, rows: pl.DataFrame, *extra: object):
+    """Parameter tuples in the key's column order, built in C rather than row by row."""
+    columns = [rows["day"].dt.strftime("%Y-%m-%d").to_list()]
+    columns += [rows[name].to_list() for name in rows.columns if name != "day"]
+    day, metric, dimension, *rest = columns
+    tenant, connection_id = repeat(connection.tenant_id), repeat(connection.id)
+    return zip(
+        tenant, connection_id, day, metric, dimension, *rest, *map(repeat, extra), strict=False
+    )
+
+
+def _write_sqlite(raw, connection, new, changed, gone) -> tuple[int, int]:
+    now = _sqlite_timestamp(utcnow())
     cursor = raw.cursor()
     try:
         before = raw.total_changes
-        cursor.executemany(
-            "INSERT INTO facts (tenant_id, connection_id, metric, dimension, day, value, "
-            "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (connection_id, metric, dimension, day) DO UPDATE "
-            "SET value = excluded.value, updated_at = excluded.updated_at "
-            "WHERE facts.value IS NOT excluded.value",
-            params,
-        )
-        written = raw.total_changes - before
-        removed = 0
-        if window_start is not None:
-            cursor.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS writevue_incoming_keys "
-                "(metric TEXT, dimension TEXT, day TEXT, PRIMARY KEY (metric, dimension, day))"
-            )
-            cursor.execute("DELETE FROM writevue_incoming_keys")
+        if new.height:
+            # SQLite lets one writer in at a time and this transaction read the stored
+            # keys, so these are absent: a plain insert, with no conflict probe per row.
             cursor.executemany(
-                "INSERT INTO writevue_incoming_keys VALUES (?, ?, ?)",
-                rows,
+                "INSERT INTO facts (tenant_id, connection_id, day, metric, dimension, value, "
+                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                _sqlite_rows(connection, new, now),
             )
-            before = raw.total_changes
-            cursor.execute(
-                "DELETE FROM facts WHERE connection_id = ? AND day >= ? "
-                "AND metric NOT IN (SELECT value FROM json_each(?)) AND NOT EXISTS "
-                "(SELECT 1 FROM writevue_incoming_keys i WHERE i.metric = facts.metric "
-                "AND i.dimension = facts.dimension AND i.day = facts.day)",
-                (connection.id, window_start.isoformat(), json.dumps(kept)),
+        if changed.height:
+            cursor.executemany(
+                "INSERT INTO facts (tenant_id, connection_id, day, metric, dimension, value, "
+                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (tenant_id, connection_id, day, metric, dimension) DO UPDATE "
+                "SET value = excluded.value, updated_at = excluded.updated_at "
+                "WHERE facts.value IS NOT excluded.value",
+                _sqlite_rows(connection, changed, now),
             )
-            removed = raw.total_changes - before
-            cursor.execute("DELETE FROM writevue_incoming_keys")
+        written = raw.total_changes - before
+        before = raw.total_changes
+        if gone.height:
+            cursor.executemany(
+                "DELETE FROM facts WHERE tenant_id = ? AND connection_id = ? AND day = ? "
+                "AND metric = ? AND dimension = ?",
+                _sqlite_rows(connection, gone),
+            )
+        removed = raw.total_changes - before
     finally:
         cursor.close()
     return written, removed
 
 
+def _csv(connection, rows: pl.DataFrame, now: dt.datetime | None = None) -> bytes:
+    columns = [
+        pl.lit(connection.tenant_id).alias("tenant_id"),
+        pl.lit(connection.id).alias("connection_id"),
+        "day",
+        "metric",
+        "dimension",
+    ]
+    if now is not None:
+        columns += ["value", pl.lit(now.isoformat()).alias("updated_at")]
+    buffer = io.BytesIO()
+    # Quoted, so an empty dimension is '' and never NULL.
+    rows.select(columns).write_csv(buffer, include_header=False, quote_style="non_numeric")
+    return buffer.getvalue()
+
+
+def _write_postgres(raw, connection, new, changed, gone) -> tuple[int, int]:
+    now = utcnow()
+    written = removed = 0
+    with raw.cursor() as cursor:
+        if new.height:
+            # Keys the bulk read did not find: appended straight into the table.
+            with cursor.copy(
+                "COPY facts (tenant_id, connection_id, day, metric, dimension, value, updated_at) "
+                "FROM STDIN (FORMAT csv)"
+            ) as copy:
+                copy.write(_csv(connection, new, now))
+            written += max(cursor.rowcount, 0)
+        if changed.height:
+            cursor.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS writevue_changed_facts "
+                "(LIKE facts INCLUDING DEFAULTS) ON COMMIT DROP"
+            )
+            with cursor.copy(
+                "COPY writevue_changed_facts (tenant_id, connection_id, day, metric, dimension, "
+                "value, updated_at) FROM STDIN (FORMAT csv)"
+            ) as copy:
+                copy.write(_csv(connection, changed, now))
+            cursor.execute(
+                "INSERT INTO facts SELECT * FROM writevue_changed_facts "
+                "ON CONFLICT (tenant_id, connection_id, day, metric, dimension) DO UPDATE "
+                "SET value = excluded.value, updated_at = excluded.updated_at "
+                "WHERE facts.value IS DISTINCT FROM excluded.value"
+            )
+            written += max(cursor.rowcount, 0)
+            cursor.execute("DROP TABLE writevue_changed_facts")
+        if gone.height:
+            cursor.execute(
+                "DELETE FROM facts f USING unnest(%s::date[], %s::text[], %s::text[]) "
+                "AS g(day, metric, dimension) WHERE f.tenant_id = %s AND f.connection_id = %s "
+                "AND f.day = g.day AND f.metric = g.metric AND f.dimension = g.dimension",
+                (
+                    gone["day"].to_list(),
+                    gone["metric"].to_list(),
+                    gone["dimension"].to_list(),
+                    connection.tenant_id,
+                    connection.id,
+                ),
+            )
+            removed = max(cursor.rowcount, 0)
+    return written, removed
+
+
 def tenant_facts(session: Session, tenant_id: str, start: dt.date, end: dt.date) -> pl.DataFrame:
-    """Every aggregate of one tenant between two days (inclusive), summed over connections."""
+    """Every aggregate of one tenant between two days (inclusive), summed over connections.
+
+    One range of the key per connection of the tenant.
+    """
+    connections = select(Connection.id).where(Connection.tenant_id == tenant_id)
     rows = session.execute(
         select(Fact.metric, Fact.dimension, Fact.day, func.sum(Fact.value))
-        .where(Fact.tenant_id == tenant_id, Fact.day >= start, Fact.day <= end)
+        .where(
+            Fact.tenant_id == tenant_id,
+            Fact.connection_id.in_(connections),
+            Fact.day >= start,
+            Fact.day <= end,
+        )
         .group_by(Fact.metric, Fact.dimension, Fact.day)
         .order_by(Fact.day)
     ).all()
     return pl.DataFrame(rows, schema=FACT_SCHEMA, orient="row")
 
 
+def _of_connection(connection_id: str):
+    """The facts of one connection, found through its tenant: the key starts with it."""
+    tenant = select(Connection.tenant_id).where(Connection.id == connection_id).scalar_subquery()
+    return (Fact.tenant_id == tenant) & (Fact.connection_id == connection_id)
+
+
 def connection_fact_count(session: Session, connection_id: str) -> int:
-    return session.scalar(select(func.count()).where(Fact.connection_id == connection_id)) or 0
+    return session.scalar(select(func.count()).where(_of_connection(connection_id))) or 0
 
 
 def duplicate_keys(session: Session, connection_id: str) -> int:
     """How many (metric, dimension, day) keys appear more than once; the schema forbids any."""
     sub = (
         select(Fact.metric, Fact.dimension, Fact.day)
-        .where(Fact.connection_id == connection_id)
+        .where(_of_connection(connection_id))
         .group_by(Fact.metric, Fact.dimension, Fact.day)
         .having(func.count() > 1)
         .subquery()
@@ -246,7 +339,7 @@ def value_problems(session: Session, connection_id: str, nonnegative: list[str])
     huge = 1.0e308
     nonfinite = session.scalar(
         select(func.count()).where(
-            Fact.connection_id == connection_id,
+            _of_connection(connection_id),
             (Fact.value.is_(None))
             | (Fact.value != Fact.value)  # NaN is the one value unequal to itself
             | (Fact.value > huge)
@@ -257,7 +350,7 @@ def value_problems(session: Session, connection_id: str, nonnegative: list[str])
     if nonnegative:
         negative = session.scalar(
             select(func.count()).where(
-                Fact.connection_id == connection_id,
+                _of_connection(connection_id),
                 Fact.metric.in_(nonnegative),
                 Fact.value < 0,
             )
@@ -271,7 +364,7 @@ def daily_totals(
     """(metric, day, total over dimensions) of one connection from ``since`` on."""
     rows = session.execute(
         select(Fact.metric, Fact.day, func.sum(Fact.value))
-        .where(Fact.connection_id == connection_id, Fact.day >= since)
+        .where(_of_connection(connection_id), Fact.day >= since)
         .group_by(Fact.metric, Fact.day)
     ).all()
     return [(metric, day, float(total or 0.0)) for metric, day, total in rows]
