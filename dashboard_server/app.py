@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-import weakref
 from collections.abc import Callable
 from typing import Protocol
 from urllib.parse import urlencode
@@ -29,12 +28,25 @@ GONE_HTML = (
     "<p>Ask your WriteVue contact for a new one.</p></div>"
 )
 _TOOLTIP_MAX_DAYS = 92
+# How the browser draws the page, not how it looks (that is assets/theme.css): a chart
+# or the table off screen is laid out and drawn when it scrolls near, not on page load
+# (its size is reserved, so the page does not jump), and a chart's layout stays its own.
+RENDERING_CSS = """
+.wv-chart { content-visibility: auto; contain-intrinsic-size: auto 260px; contain: content; }
+.wv-breakdown { content-visibility: auto; contain-intrinsic-size: auto 800px; }
+.wv-plot { position: relative; overflow: hidden; }
+.wv-days { position: absolute; display: flex; }
+.wv-days span { flex: 1; }
+.wv-days span:hover { background: rgba(47, 111, 222, 0.08); }
+"""
 
 
 class DashboardSource(Protocol):
     """What the view may ask of the server about the one tenant it shows."""
 
-    def load(self, period: Period) -> DashboardData: ...
+    def page(self, period: Period, *, tv: bool) -> str:
+        """The dashboard's HTML for the period (``dashboard_html`` of its data)."""
+        ...
 
     def alive(self) -> bool: ...
 
@@ -101,33 +113,42 @@ def _axis_text(value: float) -> str:
     return f"{value:g}"
 
 
+def _daily_values(series: pl.DataFrame) -> dict[str, dict[str, dict[dt.date, float]]]:
+    """metric -> dimension -> day -> value, in one pass over the rows."""
+    values: dict[str, dict[str, dict[dt.date, float]]] = {}
+    for metric, dimension, day, value in series.select(
+        "metric", "dimension", "day", "value"
+    ).iter_rows():
+        values.setdefault(metric, {}).setdefault(dimension, {})[day] = value
+    return values
+
+
 def chart_svg(metric: str, series: pl.DataFrame, period: Period) -> str:
     """One metric's daily values as an SVG line chart; one line per dimension, gaps as zero."""
+    return _chart_svg(metric, _daily_values(series).get(metric, {}), period)
+
+
+def _chart_svg(metric: str, by_day: dict[str, dict[dt.date, float]], period: Period) -> str:
     width, height, left, right, top, bottom = 640, 200, 48, 10, 10, 24
     plot_w, plot_h = width - left - right, height - top - bottom
     span = max(period.days - 1, 1)
-    dimensions = sorted(series["dimension"].unique().to_list())
-    by_day: dict[str, dict[dt.date, float]] = {
-        d: dict(series.filter(pl.col("dimension") == d).select("day", "value").iter_rows())
-        for d in dimensions
-    }
+    dimensions = sorted(by_day)
     days = [period.start + dt.timedelta(days=i) for i in range(period.days)]
     smallest = min((v for m in by_day.values() for v in m.values()), default=0.0)
     # Round both ends outwards, so the axis reads 0, 2.5k, 5k rather than the raw extremes.
     low = -_nice_max(-smallest) if smallest < 0 else 0.0
     high = _nice_max(max((v for m in by_day.values() for v in m.values()), default=0.0))
     scale = plot_h / (high - low) if high > low else 1.0
-
-    def x(i: int) -> float:
-        return left + plot_w * i / span
+    xs = [left + plot_w * i / span for i in range(period.days)]
 
     def y(v: float) -> float:
         return top + plot_h - (v - low) * scale
 
+    label = html.escape(metric_label(metric))
     parts = [
         f'<svg class="wv-chart-svg" viewBox="0 0 {width} {height}" role="img" '
-        f'aria-label="{html.escape(metric_label(metric))}, daily" '
-        f'data-metric="{html.escape(metric)}" data-days="{period.days}">'
+        f'aria-label="{label}, daily" data-metric="{html.escape(metric)}" '
+        f'data-days="{period.days}">'
     ]
     # Gridlines at the bottom, zero (or the middle) and the top.
     for value in (low, 0.0 if low < 0 else high / 2, high):
@@ -138,44 +159,53 @@ def chart_svg(metric: str, series: pl.DataFrame, period: Period) -> str:
         )
     for i, anchor in ((0, "start"), (span // 2, "middle"), (span, "end")):
         parts.append(
-            f'<text class="wv-axis" x="{x(i):.1f}" y="{height - 6}" text-anchor="{anchor}">'
-            f"{days[min(i, len(days) - 1)]:%d %b}</text>"
+            f'<text class="wv-axis" x="{left + plot_w * i / span:.1f}" y="{height - 6}" '
+            f'text-anchor="{anchor}">{days[min(i, len(days) - 1)]:%d %b}</text>'
         )
     for index, dimension in enumerate(dimensions):
         values = by_day[dimension]
-        points = " ".join(f"{x(i):.1f},{y(values.get(day, 0.0)):.1f}" for i, day in enumerate(days))
+        points = " ".join(
+            f"{x:.1f},{y(values.get(day, 0.0)):.1f}" for x, day in zip(xs, days, strict=True)
+        )
         parts.append(
             f'<polyline class="wv-line wv-s{index % 6}" points="{points}" '
             f'data-dimension="{html.escape(dimension)}"/>'
         )
-    if period.days <= _TOOLTIP_MAX_DAYS:
-        band = plot_w / span
-        for i, day in enumerate(days):
-            tip = "; ".join(format_value(metric, d, by_day[d].get(day, 0.0)) for d in dimensions)
-            parts.append(
-                f'<rect class="wv-hover" x="{x(i) - band / 2:.1f}" y="{top}" '
-                f'width="{band:.1f}" height="{plot_h}"><title>{day:%d %b %Y}: '
-                f"{html.escape(tip)}</title></rect>"
-            )
     parts.append("</svg>")
+    if period.days <= _TOOLTIP_MAX_DAYS:
+        # Each day's figures as a native tooltip: one HTML element per day laid over the
+        # plot (an SVG <rect> with a <title> would be two), each band centred on its day.
+        band = plot_w / span
+        box = (
+            f"left:{(left - band / 2) / width:.3%};width:{(plot_w + band) / width:.3%};"
+            f"top:{top / height:.3%};height:{plot_h / height:.3%}"
+        )
+        tips = "".join(
+            f'<span title="{html.escape(_day_tip(metric, by_day, dimensions, day))}"></span>'
+            for day in days
+        )
+        parts.append(f'<div class="wv-days" style="{box}">{tips}</div>')
     legend = "".join(
         f'<span class="wv-key wv-s{index % 6}">{html.escape(d.upper())}</span>'
         for index, d in enumerate(dimensions)
         if d
     )
-    return (
-        f'<figure class="wv-chart"><figcaption>{html.escape(metric_label(metric))}'
-        f"{legend}</figcaption>{''.join(parts)}</figure>"
-    )
+    caption = f"<figcaption>{label}{legend}</figcaption>"
+    return f'<figure class="wv-chart">{caption}<div class="wv-plot">{"".join(parts)}</div></figure>'
+
+
+def _day_tip(
+    metric: str, by_day: dict[str, dict[dt.date, float]], dimensions: list[str], day: dt.date
+) -> str:
+    values = "; ".join(format_value(metric, d, by_day[d].get(day, 0.0)) for d in dimensions)
+    return f"{day:%d %b %Y}: {values}"
 
 
 def charts_html(data: DashboardData) -> str:
     if data.series.is_empty():
         return ""
-    charts = [
-        chart_svg(metric, data.series.filter(pl.col("metric") == metric), data.period)
-        for metric in sorted(data.series["metric"].unique().to_list())
-    ]
+    values = _daily_values(data.series)
+    charts = [_chart_svg(metric, values[metric], data.period) for metric in sorted(values)]
     return f'<section class="wv-charts">{"".join(charts)}</section>'
 
 
@@ -215,7 +245,11 @@ def dashboard_html(data: DashboardData, *, tv: bool = False) -> str:
 
 
 class Dashboard(pn.viewable.Viewer):
-    """One client's dashboard. The date range and TV mode are its state."""
+    """One client's dashboard. The date range and TV mode are its state.
+
+    Nothing here schedules itself: the server calls ``tick`` every ``refresh_s`` seconds
+    while the session is open (see ``dashboard_server.ticker``).
+    """
 
     range = param.Selector(default="30", objects=list(RANGE_OPTIONS.values()))
     custom = param.CalendarDateRange(default=None, doc="the custom period, when range is custom")
@@ -238,26 +272,24 @@ class Dashboard(pn.viewable.Viewer):
             period = Period.last(30, self._today())
             params["custom"] = (period.start, period.end)
         super().__init__(**params)
-        self._content = pn.pane.HTML(sizing_mode="stretch_width", margin=0)
+        self._content = pn.pane.HTML(
+            sizing_mode="stretch_width", margin=0, stylesheets=[RENDERING_CSS]
+        )
         picker = pn.widgets.RadioButtonGroup.from_param(
             self.param.range, options=RANGE_OPTIONS, name="", button_type="light"
         )
-        self._custom_picker = pn.widgets.DateRangePicker.from_param(
-            self.param.custom, name="", visible=self.range == "custom", width=260
-        )
-        controls = pn.Row(
-            picker, self._custom_picker, css_classes=["wv-controls"], visible=not self.tv
-        )
+        # The custom-range picker is made when first asked for: most views never use it,
+        # and every widget is Bokeh models to build, send and draw on each page load.
+        self._custom_picker: pn.widgets.DateRangePicker | None = None
+        self._controls = pn.Row(picker, css_classes=["wv-controls"], visible=not self.tv)
         self._layout = pn.Column(
-            controls,
+            self._controls,
             self._content,
             css_classes=["wv-root"] + (["wv-root-tv"] if self.tv else []),
             styles={"background": "#0b1020", "min-height": "100vh"} if self.tv else {},
             sizing_mode="stretch_width",
             margin=0,
         )
-        self._controls = controls
-        self._callback = None
         self._render()
 
     @property
@@ -267,12 +299,21 @@ class Dashboard(pn.viewable.Viewer):
         days = int(self.range) if self.range != "custom" else 30
         return Period.last(days, self._today())
 
+    def _show_custom_picker(self) -> None:
+        if self.range == "custom" and self._custom_picker is None:
+            self._custom_picker = pn.widgets.DateRangePicker.from_param(
+                self.param.custom, name="", width=260
+            )
+            self._controls.append(self._custom_picker)
+        elif self._custom_picker is not None:
+            self._custom_picker.visible = self.range == "custom"
+
     @param.depends("range", "custom", watch=True)
     def _render(self) -> None:
         if self.gone:
             return
-        self._custom_picker.visible = self.range == "custom"
-        self._content.object = dashboard_html(self._source.load(self.period), tv=self.tv)
+        self._show_custom_picker()
+        self._content.object = self._source.page(self.period, tv=self.tv)
 
     @param.depends("range", "custom", watch=True)
     def _interacted(self) -> None:
@@ -282,33 +323,15 @@ class Dashboard(pn.viewable.Viewer):
 
     def tick(self) -> None:
         """Periodic: stop showing anything once the link is dead; in TV mode, reload."""
+        if self.gone:
+            return
         if not self._source.alive():
             self.gone = True
             self._controls.visible = False
             self._content.object = GONE_HTML
-            if self._callback is not None:
-                self._callback.stop()
             return
         if self.tv:
             self._render()
-
-    def start_periodic(self) -> None:
-        """Called by the server inside the new session; Bokeh drops it with the session.
-
-        The callback holds the view only weakly: once a session is destroyed, Bokeh's
-        periodic keeps its callback until the pending sleep ends (up to ``refresh_s``),
-        and a strong reference would keep the whole view (its HTML, widgets, source)
-        alive that long after the session is gone. While the session lives, its
-        widgets hold the view.
-        """
-        view = weakref.ref(self)
-
-        def tick() -> None:
-            live = view()
-            if live is not None:
-                live.tick()
-
-        self._callback = pn.state.add_periodic_callback(tick, period=self.refresh_s * 1000)
 
     def __panel__(self) -> pn.viewable.Viewable:
         return self._layout

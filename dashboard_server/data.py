@@ -163,34 +163,46 @@ def _source_status(connection: registry.ConnectionInfo, now: dt.datetime) -> Sou
     return SourceStatus(connection.source, title, "fresh", "Up to date.")
 
 
-class FactCache:
-    """Facts per (tenant, its data version, period); least recently used entries go first.
+class LruCache:
+    """A process-wide least-recently-used cache, bounded by entries and by total size.
 
     One instance serves every session of a process (it lives in ``pn.state.cache``),
-    which is why the tenant id leads every key.
+    which is why callers lead every key with the tenant id.
     """
 
-    def __init__(self, max_entries: int = 512):
-        self.max_entries = max_entries
-        self._entries: collections.OrderedDict[tuple, pl.DataFrame] = collections.OrderedDict()
+    def __init__(self, max_entries: int = 512, max_size: int | None = None, size=None):
+        self.max_entries, self.max_size = max_entries, max_size
+        self._size_of = size or (lambda value: 0)
+        self._entries: collections.OrderedDict[tuple, object] = collections.OrderedDict()
+        self._total = 0
         self._lock = threading.Lock()
 
-    def get(self, key: tuple) -> pl.DataFrame | None:
+    def get(self, key: tuple):
         with self._lock:
-            frame = self._entries.get(key)
-            if frame is not None:
+            value = self._entries.get(key)
+            if value is not None:
                 self._entries.move_to_end(key)
-            return frame
+            return value
 
-    def put(self, key: tuple, frame: pl.DataFrame) -> None:
+    def put(self, key: tuple, value) -> None:
         with self._lock:
-            self._entries[key] = frame
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._total -= self._size_of(old)
+            self._entries[key] = value
+            self._total += self._size_of(value)
+            while len(self._entries) > self.max_entries or (
+                self.max_size is not None and self._total > self.max_size and self._entries
+            ):
+                _, dropped = self._entries.popitem(last=False)
+                self._total -= self._size_of(dropped)
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class FactCache(LruCache):
+    """Facts per (tenant, its data version, period)."""
 
 
 def load_header(runtime: Runtime, tenant_id: str) -> TenantHeader:

@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import ClassVar
 
 from tornado import routing
 from tornado.httputil import HTTPHeaders, HTTPServerRequest
@@ -245,12 +246,68 @@ def _security_transform(headers_to_set: dict[str, str]) -> type[OutputTransform]
 
 
 class StaticGzip(GZipContentEncoding):
-    """Compress static files only: pages carry a session token (BREACH caution)."""
+    """Compress static files only (pages carry a session token: BREACH caution), each once.
+
+    Every response is ``no-store``, so a browser fetches Bokeh's and Panel's bundles
+    (about 3 MB) on every page load, and compressing them anew each time cost the
+    server more than the page itself. A static file's compressed bytes are kept,
+    keyed by its URL (Bokeh's carry a version hash), Last-Modified and length.
+    """
+
+    MAX_CACHED_BYTES = 32 * 1024 * 1024
+    _compressed: ClassVar[dict[tuple, bytes]] = {}
+    _cached_bytes: ClassVar[int] = 0
 
     def __init__(self, request: HTTPServerRequest) -> None:
         super().__init__(request)
-        if not request.path.startswith(("/static/", "/assets/")):
+        self._static = request.path.startswith(("/static/", "/assets/"))
+        if not self._static:
             self._gzipping = False
+        self._cacheable = self._static and request.method == "GET"
+        self._uri = request.uri
+        self._replay = False
+        self._parts: list[bytes] | None = None
+        self._key: tuple | None = None
+
+    def transform_first_chunk(
+        self, status_code: int, headers: HTTPHeaders, chunk: bytes, finishing: bool
+    ) -> tuple[int, HTTPHeaders, bytes]:
+        key = None
+        if self._cacheable and self._gzipping and status_code == 200:
+            key = (self._uri, headers.get("Last-Modified"), headers.get("Content-Length"))
+            compressed = self._compressed.get(key)
+            if compressed is not None:
+                # The handler still writes the file; its chunks are dropped below.
+                self._replay = True
+                headers["Vary"] = "Accept-Encoding"
+                headers["Content-Encoding"] = "gzip"
+                headers["Content-Length"] = str(len(compressed))
+                return status_code, headers, compressed
+        if key is not None and None not in key:
+            self._key, self._parts = key, []
+        status_code, headers, chunk = super().transform_first_chunk(
+            status_code, headers, chunk, finishing
+        )
+        if not self._gzipping:
+            self._parts = None
+        return status_code, headers, chunk
+
+    def transform_chunk(self, chunk: bytes, finishing: bool) -> bytes:
+        if self._replay:
+            return b""
+        chunk = super().transform_chunk(chunk, finishing)
+        if self._parts is not None:
+            self._parts.append(chunk)
+            if finishing:
+                self._keep(b"".join(self._parts))
+                self._parts = None
+        return chunk
+
+    def _keep(self, compressed: bytes) -> None:
+        cls = type(self)
+        if cls._cached_bytes + len(compressed) <= self.MAX_CACHED_BYTES:
+            cls._compressed[self._key] = compressed
+            cls._cached_bytes += len(compressed)
 
 
 _access_log = logging.getLogger("tornado.access")
@@ -317,7 +374,8 @@ def tornado_settings(
     }
 
 
-def _tornado_app(server) -> Application:
+def tornado_application(server) -> Application:
+    """The server's Tornado Application (to add routes to, before it starts)."""
     # The one private attribute: Bokeh's Server keeps its Tornado Application in
     # ``_tornado`` with no public accessor. Checked, so an upgrade fails loudly.
     app = getattr(server, "_tornado", None)
@@ -341,7 +399,7 @@ def install_gate(
     if csv_handler is not None:
         handler, kwargs = csv_handler
         rules.append(routing.Rule(CsvExportMatcher(server.prefix), handler, kwargs))
-    _tornado_app(server).add_handlers(r".*", rules)
+    tornado_application(server).add_handlers(r".*", rules)
 
 
 def current_link(resolve: Callable[[str], LinkInfo | None]) -> LinkInfo | None:

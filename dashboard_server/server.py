@@ -4,31 +4,39 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import logging
 from urllib.parse import urlsplit
 
 import panel as pn
+from panel.io.server import WSHandler as PanelWSHandler
 
 from writevue_pipelines.runtime import Runtime
 
 from .access_log import AccessLog, Visitor
-from .app import GONE_HTML, Dashboard
-from .data import DashboardData, FactCache, Period, load_dashboard
+from .app import GONE_HTML, Dashboard, dashboard_html
+from .data import FactCache, LruCache, Period, load_facts, load_header, summarise
 from .gate import (
     ASSETS_DIR,
     FailureLimiter,
     LinkResolver,
     current_link,
     install_gate,
+    tornado_application,
     tornado_settings,
 )
 from .handlers import ConnectHandler, CsvExportHandler, OAuthCallbackHandler
 from .redaction import install_log_scrubber
+from .ticker import Ticker
 
 THEME = "/assets/theme.css"
 FAVICON = "/assets/favicon.svg"
 CACHE_KEY = "writevue.facts"
+PAGES_KEY = "writevue.pages"
+PAGE_CACHE_BYTES = 32 * 1024 * 1024
 TRIM_DELAY_S = 2.0
+#: how often Bokeh discards sessions that ended (default 17 s); a pass over a dict
+SESSION_CHECK_MS = 1000
 
 
 def _load_malloc_trim():
@@ -71,11 +79,32 @@ def release_memory(session_context) -> None:
 class TenantData:
     """The one tenant a session may show, bound by the server; the view sees only this."""
 
-    def __init__(self, runtime: Runtime, tenant_id: str, cache: FactCache, alive):
-        self._runtime, self._tenant_id, self._cache, self._alive = runtime, tenant_id, cache, alive
+    def __init__(self, runtime: Runtime, tenant_id: str, alive):
+        self._runtime, self._tenant_id, self._alive = runtime, tenant_id, alive
 
-    def load(self, period: Period) -> DashboardData:
-        return load_dashboard(self._runtime, self._tenant_id, period=period, cache=self._cache)
+    def page(self, period: Period, *, tv: bool) -> str:
+        """The dashboard's HTML: one registry read, then the cached page or one facts query.
+
+        The key holds everything the page shows besides the facts (name, last update,
+        each source's state, which also ages from fresh to stale) and the facts' version.
+        """
+        header = load_header(self._runtime, self._tenant_id)
+        key = (
+            self._tenant_id,
+            header.version,
+            header.tenant_name,
+            header.last_updated,
+            tuple(header.sources),
+            period,
+            tv,
+        )
+        pages = page_cache()
+        page = pages.get(key)
+        if page is None:
+            facts = load_facts(self._runtime, self._tenant_id, period, header.version, fact_cache())
+            page = dashboard_html(summarise(header, period, facts), tv=tv)
+            pages.put(key, page)
+        return page
 
     def alive(self) -> bool:
         return self._alive()
@@ -84,6 +113,17 @@ class TenantData:
 def fact_cache() -> FactCache:
     """The process-wide cache; ``pn.state.cache`` is shared by every session."""
     return pn.state.cache.setdefault(CACHE_KEY, FactCache())
+
+
+def page_cache() -> LruCache:
+    """Rendered pages, process-wide like the facts; bounded by their total size."""
+    return pn.state.cache.setdefault(
+        PAGES_KEY, LruCache(max_entries=4096, max_size=PAGE_CACHE_BYTES, size=len)
+    )
+
+
+#: every open dashboard's periodic link check (and TV reload), one timer per process
+TICKER = Ticker()
 
 
 def make_app(runtime: Runtime, resolve: LinkResolver, access_log: AccessLog | None = None):
@@ -117,12 +157,12 @@ def make_app(runtime: Runtime, resolve: LinkResolver, access_log: AccessLog | No
 
         tv = pn.state.session_args.get("tv", [b""])[0] in (b"1", b"true", b"yes")
         view = Dashboard(
-            TenantData(runtime, link.tenant_id, fact_cache(), alive),
+            TenantData(runtime, link.tenant_id, alive),
             tv=tv,
             refresh_s=refresh_s,
             on_interaction=on_interaction,
         )
-        view.start_periodic()
+        TICKER.add(document.session_context.id, document, view, refresh_s)
         return view
 
     return dashboard
@@ -141,8 +181,10 @@ def build_server(
     pn.config.css_files = [THEME]
     pn.extension(design="native", notifications=False)
     limiter = limiter or FailureLimiter()
-    if release_memory not in getattr(pn.state, "_on_session_destroyed", ()):
-        pn.state.on_session_destroyed(release_memory)  # outside a session: for every session
+    destroyed = getattr(pn.state, "_on_session_destroyed", ())
+    for hook in (TICKER.session_destroyed, release_memory):
+        if hook not in destroyed:
+            pn.state.on_session_destroyed(hook)  # outside a session: for every session
     resolve = LinkResolver(runtime)
     access_log = AccessLog(runtime.settings.log_dir)
     public = urlsplit(runtime.settings.dashboard_base_url).netloc
@@ -168,6 +210,8 @@ def build_server(
         redirect_root=False,
         static_dirs={"assets": str(ASSETS_DIR)},
         ico_path="none",  # no Panel icon at /favicon.ico; pages link /assets/favicon.svg
+        check_unused_sessions_milliseconds=SESSION_CHECK_MS,
+        location=False,  # the view reads its query once; no URL-syncing model per page
         **tornado_settings(
             frame_ancestors or runtime.settings.dashboard_embed_origins,
             extra_patterns=pages,
@@ -180,7 +224,43 @@ def build_server(
         limiter,
         csv_handler=(CsvExportHandler, {"runtime": runtime, "cache": fact_cache()}),
     )
+    install_dashboard_socket(server)
+    TICKER.start()
     return server
+
+
+class DashboardSocket(PanelWSHandler):
+    """Panel's websocket, sending at once and letting a closed page's session go at once."""
+
+    def open(self, *args, **kwargs):
+        # Bokeh sends each message as several frames (header, metadata, content); with
+        # Nagle's algorithm on, every frame after the first waits for the client's
+        # delayed ACK, about 40 ms per message: on each page load's document and on
+        # each update the client sees.
+        self.set_nodelay(True)
+        return super().open(*args, **kwargs)
+
+    def on_close(self) -> None:
+        connection = getattr(self, "connection", None)
+        session = connection.session if connection is not None else None
+        super().on_close()  # detaches the connection from its session
+        if session is not None and session.connection_count == 0 and not pn.config.reconnect:
+            # Without Panel's reconnect, a page whose websocket closed never comes back
+            # to its session (a reload opens a new one). Bokeh would keep the session
+            # another 15-32 s; asked to expire, it goes at the next check
+            # (SESSION_CHECK_MS), and with it the document's memory.
+            session.request_expiration()
+
+
+def install_dashboard_socket(server) -> None:
+    """Serve the dashboards' websockets with ``DashboardSocket`` (before the server starts)."""
+    replaced = 0
+    for rule in tornado_application(server).wildcard_router.rules:
+        if rule.target is PanelWSHandler:
+            rule.target = DashboardSocket
+            replaced += 1
+    if not replaced:
+        raise RuntimeError("panel's websocket route was not found")
 
 
 def serve(host: str = "127.0.0.1", port: int = 5006) -> None:
@@ -188,5 +268,18 @@ def serve(host: str = "127.0.0.1", port: int = 5006) -> None:
     runtime = Runtime.from_env()
     server = build_server(runtime, host=host, port=port)
     logging.getLogger("writevue.dashboard").info("dashboards on http://%s:%d", host, port)
+    freeze_startup_objects()
     server.start()
     server.io_loop.start()
+
+
+def freeze_startup_objects() -> None:
+    """Keep the cyclic garbage collector off everything that exists before serving.
+
+    Panel, Bokeh, polars and SQLAlchemy leave some 200,000 objects that live as long as
+    the process; a full collection walks them all (~100 ms on one core, the whole
+    server stalled), and Panel asks for one after sessions end, so every few seconds
+    on a busy server. Frozen, they are skipped: collections walk what sessions made.
+    """
+    gc.collect()
+    gc.freeze()

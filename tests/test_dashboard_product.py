@@ -527,3 +527,74 @@ def test_in_chromium_unknown_revoked_and_expired_tokens_show_the_404_page(world,
             assert page.locator("h1").inner_text() == "Not found"
     finally:
         page.close()
+
+
+# -- what keeps the server cheap ------------------------------------------------------------
+
+
+def test_a_page_is_rendered_once_per_tenant_period_and_refresh(world):
+    from sqlalchemy import event
+
+    from dashboard_server.server import TenantData
+
+    fact_queries = []
+
+    def count(_conn, _cursor, statement, *_args):
+        if "FROM facts" in statement:
+            fact_queries.append(statement)
+
+    tenant_id, connection_id = add_tenant_with_facts(
+        world.runtime, "Hooli", daily_facts(40, 7, 300.0)
+    )
+    source = TenantData(world.runtime, tenant_id, alive=lambda: True)
+    period = Period.last(7, TODAY)
+    expected = load_dashboard(world.runtime, tenant_id, period=period)
+    event.listen(world.runtime.db.engine, "before_cursor_execute", count)
+    try:
+        first = source.page(period, tv=False)
+        assert source.page(period, tv=False) == first and len(fact_queries) == 1
+        assert source.page(period, tv=True) != first  # TV mode: a page of its own, same facts
+        assert len(fact_queries) == 1
+        assert all(k.text in first for k in expected.kpis) and "Hooli" in first
+        with world.runtime.db.session() as session:  # a refresh: the next view reads anew
+            registry.record_refresh_result(session, connection_id, error=None)
+        source.page(period, tv=False)
+        assert len(fact_queries) == 2
+    finally:
+        event.remove(world.runtime.db.engine, "before_cursor_execute", count)
+
+
+def test_open_dashboards_tick_until_their_session_ends_and_are_not_kept_for_it():
+    import gc
+
+    from dashboard_server.ticker import Ticker
+
+    class Document:
+        def __init__(self):
+            self.queued = []
+
+        def add_next_tick_callback(self, callback):
+            self.queued.append(callback)
+
+    class View:
+        gone = False
+
+        def tick(self):
+            pass
+
+    ticker = Ticker()  # not started: run_due is driven by hand here
+    documents, views = [Document(), Document(), Document()], [View(), View(), View()]
+    for n in range(3):
+        ticker.add(f"session-{n}", documents[n], views[n], period_s=60)
+    ticker.run_due(now=time.monotonic() + 30)
+    assert not any(d.queued for d in documents)  # not due yet
+    ticker.run_due(now=time.monotonic() + 61)
+    assert all(len(d.queued) == 1 for d in documents)
+
+    ticker.session_destroyed(type("Context", (), {"id": "session-0"})())
+    views[1].gone = True  # its link died: no more ticks
+    del views[2], documents[2]
+    gc.collect()  # the ticker held the third session's view and document only weakly
+    ticker.run_due(now=time.monotonic() + 200)
+    assert len(ticker) == 0
+    assert [len(d.queued) for d in documents] == [1, 1]

@@ -205,3 +205,19 @@ def test_the_dashboard_renders_in_chromium_from_its_own_origin_only(served, chro
             browser.close()
     assert origins <= {served["base"], served["base"].replace("http", "ws")}, origins
     assert not dashboard_errors, dashboard_errors
+
+
+def test_static_files_are_compressed_once_and_never_stored(served):
+    from bokeh.util.paths import bokehjs_path
+
+    expected = (Path(bokehjs_path()) / "js" / "bokeh.min.js").read_bytes()
+    for _ in range(2):  # compressed on the first request, the same bytes replayed after
+        response = httpx.get(
+            served["base"] + "/static/js/bokeh.min.js", headers={"Accept-Encoding": "gzip"}
+        )
+        assert response.status_code == 200
+        assert response.headers["content-encoding"] == "gzip"
+        assert response.headers["cache-control"] == "no-store"
+        assert response.content == expected
+    plain = httpx.get(served["base"] + "/static/js/bokeh.min.js", headers={"Accept-Encoding": ""})
+    assert "content-encoding" not in plain.headers and plain.content == expected
