@@ -40,21 +40,11 @@ from pathlib import Path
 
 import httpx
 
+from bench.peers import CHROMIUM, CHROMIUM_ARGS, POSTGRES_ADMIN_URL
+from bench.procfs import rss_mb
+
 METRICS = [f"metric_{i:02d}" for i in range(20)]
 DAYS = 730
-CHROMIUM = os.environ.get("WRITEVUE_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
-POSTGRES_ADMIN_URL = os.environ.get(
-    "WRITEVUE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
-
 
 # -- building the warehouse -------------------------------------------------------------
 
@@ -268,13 +258,6 @@ def stop_server(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(10)
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 # -- the protocol-level viewer ----------------------------------------------------------------

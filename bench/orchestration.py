@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.procfs import rss_mb, stat_fields
 from bench.sandbox_process import start_sandbox
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,8 +39,7 @@ def tree_rss_mb(root: int) -> float:
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-                parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+                parents[int(entry)] = int(stat_fields(int(entry))[1])
             except (OSError, ValueError, IndexError):
                 continue
     tree, frontier = {root}, [root]
@@ -49,15 +49,13 @@ def tree_rss_mb(root: int) -> float:
             if parent == pid and child not in tree:
                 tree.add(child)
                 frontier.append(child)
-    total_kb = 0
+    total = 0.0
     for pid in tree:
         try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total_kb += int(line.split()[1])
+            total += rss_mb(pid)
         except OSError:
             continue
-    return total_kb / 1024
+    return total
 
 
 def add_connections(runtime, url: str, n: int, prefix: str) -> list[str]:

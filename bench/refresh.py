@@ -35,6 +35,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.procfs import cpu_s
 from bench.sandbox_process import start_sandbox
 from writevue_pipelines.sandbox.bench import bench_key
 
@@ -208,12 +209,6 @@ def run_sequential(base_url: str, sample: list[str]) -> float:
     return time.perf_counter() - started
 
 
-def process_cpu_s(pid: int) -> float:
-    """User plus system CPU seconds a (child) process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def ensure_dlt() -> Path | None:
     python = DLT_VENV / "bin" / "python"
     if python.exists():
@@ -269,9 +264,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         with tempfile.TemporaryDirectory(prefix="writevue-bench-") as workdir:
-            sandbox_cpu = process_cpu_s(sandbox.pid)
+            sandbox_cpu = cpu_s(sandbox.pid)
             ours = run_writevue(base_url, n, workdir, max(1, args.processes))
-            sandbox_cpu = process_cpu_s(sandbox.pid) - sandbox_cpu
+            sandbox_cpu = cpu_s(sandbox.pid) - sandbox_cpu
             seq_sample = keys(n)[: min(n, args.sequential_sample)]
             seq_s = run_sequential(base_url, seq_sample) * n / len(seq_sample)
             dlt_sample = keys(n)[: min(n, args.dlt_sample)]

@@ -30,9 +30,7 @@ from pathlib import Path
 
 import polars as pl
 
-POSTGRES_ADMIN_URL = os.environ.get(
-    "WRITEVUE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
+from bench.peers import POSTGRES_ADMIN_URL
 
 
 def make_facts(rows: int) -> pl.DataFrame:

@@ -15,25 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from bench.peers import CHROMIUM, POSTGRES_ADMIN_URL
 from writevue_pipelines.home import init_home
 from writevue_pipelines.runtime import Runtime
 from writevue_pipelines.sandbox import SandboxServer
 from writevue_pipelines.settings import Settings
 
-POSTGRES_ADMIN_URL = os.environ.get(
-    "WRITEVUE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
-CHROMIUM = os.environ.get("WRITEVUE_CHROMIUM", "/usr/bin/chromium")
-# Flags that work on these machines; without the networking ones Chromium keeps
-# reaching for Google's hosts, which this closed network refuses.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 _missing: dict[str, str] = {}
 
 

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import CHROMIUM_ARGS, remember_secret
+from conftest import remember_secret
 from sqlalchemy import MetaData, inspect, select
 from support import add_stripe_connection, start_dashboard_server
 
+from bench.peers import CHROMIUM_ARGS
 from dashboard_server.access_log import (
     AccessLog,
     Visitor,

@@ -18,11 +18,12 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import polars as pl
 import pytest
-from conftest import CHROMIUM_ARGS, remember_secret
+from conftest import remember_secret
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import SandboxOAuthSource, add_tenant_with_facts, start_dashboard_server
 
+from bench.peers import CHROMIUM_ARGS
 from dashboard_server.app import chart_svg, dashboard_html
 from dashboard_server.data import FactCache, Period, dashboard_csv, load_dashboard
 from dashboard_server.gate import LinkResolver, session_cookie

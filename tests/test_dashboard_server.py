@@ -11,9 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import CHROMIUM_ARGS
 from support import add_stripe_connection
 
+from bench.peers import CHROMIUM_ARGS
 from dashboard_server.data import headline_texts, load_dashboard
 from dashboard_server.probe import page_and_document_text
 from dashboard_server.redaction import scrub, truncate_ip

@@ -451,6 +451,8 @@ def test_two_processes_refreshing_at_once_make_one_refresh_call(any_runtime, pro
     _expire(runtime, connection_id)
 
     env = {**os.environ, "WRITEVUE_HOME": str(runtime.settings.home)}
+    # The workers import this module, so they need the suite's import path.
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
     env.pop("WRITEVUE_DATABASE_URL", None)
     if runtime.settings.database_url_override:
         env["WRITEVUE_DATABASE_URL"] = runtime.settings.database_url_override
