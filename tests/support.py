@@ -27,16 +27,16 @@ def add_stripe_connection(
     with runtime.db.session() as session:
         if tenant_id is None:
             tenant_id = registry.add_tenant(session, runtime.keys, name, email)
-        connection_id = registry.add_connection(
-            session,
-            runtime.keys,
-            tenant_id,
-            "stripe",
-            "api_key",
-            {"base_url": sandbox_url},
-            {"api_key": api_key},
-        )
+        connection_id = stripe_connection(session, runtime, tenant_id, sandbox_url, api_key)
     return tenant_id, connection_id
+
+
+def stripe_connection(session, runtime: Runtime, tenant_id: str, base_url: str, key: str) -> str:
+    """A Stripe API-key connection of the tenant, in the caller's transaction; its id."""
+    options, secrets = {"base_url": base_url}, {"api_key": key}
+    return registry.add_connection(
+        session, runtime.keys, tenant_id, "stripe", "api_key", options, secrets
+    )
 
 
 def add_tenant_with_facts(
@@ -50,14 +50,12 @@ def add_tenant_with_facts(
 
     with runtime.db.session() as session:
         tenant_id = registry.add_tenant(session, runtime.keys, name, "ops@client.test")
-        connection_id = registry.add_connection(
+        connection_id = stripe_connection(
             session,
-            runtime.keys,
+            runtime,
             tenant_id,
-            "stripe",
-            "api_key",
-            {"base_url": "http://127.0.0.1:9"},
-            {"api_key": f"sk_test_{tenant_id.replace('-', '')}"},
+            "http://127.0.0.1:9",
+            f"sk_test_{tenant_id.replace('-', '')}",
         )
         connection = registry.get_connection(session, connection_id)
         warehouse.upsert_facts(session, connection, facts, window_start=None)

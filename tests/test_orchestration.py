@@ -27,6 +27,7 @@ from dagster import (
     serialize_value,
 )
 from sqlalchemy import delete
+from support import stripe_connection
 
 from writevue_pipelines import registry
 from writevue_pipelines.defs import defs, sensors
@@ -84,18 +85,7 @@ def add_connections(runtime: Runtime, sandbox_url: str, keys: list[str]) -> list
     """One tenant with a Stripe connection per key, in one transaction."""
     with runtime.db.session() as session:
         tenant_id = registry.add_tenant(session, runtime.keys, TENANT_NAME, TENANT_EMAIL)
-        return [
-            registry.add_connection(
-                session,
-                runtime.keys,
-                tenant_id,
-                "stripe",
-                "api_key",
-                {"base_url": sandbox_url},
-                {"api_key": key},
-            )
-            for key in keys
-        ]
+        return [stripe_connection(session, runtime, tenant_id, sandbox_url, key) for key in keys]
 
 
 def apply_partition_requests(instance: DagsterInstance, result) -> None:

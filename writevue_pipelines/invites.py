@@ -172,17 +172,22 @@ def connect_with_api_key(runtime: Runtime, token: str, source_name: str, api_key
             options,
             {"api_key": api_key},
         )
-        row.spent_at, row.connection_id = utcnow(), connection_id
-        registry.audit(
-            session,
-            "client",
-            "connection.added_by_invite",
-            row.tenant_id,
-            invite_id=row.id,
-            connection_id=connection_id,
-            source=source.name,
-        )
+        _spend(session, row, connection_id, source=source.name)
     return connection_id
+
+
+def _spend(session, row: ConnectInvite, connection_id: str, **details: str) -> None:
+    """Mark the invite used for this connection, and say so in the audit log."""
+    row.spent_at, row.connection_id = utcnow(), connection_id
+    registry.audit(
+        session,
+        "client",
+        "connection.added_by_invite",
+        row.tenant_id,
+        invite_id=row.id,
+        connection_id=connection_id,
+        **details,
+    )
 
 
 def start_oauth(runtime: Runtime, token: str, source_name: str, redirect_uri: str) -> str:
@@ -213,13 +218,5 @@ def finish_oauth(runtime: Runtime, state: str, code: str) -> str:
             select(ConnectInvite).where(ConnectInvite.oauth_state_sha256 == hash_token(state))
         )
         if row is not None and row.spent_at is None:
-            row.spent_at, row.connection_id = utcnow(), connection_id
-            registry.audit(
-                session,
-                "client",
-                "connection.added_by_invite",
-                row.tenant_id,
-                invite_id=row.id,
-                connection_id=connection_id,
-            )
+            _spend(session, row, connection_id)
     return connection_id
