@@ -463,9 +463,6 @@ class _NoCookies(http.cookiejar.CookieJar):
     must never travel with another tenant's request, and sources need no cookies.
     """
 
-    def __init__(self) -> None:
-        super().__init__(policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
-
     def extract_cookies(self, response, request) -> None:
         return None
 

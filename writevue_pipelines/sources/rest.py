@@ -492,9 +492,7 @@ class _Columns:
         self.spec = spec
         self.connection_id = connection_id
         self.window_start_ts = dt.datetime.combine(window_start, dt.time(), dt.UTC).timestamp()
-        self.seq = 0
         self.at: list[float] = []
-        self.seqs: list[int] = []
         self.dimension: list[str] = []
         self.values: list[list[float | None]] = [[] for _ in spec.mapping.metrics]
         self.seen_fields: set[str] = set()
@@ -516,8 +514,6 @@ class _Columns:
     def add(self, record: Any) -> dt.datetime | None:
         """Take one record; return its incremental instant (for the cursor)."""
         spec, mapping = self.spec, self.spec.mapping
-        seq = self.seq
-        self.seq += 1
         if not isinstance(record, Mapping):
             raise self.error(f"{spec.endpoint} listed a record that is not an object")
         raw_date = dig(record, mapping.date_field)
@@ -568,7 +564,6 @@ class _Columns:
             raw = dig(record, mapping.dimension)
             dimension = "" if raw is None or isinstance(raw, (dict, list)) else str(raw)
         self.at.append(at)
-        self.seqs.append(seq)
         self.dimension.append(dimension)
         for column, value in zip(self.values, values, strict=True):
             column.append(value)
@@ -588,21 +583,21 @@ class _Columns:
         wide = pl.DataFrame(
             {
                 "at": self.at,
-                "seq": self.seqs,
                 "dimension": self.dimension,
                 **{f"v{index}": column for index, column in enumerate(self.values)},
             },
             schema={
                 "at": pl.Float64,
-                "seq": pl.Int64,
                 "dimension": pl.String,
                 **{f"v{index}": pl.Float64 for index in range(len(self.values))},
             },
         ).with_columns(
+            # The records' order, which breaks ties between equal instants for "last".
+            pl.int_range(pl.len(), dtype=pl.Int64).alias("seq"),
             # Instants are UTC, so the day is the UTC calendar day of the timestamp.
             pl.from_epoch((pl.col("at") * 1_000_000).floor().cast(pl.Int64), time_unit="us")
             .dt.date()
-            .alias("day")
+            .alias("day"),
         )
         return pl.concat(
             [
