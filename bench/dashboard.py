@@ -40,7 +40,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.peers import CHROMIUM, CHROMIUM_ARGS, POSTGRES_ADMIN_URL
+from writevue_devtools.peers import CHROMIUM, CHROMIUM_ARGS, POSTGRES_ADMIN_URL
 from bench.procfs import rss_mb
 
 METRICS = [f"metric_{i:02d}" for i in range(20)]

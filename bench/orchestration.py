@@ -189,8 +189,7 @@ def main(argv: list[str] | None = None) -> None:
                 os.killpg(daemon.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        sandbox.terminate()
-        sandbox.wait(10)
+        sandbox.stop()
         runtime.close()
 
     overhead_s = wall_s - pure_s

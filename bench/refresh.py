@@ -37,7 +37,7 @@ import httpx
 
 from bench.procfs import cpu_s
 from bench.sandbox_process import start_sandbox
-from writevue_pipelines.sandbox.bench import bench_key
+from bench.sandbox_pages import bench_key
 
 LATENCY_S = 0.05
 PAGES = 10
@@ -264,17 +264,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         with tempfile.TemporaryDirectory(prefix="writevue-bench-") as workdir:
-            sandbox_cpu = cpu_s(sandbox.pid)
+            sandbox_cpu = cpu_s(sandbox.process.pid)
             ours = run_writevue(base_url, n, workdir, max(1, args.processes))
-            sandbox_cpu = cpu_s(sandbox.pid) - sandbox_cpu
+            sandbox_cpu = cpu_s(sandbox.process.pid) - sandbox_cpu
             seq_sample = keys(n)[: min(n, args.sequential_sample)]
             seq_s = run_sequential(base_url, seq_sample) * n / len(seq_sample)
             dlt_sample = keys(n)[: min(n, args.dlt_sample)]
             dlt_raw = run_dlt(base_url, dlt_sample, str(Path(workdir) / "dlt"))
             dlt_s = None if dlt_raw is None else dlt_raw * n / len(dlt_sample)
     finally:
-        sandbox.terminate()
-        sandbox.wait(10)
+        sandbox.stop()
 
     ideal = PAGES * n * LATENCY_S / IN_FLIGHT_FOR_IDEAL
     wall = ours["wall_s"]

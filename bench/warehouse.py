@@ -30,7 +30,7 @@ from pathlib import Path
 
 import polars as pl
 
-from bench.peers import POSTGRES_ADMIN_URL
+from writevue_devtools.peers import POSTGRES_ADMIN_URL
 
 
 def make_facts(rows: int) -> pl.DataFrame:

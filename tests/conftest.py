@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.peers import CHROMIUM, POSTGRES_ADMIN_URL
+from writevue_devtools.peers import CHROMIUM, POSTGRES_ADMIN_URL
 from writevue_pipelines.home import init_home
 from writevue_pipelines.runtime import Runtime
-from writevue_pipelines.sandbox import SandboxServer
+from writevue_sandbox import SandboxServer
 from writevue_pipelines.settings import Settings
 
 _missing: dict[str, str] = {}

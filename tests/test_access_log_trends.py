@@ -25,7 +25,7 @@ from conftest import remember_secret
 from sqlalchemy import MetaData, inspect, select
 from support import add_stripe_connection, start_dashboard_server
 
-from bench.peers import CHROMIUM_ARGS
+from writevue_devtools.peers import CHROMIUM_ARGS
 from dashboard_server.access_log import (
     AccessLog,
     Visitor,

@@ -17,7 +17,7 @@ from conftest import remember_secret
 
 from writevue_pipelines import cli, refresh, registry
 from writevue_pipelines.models import Credential
-from writevue_pipelines.sandbox.base import SandboxHandler
+from writevue_sandbox.base import SandboxHandler
 from writevue_pipelines.sources import SOURCES
 from writevue_pipelines.sources.auth import BasicAuth
 from writevue_pipelines.sources.base import FetchRequest, FetchResult, Source

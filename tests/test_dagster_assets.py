@@ -41,7 +41,7 @@ from writevue_pipelines.defs.sensors import CONNECTION_SENSORS
 from writevue_pipelines.materialize import refresh_now
 from writevue_pipelines.models import Connection
 from writevue_pipelines.runtime import Runtime
-from writevue_pipelines.sandbox import SandboxServer
+from writevue_sandbox import SandboxServer
 from writevue_pipelines.sources import SOURCES
 
 REPO = Path(__file__).resolve().parents[1]

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import SandboxOAuthSource, add_tenant_with_facts, start_dashboard_server
 
-from bench.peers import CHROMIUM_ARGS
+from writevue_devtools.peers import CHROMIUM_ARGS
 from dashboard_server.app import chart_svg, dashboard_html
 from dashboard_server.data import FactCache, Period, dashboard_csv, load_dashboard
 from dashboard_server.gate import LinkResolver, session_cookie

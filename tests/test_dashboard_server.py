@@ -13,7 +13,7 @@ import httpx
 import pytest
 from support import add_stripe_connection
 
-from bench.peers import CHROMIUM_ARGS
+from writevue_devtools.peers import CHROMIUM_ARGS
 from dashboard_server.data import headline_texts, load_dashboard
 from dashboard_server.probe import page_and_document_text
 from dashboard_server.redaction import scrub, truncate_ip

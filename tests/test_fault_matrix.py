@@ -14,8 +14,8 @@ from support import add_stripe_connection
 
 from writevue_pipelines import oauth, refresh, registry, warehouse
 from writevue_pipelines.errors import SourceError
-from writevue_pipelines.sandbox import SandboxServer
-from writevue_pipelines.sandbox.faults import with_faults
+from writevue_sandbox import SandboxServer
+from writevue_sandbox.faults import with_faults
 
 CALLBACK = "http://127.0.0.1:5006/connect/callback"
 

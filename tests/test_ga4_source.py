@@ -13,9 +13,9 @@ import pytest
 from writevue_pipelines import refresh, registry, warehouse
 from writevue_pipelines.errors import InvalidInput, SourceError
 from writevue_pipelines.registry import ConnectionInfo
-from writevue_pipelines.sandbox import ga4_data
-from writevue_pipelines.sandbox.faults import with_faults
-from writevue_pipelines.sandbox.ga4 import static_token
+from writevue_sandbox import ga4_data
+from writevue_sandbox.faults import with_faults
+from writevue_sandbox.ga4 import static_token
 from writevue_pipelines.sources import FetchRequest, get_source
 from writevue_pipelines.sources.ga4 import GA4Source, report_rows, run_report_path
 from writevue_pipelines.sources.http import RetryPolicy, WriteRefused, open_client

@@ -22,7 +22,7 @@ from writevue_pipelines import refresh, registry, warehouse
 from writevue_pipelines.errors import InvalidInput, SourceError
 from writevue_pipelines.registry import ConnectionInfo
 from writevue_pipelines.runtime import Runtime
-from writevue_pipelines.sandbox import github_data
+from writevue_sandbox import github_data
 from writevue_pipelines.sources import FetchRequest, get_source
 from writevue_pipelines.sources.http import RetryPolicy, open_client
 
@@ -296,7 +296,7 @@ def test_an_oauth_grant_reads_github(runtime, sandbox, monkeypatch):
     assert stored == expected_facts("octo-user", OWNER, start, int(time.time()))
 
     # Erasure ends the grant at GitHub (DELETE /applications/{client_id}/grant).
-    from writevue_pipelines.sandbox.oauth import account_for_access_token
+    from writevue_sandbox.oauth import account_for_access_token
 
     with runtime.db.session() as session:
         secrets = registry.get_secrets(
@@ -309,7 +309,7 @@ def test_an_oauth_grant_reads_github(runtime, sandbox, monkeypatch):
 
 
 def test_a_next_link_to_another_host_is_not_followed(sandbox):
-    from writevue_pipelines.sandbox.base import SandboxHandler
+    from writevue_sandbox.base import SandboxHandler
 
     class ForeignLink(SandboxHandler):
         def get(self, owner: str) -> None:

@@ -13,7 +13,7 @@ import pytest
 from conftest import remember_secret
 
 from writevue_pipelines.errors import SourceError
-from writevue_pipelines.sandbox import SandboxServer
+from writevue_sandbox import SandboxServer
 from writevue_pipelines.sources.auth import ApiKeyAuth, ApiKeyPlacement
 from writevue_pipelines.sources.http import (
     AllowedWrite,

@@ -46,8 +46,8 @@ from writevue_pipelines.oauth import (
     token_source,
 )
 from writevue_pipelines.runtime import Runtime
-from writevue_pipelines.sandbox.base import SandboxHandler
-from writevue_pipelines.sandbox.oauth import account_for_access_token
+from writevue_sandbox.base import SandboxHandler
+from writevue_sandbox.oauth import account_for_access_token
 from writevue_pipelines.sources import SOURCES
 from writevue_pipelines.sources.auth import OAuthSpec
 from writevue_pipelines.sources.base import FetchRequest, FetchResult

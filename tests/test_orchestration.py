@@ -47,7 +47,7 @@ from writevue_pipelines.defs.sensors import CONNECTION_SENSORS, FAILING_SENSORS
 from writevue_pipelines.home import init_home
 from writevue_pipelines.models import Connection, Credential, Fact
 from writevue_pipelines.runtime import Runtime
-from writevue_pipelines.sandbox import SandboxServer
+from writevue_sandbox import SandboxServer
 from writevue_pipelines.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,8 +15,8 @@ from conftest import remember_secret
 from writevue_pipelines import refresh, registry, warehouse
 from writevue_pipelines.errors import InvalidInput, SourceError
 from writevue_pipelines.registry import ConnectionInfo
-from writevue_pipelines.sandbox import rest as rest_sandbox
-from writevue_pipelines.sandbox.faults import with_faults
+from writevue_sandbox import rest as rest_sandbox
+from writevue_sandbox.faults import with_faults
 from writevue_pipelines.sources import FetchRequest, get_source
 from writevue_pipelines.sources.http import RetryPolicy, open_client
 from writevue_pipelines.sources.rest import RestSource, format_instant, parse_spec

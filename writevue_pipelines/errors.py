@@ -22,3 +22,10 @@ class SourceError(WriteVueError):
         super().__init__(message)
         self.connection_id = connection_id
         self.status = status
+
+    @classmethod
+    def of_connection(cls, connection_id: str, message: str, *, status: int | None = None):
+        """One connection's error: ``connection <id>: <message>``, the id kept for callers."""
+        return cls(
+            f"connection {connection_id}: {message}", connection_id=connection_id, status=status
+        )

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import Counter
+from collections.abc import Sequence
 
 import tornado.web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from . import bench, ga4, github, oauth, rest, stripe
+from . import ga4, github, oauth, rest, stripe
 from . import faults as fault_plans
 from .base import NotFoundHandler, SandboxHandler
 
@@ -37,18 +38,16 @@ def make_app(
     latency_s: float = 0.0,
     hang_s: float = 5.0,
     faults: str = "",
-    bench_records: int = 1000,
-    bench_accounts: int = 0,
+    extra_routes: Sequence[tuple] = (),
+    **extra_settings,
 ) -> tornado.web.Application:
     """The sandbox: every provider's routes, shared counters and fault knobs.
 
     ``latency_s`` delays every answer; ``faults`` is a default fault plan for every
-    request (see ``faults``); ``hang_s`` is how long a ``timeout`` fault hangs;
-    ``bench_accounts`` benchmark accounts of ``bench_records`` events are generated
-    before the first request.
+    request (see ``faults``); ``hang_s`` is how long a ``timeout`` fault hangs.
+    ``extra_routes`` and ``extra_settings`` let a caller (the benchmarks) mount
+    endpoints of its own beside the providers'.
     """
-    if bench_accounts:
-        bench.prepare_accounts(bench_accounts, bench_records)
     return tornado.web.Application(
         [
             *stripe.routes(),
@@ -56,7 +55,7 @@ def make_app(
             *ga4.routes(),
             *rest.routes(),
             *github.routes(),
-            *bench.routes(),
+            *extra_routes,
             (r"/_sandbox/health", HealthHandler),
             (r"/_sandbox/cookies", CookiesHandler),
         ],
@@ -66,7 +65,7 @@ def make_app(
         default_faults=fault_plans.parse(faults),
         latency_s=latency_s,
         hang_s=hang_s,
-        bench_records=bench_records,
+        **extra_settings,
         # The sandbox's own request log would only repeat what the tests assert on.
         log_function=lambda handler: None,
     )

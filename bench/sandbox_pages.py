@@ -1,4 +1,4 @@
-"""A fixed-size endpoint for the refresh benchmark: N pages of 100 events per account.
+"""The benchmarks' sandbox: the provider sandbox plus a fixed-size endpoint of N pages per account.
 
 ``GET /bench/events?page=P&per_page=100`` with ``Authorization: Bearer bench_<anything>``
 answers ``{"data": [...], "page": P, "total_pages": T}``. Every account has the same
@@ -15,7 +15,8 @@ import math
 import random
 from functools import lru_cache
 
-from .base import SandboxHandler
+from writevue_sandbox.base import SandboxHandler
+from writevue_sandbox.server import serve_forever
 
 CATEGORIES = ("alpha", "beta", "gamma", "delta")
 PER_PAGE = 100
@@ -98,3 +99,18 @@ def page_json(account: str, total: int, today: dt.date, page: int, per_page: int
 
 def routes() -> list:
     return [(r"/bench/events", EventsHandler)]
+
+
+def serve(
+    port: int, *, latency_s: float = 0.0, bench_records: int = 1000, bench_accounts: int = 0
+) -> None:
+    """The sandbox with ``/bench/events`` mounted; ``bench_accounts`` accounts made up front."""
+    if bench_accounts:
+        prepare_accounts(bench_accounts, bench_records)
+    serve_forever(
+        "127.0.0.1",
+        port,
+        latency_s=latency_s,
+        extra_routes=routes(),
+        bench_records=bench_records,
+    )
