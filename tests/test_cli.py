@@ -171,9 +171,9 @@ def test_commands_before_init_say_what_to_do(tmp_path):
 
 
 def test_no_secret_is_accepted_as_an_argument():
-    from writevue_pipelines.cli import _parser
+    from writevue_pipelines.cli import build_parser
 
-    text = _parser().format_help()
+    text = build_parser().format_help()
     sub = subprocess.run(
         [sys.executable, "-m", "writevue_pipelines.cli", "connection", "add", "--help"],
         capture_output=True,

@@ -32,6 +32,14 @@ class LinkInfo:
     revoked_at: dt.datetime | None
     last_used_at: dt.datetime | None
 
+    def state(self, now: dt.datetime | None = None) -> str:
+        """``live``, ``revoked`` or ``expired``: the one place a link's state is decided."""
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= (now or dt.datetime.now(dt.UTC)):
+            return "expired"
+        return "live"
+
     def as_json(self) -> dict:
         def iso(value: dt.datetime | None) -> str | None:
             return None if value is None else value.isoformat()

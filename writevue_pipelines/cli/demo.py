@@ -1,9 +1,13 @@
-"""`writevue demo`: the whole product on this machine, with the sandbox provider.
+"""`writevue demo` and `writevue sandbox`: the whole product on this machine, with the sandbox.
 
 Starts the sandbox, makes sure a demo tenant with one Stripe connection exists,
 materialises it once, starts the Dagster UI and the dashboard server, and prints
 the demo client's dashboard URL. With ``--check`` it verifies all of that
 headless, stops everything and exits 0.
+
+The sandbox is a separate package that the product never imports: the demo runs it as a
+process (``python -m writevue_sandbox``) and points the demo connection at it with the
+``base_url`` option, as an operator would point a connection at any provider.
 """
 
 from __future__ import annotations
@@ -11,20 +15,21 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from . import links, registry
-from .home import init_home
-from .runtime import Runtime
-from .settings import Settings, get_settings
+from .. import links, registry
+from ..home import init_home
+from ..models import Connection
+from ..processes import Child, StartError, answers, free_port, spawn, wait_until
+from ..runtime import Runtime
+from ..settings import Settings, get_settings
+from .app import arg, command
+
+SANDBOX_MODULE = "writevue_sandbox"
 
 DEMO_TENANT_NAME = "Demo Coffee Roasters"
 DEMO_TENANT_EMAIL = "owner@demo-coffee.example"
@@ -33,42 +38,9 @@ DEMO_SANDBOX_KEY = "rk_test_writevue_demo_account"
 DEMO_LINK_LABEL = "demo"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class Child:
-    name: str
-    process: subprocess.Popen
-    log_path: Path
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def stop(self, timeout: float = 20.0) -> None:
-        if not self.alive():
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(5)
-
-    def tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-
 class Supervisor:
-    """Starts child processes in their own process groups and stops them all."""
+    """Starts child processes (each in its own process group, logging under the home) and
+    stops them all."""
 
     def __init__(self, settings: Settings, env: dict[str, str]):
         self.settings = settings
@@ -77,37 +49,13 @@ class Supervisor:
 
     def start(self, name: str, argv: list[str], cwd: Path | None = None) -> Child:
         log_path = self.settings.log_dir / f"demo-{name}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(log_path, "ab")
-        process = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            env=self.env,
-            cwd=cwd,
-            start_new_session=True,
-        )
-        handle.close()
-        child = Child(name, process, log_path)
+        child = spawn(name, argv, log_path=log_path, env=self.env, cwd=cwd)
         self.children.append(child)
         return child
 
     def stop_all(self) -> None:
         for child in reversed(self.children):
             child.stop()
-
-
-def wait_until(check, *, timeout: float, what: str, child: Child | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if child is not None and not child.alive():
-            raise DemoError(f"{what} exited early; its log ends with:\n{child.tail()}")
-        with contextlib.suppress(httpx.HTTPError, OSError):
-            if check():
-                return
-        time.sleep(0.5)
-    raise DemoError(f"{what} did not come up within {timeout:.0f} s")
 
 
 class DemoError(Exception):
@@ -143,8 +91,6 @@ def ensure_demo_tenant(runtime: Runtime, sandbox_url: str) -> tuple[str, str]:
             )
         else:
             # The sandbox may be on another port this time.
-            from .models import Connection
-
             row = session.get(Connection, connection_id)
             row.options = {**(row.options or {}), "base_url": sandbox_url}
     state_path.write_text(json.dumps({"tenant_id": tenant_id, "connection_id": connection_id}))
@@ -218,13 +164,15 @@ def run_demo(
     os.environ.update(
         {k: env[k] for k in ("WRITEVUE_HOME", "DAGSTER_HOME", "WRITEVUE_DASHBOARD_URL")}
     )
-    writevue = [sys.executable, "-m", "writevue_pipelines.cli"]
+    writevue = [sys.executable, "-m", __package__]
     supervisor = Supervisor(settings, env)
     try:
         say(f"WriteVue home: {settings.home}")
-        sandbox = supervisor.start("sandbox", [*writevue, "sandbox", "--port", str(sandbox_port)])
+        sandbox = supervisor.start(
+            "sandbox", [sys.executable, "-m", SANDBOX_MODULE, "--port", str(sandbox_port)]
+        )
         wait_until(
-            lambda: httpx.get(f"{sandbox_url}/_sandbox/health", timeout=2).status_code == 200,
+            answers(f"{sandbox_url}/_sandbox/health"),
             timeout=30,
             what="the sandbox provider",
             child=sandbox,
@@ -236,7 +184,7 @@ def run_demo(
         say(f"demo tenant        {tenant_id}")
         say(f"stripe connection  {connection_id}")
 
-        from .materialize import refresh_now
+        from ..defs.refresh_now import refresh_now
 
         report = refresh_now(runtime, tenant_id=tenant_id)
         for line in report.lines():
@@ -263,7 +211,7 @@ def run_demo(
             ],
         )
         wait_until(
-            lambda: httpx.get(f"{dashboard_base}/robots.txt", timeout=2).status_code == 200,
+            answers(f"{dashboard_base}/robots.txt"),
             timeout=120,
             what="the dashboard server",
             child=dashboards,
@@ -291,7 +239,7 @@ def run_demo(
         for child in dead:
             say(f"{child.name} stopped; its log ends with:\n{child.tail()}")
         return 1
-    except DemoError as exc:
+    except (DemoError, StartError) as exc:
         print(f"writevue demo: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -327,3 +275,35 @@ def verify(runtime: Runtime, tenant_id: str, url: str, dashboard_base: str, ui_u
 
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+@command(
+    "demo",
+    "run the whole product locally with the sandbox",
+    arg("--check", action="store_true", help="run headless, verify, stop, exit 0"),
+    arg("--ui-port", type=int),
+    arg("--dashboard-port", type=int),
+    arg("--sandbox-port", type=int),
+)
+def demo(args) -> None:
+    code = run_demo(
+        check=args.check,
+        ui_port=args.ui_port,
+        dashboard_port=args.dashboard_port,
+        sandbox_port=args.sandbox_port,
+    )
+    if code:
+        raise SystemExit(code)
+
+
+@command(
+    "sandbox",
+    "run the sandbox provider (python -m writevue_sandbox)",
+    arg("--host", default="127.0.0.1"),
+    arg("--port", type=int, default=8765),
+)
+def sandbox(args) -> None:
+    # Replaced by the sandbox's own process: the product never imports it.
+    argv = [sys.executable, "-m", SANDBOX_MODULE, "--host", args.host, "--port", str(args.port)]
+    sys.stdout.flush()
+    os.execv(sys.executable, argv)  # noqa: S606 -- a fixed argv, no shell

@@ -12,14 +12,14 @@ from dataclasses import dataclass, field, replace
 
 from dagster import DagsterInstance, ExecuteInProcessResult, materialize
 
-from . import registry
-from .defs.assets import SOURCE_ASSETS
-from .defs.partitions import CONNECTION_PARTITIONS
-from .defs.resources import RESOURCE_KEY, WriteVueResource
-from .errors import NotFound
-from .refresh import safe_error
-from .registry import ConnectionInfo
-from .runtime import Runtime
+from .. import registry
+from ..errors import NotFound
+from ..refresh import safe_error
+from ..registry import ConnectionInfo
+from ..runtime import Runtime
+from .assets import SOURCE_ASSETS
+from .partitions import CONNECTION_PARTITIONS
+from .resources import RESOURCE_KEY, WriteVueResource
 
 # The run's full event log goes to the instance (the Dagster UI shows it); the terminal
 # gets the report instead of Dagster's per-event console lines and stack traces.

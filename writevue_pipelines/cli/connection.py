@@ -1,0 +1,221 @@
+"""``writevue connection …``: connect a tenant's sources, test them, invite the client to."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from .. import registry
+from ..errors import InvalidInput
+from .app import arg, command, group
+from .inputs import ACTOR, parse_options, read_secret, ready_runtime
+
+group("connection", "data sources of a tenant")
+
+BASIC_AUTH_ADVICE = (
+    "note: WriteVue only reads; give it a dedicated read-only account, not an administrator's."
+)
+OPTION = arg("--option", action="append", default=[], metavar="KEY=VALUE")
+
+
+@command(
+    "connection add",
+    "connect a source with an API key (from --api-key-env or stdin) or, where the "
+    "source offers nothing better, a username and password",
+    arg("tenant_id"),
+    arg("source"),
+    arg("--auth", choices=("api_key", "basic"), default="api_key"),
+    arg("--api-key-env", metavar="VAR", help="environment variable holding the key"),
+    arg("--username", help="basic auth: the account name (not a secret)"),
+    arg("--password-env", metavar="VAR", help="basic auth: environment variable holding it"),
+    OPTION,
+    # no abbreviations: `--password x` must not be taken for `--password-env x`
+    allow_abbrev=False,
+)
+def add(args) -> None:
+    from ..sources import get_source
+
+    runtime = ready_runtime()
+    source = get_source(args.source)
+    if args.auth not in source.auth_kinds:
+        offered = ", ".join(source.auth_kinds)
+        hint = (
+            "; connect it with `writevue connection authorize`"
+            if "oauth2" in source.auth_kinds
+            else ""
+        )
+        raise InvalidInput(f"Source {source.name!r} takes {offered}, not {args.auth}{hint}.")
+    if args.auth == "basic":
+        if args.api_key_env:
+            raise InvalidInput("--api-key-env is for --auth api_key; use --password-env.")
+        if not (args.username or "").strip():
+            raise InvalidInput("--auth basic needs --username NAME.")
+    elif args.username or args.password_env:
+        raise InvalidInput("--username and --password-env are for --auth basic.")
+    options = source.validate_options(parse_options(args.option))
+    with runtime.db.session() as session:
+        registry.require_tenant(session, args.tenant_id)
+    if args.auth == "basic":
+        password = read_secret(
+            "password", env_var=args.password_env, flag="--password-env", one_line=True
+        )
+        secrets = {"username": args.username.strip(), "password": password}
+    else:
+        secrets = {"api_key": _api_key(args.api_key_env)}
+    with runtime.db.session() as session:
+        connection_id = registry.add_connection(
+            session, runtime.keys, args.tenant_id, source.name, args.auth, options, secrets
+        )
+    if args.auth == "basic":
+        print(BASIC_AUTH_ADVICE, file=sys.stderr)
+    elif source.name == "stripe" and secrets["api_key"].startswith("sk_"):
+        print(
+            "note: a restricted key (rk_...) with read-only permissions is the safer choice.",
+            file=sys.stderr,
+        )
+    print(connection_id)
+
+
+def _api_key(env_var: str | None) -> str:
+    value = read_secret("API key", env_var=env_var, flag="--api-key-env").strip()
+    if any(ch.isspace() for ch in value):
+        raise InvalidInput("The API key contains whitespace; give exactly one key.")
+    return value
+
+
+@command(
+    "connection authorize",
+    "start connecting an OAuth2 source; prints the URL to open last",
+    arg("tenant_id"),
+    arg("source"),
+    OPTION,
+    arg("--redirect-uri", metavar="URI", help="defaults to the connect callback"),
+    arg("--reconnect", metavar="CONNECTION_ID", help="renew this connection"),
+)
+def authorize(args) -> None:
+    from ..oauth.flow import begin_authorization
+
+    runtime = ready_runtime()
+    redirect_uri = args.redirect_uri or f"{runtime.settings.dashboard_base_url}/oauth/callback"
+    url = begin_authorization(
+        runtime,
+        args.tenant_id,
+        args.source,
+        parse_options(args.option),
+        redirect_uri,
+        reconnect=args.reconnect,
+    )
+    print(
+        "Open this URL (or send it to the client) to authorise read-only access; it works "
+        "once, for 10 minutes. Then pipe the URL the browser lands on into "
+        "`writevue connection complete`.",
+        file=sys.stderr,
+    )
+    print(url)
+
+
+@command(
+    "connection complete",
+    "finish an OAuth2 authorisation: the callback URL comes on stdin; "
+    "prints the connection id last",
+)
+def complete(_args) -> None:
+    from ..oauth.flow import complete_authorization, parse_callback
+
+    runtime = ready_runtime()
+    state, code = parse_callback(read_secret("callback URL"))
+    print(complete_authorization(runtime, state, code))
+
+
+@command(
+    "connection test",
+    "read a connection's last day from its source to prove it works; keeps nothing (audited)",
+    arg("connection_id"),
+    ACTOR,
+)
+def test(args) -> None:
+    from ..privacy import operator_name, record_access
+    from ..refresh import check_connection
+
+    runtime = ready_runtime()
+    with runtime.db.session() as session:
+        connection = registry.get_connection(session, args.connection_id)
+    # Reading a tenant's source is reading its data: audited before it happens.
+    record_access(
+        runtime,
+        operator_name(args.actor),
+        "connection.test",
+        connection.tenant_id,
+        connection_id=connection.id,
+    )
+    result = check_connection(runtime, connection.id)
+    print(
+        f"ok: {connection.source} connection {connection.id} answered "
+        f"{result.requests} request(s) with {result.records} record(s) "
+        f"in {result.latency_s:.2f} s; nothing was kept"
+    )
+
+
+@command("connection list", "list connections", arg("--tenant"), arg("--json", action="store_true"))
+def list_connections(args) -> None:
+    runtime = ready_runtime()
+    with runtime.db.session() as session:
+        tenant_id = registry.require_tenant(session, args.tenant) if args.tenant else None
+        connections = registry.list_connections(session, tenant_id=tenant_id)
+    rows = [
+        {
+            "id": c.id,
+            "tenant_id": c.tenant_id,
+            "source": c.source,
+            "status": c.status,
+            "last_error": c.last_error,
+            "last_refreshed_at": c.last_refreshed_at.isoformat() if c.last_refreshed_at else None,
+        }
+        for c in connections
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        print(f"{row['id']}  {row['source']:<10} {row['status']:<8} tenant {row['tenant_id']}")
+
+
+@command(
+    "connection invite",
+    "a one-time, expiring link at which the client connects its sources; prints it last",
+    arg("tenant_id"),
+    arg("--source", action="append", default=[], help="offer only this source (repeatable)"),
+    arg(
+        "--option",
+        action="append",
+        default=[],
+        metavar="SOURCE.KEY=VALUE",
+        help="an option a source is connected with, such as stripe.base_url=URL",
+    ),
+    arg("--expires-in", type=int, default=7, metavar="DAYS"),
+)
+def invite(args) -> None:
+    from ..invites import create_invite
+
+    runtime = ready_runtime()
+    options: dict[str, dict[str, str]] = {}
+    for key, value in parse_options(args.option).items():
+        source, dot, name = key.partition(".")
+        if not dot or not source or not name:
+            raise InvalidInput(f"--option {key}=... must be SOURCE.KEY=VALUE.")
+        options.setdefault(source, {})[name] = value
+    with runtime.db.session() as session:
+        invite, token = create_invite(
+            session,
+            args.tenant_id,
+            sources=args.source or None,
+            options=options,
+            expires_in_days=args.expires_in,
+        )
+    print(
+        f"invite id: {invite.id}; offers {', '.join(invite.sources)}; "
+        f"works once, until {invite.expires_at:%Y-%m-%d %H:%M} UTC",
+        file=sys.stderr,
+    )
+    print("Send this URL to the client privately; it works like a password.", file=sys.stderr)
+    print(runtime.settings.connect_url(token))

@@ -1,0 +1,15 @@
+"""``writevue init``: the home, the key ring and the schema."""
+
+from __future__ import annotations
+
+from ..home import init_home
+from ..settings import get_settings
+from .app import command
+
+
+@command("init", "create WRITEVUE_HOME, the key ring and the schema (idempotent)")
+def init(_args) -> None:
+    report = init_home(get_settings())
+    print(f"WriteVue home: {report.home}")
+    print("key ring: created" if report.key_file_created else "key ring: kept")
+    print("schema: at the newest migration")
