@@ -20,7 +20,6 @@ import datetime as dt
 import math
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 
 from bench.procfs import rss_mb, stat_fields
 from bench.sandbox_process import start_sandbox
+from writevue_pipelines.processes import spawn
 
 REPO = Path(__file__).resolve().parents[1]
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
@@ -137,28 +137,26 @@ def main(argv: list[str] | None = None) -> None:
         # The schedule fires at the first whole minute that leaves the daemon time to start.
         tick = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=75)).replace(second=0, microsecond=0)
         env["WRITEVUE_REFRESH_CRON_STRIPE"] = f"{tick.minute} {tick.hour} * * *"
-        log = (workdir / "daemon.log").open("w")
         with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
             instance.add_dynamic_partitions("stripe_connections", dagster_ids)
-            daemon = subprocess.Popen(
+            daemon = spawn(
+                "the daemon",
                 [
                     str(Path(sys.executable).parent / "dagster-daemon"),
                     "run",
                     "-w",
                     "workspace.yaml",
                 ],
-                cwd=workdir,
+                log_path=workdir / "daemon.log",
                 env=os.environ | env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
+                cwd=workdir,
             )
             expected = math.ceil(n / batch)
             peak_rss = 0.0
             deadline = time.time() + args.timeout + 120
             records = []
             while time.time() < deadline:
-                peak_rss = max(peak_rss, tree_rss_mb(daemon.pid))
+                peak_rss = max(peak_rss, tree_rss_mb(daemon.process.pid))
                 records = instance.get_run_records(
                     filters=RunsFilter(tags={"dagster/schedule_name": "stripe_refresh"})
                 )
@@ -166,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
                     r.dagster_run.status.value in FINISHED for r in records
                 ):
                     break
-                if daemon.poll() is not None:
+                if not daemon.alive():
                     raise SystemExit(f"the daemon exited; see {workdir / 'daemon.log'}")
                 time.sleep(1)
             else:
@@ -179,16 +177,9 @@ def main(argv: list[str] | None = None) -> None:
             )
     finally:
         if daemon is not None:
-            # The daemon, its code server and any run worker share the daemon's session.
-            os.killpg(daemon.pid, signal.SIGTERM)
-            try:
-                daemon.wait(15)
-            except subprocess.TimeoutExpired:
-                pass
-            try:
-                os.killpg(daemon.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            # The daemon, its code server and any run worker share the daemon's process
+            # group: stop() leaves none of them behind.
+            daemon.stop(timeout=15)
         sandbox.stop()
         runtime.close()
 

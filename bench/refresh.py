@@ -36,8 +36,8 @@ from pathlib import Path
 import httpx
 
 from bench.procfs import cpu_s
-from bench.sandbox_process import start_sandbox
 from bench.sandbox_pages import bench_key
+from bench.sandbox_process import start_sandbox
 
 LATENCY_S = 0.05
 PAGES = 10

@@ -14,6 +14,7 @@ def start_sandbox(**settings: float | int) -> tuple[Child, str]:
     code = f"from bench.sandbox_pages import serve; serve({port}{arguments})"
     url = f"http://127.0.0.1:{port}"
     # Up to a minute: it may prepare benchmark data first.
-    child = spawn_and_wait("the sandbox", [sys.executable, "-c", code], f"{url}/_sandbox/health",
-                           timeout=60)
+    child = spawn_and_wait(
+        "the sandbox", [sys.executable, "-c", code], f"{url}/_sandbox/health", timeout=60
+    )
     return child, url

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import polars as pl
 
-from writevue_devtools.peers import POSTGRES_ADMIN_URL
+from bench.scratch import PostgresUnavailable, scratch_postgres_database
 
 
 def make_facts(rows: int) -> pl.DataFrame:
@@ -155,23 +155,14 @@ def main(argv: list[str] | None = None) -> None:
         ),
     )
 
-    database = None
     try:
-        import psycopg
-
-        name = f"writevue_bench_{uuid.uuid4().hex[:10]}"
-        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        database = name
-        url = f"{POSTGRES_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-        base = postgres_baseline(url, facts)
-        results["postgres"] = (base, upsert_three_times(url, workdir / "postgres-home", facts))
-    except Exception as exc:  # a missing server is reported, not fatal
+        with scratch_postgres_database() as url:
+            base = postgres_baseline(url, facts)
+            results["postgres"] = (base, upsert_three_times(url, workdir / "postgres-home", facts))
+    except PostgresUnavailable as exc:  # a missing server is reported, not fatal
+        print(f"PostgreSQL skipped: {exc}")
+    except Exception as exc:  # so is a failure there: the SQLite figures still print
         print(f"PostgreSQL skipped: {type(exc).__name__}")
-    finally:
-        if database is not None:
-            with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
     columns = ("database", "baseline s", "upsert s", "rows/s", "ratio", "rerun s", "changed")
     columns += ("update-all s", "update ratio")

@@ -123,12 +123,8 @@ def _daily_values(series: pl.DataFrame) -> dict[str, dict[str, dict[dt.date, flo
     return values
 
 
-def chart_svg(metric: str, series: pl.DataFrame, period: Period) -> str:
-    """One metric's daily values as an SVG line chart; one line per dimension, gaps as zero."""
-    return _chart_svg(metric, _daily_values(series).get(metric, {}), period)
-
-
 def _chart_svg(metric: str, by_day: dict[str, dict[dt.date, float]], period: Period) -> str:
+    """One metric's daily values as an SVG line chart; one line per dimension, gaps as zero."""
     width, height, left, right, top, bottom = 640, 200, 48, 10, 10, 24
     plot_w, plot_h = width - left - right, height - top - bottom
     span = max(period.days - 1, 1)

@@ -24,19 +24,6 @@ def truncate_ip(ip: str) -> str:
     return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False).network_address)
 
 
-def limiter_key(ip: str) -> str:
-    """Rate-limit key: a whole IPv4 address (a /24 may be an office), an IPv6 /64 (one host)."""
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        return "-"
-    if isinstance(addr, ipaddress.IPv6Address):
-        if addr.ipv4_mapped:
-            return str(addr.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{addr}/64", strict=False).network_address)
-    return str(addr)
-
-
 def _scrub_ipv6(match: re.Match) -> str:
     text = match.group(0)
     try:
@@ -60,7 +47,7 @@ _installed = False
 def install_log_scrubber() -> None:
     """Scrub every log record of this process as it is created, whatever logger it goes to.
 
-    The access log is already written redacted (see ``gate.log_function``); this is the
+    The access log is already written redacted (see ``request_log.log_function``); this is the
     safety net for anything else, such as Tornado's uncaught-exception dumps, which print
     the request with its path and the client's address.
     """

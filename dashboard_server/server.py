@@ -1,132 +1,51 @@
-"""The Panel server for client dashboards: ``/d/{token}`` behind the gate, and the connect page."""
+"""The dashboard server assembled: ``/d/{token}`` behind the gate, its CSV export, the connect page.
+
+Each part lives in its own module; this one only assembles them into one Panel server:
+the gate (``gate``, ``limiter``), the headers (``headers``), static files (``static``),
+the request log (``request_log``, ``access_log``), the export (``export``), the connect
+page (``connect``) and the process tuning (``tuning``).
+"""
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import gc
+import functools
 import logging
 from urllib.parse import urlsplit
 
 import panel as pn
-from panel.io.server import WSHandler as PanelWSHandler
+from tornado.web import Application
 
 from writevue_pipelines.runtime import Runtime
 
 from .access_log import AccessLog, Visitor
-from .app import GONE_HTML, Dashboard, dashboard_html
-from .data import FactCache, LruCache, Period, load_facts, load_header, summarise
-from .gate import (
-    ASSETS_DIR,
-    FailureLimiter,
-    LinkResolver,
-    current_link,
-    install_gate,
-    tornado_application,
-    tornado_settings,
-)
-from .handlers import ConnectHandler, CsvExportHandler, OAuthCallbackHandler
+from .app import GONE_HTML, Dashboard
+from .connect import ConnectHandler, OAuthCallbackHandler
+from .export import csv_export_rule
+from .gate import LinkResolver, NotFoundPage, RejectHandler, current_link, install_gate
+from .headers import XSRF_COOKIE_KWARGS, security_headers, security_transform
+from .limiter import FailureLimiter
 from .redaction import install_log_scrubber
+from .request_log import log_function
+from .static import ASSETS_DIR, RobotsHandler, StaticGzip
+from .tenant_data import TenantData, fact_cache
 from .ticker import Ticker
+from .tuning import (
+    SESSION_CHECK_MS,
+    freeze_startup_objects,
+    install_dashboard_socket,
+    release_memory,
+)
 
 THEME = "/assets/theme.css"
 FAVICON = "/assets/favicon.svg"
-CACHE_KEY = "writevue.facts"
-PAGES_KEY = "writevue.pages"
-PAGE_CACHE_BYTES = 32 * 1024 * 1024
-TRIM_DELAY_S = 2.0
-#: how often Bokeh discards sessions that ended (default 17 s); a pass over a dict
-SESSION_CHECK_MS = 1000
-
-
-def _load_malloc_trim():
-    """glibc's ``malloc_trim``, or None (musl, macOS): hands freed heap pages back to the OS."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):
-        return None
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return trim
-
-
-_malloc_trim = _load_malloc_trim()
-_trim_pending = False
-
-
-def release_memory(session_context) -> None:
-    """After a session is destroyed: once its objects are gone, return the freed heap to the OS.
-
-    A session's page, HTML and Bokeh messages are large strings that glibc serves from
-    its heap; freed, they stay in the process (RSS) as fragmented free chunks, so a busy
-    server's RSS only ever climbs. One ``malloc_trim`` a little after a burst of session
-    ends (coalesced: at most one pending) gives those pages back; it takes milliseconds.
-    """
-    global _trim_pending
-    if _malloc_trim is None or _trim_pending:
-        return
-    from tornado.ioloop import IOLoop
-
-    def trim() -> None:
-        global _trim_pending
-        _trim_pending = False
-        _malloc_trim(0)
-
-    _trim_pending = True
-    IOLoop.current().call_later(TRIM_DELAY_S, trim)
-
-
-class TenantData:
-    """The one tenant a session may show, bound by the server; the view sees only this."""
-
-    def __init__(self, runtime: Runtime, tenant_id: str, alive):
-        self._runtime, self._tenant_id, self._alive = runtime, tenant_id, alive
-
-    def page(self, period: Period, *, tv: bool) -> str:
-        """The dashboard's HTML: one registry read, then the cached page or one facts query.
-
-        The key holds everything the page shows besides the facts (name, last update,
-        each source's state, which also ages from fresh to stale) and the facts' version.
-        """
-        header = load_header(self._runtime, self._tenant_id)
-        key = (
-            self._tenant_id,
-            header.version,
-            header.tenant_name,
-            header.last_updated,
-            tuple(header.sources),
-            period,
-            tv,
-        )
-        pages = page_cache()
-        page = pages.get(key)
-        if page is None:
-            facts = load_facts(self._runtime, self._tenant_id, period, header.version, fact_cache())
-            page = dashboard_html(summarise(header, period, facts), tv=tv)
-            pages.put(key, page)
-        return page
-
-    def alive(self) -> bool:
-        return self._alive()
-
-
-def fact_cache() -> FactCache:
-    """The process-wide cache; ``pn.state.cache`` is shared by every session."""
-    return pn.state.cache.setdefault(CACHE_KEY, FactCache())
-
-
-def page_cache() -> LruCache:
-    """Rendered pages, process-wide like the facts; bounded by their total size."""
-    return pn.state.cache.setdefault(
-        PAGES_KEY, LruCache(max_entries=4096, max_size=PAGE_CACHE_BYTES, size=len)
-    )
-
 
 #: every open dashboard's periodic link check (and TV reload), one timer per process
 TICKER = Ticker()
+_session_end_hooks: set = set()
 
 
 def make_app(runtime: Runtime, resolve: LinkResolver, access_log: AccessLog | None = None):
+    """The Panel app behind ``/d/{token}``: each session shows its live link's tenant only."""
     refresh_s = runtime.settings.dashboard_refresh_s
 
     def dashboard():
@@ -168,6 +87,44 @@ def make_app(runtime: Runtime, resolve: LinkResolver, access_log: AccessLog | No
     return dashboard
 
 
+def tornado_settings(
+    frame_ancestors: str | None = None,
+    extra_patterns: list | None = None,
+    access_log: AccessLog | None = None,
+) -> dict:
+    """Extra ``pn.serve`` keyword arguments; Bokeh passes them to ``tornado.web.Application``."""
+    return {
+        "log_function": functools.partial(log_function, access_log=access_log),
+        "transforms": [
+            security_transform(security_headers(frame_ancestors)),
+            NotFoundPage,
+            StaticGzip,
+        ],
+        "default_handler_class": RejectHandler,
+        "extra_patterns": [(r"/robots\.txt", RobotsHandler), *(extra_patterns or [])],
+        "xsrf_cookie_kwargs": XSRF_COOKIE_KWARGS,
+    }
+
+
+def tornado_application(server) -> Application:
+    """The server's Tornado Application (to add routes to, before it starts)."""
+    # The one private attribute: Bokeh's Server keeps its Tornado Application in
+    # ``_tornado`` with no public accessor. Checked, so an upgrade fails loudly.
+    app = getattr(server, "_tornado", None)
+    if not isinstance(app, Application):
+        raise RuntimeError(
+            "bokeh's Server no longer exposes _tornado; the gate cannot be installed"
+        )
+    return app
+
+
+def _on_every_session_end(hook) -> None:
+    """Call ``hook`` after every session ends; once, however often the server is built."""
+    if hook not in _session_end_hooks:
+        pn.state.on_session_destroyed(hook)  # outside a session: for every session
+        _session_end_hooks.add(hook)
+
+
 def build_server(
     runtime: Runtime,
     *,
@@ -181,10 +138,8 @@ def build_server(
     pn.config.css_files = [THEME]
     pn.extension(design="native", notifications=False)
     limiter = limiter or FailureLimiter()
-    destroyed = getattr(pn.state, "_on_session_destroyed", ())
     for hook in (TICKER.session_destroyed, release_memory):
-        if hook not in destroyed:
-            pn.state.on_session_destroyed(hook)  # outside a session: for every session
+        _on_every_session_end(hook)
     resolve = LinkResolver(runtime)
     access_log = AccessLog(runtime.settings.log_dir)
     public = urlsplit(runtime.settings.dashboard_base_url).netloc
@@ -218,49 +173,17 @@ def build_server(
             access_log=access_log,
         ),
     )
+    app = tornado_application(server)
     install_gate(
-        server,
+        app,
         resolve,
         limiter,
-        csv_handler=(CsvExportHandler, {"runtime": runtime, "cache": fact_cache()}),
+        prefix=server.prefix,
+        behind_gate=[csv_export_rule(runtime, fact_cache(), server.prefix)],
     )
-    install_dashboard_socket(server)
+    install_dashboard_socket(app)
     TICKER.start()
     return server
-
-
-class DashboardSocket(PanelWSHandler):
-    """Panel's websocket, sending at once and letting a closed page's session go at once."""
-
-    def open(self, *args, **kwargs):
-        # Bokeh sends each message as several frames (header, metadata, content); with
-        # Nagle's algorithm on, every frame after the first waits for the client's
-        # delayed ACK, about 40 ms per message: on each page load's document and on
-        # each update the client sees.
-        self.set_nodelay(True)
-        return super().open(*args, **kwargs)
-
-    def on_close(self) -> None:
-        connection = getattr(self, "connection", None)
-        session = connection.session if connection is not None else None
-        super().on_close()  # detaches the connection from its session
-        if session is not None and session.connection_count == 0 and not pn.config.reconnect:
-            # Without Panel's reconnect, a page whose websocket closed never comes back
-            # to its session (a reload opens a new one). Bokeh would keep the session
-            # another 15-32 s; asked to expire, it goes at the next check
-            # (SESSION_CHECK_MS), and with it the document's memory.
-            session.request_expiration()
-
-
-def install_dashboard_socket(server) -> None:
-    """Serve the dashboards' websockets with ``DashboardSocket`` (before the server starts)."""
-    replaced = 0
-    for rule in tornado_application(server).wildcard_router.rules:
-        if rule.target is PanelWSHandler:
-            rule.target = DashboardSocket
-            replaced += 1
-    if not replaced:
-        raise RuntimeError("panel's websocket route was not found")
 
 
 def serve(host: str = "127.0.0.1", port: int = 5006) -> None:
@@ -271,15 +194,3 @@ def serve(host: str = "127.0.0.1", port: int = 5006) -> None:
     freeze_startup_objects()
     server.start()
     server.io_loop.start()
-
-
-def freeze_startup_objects() -> None:
-    """Keep the cyclic garbage collector off everything that exists before serving.
-
-    Panel, Bokeh, polars and SQLAlchemy leave some 200,000 objects that live as long as
-    the process; a full collection walks them all (~100 ms on one core, the whole
-    server stalled), and Panel asks for one after sessions end, so every few seconds
-    on a busy server. Frozen, they are skipped: collections walk what sessions made.
-    """
-    gc.collect()
-    gc.freeze()

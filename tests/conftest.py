@@ -14,12 +14,13 @@ import uuid
 from pathlib import Path
 
 import pytest
+from support import SECRETS, remember_secret
 
 from writevue_devtools.peers import CHROMIUM, POSTGRES_ADMIN_URL
 from writevue_pipelines.home import init_home
 from writevue_pipelines.runtime import Runtime
-from writevue_sandbox import SandboxServer
 from writevue_pipelines.settings import Settings
+from writevue_sandbox import SandboxServer
 
 _missing: dict[str, str] = {}
 
@@ -103,6 +104,15 @@ def sandbox():
         yield server
 
 
+@pytest.fixture
+def instance():
+    """A throwaway Dagster instance for one test."""
+    from dagster import instance_for_test
+
+    with instance_for_test() as instance:
+        yield instance
+
+
 @pytest.fixture(scope="session")
 def chromium_path() -> str:
     if not (os.path.exists(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
@@ -118,7 +128,6 @@ def chromium_path() -> str:
 
 # -- every secret the suite uses, and every log line and error text it produced -------------
 
-_SECRETS: set[str] = set()
 _TEXTS: list[tuple[str, str]] = []  # (where, text)
 _NOT_SECRET_FIELDS = {"tenant.name", "tenant.email"}
 
@@ -129,13 +138,6 @@ class _CaptureEverything(logging.Handler):
             _TEXTS.append((f"log {record.name}", logging.Formatter().format(record)))
         except Exception:
             _TEXTS.append((f"log {record.name}", str(record.msg)))
-
-
-def remember_secret(value: str) -> str:
-    """Add a secret a test made up itself; the session fails if it is ever logged."""
-    if value and len(value) >= 8:
-        _SECRETS.add(value)
-    return value
 
 
 def _watch_secrets_and_errors() -> None:
@@ -193,7 +195,7 @@ def _leaks(basetemp: Path | None) -> list[str]:
             except OSError:
                 continue
     found = []
-    for secret in _SECRETS:
+    for secret in SECRETS:
         for where, text in texts:
             if secret in text:
                 found.append(f"{secret[:4]}… ({len(secret)} chars) appeared in {where}")
@@ -219,7 +221,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     leaks = _LEAKS
     terminalreporter.section("secrets in logs and error texts", sep="-")
     terminalreporter.write_line(
-        f"searched {len(_TEXTS)} log records and error texts for {len(_SECRETS)} secrets: "
+        f"searched {len(_TEXTS)} log records and error texts for {len(SECRETS)} secrets: "
         + ("none found" if not leaks else f"{len(leaks)} LEAKED")
     )
     for leak in leaks:

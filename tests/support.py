@@ -1,17 +1,63 @@
-"""Helpers the tests share: tenants with connections on the sandbox, a dashboard server,
-and a test OAuth2 source served by the sandbox's authorisation server."""
+"""Helpers the tests share: the secrets the suite's leak check watches, tenants with
+connections on the sandbox, `writevue` run as a command, a dashboard server, and a test
+OAuth2 source served by the sandbox's authorisation server. Fixtures live in conftest."""
 
 from __future__ import annotations
 
 import datetime as dt
+import io
+import os
+import subprocess
+import sys
+from secrets import token_hex
 
 import httpx
 import polars as pl
 
 from writevue_pipelines import registry
+from writevue_pipelines.oauth.endpoints import client_variables
+from writevue_pipelines.processes import Child, free_port, spawn_and_wait
 from writevue_pipelines.runtime import Runtime
 from writevue_pipelines.sources.auth import OAuthSpec
 from writevue_pipelines.sources.base import FetchRequest, FetchResult, Source
+from writevue_sandbox.oauth import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
+
+# Every secret the suite has seen; conftest fails the run if one reaches a log or an error.
+SECRETS: set[str] = set()
+
+
+def remember_secret(value: str) -> str:
+    """Add a secret a test made up itself; the session fails if it is ever logged."""
+    if value and len(value) >= 8:
+        SECRETS.add(value)
+    return value
+
+
+def add_tenant(runtime: Runtime, name: str = "Acme Ltd", email: str = "ops@acme.test") -> str:
+    """A new tenant's id."""
+    with runtime.db.session() as session:
+        return registry.add_tenant(session, runtime.keys, name, email)
+
+
+def add_connection(
+    runtime: Runtime,
+    source: str,
+    auth_kind: str,
+    options: dict,
+    secrets: dict[str, str],
+    *,
+    tenant_id: str | None = None,
+    name: str = "Acme Ltd",
+    email: str = "ops@acme.test",
+) -> tuple[str, str]:
+    """(tenant id, connection id) of a ``source`` connection; a new tenant unless one is given."""
+    with runtime.db.session() as session:
+        if tenant_id is None:
+            tenant_id = registry.add_tenant(session, runtime.keys, name, email)
+        connection_id = registry.add_connection(
+            session, runtime.keys, tenant_id, source, auth_kind, options, secrets
+        )
+    return tenant_id, connection_id
 
 
 def add_stripe_connection(
@@ -23,12 +69,46 @@ def add_stripe_connection(
     name: str = "Acme Ltd",
     email: str = "ops@acme.test",
 ) -> tuple[str, str]:
-    """(tenant id, connection id); a new tenant unless one is given."""
+    """(tenant id, connection id) of a Stripe API-key connection; a new tenant unless given one."""
+    options, secrets = {"base_url": sandbox_url}, {"api_key": api_key}
+    return add_connection(
+        runtime, "stripe", "api_key", options, secrets, tenant_id=tenant_id, name=name, email=email
+    )
+
+
+def new_stripe_key() -> str:
+    """A Stripe test key no other test uses."""
+    return f"sk_test_{token_hex(12)}"
+
+
+def connection_info(runtime: Runtime, connection_id: str) -> registry.ConnectionInfo:
+    """The connection as it is stored now."""
     with runtime.db.session() as session:
-        if tenant_id is None:
-            tenant_id = registry.add_tenant(session, runtime.keys, name, email)
-        connection_id = stripe_connection(session, runtime, tenant_id, sandbox_url, api_key)
-    return tenant_id, connection_id
+        return registry.get_connection(session, connection_id)
+
+
+def expire_access_token(runtime: Runtime, connection_id: str) -> None:
+    """Make the stored OAuth access token look expired, as it will be an hour later."""
+    past = (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)).isoformat()
+    with runtime.db.session() as session:
+        connection = registry.get_connection(session, connection_id)
+        registry.put_secret(
+            session, runtime.keys, connection.tenant_id, connection_id, "expires_at", past
+        )
+
+
+def fetch_to_staging(runtime: Runtime, connection_id: str):
+    """The first half of one connection's refresh as production runs it
+    (``refresh.fetch_connections``): its records staged, its ``FetchSummary``, or its error
+    raised. ``refresh.load_connection`` is the second half."""
+    import asyncio
+
+    from writevue_pipelines import refresh
+
+    result = asyncio.run(refresh.fetch_connections(runtime, [connection_id]))[connection_id]
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 def stripe_connection(session, runtime: Runtime, tenant_id: str, base_url: str, key: str) -> str:
@@ -65,15 +145,52 @@ def add_tenant_with_facts(
     return tenant_id, connection_id
 
 
-def start_dashboard_server(home, log_path, **env: str):
-    """`writevue serve` in its own process on a free port: (process, base URL)."""
-    import os
-    import subprocess
-    import sys
-    import time
+def run_writevue(
+    home, *args: str, stdin: str = "", env: dict[str, str] | None = None, timeout=120, cwd=None
+) -> subprocess.CompletedProcess:
+    """`writevue ARGS` in its own process on ``home``, never the suite's PostgreSQL."""
+    environ = {**os.environ, "WRITEVUE_HOME": str(home), **(env or {})}
+    environ.pop("WRITEVUE_DATABASE_URL", None)
+    environ.pop("DAGSTER_HOME", None)  # the home's own, as `writevue` derives it
+    return subprocess.run(
+        [sys.executable, "-m", "writevue_pipelines.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=timeout,
+        cwd=cwd,
+    )
 
-    from writevue_pipelines.demo import free_port
 
+def run_cli(
+    monkeypatch, capsys, *args: str, stdin: str = "", env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
+    """`writevue ARGS` in this process: (exit code, stdout, stderr)."""
+    from writevue_pipelines import cli
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    for name, value in (env or {}).items():
+        monkeypatch.setenv(name, value)
+    code = cli.main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def apply_partition_requests(instance, result) -> None:
+    """What the sensor daemon does with a tick's dynamic partition requests."""
+    from dagster import AddDynamicPartitionsRequest, DeleteDynamicPartitionsRequest
+
+    for request in result.dynamic_partitions_requests or []:
+        if isinstance(request, AddDynamicPartitionsRequest):
+            instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
+        elif isinstance(request, DeleteDynamicPartitionsRequest):
+            for key in request.partition_keys:
+                instance.delete_dynamic_partition(request.partitions_def_name, key)
+
+
+def start_dashboard_server(home, log_path, **env: str) -> tuple[Child, str]:
+    """`writevue serve` in its own process on a free port, once it answers: (child, base URL)."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     environ = {
@@ -83,25 +200,14 @@ def start_dashboard_server(home, log_path, **env: str):
         **env,
     }
     environ.pop("WRITEVUE_DATABASE_URL", None)
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "writevue_pipelines.cli", "serve", "--port", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=environ,
-        )
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/robots.txt", timeout=2).status_code == 200:
-                return process, base
-        except httpx.HTTPError:
-            time.sleep(0.3)
-        if process.poll() is not None:
-            break
-    process.kill()
-    process.wait(10)
-    raise AssertionError(open(log_path).read())
+    server = spawn_and_wait(
+        "writevue serve",
+        [sys.executable, "-m", "writevue_pipelines.cli", "serve", "--port", str(port)],
+        f"{base}/robots.txt",
+        log_path=log_path,
+        env=environ,
+    )
+    return server, base
 
 
 class SandboxOAuthSource(Source):
@@ -131,3 +237,19 @@ class SandboxOAuthSource(Source):
         return pl.DataFrame(
             {"metric": ["seen"], "dimension": [""], "day": [dt.date.today()], "value": [1.0]}
         )
+
+
+def sandbox_oauth_client(*sources: str) -> dict[str, str]:
+    """The environment that makes the sandbox's client WriteVue's OAuth client at these
+    sources, as an operator sets the app registered with a real provider."""
+    env = {}
+    for source in sources:
+        id_variable, secret_variable = client_variables(source)
+        env[id_variable], env[secret_variable] = SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
+    return env
+
+
+def use_sandbox_oauth_client(monkeypatch, *sources: str) -> None:
+    """``sandbox_oauth_client`` for the rest of one test."""
+    for name, value in sandbox_oauth_client(*sources).items():
+        monkeypatch.setenv(name, value)

@@ -21,11 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import remember_secret
 from sqlalchemy import MetaData, inspect, select
-from support import add_stripe_connection, start_dashboard_server
+from support import add_stripe_connection, remember_secret, start_dashboard_server
 
-from writevue_devtools.peers import CHROMIUM_ARGS
 from dashboard_server.access_log import (
     AccessLog,
     Visitor,
@@ -34,6 +32,7 @@ from dashboard_server.access_log import (
     platform_name,
     referrer_domain,
 )
+from writevue_devtools.peers import CHROMIUM_ARGS
 from writevue_pipelines import links, registry
 from writevue_pipelines.errors import NotFound
 from writevue_pipelines.home import init_home
@@ -176,7 +175,7 @@ def test_an_access_line_has_exactly_the_allowed_fields():
 def test_only_a_live_links_page_load_and_csv_download_are_events():
     from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
 
-    from dashboard_server.gate import page_event
+    from dashboard_server.request_log import page_event
 
     def request(method: str, uri: str, link_id: str | None = "link-1") -> HTTPServerRequest:
         made = HTTPServerRequest(
@@ -257,7 +256,7 @@ def session(tmp_path_factory, chromium_path):
         tenant_id = registry.add_tenant(db, runtime.keys, "Trendy Ltd", "ops@trendy.test")
         link, token = links.create_link(db, tenant_id)
     server_log = root / "serve.log"
-    process, base = start_dashboard_server(settings.home, server_log)
+    server, base = start_dashboard_server(settings.home, server_log)
     try:
         with sync_playwright() as playwright:
             chromium = playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
@@ -284,8 +283,7 @@ def session(tmp_path_factory, chromium_path):
             time.sleep(0.1)
         yield Session(runtime, settings.home, server_log, base, token, link.id, tenant_id, events)
     finally:
-        process.terminate()
-        process.wait(20)
+        server.stop()
         runtime.close()
 
 

@@ -5,23 +5,26 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
-import io
-import os
-import subprocess
-import sys
 
 import httpx
 import polars as pl
 import pytest
-from conftest import remember_secret
+from support import (
+    add_connection,
+    add_tenant,
+    fetch_to_staging,
+    remember_secret,
+    run_cli,
+    run_writevue,
+)
 
-from writevue_pipelines import cli, refresh, registry
+from writevue_pipelines import refresh, registry
 from writevue_pipelines.models import Credential
-from writevue_sandbox.base import SandboxHandler
 from writevue_pipelines.sources import SOURCES
 from writevue_pipelines.sources.auth import BasicAuth
 from writevue_pipelines.sources.base import FetchRequest, FetchResult, Source
 from writevue_pipelines.sources.http import get_json
+from writevue_sandbox.base import SandboxHandler
 
 PASSWORD = remember_secret("pw_correct horse battery staple")
 
@@ -66,20 +69,6 @@ def basic_probe(sandbox, monkeypatch):
     return sandbox
 
 
-def _tenant(runtime) -> str:
-    with runtime.db.session() as session:
-        return registry.add_tenant(session, runtime.keys, "Acme Ltd", "ops@acme.test")
-
-
-def _cli(monkeypatch, capsys, *args: str, stdin: str = "", env: dict | None = None):
-    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-    for name, value in (env or {}).items():
-        monkeypatch.setenv(name, value)
-    code = cli.main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def _counts(runtime) -> tuple[int, int]:
     with runtime.db.session() as session:
         return len(registry.list_connections(session)), session.query(Credential).count()
@@ -89,15 +78,15 @@ def _counts(runtime) -> tuple[int, int]:
 def test_basic_connection_is_stored_encrypted_and_reads_the_source(
     runtime, basic_probe, monkeypatch, capsys, via
 ):
-    tenant_id = _tenant(runtime)
+    tenant_id = add_tenant(runtime)
     args = ["connection", "add", tenant_id, "basic_probe", "--auth", "basic"]
     args += ["--username", "reporting-reader", "--option", f"base_url={basic_probe.url}"]
     if via == "env":
-        code, out, err = _cli(
+        code, out, err = run_cli(
             monkeypatch, capsys, *args, "--password-env", "WV_PW", env={"WV_PW": PASSWORD}
         )
     else:
-        code, out, err = _cli(monkeypatch, capsys, *args, stdin=PASSWORD + "\n")
+        code, out, err = run_cli(monkeypatch, capsys, *args, stdin=PASSWORD + "\n")
     assert code == 0, err
     connection_id = out.strip().splitlines()[-1]
     assert err.count("dedicated read-only account") == 1
@@ -115,22 +104,18 @@ def test_basic_connection_is_stored_encrypted_and_reads_the_source(
     auth = BasicProbe().build_auth(connection, secrets)
     assert isinstance(auth, BasicAuth) and PASSWORD not in repr(auth)
 
-    assert refresh.fetch_connection(runtime, connection_id).records == 1
+    assert fetch_to_staging(runtime, connection_id).records == 1
     assert basic_probe.counters["basic.whoami"] == 1
 
 
 def test_a_wrong_password_is_a_clear_error_without_the_password(runtime, basic_probe):
-    tenant_id = _tenant(runtime)
-    with runtime.db.session() as session:
-        connection_id = registry.add_connection(
-            session,
-            runtime.keys,
-            tenant_id,
-            "basic_probe",
-            "basic",
-            {"base_url": basic_probe.url},
-            {"username": "reader", "password": remember_secret("pw_wrong_password_1")},
-        )
+    _, connection_id = add_connection(
+        runtime,
+        "basic_probe",
+        "basic",
+        {"base_url": basic_probe.url},
+        {"username": "reader", "password": remember_secret("pw_wrong_password_1")},
+    )
     results = asyncio.run(refresh.fetch_connections(runtime, [connection_id]))
     message = str(results[connection_id])
     assert "refused the credentials" in message and "pw_wrong" not in message
@@ -152,10 +137,10 @@ def test_a_wrong_password_is_a_clear_error_without_the_password(runtime, basic_p
 def test_bad_basic_input_gets_one_line_and_stores_nothing(
     runtime, basic_probe, monkeypatch, capsys, extra, stdin, message
 ):
-    tenant_id = _tenant(runtime)
+    tenant_id = add_tenant(runtime)
     before = _counts(runtime)
     monkeypatch.delenv("WV_UNSET_PW", raising=False)
-    code, out, err = _cli(
+    code, out, err = run_cli(
         monkeypatch, capsys, "connection", "add", tenant_id, "basic_probe", *extra, stdin=stdin
     )
     assert code != 0 and out == ""
@@ -169,22 +154,11 @@ def test_built_in_sources_refuse_basic_auth(tmp_path):
     for name in ("stripe", "github", "ga4"):
         if name in SOURCES:
             assert "basic" not in SOURCES[name].auth_kinds, name
-    env = {**os.environ, "WRITEVUE_HOME": str(tmp_path / "home")}
-    env.pop("WRITEVUE_DATABASE_URL", None)
-
-    def run(*args, stdin=""):
-        return subprocess.run(
-            [sys.executable, "-m", "writevue_pipelines.cli", *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=120,
-        )
-
-    assert run("init").returncode == 0
-    tenant = run("tenant", "add", "Acme", "--email", "a@acme.test").stdout.strip()
-    result = run(
+    home = tmp_path / "home"
+    assert run_writevue(home, "init").returncode == 0
+    tenant = run_writevue(home, "tenant", "add", "Acme", "--email", "a@acme.test").stdout.strip()
+    result = run_writevue(
+        home,
         "connection",
         "add",
         tenant,
@@ -198,4 +172,4 @@ def test_built_in_sources_refuse_basic_auth(tmp_path):
     assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1
     assert "takes api_key, not basic" in result.stderr
     assert PASSWORD not in result.stderr + result.stdout
-    assert run("connection", "list", "--json").stdout.strip() == "[]"
+    assert run_writevue(home, "connection", "list", "--json").stdout.strip() == "[]"

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
 
 import pytest
+from support import run_writevue
 
 from writevue_pipelines import links
 from writevue_pipelines.runtime import Runtime
@@ -18,16 +18,7 @@ SECRET = "sk_test_cli_secret_key_0042"
 
 
 def run(home, *args, stdin: str | None = None, env: dict | None = None, check: bool = True):
-    environ = {**os.environ, "WRITEVUE_HOME": str(home), **(env or {})}
-    environ.pop("WRITEVUE_DATABASE_URL", None)
-    result = subprocess.run(
-        [sys.executable, "-m", "writevue_pipelines.cli", *args],
-        input=stdin if stdin is not None else "",
-        capture_output=True,
-        text=True,
-        env=environ,
-        timeout=120,
-    )
+    result = run_writevue(home, *args, stdin=stdin or "", env=env)
     if check and result.returncode != 0:
         raise AssertionError(f"writevue {' '.join(args)} failed: {result.stderr}")
     return result

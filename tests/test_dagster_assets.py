@@ -18,31 +18,33 @@ from pathlib import Path
 
 import pytest
 from dagster import (
-    AddDynamicPartitionsRequest,
     DagsterInstance,
-    DeleteDynamicPartitionsRequest,
     SensorEvaluationContext,
     SensorResult,
     build_sensor_context,
-    instance_for_test,
     materialize,
     serialize_value,
 )
-from support import add_stripe_connection
+from support import (
+    add_stripe_connection,
+    apply_partition_requests,
+    connection_info,
+    new_stripe_key,
+)
 
-from writevue_pipelines import registry, warehouse
+from writevue_pipelines import warehouse
 from writevue_pipelines.defs import defs
 from writevue_pipelines.defs.assets import SOURCE_ASSETS
 from writevue_pipelines.defs.batches import RANGE_END_TAG as RANGE_END
 from writevue_pipelines.defs.batches import RANGE_START_TAG as RANGE_START
 from writevue_pipelines.defs.partitions import CONNECTION_PARTITIONS
+from writevue_pipelines.defs.refresh_now import refresh_now
 from writevue_pipelines.defs.resources import WriteVueResource
 from writevue_pipelines.defs.sensors import CONNECTION_SENSORS
-from writevue_pipelines.materialize import refresh_now
 from writevue_pipelines.models import Connection
 from writevue_pipelines.runtime import Runtime
-from writevue_sandbox import SandboxServer
 from writevue_pipelines.sources import SOURCES
+from writevue_sandbox import SandboxServer
 
 REPO = Path(__file__).resolve().parents[1]
 STRIPE = SOURCE_ASSETS["stripe"]
@@ -57,16 +59,6 @@ TENANT_EMAIL = "accounts@quillfeather-haberdashery.example"
 def sandbox():
     with SandboxServer() as server:
         yield server
-
-
-@pytest.fixture
-def instance():
-    with instance_for_test() as instance:
-        yield instance
-
-
-def new_key() -> str:
-    return f"sk_test_{secrets.token_hex(12)}"
 
 
 def materialize_stripe(instance: DagsterInstance, connection_id: str, **kwargs):
@@ -89,21 +81,6 @@ def fact_count(runtime: Runtime, connection_id: str) -> tuple[int, int]:
         )
 
 
-def connection(runtime: Runtime, connection_id: str) -> registry.ConnectionInfo:
-    with runtime.db.session() as session:
-        return registry.get_connection(session, connection_id)
-
-
-def apply_partition_requests(instance: DagsterInstance, result) -> None:
-    """What the sensor daemon does with a tick's dynamic partition requests."""
-    for request in result.dynamic_partitions_requests or []:
-        if isinstance(request, AddDynamicPartitionsRequest):
-            instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
-        elif isinstance(request, DeleteDynamicPartitionsRequest):
-            for key in request.partition_keys:
-                instance.delete_dynamic_partition(request.partitions_def_name, key)
-
-
 def test_every_source_has_partitions_an_asset_pair_and_a_sensor():
     graph = defs.resolve_asset_graph()
     for source in SOURCES:
@@ -124,7 +101,7 @@ def test_every_source_has_partitions_an_asset_pair_and_a_sensor():
 
 def test_both_assets_write_facts_for_a_connection(runtime, sandbox, instance):
     _, connection_id = add_stripe_connection(
-        runtime, sandbox.url, new_key(), name=TENANT_NAME, email=TENANT_EMAIL
+        runtime, sandbox.url, new_stripe_key(), name=TENANT_NAME, email=TENANT_EMAIL
     )
 
     result = materialize_stripe(instance, connection_id)
@@ -132,7 +109,7 @@ def test_both_assets_write_facts_for_a_connection(runtime, sandbox, instance):
     assert result.success
     facts, duplicates = fact_count(runtime, connection_id)
     assert facts > 0 and duplicates == 0
-    refreshed = connection(runtime, connection_id)
+    refreshed = connection_info(runtime, connection_id)
     assert refreshed.status == "active" and refreshed.last_refreshed_at is not None
     # Raw records are transient: the staging folder is gone once aggregated.
     assert not (runtime.settings.staging_dir / connection_id).exists()
@@ -148,7 +125,7 @@ def test_both_assets_write_facts_for_a_connection(runtime, sandbox, instance):
 
 def test_rematerialising_writes_no_duplicate_rows(runtime, sandbox, instance):
     _, connection_id = add_stripe_connection(
-        runtime, sandbox.url, new_key(), name=TENANT_NAME, email=TENANT_EMAIL
+        runtime, sandbox.url, new_stripe_key(), name=TENANT_NAME, email=TENANT_EMAIL
     )
     assert materialize_stripe(instance, connection_id).success
     first = fact_count(runtime, connection_id)
@@ -161,9 +138,9 @@ def test_rematerialising_writes_no_duplicate_rows(runtime, sandbox, instance):
 
 def test_a_partition_range_fetches_all_its_connections_in_one_run(runtime, sandbox, instance):
     tenant_id, first = add_stripe_connection(
-        runtime, sandbox.url, new_key(), name=TENANT_NAME, email=TENANT_EMAIL
+        runtime, sandbox.url, new_stripe_key(), name=TENANT_NAME, email=TENANT_EMAIL
     )
-    _, second = add_stripe_connection(runtime, sandbox.url, new_key(), tenant_id=tenant_id)
+    _, second = add_stripe_connection(runtime, sandbox.url, new_stripe_key(), tenant_id=tenant_id)
     instance.add_dynamic_partitions(STRIPE_PARTITIONS.name, [first, second])
 
     result = materialize(
@@ -189,7 +166,7 @@ def test_a_partition_range_fetches_all_its_connections_in_one_run(runtime, sandb
 
 
 def test_dagster_instance_holds_no_tenant_name_email_or_key(runtime, sandbox, instance):
-    good_key, bad_key = new_key(), "bad_key_" + secrets.token_hex(12)
+    good_key, bad_key = new_stripe_key(), "bad_key_" + secrets.token_hex(12)
     tenant_id, good = add_stripe_connection(
         runtime, sandbox.url, good_key, name=TENANT_NAME, email=TENANT_EMAIL
     )
@@ -230,7 +207,7 @@ def test_a_run_of_one_failing_connection_fails_with_a_clean_message(runtime, san
         r"credentials \(HTTP 401\); reconnect the source",
         message,
     )
-    failed = connection(runtime, connection_id)
+    failed = connection_info(runtime, connection_id)
     assert failed.status == "failing"
     assert failed.last_error == message
     assert "bad_key" not in failed.last_error
@@ -254,9 +231,9 @@ def sensor_tick(instance: DagsterInstance, source: str, cursor: str | None = Non
 
 def test_the_sensor_keeps_partitions_equal_to_active_connections(runtime, sandbox, instance):
     tenant_id, first = add_stripe_connection(
-        runtime, sandbox.url, new_key(), name=TENANT_NAME, email=TENANT_EMAIL
+        runtime, sandbox.url, new_stripe_key(), name=TENANT_NAME, email=TENANT_EMAIL
     )
-    _, second = add_stripe_connection(runtime, sandbox.url, new_key(), tenant_id=tenant_id)
+    _, second = add_stripe_connection(runtime, sandbox.url, new_stripe_key(), tenant_id=tenant_id)
 
     added = sensor_tick(instance, "stripe")
     # One first refresh (history backfill) for both new connections: a partition range.
@@ -278,7 +255,7 @@ def test_the_sensor_keeps_partitions_equal_to_active_connections(runtime, sandbo
 
 def test_the_sensor_can_be_built_with_build_sensor_context(runtime, sandbox, instance):
     _, connection_id = add_stripe_connection(
-        runtime, sandbox.url, new_key(), name=TENANT_NAME, email=TENANT_EMAIL
+        runtime, sandbox.url, new_stripe_key(), name=TENANT_NAME, email=TENANT_EMAIL
     )
     instance.add_dynamic_partitions(STRIPE_PARTITIONS.name, ["not-a-connection-any-more"])
 
@@ -295,7 +272,7 @@ def test_the_sensor_can_be_built_with_build_sensor_context(runtime, sandbox, ins
 
 def test_refresh_now_reports_each_connection_and_never_raises_for_one(runtime, sandbox):
     tenant_a, good = add_stripe_connection(
-        runtime, sandbox.url, new_key(), name=TENANT_NAME, email=TENANT_EMAIL
+        runtime, sandbox.url, new_stripe_key(), name=TENANT_NAME, email=TENANT_EMAIL
     )
     _, bad = add_stripe_connection(
         runtime, sandbox.url, "bad_key", name=TENANT_NAME, email=TENANT_EMAIL

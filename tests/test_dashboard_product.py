@@ -18,22 +18,38 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import polars as pl
 import pytest
-from conftest import remember_secret
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import SandboxOAuthSource, add_tenant_with_facts, start_dashboard_server
+from support import (
+    SandboxOAuthSource,
+    add_stripe_connection,
+    add_tenant_with_facts,
+    fetch_to_staging,
+    remember_secret,
+    sandbox_oauth_client,
+    start_dashboard_server,
+    use_sandbox_oauth_client,
+)
 
-from writevue_devtools.peers import CHROMIUM_ARGS
-from dashboard_server.app import chart_svg, dashboard_html
-from dashboard_server.data import FactCache, Period, dashboard_csv, load_dashboard
-from dashboard_server.gate import LinkResolver, session_cookie
+from dashboard_server.app import dashboard_html
+from dashboard_server.data import (
+    FactCache,
+    Period,
+    TenantHeader,
+    dashboard_csv,
+    load_dashboard,
+    summarise,
+)
+from dashboard_server.gate import LinkResolver
+from dashboard_server.headers import session_cookie
 from dashboard_server.probe import page_and_document_text
-from writevue_pipelines import invites, links, registry
+from writevue_devtools.peers import CHROMIUM_ARGS
+from writevue_pipelines import invites, links, refresh, registry
 from writevue_pipelines.home import init_home
 from writevue_pipelines.models import ConnectInvite, Connection, DashboardLink
 from writevue_pipelines.runtime import Runtime
 from writevue_pipelines.settings import Settings
-from writevue_pipelines.sources import SOURCES
+from writevue_pipelines.sources import SOURCES, get_source
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 TODAY = dt.datetime.now(dt.UTC).date()
@@ -83,12 +99,13 @@ def world(tmp_path_factory):
         _, acme_token = links.create_link(session, acme)
         _, globex_token = links.create_link(session, globex)
     log = root / "serve.log"
-    process, base = start_dashboard_server(settings.home, log, WRITEVUE_DASHBOARD_REFRESH_S="1")
+    server, base = start_dashboard_server(
+        settings.home, log, WRITEVUE_DASHBOARD_REFRESH_S="1", **sandbox_oauth_client("ga4")
+    )
     try:
         yield World(runtime, base, log, acme, acme_token, globex, globex_token)
     finally:
-        process.terminate()
-        process.wait(20)
+        server.stop()
         runtime.close()
 
 
@@ -105,6 +122,21 @@ def test_cards_compare_the_period_with_the_one_before(world):
     assert gross.value == sum(1000.25 + i for i in range(7))
     assert gross.previous == sum(1000.25 + i for i in range(7, 14))
     assert gross.text == "7,022.75 USD" and gross.change < 0
+
+
+def test_dashboard_data_reads_one_tenant_and_compares_periods(runtime, sandbox):
+    tenant_id, connection_id = add_stripe_connection(
+        runtime, sandbox.url, "sk_test_acme_data_003", name="Acme Ltd", email="003@client.test"
+    )
+    fetch_to_staging(runtime, connection_id)  # a real refresh, from the Stripe sandbox
+    refresh.load_connection(runtime, connection_id)
+    data = load_dashboard(runtime, tenant_id, days=30)
+    assert data.tenant_name == "Acme Ltd"
+    assert [s.state for s in data.sources] == ["fresh"]
+    assert {k.metric for k in data.kpis} == set(get_source("stripe").metrics)
+    charges = next(k for k in data.kpis if k.metric == "charges")
+    assert charges.value == data.series.filter(data.series["metric"] == "charges")["value"].sum()
+    assert charges.previous > 0 and charges.change_text.endswith("vs previous period")
 
 
 def test_one_warehouse_query_per_view_and_a_cache_keyed_by_tenant_and_refresh(world):
@@ -150,7 +182,7 @@ def test_the_page_shows_cards_charts_table_and_export_of_the_period(world):
 
 def test_a_chart_draws_every_day_of_the_period_and_gaps_as_zero():
     period = Period(dt.date(2026, 1, 1), dt.date(2026, 1, 10))
-    series = pl.DataFrame(
+    facts = pl.DataFrame(
         {
             "metric": ["charges"] * 2,
             "dimension": [""] * 2,
@@ -158,11 +190,12 @@ def test_a_chart_draws_every_day_of_the_period_and_gaps_as_zero():
             "value": [5.0, 10.0],
         }
     )
-    svg = chart_svg("charges", series, period)
-    points = svg.split('points="')[1].split('"')[0].split()
+    page = dashboard_html(summarise(TenantHeader("Acme Ltd", None, [], ()), period, facts))
+    assert page.count('<svg class="wv-chart-svg"') == 1
+    points = page.split('points="')[1].split('"')[0].split()
     assert len(points) == 10
     assert points[0].split(",")[1] != points[-1].split(",")[1]
-    assert "01 Jan 2026: 5" in svg and "05 Jan 2026: 0" in svg
+    assert "01 Jan 2026: 5" in page and "05 Jan 2026: 0" in page
 
 
 def test_the_websocket_document_holds_this_tenants_numbers_only(world):
@@ -232,16 +265,6 @@ def test_cookies_are_session_cookies_httponly_and_samesite():
     )
     assert hardened == "_xsrf=abc; Path=/; HttpOnly; SameSite=Lax; Secure"
     assert "Secure" not in session_cookie("a=b", secure=False)
-
-
-def test_the_token_never_reaches_the_log_and_addresses_are_truncated(world):
-    page_and_document_text(world.url(world.globex_token))
-    httpx.get(world.url(world.globex_token, "?format=csv&from=2026-01-01&to=2026-01-02"))
-    time.sleep(0.3)
-    log = world.log.read_text()
-    assert "/ws (" in log and "<link:" in log
-    assert world.globex_token not in log and world.acme_token not in log
-    assert "127.0.0.1" not in log.replace("http://127.0.0.1", "")
 
 
 # -- the connect page ----------------------------------------------------------------------
@@ -319,6 +342,7 @@ class InviteProbe(SandboxOAuthSource):
 
 def test_completing_the_providers_round_trip_spends_the_invite(world, sandbox, monkeypatch):
     monkeypatch.setitem(SOURCES, InviteProbe.name, InviteProbe())
+    use_sandbox_oauth_client(monkeypatch, InviteProbe.name)
     options = {"base_url": sandbox.url, "auth_base_url": sandbox.url}
     token = _invite(world, sources=[InviteProbe.name], options={InviteProbe.name: options})
     callback = "https://dash.writevue.test/oauth/callback"
@@ -511,32 +535,13 @@ def test_in_chromium_an_open_page_of_a_revoked_link_stops_updating(world, browse
         page.close()
 
 
-@pytest.mark.browser
-def test_in_chromium_unknown_revoked_and_expired_tokens_show_the_404_page(world, browser):
-    revoked, revoked_token = world.link(world.acme)
-    expired, expired_token = world.link(world.acme, expires_in_days=1)
-    with world.runtime.db.session() as session:
-        links.revoke_link(session, revoked.id)
-        session.get(DashboardLink, expired.id).expires_at = dt.datetime.now(dt.UTC) - dt.timedelta(
-            seconds=1
-        )
-    page = browser.new_page()
-    try:
-        for token in ("Z" * 43, revoked_token, expired_token):
-            response = page.goto(world.url(token))
-            assert response.status == 404
-            assert page.locator("h1").inner_text() == "Not found"
-    finally:
-        page.close()
-
-
 # -- what keeps the server cheap ------------------------------------------------------------
 
 
 def test_a_page_is_rendered_once_per_tenant_period_and_refresh(world):
     from sqlalchemy import event
 
-    from dashboard_server.server import TenantData
+    from dashboard_server.tenant_data import TenantData
 
     fact_queries = []
 

@@ -10,7 +10,7 @@ import datetime as dt
 
 import httpx
 import pytest
-from support import add_stripe_connection
+from support import add_stripe_connection, expire_access_token, use_sandbox_oauth_client
 
 from writevue_pipelines import oauth, refresh, registry, warehouse
 from writevue_pipelines.errors import SourceError
@@ -39,6 +39,7 @@ OAUTH_FAULTS = {
 @pytest.fixture
 def faulty_sandbox(monkeypatch):
     monkeypatch.setenv("WRITEVUE_HTTP_TIMEOUT_S", "1")
+    use_sandbox_oauth_client(monkeypatch, "github")
     monkeypatch.setenv("WRITEVUE_HISTORY_DAYS", "10")
     with SandboxServer(hang_s=2.5) as server:
         yield server
@@ -50,15 +51,6 @@ def _github_oauth_connection(runtime, sandbox, tenant: str, plan: str) -> str:
     consent = httpx.get(url + f"&login_hint=faulty-{plan}__f_{plan}", follow_redirects=False)
     assert consent.status_code == 302
     return oauth.complete_authorization(runtime, *oauth.parse_callback(consent.headers["location"]))
-
-
-def _expire_access_token(runtime, connection_id: str) -> None:
-    past = (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)).isoformat()
-    with runtime.db.session() as session:
-        connection = registry.get_connection(session, connection_id)
-        registry.put_secret(
-            session, runtime.keys, connection.tenant_id, connection_id, "expires_at", past
-        )
 
 
 @pytest.mark.timeout(240)
@@ -84,7 +76,7 @@ def test_every_fault_ends_in_retried_success_or_a_clean_failure_of_one_connectio
         connection = _github_oauth_connection(runtime, sandbox, tenant, plan)
         expected[connection] = (f"oauth {plan}", succeeds)
         if plan == "revoked":
-            _expire_access_token(runtime, connection)  # an hour later: time to refresh
+            expire_access_token(runtime, connection)  # an hour later: time to refresh
 
     # The batch path: fetched concurrently, each loaded as soon as it is staged.
     outcomes = refresh.refresh_connections(runtime, list(expected))

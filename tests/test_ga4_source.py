@@ -9,16 +9,17 @@ import logging
 import httpx
 import polars as pl
 import pytest
+from support import add_connection, fetch_to_staging
 
-from writevue_pipelines import refresh, registry, warehouse
+from writevue_pipelines import refresh, warehouse
 from writevue_pipelines.errors import InvalidInput, SourceError
 from writevue_pipelines.registry import ConnectionInfo
-from writevue_sandbox import ga4_data
-from writevue_sandbox.faults import with_faults
-from writevue_sandbox.ga4 import static_token
 from writevue_pipelines.sources import FetchRequest, get_source
 from writevue_pipelines.sources.ga4 import GA4Source, report_rows, run_report_path
 from writevue_pipelines.sources.http import RetryPolicy, WriteRefused, open_client
+from writevue_sandbox import ga4_data
+from writevue_sandbox.faults import with_faults
+from writevue_sandbox.ga4 import static_token
 
 ACCOUNT = "ga4-check"
 PROPERTY = ga4_data.properties_for(ACCOUNT)[0]
@@ -315,19 +316,17 @@ def test_no_records_aggregate_to_no_facts():
 
 
 def test_a_refresh_lands_ga4_metrics_in_the_warehouse(runtime, sandbox):
-    with runtime.db.session() as session:
-        tenant = registry.add_tenant(session, runtime.keys, "Site Ltd", "ops@site.test")
-        connection = registry.add_connection(
-            session,
-            runtime.keys,
-            tenant,
-            "ga4",
-            "oauth2",
-            get_source("ga4").validate_options({"base_url": sandbox.url, "property_id": PROPERTY}),
-            # A sandbox-only static token that never expires stands in for an OAuth grant.
-            {"access_token": static_token(ACCOUNT), "expires_at": ""},
-        )
-    fetched = refresh.fetch_connection(runtime, connection)
+    tenant, connection = add_connection(
+        runtime,
+        "ga4",
+        "oauth2",
+        get_source("ga4").validate_options({"base_url": sandbox.url, "property_id": PROPERTY}),
+        # A sandbox-only static token that never expires stands in for an OAuth grant.
+        {"access_token": static_token(ACCOUNT), "expires_at": ""},
+        name="Site Ltd",
+        email="ops@site.test",
+    )
+    fetched = fetch_to_staging(runtime, connection)
     refresh.load_connection(runtime, connection)
     start = dt.date.fromisoformat(fetched.window_start)
     with runtime.db.session() as session:

@@ -16,15 +16,21 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from conftest import remember_secret
+from support import (
+    add_connection,
+    add_tenant,
+    fetch_to_staging,
+    remember_secret,
+    use_sandbox_oauth_client,
+)
 
 from writevue_pipelines import refresh, registry, warehouse
 from writevue_pipelines.errors import InvalidInput, SourceError
 from writevue_pipelines.registry import ConnectionInfo
 from writevue_pipelines.runtime import Runtime
-from writevue_sandbox import github_data
 from writevue_pipelines.sources import FetchRequest, get_source
 from writevue_pipelines.sources.http import RetryPolicy, open_client
+from writevue_sandbox import github_data
 
 OWNER = "acme-org"
 CONNECTION = "33333333-3333-3333-3333-333333333333"
@@ -91,19 +97,17 @@ def expected_facts(account: str, owner: str, start: dt.date, now: int) -> dict:
 
 
 def _add_connection(runtime: Runtime, url: str, token: str, tenant_id: str | None = None, **opts):
-    with runtime.db.session() as session:
-        if tenant_id is None:
-            tenant_id = registry.add_tenant(session, runtime.keys, "Octo Ltd", "ops@octo.test")
-        connection_id = registry.add_connection(
-            session,
-            runtime.keys,
-            tenant_id,
-            "github",
-            "api_key",
-            get_source("github").validate_options({"base_url": url, "owner": OWNER, **opts}),
-            {"api_key": token},
-        )
-    return tenant_id, connection_id
+    options = get_source("github").validate_options({"base_url": url, "owner": OWNER, **opts})
+    return add_connection(
+        runtime,
+        "github",
+        "api_key",
+        options,
+        {"api_key": token},
+        tenant_id=tenant_id,
+        name="Octo Ltd",
+        email="ops@octo.test",
+    )
 
 
 # -- the sandbox speaks GitHub ---------------------------------------------------------------
@@ -190,7 +194,7 @@ def test_options_need_an_owner_login():
 def test_refresh_is_incremental_from_the_stored_cursor(runtime, sandbox):
     token = _token()
     _, connection_id = _add_connection(runtime, sandbox.url, token)
-    first = refresh.fetch_connection(runtime, connection_id)
+    first = fetch_to_staging(runtime, connection_id)
     history = dt.date.today() - dt.timedelta(days=runtime.settings.history_days)
     assert first.window_start == history.isoformat()
     refresh.load_connection(runtime, connection_id)
@@ -209,7 +213,7 @@ def test_refresh_is_incremental_from_the_stored_cursor(runtime, sandbox):
     account = github_data.account_for_token(token)
     assert stored == expected_facts(account, OWNER, history, int(time.time()))
 
-    second = refresh.fetch_connection(runtime, connection_id)
+    second = fetch_to_staging(runtime, connection_id)
     lookback = dt.timedelta(days=runtime.settings.lookback_days)
     assert second.window_start == (dt.date.fromisoformat(cursor[:10]) - lookback).isoformat()
     assert second.requests < first.requests and second.records < first.records
@@ -271,8 +275,8 @@ def test_a_spent_rate_limit_pauses_the_fetch_instead_of_failing_it(sandbox):
 
 def test_an_oauth_grant_reads_github(runtime, sandbox, monkeypatch):
     oauth = pytest.importorskip("writevue_pipelines.oauth")
-    with runtime.db.session() as session:
-        tenant = registry.add_tenant(session, runtime.keys, "Octo Ltd", "ops@octo.test")
+    use_sandbox_oauth_client(monkeypatch, "github")
+    tenant = add_tenant(runtime, "Octo Ltd", "ops@octo.test")
     options = {"base_url": sandbox.url, "auth_base_url": sandbox.url, "owner": OWNER}
     url = oauth.begin_authorization(runtime, tenant, "github", options, CALLBACK)
     assert urlsplit(url).path == "/login/oauth/authorize"  # GitHub's own path

@@ -10,10 +10,9 @@ import uuid
 
 import httpx
 import pytest
-from conftest import remember_secret
+from support import remember_secret
 
 from writevue_pipelines.errors import SourceError
-from writevue_sandbox import SandboxServer
 from writevue_pipelines.sources.auth import ApiKeyAuth, ApiKeyPlacement
 from writevue_pipelines.sources.http import (
     AllowedWrite,
@@ -25,6 +24,7 @@ from writevue_pipelines.sources.http import (
     rate_limit_reset_at,
     retry_after_seconds,
 )
+from writevue_sandbox import SandboxServer
 
 CONNECTION = "22222222-2222-2222-2222-222222222222"
 PATH = "/users/acme-org"

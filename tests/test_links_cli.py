@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import json
 
-from conftest import remember_secret
+from support import add_tenant, remember_secret
 
-from writevue_pipelines import invites, links, registry
+from writevue_pipelines import invites, links
 from writevue_pipelines.cli import main
 
 
-def _tenant(runtime) -> str:
-    with runtime.db.session() as session:
-        return registry.add_tenant(session, runtime.keys, "Acme Ltd", "ops@acme.test")
-
-
 def test_link_create_list_rotate_revoke(runtime, capsys):
-    tenant_id = _tenant(runtime)
+    tenant_id = add_tenant(runtime)
     assert main(["link", "create", tenant_id, "--label", "board room", "--expires-in", "30"]) == 0
     first_url = capsys.readouterr().out.strip().splitlines()[-1]
     assert main(["link", "list", tenant_id, "--json"]) == 0
@@ -42,7 +37,7 @@ def test_link_create_list_rotate_revoke(runtime, capsys):
 
 
 def test_connection_invite_prints_the_connect_url_last(runtime, capsys):
-    tenant_id = _tenant(runtime)
+    tenant_id = add_tenant(runtime)
     code = main(
         [
             "connection", "invite", tenant_id,

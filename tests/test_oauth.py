@@ -26,33 +26,37 @@ import httpx
 import polars as pl
 import pytest
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
-from conftest import remember_secret
-from support import SandboxOAuthSource
+from support import SandboxOAuthSource, fetch_to_staging, remember_secret, use_sandbox_oauth_client
 
 from writevue_pipelines import cli, refresh, registry
 from writevue_pipelines.errors import InvalidInput, SourceError
 from writevue_pipelines.models import Credential, OAuthState
-from writevue_pipelines.oauth import (
-    NEEDS_REAUTH,
-    SANDBOX_CLIENT_SECRET,
-    _endpoints,
-    _oauth_client,
-    _resolve,
-    begin_authorization,
+from writevue_pipelines.oauth import flow
+from writevue_pipelines.oauth.endpoints import (
     client_credentials,
+    endpoint_url,
+    endpoints_for,
+    oauth_client,
+)
+from writevue_pipelines.oauth.flow import (
+    begin_authorization,
     complete_authorization,
     parse_callback,
-    revoke_grant,
-    token_source,
 )
+from writevue_pipelines.oauth.revocation import revoke_grant
+from writevue_pipelines.oauth.tokens import NEEDS_REAUTH, token_source
 from writevue_pipelines.runtime import Runtime
-from writevue_sandbox.base import SandboxHandler
-from writevue_sandbox.oauth import account_for_access_token
 from writevue_pipelines.sources import SOURCES
 from writevue_pipelines.sources.auth import OAuthSpec
 from writevue_pipelines.sources.base import FetchRequest, FetchResult
 from writevue_pipelines.sources.http import WriteRefused, get_json, open_client
 from writevue_pipelines.vault import Binding
+from writevue_sandbox.base import SandboxHandler
+from writevue_sandbox.oauth import (
+    SANDBOX_CLIENT_ID,
+    SANDBOX_CLIENT_SECRET,
+    account_for_access_token,
+)
 
 CALLBACK = "https://connect.writevue.test/oauth/callback"
 
@@ -84,6 +88,7 @@ class WhoAmI(SandboxHandler):
 @pytest.fixture
 def probe(sandbox, monkeypatch):
     monkeypatch.setitem(SOURCES, ProbeSource.name, ProbeSource())
+    use_sandbox_oauth_client(monkeypatch, ProbeSource.name)
     sandbox.app.add_handlers(r".*", [(r"/_probe/whoami", WhoAmI)])
     return sandbox
 
@@ -146,7 +151,7 @@ def _expire(runtime, connection_id: str) -> None:
 
 
 def _token_post(sandbox, **form) -> httpx.Response:
-    form = {"client_id": "writevue-sandbox", "client_secret": SANDBOX_CLIENT_SECRET, **form}
+    form = {"client_id": SANDBOX_CLIENT_ID, "client_secret": SANDBOX_CLIENT_SECRET, **form}
     return httpx.post(f"{sandbox.url}/oauth/token", data=form)
 
 
@@ -189,7 +194,7 @@ def test_the_whole_authorisation_dance_and_a_rotating_refresh(runtime, probe, ca
     assert sandbox.counters["oauth.token.refresh_token"] == 0  # fresh: no refresh
 
     # A refresh run reads the source with the bearer token over HTTP.
-    assert refresh.fetch_connection(runtime, connection_id).records == 1
+    assert fetch_to_staging(runtime, connection_id).records == 1
     assert sandbox.counters["probe.whoami"] == 1
 
     _expire(runtime, connection_id)
@@ -234,8 +239,6 @@ def test_state_is_single_use(runtime, probe):
 
 
 def test_state_expires_after_ten_minutes(runtime, probe, monkeypatch):
-    import writevue_pipelines.oauth as oauth
-
     tenant_id = _tenant(runtime)
     url = begin_authorization(runtime, tenant_id, "oauth_probe", _options(probe), CALLBACK)
     with runtime.db.session() as session:
@@ -243,7 +246,7 @@ def test_state_expires_after_ten_minutes(runtime, probe, monkeypatch):
         assert pending.expires_at - pending.created_at == dt.timedelta(minutes=10)
     state, code = parse_callback(_consent(url))
     later = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=10, seconds=1)
-    monkeypatch.setattr(oauth, "utcnow", lambda: later)
+    monkeypatch.setattr(flow, "utcnow", lambda: later)
     with pytest.raises(InvalidInput, match="expired"):
         complete_authorization(runtime, state, code)
     assert probe.counters["oauth.token.authorization_code"] == 0
@@ -315,13 +318,13 @@ def test_invalid_grant_needs_reauth_and_spares_other_connections(runtime, probe)
     assert complete_authorization(runtime, *parse_callback(_consent(url))) == revoked
     with runtime.db.session() as session:
         assert registry.get_connection(session, revoked).status == "active"
-    assert refresh.fetch_connection(runtime, revoked).records == 1
+    assert fetch_to_staging(runtime, revoked).records == 1
 
 
 def test_a_token_dead_on_first_use_is_refreshed_once_after_the_401(runtime, probe):
     tenant_id = _tenant(runtime)
     connection_id = _connect(runtime, probe, tenant_id, login_hint="acme__f_expired")
-    assert refresh.fetch_connection(runtime, connection_id).records == 1
+    assert fetch_to_staging(runtime, connection_id).records == 1
     assert probe.counters["probe.unauthorised"] == 1
     assert probe.counters["oauth.token.refresh_token"] == 1
     assert probe.counters["probe.whoami"] == 1
@@ -357,10 +360,10 @@ def test_revoking_the_grant_at_the_provider(runtime, probe):
 
 
 def test_only_the_token_and_revoke_endpoints_may_be_posted_to(probe):
-    endpoints = _endpoints("oauth_probe", _options(probe))
+    endpoints = endpoints_for("oauth_probe", _options(probe))
 
     async def attempt():
-        async with _oauth_client(endpoints, endpoints.token, httpx.Timeout(5.0)) as client:
+        async with oauth_client(endpoints, endpoints.token, httpx.Timeout(5.0)) as client:
             with pytest.raises(WriteRefused):
                 await client.post("/v1/charges", data={"amount": "100"})
             with pytest.raises(WriteRefused):
@@ -383,28 +386,41 @@ def test_endpoints_on_other_hosts_and_the_sandbox_stand_in():
         token_path="https://oauth2.googleapis.com/token",
         revoke_path="https://oauth2.googleapis.com/revoke",
     )
-    assert _resolve(google, {}, google.authorize_path) == (
+    assert endpoint_url(google, {}, google.authorize_path) == (
         "https://accounts.google.com/o/oauth2/v2/auth"
     )
-    assert _resolve(google, {}, google.token_path) == "https://oauth2.googleapis.com/token"
+    assert endpoint_url(google, {}, google.token_path) == "https://oauth2.googleapis.com/token"
     sandbox = {"auth_base_url": "http://127.0.0.1:8765/"}
-    assert _resolve(google, sandbox, google.authorize_path) == (
+    assert endpoint_url(google, sandbox, google.authorize_path) == (
         "http://127.0.0.1:8765/o/oauth2/v2/auth"
     )
-    assert _resolve(google, sandbox, google.revoke_path) == "http://127.0.0.1:8765/revoke"
-    assert _resolve(google, sandbox, None) is None
+    assert endpoint_url(google, sandbox, google.revoke_path) == "http://127.0.0.1:8765/revoke"
+    assert endpoint_url(google, sandbox, None) is None
 
 
 def test_client_credentials_come_from_the_environment(monkeypatch):
     monkeypatch.delenv("WRITEVUE_OAUTH_GA4_CLIENT_ID", raising=False)
     monkeypatch.delenv("WRITEVUE_OAUTH_GA4_CLIENT_SECRET", raising=False)
-    assert client_credentials("ga4", "http://127.0.0.1:8765").client_id == "writevue-sandbox"
     with pytest.raises(InvalidInput, match="WRITEVUE_OAUTH_GA4_CLIENT_ID"):
-        client_credentials("ga4", "https://oauth2.googleapis.com")
+        client_credentials("ga4")
     monkeypatch.setenv("WRITEVUE_OAUTH_GA4_CLIENT_ID", "app-id")
     monkeypatch.setenv("WRITEVUE_OAUTH_GA4_CLIENT_SECRET", "app-secret-value")
-    creds = client_credentials("ga4", "https://oauth2.googleapis.com")
+    creds = client_credentials("ga4")
     assert creds.client_id == "app-id" and "app-secret-value" not in repr(creds)
+
+
+def test_a_loopback_provider_gets_no_oauth_client_unless_one_is_configured(
+    runtime, probe, monkeypatch
+):
+    monkeypatch.delenv("WRITEVUE_OAUTH_OAUTH_PROBE_CLIENT_ID")
+    monkeypatch.delenv("WRITEVUE_OAUTH_OAUTH_PROBE_CLIENT_SECRET")
+    tenant_id = _tenant(runtime)
+    # The sandbox's token endpoint is on loopback; no client is made up for it.
+    assert endpoints_for("oauth_probe", _options(probe)).token.startswith("http://127.0.0.1:")
+    with pytest.raises(InvalidInput, match="WriteVue has no OAuth client for oauth_probe; set "):
+        begin_authorization(runtime, tenant_id, "oauth_probe", _options(probe), CALLBACK)
+    with runtime.db.session() as session:
+        assert session.query(OAuthState).count() == 0
 
 
 def test_bad_starts_are_refused_before_anything_is_stored(runtime, probe):

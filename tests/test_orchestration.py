@@ -16,10 +16,8 @@ from urllib.parse import urlsplit
 
 import pytest
 from dagster import (
-    AddDynamicPartitionsRequest,
     AssetCheckSeverity,
     DagsterInstance,
-    DeleteDynamicPartitionsRequest,
     build_schedule_context,
     build_sensor_context,
     instance_for_test,
@@ -27,7 +25,12 @@ from dagster import (
     serialize_value,
 )
 from sqlalchemy import delete
-from support import stripe_connection
+from support import (
+    apply_partition_requests,
+    connection_info,
+    new_stripe_key,
+    stripe_connection,
+)
 
 from writevue_pipelines import registry
 from writevue_pipelines.defs import defs, sensors
@@ -47,8 +50,8 @@ from writevue_pipelines.defs.sensors import CONNECTION_SENSORS, FAILING_SENSORS
 from writevue_pipelines.home import init_home
 from writevue_pipelines.models import Connection, Credential, Fact
 from writevue_pipelines.runtime import Runtime
-from writevue_sandbox import SandboxServer
 from writevue_pipelines.settings import Settings
+from writevue_sandbox import SandboxServer
 
 REPO = Path(__file__).resolve().parents[1]
 STRIPE = SOURCE_ASSETS["stripe"]
@@ -71,31 +74,11 @@ def short_history(monkeypatch):
     monkeypatch.setenv("WRITEVUE_HISTORY_DAYS", "3")
 
 
-@pytest.fixture
-def instance():
-    with instance_for_test() as instance:
-        yield instance
-
-
-def new_key() -> str:
-    return f"sk_test_{secrets.token_hex(12)}"
-
-
 def add_connections(runtime: Runtime, sandbox_url: str, keys: list[str]) -> list[str]:
     """One tenant with a Stripe connection per key, in one transaction."""
     with runtime.db.session() as session:
         tenant_id = registry.add_tenant(session, runtime.keys, TENANT_NAME, TENANT_EMAIL)
         return [stripe_connection(session, runtime, tenant_id, sandbox_url, key) for key in keys]
-
-
-def apply_partition_requests(instance: DagsterInstance, result) -> None:
-    """What the sensor daemon does with a tick's dynamic partition requests."""
-    for request in result.dynamic_partitions_requests or []:
-        if isinstance(request, AddDynamicPartitionsRequest):
-            instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
-        elif isinstance(request, DeleteDynamicPartitionsRequest):
-            for key in request.partition_keys:
-                instance.delete_dynamic_partition(request.partitions_def_name, key)
 
 
 def run(instance: DagsterInstance, request):
@@ -121,17 +104,12 @@ def schedule_tick(instance: DagsterInstance):
     return REFRESH_SCHEDULES["stripe"].evaluate_tick(context).run_requests
 
 
-def connection(runtime: Runtime, connection_id: str) -> registry.ConnectionInfo:
-    with runtime.db.session() as session:
-        return registry.get_connection(session, connection_id)
-
-
 def check_results(result, name: str) -> dict[str, object]:
     return {e.partition: e for e in result.get_asset_check_evaluations() if e.check_name == name}
 
 
 def test_a_scheduled_refresh_of_120_connections_takes_3_runs(runtime, sandbox, instance):
-    connection_ids = add_connections(runtime, sandbox.url, [new_key() for _ in range(120)])
+    connection_ids = add_connections(runtime, sandbox.url, [new_stripe_key() for _ in range(120)])
     instance.add_dynamic_partitions(STRIPE_PARTITIONS.name, connection_ids)
 
     requests = schedule_tick(instance)
@@ -151,14 +129,14 @@ def test_a_scheduled_refresh_of_120_connections_takes_3_runs(runtime, sandbox, i
     assert len(events) == 240  # one per connection and asset, each with its own counts
     assert all(e.materialization.metadata for e in events)
     assert len(instance.get_runs()) == 3
-    assert all(connection(runtime, cid).status == "active" for cid in connection_ids[::40])
+    assert all(connection_info(runtime, cid).status == "active" for cid in connection_ids[::40])
 
 
 def test_one_poisoned_connection_fails_alone_and_is_retried_alone(
     runtime, sandbox, instance, monkeypatch
 ):
     poison = "bad_key_" + secrets.token_hex(12)
-    good_keys = [new_key() for _ in range(4)]
+    good_keys = [new_stripe_key() for _ in range(4)]
     ids = add_connections(runtime, sandbox.url, [*good_keys[:2], poison, *good_keys[2:]])
     poisoned = ids[2]
 
@@ -176,10 +154,10 @@ def test_one_poisoned_connection_fails_alone_and_is_retried_alone(
     assert {p for p, e in refreshed.items() if not e.passed} == {poisoned}
     assert "refused the credentials" in refreshed[poisoned].description
     assert poison not in refreshed[poisoned].description
-    failing = connection(runtime, poisoned)
+    failing = connection_info(runtime, poisoned)
     assert failing.status == "failing" and poison not in failing.last_error
     assert "refused the credentials" in failing.last_error
-    assert all(connection(runtime, cid).status == "active" for cid in ids if cid != poisoned)
+    assert all(connection_info(runtime, cid).status == "active" for cid in ids if cid != poisoned)
 
     # Retried alone, once its first wait is over, and cured by a new key.
     now = 1_900_000_000.0
@@ -191,14 +169,14 @@ def test_one_poisoned_connection_fails_alone_and_is_retried_alone(
     assert request.partition_key == poisoned and request.tags[TRIGGER_TAG] == "retry"
     with runtime.db.session() as session:
         registry.put_secret(
-            session, runtime.keys, failing.tenant_id, poisoned, "api_key", new_key()
+            session, runtime.keys, failing.tenant_id, poisoned, "api_key", new_stripe_key()
         )
     retried = run(instance, request)
     assert retried.success
     assert {e.materialization.partition for e in retried.get_asset_materialization_events()} == {
         poisoned
     }
-    assert connection(runtime, poisoned).status == "active"
+    assert connection_info(runtime, poisoned).status == "active"
     assert tick_failing(instance, retry.cursor).skip_reason is not None
 
     # Nothing personal or secret reached the instance: runs, tags, events, files.
@@ -221,7 +199,7 @@ def test_a_batch_reports_the_checks_that_fail_or_recover_not_every_pass(runtime,
     # Each reported check result is an event the instance stores one write at a time, so
     # a healthy connection reports none: its news is its materialisation.
     healthy, broken, recovering = add_connections(
-        runtime, sandbox.url, [new_key() for _ in range(3)]
+        runtime, sandbox.url, [new_stripe_key() for _ in range(3)]
     )
     long_ago = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=60)
     with runtime.db.session() as session:
@@ -259,11 +237,11 @@ def test_a_batch_reports_the_checks_that_fail_or_recover_not_every_pass(runtime,
         (recovering, REFRESHED): True,
         (recovering, FRESH): True,
     }
-    assert connection(runtime, recovering).status == "active"
+    assert connection_info(runtime, recovering).status == "active"
 
 
 def test_a_connection_deleted_since_the_tick_does_not_fail_its_batch(runtime, sandbox, instance):
-    ids = add_connections(runtime, sandbox.url, [new_key() for _ in range(3)])
+    ids = add_connections(runtime, sandbox.url, [new_stripe_key() for _ in range(3)])
     instance.add_dynamic_partitions(STRIPE_PARTITIONS.name, ids)
     (request,) = schedule_tick(instance)
     with runtime.db.session() as session:
@@ -283,7 +261,7 @@ def tick_failing(instance: DagsterInstance, cursor: str | None = None):
 
 def test_a_connection_that_keeps_failing_is_flagged_once(runtime, sandbox, instance, monkeypatch):
     monkeypatch.setenv("WRITEVUE_RETRY_ATTEMPTS", "1")
-    (connection_id,) = add_connections(runtime, sandbox.url, [new_key()])
+    (connection_id,) = add_connections(runtime, sandbox.url, [new_stripe_key()])
     with runtime.db.session() as session:
         registry.record_refresh_result(session, connection_id, error="the source said no")
     start = 1_900_000_000.0
@@ -301,7 +279,7 @@ def test_a_connection_that_keeps_failing_is_flagged_once(runtime, sandbox, insta
 
 def test_the_flag_is_a_failed_refreshed_check_for_that_connection(runtime, sandbox, monkeypatch):
     monkeypatch.setenv("WRITEVUE_RETRY_ATTEMPTS", "1")
-    (connection_id,) = add_connections(runtime, sandbox.url, [new_key()])
+    (connection_id,) = add_connections(runtime, sandbox.url, [new_stripe_key()])
     with runtime.db.session() as session:
         registry.record_refresh_result(session, connection_id, error="the source said no")
     cursor = f'{{"{connection_id}": [1, 0, 0]}}'
@@ -359,7 +337,7 @@ def test_a_schedule_tick_and_its_runs_on_the_postgres_instance_of_deploy(
     dagster_home.mkdir()
     shutil.copy(REPO / "deploy" / "dagster.yaml", dagster_home / "dagster.yaml")
     assert "password" not in (dagster_home / "dagster.yaml").read_text().split("env:")[0]
-    connection_ids = add_connections(runtime, sandbox.url, [new_key() for _ in range(3)])
+    connection_ids = add_connections(runtime, sandbox.url, [new_stripe_key() for _ in range(3)])
 
     with DagsterInstance.from_config(str(dagster_home)) as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import secrets
 import time
 import uuid
 
@@ -18,22 +17,17 @@ from dagster import (
     SensorResult,
     SkipReason,
     build_sensor_context,
-    instance_for_test,
     materialize,
 )
 from sqlalchemy import select
-from support import add_stripe_connection
+from support import add_stripe_connection, new_stripe_key
 
 from writevue_pipelines import registry
 from writevue_pipelines.defs import defs
 from writevue_pipelines.defs.partitions import CONNECTION_PARTITIONS
-from writevue_pipelines.defs.privacy import (
-    REQUEST_TAG,
-    TENANT_TAG,
-    access_log_trends,
-    delete_runs_before,
-    erasure_requests,
-)
+from writevue_pipelines.defs.privacy.erasure import REQUEST_TAG, TENANT_TAG, erasure_requests
+from writevue_pipelines.defs.privacy.retention import delete_runs_before
+from writevue_pipelines.defs.privacy.trends import access_log_trends
 from writevue_pipelines.defs.resources import WriteVueResource
 from writevue_pipelines.errors import NotFound
 from writevue_pipelines.models import TrendInteraction
@@ -45,12 +39,6 @@ RESOURCES = {"writevue": WriteVueResource()}
 STRIPE = CONNECTION_PARTITIONS["stripe"].name
 TENANT_NAME = "Pemberton Quillsmith Cartography"
 TENANT_EMAIL = "ledger@pemberton-quillsmith.example"
-
-
-@pytest.fixture
-def instance():
-    with instance_for_test() as instance:
-        yield instance
 
 
 def tick(instance: DagsterInstance):
@@ -85,15 +73,13 @@ def test_the_sensor_erases_a_requested_tenant_and_its_partitions(runtime, sandbo
     tenant, first = add_stripe_connection(
         runtime,
         sandbox.url,
-        f"sk_test_{secrets.token_hex(8)}",
+        new_stripe_key(),
         name=TENANT_NAME,
         email=TENANT_EMAIL,
     )
-    _, second = add_stripe_connection(
-        runtime, sandbox.url, f"sk_test_{secrets.token_hex(8)}", tenant_id=tenant
-    )
+    _, second = add_stripe_connection(runtime, sandbox.url, new_stripe_key(), tenant_id=tenant)
     other_tenant, other = add_stripe_connection(
-        runtime, sandbox.url, f"sk_test_{secrets.token_hex(8)}", name="Other Co"
+        runtime, sandbox.url, new_stripe_key(), name="Other Co"
     )
     instance.add_dynamic_partitions(STRIPE, [first, second, other])
     request_id = request_erasure(runtime, tenant, "ops")

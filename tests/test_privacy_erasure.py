@@ -17,13 +17,24 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import polars as pl
 import pytest
-from conftest import remember_secret
 from sqlalchemy import Column, ForeignKey, MetaData, String, Table, func, select, text, update
-from support import SandboxOAuthSource, add_stripe_connection
+from support import (
+    SandboxOAuthSource,
+    add_connection,
+    add_stripe_connection,
+    add_tenant,
+    fetch_to_staging,
+    remember_secret,
+    use_sandbox_oauth_client,
+)
 
 from writevue_pipelines import cli, invites, links, refresh, registry, warehouse
 from writevue_pipelines.models import Connection, DeletionRequest, Fact, metadata
-from writevue_pipelines.oauth import begin_authorization, complete_authorization, parse_callback
+from writevue_pipelines.oauth.flow import (
+    begin_authorization,
+    complete_authorization,
+    parse_callback,
+)
 from writevue_pipelines.privacy import (
     list_events,
     pending_requests,
@@ -47,6 +58,7 @@ class GrantSource(SandboxOAuthSource):
 @pytest.fixture
 def grants(sandbox, monkeypatch):
     monkeypatch.setitem(SOURCES, GrantSource.name, GrantSource())
+    use_sandbox_oauth_client(monkeypatch, GrantSource.name)
     return sandbox
 
 
@@ -66,7 +78,7 @@ def _client(runtime, sandbox, name: str, email: str, key: str) -> tuple[str, str
     tenant_id, stripe = add_stripe_connection(
         runtime, sandbox.url, remember_secret(key), name=name, email=email
     )
-    refresh.fetch_connection(runtime, stripe)
+    fetch_to_staging(runtime, stripe)
     refresh.load_connection(runtime, stripe)
     with runtime.db.session() as session:
         links.create_link(session, tenant_id, label="board room")
@@ -82,7 +94,7 @@ def _everything(runtime, sandbox) -> dict:
     begin_authorization(runtime, a, GrantSource.name, _options(sandbox), CALLBACK)
     with runtime.db.session() as session:
         invites.create_invite(session, a, sources=["stripe"], options={}, expires_in_days=7)
-    refresh.fetch_connection(runtime, stripe)
+    fetch_to_staging(runtime, stripe)
     b, b_stripe = _client(runtime, sandbox, "Keeper Ltd", "ops@keeper.test", "sk_test_keep_b_002")
     return {"a": a, "a_connections": [stripe, oauth], "b": b, "b_connections": [b_stripe]}
 
@@ -220,7 +232,7 @@ def test_a_refresh_racing_the_erasure_writes_nothing(any_runtime, sandbox):
     )
     fetched = {}
     fetch = threading.Thread(
-        target=lambda: fetched.update(done=refresh.fetch_connection(runtime, connection_id))
+        target=lambda: fetched.update(done=fetch_to_staging(runtime, connection_id))
     )
     fetch.start()
     deadline = time.monotonic() + 10
@@ -244,11 +256,9 @@ def test_a_refresh_racing_the_erasure_writes_nothing(any_runtime, sandbox):
 
 def test_a_refresh_already_writing_is_waited_for_then_its_rows_are_erased(any_runtime):
     runtime = any_runtime
-    tenant_id = _tenant(runtime)
-    with runtime.db.session() as session:
-        connection_id = registry.add_connection(
-            session, runtime.keys, tenant_id, "stripe", "api_key", {}, {"api_key": "sk_x"}
-        )
+    tenant_id, connection_id = add_connection(
+        runtime, "stripe", "api_key", {}, {"api_key": "sk_x"}, name=NAME, email=EMAIL
+    )
     facts = pl.DataFrame(
         {"metric": ["revenue"], "dimension": [""], "day": [dt.date.today()], "value": [5.0]}
     )
@@ -271,7 +281,7 @@ def test_once_marked_erasing_a_refresh_writes_nothing(any_runtime, sandbox):
     tenant_id, connection_id = add_stripe_connection(
         runtime, sandbox.url, remember_secret("sk_test_race_0004"), name=NAME, email=EMAIL
     )
-    refresh.fetch_connection(runtime, connection_id)
+    fetch_to_staging(runtime, connection_id)
     request_id = request_erasure(runtime, tenant_id, "alice")
     mark_erasing(runtime, request_id)  # step 1 committed; the delete has not run yet
     with pytest.raises(registry.ConnectionErased):
@@ -308,7 +318,7 @@ def test_an_erasure_request_waits_for_the_sensor_then_is_the_only_record(runtime
 
 
 def test_a_failed_revocation_is_counted_and_the_erasure_goes_on(runtime, grants):
-    tenant_id = _tenant(runtime)
+    tenant_id = add_tenant(runtime, NAME, EMAIL)
     connection_id = _connect_oauth(runtime, grants, tenant_id)
     with runtime.db.session() as session:
         session.execute(
@@ -323,13 +333,8 @@ def test_a_failed_revocation_is_counted_and_the_erasure_goes_on(runtime, grants)
     assert grants.counters["oauth.revocations"] == 0
 
 
-def _tenant(runtime) -> str:
-    with runtime.db.session() as session:
-        return registry.add_tenant(session, runtime.keys, NAME, EMAIL)
-
-
 def test_a_table_added_later_is_erased_and_verified_without_being_listed(runtime):
-    tenant_id = _tenant(runtime)
+    tenant_id = add_tenant(runtime, NAME, EMAIL)
     extra = Table(
         "notes_added_later",
         metadata,
@@ -345,7 +350,7 @@ def test_a_table_added_later_is_erased_and_verified_without_being_listed(runtime
     finally:
         metadata.remove(extra)
     # A table the models do not know still gets searched by the verification.
-    other = _tenant(runtime)
+    other = add_tenant(runtime, NAME, EMAIL)
     with runtime.db.engine.begin() as conn:
         conn.execute(text("CREATE TABLE stray_copy (note TEXT)"))
         conn.execute(text("INSERT INTO stray_copy VALUES (:v)"), {"v": f"copied {other}"})
@@ -371,6 +376,6 @@ def test_cli_erase_asks_first_and_reports(runtime, sandbox, capsys, monkeypatch)
     assert f"erased tenant {tenant_id}" in out and "nothing of the tenant left" in out
     assert cli.main(["tenant", "erase", tenant_id, "--yes"]) == 2
     assert "already erased on" in capsys.readouterr().err
-    other = _tenant(runtime)
+    other = add_tenant(runtime, NAME, EMAIL)
     assert cli.main(["tenant", "request-erasure", other, "--actor", "dpo"]) == 0
     assert capsys.readouterr().out.strip() == pending_requests(runtime)[0].id

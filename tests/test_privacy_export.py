@@ -10,8 +10,7 @@ import zipfile
 
 import polars as pl
 import pytest
-from conftest import remember_secret
-from support import add_stripe_connection
+from support import add_stripe_connection, fetch_to_staging, remember_secret
 
 from writevue_pipelines import cli, links, refresh, registry
 from writevue_pipelines.errors import InvalidInput
@@ -27,7 +26,7 @@ def client(runtime, sandbox):
     tenant_id, connection_id = add_stripe_connection(
         runtime, sandbox.url, remember_secret(KEY), name="Export Co", email="data@export.test"
     )
-    refresh.fetch_connection(runtime, connection_id)
+    fetch_to_staging(runtime, connection_id)
     refresh.load_connection(runtime, connection_id)
     with runtime.db.session() as session:
         _, token = links.create_link(session, tenant_id, label="office TV")

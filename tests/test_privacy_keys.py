@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import LargeBinary, func, insert, select
 
 from writevue_pipelines import cli, registry
+from writevue_pipelines.cli import keys as cli_keys
 from writevue_pipelines.errors import InvalidInput
 from writevue_pipelines.models import Connection, Credential, OAuthState, Tenant, metadata
 from writevue_pipelines.privacy.keys import (
@@ -195,7 +196,7 @@ def test_cli_rotates_reports_and_resumes_after_ctrl_c(runtime, capsys, monkeypat
         return progress
 
     with monkeypatch.context() as patched:
-        patched.setattr(cli, "_progress_bar", ctrl_c_on_second_batch)
+        patched.setattr(cli_keys, "progress_bar", ctrl_c_on_second_batch)
         assert cli.main(["keys", "rotate", "--batch", "10"]) == 130
     assert "Rerun `writevue keys rotate` to continue" in capsys.readouterr().err
     assert cli.main(["keys", "rotate", "--batch", "10"]) == 0

@@ -8,6 +8,7 @@ import os
 import time
 
 import pytest
+from support import add_connection, add_stripe_connection
 
 from writevue_pipelines import cli, registry
 from writevue_pipelines.privacy import list_events, operator_name, sweep_staging
@@ -23,11 +24,16 @@ def _stage(folder, age_hours: float) -> None:
 
 
 def _connection(runtime) -> str:
-    with runtime.db.session() as session:
-        tenant_id = registry.add_tenant(session, runtime.keys, "Sweep Co", "ops@sweep.test")
-        return registry.add_connection(
-            session, runtime.keys, tenant_id, "stripe", "api_key", {}, {"api_key": "sk_y"}
-        )
+    _, connection_id = add_connection(
+        runtime,
+        "stripe",
+        "api_key",
+        {},
+        {"api_key": "sk_y"},
+        name="Sweep Co",
+        email="ops@sweep.test",
+    )
+    return connection_id
 
 
 def test_staging_leftovers_older_than_the_limit_are_swept(runtime):
@@ -83,8 +89,6 @@ def test_reading_a_tenant_is_audited_and_listed(runtime, capsys):
 
 
 def test_testing_a_connection_is_audited_and_keeps_nothing(runtime, sandbox, capsys):
-    from support import add_stripe_connection
-
     from writevue_pipelines import warehouse
 
     tenant_id, connection_id = add_stripe_connection(runtime, sandbox.url, "sk_test_probe_check")

@@ -8,19 +8,20 @@ import datetime as dt
 import json
 import logging
 from collections import defaultdict
+from dataclasses import replace
 
 import pytest
-from conftest import remember_secret
+from support import add_connection, fetch_to_staging, remember_secret
 
 from writevue_pipelines import refresh, registry, warehouse
 from writevue_pipelines.errors import InvalidInput, SourceError
 from writevue_pipelines.registry import ConnectionInfo
-from writevue_sandbox import rest as rest_sandbox
-from writevue_sandbox.faults import with_faults
 from writevue_pipelines.sources import FetchRequest, get_source
 from writevue_pipelines.sources.http import RetryPolicy, open_client
-from writevue_pipelines.sources.rest import RestSource, format_instant, parse_spec
-from writevue_pipelines.sources.rest_parts import SpecError
+from writevue_pipelines.sources.rest import RestSource, format_instant
+from writevue_pipelines.sources.rest_spec import SpecError, load_spec, parse_spec
+from writevue_sandbox import rest as rest_sandbox
+from writevue_sandbox.faults import with_faults
 
 KEY = remember_secret("rest_key_for_the_declarative_source_41")
 CONNECTION_ID = "33333333-3333-3333-3333-333333333333"
@@ -284,6 +285,40 @@ def test_a_spec_auth_that_does_not_match_the_connection_is_refused(tmp_path, san
         _fetch(tmp_path, sandbox.url, _spec(auth={"type": "basic"}), {}, auth_kind="basic")
 
 
+def test_a_spec_reads_a_stripe_list_with_the_stripe_sources_own_paginator(tmp_path, sandbox):
+    # One StartingAfterPaginator serves the hand-written Stripe source and this spec alike.
+    key = remember_secret("sk_test_rest_reads_stripe_customers_07")
+    spec = {
+        "base_url": "https://api.stripe.com",
+        "endpoint": "/v1/customers",
+        "auth": {"type": "bearer"},
+        "paginator": {"type": "starting_after", "limit": 10},
+        "records_path": "data",
+        "incremental": {"param": "created[gte]", "format": "unix", "field": "created"},
+        "mapping": {
+            "date_field": "created",
+            "date_format": "unix",
+            "metrics": [{"name": "new_customers", "agg": "count"}],
+        },
+    }
+    result, start = _fetch(tmp_path, sandbox.url, spec, {"api_key": key})
+    assert result.requests > 2
+
+    stripe = get_source("stripe")
+    connection = replace(
+        _connection(tmp_path, sandbox.url, spec), source="stripe", options={"base_url": sandbox.url}
+    )
+
+    async def read_with_the_stripe_source():
+        async with open_client(base_url=sandbox.url) as client:
+            auth = stripe.build_auth(connection, {"api_key": key})
+            return await stripe.fetch(client, FetchRequest(connection, auth, start, None))
+
+    by_stripe = stripe.aggregate(asyncio.run(read_with_the_stripe_source()).records)
+    customers = {(m, d, day): v for m, d, day, v in by_stripe.iter_rows() if m == "new_customers"}
+    assert customers and _facts(result) == customers
+
+
 def test_a_next_link_to_another_host_is_not_followed(tmp_path, sandbox):
     # The sandbox builds links from the Host header; asking for another host makes it lie.
     source = RestSource()
@@ -434,8 +469,6 @@ def test_yaml_specs_read_like_toml(tmp_path):
     yaml = pytest.importorskip("yaml")
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(_spec("json_link")))
-    from writevue_pipelines.sources.rest import load_spec
-
     assert load_spec(path) == parse_spec(_spec("json_link"))
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**_spec(), "auth": {"type": "nope"}}))
     with pytest.raises(SpecError, match=r"^spec\.auth\.type: unknown auth 'nope'"):
@@ -444,8 +477,6 @@ def test_yaml_specs_read_like_toml(tmp_path):
 
 def test_the_example_spec_in_the_docs_is_valid():
     from pathlib import Path
-
-    from writevue_pipelines.sources.rest import load_spec
 
     spec = load_spec(Path(__file__).parent.parent / "docs" / "sources" / "example-rest.toml")
     assert spec.paginator is not None and spec.mapping.metrics
@@ -459,12 +490,16 @@ def test_a_refresh_lands_the_specs_metrics_in_the_warehouse(runtime, sandbox, tm
     options = source.validate_options(
         {"spec": str(_write_spec(tmp_path, _spec("page_number"))), "base_url": sandbox.url}
     )
-    with runtime.db.session() as session:
-        tenant = registry.add_tenant(session, runtime.keys, "Shop Ltd", "ops@shop.test")
-        connection = registry.add_connection(
-            session, runtime.keys, tenant, "rest", "api_key", options, {"api_key": KEY}
-        )
-    fetched = refresh.fetch_connection(runtime, connection)
+    tenant, connection = add_connection(
+        runtime,
+        "rest",
+        "api_key",
+        options,
+        {"api_key": KEY},
+        name="Shop Ltd",
+        email="ops@shop.test",
+    )
+    fetched = fetch_to_staging(runtime, connection)
     refresh.load_connection(runtime, connection)
     start = dt.date.fromisoformat(fetched.window_start)
     with runtime.db.session() as session:

@@ -15,9 +15,9 @@ from support import add_stripe_connection
 from writevue_pipelines import refresh
 from writevue_pipelines.errors import SourceError
 from writevue_pipelines.registry import ConnectionInfo
-from writevue_sandbox import stripe_data
 from writevue_pipelines.sources import FetchRequest, get_source
 from writevue_pipelines.sources.http import WriteRefused, open_client, retry_after_seconds
+from writevue_sandbox import stripe_data
 
 KEY = "sk_test_source_check_77"
 

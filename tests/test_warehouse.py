@@ -6,7 +6,7 @@ import datetime as dt
 
 import polars as pl
 import pytest
-from support import add_stripe_connection
+from support import add_stripe_connection, fetch_to_staging
 
 from writevue_pipelines import refresh, registry, warehouse
 from writevue_pipelines.errors import SourceError
@@ -20,13 +20,13 @@ def _connection(rt, sandbox_url: str):
 def test_refresh_twice_writes_no_duplicate_rows(any_runtime, sandbox):
     rt = any_runtime
     tenant, connection = _connection(rt, sandbox.url)
-    refresh.fetch_connection(rt, connection)
+    fetch_to_staging(rt, connection)
     first = refresh.load_connection(rt, connection)
     with rt.db.session() as session:
         count = warehouse.connection_fact_count(session, connection)
         cursor = registry.get_cursor(session, connection, "balance_transactions")
     assert first.facts == count > 0 and cursor is not None
-    refresh.fetch_connection(rt, connection)
+    fetch_to_staging(rt, connection)
     refresh.load_connection(rt, connection)
     with rt.db.session() as session:
         assert warehouse.duplicate_keys(session, connection) == 0
@@ -76,7 +76,7 @@ def test_days_the_source_no_longer_reports_are_removed_inside_the_window(runtime
 def test_failed_load_leaves_facts_and_cursor_untouched(runtime, sandbox):
     rt = runtime
     _tenant, connection = _connection(rt, sandbox.url)
-    refresh.fetch_connection(rt, connection)
+    fetch_to_staging(rt, connection)
     refresh.load_connection(rt, connection)
     with rt.db.session() as session:
         before = (
@@ -84,7 +84,7 @@ def test_failed_load_leaves_facts_and_cursor_untouched(runtime, sandbox):
             registry.get_cursor(session, connection, "balance_transactions"),
         )
     staged = rt.settings.staging_dir / connection
-    refresh.fetch_connection(rt, connection)
+    fetch_to_staging(rt, connection)
     (staged / "records.parquet").write_bytes(b"not parquet")
     with pytest.raises(Exception):  # noqa: B017 - any failure must roll back
         refresh.load_connection(rt, connection)
@@ -98,7 +98,7 @@ def test_failed_load_leaves_facts_and_cursor_untouched(runtime, sandbox):
 
 def test_staged_raw_records_are_deleted_once_aggregated(runtime, sandbox):
     _tenant, connection = _connection(runtime, sandbox.url)
-    refresh.fetch_connection(runtime, connection)
+    fetch_to_staging(runtime, connection)
     assert (runtime.settings.staging_dir / connection / "records.parquet").exists()
     refresh.load_connection(runtime, connection)
     assert not (runtime.settings.staging_dir / connection).exists()

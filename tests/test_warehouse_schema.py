@@ -8,8 +8,9 @@ import uuid
 import polars as pl
 import pytest
 from sqlalchemy import create_engine, inspect, text
+from support import add_connection, connection_info
 
-from writevue_pipelines import registry, warehouse
+from writevue_pipelines import warehouse
 from writevue_pipelines.database import alembic_config, normalise_url
 
 
@@ -114,12 +115,8 @@ def test_a_tenants_view_reads_one_range_of_the_key_per_connection_on_sqlite(runt
 
 def test_changed_new_and_gone_rows_in_one_upsert(any_runtime):
     rt = any_runtime
-    with rt.db.session() as session:
-        tenant = registry.add_tenant(session, rt.keys, "Acme Ltd", "ops@acme.test")
-        connection_id = registry.add_connection(
-            session, rt.keys, tenant, "stripe", "api_key", {}, {"api_key": "sk_test_x"}
-        )
-        connection = registry.get_connection(session, connection_id)
+    tenant, connection_id = add_connection(rt, "stripe", "api_key", {}, {"api_key": "sk_test_x"})
+    connection = connection_info(rt, connection_id)
     day = dt.date(2026, 3, 1)
 
     def frame(rows):

@@ -1,1 +1,1 @@
-"""What the test suite and the benchmarks share and the product does not ship: this machine's peers."""
+"""What the test suite and the benchmarks share and the product does not ship: the peers."""

@@ -46,9 +46,7 @@ code_servers:
 @dataclass(frozen=True)
 class InitReport:
     home: str
-    database: str
     key_file_created: bool
-    dagster_yaml_written: bool
 
 
 def init_home(settings: Settings) -> InitReport:
@@ -59,12 +57,6 @@ def init_home(settings: Settings) -> InitReport:
     ensure_key_ring(settings.key_file)
     migrate(settings.database_url)
     dagster_yaml = settings.dagster_home / "dagster.yaml"
-    wrote = not dagster_yaml.exists()
-    if wrote:
+    if not dagster_yaml.exists():
         dagster_yaml.write_text(DAGSTER_YAML)
-    return InitReport(
-        home=str(settings.home),
-        database="sqlite" if settings.database_url.startswith("sqlite") else "external",
-        key_file_created=created,
-        dagster_yaml_written=wrote,
-    )
+    return InitReport(home=str(settings.home), key_file_created=created)

@@ -192,7 +192,7 @@ def _spend(session, row: ConnectInvite, connection_id: str, **details: str) -> N
 
 def start_oauth(runtime: Runtime, token: str, source_name: str, redirect_uri: str) -> str:
     """Begin the OAuth2 flow for an offered source; the authorisation URL to send the client to."""
-    from .oauth import begin_authorization
+    from .oauth.flow import begin_authorization
 
     with runtime.db.session() as session:
         row = _live_row(session, token)
@@ -210,7 +210,7 @@ def start_oauth(runtime: Runtime, token: str, source_name: str, redirect_uri: st
 
 def finish_oauth(runtime: Runtime, state: str, code: str) -> str:
     """Complete an OAuth2 flow; spends the invite it started from, if any. The connection id."""
-    from .oauth import complete_authorization
+    from .oauth.flow import complete_authorization
 
     connection_id = complete_authorization(runtime, state, code)
     with runtime.db.session() as session:

@@ -1,4 +1,4 @@
-"""Start a child process and wait until it answers: the one helper the demo, tests and benchmarks share.
+"""Start a child process and wait until it answers: one helper for the demo, tests and benchmarks.
 
 A child gets its own process group (so stopping it stops what it started) and default
 signal handlers: a parent that ignores SIGINT (a shell's background job) would otherwise
@@ -48,17 +48,21 @@ class Child:
         return self.process.poll() is None
 
     def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM to the child's process group, SIGKILL after ``timeout`` seconds."""
-        if not self.alive():
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
+        """SIGTERM to the child's process group, SIGKILL after ``timeout`` seconds; whatever
+        of the group outlives the child (a worker it started) is killed last."""
+        if self.alive():
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(5)
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+        # Linux never reuses a pid as long as a group of that id has members, so this
+        # reaches only what the child left behind, or nothing.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
 
     def tail(self, lines: int = 20) -> str:
         """The last lines of the child's log, or nothing when it has none."""

@@ -167,7 +167,7 @@ def _fetch_request(
 ) -> FetchRequest:
     tokens = None
     if connection.auth_kind == "oauth2":
-        from .oauth import token_source
+        from .oauth.tokens import token_source
 
         tokens = token_source(runtime, connection, secrets)
     auth = get_source(connection.source).build_auth(connection, secrets, tokens)
@@ -225,14 +225,6 @@ def _stage(runtime: Runtime, connection: ConnectionInfo, start: dt.date, result)
     )
     os.replace(manifest_tmp, folder / "manifest.json")
     return summary
-
-
-def fetch_connection(runtime: Runtime, connection_id: str) -> FetchSummary:
-    """Fetch one connection into staging; raises its error."""
-    result = asyncio.run(fetch_connections(runtime, [connection_id]))[connection_id]
-    if isinstance(result, BaseException):
-        raise result
-    return result
 
 
 @dataclass(frozen=True)
@@ -296,9 +288,8 @@ def load_connection(runtime: Runtime, connection_id: str) -> LoadSummary:
     folder = _staging_dir(runtime, connection_id)
     manifest_path = folder / "manifest.json"
     if not manifest_path.exists():
-        raise SourceError(
-            f"connection {connection_id}: nothing staged to aggregate; run its fetch first",
-            connection_id=connection_id,
+        raise SourceError.of_connection(
+            connection_id, "nothing staged to aggregate; run its fetch first"
         )
     manifest = json.loads(manifest_path.read_text())
     records = pl.read_parquet(folder / "records.parquet")

@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session
 from .models import Connection, Fact, utcnow
 from .registry import ConnectionInfo
 
-#: The long format every source produces and the warehouse stores.
+#: The long format every source's ``aggregate`` returns and the warehouse stores; the one
+#: definition of it (sources import it from here).
 FACT_SCHEMA = {"metric": pl.String, "dimension": pl.String, "day": pl.Date, "value": pl.Float64}
 
 
@@ -107,7 +108,8 @@ def upsert_facts(
 
 
 _KEY = ["day", "metric", "dimension"]
-_STORED_SCHEMA = {"day": pl.Date, "metric": pl.String, "dimension": pl.String, "value": pl.Float64}
+#: the facts as the stored-rows queries below select them: key columns first
+_STORED_SCHEMA = {name: FACT_SCHEMA[name] for name in (*_KEY, "value")}
 
 
 def _difference(

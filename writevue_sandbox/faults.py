@@ -16,7 +16,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-KINDS = ("latency", "429", "5xx", "timeout", "malformed", "truncated", "expired", "revoked")
 ALWAYS = 1_000_000_000
 _ITEM = re.compile(r"^(latency|429|5xx|timeout|malformed|truncated|expired|revoked)(?:x?(\d+))?$")
 SEPARATOR = "__f_"

@@ -11,8 +11,8 @@ import tornado.web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from . import ga4, github, oauth, rest, stripe
 from . import faults as fault_plans
+from . import ga4, github, oauth, rest, stripe
 from .base import NotFoundHandler, SandboxHandler
 
 

@@ -187,7 +187,3 @@ def list_objects(
             page.append(item)
         day -= 1
     return page, False
-
-
-def list_charges(account: str, **kwargs) -> tuple[list[dict], bool] | None:
-    return list_objects(charges_for_day, account, **kwargs)

@@ -43,8 +43,6 @@ VALUES_SANE = "values_sane"
 FRESH = "fresh"
 VOLUME_STEADY = "volume_steady"
 
-#: Metrics that may legitimately be negative (a refund-heavy day's net volume).
-SIGNED_METRICS = frozenset({"net"})
 #: A metric's latest day below this share of its trailing mean is a volume drop.
 VOLUME_DROP_RATIO = 0.5
 VOLUME_BASELINE_DAYS = 7
@@ -106,9 +104,7 @@ def check_specs(
 
 def nonnegative_metrics(source: Source) -> list[str]:
     # A declarative source's metrics come from an operator's spec: only finiteness is known.
-    declared = getattr(source, "signed_metrics", None)
-    signed = SIGNED_METRICS if declared is None else frozenset(declared)
-    return sorted(set(source.metrics) - signed)
+    return sorted(set(source.metrics) - source.signed_metrics)
 
 
 def connection_states(runtime: Runtime, connection_ids: list[str]) -> dict[str, ConnectionState]:

@@ -237,7 +237,7 @@ def _contact(runtime: Runtime, tenant: Tenant) -> list[str]:
 
 def revoke_grants(runtime: Runtime, connections: list[tuple[str, str, str]]) -> dict[str, int]:
     """Step 2: revoke each OAuth2 grant at its provider; failures are counted, not raised."""
-    from ..oauth import revoke_grant
+    from ..oauth.revocation import revoke_grant
 
     counts = {"attempted": 0, "revoked": 0, "failed": 0, "unsupported": 0}
     for connection_id, _source, auth_kind in connections:

@@ -1,17 +1,49 @@
-"""Connectors, chosen by name."""
+"""Connectors, chosen by name: each module of this package that defines a ``Source``
+subclass is a built-in source, so adding one is adding its file.
+
+The rest of the package is the toolkit those modules share: ``http`` (the one HTTP
+layer), ``auth`` (credentials, ``AUTHS``), ``paginators`` (``PAGINATORS``), ``urls``
+(URL checks), ``rest_spec`` (the declarative source's spec). See
+``docs/sources/adding-a-source.md``.
+"""
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import pkgutil
+
 from ..errors import InvalidInput
 from .base import FetchRequest, FetchResult, Source
-from .ga4 import GA4Source
-from .github import GitHubSource
-from .rest import RestSource
-from .stripe import StripeSource
 
-SOURCES: dict[str, Source] = {
-    source.name: source for source in (StripeSource(), GA4Source(), RestSource(), GitHubSource())
-}
+
+def discover() -> dict[str, Source]:
+    """One instance of every concrete ``Source`` with a name defined in this package."""
+    found: dict[str, Source] = {}
+    for module_info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if module_info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{module_info.name}")
+        for cls in vars(module).values():
+            if not (
+                inspect.isclass(cls)
+                and issubclass(cls, Source)
+                and cls.__module__ == module.__name__  # defined here, not imported
+                and not inspect.isabstract(cls)
+                and getattr(cls, "name", None)
+            ):
+                continue
+            if cls.name in found:
+                raise TypeError(
+                    f"two sources are named {cls.name!r}: {type(found[cls.name]).__qualname__} "
+                    f"and {cls.__qualname__} in {module.__name__}"
+                )
+            found[cls.name] = cls()
+    return found
+
+
+#: source name -> the one instance serving every connection of that source
+SOURCES: dict[str, Source] = discover()
 
 
 def get_source(name: str) -> Source:

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import datetime as dt
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
-from urllib.parse import urlsplit
+from typing import Any, ClassVar
 
 import httpx
 import polars as pl
 
 from ..errors import InvalidInput, SourceError
 from ..registry import ConnectionInfo
-from .auth import ApiKeyAuth, ApiKeyPlacement, BasicAuth, OAuth2BearerAuth, OAuthSpec, TokenSource
+from .auth import ApiKeyPlacement, AuthConfig, OAuthSpec, TokenSource, build_auth
+from .urls import NOT_HTTP_URL, http_url_problem
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ class Source(ABC):
     stream: ClassVar[str] = "default"
     #: metrics a source can only observe as of today (kept as history, never re-read)
     snapshot_metrics: ClassVar[frozenset[str]] = frozenset()
+    #: metrics that may be negative (Stripe's net volume); the checks flag any other below 0
+    signed_metrics: ClassVar[frozenset[str]] = frozenset()
     #: requests in flight to this provider per process; None keeps the HTTP layer's default
     max_in_flight: ClassVar[int | None] = None
 
@@ -60,12 +63,12 @@ class Source(ABC):
                 f"it takes {', '.join(sorted(self.options))}."
             )
         if "base_url" in options:
-            parts = urlsplit(options["base_url"])
-            if parts.scheme not in ("http", "https") or not parts.hostname:
+            problem = http_url_problem(options["base_url"], allow_fragment=True)
+            if problem == NOT_HTTP_URL:
                 raise InvalidInput(
                     "Option base_url must be an http(s) URL such as https://api.example.com."
                 )
-            if parts.username or parts.password or parts.query:
+            if problem:
                 raise InvalidInput("Option base_url must not carry credentials or a query string.")
         return options
 
@@ -82,33 +85,27 @@ class Source(ABC):
     #: the provider's OAuth2 endpoints, for sources that support OAuth2
     oauth: ClassVar[OAuthSpec | None] = None
 
+    def oauth_spec_for(self, options: Mapping[str, Any]) -> OAuthSpec | None:
+        """The OAuth2 endpoints of a connection with these options: ``oauth``, unless the
+        source reads them per connection (the REST source, from its spec file)."""
+        return self.oauth
+
     def build_auth(
         self,
         connection: ConnectionInfo,
         secrets: dict[str, str],
         tokens: TokenSource | None = None,
     ) -> httpx.Auth:
-        """The credentials of one connection as an ``httpx.Auth``."""
+        """The credentials of one connection as an ``httpx.Auth``, built by ``AUTHS``."""
         kind = connection.auth_kind
         if kind not in self.auth_kinds:
-            raise SourceError(
-                f"connection {connection.id}: {self.title} does not take {kind} credentials",
-                connection_id=connection.id,
+            raise SourceError.of_connection(
+                connection.id, f"{self.title} does not take {kind} credentials"
             )
-        if kind == "api_key":
-            return ApiKeyAuth(secrets.get("api_key", ""), self.api_key_placement)
-        if kind == "basic":
-            if not secrets.get("username") or not secrets.get("password"):
-                raise SourceError(
-                    f"connection {connection.id}: the username or password is missing",
-                    connection_id=connection.id,
-                )
-            return BasicAuth(secrets["username"], secrets["password"])
-        if tokens is None:
-            raise SourceError(
-                f"connection {connection.id}: no OAuth2 token source", connection_id=connection.id
-            )
-        return OAuth2BearerAuth(tokens)
+        config = (
+            AuthConfig.api_key(self.api_key_placement) if kind == "api_key" else AuthConfig(kind)
+        )
+        return build_auth(config, secrets, tokens, connection_id=connection.id)
 
     @abstractmethod
     async def fetch(self, client: httpx.AsyncClient, request: FetchRequest) -> FetchResult: ...

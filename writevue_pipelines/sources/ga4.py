@@ -18,6 +18,7 @@ import polars as pl
 
 from ..errors import InvalidInput, SourceError
 from ..registry import ConnectionInfo
+from ..warehouse import FACT_SCHEMA
 from .auth import OAuthSpec
 from .base import FetchRequest, FetchResult, Source
 from .http import AllowedWrite, request_json
@@ -90,9 +91,8 @@ class GA4Source(Source):
     def property_id(self, connection: ConnectionInfo) -> str:
         property_id = str(connection.options.get("property_id") or "")
         if not _PROPERTY_ID.fullmatch(property_id):
-            raise SourceError(
-                f"connection {connection.id}: the GA4 property_id option is missing or not digits",
-                connection_id=connection.id,
+            raise SourceError.of_connection(
+                connection.id, "the GA4 property_id option is missing or not digits"
             )
         return property_id
 
@@ -142,14 +142,7 @@ class GA4Source(Source):
     def aggregate(self, records: pl.DataFrame) -> pl.DataFrame:
         metrics = list(self.metrics)
         if records.height == 0:
-            return pl.DataFrame(
-                schema={
-                    "metric": pl.String,
-                    "dimension": pl.String,
-                    "day": pl.Date,
-                    "value": pl.Float64,
-                }
-            )
+            return pl.DataFrame(schema=FACT_SCHEMA)
         # One row per day already; a day listed twice (paging overlap) is summed once.
         daily = records.group_by("day").agg(pl.col(metrics).max())
         return (
@@ -220,9 +213,7 @@ def _row_count(body: dict) -> int:
 
 
 def _drift(connection_id: str, problem: str) -> SourceError:
-    return SourceError(
-        f"connection {connection_id}: GA4 runReport {problem}", connection_id=connection_id
-    )
+    return SourceError.of_connection(connection_id, f"GA4 runReport {problem}")
 
 
 async def _post_report(
@@ -259,30 +250,28 @@ def _google_error(
     error = error if isinstance(error, dict) else {}
     google_status = str(error.get("status") or "")
     message = str(error.get("message") or "").lower()
-    cid = connection.id
     property_id = connection.options.get("property_id")
     if status == 429 or google_status == "RESOURCE_EXHAUSTED" or "quota" in message:
         text = (
-            f"connection {cid}: {endpoint}: the GA4 quota for property {property_id} is "
-            f"exhausted (HTTP {status} RESOURCE_EXHAUSTED); the next refresh carries on once "
-            "it resets"
+            f"{endpoint}: the GA4 quota for property {property_id} is exhausted (HTTP {status} "
+            "RESOURCE_EXHAUSTED); the next refresh carries on once it resets"
         )
     elif status == 401:
         text = (
-            f"connection {cid}: {endpoint} refused the access token (HTTP 401 "
+            f"{endpoint} refused the access token (HTTP 401 "
             f"{google_status or 'UNAUTHENTICATED'}); reconnect Google Analytics"
         )
     elif status == 403:
         text = (
-            f"connection {cid}: {endpoint}: the Google account cannot read GA4 property "
-            f"{property_id} (HTTP 403 {google_status or 'PERMISSION_DENIED'}); grant it access "
-            "in GA4, or reconnect with an account that has it"
+            f"{endpoint}: the Google account cannot read GA4 property {property_id} "
+            f"(HTTP 403 {google_status or 'PERMISSION_DENIED'}); grant it access in GA4, "
+            "or reconnect with an account that has it"
         )
     elif status == 400:
         text = (
-            f"connection {cid}: {endpoint} rejected the report request (HTTP 400 "
+            f"{endpoint} rejected the report request (HTTP 400 "
             f"{google_status or 'INVALID_ARGUMENT'}); check the property_id option"
         )
     else:
-        text = f"connection {cid}: {endpoint} answered HTTP {status} {google_status}".rstrip()
-    return SourceError(text, connection_id=cid, status=status)
+        text = f"{endpoint} answered HTTP {status} {google_status}".rstrip()
+    return SourceError.of_connection(connection.id, text, status=status)

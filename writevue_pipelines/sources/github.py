@@ -43,12 +43,16 @@ import polars as pl
 
 from ..errors import InvalidInput, SourceError
 from ..registry import ConnectionInfo
+from ..warehouse import FACT_SCHEMA
 from .auth import ApiKeyPlacement, OAuthSpec
 from .base import FetchRequest, FetchResult, Source
 from .http import get_json
+from .paginators import HeaderLinkPaginator
+from .urls import LeavesOrigin, same_origin_url
 
 API_HEADERS = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
 PAGE_SIZE = 100
+PAGES = HeaderLinkPaginator()
 _LOGIN = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})$")
 OWNER_TYPES = ("auto", "user", "org")
 
@@ -67,7 +71,6 @@ RAW_SCHEMA = {
     "key": pl.String,  # pull request number or commit sha; "" for snapshots
     "value": pl.Float64,
 }
-FACT_SCHEMA = {"metric": pl.String, "dimension": pl.String, "day": pl.Date, "value": pl.Float64}
 
 
 class GitHubSource(Source):
@@ -207,11 +210,7 @@ class _Walk:
         return self.request.connection.id
 
     def error(self, message: str, status: int | None = None) -> SourceError:
-        return SourceError(
-            f"connection {self.connection_id}: {message}",
-            connection_id=self.connection_id,
-            status=status,
-        )
+        return SourceError.of_connection(self.connection_id, message, status=status)
 
     async def get(self, path: str, params: dict[str, Any] | None = None):
         self.requests += 1  # a request that fails still counts
@@ -234,29 +233,24 @@ class _Walk:
         """Every item of a list endpoint, page after page, until ``stop`` says an item is
         past the window (the list is sorted newest first)."""
         items: list[dict] = []
-        url: str = path
-        query: dict[str, Any] | None = {**(params or {}), "per_page": PAGE_SIZE}
+        page = PAGES.first(path, {**(params or {}), "per_page": PAGE_SIZE})
+        url = page.url
         while True:
-            body, response = await self.get(url, query)
+            body, response = await self.get(url, page.params)
             if not isinstance(body, list) or not all(isinstance(item, dict) for item in body):
                 raise self.error(f"{path} answered something other than a list of objects")
             items.extend(body)
             if not body or (stop is not None and stop(body[-1])):
                 return items
-            next_url = response.links.get("next", {}).get("url")
-            if not next_url:
+            page = PAGES.next(page, body, response, body)
+            if page is None:
                 return items
-            url, query = self._same_origin(next_url, path), None
-
-    def _same_origin(self, next_url: str, path: str) -> str:
-        # The Authorization header goes wherever the next link points: only follow it home.
-        base = httpx.URL(self.base_url)
-        target = base.join(next_url)
-        if (target.scheme, target.host, target.port) != (base.scheme, base.host, base.port):
-            raise self.error(
-                f"{path} pointed its next page at another host; WriteVue does not follow it"
-            )
-        return str(target)
+            try:
+                url = same_origin_url(self.base_url, page.url)
+            except LeavesOrigin:
+                raise self.error(
+                    f"{path} pointed its next page at another host; WriteVue does not follow it"
+                ) from None
 
     def required_text(self, item: dict, field: str, what: str) -> str:
         value = item.get(field)
@@ -285,9 +279,8 @@ def _owner(connection: ConnectionInfo) -> tuple[str, str]:
     owner = str(connection.options.get("owner") or "")
     owner_type = str(connection.options.get("owner_type") or "auto").lower()
     if not _LOGIN.fullmatch(owner) or owner_type not in OWNER_TYPES:
-        raise SourceError(
-            f"connection {connection.id}: the GitHub owner option is missing or not a login",
-            connection_id=connection.id,
+        raise SourceError.of_connection(
+            connection.id, "the GitHub owner option is missing or not a login"
         )
     return owner, owner_type
 

@@ -581,49 +581,44 @@ async def request_json(
         ) as response:
             declared = response.headers.get("Content-Length")
             if declared and declared.isdigit() and int(declared) > max_bytes:
-                raise SourceError(
-                    f"connection {connection_id}: {endpoint} answered {response.status_code} with "
-                    f"{declared} bytes, over the {max_bytes}-byte cap",
-                    connection_id=connection_id,
+                raise SourceError.of_connection(
+                    connection_id,
+                    f"{endpoint} answered {response.status_code} with {declared} bytes, "
+                    f"over the {max_bytes}-byte cap",
                     status=response.status_code,
                 )
             body = bytearray()
             async for chunk in response.aiter_bytes():
                 body.extend(chunk)
                 if len(body) > max_bytes:
-                    raise SourceError(
-                        f"connection {connection_id}: {endpoint} sent more than {max_bytes} bytes",
-                        connection_id=connection_id,
+                    raise SourceError.of_connection(
+                        connection_id,
+                        f"{endpoint} sent more than {max_bytes} bytes",
                         status=response.status_code,
                     )
     except WriteRefused:
         raise
     except RateLimited as exc:
-        raise SourceError(
-            f"connection {connection_id}: {endpoint} is rate limited ({exc}); "
-            "the next refresh carries on",
-            connection_id=connection_id,
+        raise SourceError.of_connection(
+            connection_id,
+            f"{endpoint} is rate limited ({exc}); the next refresh carries on",
             status=exc.status or 429,
         ) from None
     except SourceError as exc:
         if exc.connection_id is None:
             # Raised below this call (an auth flow, say) without naming the connection.
-            raise SourceError(
-                f"connection {connection_id}: {endpoint}: {exc}",
-                connection_id=connection_id,
-                status=exc.status,
+            raise SourceError.of_connection(
+                connection_id, f"{endpoint}: {exc}", status=exc.status
             ) from None
         raise
     except httpx.TimeoutException:
-        raise SourceError(
-            f"connection {connection_id}: {endpoint} timed out after retries",
-            connection_id=connection_id,
+        raise SourceError.of_connection(
+            connection_id, f"{endpoint} timed out after retries"
         ) from None
     except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, UnicodeError) as exc:
         # Only the type: httpx's messages may quote the URL with its query string.
-        raise SourceError(
-            f"connection {connection_id}: {endpoint} could not be reached ({type(exc).__name__})",
-            connection_id=connection_id,
+        raise SourceError.of_connection(
+            connection_id, f"{endpoint} could not be reached ({type(exc).__name__})"
         ) from None
     status = response.status_code
     if status >= 400 and error_for_status is not None:
@@ -636,31 +631,27 @@ async def request_json(
             raise custom
     spent = response.headers.get("x-ratelimit-remaining", "").strip() == "0"
     if status == 429 or (status == 403 and spent):
-        raise SourceError(
-            f"connection {connection_id}: {endpoint} is rate limited (HTTP {status}) after "
-            "retries; the next refresh carries on",
-            connection_id=connection_id,
+        raise SourceError.of_connection(
+            connection_id,
+            f"{endpoint} is rate limited (HTTP {status}) after retries; "
+            "the next refresh carries on",
             status=status,
         )
     if status in (401, 403):
-        raise SourceError(
-            f"connection {connection_id}: {endpoint} refused the credentials (HTTP {status}); "
-            "reconnect the source",
-            connection_id=connection_id,
+        raise SourceError.of_connection(
+            connection_id,
+            f"{endpoint} refused the credentials (HTTP {status}); reconnect the source",
             status=status,
         )
     if status >= 400:
-        raise SourceError(
-            f"connection {connection_id}: {endpoint} answered HTTP {status}",
-            connection_id=connection_id,
-            status=status,
+        raise SourceError.of_connection(
+            connection_id, f"{endpoint} answered HTTP {status}", status=status
         )
     try:
         return json.loads(bytes(body)), response
     except (ValueError, UnicodeDecodeError):
-        raise SourceError(
-            f"connection {connection_id}: {endpoint} answered HTTP {status} "
-            "with a body that is not JSON",
-            connection_id=connection_id,
+        raise SourceError.of_connection(
+            connection_id,
+            f"{endpoint} answered HTTP {status} with a body that is not JSON",
             status=status,
         ) from None

@@ -1,9 +1,10 @@
 """A declarative REST source: a spec file (auth, paging, records, metrics) instead of code.
 
-The spec is read and validated in full before any request, at ``connection add`` and
-again at each fetch; a bad spec fails with one message that starts with the field at
-fault (``spec.paginator.type: …``). Secrets never live in the spec: its ``auth`` says
-only how to present the connection's encrypted credentials. See
+The spec (``rest_spec``) is read and validated in full before any request, at
+``connection add`` and again at each fetch; a bad spec fails with one message that
+starts with the field at fault (``spec.paginator.type: …``). Secrets never live in the
+spec: its ``auth`` says only how to present the connection's encrypted credentials.
+Its paginator and auth are the shared ones every connector uses. See
 ``docs/sources/example-rest.toml``.
 """
 
@@ -11,11 +12,8 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import re
 import time
-import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,32 +23,15 @@ import polars as pl
 
 from ..errors import InvalidInput, SourceError
 from ..registry import ConnectionInfo
-from .auth import OAuthSpec, TokenSource
+from ..warehouse import FACT_SCHEMA
+from .auth import OAuthSpec, TokenSource, build_auth
 from .base import FetchRequest, FetchResult, Source
 from .http import get_json
-from .rest_parts import (
-    DOTTED_PATH,
-    SECRET_NAME,
-    AuthConfig,
-    Paginator,
-    SpecError,
-    as_table,
-    auth_from_spec,
-    build_auth,
-    dig,
-    field_error,
-    optional_text,
-    paginator_from_spec,
-    refuse_unknown,
-    same_origin_url,
-    text,
-)
+from .paginators import dig
+from .rest_spec import RestSpec, SpecError, load_spec
+from .urls import LeavesOrigin, same_origin_url
 
-DATE_FORMATS = ("iso_date", "iso_datetime", "unix", "unix_ms")
-AGGS = ("sum", "count", "mean", "last")
 MAX_PAGES = 10_000
-_METRIC_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
-_PATH = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*")
 
 #: the minimised raw records: one row per (record, metric), with what aggregation needs
 RAW_SCHEMA = {
@@ -62,219 +43,6 @@ RAW_SCHEMA = {
     "seq": pl.Int64,
     "value": pl.Float64,
 }
-FACT_SCHEMA = {"metric": pl.String, "dimension": pl.String, "day": pl.Date, "value": pl.Float64}
-
-
-@dataclass(frozen=True)
-class MetricSpec:
-    name: str
-    agg: str
-    #: dotted path to the value; None for a plain record count
-    field: str | None
-
-
-@dataclass(frozen=True)
-class MappingSpec:
-    date_field: str
-    date_format: str
-    dimension: str | None
-    metrics: tuple[MetricSpec, ...]
-
-
-@dataclass(frozen=True)
-class IncrementalSpec:
-    param: str
-    format: str
-    field: str
-
-
-@dataclass(frozen=True)
-class RestSpec:
-    base_url: str
-    endpoint: str
-    params: dict[str, str]
-    auth: AuthConfig
-    paginator: Paginator | None
-    records_path: str | None
-    incremental: IncrementalSpec | None
-    mapping: MappingSpec
-
-
-# -- reading and validating a spec ---------------------------------------------------
-
-
-#: validated specs by (path, mtime_ns, size, inode): a refresh reads each connection's
-#: spec several times, and a batch often shares one spec file
-_spec_cache: dict[tuple, RestSpec] = {}
-_SPEC_CACHE_SIZE = 256
-
-
-def load_spec(path: str | Path) -> RestSpec:
-    """Read a TOML (or YAML, when PyYAML is installed) spec file and validate all of it.
-
-    A file already validated and unchanged since (same path, size, inode and mtime) is
-    not parsed again; an edited file is.
-    """
-    path = Path(path)
-    try:
-        stat = path.stat()
-    except OSError:
-        stat = None
-    if stat is not None:
-        identity = (str(path), stat.st_mtime_ns, stat.st_size, stat.st_ino)
-        cached = _spec_cache.get(identity)
-        if cached is not None:
-            return cached
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise SpecError(
-            f"spec: cannot read {path} ({exc.strerror or type(exc).__name__})"
-        ) from None
-    spec = _parse_file(path, raw)
-    if stat is not None:
-        if len(_spec_cache) >= _SPEC_CACHE_SIZE:
-            _spec_cache.clear()
-        _spec_cache[identity] = spec
-    return spec
-
-
-def _parse_file(path: Path, raw: bytes) -> RestSpec:
-    if path.suffix.lower() in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError:
-            raise SpecError(
-                "spec: YAML specs need PyYAML, which is not installed; use TOML"
-            ) from None
-        try:
-            document = yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark is not None else ""
-            raise SpecError(f"spec: {path.name} is not valid YAML{where}") from None
-    elif path.suffix.lower() == ".toml":
-        try:
-            document = tomllib.loads(raw.decode("utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise SpecError(f"spec: {path.name} is not valid TOML ({exc})") from None
-    else:
-        raise SpecError(f"spec: {path.name} must be a .toml (or .yaml) file")
-    return parse_spec(document)
-
-
-def parse_spec(document: Any) -> RestSpec:
-    """Validate a spec document (the parsed file) into a ``RestSpec``."""
-    where = "spec"
-    table = as_table(document, where)
-    refuse_unknown(
-        table,
-        {
-            "base_url",
-            "endpoint",
-            "params",
-            "auth",
-            "paginator",
-            "records_path",
-            "incremental",
-            "mapping",
-        },
-        where,
-    )
-    base_url = text(table, "base_url", where, hint="the API root, such as https://api.example.com")
-    parts = urlsplit(base_url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise field_error("spec.base_url", f"{base_url!r} is not an http(s) URL")
-    if parts.username or parts.password or parts.query:
-        raise field_error("spec.base_url", "must not carry credentials or a query string")
-    endpoint = text(
-        table, "endpoint", where, pattern=_PATH, hint="a path starting with /, such as /v1/orders"
-    )
-    if "auth" not in table:
-        raise field_error(
-            "spec.auth.type", "is required; expected one of api_key, basic, bearer, oauth2"
-        )
-    if "mapping" not in table:
-        raise field_error("spec.mapping", "is required: which fields give the day and the metrics")
-    return RestSpec(
-        base_url=base_url.rstrip("/"),
-        endpoint=endpoint,
-        params=_params(table.get("params", {})),
-        auth=auth_from_spec(table["auth"]),
-        paginator=None
-        if table.get("paginator") is None
-        else paginator_from_spec(table["paginator"]),
-        records_path=optional_text(
-            table, "records_path", where, pattern=DOTTED_PATH, hint="a dotted path like data.items"
-        ),
-        incremental=_incremental(table.get("incremental")),
-        mapping=_mapping(table["mapping"]),
-    )
-
-
-def _params(value: Any) -> dict[str, str]:
-    table = as_table(value, "spec.params")
-    params = {}
-    for key, item in table.items():
-        if isinstance(item, bool):
-            item = "true" if item else "false"
-        if not isinstance(item, (str, int, float)):
-            raise field_error(f"spec.params.{key}", "must be a string or a number")
-        params[str(key)] = str(item)
-    # A secret in a query parameter would sit in the spec file in clear text.
-    refuse_unknown({k: v for k, v in table.items() if SECRET_NAME.search(k)}, set(), "spec.params")
-    return params
-
-
-def _incremental(value: Any) -> IncrementalSpec | None:
-    if value is None:
-        return None
-    where = "spec.incremental"
-    table = as_table(value, where)
-    refuse_unknown(table, {"param", "format", "field"}, where)
-    return IncrementalSpec(
-        param=text(table, "param", where, hint="the query parameter that filters by date"),
-        format=text(table, "format", where, default="iso_date", choices=DATE_FORMATS),
-        field=text(table, "field", where, pattern=DOTTED_PATH, hint="a dotted path"),
-    )
-
-
-def _mapping(value: Any) -> MappingSpec:
-    where = "spec.mapping"
-    table = as_table(value, where)
-    refuse_unknown(table, {"date_field", "date_format", "dimension", "metrics"}, where)
-    date_field = text(table, "date_field", where, pattern=DOTTED_PATH, hint="a dotted path")
-    date_format = text(table, "date_format", where, default="iso_datetime", choices=DATE_FORMATS)
-    dimension = optional_text(table, "dimension", where, pattern=DOTTED_PATH, hint="a dotted path")
-    items = table.get("metrics")
-    if not isinstance(items, list) or not items:
-        raise field_error(f"{where}.metrics", "must be a non-empty list of {name, field, agg}")
-    metrics = []
-    seen: set[str] = set()
-    for index, item in enumerate(items):
-        at = f"{where}.metrics[{index}]"
-        metric = as_table(item, at)
-        refuse_unknown(metric, {"name", "field", "agg"}, at)
-        name = text(
-            metric,
-            "name",
-            at,
-            pattern=_METRIC_NAME,
-            hint="lower case letters, digits and _, starting with a letter",
-        )
-        if name in seen:
-            raise field_error(f"{at}.name", f"{name!r} is used twice")
-        seen.add(name)
-        agg = text(metric, "agg", at, choices=AGGS)
-        field = optional_text(metric, "field", at, pattern=DOTTED_PATH, hint="a dotted path")
-        if field is None and agg != "count":
-            raise field_error(
-                f"{at}.field", f"is required for agg {agg!r} (only count may omit it)"
-            )
-        metrics.append(MetricSpec(name=name, agg=agg, field=field))
-    return MappingSpec(
-        date_field=date_field, date_format=date_format, dimension=dimension, metrics=tuple(metrics)
-    )
 
 
 # -- dates ----------------------------------------------------------------------------
@@ -347,9 +115,7 @@ class RestSource(Source):
         try:
             return load_spec(connection.options.get("spec") or "")
         except SpecError as exc:
-            raise SourceError(
-                f"connection {connection.id}: {exc}", connection_id=connection.id
-            ) from None
+            raise SourceError.of_connection(connection.id, str(exc)) from None
 
     def base_url(self, connection: ConnectionInfo) -> str:
         # Called before the fetch's error handling, so a bad spec must not raise here;
@@ -361,9 +127,9 @@ class RestSource(Source):
         except SpecError:
             return self.default_base_url
 
-    def oauth_spec(self, connection: ConnectionInfo) -> OAuthSpec | None:
-        """The provider's OAuth2 endpoints from the spec, for connections that use oauth2."""
-        auth = self.spec(connection).auth
+    def oauth_spec_for(self, options: Mapping[str, Any]) -> OAuthSpec | None:
+        """The provider's OAuth2 endpoints from the spec file the options name."""
+        auth = load_spec(options.get("spec") or "").auth
         if auth.type != "oauth2" or not auth.token_url or not auth.authorize_url:
             return None
         token = urlsplit(auth.token_url)
@@ -384,17 +150,12 @@ class RestSource(Source):
         spec = self.spec(connection)
         wanted = spec.auth.credential_kind
         if connection.auth_kind != wanted:
-            raise SourceError(
-                f"connection {connection.id}: the spec's auth type {spec.auth.type!r} needs "
-                f"{wanted} credentials, but the connection holds {connection.auth_kind}",
-                connection_id=connection.id,
+            raise SourceError.of_connection(
+                connection.id,
+                f"the spec's auth type {spec.auth.type!r} needs {wanted} credentials, "
+                f"but the connection holds {connection.auth_kind}",
             )
-        try:
-            return build_auth(spec.auth, secrets, tokens)
-        except SourceError as exc:
-            raise SourceError(
-                f"connection {connection.id}: {exc}", connection_id=connection.id
-            ) from None
+        return build_auth(spec.auth, secrets, tokens, connection_id=connection.id)
 
     async def fetch(self, client: httpx.AsyncClient, request: FetchRequest) -> FetchResult:
         connection = request.connection
@@ -415,10 +176,9 @@ class RestSource(Source):
         while True:
             key = repr((url, sorted((page_params or {}).items())))
             if key in seen_pages or requests >= MAX_PAGES:
-                raise SourceError(
-                    f"connection {connection.id}: {spec.endpoint} pagination does not advance; "
-                    "check the spec's paginator",
-                    connection_id=connection.id,
+                raise SourceError.of_connection(
+                    connection.id,
+                    f"{spec.endpoint} pagination does not advance; check the spec's paginator",
                 )
             seen_pages.add(key)
             body, response = await get_json(
@@ -431,24 +191,20 @@ class RestSource(Source):
             requests += 1
             records = dig(body, spec.records_path)
             if not isinstance(records, list):
-                raise SourceError(
-                    f"connection {connection.id}: {spec.endpoint} answered without a list at "
+                raise SourceError.of_connection(
+                    connection.id,
+                    f"{spec.endpoint} answered without a list at "
                     f"spec.records_path {spec.records_path or '(the whole body)'!r}",
-                    connection_id=connection.id,
                 )
             page_newest = columns.add_page(records)
             if page_newest is not None and (newest is None or page_newest > newest):
                 newest = page_newest
             if page is None:
                 break
-            page = spec.paginator.next(page, body, response, len(records))
+            page = spec.paginator.next(page, body, response, records)
             if page is None:
                 break
-            url = (
-                page.url
-                if page.params is not None
-                else same_origin_url(base_url, page.url, connection_id=connection.id)
-            )
+            url = _follow(base_url, page.url, connection.id) if page.is_link else page.url
             page_params = page.params
         frame = columns.frame()
         next_cursor = newest.isoformat() if newest is not None else request.cursor
@@ -480,6 +236,17 @@ class RestSource(Source):
         return facts.filter(pl.col("value").is_not_null()).sort(keys)
 
 
+def _follow(base_url: str, link: str, connection_id: str) -> str:
+    try:
+        return same_origin_url(base_url, link)
+    except LeavesOrigin as exc:
+        raise SourceError.of_connection(
+            connection_id,
+            f"a next-page link points to another host ({exc.host}); "
+            "WriteVue does not send credentials there",
+        ) from None
+
+
 class _Columns:
     """The records of one fetch, kept as columns: one entry per record in the window.
 
@@ -507,9 +274,7 @@ class _Columns:
         return newest
 
     def error(self, message: str) -> SourceError:
-        return SourceError(
-            f"connection {self.connection_id}: {message}", connection_id=self.connection_id
-        )
+        return SourceError.of_connection(self.connection_id, message)
 
     def add(self, record: Any) -> dt.datetime | None:
         """Take one record; return its incremental instant (for the cursor)."""

@@ -2,7 +2,8 @@
 
 Read from balance transactions (what Stripe's own reports use) and customers, with a
 restricted or secret API key, through Stripe's list APIs: ``limit``,
-``starting_after``/``has_more`` pagination and ``created[gte]`` for incremental reads.
+``starting_after``/``has_more`` pagination (the shared ``StartingAfterPaginator``) and
+``created[gte]`` for incremental reads.
 """
 
 from __future__ import annotations
@@ -10,14 +11,17 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
+from typing import ClassVar
 
 import httpx
 import polars as pl
 
 from ..errors import SourceError
+from ..warehouse import FACT_SCHEMA
 from .auth import ApiKeyPlacement
 from .base import FetchRequest, FetchResult, Source
 from .http import get_json
+from .paginators import Paginator, StartingAfterPaginator
 
 # Stripe amounts are in the currency's smallest unit, except for these.
 ZERO_DECIMAL = frozenset("bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split())
@@ -34,7 +38,6 @@ RAW_SCHEMA = {
     "net": pl.Int64,
     "currency": pl.String,
 }
-LONG_SCHEMA = {"metric": pl.String, "dimension": pl.String, "day": pl.Date, "value": pl.Float64}
 
 
 class StripeSource(Source):
@@ -52,8 +55,10 @@ class StripeSource(Source):
         "charges": "Payments",
         "new_customers": "New customers",
     }
+    #: net volume goes below zero on a day of more refunds than sales
+    signed_metrics: ClassVar[frozenset[str]] = frozenset({"net"})
     stream = "balance_transactions"
-    page_size = 100
+    pages: ClassVar[Paginator] = StartingAfterPaginator(limit=100)
 
     async def fetch(self, client: httpx.AsyncClient, request: FetchRequest) -> FetchResult:
         started = time.perf_counter()
@@ -74,28 +79,25 @@ class StripeSource(Source):
     async def _list(self, client, request: FetchRequest, path: str, since: int, to_row):
         """Every object of one list endpoint created since ``since``, newest first."""
         connection_id = request.connection.id
-        params: dict[str, str | int] = {"limit": self.page_size, "created[gte]": since}
+        page = self.pages.first(path, {"created[gte]": since})
         rows: list[dict] = []
         requests = 0
-        while True:
-            body, _ = await get_json(
-                client, path, connection_id=connection_id, params=params, auth=request.auth
+        while page is not None:
+            body, response = await get_json(
+                client, page.url, connection_id=connection_id, params=page.params, auth=request.auth
             )
             requests += 1
             if not isinstance(body, dict) or not isinstance(body.get("data"), list):
-                raise SourceError(
-                    f"connection {connection_id}: {path} answered without a data list",
-                    connection_id=connection_id,
+                raise SourceError.of_connection(
+                    connection_id, f"{path} answered without a data list"
                 )
-            page = [to_row(item, connection_id, path) for item in body["data"]]
-            rows.extend(page)
-            if not body.get("has_more") or not page:
-                return rows, requests
-            params["starting_after"] = page[-1]["id"]
+            rows.extend(to_row(item, connection_id, path) for item in body["data"])
+            page = self.pages.next(page, body, response, body["data"])
+        return rows, requests
 
     def aggregate(self, records: pl.DataFrame) -> pl.DataFrame:
         if records.height == 0:
-            return pl.DataFrame(schema=LONG_SCHEMA)
+            return pl.DataFrame(schema=FACT_SCHEMA)
         frame = records.with_columns(
             pl.from_epoch("created", time_unit="s").dt.date().alias("day"),
             pl.col("currency").str.to_lowercase(),
@@ -185,6 +187,4 @@ def _drift(exc: Exception, connection_id: str, path: str) -> SourceError:
         what = "is not an object"
     else:
         what = "has a field of the wrong type"
-    return SourceError(
-        f"connection {connection_id}: an item from {path} {what}", connection_id=connection_id
-    )
+    return SourceError.of_connection(connection_id, f"an item from {path} {what}")

@@ -1,15 +1,14 @@
-"""The plain Tornado pages next to the dashboards: the CSV export and the connect page.
+"""The connect page: a client connects a source at ``/connect/<token>``, OAuth returns to it.
 
-They sit behind the same header transform and access log as the dashboards: the
+It sits behind the same header transform and access log as the dashboards: the
 invite token in ``/connect/<token>`` is replaced by the invite's id in the log, and
-a wrong token costs the address a failure in the same limiter as a wrong link.
+a wrong or spent token gets the gate's 404 page and costs the address a failure in
+the same limiter as a wrong link.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import html
-import logging
 
 from tornado.web import RequestHandler
 
@@ -18,14 +17,12 @@ from writevue_pipelines.errors import InvalidInput, WriteVueError
 from writevue_pipelines.runtime import Runtime
 from writevue_pipelines.sources import get_source
 
-from .data import FactCache, Period, csv_filename, dashboard_csv, load_dashboard
-from .gate import NOT_FOUND_HTML, TOO_MANY_HTML, FailureLimiter
-from .redaction import limiter_key
-
-_log = logging.getLogger("writevue.dashboard")
+from .gate import reject
+from .limiter import FailureLimiter
 
 
 def page(title: str, body: str) -> str:
+    """A plain page in WriteVue's look: the connect page and what it answers."""
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
@@ -39,30 +36,6 @@ def page(title: str, body: str) -> str:
     )
 
 
-class CsvExportHandler(RequestHandler):
-    """``/d/<token>?format=csv&from=…&to=…``: the daily figures of the period the page shows."""
-
-    def initialize(self, runtime: Runtime, cache: FactCache) -> None:
-        self.runtime, self.cache = runtime, cache
-
-    def get(self, *_args) -> None:
-        link = self.request.writevue_link  # set by the gate, which let only a live link through
-        try:
-            start = dt.date.fromisoformat(self.get_query_argument("from"))
-            end = dt.date.fromisoformat(self.get_query_argument("to"))
-        except Exception:
-            self.set_status(400)
-            self.set_header("Content-Type", "text/plain; charset=utf-8")
-            self.finish("Choose a period on the dashboard, then download its figures.\n")
-            return
-        data = load_dashboard(
-            self.runtime, link.tenant_id, period=Period.between(start, end), cache=self.cache
-        )
-        self.set_header("Content-Type", "text/csv; charset=utf-8")
-        self.set_header("Content-Disposition", f'attachment; filename="{csv_filename(data)}"')
-        self.finish(dashboard_csv(data))
-
-
 class ConnectHandler(RequestHandler):
     """``/connect/<token>``: the client picks a source and authorises it or pastes an API key."""
 
@@ -70,26 +43,18 @@ class ConnectHandler(RequestHandler):
         self.runtime, self.limiter = runtime, limiter
 
     def _invite(self, token: str) -> invites.InviteInfo | None:
-        """The live invite, or None after answering 404/429 (same page, same path)."""
-        client = limiter_key(self.request.remote_ip or "")
-        if self.limiter.blocked(client):
-            self._reject(429)
+        """The live invite, or None after the gate's 404/429 (same page, same limiter)."""
+        if self.limiter.blocked(self.request.remote_ip):
+            reject(self, 429)
             return None
         with self.runtime.db.session() as session:
             invite = invites.resolve_invite(session, token)
         if invite is None:
-            self.limiter.fail(client)
-            self._reject(404)
+            self.limiter.fail(self.request.remote_ip)
+            reject(self, 404)
             return None
         self.request.writevue_invite_id = invite.id  # for the access log
         return invite
-
-    def _reject(self, status: int) -> None:
-        self.set_status(status)
-        self.set_header("Content-Type", "text/html; charset=utf-8")
-        if status == 429:
-            self.set_header("Retry-After", "60")
-        self.finish(TOO_MANY_HTML if status == 429 else NOT_FOUND_HTML)
 
     def get(self, token: str) -> None:
         invite = self._invite(token)

@@ -1,0 +1,83 @@
+"""Security headers and cookie rules on every response, errors and websocket upgrades included."""
+
+from __future__ import annotations
+
+from tornado.httputil import HTTPHeaders, HTTPServerRequest
+from tornado.web import OutputTransform
+
+_COOKIE_FLAGS = frozenset({"expires", "max-age", "httponly", "samesite", "secure"})
+
+# Panel's page starts from inline scripts ('unsafe-inline') and es-module-shims makes
+# blob: scripts; nothing else, and no third-party origin, is allowed. 'unsafe-eval' is
+# not needed by the widgets used (it would be by CustomJS or ReactiveHTML).
+CSP_DIRECTIVES = {
+    "default-src": "'self'",
+    "script-src": "'self' 'unsafe-inline' blob:",
+    "style-src": "'self' 'unsafe-inline'",
+    "img-src": "'self' data: blob:",
+    "font-src": "'self' data:",
+    "connect-src": "'self'",
+    "worker-src": "'self' blob:",
+    "object-src": "'none'",
+    "base-uri": "'none'",
+    "form-action": "'self'",
+    "frame-ancestors": "'none'",
+}
+
+#: Tornado's XSRF cookie (the connect page's forms), made like every other cookie here
+XSRF_COOKIE_KWARGS = {"httponly": True, "samesite": "Lax"}
+
+
+def security_headers(frame_ancestors: str | None = None) -> dict[str, str]:
+    """Headers for every response; ``frame_ancestors`` allows a configured embed."""
+    directives = dict(CSP_DIRECTIVES)
+    if frame_ancestors:
+        directives["frame-ancestors"] = frame_ancestors
+    headers = {
+        "Referrer-Policy": "no-referrer",
+        "X-Robots-Tag": "noindex, nofollow",
+        "Cache-Control": "no-store",
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "; ".join(f"{k} {v}" for k, v in directives.items()),
+        "Cross-Origin-Opener-Policy": "same-origin",
+        "Cross-Origin-Resource-Policy": "same-origin",
+    }
+    if not frame_ancestors:
+        headers["X-Frame-Options"] = "DENY"
+    return headers
+
+
+def session_cookie(set_cookie: str, *, secure: bool) -> str:
+    """A Set-Cookie value made a session cookie (no Expires/Max-Age), HttpOnly, SameSite=Lax."""
+    parts = [part.strip() for part in set_cookie.split(";") if part.strip()]
+    kept = [parts[0]] + [
+        part for part in parts[1:] if part.split("=", 1)[0].strip().lower() not in _COOKIE_FLAGS
+    ]
+    return "; ".join(kept + ["HttpOnly", "SameSite=Lax"] + (["Secure"] if secure else []))
+
+
+def security_transform(headers_to_set: dict[str, str]) -> type[OutputTransform]:
+    """A Tornado transform: ``headers_to_set`` on every response, and its cookies hardened."""
+
+    class SecurityHeaders(OutputTransform):
+        """Runs on every response's first chunk, errors and the websocket upgrade included."""
+
+        def __init__(self, request: HTTPServerRequest) -> None:
+            super().__init__(request)
+            self.secure = request.protocol == "https"
+
+        def transform_first_chunk(
+            self, status_code, headers: HTTPHeaders, chunk: bytes, finishing: bool
+        ):
+            for name, value in headers_to_set.items():
+                headers[name] = value
+            headers.pop("Server", None)
+            headers.pop("Etag", None)
+            cookies = headers.get_list("Set-Cookie")
+            if cookies:
+                del headers["Set-Cookie"]
+                for cookie in cookies:
+                    headers.add("Set-Cookie", session_cookie(cookie, secure=self.secure))
+            return status_code, headers, chunk
+
+    return SecurityHeaders

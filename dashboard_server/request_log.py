@@ -1,0 +1,67 @@
+"""The request log line: the token replaced by its link's id, no query string, the IP truncated.
+
+A live link's page load and CSV download also go to the anonymised JSON-lines access
+log (``access_log``) that the trends pipeline rolls up.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from tornado.httputil import HTTPServerRequest
+from tornado.web import RequestHandler
+
+from .access_log import AccessLog, Visitor
+from .gate import GATE_PREFIX, GATED_PATH
+from .redaction import truncate_ip
+
+_CONNECT_PATH = re.compile(r"^/connect/([^/]*)(/.*)?$")
+_access_log = logging.getLogger("tornado.access")
+
+
+def redacted_path(request: HTTPServerRequest) -> str:
+    """The path as logged: ``/d/<link:ID>…`` or ``/connect/<invite:ID>…``, never a token."""
+    found = GATED_PATH.match(request.path)
+    if not found:
+        invite = _CONNECT_PATH.match(request.path)
+        if invite:
+            invite_id = getattr(request, "writevue_invite_id", None)
+            tail = invite.group(2) or ""
+            return "/connect/" + (f"<invite:{invite_id}>" if invite_id else "<invite>") + tail
+        return request.path
+    link_id = getattr(request, "writevue_link_id", None)
+    return GATE_PREFIX + (f"<link:{link_id}>" if link_id else "<invalid>") + (found.group(2) or "")
+
+
+def page_event(request: HTTPServerRequest, status: int) -> str | None:
+    """``view`` for a dashboard page load, ``export`` for its CSV download, else None."""
+    if status != 200 or request.method != "GET":
+        return None
+    link_id = getattr(request, "writevue_link_id", None)
+    found = GATED_PATH.match(request.path)
+    if link_id is None or found is None or found.group(2):
+        return None
+    return "export" if request.query_arguments.get("format") == [b"csv"] else "view"
+
+
+def log_function(handler: RequestHandler, access_log: AccessLog | None = None) -> None:
+    """The access log line: no query string, the token replaced, the IP truncated.
+
+    With an ``access_log``, a page load or CSV download also becomes an access event.
+    """
+    status = handler.get_status()
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    request = handler.request
+    _access_log.log(
+        level,
+        "%d %s %s (%s) %.2fms",
+        status,
+        request.method,
+        redacted_path(request),
+        truncate_ip(request.remote_ip or ""),
+        1000.0 * request.request_time(),
+    )
+    if access_log is not None and (event := page_event(request, status)):
+        visitor = Visitor.from_request(request.remote_ip, request.headers)
+        access_log.record(event, request.writevue_link_id, visitor)

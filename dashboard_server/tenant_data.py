@@ -1,0 +1,60 @@
+"""The one tenant a dashboard session may show: its page per period, rendered once per refresh."""
+
+from __future__ import annotations
+
+import panel as pn
+
+from writevue_pipelines.runtime import Runtime
+
+from .app import dashboard_html
+from .data import FactCache, LruCache, Period, load_facts, load_header, summarise
+
+CACHE_KEY = "writevue.facts"
+PAGES_KEY = "writevue.pages"
+PAGE_CACHE_BYTES = 32 * 1024 * 1024
+
+
+class TenantData:
+    """The one tenant a session may show, bound by the server; the view sees only this."""
+
+    def __init__(self, runtime: Runtime, tenant_id: str, alive):
+        self._runtime, self._tenant_id, self._alive = runtime, tenant_id, alive
+
+    def page(self, period: Period, *, tv: bool) -> str:
+        """The dashboard's HTML: one registry read, then the cached page or one facts query.
+
+        The key holds everything the page shows besides the facts (name, last update,
+        each source's state, which also ages from fresh to stale) and the facts' version.
+        """
+        header = load_header(self._runtime, self._tenant_id)
+        key = (
+            self._tenant_id,
+            header.version,
+            header.tenant_name,
+            header.last_updated,
+            tuple(header.sources),
+            period,
+            tv,
+        )
+        pages = page_cache()
+        page = pages.get(key)
+        if page is None:
+            facts = load_facts(self._runtime, self._tenant_id, period, header.version, fact_cache())
+            page = dashboard_html(summarise(header, period, facts), tv=tv)
+            pages.put(key, page)
+        return page
+
+    def alive(self) -> bool:
+        return self._alive()
+
+
+def fact_cache() -> FactCache:
+    """The process-wide cache; ``pn.state.cache`` is shared by every session."""
+    return pn.state.cache.setdefault(CACHE_KEY, FactCache())
+
+
+def page_cache() -> LruCache:
+    """Rendered pages, process-wide like the facts; bounded by their total size."""
+    return pn.state.cache.setdefault(
+        PAGES_KEY, LruCache(max_entries=4096, max_size=PAGE_CACHE_BYTES, size=len)
+    )
