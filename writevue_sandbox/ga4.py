@@ -8,7 +8,7 @@ RESOURCE_EXHAUSTED (the ``429`` fault knob).
 
 Bearer tokens accepted:
 
-- access tokens issued by the sandbox's OAuth2 server (``sandbox/oauth.py``), the way
+- access tokens issued by the sandbox's OAuth2 server (``writevue_sandbox/oauth.py``), the way
   a real connection reaches it;
 - for the sandbox only, static test tokens ``ya29.sandbox-<account>`` (optionally with a
   fault plan, ``ya29.sandbox-acme__f_429x2``), so tests of the GA4 source do not need

@@ -22,7 +22,7 @@ from ..models import Connection, Credential, OAuthState, utcnow
 from ..runtime import Runtime
 from ..sources import get_source
 from ..sources.base import Source
-from ..sources.urls import http_url_problem
+from ..sources.urls import NOT_HTTP_URL, http_url_problem
 from ..vault import Binding
 from .endpoints import (
     AUTH_BASE_OPTION,
@@ -39,7 +39,7 @@ STATE_TTL = dt.timedelta(minutes=10)
 def _check_http_url(value: str, what: str) -> str:
     """``value`` when it is an http(s) URL without credentials or a fragment (a query may stay)."""
     problem = http_url_problem(value, allow_query=True)
-    if problem == "is not an http(s) URL":
+    if problem == NOT_HTTP_URL:
         raise InvalidInput(f"{what} must be an http(s) URL such as https://example.com/callback.")
     if problem is not None:
         raise InvalidInput(f"{what} must not carry credentials or a fragment.")
