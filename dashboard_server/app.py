@@ -27,6 +27,11 @@ GONE_HTML = (
     '<div class="wv-gone"><h1>This link no longer works</h1>'
     "<p>Ask your WriteVue contact for a new one.</p></div>"
 )
+#: shown when the server's session secret was rotated: the link still works
+RELOAD_HTML = (
+    '<div class="wv-gone"><h1>This page has expired</h1>'
+    '<p><a href="">Reload it</a> to see the latest figures.</p></div>'
+)
 _TOOLTIP_MAX_DAYS = 92
 # How the browser draws the page, not how it looks (that is assets/theme.css): a chart
 # or the table off screen is laid out and drawn when it scrolls near, not on page load
@@ -244,7 +249,9 @@ class Dashboard(pn.viewable.Viewer):
     """One client's dashboard. The date range and TV mode are its state.
 
     Nothing here schedules itself: the server calls ``tick`` every ``refresh_s`` seconds
-    while the session is open (see ``dashboard_server.ticker``).
+    while the session is open, and ``end`` once its link is gone (see
+    ``dashboard_server.ticker``). Every change the client makes asks the source whether
+    the link is still alive before anything is rendered.
     """
 
     range = param.Selector(default="30", objects=list(RANGE_OPTIONS.values()))
@@ -286,7 +293,7 @@ class Dashboard(pn.viewable.Viewer):
             sizing_mode="stretch_width",
             margin=0,
         )
-        self._render()
+        self._draw()  # the server has just checked the link: no second check
 
     @property
     def period(self) -> Period:
@@ -306,8 +313,15 @@ class Dashboard(pn.viewable.Viewer):
 
     @param.depends("range", "custom", watch=True)
     def _render(self) -> None:
+        """The client changed the period: draw it, if the link still opens this dashboard."""
         if self.gone:
             return
+        if not self._source.alive():
+            self.end(GONE_HTML)
+            return
+        self._draw()
+
+    def _draw(self) -> None:
         self._show_custom_picker()
         self._content.object = self._source.page(self.period, tv=self.tv)
 
@@ -318,16 +332,15 @@ class Dashboard(pn.viewable.Viewer):
             self._on_interaction()
 
     def tick(self) -> None:
-        """Periodic: stop showing anything once the link is dead; in TV mode, reload."""
-        if self.gone:
-            return
-        if not self._source.alive():
-            self.gone = True
-            self._controls.visible = False
-            self._content.object = GONE_HTML
-            return
+        """Periodic: in TV mode, reload (if the link still opens this dashboard)."""
         if self.tv:
             self._render()
+
+    def end(self, page: str = GONE_HTML) -> None:
+        """Stop showing anything of the tenant: the link is gone (or the page expired)."""
+        self.gone = True
+        self._controls.visible = False
+        self._content.object = page
 
     def __panel__(self) -> pn.viewable.Viewable:
         return self._layout

@@ -3,13 +3,23 @@
 It sits behind the same header transform and access log as the dashboards: the
 invite token in ``/connect/<token>`` is replaced by the invite's id in the log, and
 a wrong or spent token gets the gate's 404 page and costs the address a failure in
-the same limiter as a wrong link.
+a limiter of the invites' own (guessing invites never locks anyone out of a dashboard).
+
+A form is accepted only from this server's own pages: besides Tornado's XSRF pair,
+the ``Origin`` (or, without one, the ``Referer``) must be the server's own origin
+(``WRITEVUE_DASHBOARD_URL``). The form page sets its referrer policy to
+``same-origin`` so that a browser sends its real origin on the POST (under the
+site-wide ``no-referrer`` it would send ``Origin: null``) while no other site ever
+sees the invite's URL. An API key is checked with the source before it is saved
+(on a worker thread: the server's event loop keeps serving meanwhile).
 """
 
 from __future__ import annotations
 
 import html
+from urllib.parse import urlsplit
 
+from tornado.ioloop import IOLoop
 from tornado.web import RequestHandler
 
 from writevue_pipelines import invites
@@ -21,12 +31,12 @@ from .gate import reject
 from .limiter import FailureLimiter
 
 
-def page(title: str, body: str) -> str:
+def page(title: str, body: str, *, head: str = "") -> str:
     """A plain page in WriteVue's look: the connect page and what it answers."""
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        '<meta name="robots" content="noindex, nofollow">'
+        f'<meta name="robots" content="noindex, nofollow">{head}'
         f"<title>{html.escape(title)} · WriteVue</title>"
         '<link rel="icon" href="/assets/favicon.svg" type="image/svg+xml">'
         '<link rel="stylesheet" href="/assets/theme.css"></head>'
@@ -36,6 +46,20 @@ def page(title: str, body: str) -> str:
     )
 
 
+def origin_of(url: str) -> str | None:
+    """``scheme://host[:port]`` of an absolute http(s) URL, lower-cased; None otherwise."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return None
+    default = {"http": 80, "https": 443}[parts.scheme.lower()]
+    suffix = f":{port}" if port is not None and port != default else ""
+    return f"{parts.scheme.lower()}://{parts.hostname.lower()}{suffix}"
+
+
 class ConnectHandler(RequestHandler):
     """``/connect/<token>``: the client picks a source and authorises it or pastes an API key."""
 
@@ -43,23 +67,34 @@ class ConnectHandler(RequestHandler):
         self.runtime, self.limiter = runtime, limiter
 
     def _invite(self, token: str) -> invites.InviteInfo | None:
-        """The live invite, or None after the gate's 404/429 (same page, same limiter)."""
-        if self.limiter.blocked(self.request.remote_ip):
-            reject(self, 429)
-            return None
+        """The live invite, or None after the gate's 404/429 (the same pages; a limiter of
+        the invites' own). Resolved first: a live invite always opens, only failures count."""
         with self.runtime.db.session() as session:
             invite = invites.resolve_invite(session, token)
         if invite is None:
-            self.limiter.fail(self.request.remote_ip)
-            reject(self, 404)
+            reject(self, 429 if self.limiter.fail(self.request.remote_ip) else 404)
             return None
         self.request.writevue_invite_id = invite.id  # for the access log
         return invite
+
+    def _same_origin(self) -> bool:
+        """The POST came from this server's own page: its Origin, or else its Referer."""
+        own = origin_of(self.runtime.settings.dashboard_base_url)
+        origin = self.request.headers.get("Origin")
+        if origin is None:
+            referer = self.request.headers.get("Referer")
+            origin = None if referer is None else origin_of(referer)
+        else:
+            origin = origin_of(origin)  # "null" (an opaque origin) is never ours
+        return own is not None and origin == own
 
     def get(self, token: str) -> None:
         invite = self._invite(token)
         if invite is None:
             return
+        self.finish(self._form_page(invite))
+
+    def _form_page(self, invite: invites.InviteInfo, problem: str | None = None) -> str:
         items = []
         for name in invite.sources:
             source = get_source(name)
@@ -86,24 +121,36 @@ class ConnectHandler(RequestHandler):
                 f"<h2>{html.escape(source.title)}</h2>"
                 f"<p>{html.escape(source.description)}</p>{''.join(forms)}</li>"
             )
+        alert = (
+            ""
+            if problem is None
+            else f'<p class="wv-error" role="alert">{html.escape(problem)}</p>'
+        )
         body = (
-            "<p>Choose a source to connect. WriteVue only ever reads from it, and keeps only "
-            "daily totals. This page works once, until "
+            f"{alert}<p>Choose a source to connect. WriteVue only ever reads from it, and keeps "
+            "only daily totals. This page works once, until "
             f"{invite.expires_at:%d %b %Y, %H:%M} UTC.</p>"
             f'<ul class="wv-sources">{"".join(items)}</ul>'
         )
-        self.finish(page("Connect your data", body))
+        # same-origin: the form's POST carries this origin (see the module docstring).
+        return page("Connect your data", body, head='<meta name="referrer" content="same-origin">')
 
-    def post(self, token: str) -> None:
+    async def post(self, token: str) -> None:
         self.check_xsrf_cookie()
+        if not self._same_origin():
+            reject(self, 403)
+            return
         invite = self._invite(token)
         if invite is None:
             return
         action = self.get_body_argument("action", "")
         source = self.get_body_argument("source", "")
+        run = IOLoop.current().run_in_executor
         try:
             if action == "oauth":
-                url = invites.start_oauth(
+                url = await run(
+                    None,
+                    invites.start_oauth,
                     self.runtime,
                     token,
                     source,
@@ -122,15 +169,19 @@ class ConnectHandler(RequestHandler):
                 )
                 return
             if action == "api_key":
-                invites.connect_with_api_key(
-                    self.runtime, token, source, self.get_body_argument("api_key", "")
-                )
+                key = self.get_body_argument("api_key", "")
+                await run(None, invites.connect_with_api_key, self.runtime, token, source, key)
                 self.finish(connected_page())
                 return
             raise InvalidInput("Choose a source and how to connect it.")
         except WriteVueError as exc:
             self.set_status(400)
-            self.finish(page("Not connected", f"<p>{html.escape(str(exc))}</p>"))
+            with self.runtime.db.session() as session:
+                live = invites.resolve_invite(session, token)
+            if live is None:  # spent meanwhile: nothing left to retry on this page
+                self.finish(page("Not connected", f"<p>{html.escape(str(exc))}</p>"))
+            else:  # the form again, saying what was wrong; the invite still works
+                self.finish(self._form_page(live, str(exc)))
 
 
 def connected_page() -> str:
@@ -147,7 +198,7 @@ class OAuthCallbackHandler(RequestHandler):
     def initialize(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
-    def get(self) -> None:
+    async def get(self) -> None:
         if self.get_query_argument("error", ""):
             self.set_status(400)
             self.finish(
@@ -161,7 +212,10 @@ class OAuthCallbackHandler(RequestHandler):
         state = self.get_query_argument("state", "")
         code = self.get_query_argument("code", "")
         try:
-            invites.finish_oauth(self.runtime, state, code)
+            # A worker thread: the code exchange waits on the provider.
+            await IOLoop.current().run_in_executor(
+                None, invites.finish_oauth, self.runtime, state, code
+            )
         except WriteVueError as exc:
             self.set_status(400)
             self.finish(page("Not connected", f"<p>{html.escape(str(exc))}</p>"))

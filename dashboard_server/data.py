@@ -11,9 +11,8 @@ tenant's cached facts can never answer another tenant's view.
 from __future__ import annotations
 
 import collections
-import csv
 import datetime as dt
-import io
+import re
 import threading
 from dataclasses import dataclass
 
@@ -22,11 +21,33 @@ import polars as pl
 from writevue_pipelines import registry, warehouse
 from writevue_pipelines.runtime import Runtime
 from writevue_pipelines.sources import SOURCES
+from writevue_pipelines.spreadsheet import csv_text
 
 STALE_AFTER = dt.timedelta(hours=36)
 MONEY_METRICS = frozenset({"gross_volume", "net", "fees", "refunds"})
 PRESET_DAYS = (7, 30, 90, 365)
 MAX_DAYS = 731
+#: how far back a period may start: ten years, far more than any source keeps for a client
+HISTORY = dt.timedelta(days=3653)
+_DAY = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+
+
+class PeriodError(ValueError):
+    """A period a client asked for that no dashboard shows; the text says what to do."""
+
+
+def _today(today: dt.date | None) -> dt.date:
+    return today or dt.datetime.now(dt.UTC).date()
+
+
+def oldest_day(today: dt.date | None = None) -> dt.date:
+    """The first day a period may show."""
+    return _today(today) - HISTORY
+
+
+def newest_day(today: dt.date | None = None) -> dt.date:
+    """The last day a period may show: today in UTC, or tomorrow where the client already is."""
+    return _today(today) + dt.timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -42,10 +63,27 @@ class Period:
         return cls(today - dt.timedelta(days=days - 1), today)
 
     @classmethod
-    def between(cls, start: dt.date, end: dt.date) -> Period:
-        """A custom period, put in order and capped at two years."""
-        start, end = min(start, end), max(start, end)
+    def between(cls, start: dt.date, end: dt.date, today: dt.date | None = None) -> Period:
+        """A custom period from the picker, whatever its days: put in order, kept between
+        ``oldest_day`` and ``newest_day``, capped at two years (``MAX_DAYS``)."""
+        oldest, newest = oldest_day(today), newest_day(today)
+        days = (day.date() if isinstance(day, dt.datetime) else day for day in (start, end))
+        start, end = sorted(min(max(day, oldest), newest) for day in days)
         return cls(max(start, end - dt.timedelta(days=MAX_DAYS - 1)), end)
+
+    @classmethod
+    def parse(cls, start: str, end: str, today: dt.date | None = None) -> Period:
+        """The period a request names by its first and last day (``YYYY-MM-DD``), or a
+        ``PeriodError`` saying what is wrong: nothing is put in order or capped silently."""
+        first, last = _parse_day(start), _parse_day(end)
+        oldest, newest = oldest_day(today), newest_day(today)
+        if first > last:
+            raise PeriodError(f"The period ends ({last}) before it starts ({first}). {_CHOOSE}")
+        if first < oldest or last > newest:
+            raise PeriodError(f"A period must lie between {oldest} and {newest}. {_CHOOSE}")
+        if (last - first).days + 1 > MAX_DAYS:
+            raise PeriodError(f"A period can be at most {MAX_DAYS} days long. {_CHOOSE}")
+        return cls(first, last)
 
     @property
     def days(self) -> int:
@@ -58,6 +96,18 @@ class Period:
     @property
     def label(self) -> str:
         return f"{self.start:%d %b %Y} to {self.end:%d %b %Y}"
+
+
+_CHOOSE = "Choose the period on the dashboard, then download its figures from there."
+
+
+def _parse_day(text: str) -> dt.date:
+    try:
+        if _DAY.match(text):
+            return dt.date.fromisoformat(text)
+    except ValueError:
+        pass
+    raise PeriodError(f"A period's first and last days are written YYYY-MM-DD. {_CHOOSE}")
 
 
 @dataclass(frozen=True)
@@ -145,13 +195,14 @@ def metric_label(metric: str, dimension: str = "") -> str:
 def _source_status(connection: registry.ConnectionInfo, now: dt.datetime) -> SourceStatus:
     source = SOURCES.get(connection.source)
     title = source.title if source else connection.source
-    if connection.status == "needs_reauth":
+    if connection.status == "needs_reauth":  # a refused or unreadable credential
+        what = "sign-in" if connection.auth_kind == "oauth2" else "credentials"
         return SourceStatus(
             connection.source,
             title,
             "needs_reconnect",
-            f"Reconnect {title}: WriteVue can no longer read it. "
-            "Ask your WriteVue contact for a connect link.",
+            f"Reconnect {title}: it no longer accepts WriteVue's {what}, so these figures "
+            "stopped updating. Ask your WriteVue contact for a connect link.",
         )
     if connection.last_refreshed_at is None or now - connection.last_refreshed_at > STALE_AFTER:
         return SourceStatus(
@@ -288,15 +339,19 @@ CSV_COLUMNS = ("day", "metric", "label", "dimension", "value")
 
 
 def dashboard_csv(data: DashboardData) -> str:
-    """Exactly the daily figures the dashboard shows for its period, one row per day and metric."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for metric, dimension, day, value in data.series.sort("day", "metric", "dimension").iter_rows():
-        # A leading =, +, - or @ would be a formula in a spreadsheet; labels are ours, but be safe.
-        label = metric_label(metric, dimension).lstrip("=+-@")
-        writer.writerow((day.isoformat(), metric, label, dimension, repr(float(value))))
-    return out.getvalue()
+    """Exactly the daily figures the dashboard shows for its period, one row per day and metric.
+
+    Metrics and dimensions come from sources (a REST spec may map any value to them):
+    every text cell is neutralised for spreadsheets (``spreadsheet.csv_text``); the
+    value stays a number.
+    """
+    rows = (
+        (day.isoformat(), metric, metric_label(metric, dimension), dimension, float(value))
+        for metric, dimension, day, value in data.series.sort(
+            "day", "metric", "dimension"
+        ).iter_rows()
+    )
+    return csv_text(CSV_COLUMNS, rows)
 
 
 def csv_filename(data: DashboardData) -> str:

@@ -1,8 +1,15 @@
-"""The CSV export: ``/d/<token>?format=csv`` of a live link, the daily figures of its period."""
+"""The CSV export, ``/d/<token>?format=csv&from=…&to=…`` of a live link, and the page's query.
+
+The page takes four parameters of its own: ``format`` (``csv`` for the export), ``from``
+and ``to`` (its period, ``YYYY-MM-DD``) and ``tv``. Each may appear once, in UTF-8,
+with a value it knows; anything else about them gets one 400 page that says what to
+do. Other parameters (a mail's ``utm_*``) are left alone, as long as they are UTF-8.
+"""
 
 from __future__ import annotations
 
-import datetime as dt
+from dataclasses import dataclass
+from urllib.parse import parse_qsl
 
 from tornado import routing
 from tornado.httputil import HTTPServerRequest
@@ -10,12 +17,77 @@ from tornado.web import RequestHandler
 
 from writevue_pipelines.runtime import Runtime
 
-from .data import FactCache, Period, csv_filename, dashboard_csv, load_dashboard
+from .data import FactCache, Period, PeriodError, csv_filename, dashboard_csv, load_dashboard
 from .gate import GATED_PATH
+from .request_limits import refuse
+
+PAGE_PARAMETERS = ("format", "from", "to", "tv")
+TV_VALUES = ("", "0", "1", "false", "true", "no", "yes")
+#: the longest value any of the page's parameters takes, with room to spare
+MAX_VALUE = 32
+MAX_PARAMETERS = 64
+_OPEN_LINK = "Open the dashboard link you were given as it is."
+
+
+class BadQuery(ValueError):
+    """A query the page does not take; the text says what to do (no value is echoed)."""
+
+
+@dataclass(frozen=True)
+class PageQuery:
+    """The page's own parameters, checked."""
+
+    export: bool
+    period: Period | None
+    tv: bool
+
+    @classmethod
+    def read(cls, query: str) -> PageQuery:
+        """From the raw query string (as Tornado gives it: bytes decoded as Latin-1)."""
+        try:
+            text = query.encode("latin-1").decode("utf-8")
+            pairs = parse_qsl(
+                text,
+                keep_blank_values=True,
+                encoding="utf-8",
+                errors="strict",
+                max_num_fields=MAX_PARAMETERS,
+            )
+        except UnicodeError:
+            raise BadQuery(
+                f"This address has characters WriteVue cannot read. {_OPEN_LINK}"
+            ) from None
+        except ValueError:  # more than MAX_PARAMETERS
+            raise BadQuery(f"This address has too many parameters. {_OPEN_LINK}") from None
+        own: dict[str, str] = {}
+        for name, value in pairs:
+            if name not in PAGE_PARAMETERS:
+                continue
+            if name in own:
+                raise BadQuery(f"This address names '{name}' more than once. {_OPEN_LINK}")
+            if len(value) > MAX_VALUE:
+                raise BadQuery(f"This address's '{name}' is too long. {_OPEN_LINK}")
+            own[name] = value
+        export = "format" in own
+        if export and own["format"] != "csv":
+            raise BadQuery(
+                "WriteVue exports a dashboard's figures as CSV only (format=csv). "
+                "Use the download link on the dashboard."
+            )
+        if own.get("tv", "") not in TV_VALUES:
+            raise BadQuery(f"'tv' is 1 for TV mode or 0 for the normal page. {_OPEN_LINK}")
+        period = None
+        if export or "from" in own or "to" in own:
+            try:
+                period = Period.parse(own.get("from", ""), own.get("to", ""))
+            except PeriodError as error:
+                raise BadQuery(str(error)) from None
+        return cls(export, period, own.get("tv", "") in ("1", "true", "yes"))
 
 
 class CsvExportMatcher(routing.Matcher):
-    """``/d/<token>?format=csv`` of a live link (the gate has run) goes to the CSV export.
+    """``/d/<token>?…`` of a live link (the gate has run): a CSV export, or a query the
+    page does not take, go to the export's handler; the page itself goes on to Panel.
 
     The dashboard links to its export relative to itself (``?format=csv&...``), so the
     view needs no token to offer a download.
@@ -25,33 +97,40 @@ class CsvExportMatcher(routing.Matcher):
         self.prefix = prefix
 
     def match(self, request: HTTPServerRequest) -> dict | None:
-        if getattr(request, "writevue_link", None) is None:
+        if getattr(request, "writevue_link", None) is None or not request.query:
             return None
         found = GATED_PATH.match(request.path[len(self.prefix) :])
-        if found and not found.group(2) and request.query_arguments.get("format") == [b"csv"]:
-            return {}
+        if not found or found.group(2):
+            return None
+        try:
+            query = PageQuery.read(request.query)
+        except BadQuery as problem:
+            return {"path_args": [], "path_kwargs": {"problem": str(problem)}}
+        if query.export:
+            return {"path_args": [], "path_kwargs": {}}
         return None
 
 
 class CsvExportHandler(RequestHandler):
-    """``/d/<token>?format=csv&from=…&to=…``: the daily figures of the period the page shows."""
+    """``/d/<token>?format=csv&from=…&to=…``: the daily figures of the period the page
+    shows; or the 400 page for a query the page does not take."""
 
     def initialize(self, runtime: Runtime, cache: FactCache) -> None:
         self.runtime, self.cache = runtime, cache
 
-    def get(self, *_args) -> None:
+    def prepare(self) -> None:
+        problem = self.path_kwargs.get("problem")
+        if problem:
+            refuse(self, 400, "Bad request", problem)
+
+    def get(self, problem: str | None = None) -> None:
         link = self.request.writevue_link  # set by the gate, which let only a live link through
         try:
-            start = dt.date.fromisoformat(self.get_query_argument("from"))
-            end = dt.date.fromisoformat(self.get_query_argument("to"))
-        except Exception:
-            self.set_status(400)
-            self.set_header("Content-Type", "text/plain; charset=utf-8")
-            self.finish("Choose a period on the dashboard, then download its figures.\n")
+            period = PageQuery.read(self.request.query).period
+        except BadQuery as problem:  # the matcher read it well just now: only past midnight
+            refuse(self, 400, "Bad request", str(problem))
             return
-        data = load_dashboard(
-            self.runtime, link.tenant_id, period=Period.between(start, end), cache=self.cache
-        )
+        data = load_dashboard(self.runtime, link.tenant_id, period=period, cache=self.cache)
         self.set_header("Content-Type", "text/csv; charset=utf-8")
         self.set_header("Content-Disposition", f'attachment; filename="{csv_filename(data)}"')
         self.finish(dashboard_csv(data))

@@ -2,9 +2,10 @@
 
 A Tornado routing rule sits in front of every Panel/Bokeh route. For any path
 under ``/d/<token>`` (the page, its websocket, autoload.js, metadata, per-app
-static files) it looks the token's hash up; unknown, revoked and expired tokens
-all get the same 404 page from the same single query, and an address that keeps
-guessing gets 429 (``limiter``). Only a live link falls through to Panel, with its
+static files) it looks the token's hash up; unknown, revoked, expired and
+malformed tokens all get the same 404 page from the same single query (the same work
+for each), and an address that keeps guessing gets 429 for its failures (``limiter``);
+a live link is never refused. Only a live link falls through to Panel, with its
 link marked on the request for the access log and the CSV export.
 
 The rejection is the gate's: every page that turns a request away (the connect
@@ -16,7 +17,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-from collections.abc import Callable, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
 
 from tornado import routing
 from tornado.httputil import HTTPHeaders, HTTPServerRequest
@@ -32,7 +35,6 @@ from .static import ASSETS_DIR
 GATE_PREFIX = "/d/"
 #: a path under the gate: the token, then what follows it (``/ws``, ``/autoload.js``, …)
 GATED_PATH = re.compile(r"^/d/([^/]*)(/.*)?$")
-_TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 _LAST_USED_EVERY = dt.timedelta(minutes=5)
 
 NOT_FOUND_HTML = (ASSETS_DIR / "404.html").read_bytes()
@@ -77,25 +79,91 @@ class NotFoundPage(OutputTransform):
 
 
 class LinkResolver:
-    """Token to live link, by hash lookup; records when a link was last used."""
+    """Token to live link, by hash lookup; and, for open pages, whether a token still opens one.
+
+    ``is_live``/``live_hashes`` take a token's hash (an open page keeps that, not the token)
+    so that rotation ends a page as revocation and expiry do: the old hash simply stops
+    being live. They answer from a cache at most ``LIVE_TTL_S`` old, so every interaction
+    can ask (one query per batch of stale hashes), and a revocation made by another process
+    (``writevue link revoke``) acts here within ``LIVE_TTL_S`` plus one query; ``forget``
+    makes what this process learns itself act at once.
+    """
+
+    #: how long a liveness answer is trusted; revocation elsewhere acts within this
+    LIVE_TTL_S = 1.0
 
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
+        self._checked: dict[str, tuple[float, bool]] = {}  # token hash -> (when, live)
+        self._lock = threading.Lock()
 
     def __call__(self, token: str) -> LinkInfo | None:
-        if not _TOKEN_SHAPE.match(token):
-            return None
+        # No shortcut for a token of the wrong shape: every token is hashed and looked up
+        # (``links.resolve_token``), so no kind of failure answers sooner than another.
         with self.runtime.db.session() as session:
             link = links.resolve_token(session, token)
             if link is not None:
                 now = dt.datetime.now(dt.UTC)
                 if link.last_used_at is None or now - link.last_used_at > _LAST_USED_EVERY:
                     links.touch_link(session, link.id, now=now)
-            return link
+        if link is not None:
+            digest = links.hash_token(token)
+            self._remember({digest}, {digest})
+        return link
+
+    def is_live(self, token_hash: str) -> bool:
+        """Does the token with this hash still open a live link (not revoked, rotated, expired)?"""
+        return token_hash in self.live_hashes([token_hash])
+
+    def live_hashes(self, token_hashes: Iterable[str]) -> set[str]:
+        """Which of these token hashes still open a live link: cached, one query for the rest."""
+        wanted = set(token_hashes)
+        now = time.monotonic()
+        with self._lock:
+            fresh = {
+                digest: entry[1]
+                for digest in wanted
+                if (entry := self._checked.get(digest)) and now - entry[0] < self.LIVE_TTL_S
+            }
+        stale = wanted - fresh.keys()
+        live = {digest for digest, is_live in fresh.items() if is_live}
+        if stale:
+            with self.runtime.db.session() as session:
+                found = links.live_token_hashes(session, stale)
+            self._remember(stale, found, checked_at=now)
+            live |= found
+        return live
+
+    def forget(self, token_hash: str | None = None) -> None:
+        """Drop what is cached about one token (every token: None), e.g. on seeing it end."""
+        with self._lock:
+            if token_hash is None:
+                self._checked.clear()
+            else:
+                self._checked.pop(token_hash, None)
+
+    def _remember(
+        self, checked: set[str], live: set[str], *, checked_at: float | None = None
+    ) -> None:
+        checked_at = time.monotonic() if checked_at is None else checked_at
+        with self._lock:
+            if len(self._checked) > 10_000:  # a bound, not a policy: expired answers go
+                self._checked = {
+                    k: v for k, v in self._checked.items() if checked_at - v[0] < self.LIVE_TTL_S
+                }
+            for digest in checked:
+                self._checked[digest] = (checked_at, digest in live)
 
 
 class TokenGateMatcher(routing.Matcher):
-    """Matches the requests under /d/ that must not reach Panel; lets live links through."""
+    """Matches the requests under /d/ that must not reach Panel; lets live links through.
+
+    The token is resolved first, the same way whatever it is; only then does the limiter
+    see a failure. So a live link always opens, from any address (an office behind one
+    NAT shares it with whoever is guessing there), while an address over its budget gets
+    429 for every token that does not resolve. A blocked address's failures cost the same
+    lookup as anyone's: the 429 says only "over budget", never anything about the token.
+    """
 
     def __init__(
         self, resolve: Callable[[str], LinkInfo | None], limiter: FailureLimiter, prefix: str = ""
@@ -111,16 +179,14 @@ class TokenGateMatcher(routing.Matcher):
         found = GATED_PATH.match(path)
         if not found:
             return None
-        if self.limiter.blocked(request.remote_ip):
-            return {"path_args": [], "path_kwargs": {"status": "429"}}
         link = None
         try:
             link = self.resolve(found.group(1))
         except Exception:
             logging.getLogger("writevue.gate").exception("link lookup failed")
         if link is None:
-            self.limiter.fail(request.remote_ip)
-            return {"path_args": [], "path_kwargs": {"status": "404"}}
+            status = "429" if self.limiter.fail(request.remote_ip) else "404"
+            return {"path_args": [], "path_kwargs": {"status": status}}
         request.writevue_link_id = link.id  # for the access log
         request.writevue_link = link  # for the CSV export
         return None

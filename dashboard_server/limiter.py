@@ -1,4 +1,10 @@
-"""The failure limiter: an address that keeps guessing tokens (links or invites) gets 429s."""
+"""The failure limiter: an address that keeps guessing tokens gets 429 for its failures.
+
+It refuses failures only, never a token that resolves: the surfaces resolve first and
+ask the limiter after a lookup has failed. Each surface has a budget of its own (the
+dashboard links one, the connect page's invites another), so guessing at one cannot
+lock a client out of the other.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,9 @@ import collections
 import ipaddress
 import threading
 import time
+
+#: past this many addresses, a failure also clears out those whose window has passed
+_SWEEP_ABOVE = 10_000
 
 
 def limiter_key(ip: str) -> str:
@@ -24,8 +33,8 @@ def limiter_key(ip: str) -> str:
 class FailureLimiter:
     """Failed lookups per address in a sliding window; in memory, per process.
 
-    One limiter serves the whole server, so a wrong invite and a wrong link cost the
-    same address a failure in the same window.
+    Only the latest ``max_failures`` are kept per address: the window holds more than the
+    budget exactly when the oldest of them is still inside it, so a flood costs no memory.
     """
 
     def __init__(self, max_failures: int = 20, window_s: float = 60.0):
@@ -33,24 +42,20 @@ class FailureLimiter:
         self._hits: dict[str, collections.deque] = {}
         self._lock = threading.Lock()
 
-    def _window(self, key: str, now: float) -> collections.deque:
-        hits = self._hits.setdefault(key, collections.deque())
-        while hits and hits[0] <= now - self.window_s:
-            hits.popleft()
-        return hits
-
-    def blocked(self, remote_ip: str | None) -> bool:
-        """Whether the client at ``remote_ip`` has used up its failures for now."""
-        key = limiter_key(remote_ip or "")
-        with self._lock:
-            hits = self._window(key, time.monotonic())
-            if not hits:
-                self._hits.pop(key, None)
-            return len(hits) >= self.max_failures
-
-    def fail(self, remote_ip: str | None) -> None:
-        """Count one failed lookup against the client at ``remote_ip``."""
+    def fail(self, remote_ip: str | None) -> bool:
+        """Count one failed lookup by ``remote_ip``; whether it is now over its budget."""
         key = limiter_key(remote_ip or "")
         with self._lock:
             now = time.monotonic()
-            self._window(key, now).append(now)
+            hits = self._hits.get(key)
+            if hits is None:
+                if len(self._hits) > _SWEEP_ABOVE:
+                    self._sweep(now)
+                # one more than the budget: the failure that goes over it is kept too
+                hits = self._hits[key] = collections.deque(maxlen=self.max_failures + 1)
+            hits.append(now)
+            return len(hits) > self.max_failures and hits[0] > now - self.window_s
+
+    def _sweep(self, now: float) -> None:
+        for key in [k for k, hits in self._hits.items() if hits[-1] <= now - self.window_s]:
+            del self._hits[key]

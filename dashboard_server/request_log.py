@@ -18,10 +18,18 @@ from .redaction import truncate_ip
 
 _CONNECT_PATH = re.compile(r"^/connect/([^/]*)(/.*)?$")
 _access_log = logging.getLogger("tornado.access")
+#: a path is logged up to this long: a refused 8 KiB one must not make an 8 KiB log line
+LOGGED_PATH_MAX = 200
 
 
 def redacted_path(request: HTTPServerRequest) -> str:
-    """The path as logged: ``/d/<link:ID>…`` or ``/connect/<invite:ID>…``, never a token."""
+    """The path as logged: ``/d/<link:ID>…`` or ``/connect/<invite:ID>…``, never a token,
+    and never more than ``LOGGED_PATH_MAX`` characters."""
+    path = _redacted_path(request)
+    return path if len(path) <= LOGGED_PATH_MAX else path[: LOGGED_PATH_MAX - 1] + "…"
+
+
+def _redacted_path(request: HTTPServerRequest) -> str:
     found = GATED_PATH.match(request.path)
     if not found:
         invite = _CONNECT_PATH.match(request.path)

@@ -3,7 +3,8 @@
 Each part lives in its own module; this one only assembles them into one Panel server:
 the gate (``gate``, ``limiter``), the headers (``headers``), static files (``static``),
 the request log (``request_log``, ``access_log``), the export (``export``), the connect
-page (``connect``) and the process tuning (``tuning``).
+page (``connect``), sessions bound to their links (``sessions``), the routes left
+(``routes``) and the process tuning (``tuning``).
 """
 
 from __future__ import annotations
@@ -15,17 +16,28 @@ from urllib.parse import urlsplit
 import panel as pn
 from tornado.web import Application
 
+from writevue_pipelines import links
 from writevue_pipelines.runtime import Runtime
 
 from .access_log import AccessLog, Visitor
 from .app import GONE_HTML, Dashboard
 from .connect import ConnectHandler, OAuthCallbackHandler
 from .export import csv_export_rule
-from .gate import LinkResolver, NotFoundPage, RejectHandler, current_link, install_gate
+from .gate import LinkResolver, NotFoundPage, RejectHandler, install_gate
 from .headers import XSRF_COOKIE_KWARGS, security_headers, security_transform
 from .limiter import FailureLimiter
 from .redaction import install_log_scrubber
+from .request_limits import install_request_limits
 from .request_log import log_function
+from .routes import remove_module_import_route
+from .sessions import (
+    LinkBinding,
+    LinkBoundSocket,
+    SessionGuard,
+    link_key,
+    session_binding,
+    session_choice_rule,
+)
 from .static import ASSETS_DIR, RobotsHandler, StaticGzip
 from .tenant_data import TenantData, fact_cache
 from .ticker import Ticker
@@ -39,12 +51,16 @@ from .tuning import (
 THEME = "/assets/theme.css"
 FAVICON = "/assets/favicon.svg"
 
-#: every open dashboard's periodic link check (and TV reload), one timer per process
+#: every open dashboard's link check each second (and TV reload), one timer per process
 TICKER = Ticker()
 _session_end_hooks: set = set()
 
 
-def make_app(runtime: Runtime, resolve: LinkResolver, access_log: AccessLog | None = None):
+def make_app(
+    runtime: Runtime,
+    guard: SessionGuard,
+    access_log: AccessLog | None = None,
+):
     """The Panel app behind ``/d/{token}``: each session shows its live link's tenant only."""
     refresh_s = runtime.settings.dashboard_refresh_s
 
@@ -56,20 +72,29 @@ def make_app(runtime: Runtime, resolve: LinkResolver, access_log: AccessLog | No
         document.template_variables["app_favicon"] = FAVICON
         document.template_variables["apple_icon"] = FAVICON
         token = pn.state.route_params.get("token", "")
-        link = current_link(resolve)
-        if link is None:  # revoked between the gate and this session
+        link = guard.live_link(token) if token else None
+        bound = link is not None and session_binding(document.session_context) == {
+            "link": link.id,
+            "key": link_key(token),
+        }
+        if not bound:  # revoked between the gate and this session, or not signed for it
             return pn.pane.HTML(GONE_HTML)
+        token_hash = links.hash_token(token)
 
         def alive() -> bool:
-            # Re-checked by hash on every periodic tick: a revoked, rotated or expired
-            # link stops updating open sessions.
-            return resolve(token) is not None
+            # Asked on every interaction before anything is rendered (the sweep asks
+            # for all open sessions once a second): a revoked, rotated or expired link
+            # shows nothing more.
+            return guard.is_live(token_hash)
 
         on_interaction = None
         if access_log is not None:
-            # The page request that opened this session: its client, anonymised once.
+            # The page request that opened this session: its client, anonymised once
+            # (``LinkBinding`` keeps it on the request; the session token carries no headers).
             request = document.session_context.request
-            visitor = Visitor.from_request(getattr(request, "remote_ip", None), request.headers)
+            visitor = getattr(request, "writevue_visitor", None) or Visitor.from_request(
+                getattr(request, "remote_ip", None), request.headers
+            )
 
             def on_interaction() -> None:
                 access_log.record("interaction", link.id, visitor)
@@ -81,7 +106,7 @@ def make_app(runtime: Runtime, resolve: LinkResolver, access_log: AccessLog | No
             refresh_s=refresh_s,
             on_interaction=on_interaction,
         )
-        TICKER.add(document.session_context.id, document, view, refresh_s)
+        TICKER.add(document.session_context.id, document, view, refresh_s, link=token_hash)
         return view
 
     return dashboard
@@ -137,10 +162,13 @@ def build_server(
     install_log_scrubber()
     pn.config.css_files = [THEME]
     pn.extension(design="native", notifications=False)
-    limiter = limiter or FailureLimiter()
+    # Separate budgets: guessing invites cannot lock a client out of its dashboard.
+    limiter = limiter or FailureLimiter(runtime.settings.guess_limit)
+    invite_limiter = FailureLimiter(runtime.settings.guess_limit)
     for hook in (TICKER.session_destroyed, release_memory):
         _on_every_session_end(hook)
     resolve = LinkResolver(runtime)
+    guard = SessionGuard(runtime)
     access_log = AccessLog(runtime.settings.log_dir)
     public = urlsplit(runtime.settings.dashboard_base_url).netloc
     origins = sorted({f"{host}:{port}", f"localhost:{port}", f"127.0.0.1:{port}", public})
@@ -148,12 +176,12 @@ def build_server(
         (
             r"/connect/([A-Za-z0-9_-]{1,128})",
             ConnectHandler,
-            {"runtime": runtime, "limiter": limiter},
+            {"runtime": runtime, "limiter": invite_limiter},
         ),
         (r"/oauth/callback", OAuthCallbackHandler, {"runtime": runtime}),
     ]
     server = pn.serve(
-        {"/d/{token}": make_app(runtime, resolve, access_log)},
+        {"/d/{token}": make_app(runtime, guard, access_log)},
         port=port,
         address=host,
         show=False,
@@ -167,6 +195,13 @@ def build_server(
         ico_path="none",  # no Panel icon at /favicon.ico; pages link /assets/favicon.svg
         check_unused_sessions_milliseconds=SESSION_CHECK_MS,
         location=False,  # the view reads its query once; no URL-syncing model per page
+        # Sessions: signed, ids only ever the server's, tokens carrying no request header
+        # or cookie (``sessions`` binds each to its link).
+        secret_key=guard.secret,
+        sign_sessions=True,
+        generate_session_ids=True,
+        include_headers=[],
+        include_cookies=[],
         **tornado_settings(
             frame_ancestors or runtime.settings.dashboard_embed_origins,
             extra_patterns=pages,
@@ -179,9 +214,18 @@ def build_server(
         resolve,
         limiter,
         prefix=server.prefix,
-        behind_gate=[csv_export_rule(runtime, fact_cache(), server.prefix)],
+        behind_gate=[
+            session_choice_rule(server.prefix),
+            csv_export_rule(runtime, fact_cache(), server.prefix),
+        ],
     )
-    install_dashboard_socket(app)
+    install_request_limits(server, app)  # ahead of every route, the gate's too
+    install_dashboard_socket(app, LinkBoundSocket)
+    remove_module_import_route(app)
+    for context in app.applications.values():
+        context.application.add(LinkBinding(server.prefix))
+    guard.install(app)
+    TICKER.sweep = guard.sweep
     TICKER.start()
     return server
 

@@ -11,18 +11,29 @@ document lock, ``pn.state.curdoc``), as a periodic callback would.
 
 from __future__ import annotations
 
+import functools
+import logging
 import time
 import weakref
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from tornado.ioloop import PeriodicCallback
+
+_log = logging.getLogger("writevue.ticker")
 
 
 class Tickable(Protocol):
     gone: bool
 
     def tick(self) -> None: ...
+
+    def end(self, page: str) -> None: ...
+
+
+#: given the links of the open sessions, the ones whose sessions must end, with their page
+Sweep = Callable[[set[str]], Mapping[str, str]]
 
 
 @dataclass
@@ -31,20 +42,26 @@ class _Entry:
     document: weakref.ReferenceType
     period_s: float
     due: float = field(default=0.0)
+    link: str = ""
 
 
 class Ticker:
-    """Calls ``view.tick()`` every ``period_s`` seconds for each open session's view."""
+    """Calls ``view.tick()`` every ``period_s`` seconds for each open session's view, and
+    ``view.end(page)`` once ``sweep`` says the session's link is gone."""
 
-    def __init__(self, resolution_s: float = 1.0):
+    def __init__(self, resolution_s: float = 1.0, sweep: Sweep | None = None):
         self.resolution_s = resolution_s
+        self.sweep = sweep
         self._entries: dict[str, _Entry] = {}
         self._timer: PeriodicCallback | None = None
 
-    def add(self, session_id: str, document, view: Tickable, period_s: float) -> None:
-        """From inside the session: tick ``view`` every ``period_s`` s until the session ends."""
+    def add(
+        self, session_id: str, document, view: Tickable, period_s: float, link: str = ""
+    ) -> None:
+        """From inside the session: tick ``view`` every ``period_s`` s until the session ends;
+        ``link`` is what ``sweep`` knows the session's link by."""
         self._entries[session_id] = _Entry(
-            weakref.ref(view), weakref.ref(document), period_s, time.monotonic() + period_s
+            weakref.ref(view), weakref.ref(document), period_s, time.monotonic() + period_s, link
         )
 
     def start(self) -> None:
@@ -64,14 +81,26 @@ class Ticker:
         return len(self._entries)
 
     def run_due(self, now: float | None = None) -> None:
-        """Queue the tick of every view that is due; forget views and documents now gone."""
+        """End the views whose link is gone, queue the tick of every view that is due;
+        forget views and documents now gone."""
         now = time.monotonic() if now is None else now
+        ended: Mapping[str, str] = {}
+        if self.sweep is not None:
+            try:
+                ended = self.sweep({entry.link for entry in self._entries.values() if entry.link})
+            except Exception:  # the warehouse is unreachable: try again next second
+                _log.exception("the open sessions' links could not be checked")
         for session_id, entry in list(self._entries.items()):
-            if entry.due > now:
+            page = ended.get(entry.link)
+            if page is None and entry.due > now:
                 continue
             view, document = entry.view(), entry.document()
             if view is None or document is None or view.gone:
                 del self._entries[session_id]
+                continue
+            if page is not None:
+                del self._entries[session_id]
+                document.add_next_tick_callback(functools.partial(view.end, page))
                 continue
             entry.due = now + entry.period_s
             document.add_next_tick_callback(view.tick)

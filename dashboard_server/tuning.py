@@ -92,12 +92,15 @@ class DashboardSocket(PanelWSHandler):
             session.request_expiration()
 
 
-def install_dashboard_socket(app: Application) -> None:
-    """Serve the dashboards' websockets with ``DashboardSocket`` (before the server starts)."""
+def install_dashboard_socket(
+    app: Application, socket: type[DashboardSocket] = DashboardSocket
+) -> None:
+    """Serve the dashboards' websockets with ``socket``, a ``DashboardSocket`` (before the
+    server starts)."""
     replaced = 0
     for rule in app.wildcard_router.rules:
         if rule.target is PanelWSHandler:
-            rule.target = DashboardSocket
+            rule.target = socket
             replaced += 1
     if not replaced:
         raise RuntimeError("panel's websocket route was not found")

@@ -271,7 +271,7 @@ def session(tmp_path_factory, chromium_path):
                 expect(period).not_to_have_text(before, timeout=15_000)
                 with page.expect_download() as download:
                     page.get_by_text("Download these figures (CSV)").click()
-                assert Path(download.value.path()).read_text().startswith("day,")
+                assert Path(download.value.path()).read_text().startswith('"day",')
                 context.close()
             finally:
                 chromium.close()

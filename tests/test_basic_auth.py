@@ -104,8 +104,10 @@ def test_basic_connection_is_stored_encrypted_and_reads_the_source(
     auth = BasicProbe().build_auth(connection, secrets)
     assert isinstance(auth, BasicAuth) and PASSWORD not in repr(auth)
 
-    assert fetch_to_staging(runtime, connection_id).records == 1
+    # One read checked the password before it was saved, one refresh read since.
     assert basic_probe.counters["basic.whoami"] == 1
+    assert fetch_to_staging(runtime, connection_id).records == 1
+    assert basic_probe.counters["basic.whoami"] == 2
 
 
 def test_a_wrong_password_is_a_clear_error_without_the_password(runtime, basic_probe):
@@ -119,6 +121,32 @@ def test_a_wrong_password_is_a_clear_error_without_the_password(runtime, basic_p
     results = asyncio.run(refresh.fetch_connections(runtime, [connection_id]))
     message = str(results[connection_id])
     assert "refused the credentials" in message and "pw_wrong" not in message
+
+    refresh.record_failure(runtime, connection_id, results[connection_id])
+    with runtime.db.session() as session:
+        stored = registry.get_connection(session, connection_id)
+    assert stored.status == "needs_reauth"  # retrying would be refused again
+    assert stored.last_error.startswith("needs reconnect: ") and "pw_wrong" not in stored.last_error
+
+
+def test_a_wrong_password_is_refused_before_it_is_saved(runtime, basic_probe, monkeypatch, capsys):
+    tenant_id = add_tenant(runtime)
+    before = _counts(runtime)
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        *["connection", "add", tenant_id, "basic_probe", "--auth", "basic"],
+        *["--username", "reader", "--option", f"base_url={basic_probe.url}"],
+        stdin=remember_secret("pw_wrong_password_2") + "\n",
+    )
+    assert code != 0 and out == ""
+    (line,) = err.strip().splitlines()
+    assert line.endswith(
+        "Basic probe refused the password (HTTP 401); nothing was saved. "
+        "Check the password and its permissions, then run this again."
+    ), err
+    assert "pw_wrong" not in err
+    assert _counts(runtime) == before
 
 
 @pytest.mark.parametrize(

@@ -65,6 +65,7 @@ def test_the_documented_flow(cli_home):
         "stripe",
         "--option",
         "base_url=http://127.0.0.1:9",
+        "--no-verify",  # nothing listens there: saved unchecked, as offline
         stdin=SECRET + "\n",
     )
     by_env = run(
@@ -75,6 +76,7 @@ def test_the_documented_flow(cli_home):
         "stripe",
         "--api-key-env",
         "WV_KEY",
+        "--no-verify",  # the real Stripe: never called by the tests
         env={"WV_KEY": "rk_test_x"},
     )
     for result in (by_stdin, by_env):
@@ -153,6 +155,33 @@ def test_bad_input_gets_one_line_and_changes_nothing(cli_home, args, stdin, mess
     assert "Traceback" not in result.stderr
     assert SECRET not in result.stderr + result.stdout
     assert _snapshot(cli_home) == before
+
+
+def test_connection_add_checks_the_key_with_the_source_before_saving(cli_home, sandbox):
+    tenant = last_line(run(cli_home, "tenant", "add", "Acme", "--email", "a@acme.test"))
+    add = ["connection", "add", tenant, "stripe", "--option"]
+    before = _snapshot(cli_home)
+
+    refused = run(cli_home, *add, f"base_url={sandbox.url}", stdin="not-a-stripe-key", check=False)
+    unreachable = run(cli_home, *add, "base_url=http://127.0.0.1:9", stdin=SECRET, check=False)
+
+    assert refused.returncode != 0 and unreachable.returncode != 0
+    assert refused.stderr.strip() == (
+        "writevue: error: Stripe refused the key (HTTP 401); nothing was saved. "
+        "Check the key and its permissions, then run this again."
+    )
+    (line,) = unreachable.stderr.strip().splitlines()
+    assert line.startswith("writevue: error: Could not check the key with Stripe (no answer)")
+    assert "--no-verify" in line
+    assert "refused" not in line
+    for result in (refused, unreachable):
+        assert "not-a-stripe-key" not in result.stderr and SECRET not in result.stderr
+    assert _snapshot(cli_home) == before
+
+    checked = run(cli_home, *add, f"base_url={sandbox.url}", stdin=SECRET)
+    offline = run(cli_home, *add, "base_url=http://127.0.0.1:9", "--no-verify", stdin=SECRET)
+    assert len(last_line(checked)) == len(last_line(offline)) == 36
+    assert _snapshot(cli_home)["connections"] == before["connections"] + 2
 
 
 def test_commands_before_init_say_what_to_do(tmp_path):

@@ -203,12 +203,12 @@ def test_a_run_of_one_failing_connection_fails_with_a_clean_message(runtime, san
     message = failure.step_failure_data.user_failure_data.description
     # Both Stripe lists are read at once; whichever answers first names the endpoint.
     assert re.fullmatch(
-        rf"connection {connection_id}: /v1/(balance_transactions|customers) refused the "
-        r"credentials \(HTTP 401\); reconnect the source",
+        rf"needs reconnect: connection {connection_id}: /v1/(balance_transactions|customers) "
+        r"refused the credentials \(HTTP 401\); reconnect the source",
         message,
     )
     failed = connection_info(runtime, connection_id)
-    assert failed.status == "failing"
+    assert failed.status == "needs_reauth"
     assert failed.last_error == message
     assert "bad_key" not in failed.last_error
     assert fact_count(runtime, connection_id) == (0, 0)

@@ -25,6 +25,7 @@ from support import (
     add_stripe_connection,
     add_tenant_with_facts,
     fetch_to_staging,
+    new_stripe_key,
     remember_secret,
     sandbox_oauth_client,
     start_dashboard_server,
@@ -46,7 +47,7 @@ from dashboard_server.probe import page_and_document_text
 from writevue_devtools.peers import CHROMIUM_ARGS
 from writevue_pipelines import invites, links, refresh, registry
 from writevue_pipelines.home import init_home
-from writevue_pipelines.models import ConnectInvite, Connection, DashboardLink
+from writevue_pipelines.models import ConnectInvite, Connection, DashboardLink, OAuthState
 from writevue_pipelines.runtime import Runtime
 from writevue_pipelines.settings import Settings
 from writevue_pipelines.sources import SOURCES, get_source
@@ -282,18 +283,22 @@ def _form(client: httpx.Client, url: str) -> tuple[str, httpx.Response]:
     return page.text.split('name="_xsrf" value="')[1].split('"')[0], page
 
 
-def test_an_invite_takes_an_api_key_once(world):
-    token = _invite(
-        world, sources=["stripe"], options={"stripe": {"base_url": "http://127.0.0.1:9"}}
-    )
+def _own_page(world) -> httpx.Client:
+    """A client whose form posts come from the server's own page, as a browser's do."""
+    return httpx.Client(headers={"Origin": world.base})
+
+
+def test_an_invite_takes_an_api_key_once(world, sandbox):
+    token = _invite(world, sources=["stripe"], options={"stripe": {"base_url": sandbox.url}})
     url = f"{world.base}/connect/{token}"
-    with httpx.Client() as client:
+    with _own_page(world) as client:
         xsrf, page = _form(client, url)
         assert "Stripe" in page.text and 'type="password"' in page.text
         cookie = page.headers["set-cookie"]
         assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
         assert "expires" not in cookie.lower() and "max-age" not in cookie.lower()
         key = remember_secret("rk_test_" + "k" * 24)
+        assert 'name="referrer" content="same-origin"' in page.text
         form = {"action": "api_key", "source": "stripe", "api_key": key}
         assert client.post(url, data=form).status_code == 403  # no XSRF token
         done = client.post(url, data={**form, "_xsrf": xsrf})
@@ -310,11 +315,90 @@ def test_an_invite_takes_an_api_key_once(world):
     assert token not in log and f"<invite:{invite.id}>" in log
 
 
+def test_a_refused_key_shows_the_form_again_and_the_invite_still_works(world, sandbox):
+    token = _invite(world, sources=["stripe"], options={"stripe": {"base_url": sandbox.url}})
+    url = f"{world.base}/connect/{token}"
+    with _own_page(world) as client:
+        xsrf, _ = _form(client, url)
+        form = {"action": "api_key", "source": "stripe", "_xsrf": xsrf}
+        refused = client.post(url, data={**form, "api_key": "not-a-stripe-key"})
+        assert refused.status_code == 400
+        assert "Stripe refused that key" in refused.text and "Thank you" not in refused.text
+        assert 'role="alert"' in refused.text and 'type="password"' in refused.text
+        assert "not-a-stripe-key" not in refused.text
+        assert client.get(url).status_code == 200  # not spent
+        done = client.post(url, data={**form, "api_key": remember_secret(new_stripe_key())})
+        assert done.status_code == 200 and "Thank you" in done.text
+        assert client.get(url).status_code == 404
+    with world.runtime.db.session() as session:
+        invite = (
+            session.query(ConnectInvite).filter_by(token_sha256=invites.hash_token(token)).one()
+        )
+        assert session.query(Connection).filter_by(tenant_id=world.acme).count() >= 1
+        assert registry.get_connection(session, invite.connection_id).source == "stripe"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+        {"Referer": "https://evil.example/connect"},
+        {},  # neither: not a browser on our page
+    ],
+    ids=["foreign-origin", "opaque-origin", "foreign-referer", "no-origin"],
+)
+def test_the_connect_form_refuses_a_post_from_another_origin(world, sandbox, headers):
+    token = _invite(world, sources=["stripe"], options={"stripe": {"base_url": sandbox.url}})
+    url = f"{world.base}/connect/{token}"
+    with httpx.Client() as client:
+        xsrf, _ = _form(client, url)
+        form = {"action": "api_key", "source": "stripe", "_xsrf": xsrf}
+        forged = client.post(url, data={**form, "api_key": new_stripe_key()}, headers=headers)
+        assert forged.status_code == 403 and "Not found" in forged.text
+        assert forged.headers["referrer-policy"] == "no-referrer"
+        assert client.get(url).status_code == 200  # nothing was connected
+        # The same form from the server's own page (by its Referer, without an Origin).
+        own = client.post(url, data={**form, "api_key": new_stripe_key()}, headers={"Referer": url})
+        assert own.status_code == 200 and "Thank you" in own.text
+
+
+def test_two_oauth_flows_from_one_invite_make_one_connection(world, sandbox):
+    from writevue_sandbox.oauth import AuthorizeHandler, TokenHandler
+
+    # The sandbox's authorisation server at Google's paths, as the server process asks for.
+    sandbox.app.add_handlers(
+        r".*", [(r"/o/oauth2/v2/auth", AuthorizeHandler), (r"/token", TokenHandler)]
+    )
+    options = {"base_url": sandbox.url, "auth_base_url": sandbox.url, "property_id": "123456"}
+    token = _invite(world, sources=["ga4"], options={"ga4": options})
+    url = f"{world.base}/connect/{token}"
+    with world.runtime.db.session() as session:
+        before = session.query(Connection).filter_by(tenant_id=world.acme).count()
+    callbacks = []
+    with _own_page(world) as client:
+        xsrf, _ = _form(client, url)
+        for _ in range(2):  # two tabs
+            started = client.post(url, data={"action": "oauth", "source": "ga4", "_xsrf": xsrf})
+            assert started.status_code == 200
+            authorize = started.text.split("url=")[1].split('"')[0].replace("&amp;", "&")
+            consent = httpx.get(authorize, follow_redirects=False)
+            remember_secret(parse_qs(urlsplit(consent.headers["location"]).query)["code"][0])
+            callbacks.append(consent.headers["location"])
+        first = client.get(callbacks[0])
+        assert first.status_code == 200 and "Thank you" in first.text
+        assert client.get(url).status_code == 404  # spent by the first
+        second = client.get(callbacks[1])
+        assert second.status_code == 400 and "already used" in second.text
+    with world.runtime.db.session() as session:
+        assert session.query(Connection).filter_by(tenant_id=world.acme).count() == before + 1
+
+
 def test_the_connect_page_sends_the_client_to_the_provider_and_back(world, sandbox):
     options = {"base_url": sandbox.url, "auth_base_url": sandbox.url, "property_id": "123456"}
     token = _invite(world, sources=["ga4"], options={"ga4": options})
     url = f"{world.base}/connect/{token}"
-    with httpx.Client() as client:
+    with _own_page(world) as client:
         xsrf, page = _form(client, url)
         assert "Sign in with Google Analytics 4" in page.text
         started = client.post(url, data={"action": "oauth", "source": "ga4", "_xsrf": xsrf})
@@ -328,7 +412,8 @@ def test_the_connect_page_sends_the_client_to_the_provider_and_back(world, sandb
             invite = (
                 session.query(ConnectInvite).filter_by(token_sha256=invites.hash_token(token)).one()
             )
-            assert invite.oauth_state_sha256 == invites.hash_token(query["state"][0])
+            state = session.get(OAuthState, invites.hash_token(query["state"][0]))
+            assert state.invite_id == invite.id  # completing this flow spends the invite
             assert invite.spent_at is None  # spent only when the provider sends them back
         declined = client.get(f"{world.base}/oauth/callback?error=access_denied")
         assert declined.status_code == 400 and "did not grant" in declined.text
@@ -444,6 +529,28 @@ def browser(chromium_path):
 
 def _card_value(page, metric: str) -> str:
     return page.locator(f'.wv-card[data-metric="{metric}"] .wv-card-value').first.inner_text()
+
+
+@pytest.mark.browser
+def test_in_chromium_the_connect_form_passes_its_origin_check(world, browser, sandbox):
+    # Under the site-wide no-referrer policy Chromium would post `Origin: null`; the
+    # form page's same-origin policy makes it send the real origin to this server only.
+    token = _invite(world, sources=["stripe"], options={"stripe": {"base_url": sandbox.url}})
+    context = browser.new_context()
+    page = context.new_page()
+    sent = []
+    page.on("request", lambda r: sent.append(r.headers) if r.method == "POST" else None)
+    try:
+        page.goto(f"{world.base}/connect/{token}")
+        page.locator('input[name="api_key"]').fill(remember_secret(new_stripe_key()))
+        page.get_by_role("button", name="Connect with a key").click()
+        page.get_by_text("Thank you").wait_for(timeout=30_000)
+        (headers,) = sent
+        assert headers["origin"] == world.base
+    finally:
+        context.close()
+    with world.runtime.db.session() as session:
+        assert invites.resolve_invite(session, token) is None
 
 
 @pytest.mark.browser
@@ -604,3 +711,51 @@ def test_open_dashboards_tick_until_their_session_ends_and_are_not_kept_for_it()
     ticker.run_due(now=time.monotonic() + 200)
     assert len(ticker) == 0
     assert [len(d.queued) for d in documents] == [1, 1]
+
+
+def test_the_ticker_ends_views_whose_link_the_sweep_reports_gone():
+    from dashboard_server.ticker import Ticker
+
+    class Document:
+        def __init__(self):
+            self.queued = []
+
+        def add_next_tick_callback(self, callback):
+            self.queued.append(callback)
+
+    class View:
+        gone = False
+
+        def __init__(self):
+            self.ended_with = None
+
+        def tick(self):
+            pass
+
+        def end(self, page):
+            self.ended_with = page
+
+    asked: list[set[str]] = []
+    dead: dict[str, str] = {}
+
+    def sweep(links_open: set[str]) -> dict[str, str]:
+        asked.append(links_open)
+        if dead.get("fail"):
+            raise RuntimeError("warehouse unreachable")
+        return {link: page for link, page in dead.items() if link in links_open}
+
+    ticker = Ticker(sweep=sweep)
+    documents, views = [Document(), Document()], [View(), View()]
+    ticker.add("s0", documents[0], views[0], period_s=60, link="hash-a")
+    ticker.add("s1", documents[1], views[1], period_s=60, link="hash-b")
+    ticker.run_due()
+    assert asked == [{"hash-a", "hash-b"}] and not any(d.queued for d in documents)
+    dead["fail"] = "x"
+    ticker.run_due()  # a failed sweep ends nothing; the next second asks again
+    assert len(ticker) == 2
+    del dead["fail"]
+    dead["hash-b"] = "gone page"
+    ticker.run_due()  # only the second view's link is gone; it ends, before its period
+    assert not documents[0].queued and len(documents[1].queued) == 1
+    documents[1].queued[0]()
+    assert views[1].ended_with == "gone page" and len(ticker) == 1

@@ -22,7 +22,7 @@ from support import add_tenant_with_facts, start_dashboard_server
 
 from dashboard_server.probe import page_and_document_text
 from dashboard_server.redaction import scrub, truncate_ip
-from writevue_pipelines import links
+from writevue_pipelines import invites, links
 from writevue_pipelines.home import init_home
 from writevue_pipelines.models import DashboardLink
 from writevue_pipelines.runtime import Runtime
@@ -115,25 +115,36 @@ def test_unknown_revoked_and_expired_tokens_get_the_same_bare_404(surface):
         assert word not in body.lower()
 
 
-def test_repeated_failures_from_one_address_are_rate_limited(surface):
+def test_guesses_are_throttled_but_a_live_link_always_opens(surface):
     with from_address("127.0.0.2") as client:
         statuses = [client.get(surface.url(f"guess{n:040d}")).status_code for n in range(25)]
-        assert statuses[0] == 404 and statuses[-1] == 429
-        assert client.get(surface.url(surface.token)).status_code == 429
+        assert statuses[:20] == [404] * 20 and statuses[20:] == [429] * 5
+        # The same address (an office behind one NAT): the guesser is refused, the client is not.
+        assert client.get(surface.url(surface.token)).status_code == 200
+        assert client.get(surface.url(surface.token, "/autoload.js")).status_code != 429
+        assert client.get(surface.url("G" * 43)).status_code == 429  # a valid link resets nothing
     assert httpx.get(surface.url(surface.token)).status_code == 200  # other addresses are not
 
 
-def test_a_wrong_invite_gets_the_gates_pages_and_counts_in_the_same_limiter(surface):
+def test_a_wrong_invite_gets_the_gates_pages_from_a_budget_of_its_own(surface):
+    with surface.runtime.db.session() as session:
+        _, invite_token = invites.create_invite(session, surface.tenant_id)
     wrong_invite = f"{surface.base}/connect/{'N' * 43}"
     with from_address("127.0.0.3") as client:
         not_found = client.get(surface.url("W" * 43))
-        for _ in range(19):
+        for _ in range(20):
             response = client.get(wrong_invite)
             assert response.status_code == 404 and response.content == not_found.content
-        too_many = client.get(surface.url(surface.token))  # the 20th failure was an invite's
+        too_many = client.get(wrong_invite)  # the invite budget is spent…
         assert too_many.status_code == 429 and too_many.headers["retry-after"] == "60"
-        refused = client.get(wrong_invite)
-        assert refused.status_code == 429 and refused.content == too_many.content
+        # …but a live invite still opens, and the dashboard budget is untouched
+        assert client.get(f"{surface.base}/connect/{invite_token}").status_code == 200
+        assert client.get(surface.url(surface.token)).status_code == 200
+        for _ in range(18):  # 19 link failures in all (with the first): still under the limit
+            assert client.get(surface.url("W" * 43)).status_code == 404
+        assert client.get(surface.url("W" * 43)).status_code == 404  # the 20th
+        assert client.get(surface.url("W" * 43)).status_code == 429
+        assert client.get(wrong_invite).content == too_many.content
 
 
 # -- every response ---------------------------------------------------------------------------

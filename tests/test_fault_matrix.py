@@ -13,7 +13,7 @@ import pytest
 from support import add_stripe_connection, expire_access_token, use_sandbox_oauth_client
 
 from writevue_pipelines import oauth, refresh, registry, warehouse
-from writevue_pipelines.errors import SourceError
+from writevue_pipelines.errors import CredentialRejected, SourceError
 from writevue_sandbox import SandboxServer
 from writevue_sandbox.faults import with_faults
 
@@ -96,8 +96,10 @@ def test_every_fault_ends_in_retried_success_or_a_clean_failure_of_one_connectio
         refresh.record_failure(runtime, connection_id, result)
         with runtime.db.session() as session:
             stored = registry.get_connection(session, connection_id)
-            assert stored.status in ("failing", "needs_reauth"), plan
-            assert stored.last_error == message
+            # Only a refused credential needs the client; any other failure is retried.
+            refused = isinstance(result, CredentialRejected)
+            assert stored.status == ("needs_reauth" if refused else "failing"), plan
+            assert stored.last_error == refresh.safe_error(result)
             assert warehouse.connection_fact_count(session, connection_id) == 0
 
     counters = sandbox.counters

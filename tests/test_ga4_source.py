@@ -12,7 +12,7 @@ import pytest
 from support import add_connection, fetch_to_staging
 
 from writevue_pipelines import refresh, warehouse
-from writevue_pipelines.errors import InvalidInput, SourceError
+from writevue_pipelines.errors import CredentialRejected, InvalidInput, SourceError
 from writevue_pipelines.registry import ConnectionInfo
 from writevue_pipelines.sources import FetchRequest, get_source
 from writevue_pipelines.sources.ga4 import GA4Source, report_rows, run_report_path
@@ -174,6 +174,7 @@ def test_an_exhausted_quota_is_a_clean_error(sandbox):
     message = str(caught.value)
     assert "quota" in message and "RESOURCE_EXHAUSTED" in message and CONNECTION_ID in message
     assert token not in message
+    assert not isinstance(caught.value, CredentialRejected)  # it resets; no reconnect
 
 
 def test_a_property_the_account_cannot_read_is_a_clean_error(sandbox):
@@ -181,6 +182,7 @@ def test_a_property_the_account_cannot_read_is_a_clean_error(sandbox):
     with pytest.raises(SourceError) as caught:
         _fetch(sandbox.url, static_token(ACCOUNT), dt.date.today(), property_id=other)
     assert "PERMISSION_DENIED" in str(caught.value) and other in str(caught.value)
+    assert isinstance(caught.value, CredentialRejected)  # the client must grant access
 
 
 def test_a_bad_token_is_refreshed_once_then_a_clean_error(sandbox, caplog):
@@ -192,6 +194,7 @@ def test_a_bad_token_is_refreshed_once_then_a_clean_error(sandbox, caplog):
     assert tokens.refreshes == 1  # OAuth2BearerAuth refreshed once after the 401
     message = str(caught.value)
     assert "reconnect" in message and "UNAUTHENTICATED" in message
+    assert isinstance(caught.value, CredentialRejected)
     assert token not in message and token not in caplog.text and token not in repr(caught.value)
 
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from support import remember_secret
 
-from writevue_pipelines.errors import SourceError
+from writevue_pipelines.errors import CredentialRejected, SourceError
 from writevue_pipelines.sources.auth import ApiKeyAuth, ApiKeyPlacement
 from writevue_pipelines.sources.http import (
     AllowedWrite,
@@ -158,6 +158,34 @@ def test_a_secondary_rate_limit_named_only_in_the_body_is_retried(sandbox):
     body, _ = run(go())
     assert body["login"] == "acme-org" and sandbox.counters["fault.abuse"] == 2
     assert len(sleeps.seconds) == 2 and all(0.15 <= s <= 0.25 for s in sleeps.seconds)
+
+
+@pytest.mark.parametrize("plan", ["secondary", "abuse"])
+def test_a_secondary_rate_limit_that_outlasts_the_retries_is_not_a_refused_credential(
+    sandbox, plan
+):
+    async def go():
+        async with _client(
+            sandbox.url,
+            retry=_fast(attempts=2, sleep=Sleeps()),
+            rate_limit=RateLimitPolicy(secondary_wait_s=0.01),
+        ) as client:
+            return await _get(client, _token(plan))
+
+    with pytest.raises(SourceError) as caught:
+        run(go())
+    assert caught.value.status == 403 and "rate limited" in str(caught.value)
+    assert not isinstance(caught.value, CredentialRejected)  # no reconnect asked of anyone
+
+
+def test_a_refused_token_is_a_refused_credential(sandbox):
+    async def go():
+        async with _client(sandbox.url) as client:
+            return await _get(client, "not-a-github-token")
+
+    with pytest.raises(CredentialRejected) as caught:
+        run(go())
+    assert caught.value.status == 401 and "refused the credentials" in str(caught.value)
 
 
 def test_a_burst_of_5xx_is_retried_then_succeeds(sandbox):

@@ -29,6 +29,7 @@ from support import (
     apply_partition_requests,
     connection_info,
     new_stripe_key,
+    remember_secret,
     stripe_connection,
 )
 
@@ -135,7 +136,9 @@ def test_a_scheduled_refresh_of_120_connections_takes_3_runs(runtime, sandbox, i
 def test_one_poisoned_connection_fails_alone_and_is_retried_alone(
     runtime, sandbox, instance, monkeypatch
 ):
-    poison = "bad_key_" + secrets.token_hex(12)
+    # A source that answers garbage for this account: a failure that a retry may cure
+    # (a refused key is not retried: it needs reconnecting, see the test below).
+    poison = new_stripe_key() + "__f_malformed"
     good_keys = [new_stripe_key() for _ in range(4)]
     ids = add_connections(runtime, sandbox.url, [*good_keys[:2], poison, *good_keys[2:]])
     poisoned = ids[2]
@@ -152,11 +155,11 @@ def test_one_poisoned_connection_fails_alone_and_is_retried_alone(
     assert instance.get_materialized_partitions(metrics) == set(ids) - {poisoned}
     refreshed = check_results(result, REFRESHED)
     assert {p for p, e in refreshed.items() if not e.passed} == {poisoned}
-    assert "refused the credentials" in refreshed[poisoned].description
+    assert "not JSON" in refreshed[poisoned].description
     assert poison not in refreshed[poisoned].description
     failing = connection_info(runtime, poisoned)
     assert failing.status == "failing" and poison not in failing.last_error
-    assert "refused the credentials" in failing.last_error
+    assert "not JSON" in failing.last_error
     assert all(connection_info(runtime, cid).status == "active" for cid in ids if cid != poisoned)
 
     # Retried alone, once its first wait is over, and cured by a new key.
@@ -257,6 +260,36 @@ def test_a_connection_deleted_since_the_tick_does_not_fail_its_batch(runtime, sa
 def tick_failing(instance: DagsterInstance, cursor: str | None = None):
     with build_sensor_context(instance=instance, resources=RESOURCES, cursor=cursor) as context:
         return FAILING_SENSORS["stripe"](context)
+
+
+def test_a_refused_key_needs_reconnect_and_is_not_retried(runtime, sandbox, instance, monkeypatch):
+    refused = remember_secret("bad_key_" + secrets.token_hex(12))
+    (connection_id,) = add_connections(runtime, sandbox.url, [refused])
+    with build_sensor_context(instance=instance, resources=RESOURCES) as context:
+        added = CONNECTION_SENSORS["stripe"](context)
+    apply_partition_requests(instance, added)
+    (request,) = added.run_requests
+
+    result = run(instance, request)
+
+    (failure,) = result.get_step_failure_events()
+    message = failure.step_failure_data.user_failure_data.description
+    assert message.startswith("needs reconnect: ") and "refused the credentials" in message
+    assert refused not in message
+    (check,) = check_results(result, REFRESHED).values()
+    assert not check.passed and check.description == message
+    stored = connection_info(runtime, connection_id)
+    assert stored.status == "needs_reauth" and stored.last_error == message
+    # The same key would be refused again: the failing-connections sensor leaves it alone.
+    monkeypatch.setattr(sensors, "_now", lambda: 1_900_000_000.0 + 24 * 3600)
+    assert not tick_failing(instance).run_requests
+    # The operator re-enters a working key; the next refresh finds the connection active.
+    with runtime.db.session() as session:
+        registry.put_secret(
+            session, runtime.keys, stored.tenant_id, connection_id, "api_key", new_stripe_key()
+        )
+    assert run(instance, request).success
+    assert connection_info(runtime, connection_id).status == "active"
 
 
 def test_a_connection_that_keeps_failing_is_flagged_once(runtime, sandbox, instance, monkeypatch):

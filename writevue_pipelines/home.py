@@ -1,4 +1,4 @@
-"""`writevue init`: lay out WRITEVUE_HOME, the key ring, the schema and the Dagster instance."""
+"""`writevue init`: lay out WRITEVUE_HOME, the keys (ring, session secret), schema and Dagster."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 
 from .database import migrate
+from .session_secret import ensure_session_secret
 from .settings import Settings
 from .vault import ensure_key_ring
 
@@ -47,6 +48,7 @@ code_servers:
 class InitReport:
     home: str
     key_file_created: bool
+    session_secret_created: bool = False
 
 
 def init_home(settings: Settings) -> InitReport:
@@ -55,8 +57,13 @@ def init_home(settings: Settings) -> InitReport:
     os.chmod(settings.home, 0o700)
     created = not settings.key_file.exists()
     ensure_key_ring(settings.key_file)
+    secret_created = ensure_session_secret(settings.session_secret_file)
     migrate(settings.database_url)
     dagster_yaml = settings.dagster_home / "dagster.yaml"
     if not dagster_yaml.exists():
         dagster_yaml.write_text(DAGSTER_YAML)
-    return InitReport(home=str(settings.home), key_file_created=created)
+    return InitReport(
+        home=str(settings.home),
+        key_file_created=created,
+        session_secret_created=secret_created,
+    )

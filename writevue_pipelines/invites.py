@@ -5,6 +5,13 @@ An invite is spent by the first connection made through it (an API key saved, or
 an OAuth2 authorisation completed), and is dead once spent or expired. The
 options each source is connected with (such as ``base_url``) are set by the
 operator when inviting; the client only picks a source and authorises it.
+
+One invite makes at most one connection, whatever the interleaving: the connection
+is created in the transaction that spends the invite, and spending is a conditional
+``UPDATE … WHERE spent_at IS NULL`` whose row count says who won. Several OAuth2
+flows may be started from one invite (each state names it); the first to come back
+spends it and the others are refused. An API key is checked with one read of the
+source before anything is saved, so a wrong key leaves the invite usable.
 """
 
 from __future__ import annotations
@@ -13,13 +20,12 @@ import datetime as dt
 import secrets
 import uuid
 from dataclasses import dataclass
-from urllib.parse import parse_qs, urlsplit
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from . import registry
-from .errors import InvalidInput
+from .errors import CredentialRejected, InvalidInput, SourceError
 from .links import hash_token
 from .models import ConnectInvite, utcnow
 from .runtime import Runtime
@@ -29,6 +35,7 @@ TOKEN_BYTES = 32
 DEFAULT_EXPIRY_DAYS = 7
 MAX_API_KEY_CHARS = 4096
 AUTH_BASE_OPTION = "auth_base_url"
+SPENT = "This invite is no longer valid; ask for a new one."
 #: how the client may connect each source from the page, best first
 CONNECT_KINDS = ("oauth2", "api_key")
 
@@ -122,13 +129,11 @@ def _checked_options(source, options: dict[str, str]) -> dict[str, str]:
     return checked if auth_base is None else {**checked, AUTH_BASE_OPTION: auth_base}
 
 
-def _live_row(
-    session: Session, token: str, now: dt.datetime | None = None, *, lock: bool = False
-) -> ConnectInvite | None:
+def _live_row(session: Session, token: str, now: dt.datetime | None = None) -> ConnectInvite | None:
     if not token or len(token) > 128:
         return None
     query = select(ConnectInvite).where(ConnectInvite.token_sha256 == hash_token(token))
-    row = session.scalar(query.with_for_update() if lock else query)
+    row = session.scalar(query)
     if row is None or row.spent_at is not None or row.expires_at <= (now or utcnow()):
         return None
     return row
@@ -152,39 +157,92 @@ def _offered(row: ConnectInvite, source_name: str, auth_kind: str):
 
 
 def connect_with_api_key(runtime: Runtime, token: str, source_name: str, api_key: str) -> str:
-    """Save the client's API key as a new connection and spend the invite, atomically."""
+    """Check the client's API key with the source, then save it as a new connection and
+    spend the invite in one transaction. A refused key saves nothing and spends nothing."""
+    from .refresh import check_credentials
+
     api_key = (api_key or "").strip()
     if not api_key:
         raise InvalidInput("The API key is empty; paste the key your provider gave you.")
     if len(api_key) > MAX_API_KEY_CHARS or any(ch.isspace() for ch in api_key):
         raise InvalidInput("That does not look like an API key; paste exactly one key.")
-    with runtime.db.locked_session() as session:
-        row = _live_row(session, token, lock=True)
+    with runtime.db.session() as session:
+        row = _live_row(session, token)
         if row is None:
-            raise InvalidInput("This invite is no longer valid; ask for a new one.")
+            raise InvalidInput(SPENT)
         source, options = _offered(row, source_name, "api_key")
+        invite_id, tenant_id = row.id, row.tenant_id
+    secrets_ = {"api_key": api_key}
+    # Outside any transaction: the source may take seconds to answer.
+    try:
+        check_credentials(runtime, tenant_id, source.name, "api_key", options, secrets_)
+    except CredentialRejected:
+        raise InvalidInput(
+            f"{source.title} refused that key, so nothing was saved and this page still "
+            "works. Check that you copied the whole key, then try again."
+        ) from None
+    except SourceError:
+        raise SourceError(
+            f"WriteVue could not reach {source.title} to check the key, so nothing was saved "
+            "and this page still works; try again in a few minutes."
+        ) from None
+    with runtime.db.locked_session() as session:
+        if not claim_invite(session, invite_id):
+            raise InvalidInput(SPENT)
         connection_id = registry.add_connection(
-            session,
-            runtime.keys,
-            row.tenant_id,
-            source.name,
-            "api_key",
-            options,
-            {"api_key": api_key},
+            session, runtime.keys, tenant_id, source.name, "api_key", options, secrets_
         )
-        _spend(session, row, connection_id, source=source.name)
+        settle_invite(session, invite_id, tenant_id, connection_id, source=source.name)
     return connection_id
 
 
-def _spend(session, row: ConnectInvite, connection_id: str, **details: str) -> None:
-    """Mark the invite used for this connection, and say so in the audit log."""
-    row.spent_at, row.connection_id = utcnow(), connection_id
+def claim_invite(session: Session, invite_id: str) -> bool:
+    """Spend a live invite in the caller's transaction; False if it is spent or expired.
+
+    The conditional update is the lock: of any number of concurrent claims, exactly one
+    sees a row count of 1 (PostgreSQL re-checks the condition after waiting for the
+    winner's row lock; SQLite writers are serialised by ``BEGIN IMMEDIATE``).
+    """
+    now = utcnow()
+    claimed = session.execute(
+        update(ConnectInvite)
+        .where(
+            ConnectInvite.id == invite_id,
+            ConnectInvite.spent_at.is_(None),
+            ConnectInvite.expires_at > now,
+        )
+        .values(spent_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return claimed.rowcount == 1
+
+
+def release_invite(session: Session, invite_id: str) -> None:
+    """Undo ``claim_invite`` in the same transaction, when no connection came of it."""
+    session.execute(
+        update(ConnectInvite)
+        .where(ConnectInvite.id == invite_id, ConnectInvite.connection_id.is_(None))
+        .values(spent_at=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def settle_invite(
+    session: Session, invite_id: str, tenant_id: str, connection_id: str, **details: str
+) -> None:
+    """Record which connection a claimed invite made, and say so in the audit log."""
+    session.execute(
+        update(ConnectInvite)
+        .where(ConnectInvite.id == invite_id)
+        .values(connection_id=connection_id)
+        .execution_options(synchronize_session=False)
+    )
     registry.audit(
         session,
         "client",
         "connection.added_by_invite",
-        row.tenant_id,
-        invite_id=row.id,
+        tenant_id,
+        invite_id=invite_id,
         connection_id=connection_id,
         **details,
     )
@@ -197,26 +255,17 @@ def start_oauth(runtime: Runtime, token: str, source_name: str, redirect_uri: st
     with runtime.db.session() as session:
         row = _live_row(session, token)
         if row is None:
-            raise InvalidInput("This invite is no longer valid; ask for a new one.")
+            raise InvalidInput(SPENT)
         source, options = _offered(row, source_name, "oauth2")
         invite_id, tenant_id = row.id, row.tenant_id
-    url = begin_authorization(runtime, tenant_id, source.name, options, redirect_uri)
-    state = parse_qs(urlsplit(url).query).get("state", [""])[-1]
-    with runtime.db.session() as session:
-        row = session.get(ConnectInvite, invite_id)
-        row.oauth_state_sha256 = hash_token(state)
-    return url
+    # The state names the invite: completing the flow spends it (``complete_authorization``).
+    return begin_authorization(
+        runtime, tenant_id, source.name, options, redirect_uri, invite_id=invite_id
+    )
 
 
 def finish_oauth(runtime: Runtime, state: str, code: str) -> str:
-    """Complete an OAuth2 flow; spends the invite it started from, if any. The connection id."""
+    """Complete an OAuth2 flow, spending the invite it started from, if any. The connection id."""
     from .oauth.flow import complete_authorization
 
-    connection_id = complete_authorization(runtime, state, code)
-    with runtime.db.session() as session:
-        row = session.scalar(
-            select(ConnectInvite).where(ConnectInvite.oauth_state_sha256 == hash_token(state))
-        )
-        if row is not None and row.spent_at is None:
-            _spend(session, row, connection_id)
-    return connection_id
+    return complete_authorization(runtime, state, code)

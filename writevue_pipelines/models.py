@@ -186,6 +186,8 @@ class OAuthState(Base):
     source: Mapped[str] = mapped_column(String(64))
     # Set when the authorisation renews an existing connection instead of adding one.
     connection_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    # Set when the client started it from a connect invite, which completing it spends.
+    invite_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     options: Mapped[dict] = mapped_column(JSON, default=dict)
     redirect_uri: Mapped[str] = mapped_column(Text)
     code_verifier_ct: Mapped[bytes] = mapped_column(LargeBinary)
@@ -207,7 +209,8 @@ class ConnectInvite(Base):
     options: Mapped[dict] = mapped_column(JSON, default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
-    # The hash of the OAuth2 state of a flow started from this invite, to spend it on return.
+    # Unused since migration 0007 (each OAuth2 state names its invite instead); kept so
+    # that older rows still load.
     oauth_state_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     spent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     connection_id: Mapped[str | None] = mapped_column(String(36), nullable=True)

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -23,11 +24,13 @@ import httpx
 import polars as pl
 
 from . import registry, warehouse
-from .errors import SourceError, WriteVueError
+from .errors import CredentialRejected, SourceError, WriteVueError
+from .models import Connection
 from .registry import ConnectionInfo
 from .runtime import Runtime
 from .sources import FetchRequest, get_source
 from .sources.http import DEFAULT_MAX_IN_FLIGHT, open_client
+from .vault import VaultError
 
 POOL_SIZE = 2
 POOL_SHARDS = max(1, DEFAULT_MAX_IN_FLIGHT // POOL_SIZE)
@@ -72,11 +75,40 @@ def window_start(runtime: Runtime, cursor: str | None, *, today: dt.date | None 
     return min(today, seen) - dt.timedelta(days=settings.lookback_days)
 
 
+NEEDS_RECONNECT = "needs_reauth"  # the status OAuth2 connections already use (oauth.tokens)
+
+
 def safe_error(exc: BaseException) -> str:
     """An error text that may be stored and shown: our own messages, or just the type."""
+    if isinstance(exc, CredentialRejected):
+        return f"needs reconnect: {exc}"
     if isinstance(exc, WriteVueError):
         return str(exc)
     return f"unexpected {type(exc).__name__}; see the run's logs"
+
+
+def stored_secrets(session, runtime: Runtime, connection: ConnectionInfo) -> dict[str, str]:
+    """A connection's decrypted credentials; one that cannot be decrypted needs reconnecting.
+
+    A ciphertext copied from another row, or sealed under a key since removed from the
+    ring, never decrypts: no retry helps, so it is reported like a refused credential,
+    naming the connection and what to do, never the ciphertext.
+    """
+    try:
+        return registry.get_secrets(session, runtime.keys, connection)
+    except VaultError:
+        how = (
+            f"`writevue connection authorize {connection.tenant_id} {connection.source} "
+            f"--reconnect {connection.id}`"
+            if connection.auth_kind == "oauth2"
+            else f"`writevue connection rekey {connection.id}`"
+        )
+        raise CredentialRejected.of_connection(
+            connection.id,
+            f"its stored {connection.auth_kind} credential could not be decrypted (it was not "
+            "sealed for this connection, or its key is no longer in the key ring); "
+            f"re-enter it with {how}",
+        ) from None
 
 
 async def fetch_connections(
@@ -91,17 +123,21 @@ async def fetch_connections(
     never stops the others. ``on_staged`` is called (in the event loop) as soon as a
     connection's records are staged, while the others are still being fetched.
     """
+    results: dict[str, FetchSummary | BaseException] = {}
     with runtime.db.session() as session:
         work = []
         for connection_id in connection_ids:
             connection = registry.get_connection(session, connection_id)
-            secrets = registry.get_secrets(session, runtime.keys, connection)
+            try:
+                secrets = stored_secrets(session, runtime, connection)
+            except CredentialRejected as exc:
+                results[connection.id] = exc  # this connection only; the others go on
+                continue
             cursor = registry.get_cursor(
                 session, connection.id, get_source(connection.source).stream
             )
             work.append((connection, secrets, cursor))
 
-    results: dict[str, FetchSummary | BaseException] = {}
     async with _Clients(runtime) as clients:
 
         async def one(index: int, connection: ConnectionInfo, secrets: dict, cursor: str | None):
@@ -190,7 +226,39 @@ def check_connection(runtime: Runtime, connection_id: str, *, days: int = 1) -> 
     """
     with runtime.db.session() as session:
         connection = registry.get_connection(session, connection_id)
-        secrets = registry.get_secrets(session, runtime.keys, connection)
+        secrets = stored_secrets(session, runtime, connection)
+    return _check(runtime, connection, secrets, days)
+
+
+def check_credentials(
+    runtime: Runtime,
+    tenant_id: str,
+    source_name: str,
+    auth_kind: str,
+    options: dict[str, str],
+    secrets: dict[str, str],
+) -> CheckResult:
+    """``check_connection`` for credentials not saved yet: one read of the last day.
+
+    Raises ``CredentialRejected`` when the source refuses them, and ``SourceError`` when
+    it cannot say (unreachable, rate limited, failing): the caller saves nothing either way.
+    """
+    connection = ConnectionInfo(
+        id=str(uuid.uuid4()),  # provisional: named in errors, never stored
+        tenant_id=tenant_id,
+        source=get_source(source_name).name,
+        auth_kind=auth_kind,
+        options=dict(options),
+        status="active",
+        last_error=None,
+        last_refreshed_at=None,
+    )
+    return _check(runtime, connection, secrets, 1)
+
+
+def _check(
+    runtime: Runtime, connection: ConnectionInfo, secrets: dict[str, str], days: int
+) -> CheckResult:
     start = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=days)
 
     async def read() -> CheckResult:
@@ -332,5 +400,22 @@ def load_connection(runtime: Runtime, connection_id: str) -> LoadSummary:
 
 
 def record_failure(runtime: Runtime, connection_id: str, exc: BaseException) -> None:
+    """Store a refresh's failure; a refused or unreadable credential needs reconnecting.
+
+    A connection that needs reconnecting is not retried by the failing-connections
+    sensor (the same credential would be refused again); the dashboard asks the client
+    to reconnect and `writevue connection list` shows it to the operator.
+    """
     with runtime.db.session() as session:
         registry.record_refresh_result(session, connection_id, error=safe_error(exc))
+        row = session.get(Connection, connection_id)
+        # An erasing or disabled connection keeps its status.
+        if isinstance(exc, CredentialRejected) and row is not None and row.status == "failing":
+            registry.audit(
+                session,
+                "refresh",
+                "connection.needs_reauth",
+                row.tenant_id,
+                connection_id=row.id,
+            )
+            row.status = NEEDS_RECONNECT

@@ -207,7 +207,9 @@ def record_refresh_result(
     if error is None:
         row.last_refreshed_at = at or utcnow()
         row.last_error = None
-        if row.status == "failing":
+        # A refresh that reads the source proves its credential works again (a key
+        # re-entered); an OAuth2 connection that needs re-authorising never gets this far.
+        if row.status in ("failing", "needs_reauth"):
             row.status = "active"
     else:
         row.last_error = error[:500]

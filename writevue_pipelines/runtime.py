@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from .database import Database
+from .session_secret import ensure_session_secret, load_session_secret
 from .settings import Settings, get_settings
 from .vault import KeyRing, load_key_ring
 
@@ -35,6 +36,22 @@ class Runtime:
         cached = self.__dict__.get("_keys")
         if cached is None or cached[0] != stamp:
             cached = self.__dict__["_keys"] = (stamp, load_key_ring(path))
+        return cached[1]
+
+    @property
+    def session_secret(self) -> str:
+        """The secret that signs dashboard sessions, read again whenever its file changes
+        (``writevue keys rotate-session-secret``); made here if the home predates it."""
+        path = self.settings.session_secret_file
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            ensure_session_secret(path)
+            info = path.stat()
+        stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
+        cached = self.__dict__.get("_session_secret")
+        if cached is None or cached[0] != stamp:
+            cached = self.__dict__["_session_secret"] = (stamp, load_session_secret(path))
         return cached[1]
 
     def close(self) -> None:

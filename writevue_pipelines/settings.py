@@ -16,6 +16,8 @@ class Settings:
 
     home: Path
     database_url_override: str | None = None
+    #: where the secret that signs dashboard sessions lives, if not under ``home``
+    session_secret_file_override: Path | None = None
     dashboard_base_url: str = "http://127.0.0.1:5006"
     history_days: int = 90
     lookback_days: int = 3
@@ -42,6 +44,9 @@ class Settings:
     trend_min_referrer_views: int = 5
     #: Dagster runs (and their event logs) older than this many days are deleted daily
     run_retention_days: int = 30
+    #: failed token lookups an address may make per minute, per surface (links, invites),
+    #: before its failures get 429; a live link or invite is never refused
+    guess_limit: int = 20
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -50,6 +55,11 @@ class Settings:
         return cls(
             home=home,
             database_url_override=env.get("WRITEVUE_DATABASE_URL") or None,
+            session_secret_file_override=(
+                Path(env["WRITEVUE_SESSION_SECRET_FILE"]).expanduser().resolve()
+                if env.get("WRITEVUE_SESSION_SECRET_FILE")
+                else None
+            ),
             dashboard_base_url=(
                 env.get("WRITEVUE_DASHBOARD_URL") or "http://127.0.0.1:5006"
             ).rstrip("/"),
@@ -74,6 +84,7 @@ class Settings:
             access_log_retention_days=_positive_int(env, "WRITEVUE_ACCESS_LOG_RETENTION_DAYS", 30),
             trend_min_referrer_views=_positive_int(env, "WRITEVUE_TREND_MIN_REFERRER_VIEWS", 5),
             run_retention_days=_positive_int(env, "WRITEVUE_RUN_RETENTION_DAYS", 30),
+            guess_limit=_positive_int(env, "WRITEVUE_GUESS_LIMIT", 20),
         )
 
     def cron_for(self, source: str) -> str:
@@ -89,6 +100,12 @@ class Settings:
     @property
     def key_file(self) -> Path:
         return self.home / "keys.json"
+
+    @property
+    def session_secret_file(self) -> Path:
+        """The secret that signs dashboard sessions (mode 0600), shared by every dashboard
+        process; ``WRITEVUE_SESSION_SECRET_FILE`` may keep it apart from the data."""
+        return self.session_secret_file_override or self.home / "session-secret"
 
     @property
     def staging_dir(self) -> Path:

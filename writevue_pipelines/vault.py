@@ -129,27 +129,51 @@ class KeyRing:
             ) from None
 
 
-def save_key_ring(ring: KeyRing, path: Path) -> None:
-    """Write the key file atomically, readable by its owner only."""
+def write_private_file(path: Path, text: str, *, replace: bool = True) -> bool:
+    """Write a secret file atomically, readable by its owner only.
+
+    With ``replace=False`` an existing file is kept (and False returned), so processes
+    racing to create the same file all end up reading the one that won.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(ring.to_json())
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o600)
+        if replace:
+            os.replace(tmp, path)
+            return True
+        try:
+            os.link(tmp, path)  # atomic, and fails if the file exists
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
-def load_key_ring(path: Path) -> KeyRing:
+def read_private_file(path: Path, what: str) -> str:
+    """A secret file's text; refused when others may read it."""
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
-        raise VaultError(f"no key file at {path}; run `writevue init` first") from None
+        raise VaultError(f"no {what} at {path}; run `writevue init` first") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise VaultError(f"key file {path} is readable by others; run `chmod 600 {path}`")
-    return KeyRing.from_json(path.read_text())
+        raise VaultError(f"{what} {path} is readable by others; run `chmod 600 {path}`")
+    return path.read_text()
+
+
+def save_key_ring(ring: KeyRing, path: Path) -> None:
+    """Write the key file atomically, readable by its owner only."""
+    write_private_file(path, ring.to_json())
+
+
+def load_key_ring(path: Path) -> KeyRing:
+    return KeyRing.from_json(read_private_file(path, "key file"))
 
 
 def ensure_key_ring(path: Path) -> KeyRing:

@@ -6,7 +6,7 @@ import json
 import sys
 
 from .. import registry
-from ..errors import InvalidInput
+from ..errors import CredentialRejected, InvalidInput, SourceError
 from .app import arg, command, group
 from .inputs import ACTOR, parse_options, read_secret, ready_runtime
 
@@ -16,12 +16,22 @@ BASIC_AUTH_ADVICE = (
     "note: WriteVue only reads; give it a dedicated read-only account, not an administrator's."
 )
 OPTION = arg("--option", action="append", default=[], metavar="KEY=VALUE")
+#: how `connection list` names a status; the JSON keeps the stored value
+STATUS_LABEL = {"needs_reauth": "needs reconnect"}
+
+
+NO_VERIFY = arg(
+    "--no-verify",
+    action="store_true",
+    help="save without first checking the credential with one read of the source (offline setups)",
+)
 
 
 @command(
     "connection add",
     "connect a source with an API key (from --api-key-env or stdin) or, where the "
-    "source offers nothing better, a username and password",
+    "source offers nothing better, a username and password; checked with one read of "
+    "the source before it is saved",
     arg("tenant_id"),
     arg("source"),
     arg("--auth", choices=("api_key", "basic"), default="api_key"),
@@ -29,6 +39,7 @@ OPTION = arg("--option", action="append", default=[], metavar="KEY=VALUE")
     arg("--username", help="basic auth: the account name (not a secret)"),
     arg("--password-env", metavar="VAR", help="basic auth: environment variable holding it"),
     OPTION,
+    NO_VERIFY,
     # no abbreviations: `--password x` must not be taken for `--password-env x`
     allow_abbrev=False,
 )
@@ -62,6 +73,8 @@ def add(args) -> None:
         secrets = {"username": args.username.strip(), "password": password}
     else:
         secrets = {"api_key": _api_key(args.api_key_env)}
+    if not args.no_verify:
+        _verify(runtime, args.tenant_id, source, args.auth, options, secrets)
     with runtime.db.session() as session:
         connection_id = registry.add_connection(
             session, runtime.keys, args.tenant_id, source.name, args.auth, options, secrets
@@ -74,6 +87,103 @@ def add(args) -> None:
             file=sys.stderr,
         )
     print(connection_id)
+
+
+@command(
+    "connection rekey",
+    "re-enter the API key or password of a connection (one that needs reconnecting, say): "
+    "from --api-key-env/--password-env or stdin, checked with one read of the source first",
+    arg("connection_id"),
+    arg("--api-key-env", metavar="VAR", help="environment variable holding the new key"),
+    arg("--username", help="basic auth: the account name (default: the stored one)"),
+    arg("--password-env", metavar="VAR", help="basic auth: environment variable holding it"),
+    NO_VERIFY,
+    allow_abbrev=False,
+)
+def rekey(args) -> None:
+    from ..models import Connection
+    from ..sources import get_source
+
+    runtime = ready_runtime()
+    with runtime.db.session() as session:
+        connection = registry.get_connection(session, args.connection_id)
+        username = (args.username or "").strip() or None
+        if connection.auth_kind == "basic" and username is None:
+            from ..refresh import stored_secrets
+
+            try:
+                username = stored_secrets(session, runtime, connection).get("username")
+            except SourceError:
+                username = None
+    source = get_source(connection.source)
+    if connection.auth_kind == "oauth2":
+        raise InvalidInput(
+            f"Connection {connection.id} uses OAuth2; renew it with `writevue connection "
+            f"authorize {connection.tenant_id} {connection.source} --reconnect {connection.id}`."
+        )
+    if connection.auth_kind == "basic":
+        if args.api_key_env:
+            raise InvalidInput("--api-key-env is for API-key connections; use --password-env.")
+        if not username:
+            raise InvalidInput(
+                f"The username of connection {connection.id} cannot be read either; "
+                "give it with --username NAME."
+            )
+        password = read_secret(
+            "password", env_var=args.password_env, flag="--password-env", one_line=True
+        )
+        secrets = {"username": username, "password": password}
+    else:
+        if args.password_env or args.username:
+            raise InvalidInput(
+                "--username and --password-env are for basic-auth connections; use --api-key-env."
+            )
+        secrets = {"api_key": _api_key(args.api_key_env)}
+    if not args.no_verify:
+        _verify(
+            runtime,
+            connection.tenant_id,
+            source,
+            connection.auth_kind,
+            connection.options,
+            secrets,
+        )
+    with runtime.db.session() as session:
+        for field, value in secrets.items():
+            registry.put_secret(
+                session, runtime.keys, connection.tenant_id, connection.id, field, value
+            )
+        row = session.get(Connection, connection.id)
+        if row.status in ("failing", "needs_reauth"):
+            row.status, row.last_error = "active", None
+        registry.audit(
+            session, "operator", "connection.rekeyed", connection.tenant_id, connection_id=row.id
+        )
+    print(f"ok: connection {connection.id} has its new credential", file=sys.stderr)
+
+
+def _verify(runtime, tenant_id: str, source, auth: str, options, secrets) -> None:
+    """One read of the source with the new credential; nothing is saved if it fails."""
+    from ..refresh import check_credentials
+
+    what = "password" if auth == "basic" else "key"
+    try:
+        check_credentials(runtime, tenant_id, source.name, auth, options, secrets)
+    except CredentialRejected as exc:
+        raise InvalidInput(
+            f"{source.title} refused the {what} ({_status(exc)}); nothing was saved. "
+            f"Check the {what} and its permissions, then run this again."
+        ) from None
+    except SourceError as exc:
+        raise SourceError(
+            f"Could not check the {what} with {source.title} ({_status(exc)}); nothing was "
+            "saved. Check the source's base_url and the network and run this again, or add "
+            "--no-verify to save it unchecked."
+        ) from None
+
+
+def _status(exc: SourceError) -> str:
+    return f"HTTP {exc.status}" if exc.status else "no answer"
 
 
 def _api_key(env_var: str | None) -> str:
@@ -177,7 +287,8 @@ def list_connections(args) -> None:
         print(json.dumps(rows, indent=2))
         return
     for row in rows:
-        print(f"{row['id']}  {row['source']:<10} {row['status']:<8} tenant {row['tenant_id']}")
+        status = STATUS_LABEL.get(row["status"], row["status"])
+        print(f"{row['id']}  {row['source']:<10} {status:<15} tenant {row['tenant_id']}")
 
 
 @command(

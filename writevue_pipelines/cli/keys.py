@@ -1,4 +1,4 @@
-"""``writevue keys …``: rotate the key ring and retire old keys."""
+"""``writevue keys …``: rotate the key ring, retire old keys, rotate the session secret."""
 
 from __future__ import annotations
 
@@ -42,4 +42,19 @@ def retire(args) -> None:
     print(
         f"retired key version {report.version}; the ring holds "
         f"{', '.join(map(str, report.remaining))}"
+    )
+
+
+@command(
+    "keys rotate-session-secret",
+    "replace the secret that signs dashboard sessions; open pages are asked to reload",
+)
+def rotate_session_secret(_args) -> None:
+    from ..session_secret import rotate_session_secret
+
+    runtime = ready_runtime()
+    rotate_session_secret(runtime.settings.session_secret_file)
+    print(
+        "session secret rotated: every dashboard process signs new sessions with it within "
+        "a second, and open pages ask their viewer to reload"
     )

@@ -1,4 +1,4 @@
-"""``writevue init``: the home, the key ring and the schema."""
+"""``writevue init``: the home, the key ring, the session secret and the schema."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from ..settings import get_settings
 from .app import command
 
 
-@command("init", "create WRITEVUE_HOME, the key ring and the schema (idempotent)")
+@command("init", "create WRITEVUE_HOME, its keys and the schema (idempotent)")
 def init(_args) -> None:
     report = init_home(get_settings())
     print(f"WriteVue home: {report.home}")
     print("key ring: created" if report.key_file_created else "key ring: kept")
+    print("session secret: created" if report.session_secret_created else "session secret: kept")
     print("schema: at the newest migration")

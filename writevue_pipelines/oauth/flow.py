@@ -3,7 +3,8 @@
 ``begin_authorization`` stores a single-use ``state`` (its hash, with the PKCE verifier
 encrypted) that expires in 10 minutes and returns the provider's authorisation URL for
 the client to open. ``complete_authorization`` consumes the state, exchanges the code
-and creates the connection with its tokens encrypted, in one transaction.
+and creates the connection with its tokens encrypted, in one transaction; a flow started
+from a connect invite spends the invite in that transaction too, or creates nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from sqlalchemy import delete, select
 
-from .. import registry
+from .. import invites, registry
 from ..errors import InvalidInput, NotFound, SourceError
 from ..links import hash_token
 from ..models import Connection, Credential, OAuthState, utcnow
@@ -79,11 +80,13 @@ def begin_authorization(
     redirect_uri: str,
     *,
     reconnect: str | None = None,
+    invite_id: str | None = None,
 ) -> str:
     """The URL at which the client authorises WriteVue; its state is single-use for 10 minutes.
 
     ``reconnect`` names an existing connection whose grant this renews (after
     ``needs_reauth``); otherwise completing the flow adds a new connection.
+    ``invite_id`` names the connect invite it was started from, which completing spends.
     """
     source = get_source(source_name)
     options = _validate_options(source, options)
@@ -111,6 +114,7 @@ def begin_authorization(
                 tenant_id=tenant_id,
                 source=source.name,
                 connection_id=reconnect,
+                invite_id=invite_id,
                 options=options,
                 redirect_uri=redirect_uri,
                 code_verifier_ct=runtime.keys.encrypt(
@@ -185,6 +189,13 @@ def complete_authorization(runtime: Runtime, state: str, code: str) -> str:
             failure = InvalidInput(
                 "This authorisation expired (it is valid for 10 minutes); start again."
             )
+        elif row.invite_id is not None and not invites.claim_invite(session, row.invite_id):
+            # Another flow (or an API key) spent the invite first: the code is not even
+            # exchanged, so no grant is made that nothing would store.
+            failure = InvalidInput(
+                "This invite was already used to connect a source, so nothing more was "
+                "connected. Ask for a new invite to connect another."
+            )
         else:
             endpoints = endpoints_for(row.source, row.options)
             verifier = runtime.keys.decrypt_text(
@@ -201,8 +212,14 @@ def complete_authorization(runtime: Runtime, state: str, code: str) -> str:
                 tokens = run_blocking(request_tokens(runtime, endpoints, form, what=what))
             except SourceError as exc:
                 failure = exc
+                if row.invite_id is not None:
+                    invites.release_invite(session, row.invite_id)  # the client may retry
             else:
                 connection_id = _store_connection(runtime, session, row, row.source, tokens)
+                if row.invite_id is not None:
+                    invites.settle_invite(
+                        session, row.invite_id, row.tenant_id, connection_id, source=row.source
+                    )
     if failure is not None:
         raise failure
     return connection_id

@@ -19,7 +19,7 @@ import httpx
 from sqlalchemy import select
 
 from .. import registry
-from ..errors import SourceError
+from ..errors import CredentialRejected, SourceError
 from ..models import Connection, Credential, utcnow
 from ..registry import ConnectionInfo
 from ..runtime import Runtime
@@ -186,9 +186,9 @@ class ConnectionTokens:
                 await self._refresh(rejected)
         return self._tokens.access_token
 
-    def _needs_reauth(self) -> SourceError:
+    def _needs_reauth(self) -> CredentialRejected:
         cid = self._connection.id
-        return SourceError(needs_reauth_message(cid), connection_id=cid, status=401)
+        return CredentialRejected(needs_reauth_message(cid), connection_id=cid, status=401)
 
     async def _refresh(self, stale: str) -> None:
         # The database work blocks (it may wait up to busy_timeout for another

@@ -3,12 +3,12 @@
 ``aggregates.csv`` and ``aggregates.parquet`` hold every aggregate (the warehouse's
 facts), ``connections.csv`` the connected sources (never a credential),
 ``links.csv`` the dashboard links (never a token or its hash), ``client.json`` the
-contact details, and ``README.txt`` says what each file is.
+contact details, and ``README.txt`` says what each file is. The CSV files are safe to
+open in a spreadsheet (``spreadsheet``: no cell runs as a formula).
 """
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import io
 import json
@@ -25,6 +25,7 @@ from .. import links, registry
 from ..errors import InvalidInput
 from ..models import Connection, Fact
 from ..runtime import Runtime
+from ..spreadsheet import csv_text, frame_csv
 
 AGGREGATE_SCHEMA = {
     "connection_id": pl.String,
@@ -55,6 +56,10 @@ aggregates.csv       every aggregate: connection_id, source, metric, dimension
                      ('' when the metric has no breakdown), day, value, updated_at (UTC).
 aggregates.parquet   the same table in Apache Parquet, with its types.
 
+In the CSV files every text is in double quotes, and a text that begins with =, +, -,
+@, a tab or a carriage return starts with an added ' so that a spreadsheet shows it
+rather than running it as a formula; aggregates.parquet holds every value exactly.
+
 {facts} aggregates from {connections} connections.
 """
 
@@ -69,12 +74,7 @@ class ExportReport:
 
 
 def _csv(rows: list[dict], columns: list[str]) -> bytes:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow(row)
-    return buffer.getvalue().encode()
+    return csv_text(columns, ([row[name] for name in columns] for row in rows)).encode()
 
 
 def _iso(value: dt.datetime | None) -> str:
@@ -168,11 +168,9 @@ def export_tenant(
             ],
             ["id", "label", "created_at", "expires_at", "revoked_at", "last_used_at"],
         ),
-        "aggregates.csv": facts.with_columns(
-            pl.col("updated_at").dt.strftime("%Y-%m-%dT%H:%M:%S%.6f+00:00")
-        )
-        .write_csv()
-        .encode(),
+        "aggregates.csv": frame_csv(
+            facts.with_columns(pl.col("updated_at").dt.strftime("%Y-%m-%dT%H:%M:%S%.6f+00:00"))
+        ).encode(),
         "aggregates.parquet": parquet.getvalue(),
     }
 

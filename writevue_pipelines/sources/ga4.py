@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import httpx
 import polars as pl
 
-from ..errors import InvalidInput, SourceError
+from ..errors import CredentialRejected, InvalidInput, SourceError
 from ..registry import ConnectionInfo
 from ..warehouse import FACT_SCHEMA
 from .auth import OAuthSpec
@@ -274,4 +274,7 @@ def _google_error(
         )
     else:
         text = f"{endpoint} answered HTTP {status} {google_status}".rstrip()
-    return SourceError.of_connection(connection.id, text, status=status)
+    # A refused token or a missing permission needs the client; retrying changes nothing.
+    quota = "RESOURCE_EXHAUSTED" in text
+    kind = CredentialRejected if status in (401, 403) and not quota else SourceError
+    return kind.of_connection(connection.id, text, status=status)

@@ -43,7 +43,7 @@ from typing import Any
 
 import httpx
 
-from ..errors import SourceError
+from ..errors import CredentialRejected, SourceError
 
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 # Keep every pooled connection alive: closing the ones above a smaller keep-alive
@@ -607,7 +607,7 @@ async def request_json(
     except SourceError as exc:
         if exc.connection_id is None:
             # Raised below this call (an auth flow, say) without naming the connection.
-            raise SourceError.of_connection(
+            raise type(exc).of_connection(
                 connection_id, f"{endpoint}: {exc}", status=exc.status
             ) from None
         raise
@@ -630,7 +630,10 @@ async def request_json(
         if custom is not None:
             raise custom
     spent = response.headers.get("x-ratelimit-remaining", "").strip() == "0"
-    if status == 429 or (status == 403 and spent):
+    # A 403 that asked for a wait (a secondary rate limit, retried until given up) is
+    # not a refused credential: the next refresh carries on without the client.
+    limited = spent or "Retry-After" in response.headers or b"rate limit" in bytes(body).lower()
+    if status == 429 or (status == 403 and limited):
         raise SourceError.of_connection(
             connection_id,
             f"{endpoint} is rate limited (HTTP {status}) after retries; "
@@ -638,7 +641,7 @@ async def request_json(
             status=status,
         )
     if status in (401, 403):
-        raise SourceError.of_connection(
+        raise CredentialRejected.of_connection(
             connection_id,
             f"{endpoint} refused the credentials (HTTP {status}); reconnect the source",
             status=status,
