@@ -17,9 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-import threading
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
 from tornado import routing
 from tornado.httputil import HTTPHeaders, HTTPServerRequest
@@ -79,23 +77,10 @@ class NotFoundPage(OutputTransform):
 
 
 class LinkResolver:
-    """Token to live link, by hash lookup; and, for open pages, whether a token still opens one.
-
-    ``is_live``/``live_hashes`` take a token's hash (an open page keeps that, not the token)
-    so that rotation ends a page as revocation and expiry do: the old hash simply stops
-    being live. They answer from a cache at most ``LIVE_TTL_S`` old, so every interaction
-    can ask (one query per batch of stale hashes), and a revocation made by another process
-    (``writevue link revoke``) acts here within ``LIVE_TTL_S`` plus one query; ``forget``
-    makes what this process learns itself act at once.
-    """
-
-    #: how long a liveness answer is trusted; revocation elsewhere acts within this
-    LIVE_TTL_S = 1.0
+    """Token to live link, by hash lookup; records when a link was last used."""
 
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
-        self._checked: dict[str, tuple[float, bool]] = {}  # token hash -> (when, live)
-        self._lock = threading.Lock()
 
     def __call__(self, token: str) -> LinkInfo | None:
         # No shortcut for a token of the wrong shape: every token is hashed and looked up
@@ -106,53 +91,7 @@ class LinkResolver:
                 now = dt.datetime.now(dt.UTC)
                 if link.last_used_at is None or now - link.last_used_at > _LAST_USED_EVERY:
                     links.touch_link(session, link.id, now=now)
-        if link is not None:
-            digest = links.hash_token(token)
-            self._remember({digest}, {digest})
         return link
-
-    def is_live(self, token_hash: str) -> bool:
-        """Does the token with this hash still open a live link (not revoked, rotated, expired)?"""
-        return token_hash in self.live_hashes([token_hash])
-
-    def live_hashes(self, token_hashes: Iterable[str]) -> set[str]:
-        """Which of these token hashes still open a live link: cached, one query for the rest."""
-        wanted = set(token_hashes)
-        now = time.monotonic()
-        with self._lock:
-            fresh = {
-                digest: entry[1]
-                for digest in wanted
-                if (entry := self._checked.get(digest)) and now - entry[0] < self.LIVE_TTL_S
-            }
-        stale = wanted - fresh.keys()
-        live = {digest for digest, is_live in fresh.items() if is_live}
-        if stale:
-            with self.runtime.db.session() as session:
-                found = links.live_token_hashes(session, stale)
-            self._remember(stale, found, checked_at=now)
-            live |= found
-        return live
-
-    def forget(self, token_hash: str | None = None) -> None:
-        """Drop what is cached about one token (every token: None), e.g. on seeing it end."""
-        with self._lock:
-            if token_hash is None:
-                self._checked.clear()
-            else:
-                self._checked.pop(token_hash, None)
-
-    def _remember(
-        self, checked: set[str], live: set[str], *, checked_at: float | None = None
-    ) -> None:
-        checked_at = time.monotonic() if checked_at is None else checked_at
-        with self._lock:
-            if len(self._checked) > 10_000:  # a bound, not a policy: expired answers go
-                self._checked = {
-                    k: v for k, v in self._checked.items() if checked_at - v[0] < self.LIVE_TTL_S
-                }
-            for digest in checked:
-                self._checked[digest] = (checked_at, digest in live)
 
 
 class TokenGateMatcher(routing.Matcher):
