@@ -253,3 +253,12 @@ def use_sandbox_oauth_client(monkeypatch, *sources: str) -> None:
     """``sandbox_oauth_client`` for the rest of one test."""
     for name, value in sandbox_oauth_client(*sources).items():
         monkeypatch.setenv(name, value)
+
+
+def register_oauth_source(monkeypatch, source) -> None:
+    """A test OAuth2 source among the built-in ones, with the sandbox's client configured
+    for it, for the rest of one test."""
+    from writevue_pipelines.sources import SOURCES
+
+    monkeypatch.setitem(SOURCES, source.name, source)
+    use_sandbox_oauth_client(monkeypatch, source.name)

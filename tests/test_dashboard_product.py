@@ -26,10 +26,10 @@ from support import (
     add_tenant_with_facts,
     fetch_to_staging,
     new_stripe_key,
+    register_oauth_source,
     remember_secret,
     sandbox_oauth_client,
     start_dashboard_server,
-    use_sandbox_oauth_client,
 )
 
 from dashboard_server.app import dashboard_html
@@ -50,7 +50,7 @@ from writevue_pipelines.home import init_home
 from writevue_pipelines.models import ConnectInvite, Connection, DashboardLink, OAuthState
 from writevue_pipelines.runtime import Runtime
 from writevue_pipelines.settings import Settings
-from writevue_pipelines.sources import SOURCES, get_source
+from writevue_pipelines.sources import get_source
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 TODAY = dt.datetime.now(dt.UTC).date()
@@ -426,8 +426,7 @@ class InviteProbe(SandboxOAuthSource):
 
 
 def test_completing_the_providers_round_trip_spends_the_invite(world, sandbox, monkeypatch):
-    monkeypatch.setitem(SOURCES, InviteProbe.name, InviteProbe())
-    use_sandbox_oauth_client(monkeypatch, InviteProbe.name)
+    register_oauth_source(monkeypatch, InviteProbe())
     options = {"base_url": sandbox.url, "auth_base_url": sandbox.url}
     token = _invite(world, sources=[InviteProbe.name], options={InviteProbe.name: options})
     callback = "https://dash.writevue.test/oauth/callback"
@@ -677,17 +676,20 @@ def test_a_page_is_rendered_once_per_tenant_period_and_refresh(world):
         event.remove(world.runtime.db.engine, "before_cursor_execute", count)
 
 
+class Document:
+    """A Bokeh document as the ticker sees it: it only queues callbacks."""
+
+    def __init__(self):
+        self.queued = []
+
+    def add_next_tick_callback(self, callback):
+        self.queued.append(callback)
+
+
 def test_open_dashboards_tick_until_their_session_ends_and_are_not_kept_for_it():
     import gc
 
     from dashboard_server.ticker import Ticker
-
-    class Document:
-        def __init__(self):
-            self.queued = []
-
-        def add_next_tick_callback(self, callback):
-            self.queued.append(callback)
 
     class View:
         gone = False
@@ -715,13 +717,6 @@ def test_open_dashboards_tick_until_their_session_ends_and_are_not_kept_for_it()
 
 def test_the_ticker_ends_views_whose_link_the_sweep_reports_gone():
     from dashboard_server.ticker import Ticker
-
-    class Document:
-        def __init__(self):
-            self.queued = []
-
-        def add_next_tick_callback(self, callback):
-            self.queued.append(callback)
 
     class View:
         gone = False

@@ -16,14 +16,13 @@ from support import (
     SandboxOAuthSource,
     add_tenant,
     new_stripe_key,
+    register_oauth_source,
     remember_secret,
-    use_sandbox_oauth_client,
 )
 
 from writevue_pipelines import invites
 from writevue_pipelines.errors import InvalidInput, SourceError
 from writevue_pipelines.models import AuditEvent, ConnectInvite, Connection, Credential
-from writevue_pipelines.sources import SOURCES
 
 CALLBACK = "https://dash.writevue.test/oauth/callback"
 
@@ -34,8 +33,7 @@ class InviteRaceProbe(SandboxOAuthSource):
 
 @pytest.fixture
 def probe(monkeypatch, sandbox):
-    monkeypatch.setitem(SOURCES, InviteRaceProbe.name, InviteRaceProbe())
-    use_sandbox_oauth_client(monkeypatch, InviteRaceProbe.name)
+    register_oauth_source(monkeypatch, InviteRaceProbe())
     return sandbox
 
 

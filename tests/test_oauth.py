@@ -26,7 +26,12 @@ import httpx
 import polars as pl
 import pytest
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
-from support import SandboxOAuthSource, fetch_to_staging, remember_secret, use_sandbox_oauth_client
+from support import (
+    SandboxOAuthSource,
+    fetch_to_staging,
+    register_oauth_source,
+    remember_secret,
+)
 
 from writevue_pipelines import cli, refresh, registry
 from writevue_pipelines.errors import InvalidInput, SourceError
@@ -87,8 +92,7 @@ class WhoAmI(SandboxHandler):
 
 @pytest.fixture
 def probe(sandbox, monkeypatch):
-    monkeypatch.setitem(SOURCES, ProbeSource.name, ProbeSource())
-    use_sandbox_oauth_client(monkeypatch, ProbeSource.name)
+    register_oauth_source(monkeypatch, ProbeSource())
     sandbox.app.add_handlers(r".*", [(r"/_probe/whoami", WhoAmI)])
     return sandbox
 

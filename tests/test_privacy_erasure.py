@@ -24,8 +24,8 @@ from support import (
     add_stripe_connection,
     add_tenant,
     fetch_to_staging,
+    register_oauth_source,
     remember_secret,
-    use_sandbox_oauth_client,
 )
 
 from writevue_pipelines import cli, invites, links, refresh, registry, warehouse
@@ -45,7 +45,6 @@ from writevue_pipelines.privacy import (
 )
 from writevue_pipelines.privacy.erasure import mark_erasing
 from writevue_pipelines.privacy.scope import tenant_clause
-from writevue_pipelines.sources import SOURCES
 
 CALLBACK = "https://connect.writevue.test/oauth/callback"
 NAME, EMAIL = "Erasable Widgets GmbH", "privacy-officer@erasable.test"
@@ -57,8 +56,7 @@ class GrantSource(SandboxOAuthSource):
 
 @pytest.fixture
 def grants(sandbox, monkeypatch):
-    monkeypatch.setitem(SOURCES, GrantSource.name, GrantSource())
-    use_sandbox_oauth_client(monkeypatch, GrantSource.name)
+    register_oauth_source(monkeypatch, GrantSource())
     return sandbox
 
 
