@@ -66,7 +66,7 @@ total_pages_path = "total_pages"
 [mapping]
 date_field = "created_at"
 date_format = "iso_datetime"
-dimension = "category"
+dimension = {{ field = "category", categorical = true }}
 
 [[mapping.metrics]]
 name = "amount"

@@ -20,7 +20,6 @@ import html
 from urllib.parse import urlsplit
 
 from tornado.ioloop import IOLoop
-from tornado.web import RequestHandler
 
 from writevue_pipelines import invites
 from writevue_pipelines.errors import InvalidInput, WriteVueError
@@ -28,6 +27,7 @@ from writevue_pipelines.runtime import Runtime
 from writevue_pipelines.sources import get_source
 
 from .gate import reject
+from .headers import SessionCookies
 from .limiter import FailureLimiter
 
 
@@ -60,7 +60,7 @@ def origin_of(url: str) -> str | None:
     return f"{parts.scheme.lower()}://{parts.hostname.lower()}{suffix}"
 
 
-class ConnectHandler(RequestHandler):
+class ConnectHandler(SessionCookies):
     """``/connect/<token>``: the client picks a source and authorises it or pastes an API key."""
 
     def initialize(self, runtime: Runtime, limiter: FailureLimiter) -> None:
@@ -192,7 +192,7 @@ def connected_page() -> str:
     )
 
 
-class OAuthCallbackHandler(RequestHandler):
+class OAuthCallbackHandler(SessionCookies):
     """``/oauth/callback``: where the provider sends the client back with a code."""
 
     def initialize(self, runtime: Runtime) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tornado.httputil import HTTPHeaders, HTTPServerRequest
-from tornado.web import OutputTransform
+from tornado.web import OutputTransform, RequestHandler
 
 _COOKIE_FLAGS = frozenset({"expires", "max-age", "httponly", "samesite", "secure"})
 
@@ -54,6 +54,22 @@ def session_cookie(set_cookie: str, *, secure: bool) -> str:
         part for part in parts[1:] if part.split("=", 1)[0].strip().lower() not in _COOKIE_FLAGS
     ]
     return "; ".join(kept + ["HttpOnly", "SameSite=Lax"] + (["Secure"] if secure else []))
+
+
+class SessionCookies(RequestHandler):
+    """A handler whose cookies are made like ``session_cookie``'s, as Tornado sets them.
+
+    Tornado adds a cookie made with ``set_cookie`` (its XSRF cookie too, which lasts 30 days
+    once a user is set) to the response after every ``OutputTransform`` ran, so
+    ``security_transform`` never sees it."""
+
+    def set_cookie(self, name, value, domain=None, expires=None, path="/", expires_days=None, **kw):
+        for flag in ("max_age", "httponly", "secure", "samesite"):
+            kw.pop(flag, None)
+        secure = self.request.protocol == "https"
+        super().set_cookie(
+            name, value, domain, path=path, httponly=True, samesite="Lax", secure=secure, **kw
+        )
 
 
 def security_transform(headers_to_set: dict[str, str]) -> type[OutputTransform]:

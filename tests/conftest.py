@@ -7,14 +7,24 @@ missing peer a failure. The summary says loudly what did not run.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
+import subprocess
 import uuid
 from pathlib import Path
 
 import pytest
-from support import SECRETS, remember_secret
+from support import (
+    CHILD_LOGS,
+    OUTPUTS,
+    SECRETS,
+    describe_argv,
+    find_leaks,
+    remember_secret,
+    watch_output,
+)
 
 from writevue_devtools.peers import CHROMIUM, POSTGRES_ADMIN_URL
 from writevue_pipelines.home import init_home
@@ -35,6 +45,22 @@ def peer_missing(kind: str, why: str, require_var: str):
     if _required(require_var):
         pytest.fail(f"{kind} is required ({require_var}=1) but unavailable: {why}", pytrace=False)
     pytest.skip(f"{kind} unavailable: {why}")
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test's peers are its markers, so `-m postgres` or `-m "not browser"` select by
+    them: ``postgres`` on every test that takes the server as a fixture or runs as the
+    "postgres" case of a parameter (``any_runtime``), ``browser`` on every test that
+    drives Chromium. A ``browser`` marker on a test that does not is an error."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        params = callspec.params.values() if callspec is not None else ()
+        if "postgres_server" in item.fixturenames or "postgres" in params:
+            item.add_marker(pytest.mark.postgres)
+        if "chromium_path" in item.fixturenames:
+            item.add_marker(pytest.mark.browser)
+        elif item.get_closest_marker("browser") is not None:
+            raise pytest.UsageError(f"{item.nodeid} is marked browser but drives no Chromium")
 
 
 @pytest.fixture
@@ -72,9 +98,16 @@ def postgres_server() -> str:
 
 
 @pytest.fixture
-def postgres_url(postgres_server) -> str:
+def postgres_url(request, postgres_server) -> str:
     """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
     import psycopg
+
+    if request.node.get_closest_marker("postgres") is None:
+        pytest.fail(
+            f"{request.node.nodeid} uses PostgreSQL without the postgres marker: take it as a "
+            'fixture or from a parameter named "postgres" (see pytest_collection_modifyitems)',
+            pytrace=False,
+        )
 
     name = f"writevue_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(postgres_server, autocommit=True) as conn:
@@ -172,7 +205,39 @@ def _watch_secrets_and_errors() -> None:
     errors.WriteVueError.__init__ = recording_init
 
 
+_CHILD_NUMBERS = itertools.count(1)
+
+
+def _watch_children(config) -> None:
+    """Every child the suite starts has its output read for secrets: what a test reads
+    through ``communicate`` (``subprocess.run`` too; a token the child prints is registered
+    there), and the output file of every ``spawn`` (a server, the sandbox, Dagster), which
+    gets one when its caller gave it none."""
+    from writevue_pipelines import processes
+
+    communicate = subprocess.Popen.communicate
+
+    def recording_communicate(self, *args, **kwargs):
+        stdout, stderr = communicate(self, *args, **kwargs)
+        watch_output(describe_argv(self.args), stdout, stderr)
+        return stdout, stderr
+
+    subprocess.Popen.communicate = recording_communicate
+
+    spawn = processes.spawn
+
+    def recording_spawn(name, argv, *, log_path=None, **kwargs):
+        if log_path is None:
+            folder = config._tmp_path_factory.getbasetemp() / "child-output"
+            log_path = folder / f"{next(_CHILD_NUMBERS)}.log"
+        CHILD_LOGS.append((f"output of {name} ({describe_argv(argv)})", Path(log_path)))
+        return spawn(name, argv, log_path=log_path, **kwargs)
+
+    processes.spawn = recording_spawn
+
+
 def pytest_configure(config):
+    _watch_children(config)
     handler = _CaptureEverything(level=logging.DEBUG)
     for name in ("", "bokeh", "panel", "dagster", "tornado", "httpx", "authlib"):
         logger = logging.getLogger(name)
@@ -186,21 +251,22 @@ def pytest_runtest_makereport(item, call):
         _TEXTS.append((f"exception in {item.nodeid}", str(call.excinfo.value)))
 
 
+#: what children and Dagster write to files: logs, and Dagster's captured stdout/stderr
+_OUTPUT_FILES = ("*.log", "*.out", "*.err")
+
+
 def _leaks(basetemp: Path | None) -> list[str]:
-    texts = list(_TEXTS)
+    texts = [*_TEXTS, *OUTPUTS]
+    files = list(CHILD_LOGS)
     if basetemp is not None and basetemp.exists():
-        for path in basetemp.rglob("*.log"):
-            try:
-                texts.append((f"file {path.name}", path.read_text(errors="replace")))
-            except OSError:
-                continue
-    found = []
-    for secret in SECRETS:
-        for where, text in texts:
-            if secret in text:
-                found.append(f"{secret[:4]}… ({len(secret)} chars) appeared in {where}")
-                break
-    return found
+        for pattern in _OUTPUT_FILES:
+            files += [(f"file {path.name}", path) for path in basetemp.rglob(pattern)]
+    for where, path in files:
+        try:
+            texts.append((where, path.read_text(errors="replace")))
+        except OSError:
+            continue
+    return find_leaks(texts, SECRETS)
 
 
 _LEAKS: list[str] = []
@@ -221,7 +287,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     leaks = _LEAKS
     terminalreporter.section("secrets in logs and error texts", sep="-")
     terminalreporter.write_line(
-        f"searched {len(_TEXTS)} log records and error texts for {len(SECRETS)} secrets: "
+        f"searched {len(_TEXTS)} log records and error texts, {len(OUTPUTS)} outputs of "
+        f"children and {len(CHILD_LOGS)} files they wrote for {len(SECRETS)} secrets: "
         + ("none found" if not leaks else f"{len(leaks)} LEAKED")
     )
     for leak in leaks:

@@ -7,8 +7,10 @@ from __future__ import annotations
 import datetime as dt
 import io
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 from secrets import token_hex
 
 import httpx
@@ -31,6 +33,68 @@ def remember_secret(value: str) -> str:
     if value and len(value) >= 8:
         SECRETS.add(value)
     return value
+
+
+# -- what the suite's child processes print -----------------------------------------------------
+
+#: (where, text, the secrets allowed in that one text): every child's stdout and stderr that
+#: the suite read (conftest records every ``Popen.communicate``, so ``subprocess.run`` too)
+OUTPUTS: list[tuple[str, str, frozenset[str]]] = []
+#: the files children write their output to (conftest gives every ``spawn`` one)
+CHILD_LOGS: list[tuple[str, Path]] = []
+#: a dashboard link's or a connect invite's token, in the URL a command prints
+PRINTED_TOKEN = re.compile(r"/(?:d|connect)/([A-Za-z0-9_-]{16,})")
+
+
+def watch_output(
+    where: str,
+    stdout: str | bytes | None,
+    stderr: str | bytes | None,
+    *,
+    secrets: set[str] = SECRETS,
+    outputs: list = OUTPUTS,
+) -> None:
+    """Record a child's output for the leak check and register every token it prints.
+
+    The one place a token may appear is the stdout of the command that made it, on its
+    last line (``link create``, ``link rotate``, ``connection invite``): a token new to the
+    suite there is allowed in that stdout, and nowhere else. A token printed anywhere else,
+    or one the suite knew before (an earlier command's link printed again), is a leak.
+    """
+    out, err = (
+        (text.decode(errors="replace") if isinstance(text, bytes) else text or "")
+        for text in (stdout, stderr)
+    )
+    lines = out.strip().splitlines()
+    made = set(PRINTED_TOKEN.findall(lines[-1])) - secrets if lines else set()
+    for token in PRINTED_TOKEN.findall(out) + PRINTED_TOKEN.findall(err):
+        secrets.add(token)
+    outputs.append((f"stdout of {where}", out, frozenset(made)))
+    outputs.append((f"stderr of {where}", err, frozenset()))
+
+
+def find_leaks(texts, secrets) -> list[str]:
+    """One line per secret found in a text where it is not allowed: ``texts`` holds
+    (where, text) or (where, text, allowed secrets)."""
+    found = []
+    for secret in secrets:
+        for where, text, *allowed in texts:
+            if secret in text and not (allowed and secret in allowed[0]):
+                for other in secrets:  # a command line may hold one
+                    where = where.replace(other, "<secret>")
+                found.append(f"{secret[:4]}… ({len(secret)} chars) appeared in {where}")
+                break
+    return found
+
+
+def describe_argv(argv) -> str:
+    """A child's command line, short enough for a message (its arguments may be secrets,
+    which ``find_leaks`` reports only by their first characters)."""
+    words = [argv] if isinstance(argv, str | bytes | os.PathLike) else list(argv)
+    words = [os.fsdecode(word) for word in words]
+    if words and words[0] == sys.executable:
+        words[0] = "python"
+    return " ".join(words)[:120]
 
 
 def add_tenant(runtime: Runtime, name: str = "Acme Ltd", email: str = "ops@acme.test") -> str:
@@ -262,3 +326,21 @@ def register_oauth_source(monkeypatch, source) -> None:
 
     monkeypatch.setitem(SOURCES, source.name, source)
     use_sandbox_oauth_client(monkeypatch, source.name)
+
+
+def deploy_dagster_home(monkeypatch, postgres_url: str, folder: Path) -> Path:
+    """A DAGSTER_HOME holding deploy/dagster.yaml (every store in PostgreSQL), its
+    DAGSTER_PG_* variables pointing at ``postgres_url``, for the rest of one test."""
+    import shutil
+    from urllib.parse import urlsplit
+
+    url = urlsplit(postgres_url)
+    monkeypatch.setenv("DAGSTER_PG_HOST", url.hostname)
+    monkeypatch.setenv("DAGSTER_PG_PORT", str(url.port or 5432))
+    monkeypatch.setenv("DAGSTER_PG_DB", url.path.lstrip("/"))
+    monkeypatch.setenv("DAGSTER_PG_USERNAME", url.username or "postgres")
+    monkeypatch.setenv("DAGSTER_PG_PASSWORD", url.password or "")
+    folder.mkdir(parents=True, exist_ok=True)
+    repo = Path(__file__).resolve().parents[1]
+    shutil.copy(repo / "deploy" / "dagster.yaml", folder / "dagster.yaml")
+    return folder

@@ -148,9 +148,15 @@ def test_no_csv_cell_starts_a_formula_and_numbers_stay_numbers(served):
     # A negative figure is written as the number it is.
     assert re.search(r'^"[0-9-]+","charges","[^"]+","",-12\.5$', response.text, re.M)
     assert [r[4] for r in rows if r[1] == "charges"] == [-12.5]
-    assert response.text == dashboard_csv(
-        load_dashboard(served.runtime, served.tenant_id, period=Period(TODAY, TODAY))
-    )
+
+    # Every figure the test inserted, once, with its value: read back from the CSV, with
+    # the neutralising quote taken off again (no inserted text starts with one).
+    def unquoted(cell: str) -> str:
+        return cell[1:] if cell.startswith("'") else cell
+
+    exported = sorted((day, unquoted(m), unquoted(d), v) for day, m, _label, d, v in rows)
+    inserted = sorted((str(day), m, d, v) for m, d, day, v in hostile_facts().iter_rows())
+    assert exported == inserted
 
 
 def test_the_label_column_is_neutralised_like_every_other_text_cell(served):

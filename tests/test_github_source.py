@@ -24,7 +24,7 @@ from support import (
     use_sandbox_oauth_client,
 )
 
-from writevue_pipelines import refresh, registry, warehouse
+from writevue_pipelines import oauth, refresh, registry, warehouse
 from writevue_pipelines.errors import InvalidInput, SourceError
 from writevue_pipelines.registry import ConnectionInfo
 from writevue_pipelines.runtime import Runtime
@@ -274,7 +274,6 @@ def test_a_spent_rate_limit_pauses_the_fetch_instead_of_failing_it(sandbox):
 
 
 def test_an_oauth_grant_reads_github(runtime, sandbox, monkeypatch):
-    oauth = pytest.importorskip("writevue_pipelines.oauth")
     use_sandbox_oauth_client(monkeypatch, "github")
     tenant = add_tenant(runtime, "Octo Ltd", "ops@octo.test")
     options = {"base_url": sandbox.url, "auth_base_url": sandbox.url, "owner": OWNER}

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
-import shutil
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 from dagster import (
@@ -28,6 +26,7 @@ from sqlalchemy import delete
 from support import (
     apply_partition_requests,
     connection_info,
+    deploy_dagster_home,
     new_stripe_key,
     remember_secret,
     stripe_connection,
@@ -359,16 +358,8 @@ def test_writevue_init_writes_a_queued_instance_with_provider_pools(home):
 def test_a_schedule_tick_and_its_runs_on_the_postgres_instance_of_deploy(
     runtime, sandbox, postgres_url, tmp_path, monkeypatch
 ):
-    url = urlsplit(postgres_url)
-    monkeypatch.setenv("DAGSTER_PG_HOST", url.hostname)
-    monkeypatch.setenv("DAGSTER_PG_PORT", str(url.port or 5432))
-    monkeypatch.setenv("DAGSTER_PG_DB", url.path.lstrip("/"))
-    monkeypatch.setenv("DAGSTER_PG_USERNAME", url.username or "postgres")
-    monkeypatch.setenv("DAGSTER_PG_PASSWORD", url.password or "")
+    dagster_home = deploy_dagster_home(monkeypatch, postgres_url, tmp_path / "dagster-pg")
     monkeypatch.setenv("WRITEVUE_REFRESH_BATCH", "2")
-    dagster_home = tmp_path / "dagster-pg"
-    dagster_home.mkdir()
-    shutil.copy(REPO / "deploy" / "dagster.yaml", dagster_home / "dagster.yaml")
     assert "password" not in (dagster_home / "dagster.yaml").read_text().split("env:")[0]
     connection_ids = add_connections(runtime, sandbox.url, [new_stripe_key() for _ in range(3)])
 

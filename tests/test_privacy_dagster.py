@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import time
 import uuid
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import pytest
 from dagster import (
     DagsterEventType,
@@ -19,23 +23,49 @@ from dagster import (
     build_sensor_context,
     materialize,
 )
-from sqlalchemy import select
-from support import add_stripe_connection, new_stripe_key
+from sqlalchemy import select, text
+from support import (
+    SandboxOAuthSource,
+    add_stripe_connection,
+    add_tenant,
+    deploy_dagster_home,
+    new_stripe_key,
+    register_oauth_source,
+    remember_secret,
+)
 
 from writevue_pipelines import registry
 from writevue_pipelines.defs import defs
 from writevue_pipelines.defs.partitions import CONNECTION_PARTITIONS
-from writevue_pipelines.defs.privacy.erasure import REQUEST_TAG, TENANT_TAG, erasure_requests
+from writevue_pipelines.defs.privacy.erasure import (
+    OUTCOME_TAG,
+    REQUEST_TAG,
+    TENANT_TAG,
+    erasure_requests,
+)
 from writevue_pipelines.defs.privacy.retention import delete_runs_before
 from writevue_pipelines.defs.privacy.trends import access_log_trends
 from writevue_pipelines.defs.resources import WriteVueResource
 from writevue_pipelines.errors import NotFound
 from writevue_pipelines.models import TrendInteraction
-from writevue_pipelines.privacy import pending_requests, request_erasure, verification
+from writevue_pipelines.oauth.endpoints import client_variables
+from writevue_pipelines.oauth.flow import (
+    begin_authorization,
+    complete_authorization,
+    parse_callback,
+)
+from writevue_pipelines.privacy import pending_requests, request_erasure
 from writevue_pipelines.privacy.trends import access_log_file, pending_days
-from writevue_pipelines.privacy.verification import VerificationReport
 
 RESOURCES = {"writevue": WriteVueResource()}
+REPO = Path(__file__).resolve().parent.parent
+CALLBACK = "https://connect.writevue.test/oauth/callback"
+
+
+class RevocationProbe(SandboxOAuthSource):
+    name = "revocation_probe"
+
+
 STRIPE = CONNECTION_PARTITIONS["stripe"].name
 TENANT_NAME = "Pemberton Quillsmith Cartography"
 TENANT_EMAIL = "ledger@pemberton-quillsmith.example"
@@ -46,8 +76,12 @@ def tick(instance: DagsterInstance):
         return erasure_requests(context)
 
 
-def step_output_metadata(result) -> dict:
-    (event,) = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_OUTPUT]
+def step_output_metadata(result, step: str = "erase_tenant") -> dict:
+    (event,) = [
+        e
+        for e in result.all_events
+        if e.event_type == DagsterEventType.STEP_OUTPUT and e.step_key == step
+    ]
     return {k: v.value for k, v in event.step_output_data.metadata.items()}
 
 
@@ -229,10 +263,10 @@ def test_a_failed_verification_fails_the_erasure_run(runtime, sandbox, instance,
     instance.add_dynamic_partitions(STRIPE, [connection_id])
     request_id = request_erasure(runtime, tenant, "ops")
 
-    def nothing_erased(runtime, tenant_id, connection_ids, secrets=()):
-        return VerificationReport(rows={"facts": 1}, tables_scanned=1)
-
-    monkeypatch.setattr(verification, "verify_erasure", nothing_erased)
+    # A copy of the tenant id in a table nobody knows about: the verification finds it.
+    with runtime.db.engine.begin() as conn:
+        conn.execute(text("CREATE TABLE stray_copy (note TEXT)"))
+        conn.execute(text("INSERT INTO stray_copy VALUES (:v)"), {"v": f"copied {tenant}"})
     (request,) = tick(instance).run_requests
     run = defs.resolve_job_def("erasure").execute_in_process(
         run_config=request.run_config, tags=request.tags, instance=instance, raise_on_error=False
@@ -242,3 +276,90 @@ def test_a_failed_verification_fails_the_erasure_run(runtime, sandbox, instance,
     assert "verification found its data left" in failure.step_failure_data.error.message
     assert failure.step_failure_data.user_failure_data.metadata["verified"].value is False
     assert request_id in run_log_text(instance, run.run_id)
+
+
+def test_a_failed_revocation_shows_in_the_run_and_re_executing_retries_it(
+    runtime, sandbox, instance, monkeypatch
+):
+    register_oauth_source(monkeypatch, RevocationProbe())
+    tenant = add_tenant(runtime, TENANT_NAME, TENANT_EMAIL)
+    options = {"base_url": sandbox.url, "auth_base_url": sandbox.url}
+    url = begin_authorization(runtime, tenant, RevocationProbe.name, options, CALLBACK)
+    location = httpx.get(url, follow_redirects=False).headers["location"]
+    remember_secret(parse_qs(urlsplit(location).query)["code"][0])
+    complete_authorization(runtime, *parse_callback(location))
+    _, secret_variable = client_variables(RevocationProbe.name)
+    good_secret = os.environ[secret_variable]
+    monkeypatch.setenv(secret_variable, "refused-by-the-provider")
+    request_id = request_erasure(runtime, tenant, "ops")
+    (request,) = tick(instance).run_requests
+
+    job = defs.resolve_job_def("erasure")
+    run = job.execute_in_process(
+        run_config=request.run_config, tags=request.tags, instance=instance, raise_on_error=False
+    )
+    # The tenant is erased and verified; the run fails on the grant it could not revoke.
+    assert not run.success
+    assert step_output_metadata(run)["verified"] is True
+    assert "writevue tenant revoke-grants" in step_output_metadata(run)["needs_operator_action"]
+    (failure,) = [e for e in run.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
+    assert failure.step_key == "revoke_remaining_grants"
+    assert f"writevue tenant revoke-grants {request_id}" in (
+        failure.step_failure_data.user_failure_data.description
+    )
+    tags = instance.get_run_by_id(run.run_id).tags
+    assert tags[OUTCOME_TAG] == "needs_operator_action"
+    assert sandbox.counters["oauth.revocations"] == 0
+
+    # Once the provider accepts the client again, re-executing retries the revocation.
+    monkeypatch.setenv(secret_variable, good_secret)
+    again = job.execute_in_process(
+        run_config=request.run_config, tags=request.tags, instance=instance
+    )
+    assert again.success and sandbox.counters["oauth.revocations"] == 1
+    assert step_output_metadata(again, "revoke_remaining_grants")["grants_revoked_now"] == 1
+
+
+def test_on_postgres_the_dagster_run_history_is_searched_too(
+    runtime, sandbox, postgres_url, tmp_path, monkeypatch
+):
+    dagster_home = deploy_dagster_home(monkeypatch, postgres_url, tmp_path / "dagster-pg")
+    job = defs.resolve_job_def("erasure")
+
+    with DagsterInstance.from_config(str(dagster_home)) as instance:
+        # Erased cleanly: the run history keeps only the opaque tenant and connection ids.
+        tenant, connection = add_stripe_connection(
+            runtime, sandbox.url, new_stripe_key(), name=TENANT_NAME, email=TENANT_EMAIL
+        )
+        instance.add_dynamic_partitions(STRIPE, [connection])
+        request_erasure(runtime, tenant, "ops")
+        (request,) = tick(instance).run_requests
+        run = job.execute_in_process(
+            run_config=request.run_config, tags=request.tags, instance=instance
+        )
+        assert run.success
+        metadata = step_output_metadata(run)
+        assert metadata["verified"] is True and metadata["dagster_storage_tables_scanned"] > 5
+        assert "places in Dagster's run history hold the opaque" in run_log_text(
+            instance, run.run_id
+        )
+
+        # A run tag that copied the client's email: found in Dagster's storage, not verified.
+        other, _ = add_stripe_connection(
+            runtime, sandbox.url, new_stripe_key(), name="Other Co", email="leak@other.example"
+        )
+        instance.add_run_tags(run.run_id, {"note": "for leak@other.example"})
+        request_erasure(runtime, other, "ops")
+        (request,) = tick(instance).run_requests
+        failed = job.execute_in_process(
+            run_config=request.run_config,
+            tags=request.tags,
+            instance=instance,
+            raise_on_error=False,
+        )
+        assert not failed.success
+        logs = run_log_text(instance, failed.run_id)
+        assert "still in Dagster's storage: table run_tags:" in logs
+        assert "(the tenant id, the tenant's name or email)" in logs
+        assert "leak@other.example" not in logs
+        assert instance.get_run_by_id(failed.run_id).tags[OUTCOME_TAG] == "not_verified"

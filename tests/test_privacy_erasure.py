@@ -224,20 +224,24 @@ def _count_where(engine, table, tenant_id, connection_ids) -> int:
 
 def test_a_refresh_racing_the_erasure_writes_nothing(any_runtime, sandbox):
     runtime = any_runtime
-    # Every sandbox answer takes 150 ms, so the fetch is still running during the erasure.
     tenant_id, connection_id = add_stripe_connection(
-        runtime, sandbox.url, remember_secret("sk_test_race__f_latency150"), name=NAME, email=EMAIL
+        runtime, sandbox.url, remember_secret("sk_test_race_00003"), name=NAME, email=EMAIL
     )
+    # The sandbox holds its answers until released, so the fetch is in flight for the
+    # whole erasure, however fast or slow the machine: an event, not a delay.
+    release = sandbox.app.settings["hold"] = threading.Event()
     fetched = {}
     fetch = threading.Thread(
         target=lambda: fetched.update(done=fetch_to_staging(runtime, connection_id))
     )
     fetch.start()
-    deadline = time.monotonic() + 10
-    while not sandbox.counters.get("stripe.customers") and time.monotonic() < deadline:
+    deadline = time.monotonic() + 30
+    while not sandbox.counters.get("held") and time.monotonic() < deadline:
         time.sleep(0.01)
+    assert sandbox.counters.get("held"), "the fetch never reached the sandbox"
     report = run_erasure(runtime, tenant_id)
-    assert fetch.is_alive(), "the fetch should still be running when the erasure is done"
+    assert fetch.is_alive()
+    release.set()
     fetch.join(30)
     # The fetch finished after the erasure and staged its records; the load refuses them.
     assert fetched["done"].records > 0
@@ -354,6 +358,12 @@ def test_a_table_added_later_is_erased_and_verified_without_being_listed(runtime
         conn.execute(text("INSERT INTO stray_copy VALUES (:v)"), {"v": f"copied {other}"})
     report = run_erasure(runtime, other)
     assert not report.ok and report.verification.rows == {"stray_copy": 1}
+    # Not verified, so not done: running it again searches again, and fails again.
+    assert [r.status for r in pending_requests(runtime)] == ["failed"]
+    assert run_erasure(runtime, other).verification.rows == {"stray_copy": 1}
+    with runtime.db.engine.begin() as conn:
+        conn.execute(text("DELETE FROM stray_copy"))
+    assert run_erasure(runtime, other).ok
     with pytest.raises(Exception, match="already erased"):
         run_erasure(runtime, other)
 

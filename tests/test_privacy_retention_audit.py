@@ -79,7 +79,9 @@ def test_reading_a_tenant_is_audited_and_listed(runtime, capsys):
         ("erin", "tenant.show", tenant_id),
         ("erin", "tenant.refresh", tenant_id),
     ]
-    assert all(set(e) == {"at", "actor", "action", "tenant_id", "details"} for e in events)
+    assert all(
+        set(e) == {"at", "actor", "action", "tenant_id", "details", "reason"} for e in events
+    )
     assert cli.main(["audit", "list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3 and operator_name() in lines[1] and other in lines[1]

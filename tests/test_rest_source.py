@@ -30,13 +30,13 @@ WINDOW = 45
 MAPPING = {
     "date_field": "created_at",
     "date_format": "iso_datetime",
-    "dimension": "currency",
+    "dimension": {"field": "currency", "categorical": True},
     "metrics": [
         {"name": "revenue", "field": "amount", "agg": "sum"},
         {"name": "orders", "agg": "count"},
         {"name": "rated_orders", "field": "rating", "agg": "count"},
         {"name": "mean_rating", "field": "rating", "agg": "mean"},
-        {"name": "last_items", "field": "items", "agg": "last"},
+        {"name": "last_items", "field": "items", "agg": "last", "kind": "gauge"},
     ],
 }
 
@@ -417,7 +417,8 @@ BAD_SPECS = [
     (_set("mapping.date_format", "rfc2822"), "spec.mapping.date_format: unknown value 'rfc2822'"),
     (_set("mapping.metrics", []), "spec.mapping.metrics: must be a non-empty list"),
     (_set("mapping.metrics.0.agg", "median"),
-     "spec.mapping.metrics[0].agg: unknown value 'median'; expected one of sum, count, mean, last"),
+     "spec.mapping.metrics[0].agg: unknown value 'median'; expected one of sum, count, mean, last, "
+     "first"),
     (_set("mapping.metrics.0", {"name": "revenue", "agg": "sum"}),
      "spec.mapping.metrics[0].field: is required for agg 'sum'"),
     (_set("mapping.metrics.1.name", "revenue"), "spec.mapping.metrics[1].name: 'revenue' is used"),
@@ -466,7 +467,8 @@ def test_spec_is_checked_at_connection_add_and_again_at_fetch(tmp_path, sandbox)
 
 
 def test_yaml_specs_read_like_toml(tmp_path):
-    yaml = pytest.importorskip("yaml")
+    import yaml
+
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(_spec("json_link")))
     assert load_spec(path) == parse_spec(_spec("json_link"))

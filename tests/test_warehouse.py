@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import polars as pl
 import pytest
@@ -73,27 +74,46 @@ def test_days_the_source_no_longer_reports_are_removed_inside_the_window(runtime
     assert result.removed == 1
 
 
-def test_failed_load_leaves_facts_and_cursor_untouched(runtime, sandbox):
-    rt = runtime
+def test_failed_load_leaves_facts_and_cursor_untouched(any_runtime, sandbox, monkeypatch):
+    """A load that fails after it wrote facts and moved the cursor, in its one transaction,
+    leaves both as they were: they roll back together."""
+    rt = any_runtime
     _tenant, connection = _connection(rt, sandbox.url)
     fetch_to_staging(rt, connection)
     refresh.load_connection(rt, connection)
-    with rt.db.session() as session:
-        before = (
+
+    def state(session):
+        return (
             warehouse.connection_fact_count(session, connection),
             registry.get_cursor(session, connection, "balance_transactions"),
         )
+
+    with rt.db.session() as session:
+        before = state(session)
+    # The next load stages different figures (one record: the window's other days go)
+    # and a new cursor, so a load that commits would change both.
     staged = rt.settings.staging_dir / connection
     fetch_to_staging(rt, connection)
-    (staged / "records.parquet").write_bytes(b"not parquet")
-    with pytest.raises(Exception):  # noqa: B017 - any failure must roll back
+    one_record = refresh.read_staged_records(rt, connection).head(1)
+    refresh.write_staged_records(rt, connection, one_record)
+    manifest = json.loads((staged / "manifest.json").read_text())
+    manifest.update(next_cursor="cursor-of-the-failed-load", window_start="2000-01-01")
+    (staged / "manifest.json").write_text(json.dumps(manifest))
+
+    inside: list[tuple[int, str | None]] = []
+
+    def fail_once_written(session, connection_id, **_kwargs):
+        # The load's last step, in its transaction: facts and cursor are already written.
+        inside.append(state(session))
+        raise RuntimeError("the database went away in the middle of the load")
+
+    monkeypatch.setattr(registry, "record_refresh_result", fail_once_written)
+    with pytest.raises(RuntimeError, match="went away"):
         refresh.load_connection(rt, connection)
+    (written,) = inside
+    assert written[0] != before[0] and written[1] == "cursor-of-the-failed-load"
     with rt.db.session() as session:
-        after = (
-            warehouse.connection_fact_count(session, connection),
-            registry.get_cursor(session, connection, "balance_transactions"),
-        )
-    assert after == before
+        assert state(session) == before
 
 
 def test_staged_raw_records_are_deleted_once_aggregated(runtime, sandbox):

@@ -143,6 +143,9 @@ class AuditEvent(Base):
     tenant_id: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
     # Counts and ids only: never names, emails, secrets or data.
     details: Mapped[dict] = mapped_column(JSON, default=dict)
+    # Why a member of staff did it (--reason): a ticket, not personal data. NULL for events
+    # that are no staff access (a client's invite, a token refresh) and for older events.
+    reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
 
 
 class Fact(Base):
@@ -234,7 +237,8 @@ class DeletionRequest(Base):
     tenant_id: Mapped[str] = mapped_column(String(36))
     requested_by: Mapped[str] = mapped_column(String(200))
     requested_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    #: pending -> running -> done, or failed (rerunning resumes a failed or running one)
+    #: pending -> running -> deleted -> done, or failed. ``done`` only once every row and
+    #: file is gone and verification passed; any other status is resumed by a rerun.
     status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
     started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     completed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
@@ -243,6 +247,17 @@ class DeletionRequest(Base):
     #: counts only: {"attempted": n, "revoked": n, "failed": n, "unsupported": n}
     revocations: Mapped[dict] = mapped_column(JSON, default=dict)
     verified: Mapped[bool | None] = mapped_column(nullable=True)
+    verified_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    #: what is left for the operator, by source and kind only (no ids): grants whose
+    #: revocation failed (with the retry command) and keys or passwords the client
+    #: should revoke at the provider
+    actions: Mapped[list] = mapped_column(JSON, default=list)
+    #: while the erasure runs: every identifier to search for (connection, link and
+    #: invite ids, the contact fields' plaintext), encrypted; cleared once verified
+    scope_ct: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    #: grants whose revocation failed: what a retry needs (source, endpoint options,
+    #: tokens), encrypted; cleared once revoked or the operator confirms it was
+    retry_ct: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     #: the kind of failure (an exception type), never a message that could hold data
     error: Mapped[str | None] = mapped_column(String(200), nullable=True)
 

@@ -2,14 +2,24 @@
 
 1. ``fetch``: read a connection's source incrementally from its cursor (less a
    lookback for late data) into transient staging under ``WRITEVUE_HOME/staging``.
-2. ``load``: aggregate the staged records with polars and upsert them, advancing
-   the cursor in the same commit; the staged raw records are then deleted.
+2. ``load``: aggregate the staged records with polars, check that the facts are
+   aggregates (``aggregates_only``: declared categorical dimension, cap, no personal
+   identifiers, declared metrics), and upsert them, advancing the cursor in the same
+   commit; the staged raw records are then deleted.
+
+Staged raw records never sit readable on disk: ``records.parquet`` holds the records'
+parquet bytes sealed with AES-256-GCM under a key made when this process starts and
+held only in its memory (``_RUN_KEY``). Fetch and load run in the same process (one
+Dagster step, one CLI command), so the run reads back what it staged; a run that dies
+in between leaves ciphertext whose key died with it, which nobody can read (the load
+of a later run refuses it: fetch again), and the retention sweep removes it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import io
 import json
 import os
 import shutil
@@ -22,8 +32,11 @@ from pathlib import Path
 
 import httpx
 import polars as pl
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from . import registry, warehouse
+from .aggregates_only import AggregatesRefused, check_facts
 from .errors import CredentialRejected, SourceError, WriteVueError
 from .models import Connection
 from .registry import ConnectionInfo
@@ -32,6 +45,7 @@ from .sources import FetchRequest, get_source
 from .sources.http import DEFAULT_MAX_IN_FLIGHT, open_client
 from .vault import VaultError
 
+RECORDS_FILE = "records.parquet"  # sealed parquet bytes (see the module docstring)
 POOL_SIZE = 2
 POOL_SHARDS = max(1, DEFAULT_MAX_IN_FLIGHT // POOL_SIZE)
 POOL_LIMITS = httpx.Limits(max_connections=POOL_SIZE, max_keepalive_connections=POOL_SIZE)
@@ -60,6 +74,59 @@ class LoadSummary:
 
 def _staging_dir(runtime: Runtime, connection_id: str) -> Path:
     return runtime.settings.staging_dir / connection_id
+
+
+#: the key staged records are sealed with: made per process (a run), never written down
+_RUN_KEY = AESGCM(AESGCM.generate_key(bit_length=256))
+_SEALED = b"WVSEAL1\n"  # what a sealed staging file starts with (so no format sniffs it)
+_NONCE_BYTES = 12
+
+
+def _seal(connection_id: str, name: str, data: bytes) -> bytes:
+    """``data`` encrypted under this run's key, bound to the connection and file name."""
+    nonce = os.urandom(_NONCE_BYTES)
+    binding = f"{connection_id}/{name}".encode()
+    return _SEALED + nonce + _RUN_KEY.encrypt(nonce, data, binding)
+
+
+def _unseal(connection_id: str, name: str, sealed: bytes) -> bytes:
+    header, nonce_end = len(_SEALED), len(_SEALED) + _NONCE_BYTES
+    try:
+        if not sealed.startswith(_SEALED):
+            raise InvalidTag
+        binding = f"{connection_id}/{name}".encode()
+        return _RUN_KEY.decrypt(sealed[header:nonce_end], sealed[nonce_end:], binding)
+    except InvalidTag:
+        raise SourceError.of_connection(
+            connection_id,
+            "its staged records were sealed by another run (one that stopped before loading "
+            "them) and cannot be read; fetch it again",
+        ) from None
+
+
+def write_staged_records(runtime: Runtime, connection_id: str, records: pl.DataFrame) -> None:
+    """Stage a connection's raw records: serialised in memory and sealed under this run's
+    key before a byte reaches the disk."""
+    buffer = io.BytesIO()
+    records.write_parquet(buffer)
+    sealed = _seal(connection_id, RECORDS_FILE, buffer.getbuffer().tobytes())
+    _write_private(_staging_dir(runtime, connection_id) / RECORDS_FILE, sealed)
+
+
+def read_staged_records(runtime: Runtime, connection_id: str) -> pl.DataFrame:
+    """A connection's staged raw records, which only the run that staged them can read
+    (a ``SourceError`` saying to fetch again otherwise)."""
+    sealed = (_staging_dir(runtime, connection_id) / RECORDS_FILE).read_bytes()
+    return pl.read_parquet(io.BytesIO(_unseal(connection_id, RECORDS_FILE, sealed)))
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` atomically (a temporary file, then a rename), readable by us only."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as file:
+        file.write(data)
+    os.replace(tmp, path)
 
 
 def window_start(runtime: Runtime, cursor: str | None, *, today: dt.date | None = None) -> dt.date:
@@ -284,14 +351,10 @@ def _stage(runtime: Runtime, connection: ConnectionInfo, start: dt.date, result)
         window_start=start.isoformat(),
         next_cursor=result.next_cursor,
     )
-    records_tmp = folder / "records.parquet.tmp"
-    result.records.write_parquet(records_tmp)
-    os.replace(records_tmp, folder / "records.parquet")
-    manifest_tmp = folder / "manifest.json.tmp"
-    manifest_tmp.write_text(
-        json.dumps(asdict(summary) | {"source": connection.source, "staged_at": time.time()})
-    )
-    os.replace(manifest_tmp, folder / "manifest.json")
+    write_staged_records(runtime, connection.id, result.records)
+    # The manifest holds counts, the window, the cursor and the source: no record.
+    manifest = asdict(summary) | {"source": connection.source, "staged_at": time.time()}
+    _write_private(folder / "manifest.json", json.dumps(manifest).encode())
     return summary
 
 
@@ -360,7 +423,12 @@ def load_connection(runtime: Runtime, connection_id: str) -> LoadSummary:
             connection_id, "nothing staged to aggregate; run its fetch first"
         )
     manifest = json.loads(manifest_path.read_text())
-    records = pl.read_parquet(folder / "records.parquet")
+    try:
+        records = read_staged_records(runtime, connection_id)
+    except SourceError:
+        # Unreadable by anyone now: its key died with the run that staged it.
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     source_name = manifest.get("source")
     if source_name is None:  # staged by a version that did not record it
         with runtime.db.session() as session:
@@ -373,6 +441,12 @@ def load_connection(runtime: Runtime, connection_id: str) -> LoadSummary:
     try:
         with runtime.db.locked_session() as session:
             connection = registry.writable_connection(session, connection_id)
+            # The one place every source's facts pass before the warehouse: refused
+            # facts leave the connection's stored facts and cursor as they were.
+            rules = source.fact_rules(connection)
+            check_facts(
+                facts, connection_id=connection.id, dimension=rules.dimension, kinds=rules.kinds
+            )
             summary = warehouse.upsert_facts(
                 session,
                 connection,
@@ -383,7 +457,8 @@ def load_connection(runtime: Runtime, connection_id: str) -> LoadSummary:
             if manifest.get("next_cursor"):
                 registry.set_cursor(session, connection, source.stream, manifest["next_cursor"])
             registry.record_refresh_result(session, connection.id, error=None)
-    except registry.ConnectionErased:
+    except (registry.ConnectionErased, AggregatesRefused):
+        # Erased, or not aggregates: either way its raw records go now.
         shutil.rmtree(folder, ignore_errors=True)
         raise
     # Raw records are transient: once their aggregates are committed they go.

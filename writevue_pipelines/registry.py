@@ -248,15 +248,39 @@ def audit(
     actor: str,
     action: str,
     tenant_id: str | None = None,
+    *,
+    reason: str | None = None,
     **details: Any,
 ) -> None:
-    session.add(AuditEvent(actor=actor, action=action, tenant_id=tenant_id, details=details))
+    session.add(
+        AuditEvent(actor=actor, action=action, tenant_id=tenant_id, details=details, reason=reason)
+    )
 
 
-def list_audit(session: Session, tenant_id: str | None = None) -> list[AuditEvent]:
+def list_audit(
+    session: Session,
+    tenant_id: str | None = None,
+    *,
+    actor: str | None = None,
+    action: str | None = None,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+) -> list[AuditEvent]:
+    """Audit events, oldest first; ``action`` ending in ``.`` matches every action it begins."""
     query = select(AuditEvent).order_by(AuditEvent.at, AuditEvent.id)
     if tenant_id is not None:
         query = query.where(AuditEvent.tenant_id == tenant_id)
+    if actor is not None:
+        query = query.where(AuditEvent.actor == actor)
+    if action is not None:
+        if action.endswith("."):
+            query = query.where(AuditEvent.action.startswith(action, autoescape=True))
+        else:
+            query = query.where(AuditEvent.action == action)
+    if since is not None:
+        query = query.where(AuditEvent.at >= since)
+    if until is not None:
+        query = query.where(AuditEvent.at < until)
     return list(session.scalars(query))
 
 

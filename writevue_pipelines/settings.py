@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from urllib.parse import quote
 
 _CRON_PREFIX = "WRITEVUE_REFRESH_CRON_"
 
@@ -47,6 +48,10 @@ class Settings:
     #: failed token lookups an address may make per minute, per surface (links, invites),
     #: before its failures get 429; a live link or invite is never refused
     guess_limit: int = 20
+    #: the Dagster instance's PostgreSQL storage, when it has one (the erasure proof
+    #: searches its run history): ``WRITEVUE_DAGSTER_DATABASE_URL``, else built from the
+    #: ``DAGSTER_PG_*`` variables that deploy/dagster.yaml reads
+    dagster_database_url: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -85,6 +90,7 @@ class Settings:
             trend_min_referrer_views=_positive_int(env, "WRITEVUE_TREND_MIN_REFERRER_VIEWS", 5),
             run_retention_days=_positive_int(env, "WRITEVUE_RUN_RETENTION_DAYS", 30),
             guess_limit=_positive_int(env, "WRITEVUE_GUESS_LIMIT", 20),
+            dagster_database_url=_dagster_database_url(env),
         )
 
     def cron_for(self, source: str) -> str:
@@ -145,3 +151,16 @@ class ConfigError(Exception):
 
 def get_settings() -> Settings:
     return Settings.from_env()
+
+
+def _dagster_database_url(env) -> str | None:
+    if env.get("WRITEVUE_DAGSTER_DATABASE_URL"):
+        return env["WRITEVUE_DAGSTER_DATABASE_URL"]
+    host, db = env.get("DAGSTER_PG_HOST"), env.get("DAGSTER_PG_DB")
+    if not (host and db):
+        return None
+    user = quote(env.get("DAGSTER_PG_USERNAME") or "postgres", safe="")
+    password = env.get("DAGSTER_PG_PASSWORD")
+    auth = f"{user}:{quote(password, safe='')}" if password else user
+    port = env.get("DAGSTER_PG_PORT") or "5432"
+    return f"postgresql+psycopg://{auth}@{host}:{port}/{quote(db, safe='')}"

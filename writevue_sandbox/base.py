@@ -52,6 +52,7 @@ class SandboxHandler(tornado.web.RequestHandler):
         delay = plan.latency_ms / 1000 + self.application.settings["latency_s"]
         if delay:
             await asyncio.sleep(delay)
+        await self._wait_while_held()
         if not plan.counts:
             return False
         seen: Counter = self.application.settings["fault_counts"]
@@ -76,6 +77,16 @@ class SandboxHandler(tornado.web.RequestHandler):
             self._body_fault = kind
             return False
         return False
+
+    async def _wait_while_held(self) -> None:
+        """Tests hold every answer while ``settings["hold"]`` (an Event) is unset, to keep a
+        client's request in flight while something else happens: an event, not a delay."""
+        gate = self.application.settings.get("hold")
+        if gate is None or gate.is_set():
+            return
+        self.count("held")
+        while not gate.is_set():
+            await asyncio.sleep(0.01)
 
 
 class NotFoundHandler(SandboxHandler):

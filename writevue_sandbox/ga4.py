@@ -8,8 +8,10 @@ RESOURCE_EXHAUSTED (the ``429`` fault knob).
 
 Bearer tokens accepted:
 
-- access tokens issued by the sandbox's OAuth2 server (``writevue_sandbox/oauth.py``), the way
-  a real connection reaches it;
+- access tokens issued by the sandbox's OAuth2 servers while unexpired and unrevoked: its
+  Google endpoints (``writevue_sandbox/google_oauth.py``, the way a GA4 connection reaches
+  it; such a token needs an Analytics scope, else 403 PERMISSION_DENIED "insufficient
+  authentication scopes") or its generic one (``writevue_sandbox/oauth.py``);
 - for the sandbox only, static test tokens ``ya29.sandbox-<account>`` (optionally with a
   fault plan, ``ya29.sandbox-acme__f_429x2``), so tests of the GA4 source do not need
   the OAuth flow. Google never issues such tokens.
@@ -20,10 +22,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 
-from . import ga4_data
+from . import ga4_data, google_oauth
 from .base import SandboxHandler
 from .faults import SEPARATOR
 
+#: a token from the sandbox's Google endpoints needs one of these (others are not checked)
+ANALYTICS_SCOPES = {
+    "https://www.googleapis.com/auth/analytics.readonly",
+    "https://www.googleapis.com/auth/analytics",
+}
 STATIC_TOKEN_PREFIX = "ya29.sandbox-"  # noqa: S105 - a prefix, not a credential
 MAX_LIMIT = 250_000
 GOOGLE_STATUS = {
@@ -87,6 +94,13 @@ class GoogleHandler(SandboxHandler):
                     "Request had invalid authentication credentials. Expected OAuth 2 access "
                     "token, login cookie or other valid authentication credential.",
                 ),
+            )
+            return None
+        scopes = google_oauth.scopes_of_access_token(self.application.settings, token)
+        if scopes is not None and not scopes & ANALYTICS_SCOPES:
+            self.count("ga4.insufficient_scope")
+            self.write_json(
+                403, google_error(403, "Request had insufficient authentication scopes.")
             )
             return None
         if await self.apply_faults(credential, scope="ga4"):

@@ -12,7 +12,7 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from . import faults as fault_plans
-from . import ga4, github, oauth, rest, stripe
+from . import ga4, github, google_oauth, oauth, rest, stripe
 from .base import NotFoundHandler, SandboxHandler
 
 
@@ -52,6 +52,7 @@ def make_app(
         [
             *stripe.routes(),
             *oauth.routes(),
+            *google_oauth.routes(),
             *ga4.routes(),
             *rest.routes(),
             *github.routes(),

@@ -7,7 +7,7 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from ..errors import WriteVueError
 from ..settings import ConfigError
@@ -40,6 +40,12 @@ class Command:
     args: tuple[Arg, ...]
     handler: Callable[[argparse.Namespace], None]
     allow_abbrev: bool = True
+    #: the staff-audit action it records, or False; None: not declared (a test fails)
+    audit: str | Literal[False] | None = None
+
+    @property
+    def name(self) -> str:
+        return " ".join(self.path)
 
 
 _GROUPS: dict[str, str] = {}
@@ -51,11 +57,25 @@ def group(name: str, help: str) -> None:
     _GROUPS[name] = help
 
 
-def command(path: str, help: str, *args: Arg, allow_abbrev: bool = True):
-    """Register the decorated function as ``writevue <path>`` with these arguments."""
+def command(
+    path: str,
+    help: str,
+    *args: Arg,
+    allow_abbrev: bool = True,
+    audit: str | Literal[False] | None = None,
+):
+    """Register the decorated function as ``writevue <path>`` with these arguments.
+
+    ``audit`` says where the command stands with the staff audit, and every command
+    must say it (``tests/test_staff_audit.py`` fails otherwise): the action it records
+    (``"tenant.show"``) if it reveals a tenant's personal data or figures or creates
+    access to them, and then it takes ``--actor`` and ``--reason`` (``inputs.ACTOR``,
+    ``inputs.REASON``) and records through ``inputs.staff_access``; ``False`` if it
+    does neither.
+    """
 
     def register(handler: Callable[[argparse.Namespace], None]):
-        _COMMANDS.append(Command(tuple(path.split()), help, args, handler, allow_abbrev))
+        _COMMANDS.append(Command(tuple(path.split()), help, args, handler, allow_abbrev, audit))
         return handler
 
     return register
@@ -92,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
             sub = top.add_parser(head, help=cmd.help, allow_abbrev=cmd.allow_abbrev)
         for argument in cmd.args:
             sub.add_argument(*argument.flags, **argument.options)
-        sub.set_defaults(handler=cmd.handler)
+        sub.set_defaults(handler=cmd.handler, audit_action=cmd.audit or None)
     return parser
 
 

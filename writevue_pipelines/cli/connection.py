@@ -8,7 +8,7 @@ import sys
 from .. import registry
 from ..errors import CredentialRejected, InvalidInput, SourceError
 from .app import arg, command, group
-from .inputs import ACTOR, parse_options, read_secret, ready_runtime
+from .inputs import ACTOR, REASON, parse_options, read_secret, ready_runtime, staff_access
 
 group("connection", "data sources of a tenant")
 
@@ -40,12 +40,16 @@ NO_VERIFY = arg(
     arg("--password-env", metavar="VAR", help="basic auth: environment variable holding it"),
     OPTION,
     NO_VERIFY,
+    ACTOR,
+    REASON,
     # no abbreviations: `--password x` must not be taken for `--password-env x`
     allow_abbrev=False,
+    audit="connection.add",
 )
 def add(args) -> None:
     from ..sources import get_source
 
+    access = staff_access(args)
     runtime = ready_runtime()
     source = get_source(args.source)
     if args.auth not in source.auth_kinds:
@@ -65,7 +69,7 @@ def add(args) -> None:
         raise InvalidInput("--username and --password-env are for --auth basic.")
     options = source.validate_options(parse_options(args.option))
     with runtime.db.session() as session:
-        registry.require_tenant(session, args.tenant_id)
+        tenant_id = registry.require_tenant(session, args.tenant_id)
     if args.auth == "basic":
         password = read_secret(
             "password", env_var=args.password_env, flag="--password-env", one_line=True
@@ -79,6 +83,7 @@ def add(args) -> None:
         connection_id = registry.add_connection(
             session, runtime.keys, args.tenant_id, source.name, args.auth, options, secrets
         )
+        access.record_in(session, tenant_id, connection_id=connection_id)
     if args.auth == "basic":
         print(BASIC_AUTH_ADVICE, file=sys.stderr)
     elif source.name == "stripe" and secrets["api_key"].startswith("sk_"):
@@ -98,12 +103,16 @@ def add(args) -> None:
     arg("--username", help="basic auth: the account name (default: the stored one)"),
     arg("--password-env", metavar="VAR", help="basic auth: environment variable holding it"),
     NO_VERIFY,
+    ACTOR,
+    REASON,
     allow_abbrev=False,
+    audit="connection.rekeyed",
 )
 def rekey(args) -> None:
     from ..models import Connection
     from ..sources import get_source
 
+    access = staff_access(args)
     runtime = ready_runtime()
     with runtime.db.session() as session:
         connection = registry.get_connection(session, args.connection_id)
@@ -156,9 +165,7 @@ def rekey(args) -> None:
         row = session.get(Connection, connection.id)
         if row.status in ("failing", "needs_reauth"):
             row.status, row.last_error = "active", None
-        registry.audit(
-            session, "operator", "connection.rekeyed", connection.tenant_id, connection_id=row.id
-        )
+        access.record_in(session, connection.tenant_id, connection_id=row.id)
     print(f"ok: connection {connection.id} has its new credential", file=sys.stderr)
 
 
@@ -201,10 +208,14 @@ def _api_key(env_var: str | None) -> str:
     OPTION,
     arg("--redirect-uri", metavar="URI", help="defaults to the connect callback"),
     arg("--reconnect", metavar="CONNECTION_ID", help="renew this connection"),
+    ACTOR,
+    REASON,
+    audit="connection.authorize",
 )
 def authorize(args) -> None:
     from ..oauth.flow import begin_authorization
 
+    access = staff_access(args)
     runtime = ready_runtime()
     redirect_uri = args.redirect_uri or f"{runtime.settings.dashboard_base_url}/oauth/callback"
     url = begin_authorization(
@@ -215,6 +226,10 @@ def authorize(args) -> None:
         redirect_uri,
         reconnect=args.reconnect,
     )
+    with runtime.db.session() as session:
+        tenant_id = registry.require_tenant(session, args.tenant_id)
+    details = {"reconnect": args.reconnect} if args.reconnect else {}
+    access.record(runtime, tenant_id, **details)
     print(
         "Open this URL (or send it to the client) to authorise read-only access; it works "
         "once, for 10 minutes. Then pipe the URL the browser lands on into "
@@ -228,13 +243,22 @@ def authorize(args) -> None:
     "connection complete",
     "finish an OAuth2 authorisation: the callback URL comes on stdin; "
     "prints the connection id last",
+    ACTOR,
+    REASON,
+    audit="connection.complete",
 )
-def complete(_args) -> None:
+def complete(args) -> None:
     from ..oauth.flow import complete_authorization, parse_callback
 
+    access = staff_access(args)
     runtime = ready_runtime()
     state, code = parse_callback(read_secret("callback URL"))
-    print(complete_authorization(runtime, state, code))
+    connection_id = complete_authorization(runtime, state, code)
+    # The tenant is known once the state is spent; the grant itself is audited as "oauth".
+    with runtime.db.session() as session:
+        connection = registry.get_connection(session, connection_id)
+    access.record(runtime, connection.tenant_id, connection_id=connection_id)
+    print(connection_id)
 
 
 @command(
@@ -242,22 +266,18 @@ def complete(_args) -> None:
     "read a connection's last day from its source to prove it works; keeps nothing (audited)",
     arg("connection_id"),
     ACTOR,
+    REASON,
+    audit="connection.test",
 )
 def test(args) -> None:
-    from ..privacy import operator_name, record_access
     from ..refresh import check_connection
 
+    access = staff_access(args)
     runtime = ready_runtime()
     with runtime.db.session() as session:
         connection = registry.get_connection(session, args.connection_id)
     # Reading a tenant's source is reading its data: audited before it happens.
-    record_access(
-        runtime,
-        operator_name(args.actor),
-        "connection.test",
-        connection.tenant_id,
-        connection_id=connection.id,
-    )
+    access.record(runtime, connection.tenant_id, connection_id=connection.id)
     result = check_connection(runtime, connection.id)
     print(
         f"ok: {connection.source} connection {connection.id} answered "
@@ -266,12 +286,26 @@ def test(args) -> None:
     )
 
 
-@command("connection list", "list connections", arg("--tenant"), arg("--json", action="store_true"))
+@command(
+    "connection list",
+    "list connections, their status and last error (audited)",
+    arg("--tenant"),
+    arg("--json", action="store_true"),
+    ACTOR,
+    REASON,
+    audit="connection.list",
+)
 def list_connections(args) -> None:
+    access = staff_access(args)
     runtime = ready_runtime()
     with runtime.db.session() as session:
         tenant_id = registry.require_tenant(session, args.tenant) if args.tenant else None
         connections = registry.list_connections(session, tenant_id=tenant_id)
+    if tenant_id is not None:
+        access.record(runtime, tenant_id, connections=len(connections))
+    else:  # one record for the whole list: the counts, no tenant ids
+        tenants = len({c.tenant_id for c in connections})
+        access.record(runtime, None, connections=len(connections), tenants=tenants)
     rows = [
         {
             "id": c.id,
@@ -304,10 +338,14 @@ def list_connections(args) -> None:
         help="an option a source is connected with, such as stripe.base_url=URL",
     ),
     arg("--expires-in", type=int, default=7, metavar="DAYS"),
+    ACTOR,
+    REASON,
+    audit="connection.invite",
 )
 def invite(args) -> None:
     from ..invites import create_invite
 
+    access = staff_access(args)
     runtime = ready_runtime()
     options: dict[str, dict[str, str]] = {}
     for key, value in parse_options(args.option).items():
@@ -323,6 +361,7 @@ def invite(args) -> None:
             options=options,
             expires_in_days=args.expires_in,
         )
+        access.record_in(session, invite.tenant_id, invite_id=invite.id)
     print(
         f"invite id: {invite.id}; offers {', '.join(invite.sources)}; "
         f"works once, until {invite.expires_at:%Y-%m-%d %H:%M} UTC",

@@ -284,6 +284,7 @@ def say(message: str) -> None:
     arg("--ui-port", type=int),
     arg("--dashboard-port", type=int),
     arg("--sandbox-port", type=int),
+    audit=False,  # touches only its own demo tenant
 )
 def demo(args) -> None:
     code = run_demo(
@@ -301,6 +302,7 @@ def demo(args) -> None:
     "run the sandbox provider (python -m writevue_sandbox)",
     arg("--host", default="127.0.0.1"),
     arg("--port", type=int, default=8765),
+    audit=False,
 )
 def sandbox(args) -> None:
     # Replaced by the sandbox's own process: the product never imports it.

@@ -7,13 +7,79 @@ import os
 import re
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInput
 from ..runtime import Runtime
 from .app import CliError, arg
 
-#: the ``--actor`` flag of every command that reads a tenant's data
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+#: the variable a script (or a session) gives its staff-audit reason in
+AUDIT_REASON_ENV = "WRITEVUE_AUDIT_REASON"
+
+#: the ``--actor`` flag of every audited command (``@command(..., audit="action")``)
 ACTOR = arg("--actor", help="who is running this, for the staff audit (default: the OS user)")
+#: the ``--reason`` flag of every audited command
+REASON = arg(
+    "--reason",
+    metavar="TEXT",
+    help=f"why, for the staff audit: a ticket, not personal data (default: ${AUDIT_REASON_ENV}; "
+    "required in a terminal, 'unspecified' in a script)",
+)
+
+
+@dataclass(frozen=True)
+class StaffAccess:
+    """Who is about to reveal a tenant's data or create access to it, and why."""
+
+    actor: str
+    reason: str
+    action: str
+
+    def record(self, runtime: Runtime, tenant_id: str | None, **details: Any) -> None:
+        """Record it in its own commit, before the data is shown or read. With no tenant
+        id (a list of many tenants) ``details`` say how many: ids of other tenants would
+        outlive their erasure."""
+        from ..privacy.audit import record_access
+
+        record_access(runtime, self.actor, self.action, tenant_id, reason=self.reason, **details)
+
+    def record_in(self, session: Session, tenant_id: str | None, **details: Any) -> None:
+        """Record it in the caller's transaction: with the access it creates, or not at all."""
+        from .. import registry
+
+        registry.audit(session, self.actor, self.action, tenant_id, reason=self.reason, **details)
+
+
+def staff_access(args) -> StaffAccess:
+    """The actor and reason of an audited command, checked before it does anything.
+
+    The reason is ``--reason``, else ``$WRITEVUE_AUDIT_REASON``; without either a command
+    run in a terminal is refused (staff can say why) and one run by a script records
+    "unspecified".
+    """
+    from ..privacy.audit import UNSPECIFIED, audit_reason, operator_name
+
+    action = getattr(args, "audit_action", None)
+    if not action:
+        raise RuntimeError("staff_access is for commands registered with audit='action'")
+    actor = operator_name(args.actor)
+    reason = args.reason
+    if reason is None:
+        reason = os.environ.get(AUDIT_REASON_ENV, "").strip() or None
+    if reason is not None:
+        reason = audit_reason(reason)
+    elif sys.stdin is not None and sys.stdin.isatty():
+        raise CliError(
+            f"`{action}` is recorded in the staff audit with a reason: add --reason TEXT "
+            f"(a ticket, not personal data) or set {AUDIT_REASON_ENV}."
+        )
+    else:
+        reason = UNSPECIFIED
+    return StaffAccess(actor, reason, action)
 
 
 def read_secret(

@@ -14,6 +14,7 @@ group("keys", "the encryption key ring")
     "keys rotate",
     "add a key and re-encrypt every secret under it; rerun to resume an interrupted one",
     arg("--batch", type=int, default=1000, metavar="ROWS"),
+    audit=False,  # re-encrypts every secret and shows none
 )
 def rotate(args) -> None:
     from ..privacy import keys
@@ -33,7 +34,12 @@ def rotate(args) -> None:
     print("older keys can now be retired with `writevue keys retire VERSION`", file=sys.stderr)
 
 
-@command("keys retire", "remove an old key once no secret uses it", arg("version", type=int))
+@command(
+    "keys retire",
+    "remove an old key once no secret uses it",
+    arg("version", type=int),
+    audit=False,
+)
 def retire(args) -> None:
     from ..privacy import keys
 
@@ -48,6 +54,7 @@ def retire(args) -> None:
 @command(
     "keys rotate-session-secret",
     "replace the secret that signs dashboard sessions; open pages are asked to reload",
+    audit=False,
 )
 def rotate_session_secret(_args) -> None:
     from ..session_secret import rotate_session_secret

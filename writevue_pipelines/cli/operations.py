@@ -4,27 +4,27 @@ from __future__ import annotations
 
 from .. import registry
 from .app import CliError, arg, command
-from .inputs import ready_runtime
+from .inputs import ACTOR, REASON, ready_runtime, staff_access
 
 
 @command(
     "refresh",
-    "materialise now, in process",
+    "materialise now, in process (audited with --tenant: one tenant's figures, by hand)",
     arg("--tenant"),
-    arg("--actor", help="with --tenant: who, for the staff audit"),
+    ACTOR,
+    REASON,
+    audit="tenant.refresh",  # with --tenant; every tenant's is the schedule's work, by hand
 )
 def refresh(args) -> None:
     from ..defs.refresh_now import refresh_now
 
+    access = staff_access(args) if args.tenant else None
     runtime = ready_runtime()
     tenant_id = None
-    if args.tenant:
-        from ..privacy import operator_name, record_access
-
-        actor = operator_name(args.actor)
+    if access is not None:
         with runtime.db.session() as session:
             tenant_id = registry.require_tenant(session, args.tenant)
-        record_access(runtime, actor, "tenant.refresh", tenant_id)
+        access.record(runtime, tenant_id)
     report = refresh_now(runtime, tenant_id=tenant_id)
     for line in report.lines():
         print(line)
@@ -37,6 +37,7 @@ def refresh(args) -> None:
     "run the dashboard server",
     arg("--host", default="127.0.0.1"),
     arg("--port", type=int, default=5006),
+    audit=False,  # dashboards are for link holders; their use is in the access log
 )
 def serve(args) -> None:
     from dashboard_server.server import serve

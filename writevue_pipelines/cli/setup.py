@@ -7,7 +7,7 @@ from ..settings import get_settings
 from .app import command
 
 
-@command("init", "create WRITEVUE_HOME, its keys and the schema (idempotent)")
+@command("init", "create WRITEVUE_HOME, its keys and the schema (idempotent)", audit=False)
 def init(_args) -> None:
     report = init_home(get_settings())
     print(f"WriteVue home: {report.home}")

@@ -12,13 +12,17 @@ from pathlib import Path
 
 from .. import links, registry
 from .app import CliError, arg, command, group
-from .inputs import ACTOR, ready_runtime
+from .inputs import ACTOR, REASON, ready_runtime, staff_access
 
 group("tenant", "clients")
 
 
 @command(
-    "tenant add", "add a tenant; prints its id last", arg("name"), arg("--email", required=True)
+    "tenant add",
+    "add a tenant; prints its id last",
+    arg("name"),
+    arg("--email", required=True),
+    audit=False,  # shows nothing that was not typed
 )
 def add(args) -> None:
     runtime = ready_runtime()
@@ -27,11 +31,21 @@ def add(args) -> None:
     print(tenant_id)
 
 
-@command("tenant list", "list tenants", arg("--json", action="store_true"))
+@command(
+    "tenant list",
+    "list tenants with their names and emails (audited)",
+    arg("--json", action="store_true"),
+    ACTOR,
+    REASON,
+    audit="tenant.list",
+)
 def list_tenants(args) -> None:
+    access = staff_access(args)
     runtime = ready_runtime()
     with runtime.db.session() as session:
         tenants = registry.list_tenants(session, runtime.keys)
+    # One record for the whole list: no tenant id, the count (every tenant there was).
+    access.record(runtime, None, tenants=len(tenants))
     if args.json:
         rows = [
             {"id": t.id, "name": t.name, "email": t.email, "created_at": t.created_at.isoformat()}
@@ -49,11 +63,11 @@ def list_tenants(args) -> None:
     arg("tenant_id"),
     arg("--json", action="store_true"),
     ACTOR,
+    REASON,
+    audit="tenant.show",
 )
 def show(args) -> None:
-    from .. import privacy
-
-    actor = privacy.operator_name(args.actor)
+    access = staff_access(args)
     runtime = ready_runtime()
     with runtime.db.session() as session:
         tenant = registry.get_tenant(session, runtime.keys, args.tenant_id)
@@ -61,7 +75,7 @@ def show(args) -> None:
         live_links = [
             item for item in links.list_links(session, tenant.id) if item.state() == "live"
         ]
-    privacy.record_access(runtime, actor, "tenant.show", tenant.id)
+    access.record(runtime, tenant.id)
     shown = {
         "id": tenant.id,
         "name": tenant.name,
@@ -100,17 +114,17 @@ def show(args) -> None:
     arg("--out", required=True, metavar="FILE.zip"),
     arg("--force", action="store_true", help="replace FILE.zip if it exists"),
     ACTOR,
+    REASON,
+    audit="tenant.export",
 )
 def export(args) -> None:
     from .. import privacy
 
-    actor = privacy.operator_name(args.actor)
+    access = staff_access(args)
     runtime = ready_runtime()
     tenant_id = registry.parse_uuid(args.tenant_id, "Tenant")
     report = privacy.export_tenant(runtime, tenant_id, Path(args.out), force=args.force)
-    privacy.record_access(
-        runtime, actor, "tenant.export", tenant_id, facts=report.facts, bytes=report.bytes
-    )
+    access.record(runtime, tenant_id, facts=report.facts, bytes=report.bytes)
     print(
         f"exported {report.facts} aggregates, {report.connections} connections and "
         f"{report.links} links ({report.bytes} bytes); the file holds personal data",
@@ -125,13 +139,19 @@ def export(args) -> None:
     arg("tenant_id"),
     arg("--yes", action="store_true", help="do not ask for confirmation"),
     ACTOR,
+    REASON,
+    audit="tenant.erase",
 )
 def erase(args) -> None:
     from .. import privacy
     from ..privacy.erasure import check_erasable
 
-    actor = privacy.operator_name(args.actor)
+    access = staff_access(args)
+    actor = access.actor
     runtime = ready_runtime()
+    # No tenant id: the erasure removes every row that holds it, but this record stays.
+    # The erasure record (`audit list`, `tenant.erased`) names the tenant and the actor.
+    access.record(runtime, None)
     tenant_id = check_erasable(runtime, args.tenant_id)
     if not args.yes:
         if sys.stdin is None or not sys.stdin.isatty():
@@ -147,7 +167,14 @@ def erase(args) -> None:
         print(line)
     if not report.ok:
         raise CliError(
-            "The erasure ran but its verification found tenant data left (listed above)."
+            "The erasure ran but is not verified: tenant data remains or could not be "
+            "checked (listed above). Fix that, then run this command again to finish it."
+        )
+    if report.needs_action:
+        print(
+            f"Erased and verified; {len(report.actions)} thing(s) need operator action "
+            "(listed above).",
+            file=sys.stderr,
         )
 
 
@@ -156,15 +183,46 @@ def erase(args) -> None:
     "record a client's erasure request; the erasure sensor carries it out",
     arg("tenant_id"),
     ACTOR,
+    REASON,
+    audit="tenant.request-erasure",
 )
 def request_erasure(args) -> None:
     from .. import privacy
 
-    actor = privacy.operator_name(args.actor)
+    access = staff_access(args)
     runtime = ready_runtime()
-    request_id = privacy.request_erasure(runtime, args.tenant_id, actor)
+    request_id = privacy.request_erasure(runtime, args.tenant_id, access.actor)
+    # No tenant id (it must not outlive the erasure): the request id links the two.
+    access.record(runtime, None, request=request_id)
     print(
         "recorded; the erasure sensor carries it out (or run `writevue tenant erase`)",
         file=sys.stderr,
     )
     print(request_id)
+
+
+@command(
+    "tenant revoke-grants",
+    "retry the grant revocations an erasure could not make",
+    arg("request_id", help="the erasure request (its report and `writevue audit list` name it)"),
+    arg(
+        "--confirm-revoked",
+        action="store_true",
+        help="the client revoked the access at the provider: delete the kept tokens instead",
+    ),
+    ACTOR,
+    audit=False,  # ends access to a provider and shows nothing (see tests/test_staff_audit.py)
+)
+def revoke_grants(args) -> None:
+    from .. import privacy
+
+    privacy.operator_name(args.actor)
+    runtime = ready_runtime()
+    report = privacy.retry_revocations(runtime, args.request_id, forget=args.confirm_revoked)
+    for line in report.lines():
+        print(line)
+    if report.failed:
+        raise CliError(
+            f"{len(report.failed)} revocation(s) still fail: retry later, or pass "
+            "--confirm-revoked once the client has revoked the access at the provider."
+        )

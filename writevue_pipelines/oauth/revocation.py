@@ -8,6 +8,7 @@ import httpx
 
 from .. import registry
 from ..errors import SourceError
+from ..registry import ConnectionInfo
 from ..runtime import Runtime
 from ..sources.http import AllowedWrite, open_client
 from .endpoints import (
@@ -32,6 +33,14 @@ def revoke_grant(runtime: Runtime, connection_id: str) -> bool:
         stored = registry.get_secrets(session, runtime.keys, connection)
     if connection.auth_kind != "oauth2":
         return False
+    return revoke_tokens(runtime, connection, stored)
+
+
+def revoke_tokens(runtime: Runtime, connection: ConnectionInfo, stored: dict[str, str]) -> bool:
+    """Revoke a grant from its tokens and the connection's source and options; False when
+    the source has no revocation endpoint. Used directly to retry a revocation that
+    failed during an erasure, after the connection's row is gone."""
+    connection_id = connection.id
     endpoints = connection_endpoints(connection)
     if not endpoints.revoke:
         return False
@@ -112,6 +121,10 @@ async def _revoke(
                 f"the revocation endpoint {host}{revoke_path} "
                 f"could not be reached ({type(exc).__name__})",
             ) from None
+    if response.status_code == 400 and _already_revoked(response):
+        # Google answers 400 invalid_token (where RFC 7009 says 200) for a token it no
+        # longer knows: the user removed the access, or an earlier erasure ended it.
+        return True
     if response.status_code != 200:
         raise SourceError.of_connection(
             connection_id,
@@ -119,3 +132,11 @@ async def _revoke(
             status=response.status_code,
         )
     return True
+
+
+def _already_revoked(response: httpx.Response) -> bool:
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("error") == "invalid_token"

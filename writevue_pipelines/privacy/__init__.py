@@ -10,6 +10,7 @@ from .erasure import (
     ErasureReport,
     pending_requests,
     request_erasure,
+    retry_revocations,
     run_erasure,
 )
 from .export import ExportReport, export_tenant
@@ -31,6 +32,7 @@ __all__ = [
     "record_access",
     "request_erasure",
     "retire_key",
+    "retry_revocations",
     "rotate_keys",
     "run_erasure",
     "sweep_staging",

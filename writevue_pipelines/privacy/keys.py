@@ -68,6 +68,17 @@ _register(
     )
 )
 
+# An erasure in progress: what it must search for, and grants whose revocation failed
+# (bound to the request's tenant id, as ``privacy.erasure`` seals them).
+for _column, _what in (("scope_ct", "scope"), ("retry_ct", "retry")):
+    _register(
+        CiphertextColumn(
+            "deletion_requests",
+            _column,
+            lambda r, what=_what: Binding(r["tenant_id"], None, f"erasure.{what}"),
+        )
+    )
+
 
 class UnknownCiphertextColumn(InvalidInput):
     pass

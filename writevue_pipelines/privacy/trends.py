@@ -306,8 +306,10 @@ __all__ = [
 ]
 
 
-def forget_links(runtime: Runtime, link_ids: Iterable[str]) -> int:
-    """Remove the raw access lines of erased links; returns how many lines went.
+def forget_links(runtime: Runtime, link_ids: Iterable[str]) -> tuple[int, list[str]]:
+    """Remove the raw access lines of erased links: (lines removed, files it could not
+    read or rewrite). A file it could not handle is not skipped silently: the erasure
+    reports it, and its verification fails on it.
 
     A link id is random and leads nowhere once its tenant is erased, but the promise is
     that nothing of the tenant's stays, so its lines go now rather than at log expiry.
@@ -316,25 +318,29 @@ def forget_links(runtime: Runtime, link_ids: Iterable[str]) -> int:
     """
     wanted = set(link_ids)
     if not wanted:
-        return 0
-    removed = 0
+        return 0, []
+    removed, failed = 0, []
     for paths in access_log_files(runtime.settings.log_dir).values():
         for path in paths:
             try:
-                lines = path.read_text(encoding="utf-8", errors="replace").splitlines(True)
-            except OSError:
-                continue
-            kept = []
-            for line in lines:
-                # By text, not by parsed field: a torn line still names its link.
-                if any(link_id in line for link_id in wanted):
-                    removed += 1
-                else:
-                    kept.append(line)
-            if len(kept) == len(lines):
-                continue
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("".join(kept), encoding="utf-8")
-            tmp.chmod(0o600)
-            tmp.replace(path)
-    return removed
+                removed += _forget_in(path, wanted)
+            except OSError as exc:
+                failed.append(f"access log {path.name} ({type(exc).__name__})")
+    return removed, failed
+
+
+def _forget_in(path: Path, wanted: set[str]) -> int:
+    with path.open("rb") as handle:
+        lines = handle.read().decode("utf-8", errors="replace").splitlines(True)
+    kept = []
+    for line in lines:
+        # By text, not by parsed field: a torn line still names its link.
+        if not any(link_id in line for link_id in wanted):
+            kept.append(line)
+    if len(kept) == len(lines):
+        return 0
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    tmp.chmod(0o600)
+    tmp.replace(path)
+    return len(lines) - len(kept)

@@ -1,56 +1,114 @@
-"""Proof that an erasure left nothing: every table, every file, the database's own bytes.
+"""Proof that an erasure left nothing: every table, every file and log, the database's own
+bytes, and the Dagster instance's storage. It fails closed: whatever it cannot check
+(a file it cannot read, a database it cannot reach) fails the verification, by name.
 
 Nothing here trusts the erasure's own bookkeeping. The tables are read from the live
-database (not from the models), every column of every row is searched for the
-tenant's id and its connection ids, every file under ``WRITEVUE_HOME`` is searched
-byte by byte, and on SQLite the database file and its WAL are searched raw after a
+database (not from the models), every column of every row is searched for every
+identifier of the tenant (its id, its connection, link and invite ids, and the
+plaintext of its encrypted contact fields), every file under ``WRITEVUE_HOME`` (and
+the staging, log and Dagster folders wherever they are) is searched byte by byte and
+by name, and on SQLite the database file and its WAL are searched raw after a
 checkpoint, so deleted bytes that linger in free pages are found too.
+
+Dagster's run history (its SQLite files, or its PostgreSQL storage) may keep the two
+opaque identifiers WriteVue gives it, the tenant id (a run tag) and connection ids
+(partition keys): they are reported as notes and go with run retention. Anything
+else of the tenant found there fails the verification.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import LargeBinary, MetaData, String, Table, cast, func, literal, or_, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
+from ..database import make_engine
 from ..runtime import Runtime
 from .scope import KEPT_TABLES
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
+#: a tenant name shorter than this is not searched for: it would match unrelated text
+MIN_NAME_LENGTH = 6
+
+TENANT_ID = "the tenant id"
+CONNECTION_ID = "a connection id"
+LINK_ID = "a dashboard link id"
+INVITE_ID = "an invite id"
+CONTACT = "the tenant's name or email"
+#: what Dagster's run history may keep (opaque ids that lead nowhere once erased)
+OPAQUE = frozenset({TENANT_ID, CONNECTION_ID})
+
+
+@dataclass(frozen=True)
+class Identifiers:
+    """Everything that would point to the tenant, to be searched for everywhere."""
+
+    tenant_id: str
+    connection_ids: tuple[str, ...] = ()
+    link_ids: tuple[str, ...] = ()
+    invite_ids: tuple[str, ...] = ()
+    #: the plaintext of the tenant's encrypted contact fields; held in memory only and
+    #: reported by kind, never by value
+    contact: tuple[str, ...] = field(default=(), repr=False)
+
+    def needles(self) -> dict[str, str]:
+        """needle -> what it is (the kind, which is all a report may say)."""
+        found = {self.tenant_id: TENANT_ID}
+        found |= dict.fromkeys(self.connection_ids, CONNECTION_ID)
+        found |= dict.fromkeys(self.link_ids, LINK_ID)
+        found |= dict.fromkeys(self.invite_ids, INVITE_ID)
+        for value in self.contact:
+            if value and ("@" in value or len(value) >= MIN_NAME_LENGTH):
+                found[value] = CONTACT
+        return {k: v for k, v in found.items() if k}
 
 
 @dataclass
 class VerificationReport:
     """Where the tenant still shows up; empty everywhere means the erasure is proven."""
 
-    #: table -> rows holding the tenant id or a connection id (outside the erasure record)
+    #: table -> rows holding an identifier (outside the erasure record's tenant_id)
     rows: dict[str, int] = field(default_factory=dict)
-    #: files under WRITEVUE_HOME holding an identifier, relative to it
+    #: files holding an identifier in their content or their name (path, kinds found)
     files: list[str] = field(default_factory=list)
     #: SQLite only: occurrences in the database file and WAL beyond the erasure record
     database_bytes: dict[str, int] = field(default_factory=dict)
-    #: files of the Dagster instance that mention a connection id (its run history: opaque
-    #: keys that no longer lead anywhere; removed by run retention, see docs/privacy.md)
-    dagster_files: list[str] = field(default_factory=list)
+    #: what could not be checked, and why: any entry fails the verification
+    unchecked: list[str] = field(default_factory=list)
+    #: Dagster's run history: where it holds something other than the opaque ids
+    dagster_found: list[str] = field(default_factory=list)
+    #: Dagster's run history: places holding only the opaque tenant and connection ids
+    dagster_notes: list[str] = field(default_factory=list)
     tables_scanned: int = 0
     files_scanned: int = 0
     raw_bytes_scanned: int = 0
+    dagster_tables_scanned: int = 0
 
     @property
     def ok(self) -> bool:
-        return not (self.rows or self.files or self.database_bytes)
+        return not (
+            self.rows or self.files or self.database_bytes or self.unchecked or self.dagster_found
+        )
+
+    @property
+    def dagster_files(self) -> list[str]:
+        return self.dagster_notes
 
     def lines(self) -> list[str]:
+        scanned = f"verified: {self.tables_scanned} tables, {self.files_scanned} files"
+        if self.raw_bytes_scanned:
+            scanned += f", {self.raw_bytes_scanned} raw database bytes"
+        if self.dagster_tables_scanned:
+            scanned += f", {self.dagster_tables_scanned} Dagster storage tables"
         lines = [
-            f"verified: {self.tables_scanned} tables, {self.files_scanned} files"
-            + (f", {self.raw_bytes_scanned} raw database bytes" if self.raw_bytes_scanned else "")
-            + (" — nothing of the tenant left" if self.ok else " — TENANT DATA REMAINS")
+            scanned + (" — nothing of the tenant left" if self.ok else " — TENANT DATA REMAINS")
         ]
         lines += [f"  still in table {name}: {count} rows" for name, count in self.rows.items()]
         lines += [f"  still in file {name}" for name in self.files]
@@ -58,10 +116,12 @@ class VerificationReport:
             f"  still in the database file: {what} ({count}x)"
             for what, count in self.database_bytes.items()
         ]
-        if self.dagster_files:
+        lines += [f"  still in Dagster's storage: {where}" for where in self.dagster_found]
+        lines += [f"  could not be checked: {what}" for what in self.unchecked]
+        if self.dagster_notes:
             lines.append(
-                f"  note: {len(self.dagster_files)} Dagster run-history files mention a "
-                "connection id (opaque; removed by run retention)"
+                f"  note: {len(self.dagster_notes)} places in Dagster's run history hold the "
+                "opaque tenant or connection ids (nothing else; removed by run retention)"
             )
         return lines
 
@@ -72,59 +132,96 @@ def _reflect(engine: Engine) -> list[Table]:
     return list(live.sorted_tables)
 
 
-def _column_matches(column, needles: list[str]):
+def _column_matches(column, needles: Iterable[str]):
     if isinstance(column.type, LargeBinary):
         like = column.op("LIKE", is_comparison=True)  # bytea and BLOB both take LIKE
         return [like(literal(b"%" + n.encode() + b"%", LargeBinary)) for n in needles]
     text = cast(column, String)
-    return [text.like(f"%{n}%") for n in needles]
+    return [text.like(f"%{_escape_like(n)}%", escape="\\") for n in needles]
 
 
-def scan_tables(
-    engine: Engine, tenant_id: str, connection_ids: Iterable[str]
-) -> tuple[dict[str, int], int]:
-    """(table -> rows mentioning the tenant, tables scanned), over the live schema.
+def _escape_like(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
-    Only the erasure record may hold the tenant id, and only in its ``tenant_id``
-    column; no row anywhere may hold one of its connection ids.
+
+def _table_hits(
+    engine: Engine, needles: dict[str, str], *, kept_tables: frozenset[str] = frozenset()
+) -> tuple[dict[str, set[str]], dict[str, int], int]:
+    """(table -> kinds found, table -> rows found, tables scanned) over the live schema.
+
+    In ``kept_tables`` the tenant id may stand in the ``tenant_id`` column only.
     """
-    connection_ids = sorted(set(connection_ids))
-    everything = [tenant_id, *connection_ids]
-    found: dict[str, int] = {}
+    kinds: dict[str, set[str]] = {}
+    rows: dict[str, int] = {}
     tables = _reflect(engine)
     with engine.connect() as conn:
         for table in tables:
             matches = []
+            row_kinds = []
             for column in table.columns:
-                kept_id_column = table.name in KEPT_TABLES and column.name == "tenant_id"
-                matches += _column_matches(column, connection_ids if kept_id_column else everything)
+                kept = table.name in kept_tables and column.name == "tenant_id"
+                wanted = {n: k for n, k in needles.items() if not (kept and k == TENANT_ID)}
+                matches += _column_matches(column, wanted)
+                row_kinds += list(wanted.values())
             if not matches:
                 continue
             count = conn.scalar(select(func.count()).select_from(table).where(or_(*matches)))
-            if count:
-                found[table.name] = count
-    return found, len(tables)
+            if not count:
+                continue
+            rows[table.name] = count
+            found = conn.execute(
+                select(*(func.max(m.cast(String)) for m in matches)).select_from(table)
+            ).one()
+            kinds[table.name] = {
+                kind for kind, hit in zip(row_kinds, found, strict=True) if hit in ("1", "true")
+            } or {"an identifier"}
+    return kinds, rows, len(tables)
+
+
+def scan_tables(
+    engine: Engine, tenant_id: str, connection_ids: Iterable[str] = (), **more: Iterable[str]
+) -> tuple[dict[str, int], int]:
+    """(table -> rows mentioning the tenant, tables scanned), over the live schema.
+
+    Only the erasure record may hold the tenant id, and only in its ``tenant_id``
+    column; no row anywhere may hold another identifier of the tenant.
+    """
+    ids = Identifiers(
+        tenant_id,
+        tuple(sorted(set(connection_ids))),
+        tuple(more.get("link_ids", ())),
+        tuple(more.get("invite_ids", ())),
+        tuple(more.get("contact", ())),
+    )
+    _, rows, scanned = _table_hits(engine, ids.needles(), kept_tables=KEPT_TABLES)
+    return rows, scanned
+
+
+def _chunks(path: Path) -> Iterator[bytes]:
+    """A file's bytes in chunks; OSError propagates (an unreadable file is not clean)."""
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            yield chunk
 
 
 def _occurrences(path: Path, needles: list[bytes]) -> dict[bytes, int]:
-    """How often each needle occurs in a file, read in chunks that overlap."""
+    """How often each needle occurs in a file, read in chunks that overlap.
+
+    Raises OSError when the file cannot be read: the caller counts it as unchecked.
+    """
     counts = dict.fromkeys(needles, 0)
     overlap = max((len(n) for n in needles), default=1) - 1
     tail = b""
-    try:
-        with path.open("rb") as handle:
-            while chunk := handle.read(_CHUNK):
-                window = tail + chunk
-                for needle in needles:
-                    # count occurrences that end inside the new chunk only
-                    start = 0
-                    while (at := window.find(needle, start)) != -1:
-                        if at + len(needle) > len(tail):
-                            counts[needle] += 1
-                        start = at + 1
-                tail = window[-overlap:] if overlap else b""
-    except OSError:
-        pass
+    for chunk in _chunks(path):
+        window = tail + chunk
+        for needle in needles:
+            # count occurrences that end inside the new chunk only
+            start = 0
+            while (at := window.find(needle, start)) != -1:
+                if at + len(needle) > len(tail):
+                    counts[needle] += 1
+                start = at + 1
+        tail = window[-overlap:] if overlap else b""
     return counts
 
 
@@ -136,28 +233,73 @@ def database_files(runtime: Runtime) -> list[Path]:
     return [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
 
 
-def scan_files(
-    runtime: Runtime, needles: Iterable[str], *, skip: Iterable[Path] = ()
-) -> tuple[list[str], list[str], int]:
-    """(files holding a needle, Dagster files holding one, files scanned) under the home."""
-    settings = runtime.settings
-    encoded = [n.encode() for n in needles if n]
-    skipped = {p.resolve() for p in skip}
-    hits, dagster_hits, scanned = [], [], 0
-    if not settings.home.exists():
-        return hits, dagster_hits, scanned
-    dagster_home = settings.dagster_home.resolve()
-    for path in sorted(settings.home.rglob("*")):
-        if not path.is_file() or path.is_symlink() or path.resolve() in skipped:
+def searched_folders(runtime: Runtime) -> list[Path]:
+    """The home and every folder WriteVue writes to, wherever it is configured."""
+    s = runtime.settings
+    folders: list[Path] = []
+    for folder in (s.home, s.staging_dir, s.log_dir, s.dagster_home):
+        folder = folder.resolve()
+        if any(folder.is_relative_to(f) for f in folders):
             continue
-        scanned += 1
-        if any(_occurrences(path, encoded).values()):
-            name = str(path.relative_to(settings.home))
+        folders = [f for f in folders if not f.is_relative_to(folder)] + [folder]
+    return folders
+
+
+@dataclass
+class FileScan:
+    #: files outside Dagster's folder holding an identifier: "path (kinds)"
+    hits: list[str] = field(default_factory=list)
+    #: files in Dagster's folder holding more than the opaque ids
+    dagster_found: list[str] = field(default_factory=list)
+    #: files in Dagster's folder holding only the opaque ids
+    dagster_notes: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
+    scanned: int = 0
+
+
+def scan_files(runtime: Runtime, ids: Identifiers, *, skip: Iterable[Path] = ()) -> FileScan:
+    """Search every file's content and name for every identifier of the tenant."""
+    needles = ids.needles()
+    encoded = {n.encode(): kind for n, kind in needles.items()}
+    skipped = {p.resolve() for p in skip}
+    dagster_home = runtime.settings.dagster_home.resolve()
+    result = FileScan()
+    for root in searched_folders(runtime):
+        if not root.exists():
+            continue
+        try:
+            paths = sorted(root.rglob("*"))
+        except OSError as exc:
+            result.unreadable.append(f"{root} ({type(exc).__name__})")
+            continue
+        for path in paths:
+            if path.is_symlink() or not path.is_file() or path.resolve() in skipped:
+                continue
+            result.scanned += 1
+            name = _shown(runtime, path)
+            relative = str(path.relative_to(root))
+            kinds = {kind for needle, kind in needles.items() if needle in relative}
+            try:
+                counts = _occurrences(path, list(encoded))
+            except OSError as exc:
+                result.unreadable.append(f"file {name} ({type(exc).__name__})")
+                continue
+            kinds |= {encoded[n] for n, count in counts.items() if count}
+            if not kinds:
+                continue
+            described = f"{name} ({', '.join(sorted(kinds))})"
             if path.resolve().is_relative_to(dagster_home):
-                dagster_hits.append(name)
+                target = result.dagster_notes if kinds <= OPAQUE else result.dagster_found
+                target.append(described)
             else:
-                hits.append(name)
-    return hits, dagster_hits, scanned
+                result.hits.append(described)
+    return result
+
+
+def _shown(runtime: Runtime, path: Path) -> str:
+    home = runtime.settings.home.resolve()
+    resolved = path.resolve()
+    return str(resolved.relative_to(home)) if resolved.is_relative_to(home) else str(resolved)
 
 
 def checkpoint(runtime: Runtime) -> None:
@@ -191,51 +333,88 @@ def _kept_occurrences(engine: Engine, tenant_id: str) -> int:
     return count
 
 
-def scan_database_bytes(
-    runtime: Runtime, tenant_id: str, connection_ids: Iterable[str], secrets: Iterable[str] = ()
-) -> tuple[dict[str, int], int]:
-    """SQLite: occurrences left in the raw database file and WAL, after a checkpoint.
-
-    ``secrets`` are further plaintexts to look for (the tenant's name and email, held
-    in memory by the caller only); they are reported by kind, never by value.
-    """
+def scan_database_bytes(runtime: Runtime, ids: Identifiers) -> tuple[dict[str, int], int, list]:
+    """SQLite: (kind -> occurrences left in the raw database file and WAL after a
+    checkpoint, bytes scanned, what could not be read)."""
     files = [p for p in database_files(runtime) if p.exists()]
     if not files:
-        return {}, 0
+        return {}, 0, []
     checkpoint(runtime)
-    needles = {tenant_id.encode(): "tenant id"}
-    needles |= {c.encode(): "a connection id" for c in connection_ids}
-    needles |= {s.encode(): "the tenant's name or email" for s in secrets if s}
+    needles = {n.encode(): kind for n, kind in ids.needles().items()}
     totals = dict.fromkeys(needles, 0)
-    scanned = 0
+    scanned, unreadable = 0, []
     for path in files:
-        scanned += path.stat().st_size
-        for needle, count in _occurrences(path, list(needles)).items():
-            totals[needle] += count
-    totals[tenant_id.encode()] -= _kept_occurrences(runtime.db.engine, tenant_id)
+        try:
+            scanned += path.stat().st_size
+            for needle, count in _occurrences(path, list(needles)).items():
+                totals[needle] += count
+        except OSError as exc:
+            unreadable.append(f"database file {path.name} ({type(exc).__name__})")
+    totals[ids.tenant_id.encode()] -= _kept_occurrences(runtime.db.engine, ids.tenant_id)
     found: dict[str, int] = {}
     for needle, count in totals.items():
         if count > 0:
             found[needles[needle]] = found.get(needles[needle], 0) + count
-    return found, scanned
+    return found, scanned, unreadable
+
+
+def scan_dagster_storage(url: str, ids: Identifiers) -> tuple[list[str], list[str], int]:
+    """Dagster's PostgreSQL storage: (places holding more than the opaque ids, places
+    holding only them, tables scanned). Unreachable raises SQLAlchemyError."""
+    engine = make_engine(url)
+    try:
+        kinds, rows, scanned = _table_hits(engine, ids.needles())
+    finally:
+        engine.dispose()
+    found, notes = [], []
+    for table, table_kinds in sorted(kinds.items()):
+        described = f"table {table}: {rows[table]} rows ({', '.join(sorted(table_kinds))})"
+        (notes if table_kinds <= OPAQUE else found).append(described)
+    return found, notes, scanned
 
 
 def verify_erasure(
     runtime: Runtime,
-    tenant_id: str,
-    connection_ids: Iterable[str],
+    tenant_id: str | Identifiers,
+    connection_ids: Iterable[str] = (),
     *,
     secrets: Iterable[str] = (),
 ) -> VerificationReport:
-    """Search every table, every file and (SQLite) the raw database bytes for the tenant."""
-    connection_ids = sorted(set(connection_ids))
-    secrets = [s for s in secrets if s]
+    """Search every table, file and log, the raw database bytes (SQLite) and Dagster's
+    storage for every identifier of the tenant; what cannot be searched fails it."""
+    if isinstance(tenant_id, Identifiers):
+        ids = tenant_id
+    else:
+        ids = Identifiers(
+            tenant_id,
+            tuple(sorted(set(connection_ids))),
+            contact=tuple(s for s in secrets if s),
+        )
     report = VerificationReport()
-    report.rows, report.tables_scanned = scan_tables(runtime.db.engine, tenant_id, connection_ids)
-    report.database_bytes, report.raw_bytes_scanned = scan_database_bytes(
-        runtime, tenant_id, connection_ids, secrets
-    )
-    report.files, report.dagster_files, report.files_scanned = scan_files(
-        runtime, [tenant_id, *connection_ids], skip=database_files(runtime)
-    )
+    needles = ids.needles()
+    try:
+        _, report.rows, report.tables_scanned = _table_hits(
+            runtime.db.engine, needles, kept_tables=KEPT_TABLES
+        )
+    except SQLAlchemyError as exc:
+        report.unchecked.append(f"the warehouse's tables ({type(exc).__name__})")
+    try:
+        report.database_bytes, report.raw_bytes_scanned, unreadable = scan_database_bytes(
+            runtime, ids
+        )
+        report.unchecked += unreadable
+    except SQLAlchemyError as exc:
+        report.unchecked.append(f"the database file's raw bytes ({type(exc).__name__})")
+    files = scan_files(runtime, ids, skip=database_files(runtime))
+    report.files, report.files_scanned = files.hits, files.scanned
+    report.dagster_found, report.dagster_notes = files.dagster_found, files.dagster_notes
+    report.unchecked += files.unreadable
+    url = runtime.settings.dagster_database_url
+    if url:
+        try:
+            found, notes, report.dagster_tables_scanned = scan_dagster_storage(url, ids)
+            report.dagster_found += found
+            report.dagster_notes += notes
+        except SQLAlchemyError as exc:
+            report.unchecked.append(f"Dagster's PostgreSQL storage ({type(exc).__name__})")
     return report

@@ -5,16 +5,62 @@ from __future__ import annotations
 import datetime as dt
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, get_args
 
 import httpx
 import polars as pl
 
+from ..aggregates_only import DEFAULT_MAX_VALUES, MAX_VALUES_LIMIT
 from ..errors import InvalidInput, SourceError
 from ..registry import ConnectionInfo
 from .auth import ApiKeyPlacement, AuthConfig, OAuthSpec, TokenSource, build_auth
 from .urls import NOT_HTTP_URL, http_url_problem
+
+#: What a metric's daily value is, which says how days and breakdowns may be combined:
+#: ``counter`` (events counted or summed within the day: payments, commits, sessions),
+#: ``gauge`` (a level at a moment: stars, open issues, a balance) or ``ratio`` (a
+#: mean or rate). Only a gauge may keep one record's value (a REST spec's ``last`` or
+#: ``first``). A metric without a declared kind is a counter.
+MetricKind = Literal["counter", "gauge", "ratio"]
+METRIC_KINDS: tuple[MetricKind, ...] = get_args(MetricKind)
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """The one categorical breakdown a source's facts carry in their ``dimension`` column.
+
+    ``name`` is the field it comes from (named in errors). At load time a dimension with
+    more than ``max_values`` distinct values per metric and day is refused, and so are
+    values that look like personal identifiers unless ``code`` says they are
+    non-personal codes (see ``aggregates_only``).
+    """
+
+    name: str
+    max_values: int = DEFAULT_MAX_VALUES
+    code: bool = False
+    #: where it is declared, for errors ("spec.mapping.dimension"); empty for code
+    declared_at: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_values <= MAX_VALUES_LIMIT:
+            raise ValueError(
+                f"dimension {self.name!r}: max_values must be 1 to {MAX_VALUES_LIMIT}, "
+                f"not {self.max_values}"
+            )
+
+    def described(self) -> str:
+        where = f" ({self.declared_at})" if self.declared_at else ""
+        return f"dimension {self.name!r}{where}"
+
+
+@dataclass(frozen=True)
+class FactRules:
+    """What a connection's facts are checked against before they are stored."""
+
+    dimension: Dimension | None
+    #: every metric the connection may report -> its kind
+    kinds: Mapping[str, MetricKind]
 
 
 @dataclass(frozen=True)
@@ -54,6 +100,42 @@ class Source(ABC):
     signed_metrics: ClassVar[frozenset[str]] = frozenset()
     #: requests in flight to this provider per process; None keeps the HTTP layer's default
     max_in_flight: ClassVar[int | None] = None
+    #: metric name -> its kind (see ``MetricKind``); a metric left out is a counter.
+    #: ``snapshot_metrics`` must be gauges.
+    metric_kinds: ClassVar[Mapping[str, MetricKind]] = {}
+    #: the breakdown the facts' ``dimension`` column carries; None: always ""
+    dimension: ClassVar[Dimension | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A built-in source's declarations are checked when its module is imported."""
+        super().__init_subclass__(**kwargs)
+        metrics = getattr(cls, "metrics", None) or {}
+        for metric, kind in cls.metric_kinds.items():
+            if kind not in METRIC_KINDS:
+                raise TypeError(
+                    f"{cls.__qualname__}.metric_kinds[{metric!r}]: {kind!r} is not one of "
+                    f"{', '.join(METRIC_KINDS)}"
+                )
+            if metrics and metric not in metrics:
+                raise TypeError(f"{cls.__qualname__}.metric_kinds names no metric {metric!r}")
+        for metric in cls.snapshot_metrics:
+            if cls.metric_kinds.get(metric) != "gauge":
+                raise TypeError(
+                    f"{cls.__qualname__}: snapshot metric {metric!r} keeps a value as of one "
+                    'moment, so its kind must be "gauge"'
+                )
+        if cls.dimension is not None and not isinstance(cls.dimension, Dimension):
+            raise TypeError(f"{cls.__qualname__}.dimension must be a Dimension or None")
+
+    def kind_of(self, metric: str) -> MetricKind:
+        return self.metric_kinds.get(metric, "counter")
+
+    def fact_rules(self, connection: ConnectionInfo) -> FactRules:
+        """The declarations a connection's facts are checked against at load time."""
+        return FactRules(
+            dimension=self.dimension,
+            kinds={metric: self.kind_of(metric) for metric in self.metrics},
+        )
 
     def validate_options(self, options: dict[str, str]) -> dict[str, str]:
         unknown = sorted(set(options) - set(self.options))

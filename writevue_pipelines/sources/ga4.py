@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import time
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -20,7 +20,7 @@ from ..errors import CredentialRejected, InvalidInput, SourceError
 from ..registry import ConnectionInfo
 from ..warehouse import FACT_SCHEMA
 from .auth import OAuthSpec
-from .base import FetchRequest, FetchResult, Source
+from .base import FetchRequest, FetchResult, MetricKind, Source
 from .http import AllowedWrite, request_json
 
 _PROPERTY_ID = re.compile(r"[0-9]{1,20}")
@@ -62,6 +62,10 @@ class GA4Source(Source):
         "page_views": "Views",
         "conversions": "Key events",
     }
+    #: the property's daily totals, without a breakdown (``dimension`` stays None).
+    #: Active users are the day's distinct users: counted per day like the others, though
+    #: a week's are not the sum of its days'.
+    metric_kinds: ClassVar[dict[str, MetricKind]] = dict.fromkeys(metrics, "counter")
     stream = "daily_report"
     # Google's endpoints live on two hosts; the token and revocation URLs are absolute.
     oauth = OAuthSpec(

@@ -41,11 +41,12 @@ from typing import Any, ClassVar
 import httpx
 import polars as pl
 
+from ..aggregates_only import MAX_VALUES_LIMIT
 from ..errors import InvalidInput, SourceError
 from ..registry import ConnectionInfo
 from ..warehouse import FACT_SCHEMA
 from .auth import ApiKeyPlacement, OAuthSpec
-from .base import FetchRequest, FetchResult, Source
+from .base import Dimension, FetchRequest, FetchResult, MetricKind, Source
 from .http import get_json
 from .paginators import HeaderLinkPaginator
 from .urls import LeavesOrigin, same_origin_url
@@ -95,6 +96,17 @@ class GitHubSource(Source):
         "pull_requests_merged": "Pull requests merged",
         "commits": "Commits",
     }
+    metric_kinds: ClassVar[dict[str, MetricKind]] = {
+        **dict.fromkeys(EVENT_METRICS, "counter"),
+        **dict.fromkeys(SNAPSHOT_METRICS, "gauge"),
+    }
+    #: the repository's ``full_name`` (owner/name): the client's own repositories, named by
+    #: the client, which identify projects rather than people, so they are declared a code
+    #: (a name such as ``acme/app-3f9c2e71b0d4`` is not refused as a random id). Up to the
+    #: largest cap: an owner with more repositories reporting on one day is refused.
+    dimension: ClassVar[Dimension] = Dimension(
+        "repository full_name", max_values=MAX_VALUES_LIMIT, code=True
+    )
     #: metrics stored as one value per repository for the refresh day (see module docstring)
     snapshot_metrics: ClassVar[frozenset[str]] = frozenset(SNAPSHOT_METRICS)
     stream = "activity"

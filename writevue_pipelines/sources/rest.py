@@ -25,7 +25,7 @@ from ..errors import InvalidInput, SourceError
 from ..registry import ConnectionInfo
 from ..warehouse import FACT_SCHEMA
 from .auth import OAuthSpec, TokenSource, build_auth
-from .base import FetchRequest, FetchResult, Source
+from .base import FactRules, FetchRequest, FetchResult, Source
 from .http import get_json
 from .paginators import dig
 from .rest_spec import RestSpec, SpecError, load_spec
@@ -116,6 +116,14 @@ class RestSource(Source):
             return load_spec(connection.options.get("spec") or "")
         except SpecError as exc:
             raise SourceError.of_connection(connection.id, str(exc)) from None
+
+    def fact_rules(self, connection: ConnectionInfo) -> FactRules:
+        """The spec's declared breakdown and metric kinds (checked again at load time)."""
+        mapping = self.spec(connection).mapping
+        return FactRules(
+            dimension=mapping.dimension,
+            kinds={metric.name: metric.kind for metric in mapping.metrics},
+        )
 
     def base_url(self, connection: ConnectionInfo) -> str:
         # Called before the fetch's error handling, so a bad spec must not raise here;
@@ -226,6 +234,7 @@ class RestSource(Source):
             ("count", pl.col("value").count().cast(pl.Float64)),
             ("mean", pl.col("value").mean()),
             ("last", pl.col("value").drop_nulls().last()),
+            ("first", pl.col("value").drop_nulls().first()),
         ):
             rows = ordered.filter(pl.col("agg") == agg)
             if rows.height:
@@ -326,7 +335,7 @@ class _Columns:
             values.append(value)
         dimension = ""
         if mapping.dimension is not None:
-            raw = dig(record, mapping.dimension)
+            raw = dig(record, mapping.dimension.name)
             dimension = "" if raw is None or isinstance(raw, (dict, list)) else str(raw)
         self.at.append(at)
         self.dimension.append(dimension)

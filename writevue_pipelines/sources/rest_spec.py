@@ -16,13 +16,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..aggregates_only import DEFAULT_MAX_VALUES, MAX_VALUES_LIMIT
 from ..errors import InvalidInput
 from .auth import AUTHS, AuthConfig
+from .base import METRIC_KINDS, Dimension, MetricKind
 from .paginators import PAGINATORS, Paginator
 from .urls import NOT_HTTP_URL, http_url_problem
 
 DATE_FORMATS = ("iso_date", "iso_datetime", "unix", "unix_ms")
-AGGS = ("sum", "count", "mean", "last")
+AGGS = ("sum", "count", "mean", "last", "first")
+#: agg -> the kinds its metric may declare, the first being the default. ``last`` and
+#: ``first`` keep one record's value, which is an aggregate only for a gauge (a level at
+#: a moment), so they must say so.
+AGG_KINDS: dict[str, tuple[MetricKind, ...]] = {
+    "sum": ("counter", "gauge"),
+    "count": ("counter", "gauge"),
+    "mean": ("ratio", "gauge"),
+    "last": ("gauge",),
+    "first": ("gauge",),
+}
+assert set(AGG_KINDS) == set(AGGS) and all(set(k) <= set(METRIC_KINDS) for k in AGG_KINDS.values())
+#: how a breakdown is declared, quoted by the error that refuses an undeclared one
+DIMENSION_HOWTO = (
+    'declare it as a categorical table: dimension = { field = "status", categorical = true } '
+    f"(optional: max_values = N distinct values per metric and day, default "
+    f"{DEFAULT_MAX_VALUES}, at most {MAX_VALUES_LIMIT}; code = true if its values are "
+    "non-personal codes such as SKUs)"
+)
 _METRIC_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 _PATH = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*")
 #: setting names that would carry a secret; refused wherever they appear in a spec
@@ -44,13 +64,15 @@ class MetricSpec:
     agg: str
     #: dotted path to the value; None for a plain record count
     field: str | None
+    kind: MetricKind = "counter"
 
 
 @dataclass(frozen=True)
 class MappingSpec:
     date_field: str
     date_format: str
-    dimension: str | None
+    #: the categorical breakdown; its ``name`` is the record field's dotted path
+    dimension: Dimension | None
     metrics: tuple[MetricSpec, ...]
 
 
@@ -216,16 +238,18 @@ def _mapping(value: Any) -> MappingSpec:
     refuse_unknown(table, {"date_field", "date_format", "dimension", "metrics"}, where)
     date_field = text(table, "date_field", where, pattern=DOTTED_PATH, hint="a dotted path")
     date_format = text(table, "date_format", where, default="iso_datetime", choices=DATE_FORMATS)
-    dimension = optional_text(table, "dimension", where, pattern=DOTTED_PATH, hint="a dotted path")
+    dimension = _dimension(table.get("dimension"), f"{where}.dimension")
     items = table.get("metrics")
     if not isinstance(items, list) or not items:
-        raise field_error(f"{where}.metrics", "must be a non-empty list of {name, field, agg}")
+        raise field_error(
+            f"{where}.metrics", "must be a non-empty list of {name, field, agg, kind}"
+        )
     metrics = []
     seen: set[str] = set()
     for index, item in enumerate(items):
         at = f"{where}.metrics[{index}]"
         metric = as_table(item, at)
-        refuse_unknown(metric, {"name", "field", "agg"}, at)
+        refuse_unknown(metric, {"name", "field", "agg", "kind"}, at)
         name = text(
             metric,
             "name",
@@ -242,10 +266,47 @@ def _mapping(value: Any) -> MappingSpec:
             raise field_error(
                 f"{at}.field", f"is required for agg {agg!r} (only count may omit it)"
             )
-        metrics.append(MetricSpec(name=name, agg=agg, field=field))
+        allowed = AGG_KINDS[agg]
+        if agg in ("last", "first") and metric.get("kind") is None:
+            raise field_error(
+                f"{at}.kind",
+                f"agg {agg!r} keeps one record's value, which only a gauge (a level such as a "
+                'balance or a stock count) may do: add kind = "gauge", or use sum, count or mean',
+            )
+        kind = text(metric, "kind", at, default=allowed[0], choices=METRIC_KINDS)
+        if kind not in allowed:
+            raise field_error(
+                f"{at}.kind",
+                f"{kind!r} does not fit agg {agg!r}; it takes {' or '.join(allowed)}",
+            )
+        metrics.append(MetricSpec(name=name, agg=agg, field=field, kind=kind))
     return MappingSpec(
         date_field=date_field, date_format=date_format, dimension=dimension, metrics=tuple(metrics)
     )
+
+
+def _dimension(value: Any, where: str) -> Dimension | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise field_error(where, f"a breakdown must be declared; {DIMENSION_HOWTO}")
+    table = as_table(value, where)
+    refuse_unknown(table, {"field", "categorical", "max_values", "code"}, where)
+    field = text(table, "field", where, pattern=DOTTED_PATH, hint="a dotted path")
+    categorical = table.get("categorical")
+    if categorical is not True:
+        raise field_error(
+            f"{where}.categorical",
+            "must be true: WriteVue keeps aggregates only, so a breakdown must be a small "
+            f"category, never a customer or a record; {DIMENSION_HOWTO}",
+        )
+    max_values = integer(table, "max_values", where, default=DEFAULT_MAX_VALUES, minimum=1)
+    if max_values > MAX_VALUES_LIMIT:
+        raise field_error(f"{where}.max_values", f"must be at most {MAX_VALUES_LIMIT}")
+    code = table.get("code", False)
+    if not isinstance(code, bool):
+        raise field_error(f"{where}.code", f"must be true or false, not {_kind(code)}")
+    return Dimension(field, max_values=max_values, code=code, declared_at=where)
 
 
 # -- paginators ------------------------------------------------------------------------

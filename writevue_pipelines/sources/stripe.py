@@ -16,10 +16,11 @@ from typing import ClassVar
 import httpx
 import polars as pl
 
+from ..aggregates_only import MAX_VALUES_LIMIT
 from ..errors import SourceError
 from ..warehouse import FACT_SCHEMA
 from .auth import ApiKeyPlacement
-from .base import FetchRequest, FetchResult, Source
+from .base import Dimension, FetchRequest, FetchResult, MetricKind, Source
 from .http import get_json
 from .paginators import Paginator, StartingAfterPaginator
 
@@ -55,6 +56,10 @@ class StripeSource(Source):
         "charges": "Payments",
         "new_customers": "New customers",
     }
+    metric_kinds: ClassVar[dict[str, MetricKind]] = dict.fromkeys(metrics, "counter")
+    #: money metrics per ISO 4217 currency code (a closed list of about 180, never a
+    #: customer); the counts carry no breakdown
+    dimension: ClassVar[Dimension] = Dimension("currency", max_values=MAX_VALUES_LIMIT)
     #: net volume goes below zero on a day of more refunds than sales
     signed_metrics: ClassVar[frozenset[str]] = frozenset({"net"})
     stream = "balance_transactions"

@@ -6,7 +6,9 @@
   from the UI, and the erasure resumes where it stopped).
 - ``erasure`` (job) carries one request out with ``privacy.run_erasure``, deletes the
   erased connections' dynamic partitions from the instance, logs the report (ids and
-  counts only) and fails when verification finds anything of the tenant left.
+  counts only) and fails when verification finds anything of the tenant left (or could
+  not check something); its second step retries grant revocations that failed, and fails
+  while any still does. The run's ``writevue/erasure_outcome`` tag gives the outcome.
 """
 
 # Dagster reads the annotations of op and sensor functions at runtime, so no
@@ -45,6 +47,8 @@ from .constants import KIND_TAG
 
 REQUEST_TAG = "writevue/erasure_request"
 TENANT_TAG = "writevue/tenant"
+#: erased_and_verified, needs_operator_action or not_verified: the run list shows it
+OUTCOME_TAG = "writevue/erasure_outcome"
 #: who the erasure record names when the job is given a tenant id rather than a request
 ERASURE_ACTOR = "dagster"
 
@@ -68,13 +72,15 @@ def _request_done(writevue: WriteVueResource, request_id: str) -> DeletionReques
 
 
 def erasure_metadata(report: erasure.ErasureReport, partitions_deleted: int) -> dict:
-    """Ids and counts only: what an operator needs to see that the erasure happened."""
+    """Ids, counts and sources only: what an operator needs to see that the erasure
+    happened, and what is left for them to do."""
     side = ("staging_files", "access_log_lines")
     rows = {table: n for table, n in sorted(report.removed.items()) if table not in side}
     revocations = report.revocations
     metadata = {
         "request_id": MetadataValue.text(report.request_id),
         "tenant_id": MetadataValue.text(report.tenant_id),
+        "outcome": MetadataValue.text(report.outcome),
         "rows_removed": MetadataValue.int(sum(rows.values())),
         "rows_removed_per_table": MetadataValue.json(rows),
         "staging_files_removed": MetadataValue.int(report.removed.get("staging_files", 0)),
@@ -82,6 +88,9 @@ def erasure_metadata(report: erasure.ErasureReport, partitions_deleted: int) -> 
         "grants_revoked": MetadataValue.int(revocations.get("revoked", 0)),
         "grants_failed": MetadataValue.int(revocations.get("failed", 0)),
         "grants_without_revocation_endpoint": MetadataValue.int(revocations.get("unsupported", 0)),
+        "needs_operator_action": MetadataValue.md(
+            "\n".join(f"- {erasure.action_line(a)}" for a in report.actions) or "nothing"
+        ),
         "partitions_deleted": MetadataValue.int(partitions_deleted),
         "verified": MetadataValue.bool(report.ok),
     }
@@ -91,17 +100,24 @@ def erasure_metadata(report: erasure.ErasureReport, partitions_deleted: int) -> 
             "tables_scanned": MetadataValue.int(check.tables_scanned),
             "files_scanned": MetadataValue.int(check.files_scanned),
             "raw_database_bytes_scanned": MetadataValue.int(check.raw_bytes_scanned),
+            "dagster_storage_tables_scanned": MetadataValue.int(check.dagster_tables_scanned),
+            "not_checked": MetadataValue.json(list(check.unchecked)),
         }
     return metadata
+
+
+def _tag_outcome(context: OpExecutionContext, outcome: str) -> None:
+    context.instance.add_run_tags(context.run_id, {OUTCOME_TAG: outcome})
 
 
 @op(
     description=(
         "Erases one client: revokes its OAuth grants, deletes every row, staging file, "
         "credential and link, deletes its connections' Dagster partitions, and verifies "
-        "that nothing of it is left (a failed verification fails the run)."
+        "that nothing of it is left (a failed verification fails the run; re-executing it "
+        "finishes the erasure)."
     ),
-    out=Out(Nothing),
+    out=Out(str, description="the erasure request id"),
 )
 def erase_tenant(
     context: OpExecutionContext, config: ErasureConfig, writevue: WriteVueResource
@@ -111,10 +127,10 @@ def erase_tenant(
         # A rerun of a finished request (or the CLI got there first): nothing left to do.
         context.log.info(
             f"request {done.id} for tenant {done.tenant_id} was already carried out "
-            f"on {done.completed_at:%Y-%m-%d %H:%M} UTC; verified: {done.verified}"
+            f"on {done.completed_at:%Y-%m-%d %H:%M} UTC and verified"
         )
         yield Output(
-            None,
+            done.id,
             metadata={
                 "request_id": MetadataValue.text(done.id),
                 "tenant_id": MetadataValue.text(done.tenant_id),
@@ -129,9 +145,11 @@ def erase_tenant(
 
     def delete_partitions(source: str, keys: list[str]) -> None:
         name = partitions_name(source)
+        known = set(instance.get_dynamic_partitions(name))
         for key in keys:
-            instance.delete_dynamic_partition(name, key)
-        deleted[name] = deleted.get(name, 0) + len(keys)
+            if key in known:
+                instance.delete_dynamic_partition(name, key)
+                deleted[name] = deleted.get(name, 0) + 1
 
     try:
         report = erasure.run_erasure(
@@ -149,11 +167,52 @@ def erase_tenant(
         context.log.info(f"deleted {count} dynamic partitions of {name}")
     metadata = erasure_metadata(report, sum(deleted.values()))
     if not report.ok:
+        _tag_outcome(context, "not_verified")
         raise Failure(
             description=(
                 f"Erasure of tenant {report.tenant_id} (request {report.request_id}) ran, but "
-                "verification found its data left; see the log for where. Investigate, then "
-                "re-execute this run."
+                "verification found its data left or could not check everything; see the "
+                "log for where. Fix the cause, then re-execute this run: it finishes the "
+                "erasure and verifies again."
+            ),
+            metadata=metadata,
+            allow_retries=False,
+        )
+    _tag_outcome(context, "needs_operator_action" if report.needs_action else "erased_and_verified")
+    for action in report.actions:
+        context.log.warning(f"needs operator action: {erasure.action_line(action)}")
+    yield Output(report.request_id, metadata=metadata)
+
+
+@op(
+    description=(
+        "Retries the grant revocations the erasure could not make (from tokens kept, "
+        "encrypted, for that alone). Fails while any still fails: re-execute from failure "
+        "to retry, or run `writevue tenant revoke-grants REQUEST --confirm-revoked` once the "
+        "client has revoked the access at the provider."
+    ),
+    out=Out(Nothing),
+)
+def revoke_remaining_grants(
+    context: OpExecutionContext, request_id: str, writevue: WriteVueResource
+) -> Iterator[Output]:
+    result = erasure.retry_revocations(writevue.runtime, request_id)
+    for line in result.lines():
+        context.log.info(line)
+    metadata = {
+        "request_id": MetadataValue.text(request_id),
+        "grants_revoked_now": MetadataValue.int(len(result.revoked)),
+        "grants_still_failing": MetadataValue.int(len(result.failed)),
+    }
+    if result.failed:
+        _tag_outcome(context, "needs_operator_action")
+        sources = ", ".join(f"{source} ({reason})" for source, reason in result.failed)
+        raise Failure(
+            description=(
+                f"The tenant is erased and verified, but revoking {len(result.failed)} "
+                f"grant(s) failed: {sources}. Re-execute this run from failure to retry, or "
+                f"run `writevue tenant revoke-grants {request_id}`; if the client revoked "
+                "the access at the provider, add `--confirm-revoked`."
             ),
             metadata=metadata,
             allow_retries=False,
@@ -165,12 +224,14 @@ def erase_tenant(
     name="erasure",
     description=(
         "Carries out one client's erasure request (launched by the `erasure_requests` sensor, "
-        "or from the launchpad with a request or tenant id) and proves nothing is left."
+        "or from the launchpad with a request or tenant id), proves nothing is left, then "
+        "retries any grant revocation that failed. The run's `writevue/erasure_outcome` tag "
+        "says erased_and_verified, needs_operator_action or not_verified."
     ),
     tags={KIND_TAG: "privacy"},
 )
 def erasure_job():
-    erase_tenant()
+    revoke_remaining_grants(erase_tenant())
 
 
 def erasure_run_request(request: erasure.PendingRequest) -> RunRequest:
