@@ -33,8 +33,8 @@ from writevue_pipelines.runtime import Runtime
 from writevue_pipelines.vault import VaultError
 
 from .access_log import Visitor
-from .app import GONE_HTML, RELOAD_HTML
 from .gate import GATED_PATH, RejectHandler, reject
+from .render import GONE_HTML, RELOAD_HTML
 from .tuning import DashboardSocket
 
 #: the token payload entry that binds a session to its link

@@ -6,8 +6,8 @@ import panel as pn
 
 from writevue_pipelines.runtime import Runtime
 
-from .app import dashboard_html
 from .data import FactCache, LruCache, Period, load_facts, load_header, summarise
+from .render import dashboard_html
 
 CACHE_KEY = "writevue.facts"
 PAGES_KEY = "writevue.pages"

@@ -33,7 +33,7 @@ from support import (
     start_dashboard_server,
 )
 
-from dashboard_server.app import dashboard_html
+from dashboard_server.render import dashboard_html
 from dashboard_server.data import (
     FactCache,
     Period,

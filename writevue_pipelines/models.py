@@ -289,3 +289,78 @@ class TrendInteraction(Base):
     interactions_per_view: Mapped[float] = mapped_column(Double)
     #: when the day's logs were last rolled up; log retention compares it with the files
     rolled_up_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Brand(Base):
+    """An agency's white label: the name, logo and colours a client sees instead of
+    WriteVue's. Agency data, not a client's: no tenant id (tenants and templates point
+    to it). The logo is kept as base64 text, so every dashboard process serves it."""
+
+    __tablename__ = "brands"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    #: the operator's handle for it (`writevue brand …`)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    #: what clients see ("Northwind Analytics")
+    display_name: Mapped[str] = mapped_column(String(200))
+    logo_b64: Mapped[str | None] = mapped_column(Text, nullable=True)
+    logo_type: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    #: primary, accent, background, text: "#rrggbb"
+    colors: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class DashboardTemplate(Base):
+    """A dashboard layout an operator applies to many tenants (see
+    ``writevue_pipelines.templates``): sections of metrics, calculated metrics, chart
+    types and the default comparison, validated and kept as JSON."""
+
+    __tablename__ = "dashboard_templates"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    definition: Mapped[dict] = mapped_column(JSON)
+    brand_id: Mapped[str | None] = mapped_column(ForeignKey("brands.id"), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class TenantSettings(Base):
+    """How one tenant's dashboard looks: its template and brand (none: the automatic
+    layout and the default look), locale, comparison and per-metric polarity."""
+
+    __tablename__ = "tenant_settings"
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    template_id: Mapped[str | None] = mapped_column(
+        ForeignKey("dashboard_templates.id"), nullable=True
+    )
+    brand_id: Mapped[str | None] = mapped_column(ForeignKey("brands.id"), nullable=True)
+    #: thousands and decimal separators: "en", "de", "fr", … (default en)
+    locale: Mapped[str] = mapped_column(String(16), default="en")
+    #: "previous" or "last_year"; None: the template's, else the previous period
+    comparison: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    #: metric ref ("source.metric") -> "up_good", "up_bad" or "neutral"
+    polarity: Mapped[dict] = mapped_column(JSON, default=dict)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Goal(Base):
+    """A target for one of a tenant's metrics: per calendar period ("month", "quarter",
+    "year": reach ``target`` within each) or by a date ("by_date": reach ``target``
+    by ``due_on``, a level for a gauge or a total since ``starts_on`` for a counter)."""
+
+    __tablename__ = "goals"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    #: a metric ref ("stripe.gross_volume") or a calculated metric's name in the template
+    metric: Mapped[str] = mapped_column(String(200))
+    #: one dimension value ("eur", "acme/api"), or "" for the metric's total
+    dimension: Mapped[str] = mapped_column(String(255), default="")
+    period: Mapped[str] = mapped_column(String(16))
+    target: Mapped[float] = mapped_column(Double)
+    starts_on: Mapped[dt.date | None] = mapped_column(Date, nullable=True)
+    due_on: Mapped[dt.date | None] = mapped_column(Date, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
