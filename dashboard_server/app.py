@@ -10,18 +10,63 @@ of widgets.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 import panel as pn
 import param
 
-from .data import PRESET_DAYS, Period
+from .data import PRESET_DAYS, Period, PeriodError
 from .render import GONE_HTML, RELOAD_HTML, RENDERING_CSS, dashboard_html
 
 __all__ = ["GONE_HTML", "RELOAD_HTML", "Dashboard", "DashboardSource", "dashboard_html"]
 
 RANGE_OPTIONS = {f"{days} days": str(days) for days in PRESET_DAYS} | {"Custom": "custom"}
+#: TV mode: seconds each page of cards shows when they do not all fit (``?rotate=``)
+ROTATE_DEFAULT_S, ROTATE_BOUNDS_S = 20, (5, 300)
+
+
+def _arg(args: Mapping[str, list[bytes]], name: str) -> str:
+    values = args.get(name) or [b""]
+    return values[0].decode("utf-8", "replace").strip()
+
+
+def query_state(args: Mapping[str, list[bytes]], today: dt.date | None = None) -> dict:
+    """The Viewer's parameters from the page URL's query (``pn.state.session_args``):
+    ``range=7|30|90|365``, or ``from``/``to`` (``YYYY-MM-DD``), ``tv=1``, ``rotate=N``.
+    Anything else, or anything unreadable, is the default (the last 30 days, 20 s): a
+    bookmark never becomes an error page."""
+    state: dict = {"tv": _arg(args, "tv").lower() in ("1", "true", "yes")}
+    start, end = _arg(args, "from"), _arg(args, "to")
+    if start or end:
+        try:
+            period = Period.parse(start, end, today)
+        except PeriodError:
+            pass
+        else:
+            state.update(range="custom", custom=(period.start, period.end))
+    elif _arg(args, "range") in RANGE_OPTIONS.values():
+        state["range"] = _arg(args, "range")
+    if _arg(args, "rotate").isdigit():
+        low, high = ROTATE_BOUNDS_S
+        state["rotate_s"] = min(max(int(_arg(args, "rotate")), low), high)
+    return state
+
+
+def url_script(query: dict[str, str]) -> str:
+    """A script that writes the period into the page's URL, without a reload: a reload
+    or a bookmark shows the same period. The path (the link) and any other parameter
+    (``tv``, ``rotate``) stay as they are; the period is all that is written."""
+    return (
+        "<script>(function(){var q=new URLSearchParams(location.search),"
+        f"v={json.dumps(query)};"
+        "['range','from','to'].forEach(function(k){q.delete(k)});"
+        "Object.keys(v).forEach(function(k){q.set(k,v[k])});"
+        "var s=q.toString(),u=location.pathname+(s?'?'+s:'')+location.hash;"
+        "if(u!==location.pathname+location.search+location.hash)"
+        "history.replaceState(history.state,'',u)})()</script>"
+    )
 
 
 class DashboardSource(Protocol):
@@ -49,6 +94,11 @@ class Dashboard(pn.viewable.Viewer):
     range = param.Selector(default="30", objects=list(RANGE_OPTIONS.values()))
     custom = param.CalendarDateRange(default=None, doc="the custom period, when range is custom")
     tv = param.Boolean(default=False, doc="TV mode: reloads itself, large type, dark")
+    rotate_s = param.Integer(
+        default=ROTATE_DEFAULT_S,
+        bounds=ROTATE_BOUNDS_S,
+        doc="TV mode: seconds each page of cards shows when there are more than fit",
+    )
     refresh_s = param.Integer(default=60, bounds=(1, None))
     gone = param.Boolean(default=False, doc="the link was revoked or expired while open")
 
@@ -67,6 +117,7 @@ class Dashboard(pn.viewable.Viewer):
             period = Period.last(30, self._today())
             params["custom"] = (period.start, period.end)
         super().__init__(**params)
+        self._settling = False
         self._content = pn.pane.HTML(
             sizing_mode="stretch_width", margin=0, stylesheets=[RENDERING_CSS]
         )
@@ -85,6 +136,7 @@ class Dashboard(pn.viewable.Viewer):
             sizing_mode="stretch_width",
             margin=0,
         )
+        self.param.watch(self._changed, ["range", "custom"])
         self._draw()  # the server has just checked the link: no second check
 
     @property
@@ -94,18 +146,44 @@ class Dashboard(pn.viewable.Viewer):
         days = int(self.range) if self.range != "custom" else 30
         return Period.last(days, self._today())
 
+    @property
+    def query(self) -> dict[str, str]:
+        """The period as the page URL's query says it (``query_state`` reads it back)."""
+        if self.range == "custom":
+            period = self.period
+            return {"from": period.start.isoformat(), "to": period.end.isoformat()}
+        return {"range": self.range}
+
     def _show_custom_picker(self) -> None:
         if self.range == "custom" and self._custom_picker is None:
             self._custom_picker = pn.widgets.DateRangePicker.from_param(
-                self.param.custom, name="", width=260
+                self.param.custom, name="", width=260, css_classes=["wv-date-picker"]
             )
             self._controls.append(self._custom_picker)
         elif self._custom_picker is not None:
             self._custom_picker.visible = self.range == "custom"
 
-    @param.depends("range", "custom", watch=True)
+    def _changed(self, *events: param.parameterized.Event) -> None:
+        """The client changed the period: draw it, if the link still opens this dashboard.
+
+        Choosing "Custom" starts from the period shown (not from the default), so the
+        figures do not change until the client picks other days."""
+        if self._settling:
+            return
+        for event in events:
+            if event.name == "range" and event.new == "custom" and event.old != "custom":
+                shown = Period.last(int(event.old), self._today())
+                self._settling = True
+                try:
+                    self.custom = (shown.start, shown.end)
+                finally:
+                    self._settling = False
+        if self._on_interaction is not None and not self.gone:
+            # The client used a control: counted (anonymised) for the dashboard-use trends.
+            self._on_interaction()
+        self._render()
+
     def _render(self) -> None:
-        """The client changed the period: draw it, if the link still opens this dashboard."""
         if self.gone:
             return
         if not self._source.alive():
@@ -115,13 +193,15 @@ class Dashboard(pn.viewable.Viewer):
 
     def _draw(self) -> None:
         self._show_custom_picker()
-        self._content.object = self._source.page(self.period, tv=self.tv)
-
-    @param.depends("range", "custom", watch=True)
-    def _interacted(self) -> None:
-        """The client used a control: counted (anonymised) for the dashboard-use trends."""
-        if self._on_interaction is not None and not self.gone:
-            self._on_interaction()
+        page = self._source.page(self.period, tv=self.tv)
+        if self.tv:
+            # The browser (assets/screens.js) shows the cards that fit, a page at a time,
+            # and keeps the clock: the server sends the page once per refresh.
+            page = (
+                f'<div class="wv-tv-screen" data-rotate="{self.rotate_s}">'
+                f'<time class="wv-clock" aria-label="local time"></time>{page}</div>'
+            )
+        self._content.object = page + url_script(self.query)
 
     def tick(self) -> None:
         """Periodic: in TV mode, reload (if the link still opens this dashboard)."""

@@ -17,33 +17,58 @@ sees the invite's URL. An API key is checked with the source before it is saved
 from __future__ import annotations
 
 import html
+import logging
 from urllib.parse import urlsplit
 
 from tornado.ioloop import IOLoop
 
-from writevue_pipelines import invites
+from writevue_pipelines import invites, registry
 from writevue_pipelines.errors import InvalidInput, WriteVueError
 from writevue_pipelines.runtime import Runtime
 from writevue_pipelines.sources import get_source
 
+from .branding import (
+    BrandView,
+    brand_name,
+    brand_style,
+    brand_text,
+    default_brand_view,
+    favicon_url,
+    load_brand_view,
+    logo_html,
+)
 from .gate import reject
 from .headers import SessionCookies
 from .limiter import FailureLimiter
 
 
-def page(title: str, body: str, *, head: str = "") -> str:
-    """A plain page in WriteVue's look: the connect page and what it answers."""
+def page(title: str, body: str, *, head: str = "", brand: BrandView | None = None) -> str:
+    """A plain page in the client's brand (its logo, name and colours), else WriteVue's
+    look: the connect page and what it answers."""
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
         f'<meta name="robots" content="noindex, nofollow">{head}'
-        f"<title>{html.escape(title)} · WriteVue</title>"
-        '<link rel="icon" href="/assets/favicon.svg" type="image/svg+xml">'
-        '<link rel="stylesheet" href="/assets/theme.css"></head>'
+        f"<title>{html.escape(title)} · {html.escape(brand_name(brand))}</title>"
+        f'<link rel="icon" href="{html.escape(favicon_url(brand))}">'
+        '<link rel="stylesheet" href="/assets/theme.css">'
+        f"{brand_style(brand, scope='.wv-page')}</head>"
         '<body><main class="wv-page"><header class="wv-header">'
-        '<img class="wv-logo" src="/assets/logo.svg" alt="WriteVue">'
-        f"<h1>{html.escape(title)}</h1></header>{body}</main></body></html>"
+        f"{logo_html(brand)}<h1>{html.escape(title)}</h1></header>{body}</main></body></html>"
     )
+
+
+def _brand_of(runtime: Runtime, tenant_id: str | None) -> BrandView | None:
+    """The tenant's brand (else the server's default); None if it cannot be read: a page
+    in WriteVue's look is better than no page."""
+    try:
+        if tenant_id is None:
+            return default_brand_view(runtime)
+        with runtime.db.session() as session:
+            return load_brand_view(session, tenant_id, runtime.settings.default_brand)
+    except Exception:
+        logging.getLogger("writevue.connect").exception("the brand could not be read")
+        return None
 
 
 def origin_of(url: str) -> str | None:
@@ -65,12 +90,17 @@ class ConnectHandler(SessionCookies):
 
     def initialize(self, runtime: Runtime, limiter: FailureLimiter) -> None:
         self.runtime, self.limiter = runtime, limiter
+        self.brand: BrandView | None = None
 
     def _invite(self, token: str) -> invites.InviteInfo | None:
         """The live invite, or None after the gate's 404/429 (the same pages; a limiter of
         the invites' own). Resolved first: a live invite always opens, only failures count."""
         with self.runtime.db.session() as session:
             invite = invites.resolve_invite(session, token)
+            if invite is not None:
+                self.brand = load_brand_view(
+                    session, invite.tenant_id, self.runtime.settings.default_brand
+                )
         if invite is None:
             reject(self, 429 if self.limiter.fail(self.request.remote_ip) else 404)
             return None
@@ -127,13 +157,19 @@ class ConnectHandler(SessionCookies):
             else f'<p class="wv-error" role="alert">{html.escape(problem)}</p>'
         )
         body = (
-            f"{alert}<p>Choose a source to connect. WriteVue only ever reads from it, and keeps "
+            f"{alert}<p>Choose a source to connect. {html.escape(brand_name(self.brand))} "
+            "only ever reads from it, and keeps "
             "only daily totals. This page works once, until "
             f"{invite.expires_at:%d %b %Y, %H:%M} UTC.</p>"
             f'<ul class="wv-sources">{"".join(items)}</ul>'
         )
         # same-origin: the form's POST carries this origin (see the module docstring).
-        return page("Connect your data", body, head='<meta name="referrer" content="same-origin">')
+        return page(
+            "Connect your data",
+            body,
+            head='<meta name="referrer" content="same-origin">',
+            brand=self.brand,
+        )
 
     async def post(self, token: str) -> None:
         self.check_xsrf_cookie()
@@ -165,13 +201,14 @@ class ConnectHandler(SessionCookies):
                         f'<meta http-equiv="refresh" content="0;url={target}">'
                         f'<p><a href="{target}">Continue to the provider to allow read-only '
                         "access</a>.</p>",
+                        brand=self.brand,
                     )
                 )
                 return
             if action == "api_key":
                 key = self.get_body_argument("api_key", "")
                 await run(None, invites.connect_with_api_key, self.runtime, token, source, key)
-                self.finish(connected_page())
+                self.finish(connected_page(self.brand))
                 return
             raise InvalidInput("Choose a source and how to connect it.")
         except WriteVueError as exc:
@@ -179,16 +216,20 @@ class ConnectHandler(SessionCookies):
             with self.runtime.db.session() as session:
                 live = invites.resolve_invite(session, token)
             if live is None:  # spent meanwhile: nothing left to retry on this page
-                self.finish(page("Not connected", f"<p>{html.escape(str(exc))}</p>"))
+                message = brand_text(str(exc), self.brand)
+                body = f"<p>{html.escape(message)}</p>"
+                self.finish(page("Not connected", body, brand=self.brand))
             else:  # the form again, saying what was wrong; the invite still works
                 self.finish(self._form_page(live, str(exc)))
 
 
-def connected_page() -> str:
+def connected_page(brand: BrandView | None = None) -> str:
     return page(
         "Connected",
-        "<p>Thank you: the source is connected. WriteVue fetches its figures shortly; "
-        "your dashboard shows them after the first refresh. You can close this page.</p>",
+        f"<p>Thank you: the source is connected. {html.escape(brand_name(brand))} fetches its "
+        "figures shortly; your dashboard shows them after the first refresh. You can close "
+        "this page.</p>",
+        brand=brand,
     )
 
 
@@ -206,6 +247,7 @@ class OAuthCallbackHandler(SessionCookies):
                     "Not connected",
                     "<p>The provider did not grant access, so nothing was connected. "
                     "Open your invite link again to retry.</p>",
+                    brand=_brand_of(self.runtime, None),
                 )
             )
             return
@@ -213,11 +255,20 @@ class OAuthCallbackHandler(SessionCookies):
         code = self.get_query_argument("code", "")
         try:
             # A worker thread: the code exchange waits on the provider.
-            await IOLoop.current().run_in_executor(
+            connection_id = await IOLoop.current().run_in_executor(
                 None, invites.finish_oauth, self.runtime, state, code
             )
         except WriteVueError as exc:
             self.set_status(400)
-            self.finish(page("Not connected", f"<p>{html.escape(str(exc))}</p>"))
+            brand = _brand_of(self.runtime, None)
+            message = brand_text(str(exc), brand)
+            self.finish(page("Not connected", f"<p>{html.escape(message)}</p>", brand=brand))
             return
-        self.finish(connected_page())
+        self.finish(connected_page(_brand_of(self.runtime, self._tenant_of(connection_id))))
+
+    def _tenant_of(self, connection_id) -> str | None:
+        try:
+            with self.runtime.db.session() as session:
+                return registry.get_connection(session, connection_id).tenant_id
+        except Exception:
+            return None

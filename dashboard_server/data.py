@@ -11,20 +11,26 @@ tenant's cached facts can never answer another tenant's view.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import datetime as dt
 import re
 import threading
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import polars as pl
 
 from writevue_pipelines import registry, warehouse
 from writevue_pipelines.runtime import Runtime
 from writevue_pipelines.sources import SOURCES
+from writevue_pipelines.sources.base import MetricMeta
 from writevue_pipelines.spreadsheet import csv_text
 
+from . import figures, formatting
+from .branding import load_brand_view
+
 STALE_AFTER = dt.timedelta(hours=36)
-MONEY_METRICS = frozenset({"gross_volume", "net", "fees", "refunds"})
+COMPARISONS = ("previous", "last_year")
 PRESET_DAYS = (7, 30, 90, 365)
 MAX_DAYS = 731
 #: how far back a period may start: ten years, far more than any source keeps for a client
@@ -110,51 +116,119 @@ def _parse_day(text: str) -> dt.date:
     raise PeriodError(f"A period's first and last days are written YYYY-MM-DD. {_CHOOSE}")
 
 
+# -- what a dashboard shows -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GoalView:
+    """A goal on a card: how far along it is, and whether the pace is on track."""
+
+    target: float
+    current: float | None
+    fraction: float | None
+    expected_fraction: float | None
+    on_track: bool | None
+    period: str
+    text: str
+
+
 @dataclass(frozen=True)
 class Kpi:
+    """One card: a metric (or one of its dimension values) over the period shown."""
+
     metric: str
     dimension: str
     label: str
-    value: float
-    previous: float
+    value: float | None
+    previous: float | None
+    ref: str = ""
+    kind: str = "counter"
+    polarity: str = "up_good"
+    unit: str = "count"
+    currency: str | None = None
+    locale: str = "en"
+    #: the comparison: "previous period" / "same period last year"; empty: none possible
+    compare_label: str = "previous period"
+    #: why there is no comparison, when there is none
+    no_compare_reason: str = ""
+    #: daily values over the period (None: no data that day), for the sparkline
+    series: tuple[float | None, ...] = ()
+    chart: str = "number"
+    goal: GoalView | None = None
+    #: the period ends today: its last day is not over
+    partial: bool = False
+    #: with a partial period: its value over the whole days, which the comparison uses
+    compared: float | None = None
 
     @property
     def text(self) -> str:
-        return format_value(self.metric, self.dimension, self.value)
+        return formatting.compact(self.value, self.unit, self.currency, self.locale)
+
+    @property
+    def exact_text(self) -> str:
+        return formatting.exact(self.value, self.unit, self.currency, self.locale)
 
     @property
     def previous_text(self) -> str:
-        return format_value(self.metric, self.dimension, self.previous)
+        return formatting.exact(self.previous, self.unit, self.currency, self.locale)
 
     @property
     def change(self) -> float | None:
-        if self.previous == 0:
-            return None
-        return (self.value - self.previous) / abs(self.previous)
+        current = self.compared if self.compared is not None else self.value
+        return figures.change(current, self.previous)
+
+    @property
+    def sentiment(self) -> str:
+        return figures.sentiment(self.polarity, self.change)
 
     @property
     def change_text(self) -> str:
+        if self.previous is None:
+            return self.no_compare_reason or "no earlier data to compare"
         change = self.change
         if change is None:
-            return "no earlier data"
-        return f"{change:+.1%} vs previous period"
+            return f"{self.previous_text} in the {self.compare_label}"
+        whole = " (whole days)" if self.partial else ""
+        return f"{formatting.change(change, self.locale)} vs {self.compare_label}{whole}"
 
 
 @dataclass(frozen=True)
-class SourceStatus:
-    source: str
+class Chart:
+    """One metric's daily values over the period: a line (or bars) per dimension."""
+
+    ref: str
+    label: str
+    kind: str
+    unit: str
+    currency: str | None
+    style: str  # line | bar
+    days: tuple[dt.date, ...]
+    #: (dimension, daily values); "" for the total
+    lines: tuple[tuple[str, tuple[float | None, ...]], ...]
+    partial: bool
+    locale: str = "en"
+
+
+@dataclass(frozen=True)
+class Detail:
+    """A per-dimension table: one row per dimension value (a repository), a column per
+    metric, each combined over the period by its kind."""
+
     title: str
-    state: str  # fresh, stale, needs_reconnect
-    advice: str
+    columns: tuple[Kpi, ...]  # one per metric: label, unit (its values are per row)
+    rows: tuple[tuple[str, tuple[Kpi, ...]], ...]
 
 
 @dataclass(frozen=True)
-class TenantHeader:
-    tenant_name: str
-    last_updated: dt.datetime | None
-    sources: list[SourceStatus]
-    #: changes whenever the tenant's facts may have changed; part of the cache key
-    version: tuple
+class Group:
+    """A section of the dashboard: a source (automatic layout) or a template's section."""
+
+    title: str
+    #: which accounts it reads (two GitHub connections are told apart by their owner)
+    accounts: tuple[str, ...]
+    kpis: tuple[Kpi, ...]
+    charts: tuple[Chart, ...]
+    details: tuple[Detail, ...]
 
 
 @dataclass(frozen=True)
@@ -163,9 +237,19 @@ class DashboardData:
     last_updated: dt.datetime | None
     period: Period
     sources: list[SourceStatus]
-    kpis: list[Kpi]
-    #: metric, dimension, day, value for the period shown
+    groups: tuple[Group, ...]
+    #: metric, dimension, day, value: the stored daily facts of the period shown (CSV)
     series: pl.DataFrame
+    comparison: str = "previous"
+    locale: str = "en"
+    partial: bool = False
+    brand: object | None = None
+    #: source -> kind of each metric, for the CSV
+    kinds: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def kpis(self) -> list[Kpi]:
+        return [kpi for group in self.groups for kpi in group.kpis]
 
     @property
     def start(self) -> dt.date:
@@ -177,9 +261,13 @@ class DashboardData:
 
 
 def format_value(metric: str, dimension: str, value: float) -> str:
-    if metric in MONEY_METRICS:
-        return f"{value:,.2f} {dimension.upper()}".strip()
-    return f"{value:,.0f}"
+    """A stored metric's value, exact (no tenant settings): used where only the name is known."""
+    for source in SOURCES.values():
+        meta = source.metric_meta().get(metric)
+        if meta is not None:
+            currency = dimension if meta.unit == "money" else None
+            return formatting.exact(value, meta.unit, currency)
+    return formatting.exact(value, "number")
 
 
 def metric_label(metric: str, dimension: str = "") -> str:
@@ -189,29 +277,42 @@ def metric_label(metric: str, dimension: str = "") -> str:
             break
     else:
         label = metric.replace("_", " ").capitalize()
-    return f"{label} ({dimension.upper()})" if dimension else label
+    return f"{label} ({dimension})" if dimension else label
+
+
+@dataclass(frozen=True)
+class SourceStatus:
+    source: str
+    title: str
+    state: str  # fresh, stale, needs_reconnect
+    advice: str
+    #: which account the connection reads ("acme" for a GitHub owner), when it says
+    account: str = ""
 
 
 def _source_status(connection: registry.ConnectionInfo, now: dt.datetime) -> SourceStatus:
     source = SOURCES.get(connection.source)
     title = source.title if source else connection.source
+    account = source.account_label(connection) if source else ""
     if connection.status == "needs_reauth":  # a refused or unreadable credential
         what = "sign-in" if connection.auth_kind == "oauth2" else "credentials"
         return SourceStatus(
             connection.source,
             title,
             "needs_reconnect",
-            f"Reconnect {title}: it no longer accepts WriteVue's {what}, so these figures "
-            "stopped updating. Ask your WriteVue contact for a connect link.",
+            f"Reconnect {title}: it no longer accepts the {what} it was given, so these "
+            "figures stopped updating. Ask for a connect link.",
+            account,
         )
     if connection.last_refreshed_at is None or now - connection.last_refreshed_at > STALE_AFTER:
         return SourceStatus(
             connection.source,
             title,
             "stale",
-            "Data may be out of date; WriteVue is retrying. No action needed yet.",
+            "Data may be out of date; it is being retried. No action needed yet.",
+            account,
         )
-    return SourceStatus(connection.source, title, "fresh", "Up to date.")
+    return SourceStatus(connection.source, title, "fresh", "Up to date.", account)
 
 
 class LruCache:
@@ -256,19 +357,128 @@ class FactCache(LruCache):
     """Facts per (tenant, its data version, period)."""
 
 
+@dataclass(frozen=True)
+class ViewSettings:
+    """What the operator set for this tenant's dashboard (defaults without a row)."""
+
+    locale: str = "en"
+    comparison: str | None = None
+    polarity: tuple[tuple[str, str], ...] = ()
+    template: object | None = None  # a writevue_pipelines.templates.Template
+    goals: tuple = ()  # writevue_pipelines.goals.GoalInfo
+
+
+@dataclass(frozen=True)
+class TenantHeader:
+    tenant_name: str
+    last_updated: dt.datetime | None
+    sources: list[SourceStatus]
+    #: changes whenever the tenant's facts may have changed; part of the cache key
+    version: tuple
+    #: connection id -> (source, its metrics' meta): what the facts mean
+    connections: tuple[tuple[str, str], ...] = ()
+    metas: Mapping[str, Mapping[str, MetricMeta]] = field(default_factory=dict)
+    settings: ViewSettings = ViewSettings()
+    brand: object | None = None
+
+    @property
+    def cache_key(self) -> tuple:
+        """Everything besides the facts that the page shows, for the page cache."""
+        return (
+            self.version,
+            self.tenant_name,
+            self.last_updated,
+            tuple(self.sources),
+            _settings_key(self.settings),
+            repr(self.brand),
+        )
+
+
+def _settings_key(settings: ViewSettings) -> tuple:
+    template = settings.template
+    return (
+        settings.locale,
+        settings.comparison,
+        settings.polarity,
+        repr(template.to_json()) if template is not None else None,
+        tuple(repr(goal) for goal in settings.goals),
+    )
+
+
+def _view_settings(session, tenant_id: str) -> ViewSettings:
+    from writevue_pipelines import goals, templates, tenant_settings
+
+    chosen = tenant_settings.get_settings(session, tenant_id)
+    return ViewSettings(
+        locale=chosen.locale or "en",
+        comparison=chosen.comparison,
+        polarity=tuple(sorted(dict(chosen.polarity or {}).items())),
+        template=templates.template_for_tenant(session, tenant_id),
+        goals=tuple(goals.list_goals(session, tenant_id)),
+    )
+
+
 def load_header(runtime: Runtime, tenant_id: str) -> TenantHeader:
     now = dt.datetime.now(dt.UTC)
     with runtime.db.session() as session:
         tenant = registry.get_tenant(session, runtime.keys, tenant_id)
         connections = registry.list_connections(session, tenant_id=tenant_id, active_only=True)
+        settings = _view_settings(session, tenant_id)
+        brand = load_brand_view(session, tenant_id, runtime.settings.default_brand)
     refreshed = [c.last_refreshed_at for c in connections if c.last_refreshed_at is not None]
     version = tuple(sorted((c.id, c.last_refreshed_at, c.status) for c in connections))
+    metas: dict[str, dict[str, MetricMeta]] = {}
+    for c in connections:
+        source = SOURCES.get(c.source)
+        if source is not None:
+            metas.setdefault(c.source, {}).update(source.metric_meta(c))
     return TenantHeader(
         tenant_name=tenant.name,
         last_updated=max(refreshed) if refreshed else None,
         sources=[_source_status(c, now) for c in connections],
         version=version,
+        connections=tuple(sorted((c.id, c.source) for c in connections)),
+        metas=metas,
+        settings=settings,
+        brand=brand,
     )
+
+
+@dataclass(frozen=True)
+class Facts:
+    """A tenant's facts per connection for the days a view needs, and each connection's
+    first day of data."""
+
+    frame: pl.DataFrame
+    history: Mapping[str, dt.date]
+    first_day: dt.date
+    last_day: dt.date
+
+    @property
+    def height(self) -> int:
+        return self.frame.height
+
+
+def comparison_mode(header: TenantHeader, asked: str | None = None) -> str:
+    """previous or last_year: the client's choice, else the tenant's, else the template's."""
+    if asked in COMPARISONS:
+        return asked
+    if header.settings.comparison in COMPARISONS:
+        return header.settings.comparison
+    template = header.settings.template
+    return getattr(template, "comparison", None) or "previous"
+
+
+def first_day_needed(
+    header: TenantHeader, period: Period, mode: str, today: dt.date | None = None
+) -> dt.date:
+    """The first day a view must read: its comparison's, and its goals' periods."""
+    today = _today(today)
+    windows = figures.Windows.of(period.start, period.end, today, mode)
+    first = min(windows.compare_start, period.start)
+    for goal in header.settings.goals:
+        first = min(first, _goal_window(goal, today)[0])
+    return max(first, oldest_day(today) - dt.timedelta(days=366))
 
 
 def load_facts(
@@ -277,47 +487,346 @@ def load_facts(
     period: Period,
     version: tuple,
     cache: FactCache | None = None,
-) -> pl.DataFrame:
-    """The tenant's facts for the period and the one before it: one query, or none if cached."""
-    key = (tenant_id, version, period.previous_start, period.end)
+    *,
+    first_day: dt.date | None = None,
+) -> Facts:
+    """The tenant's facts from ``first_day`` (default: the period before this one) to the
+    period's end: one query, or none if cached."""
+    first_day = first_day or period.previous_start
+    key = (tenant_id, version, first_day, period.end)
     if cache is not None:
         cached = cache.get(key)
         if cached is not None:
             return cached
     with runtime.db.session() as session:
-        facts = warehouse.tenant_facts(session, tenant_id, period.previous_start, period.end)
+        frame = warehouse.tenant_connection_facts(session, tenant_id, first_day, period.end)
+        history = warehouse.history_starts(session, tenant_id)
+    facts = Facts(frame, history, first_day, period.end)
     if cache is not None:
         cache.put(key, facts)
     return facts
 
 
-def summarise(header: TenantHeader, period: Period, facts: pl.DataFrame) -> DashboardData:
-    current = facts.filter(pl.col("day") >= period.start)
-    earlier = facts.filter(pl.col("day") < period.start)
-    totals = current.group_by("metric", "dimension").agg(pl.col("value").sum())
-    before = {
-        (m, d): v
-        for m, d, v in earlier.group_by("metric", "dimension")
-        .agg(pl.col("value").sum())
-        .iter_rows()
-    }
-    kpis = [
-        Kpi(
-            metric,
-            dimension,
-            metric_label(metric, dimension),
-            value,
-            before.get((metric, dimension), 0.0),
+# -- from facts to cards ----------------------------------------------------------------------
+
+
+def _goal_window(goal, today: dt.date) -> tuple[dt.date, dt.date]:
+    if goal.period == "month":
+        start = today.replace(day=1)
+        end = (start + dt.timedelta(days=32)).replace(day=1) - figures.DAY
+    elif goal.period == "quarter":
+        start = dt.date(today.year, 3 * ((today.month - 1) // 3) + 1, 1)
+        end = (start + dt.timedelta(days=93)).replace(day=1) - figures.DAY
+    elif goal.period == "year":
+        start, end = dt.date(today.year, 1, 1), dt.date(today.year, 12, 31)
+    else:  # by_date
+        created = getattr(goal, "created_at", None)
+        start = goal.starts_on or (created.date() if created else today)
+        end = goal.due_on or today
+    return start, end
+
+
+class _Builder:
+    """Cards, charts and tables of one view, from ``Figures`` and the tenant's settings."""
+
+    def __init__(self, header: TenantHeader, period: Period, facts: Facts, mode: str, today):
+        self.header, self.period, self.today = header, period, today
+        self.locale = header.settings.locale
+        template = header.settings.template
+        # The tenant's own choice over the template's over the source's.
+        self.polarity = {
+            **dict(getattr(template, "polarity", None) or {}),
+            **dict(header.settings.polarity),
+        }
+        self.windows = figures.Windows.of(period.start, period.end, today, mode)
+        sources = dict(header.connections)
+        self.figures = figures.Figures(
+            facts.frame, sources, header.metas, facts.history, facts.first_day, facts.last_day
         )
-        for metric, dimension, value in totals.sort("metric", "dimension").iter_rows()
-    ]
+        calculated = {}
+        for calc in getattr(template, "calculated", ()) or ():
+            calculated[f"calc.{calc.name}"] = figures.MetricDef(
+                f"calc.{calc.name}",
+                calc.label,
+                calc.kind,
+                calc.polarity,
+                calc.unit,
+                calc.currency,
+                calc.formula,
+            )
+        self.resolver = figures.Resolver(self.figures, calculated)
+        self.goals = {(g.metric, g.dimension or ""): g for g in header.settings.goals}
+        self.days = self.windows.days
+        self.compare_label = "same period last year" if mode == "last_year" else "previous period"
+
+    def definition(self, ref: str) -> figures.MetricDef | None:
+        definition = self.resolver.define(ref)
+        if definition is not None and ref in self.polarity:
+            definition = dataclasses.replace(definition, polarity=self.polarity[ref])
+        return definition
+
+    def kpi(
+        self,
+        definition: figures.MetricDef,
+        dimension: str | None,
+        *,
+        chart: str = "number",
+        label: str | None = None,
+    ) -> Kpi:
+        w = self.windows
+        ref = definition.ref
+        value = self.resolver.value(ref, dimension, w.start, w.end)
+        previous, compared, reason = None, None, ""
+        if not w.comparable:
+            reason = "today is not over yet: nothing to compare"
+        elif not self.resolver.covered(ref, w.compare_start, w.compare_end):
+            first = self.figures.coverage(ref) if not ref.startswith("calc.") else None
+            reason = (
+                f"no comparison: data starts {first:%d %b %Y}"
+                if first
+                else "no comparison: the earlier period has no data"
+            )
+        else:
+            # Whole days against as many whole days: the card shows the period with
+            # today so far, the comparison is made without today.
+            compared = self.resolver.value(ref, dimension, w.start, w.complete_end)
+            previous = self.resolver.value(ref, dimension, w.compare_start, w.compare_end)
+        currency = definition.currency
+        if definition.unit == "money" and currency is None:
+            currency = dimension or None
+        shown_label = label or definition.label
+        if dimension and not (definition.unit == "money" and dimension == currency):
+            shown_label = f"{shown_label} · {dimension}"
+        elif dimension and definition.unit == "money":
+            shown_label = f"{shown_label} ({dimension.upper()})"
+        return Kpi(
+            metric=ref.split(".", 1)[1],
+            dimension=dimension or "",
+            label=shown_label,
+            value=value,
+            previous=previous,
+            compared=compared if w.partial else None,
+            ref=ref,
+            kind=definition.kind,
+            polarity=definition.polarity,
+            unit=definition.unit,
+            currency=currency,
+            locale=self.locale,
+            compare_label=self.compare_label,
+            no_compare_reason=reason,
+            series=tuple(self.resolver.series(ref, dimension, self.days)),
+            chart=chart,
+            goal=self.goal(definition, dimension),
+            partial=w.partial,
+        )
+
+    def goal(self, definition: figures.MetricDef, dimension: str | None) -> GoalView | None:
+        goal = self.goals.get((definition.ref, dimension or ""))
+        if goal is None:
+            return None
+        from writevue_pipelines import goals as goal_rules
+
+        start, _ = _goal_window(goal, self.today)
+        start = max(start, self.figures.first_day)
+        now = min(self.today, self.figures.last_day)
+        value = self.resolver.value(definition.ref, dimension, start, now)
+        start_value = None
+        if definition.kind == "gauge":
+            start_value = self.resolver.value(definition.ref, dimension, start, start)
+        progress = goal_rules.progress(
+            goal,
+            kind=definition.kind,
+            value_to_date=value,
+            today=self.today,
+            start_value=start_value,
+        )
+        target_text = formatting.compact(
+            goal.target, definition.unit, definition.currency or dimension or None, self.locale
+        )
+        text = getattr(progress, "text", "") or ""
+        return GoalView(
+            target=goal.target,
+            current=getattr(progress, "current", value),
+            fraction=getattr(progress, "fraction", None),
+            expected_fraction=getattr(progress, "expected_fraction", None),
+            on_track=getattr(progress, "on_track", None),
+            period=goal.period,
+            text=text.replace(goal_rules.compact(goal.target), target_text, 1)
+            if text
+            else target_text,
+        )
+
+    def split_dimensions(self, definition: figures.MetricDef) -> list[str]:
+        """Dimension values, largest first over the period."""
+        dims = self.resolver.dimensions(definition.ref)
+
+        def size(d: str) -> float:
+            v = self.resolver.value(definition.ref, d, self.windows.start, self.windows.end)
+            return -(abs(v) if v is not None else -1)
+
+        return sorted(dims, key=lambda d: (size(d), d))
+
+    def cards_for(self, definition: figures.MetricDef, dimension: str | None, split: bool):
+        """The dimensions to show one card each for: one value, each value, or the total
+        (never a total of money over currencies: a card per currency instead)."""
+        if dimension:
+            return [dimension]
+        dims = self.resolver.dimensions(definition.ref)
+        if split or (definition.unit == "money" and definition.currency is None and dims):
+            return self.split_dimensions(definition) if dims else [None]
+        if definition.kind == "ratio" and definition.formula is None and len(dims) > 1:
+            return self.split_dimensions(definition)
+        return [None]
+
+    def chart(self, definition: figures.MetricDef, dims: list[str | None], style: str) -> Chart:
+        lines = tuple(
+            (d or "", tuple(self.resolver.series(definition.ref, d, self.days))) for d in dims
+        )
+        currency = definition.currency
+        if definition.unit == "money" and currency is None and len(dims) == 1:
+            currency = dims[0]
+        return Chart(
+            definition.ref,
+            definition.label,
+            definition.kind,
+            definition.unit,
+            currency,
+            style,
+            tuple(self.days),
+            lines,
+            self.windows.partial,
+            self.locale,
+        )
+
+    def detail(self, title: str, definitions: list[figures.MetricDef]) -> Detail | None:
+        dims: list[str] = []
+        for definition in definitions:
+            dims += [d for d in self.split_dimensions(definition) if d not in dims]
+        if len(dims) < 2:
+            return None
+        columns = tuple(self.kpi(d, None) for d in definitions)
+        rows = tuple((dim, tuple(self.kpi(d, dim) for d in definitions)) for dim in dims)
+        return Detail(title, columns, rows)
+
+    # -- layouts ----------------------------------------------------------------------------
+
+    def accounts(self, source: str) -> tuple[str, ...]:
+        return tuple(
+            sorted({s.account for s in self.header.sources if s.source == source and s.account})
+        )
+
+    def automatic(self) -> tuple[Group, ...]:
+        """Grouped by source in the order they were connected; within a source, metrics as
+        the source lists them; totals first, per-dimension detail in a table below."""
+        groups = []
+        seen: list[str] = []
+        for _cid, source in self.header.connections:
+            if source not in seen:
+                seen.append(source)
+        extra = sorted({ref.split(".", 1)[0] for ref in self.figures.refs()} - set(seen))
+        for source in [*sorted(seen, key=_source_order), *extra]:
+            metas = self.header.metas.get(source, {})
+            refs = [f"{source}.{m}" for m in metas if self.figures.has(f"{source}.{m}")]
+            refs += sorted(
+                r for r in self.figures.refs() if r.startswith(f"{source}.") and r not in refs
+            )
+            if not refs:
+                continue
+            kpis, charts, detailed = [], [], []
+            for ref in refs:
+                definition = self.definition(ref)
+                dims = self.cards_for(definition, None, False)
+                kpis += [self.kpi(definition, d) for d in dims]
+                charts.append(self.chart(definition, dims, "line"))
+                if dims == [None] and len(self.figures.dimensions(ref)) > 1:
+                    detailed.append(definition)
+            title = SOURCES[source].title if source in SOURCES else source
+            by = SOURCES[source].dimension if source in SOURCES else None
+            detail_title = f"By {by.name.split()[0]}" if by is not None else "Breakdown"
+            detail = self.detail(detail_title, detailed) if detailed else None
+            groups.append(
+                Group(
+                    title,
+                    self.accounts(source),
+                    tuple(kpis),
+                    tuple(charts),
+                    (detail,) if detail else (),
+                )
+            )
+        return tuple(groups)
+
+    def from_template(self, template) -> tuple[Group, ...]:
+        groups = []
+        for section in template.sections:
+            kpis, charts, details = [], [], []
+            sources: list[str] = []
+            for item in section.items:
+                definition = self.definition(item.metric)
+                if definition is None:
+                    continue  # the tenant has no such source: the rest of the layout holds
+                if not definition.ref.startswith("calc."):
+                    sources.append(definition.source)
+                dims = self.cards_for(definition, item.dimension, item.split)
+                if item.chart == "table":
+                    detail = self.detail(item.label or definition.label, [definition])
+                    if detail is not None:
+                        details.append(detail)
+                        continue
+                kpis += [self.kpi(definition, d, chart=item.chart, label=item.label) for d in dims]
+                if item.chart in ("line", "bar"):
+                    charts.append(self.chart(definition, dims, item.chart))
+            if kpis or charts or details:
+                accounts = tuple(a for s in dict.fromkeys(sources) for a in self.accounts(s))
+                groups.append(
+                    Group(section.title, accounts, tuple(kpis), tuple(charts), tuple(details))
+                )
+        return tuple(groups)
+
+
+def _source_order(source: str) -> int:
+    names = list(SOURCES)
+    return names.index(source) if source in names else len(names)
+
+
+def summarise(
+    header: TenantHeader,
+    period: Period,
+    facts: Facts,
+    *,
+    comparison: str | None = None,
+    today: dt.date | None = None,
+) -> DashboardData:
+    today = _today(today)
+    mode = comparison_mode(header, comparison)
+    builder = _Builder(header, period, facts, mode, today)
+    template = header.settings.template
+    groups = builder.from_template(template) if template is not None else builder.automatic()
+    shown = facts.frame.filter((pl.col("day") >= period.start) & (pl.col("day") <= period.end))
+    sources = dict(header.connections)
+    kinds = {
+        f"{sources.get(cid, '')}.{metric}": builder.figures.meta(f"{sources.get(cid, '')}.{metric}")
+        for cid, metric in shown.select("connection_id", "metric").unique().iter_rows()
+    }
+    series = (
+        shown.with_columns(
+            pl.col("connection_id").replace_strict(sources, default="").alias("source")
+        )
+        .group_by("source", "metric", "dimension", "day")
+        .agg(pl.col("value").sum())
+        .sort("source", "metric", "dimension", "day")
+    )
     return DashboardData(
         tenant_name=header.tenant_name,
         last_updated=header.last_updated,
         period=period,
         sources=header.sources,
-        kpis=kpis,
-        series=current.sort("metric", "dimension", "day"),
+        groups=groups,
+        series=series,
+        comparison=mode,
+        locale=header.settings.locale,
+        partial=builder.windows.partial,
+        brand=header.brand,
+        kinds={ref: (meta.kind if meta else "counter") for ref, meta in kinds.items()},
     )
 
 
@@ -329,33 +838,62 @@ def load_dashboard(
     period: Period | None = None,
     today: dt.date | None = None,
     cache: FactCache | None = None,
+    comparison: str | None = None,
 ) -> DashboardData:
     period = period or Period.last(days, today)
     header = load_header(runtime, tenant_id)
-    return summarise(header, period, load_facts(runtime, tenant_id, period, header.version, cache))
+    mode = comparison_mode(header, comparison)
+    facts = load_facts(
+        runtime,
+        tenant_id,
+        period,
+        header.version,
+        cache,
+        first_day=first_day_needed(header, period, mode, today),
+    )
+    return summarise(header, period, facts, comparison=mode, today=today)
 
 
-CSV_COLUMNS = ("day", "metric", "label", "dimension", "value")
+CSV_COLUMNS = ("day", "source", "metric", "label", "dimension", "kind", "value", "partial")
 
 
 def dashboard_csv(data: DashboardData) -> str:
-    """Exactly the daily figures the dashboard shows for its period, one row per day and metric.
+    """The daily figures behind the dashboard's period, one row per day, metric and
+    dimension (summed over connections), as stored: a gauge's row is its level that day.
 
     Metrics and dimensions come from sources (a REST spec may map any value to them):
     every text cell is neutralised for spreadsheets (``spreadsheet.csv_text``); the
-    value stays a number.
+    value stays a number, counts without decimals. ``partial`` marks today's unfinished day.
     """
-    rows = (
-        (day.isoformat(), metric, metric_label(metric, dimension), dimension, float(value))
-        for metric, dimension, day, value in data.series.sort(
-            "day", "metric", "dimension"
-        ).iter_rows()
-    )
+    today = _today(None)
+    labels: dict[str, str] = {}
+    for source in SOURCES.values():
+        for metric, meta in source.metric_meta().items():
+            labels.setdefault(f"{source.name}.{metric}", meta.label)
+    rows = []
+    for source, metric, dimension, day, value in data.series.sort(
+        "day", "source", "metric", "dimension"
+    ).iter_rows():
+        ref = f"{source}.{metric}"
+        meta = SOURCES[source].metric_meta().get(metric) if source in SOURCES else None
+        unit = meta.unit if meta else "number"
+        rows.append(
+            (
+                day.isoformat(),
+                source,
+                metric,
+                labels.get(ref, metric.replace("_", " ").capitalize()),
+                dimension,
+                data.kinds.get(ref, "counter"),
+                formatting.csv_number(float(value), unit),
+                "true" if day >= today else "false",
+            )
+        )
     return csv_text(CSV_COLUMNS, rows)
 
 
 def csv_filename(data: DashboardData) -> str:
-    return f"writevue-{data.start:%Y%m%d}-{data.end:%Y%m%d}.csv"
+    return f"dashboard-{data.start:%Y%m%d}-{data.end:%Y%m%d}.csv"
 
 
 def headline_texts(runtime: Runtime, tenant_id: str) -> list[str]:

@@ -43,6 +43,20 @@ TOO_MANY_HTML = (
 )
 
 
+#: the one 404 page: white label (it names nobody), or in the server's default brand
+#: (``branding.DefaultBrandPages``, installed by the server when one is set)
+_not_found_page: list[Callable[[], bytes]] = []
+
+
+def set_not_found_page(source: Callable[[], bytes] | None) -> None:
+    """Make ``source()`` the 404 page of this process (None: the neutral one)."""
+    _not_found_page[:] = [source] if source is not None else []
+
+
+def not_found_html() -> bytes:
+    return _not_found_page[0]() if _not_found_page else NOT_FOUND_HTML
+
+
 def reject(handler: RequestHandler, status: int) -> None:
     """Answer with the one 404 page, or with 429 and when to come back."""
     handler.set_status(status)
@@ -51,7 +65,7 @@ def reject(handler: RequestHandler, status: int) -> None:
         handler.set_header("Retry-After", "60")
         handler.finish(TOO_MANY_HTML)
     else:
-        handler.finish(NOT_FOUND_HTML)
+        handler.finish(not_found_html())
 
 
 class RejectHandler(RequestHandler):
@@ -69,8 +83,9 @@ class NotFoundPage(OutputTransform):
     def transform_first_chunk(
         self, status_code, headers: HTTPHeaders, chunk: bytes, finishing: bool
     ):
-        if status_code == 404 and finishing and chunk != NOT_FOUND_HTML:
-            chunk = NOT_FOUND_HTML
+        page = not_found_html()
+        if status_code == 404 and finishing and chunk != page:
+            chunk = page
             headers["Content-Type"] = "text/html; charset=utf-8"
             headers["Content-Length"] = str(len(chunk))
         return status_code, headers, chunk

@@ -6,6 +6,9 @@ from tornado.httputil import HTTPHeaders, HTTPServerRequest
 from tornado.web import OutputTransform, RequestHandler
 
 _COOKIE_FLAGS = frozenset({"expires", "max-age", "httponly", "samesite", "secure"})
+#: what a handler may set for itself on a response it marks ``request.writevue_immutable``
+#: (``branding.BrandLogoHandler``: a year of caching, a CSP stricter than the site's)
+_OWN_HEADERS = frozenset({"Cache-Control", "Content-Security-Policy"})
 
 # Panel's page starts from inline scripts ('unsafe-inline') and es-module-shims makes
 # blob: scripts; nothing else, and no third-party origin, is allowed. 'unsafe-eval' is
@@ -80,13 +83,17 @@ def security_transform(headers_to_set: dict[str, str]) -> type[OutputTransform]:
 
         def __init__(self, request: HTTPServerRequest) -> None:
             super().__init__(request)
+            self.request = request
             self.secure = request.protocol == "https"
 
         def transform_first_chunk(
             self, status_code, headers: HTTPHeaders, chunk: bytes, finishing: bool
         ):
+            # A content-addressed file (a brand's logo) keeps its own caching and CSP.
+            own = status_code == 200 and getattr(self.request, "writevue_immutable", False)
             for name, value in headers_to_set.items():
-                headers[name] = value
+                if not (own and name in _OWN_HEADERS and name in headers):
+                    headers[name] = value
             headers.pop("Server", None)
             headers.pop("Etag", None)
             cookies = headers.get_list("Set-Cookie")

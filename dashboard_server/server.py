@@ -13,6 +13,7 @@ import functools
 import logging
 from urllib.parse import urlsplit
 
+import jinja2
 import panel as pn
 from tornado.web import Application
 
@@ -20,10 +21,11 @@ from writevue_pipelines import links
 from writevue_pipelines.runtime import Runtime
 
 from .access_log import AccessLog, Visitor
-from .app import GONE_HTML, Dashboard
+from .app import GONE_HTML, Dashboard, query_state
+from .branding import LOGO_ROUTE, BrandLogoHandler, DefaultBrandPages, favicon_url
 from .connect import ConnectHandler, OAuthCallbackHandler
 from .export import csv_export_rule
-from .gate import LinkResolver, NotFoundPage, RejectHandler, install_gate
+from .gate import LinkResolver, NotFoundPage, RejectHandler, install_gate, set_not_found_page
 from .headers import XSRF_COOKIE_KWARGS, security_headers, security_transform
 from .limiter import FailureLimiter
 from .redaction import install_log_scrubber
@@ -49,7 +51,20 @@ from .tuning import (
 )
 
 THEME = "/assets/theme.css"
+#: cards, groups, sparklines, goals (render.py)
+CARDS_CSS = "/assets/cards.css"
 FAVICON = "/assets/favicon.svg"
+SCREENS = "/assets/screens.js"
+#: Panel's page (``{% extends base %}``) with what a phone needs to lay it out at its own
+#: width, and the script that keeps the TV pages and clock and shows tooltips on a tap
+PAGE_TEMPLATE = jinja2.Environment(autoescape=False).from_string(
+    "{% extends base %}{% block postamble %}"
+    '<meta name="viewport" content="width=device-width, initial-scale=1">'
+    f'<script src="{SCREENS}" defer></script>'
+    "{% endblock %}"
+)
+#: the page's title is the document's (the tenant's name, set per session), never Panel's
+APP_TITLES = {"/d/{token}": ""}
 
 #: every open dashboard's link check each second (and TV reload), one timer per process
 TICKER = Ticker()
@@ -66,7 +81,8 @@ def make_app(
 
     def dashboard():
         document = pn.state.curdoc
-        document.title = "Dashboard · WriteVue"
+        document.title = "Dashboard"
+        document.template = PAGE_TEMPLATE
         # Panel's default favicon URL is relative ("./favicon.ico"): under /d/ it would hit
         # the gate as a bad token. Ours is served from /assets.
         document.template_variables["app_favicon"] = FAVICON
@@ -99,13 +115,18 @@ def make_app(
             def on_interaction() -> None:
                 access_log.record("interaction", link.id, visitor)
 
-        tv = pn.state.session_args.get("tv", [b""])[0] in (b"1", b"true", b"yes")
+        source = TenantData(runtime, link.tenant_id, alive)
         view = Dashboard(
-            TenantData(runtime, link.tenant_id, alive),
-            tv=tv,
+            source,
             refresh_s=refresh_s,
             on_interaction=on_interaction,
+            **query_state(pn.state.session_args),
         )
+        document.title = source.tenant_name or document.title
+        if source.brand is not None:  # white label: the brand's logo, not WriteVue's
+            icon = favicon_url(source.brand)
+            document.template_variables["app_favicon"] = icon
+            document.template_variables["apple_icon"] = icon
         TICKER.add(document.session_context.id, document, view, refresh_s, link=token_hash)
         return view
 
@@ -160,7 +181,7 @@ def build_server(
 ):
     """Create (not start) the dashboard server with the gate installed."""
     install_log_scrubber()
-    pn.config.css_files = [THEME]
+    pn.config.css_files = [THEME, CARDS_CSS]
     pn.extension(design="native", notifications=False)
     # Separate budgets: guessing invites cannot lock a client out of its dashboard.
     limiter = limiter or FailureLimiter(runtime.settings.guess_limit)
@@ -179,9 +200,12 @@ def build_server(
             {"runtime": runtime, "limiter": invite_limiter},
         ),
         (r"/oauth/callback", OAuthCallbackHandler, {"runtime": runtime}),
+        (LOGO_ROUTE, BrandLogoHandler, {"runtime": runtime}),
     ]
+    set_not_found_page(DefaultBrandPages(runtime) if runtime.settings.default_brand else None)
     server = pn.serve(
         {"/d/{token}": make_app(runtime, guard, access_log)},
+        title=APP_TITLES,
         port=port,
         address=host,
         show=False,

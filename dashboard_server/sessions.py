@@ -205,4 +205,12 @@ class SessionGuard:
             return {}
         with self.runtime.db.session() as session:
             live = links.live_token_hashes(session, token_hashes)
-        return dict.fromkeys(token_hashes - live, GONE_HTML)
+        return dict.fromkeys(token_hashes - live, self.gone_page())
+
+    def gone_page(self) -> str:
+        """ "This link no longer works": white label, or in the server's default brand."""
+        if not self.runtime.settings.default_brand:
+            return GONE_HTML
+        from .branding import default_brand_view, gone_html
+
+        return gone_html(default_brand_view(self.runtime))

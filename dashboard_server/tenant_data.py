@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import panel as pn
 
 from writevue_pipelines.runtime import Runtime
 
-from .data import FactCache, LruCache, Period, load_facts, load_header, summarise
+from .data import (
+    FactCache,
+    LruCache,
+    Period,
+    comparison_mode,
+    first_day_needed,
+    load_facts,
+    load_header,
+    summarise,
+)
 from .render import dashboard_html
 
 CACHE_KEY = "writevue.facts"
@@ -19,28 +30,34 @@ class TenantData:
 
     def __init__(self, runtime: Runtime, tenant_id: str, alive):
         self._runtime, self._tenant_id, self._alive = runtime, tenant_id, alive
+        #: the tenant's name as the last page showed it (the browser tab's title)
+        self.tenant_name = ""
+        self.brand = None
 
-    def page(self, period: Period, *, tv: bool) -> str:
+    def page(self, period: Period, *, tv: bool, compare: str | None = None) -> str:
         """The dashboard's HTML: one registry read, then the cached page or one facts query.
 
         The key holds everything the page shows besides the facts (name, last update,
-        each source's state, which also ages from fresh to stale) and the facts' version.
+        each source's state, which also ages from fresh to stale, the tenant's template,
+        goals and settings) and the facts' version.
         """
         header = load_header(self._runtime, self._tenant_id)
-        key = (
-            self._tenant_id,
-            header.version,
-            header.tenant_name,
-            header.last_updated,
-            tuple(header.sources),
-            period,
-            tv,
-        )
+        self.tenant_name = header.tenant_name
+        self.brand = header.brand  # for the page's favicon
+        mode = comparison_mode(header, compare)
+        key = (self._tenant_id, header.cache_key, period, tv, mode, _today())
         pages = page_cache()
         page = pages.get(key)
         if page is None:
-            facts = load_facts(self._runtime, self._tenant_id, period, header.version, fact_cache())
-            page = dashboard_html(summarise(header, period, facts), tv=tv)
+            facts = load_facts(
+                self._runtime,
+                self._tenant_id,
+                period,
+                header.version,
+                fact_cache(),
+                first_day=first_day_needed(header, period, mode),
+            )
+            page = dashboard_html(summarise(header, period, facts, comparison=mode), tv=tv)
             pages.put(key, page)
         return page
 
@@ -58,3 +75,8 @@ def page_cache() -> LruCache:
     return pn.state.cache.setdefault(
         PAGES_KEY, LruCache(max_entries=4096, max_size=PAGE_CACHE_BYTES, size=len)
     )
+
+
+def _today() -> dt.date:
+    """Part of a page's key: "today so far" and goal paces change at midnight (UTC)."""
+    return dt.datetime.now(dt.UTC).date()

@@ -344,3 +344,35 @@ def deploy_dagster_home(monkeypatch, postgres_url: str, folder: Path) -> Path:
     repo = Path(__file__).resolve().parents[1]
     shutil.copy(repo / "deploy" / "dagster.yaml", folder / "dagster.yaml")
     return folder
+
+
+def add_facts(
+    runtime: Runtime,
+    tenant_id: str,
+    source: str,
+    facts,
+    *,
+    options: dict | None = None,
+    auth_kind: str = "api_key",
+    refreshed_at=None,
+) -> str:
+    """A ``source`` connection of the tenant already holding ``facts`` (the warehouse's long
+    format: metric, dimension, day, value); no source is called. Its id."""
+    from writevue_pipelines import warehouse
+
+    with runtime.db.session() as session:
+        connection_id = registry.add_connection(
+            session,
+            runtime.keys,
+            tenant_id,
+            source,
+            auth_kind,
+            options or {},
+            {"api_key": f"test-key-{token_hex(8)}"},
+        )
+        connection = registry.get_connection(session, connection_id)
+        warehouse.upsert_facts(session, connection, facts, window_start=None)
+        registry.record_refresh_result(
+            session, connection_id, error=None, at=refreshed_at or dt.datetime.now(dt.UTC)
+        )
+    return connection_id

@@ -33,17 +33,15 @@ from support import (
     start_dashboard_server,
 )
 
-from dashboard_server.render import dashboard_html
 from dashboard_server.data import (
     FactCache,
     Period,
-    TenantHeader,
     load_dashboard,
-    summarise,
 )
 from dashboard_server.gate import LinkResolver
 from dashboard_server.headers import session_cookie
 from dashboard_server.probe import page_and_document_text
+from dashboard_server.render import dashboard_html
 from writevue_devtools.peers import CHROMIUM_ARGS
 from writevue_pipelines import invites, links, refresh, registry
 from writevue_pipelines.home import init_home
@@ -161,12 +159,14 @@ def test_cards_compare_the_period_with_the_one_before(world):
     data = load_dashboard(world.runtime, world.acme, days=7)
     charges = next(k for k in data.kpis if k.metric == "charges")
     # day i (0 = today) is worth 10 + i % 7: any 7 consecutive days sum to 10*7 + 21
-    assert charges.value == charges.previous == 91
-    assert charges.text == "91" and charges.change_text == "+0.0% vs previous period"
+    assert charges.value == 91
+    # Today is not over: days 1-6 (81) are compared with the week before's first six (75).
+    assert charges.previous == sum(10 + i % 7 for i in range(7, 13)) == 75
+    assert charges.text == "91" and charges.change_text == "+8.0% vs previous period (whole days)"
     gross = next(k for k in data.kpis if k.metric == "gross_volume")
     assert gross.value == sum(1000.25 + i for i in range(7))
-    assert gross.previous == sum(1000.25 + i for i in range(7, 14))
-    assert gross.text == "7,022.75 USD" and gross.change < 0
+    assert gross.previous == sum(1000.25 + i for i in range(7, 13))
+    assert (gross.text, gross.exact_text) == ("$7k", "$7,022.75") and gross.change < 0
 
 
 def test_dashboard_data_reads_one_tenant_and_compares_periods(runtime, sandbox):
@@ -188,11 +188,16 @@ def test_dashboard_data_reads_one_tenant_and_compares_periods(runtime, sandbox):
         ).all()
     start = TODAY - dt.timedelta(days=29)
     shown = sum(value for day, value in loaded if start <= day <= TODAY)
-    before = sum(value for day, value in loaded if start - dt.timedelta(days=30) <= day < start)
+    # compared: the 29 whole days with the previous period's first 29
+    before_start = start - dt.timedelta(days=30)
+    before = sum(
+        value for day, value in loaded if before_start <= day < before_start + dt.timedelta(29)
+    )
     charges = next(k for k in data.kpis if k.metric == "charges")
     assert shown > 0 and before > 0
     assert charges.value == pytest.approx(shown) and charges.previous == pytest.approx(before)
-    assert charges.text == f"{shown:,.0f}" and charges.change_text.endswith("vs previous period")
+    assert charges.exact_text == f"{shown:,.0f}"
+    assert charges.change_text.endswith("vs previous period (whole days)")
 
 
 def test_one_warehouse_query_per_view_and_a_cache_keyed_by_tenant_and_refresh(world):
@@ -236,7 +241,7 @@ def test_the_page_shows_cards_charts_table_and_export_of_the_period(world):
     assert "wv-tv" in tv and "format=csv" not in tv
 
 
-def test_a_chart_draws_every_day_of_the_period_and_gaps_as_zero():
+def test_a_chart_draws_every_day_of_the_period_and_a_counters_quiet_days_as_zero(runtime):
     period = Period(dt.date(2026, 1, 1), dt.date(2026, 1, 10))
     facts = pl.DataFrame(
         {
@@ -246,7 +251,8 @@ def test_a_chart_draws_every_day_of_the_period_and_gaps_as_zero():
             "value": [5.0, 10.0],
         }
     )
-    page = dashboard_html(summarise(TenantHeader("Acme Ltd", None, [], ()), period, facts))
+    tenant, _ = add_tenant_with_facts(runtime, "Acme Ltd", facts)
+    page = dashboard_html(load_dashboard(runtime, tenant, period=period))
     assert page.count('<svg class="wv-chart-svg"') == 1
     points = page.split('points="')[1].split('"')[0].split()
     assert len(points) == 10

@@ -394,6 +394,8 @@ ALLOWED_ROUTES = {
     # behind their own one-time tokens: an invite, an OAuth state
     ("/connect/([A-Za-z0-9_-]{1,128})$", "ConnectHandler"),
     ("/oauth/callback$", "OAuthCallbackHandler"),
+    # a brand's logo, by its brand id and digest (not secret; the same 404 otherwise)
+    ("/brand/([0-9a-f-]{36})/([0-9a-f]{16})\\.(svg|png)$", "BrandLogoHandler"),
     # fixed files: robots.txt, no favicon, assets/, Bokeh's and Panel's bundles
     ("/robots\\.txt$", "RobotsHandler"),
     ("/favicon.ico$", "IcoHandler"),

@@ -423,7 +423,9 @@ BAD_SPECS = [
      "spec.mapping.metrics[0].field: is required for agg 'sum'"),
     (_set("mapping.metrics.1.name", "revenue"), "spec.mapping.metrics[1].name: 'revenue' is used"),
     (_set("mapping.metrics.0.name", "Revenue!"), "spec.mapping.metrics[0].name: 'Revenue!' is not"),
-    (_set("mapping.metrics.0.unit", "eur"), "spec.mapping.metrics[0].unit: unknown setting"),
+    (_set("mapping.metrics.0.colour", "eur"), "spec.mapping.metrics[0].colour: unknown setting"),
+    (_set("mapping.metrics.0.unit", "eur"), "spec.mapping.metrics[0].unit: unknown value 'eur'"),
+    (_set("mapping.metrics.0.polarity", "down"), "spec.mapping.metrics[0].polarity: unknown value"),
     (_set("incremental", {"format": "iso_date", "field": "x"}), "spec.incremental.param: is req"),
     (_set("incremental.format", "epoch"), "spec.incremental.format: unknown value 'epoch'"),
 ]  # fmt: skip

@@ -155,6 +155,7 @@ AUDITED = [
     (lambda w: ["link", "list", w.tenant], "link.list", "tenant", {"links": 1}),
     (lambda w: ["link", "rotate", w.link], "link.rotate", "tenant", {"link_id": "link"}),
     (lambda w: ["refresh", "--tenant", w.bare], "tenant.refresh", "bare", {}),
+    (lambda w: ["goal", "list", w.tenant], "goal.list", "tenant", {"goals": 0}),
 ]
 
 

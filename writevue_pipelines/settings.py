@@ -48,6 +48,9 @@ class Settings:
     #: failed token lookups an address may make per minute, per surface (links, invites),
     #: before its failures get 429; a live link or invite is never refused
     guess_limit: int = 20
+    #: the brand (by name) shown where no tenant's is: 404 and "no longer works" pages,
+    #: tenants without a brand; None: WriteVue's look (``WRITEVUE_DEFAULT_BRAND``)
+    default_brand: str | None = None
     #: the Dagster instance's PostgreSQL storage, when it has one (the erasure proof
     #: searches its run history): ``WRITEVUE_DAGSTER_DATABASE_URL``, else built from the
     #: ``DAGSTER_PG_*`` variables that deploy/dagster.yaml reads
@@ -90,6 +93,7 @@ class Settings:
             trend_min_referrer_views=_positive_int(env, "WRITEVUE_TREND_MIN_REFERRER_VIEWS", 5),
             run_retention_days=_positive_int(env, "WRITEVUE_RUN_RETENTION_DAYS", 30),
             guess_limit=_positive_int(env, "WRITEVUE_GUESS_LIMIT", 20),
+            default_brand=(env.get("WRITEVUE_DEFAULT_BRAND") or "").strip() or None,
             dagster_database_url=_dagster_database_url(env),
         )
 

@@ -314,6 +314,37 @@ def tenant_facts(session: Session, tenant_id: str, start: dt.date, end: dt.date)
     return pl.DataFrame(rows, schema=FACT_SCHEMA, orient="row")
 
 
+#: one tenant's facts per connection, as ``tenant_connection_facts`` returns them
+CONNECTION_FACT_SCHEMA = {"connection_id": pl.String, **FACT_SCHEMA}
+
+
+def tenant_connection_facts(
+    session: Session, tenant_id: str, start: dt.date, end: dt.date
+) -> pl.DataFrame:
+    """Every aggregate of one tenant between two days (inclusive), per connection: a
+    dashboard combines them by each metric's kind (a gauge is not summed over days)."""
+    connections = select(Connection.id).where(Connection.tenant_id == tenant_id)
+    rows = session.execute(
+        select(Fact.connection_id, Fact.metric, Fact.dimension, Fact.day, Fact.value).where(
+            Fact.tenant_id == tenant_id,
+            Fact.connection_id.in_(connections),
+            Fact.day >= start,
+            Fact.day <= end,
+        )
+    ).all()
+    return pl.DataFrame(rows, schema=CONNECTION_FACT_SCHEMA, orient="row")
+
+
+def history_starts(session: Session, tenant_id: str) -> dict[str, dt.date]:
+    """connection id -> the first day it holds a fact for: before it, "no data"."""
+    rows = session.execute(
+        select(Fact.connection_id, func.min(Fact.day))
+        .where(Fact.tenant_id == tenant_id)
+        .group_by(Fact.connection_id)
+    ).all()
+    return {connection_id: day for connection_id, day in rows}
+
+
 def _of_connection(connection_id: str):
     """The facts of one connection, found through its tenant: the key starts with it."""
     tenant = select(Connection.tenant_id).where(Connection.id == connection_id).scalar_subquery()

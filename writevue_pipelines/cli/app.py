@@ -14,7 +14,19 @@ from ..settings import ConfigError
 from ..vault import VaultError
 
 #: the modules whose ``@command``s make up ``writevue``, in the order ``--help`` lists them
-COMMAND_MODULES = ("setup", "tenant", "keys", "audit", "connection", "link", "operations", "demo")
+COMMAND_MODULES = (
+    "setup",
+    "tenant",
+    "keys",
+    "audit",
+    "connection",
+    "link",
+    "brand",
+    "template",
+    "goal",
+    "operations",
+    "demo",
+)
 
 
 class CliError(Exception):

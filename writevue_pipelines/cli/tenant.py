@@ -226,3 +226,56 @@ def revoke_grants(args) -> None:
             f"{len(report.failed)} revocation(s) still fail: retry later, or pass "
             "--confirm-revoked once the client has revoked the access at the provider."
         )
+
+
+@command(
+    "tenant set",
+    "how a tenant's dashboard shows numbers: locale, comparison, polarity overrides",
+    arg("tenant_id"),
+    arg("--locale", help="thousands and decimal separators: en, de, fr, es, it, nl, pt, sv, ch"),
+    arg(
+        "--comparison",
+        choices=("previous", "last_year", "default"),
+        help="what changes are measured against; default: the template's",
+    ),
+    arg(
+        "--polarity",
+        action="append",
+        default=[],
+        metavar="REF=up_good|up_bad|neutral",
+        help="whether a metric going up is good news (repeatable)",
+    ),
+    arg("--clear-polarity", action="append", default=[], metavar="REF"),
+    audit=False,  # changes a look; shows no personal data or figures
+)
+def set_settings(args) -> None:
+    from .. import tenant_settings
+    from ..errors import InvalidInput
+
+    polarity: dict[str, str] = {}
+    for pair in args.polarity:
+        metric, sep, value = pair.partition("=")
+        if not sep or not metric.strip():
+            raise InvalidInput(
+                f"--polarity {pair[:80]!r} is not REF=up_good, REF=up_bad or REF=neutral."
+            )
+        polarity[metric.strip()] = value.strip()
+    changes: dict = {}
+    if args.locale is not None:
+        changes["locale"] = args.locale
+    if args.comparison is not None:
+        changes["comparison"] = None if args.comparison == "default" else args.comparison
+    runtime = ready_runtime()
+    with runtime.db.session() as session:
+        settings = tenant_settings.update_settings(
+            session,
+            args.tenant_id,
+            polarity_set=polarity,
+            polarity_clear=args.clear_polarity,
+            **changes,
+        )
+    overrides = ", ".join(f"{k}={v}" for k, v in settings.polarity.items()) or "none"
+    print(
+        f"locale {settings.locale}; comparison {settings.comparison or 'default'}; "
+        f"polarity overrides: {overrides}"
+    )

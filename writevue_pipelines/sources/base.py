@@ -26,6 +26,26 @@ MetricKind = Literal["counter", "gauge", "ratio"]
 METRIC_KINDS: tuple[MetricKind, ...] = get_args(MetricKind)
 
 
+#: Whether a rise is good news for the client: refunds, fees, churn and open issues going
+#: up is bad; a metric left out is ``up_good``.
+Polarity = Literal["up_good", "up_bad", "neutral"]
+POLARITIES: tuple[Polarity, ...] = get_args(Polarity)
+#: How a value reads: ``count`` (whole numbers), ``money`` (the fact's dimension is its
+#: ISO 4217 currency code), ``percent`` (a fraction, shown x100 with %), ``number``.
+Unit = Literal["count", "money", "percent", "number"]
+UNITS: tuple[Unit, ...] = get_args(Unit)
+
+
+@dataclass(frozen=True)
+class MetricMeta:
+    """What a dashboard must know about one metric of a connection to show it right."""
+
+    label: str
+    kind: MetricKind = "counter"
+    polarity: Polarity = "up_good"
+    unit: Unit = "count"
+
+
 @dataclass(frozen=True)
 class Dimension:
     """The one categorical breakdown a source's facts carry in their ``dimension`` column.
@@ -105,6 +125,10 @@ class Source(ABC):
     metric_kinds: ClassVar[Mapping[str, MetricKind]] = {}
     #: the breakdown the facts' ``dimension`` column carries; None: always ""
     dimension: ClassVar[Dimension | None] = None
+    #: metric name -> whether up is good (see ``Polarity``); a metric left out is up_good
+    metric_polarity: ClassVar[Mapping[str, Polarity]] = {}
+    #: metric name -> how its values read (see ``Unit``); a metric left out is a count
+    metric_units: ClassVar[Mapping[str, Unit]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """A built-in source's declarations are checked when its module is imported."""
@@ -124,11 +148,38 @@ class Source(ABC):
                     f"{cls.__qualname__}: snapshot metric {metric!r} keeps a value as of one "
                     'moment, so its kind must be "gauge"'
                 )
+        for table, allowed in ((cls.metric_polarity, POLARITIES), (cls.metric_units, UNITS)):
+            for metric, value in table.items():
+                if value not in allowed:
+                    raise TypeError(
+                        f"{cls.__qualname__}: {metric!r} is {value!r}, not one of "
+                        f"{', '.join(allowed)}"
+                    )
+                if metrics and metric not in metrics:
+                    raise TypeError(f"{cls.__qualname__} declares no metric {metric!r}")
         if cls.dimension is not None and not isinstance(cls.dimension, Dimension):
             raise TypeError(f"{cls.__qualname__}.dimension must be a Dimension or None")
 
     def kind_of(self, metric: str) -> MetricKind:
         return self.metric_kinds.get(metric, "counter")
+
+    def metric_meta(self, connection: ConnectionInfo | None = None) -> dict[str, MetricMeta]:
+        """Every metric a connection reports, with its label, kind, polarity and unit
+        (the REST source reads them from the connection's spec)."""
+        return {
+            metric: MetricMeta(
+                label,
+                self.kind_of(metric),
+                self.metric_polarity.get(metric, "up_good"),
+                self.metric_units.get(metric, "count"),
+            )
+            for metric, label in self.metrics.items()
+        }
+
+    def account_label(self, connection: ConnectionInfo) -> str:
+        """Which account a connection reads, in words the client knows (a GitHub owner),
+        so two connections of one source are told apart; "" when there is nothing to say."""
+        return ""
 
     def fact_rules(self, connection: ConnectionInfo) -> FactRules:
         """The declarations a connection's facts are checked against at load time."""

@@ -110,6 +110,10 @@ class GA4Source(Source):
         prefix = urlsplit(self.base_url(connection)).path.rstrip("/")
         return (AllowedWrite("POST", host, prefix + path),)
 
+    def account_label(self, connection: ConnectionInfo) -> str:
+        prop = connection.options.get("property_id")
+        return f"property {prop}" if prop else ""
+
     async def fetch(self, client: httpx.AsyncClient, request: FetchRequest) -> FetchResult:
         connection = request.connection
         property_id = self.property_id(connection)

@@ -46,7 +46,7 @@ from ..errors import InvalidInput, SourceError
 from ..registry import ConnectionInfo
 from ..warehouse import FACT_SCHEMA
 from .auth import ApiKeyPlacement, OAuthSpec
-from .base import Dimension, FetchRequest, FetchResult, MetricKind, Source
+from .base import Dimension, FetchRequest, FetchResult, MetricKind, Polarity, Source
 from .http import get_json
 from .paginators import HeaderLinkPaginator
 from .urls import LeavesOrigin, same_origin_url
@@ -100,6 +100,7 @@ class GitHubSource(Source):
         **dict.fromkeys(EVENT_METRICS, "counter"),
         **dict.fromkeys(SNAPSHOT_METRICS, "gauge"),
     }
+    metric_polarity: ClassVar[dict[str, Polarity]] = {"open_issues": "up_bad"}
     #: the repository's ``full_name`` (owner/name): the client's own repositories, named by
     #: the client, which identify projects rather than people, so they are declared a code
     #: (a name such as ``acme/app-3f9c2e71b0d4`` is not refused as a random id). Up to the
@@ -125,6 +126,9 @@ class GitHubSource(Source):
         revoke_style="github_grant",
         scopes=("read:org",),
     )
+
+    def account_label(self, connection: ConnectionInfo) -> str:
+        return str(connection.options.get("owner") or "")
 
     def validate_options(self, options: dict[str, str]) -> dict[str, str]:
         options = dict(super().validate_options(options))

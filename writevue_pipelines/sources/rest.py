@@ -25,7 +25,7 @@ from ..errors import InvalidInput, SourceError
 from ..registry import ConnectionInfo
 from ..warehouse import FACT_SCHEMA
 from .auth import OAuthSpec, TokenSource, build_auth
-from .base import FactRules, FetchRequest, FetchResult, Source
+from .base import FactRules, FetchRequest, FetchResult, MetricMeta, Source
 from .http import get_json
 from .paginators import dig
 from .rest_spec import RestSpec, SpecError, load_spec
@@ -124,6 +124,15 @@ class RestSource(Source):
             dimension=mapping.dimension,
             kinds={metric.name: metric.kind for metric in mapping.metrics},
         )
+
+    def metric_meta(self, connection: ConnectionInfo | None = None) -> dict[str, MetricMeta]:
+        if connection is None:
+            return {}
+        try:
+            metrics = self.spec(connection).mapping.metrics
+        except SourceError:
+            return {}  # a spec gone bad: its facts are shown with plain labels
+        return {m.name: MetricMeta(m.label or m.name, m.kind, m.polarity, m.unit) for m in metrics}
 
     def base_url(self, connection: ConnectionInfo) -> str:
         # Called before the fetch's error handling, so a bad spec must not raise here;

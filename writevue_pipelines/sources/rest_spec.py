@@ -19,7 +19,7 @@ from typing import Any
 from ..aggregates_only import DEFAULT_MAX_VALUES, MAX_VALUES_LIMIT
 from ..errors import InvalidInput
 from .auth import AUTHS, AuthConfig
-from .base import METRIC_KINDS, Dimension, MetricKind
+from .base import METRIC_KINDS, POLARITIES, UNITS, Dimension, MetricKind, Polarity, Unit
 from .paginators import PAGINATORS, Paginator
 from .urls import NOT_HTTP_URL, http_url_problem
 
@@ -65,6 +65,10 @@ class MetricSpec:
     #: dotted path to the value; None for a plain record count
     field: str | None
     kind: MetricKind = "counter"
+    #: shown on dashboards; defaults to the name, capitalised
+    label: str = ""
+    polarity: Polarity = "up_good"
+    unit: Unit = "count"
 
 
 @dataclass(frozen=True)
@@ -249,7 +253,7 @@ def _mapping(value: Any) -> MappingSpec:
     for index, item in enumerate(items):
         at = f"{where}.metrics[{index}]"
         metric = as_table(item, at)
-        refuse_unknown(metric, {"name", "field", "agg", "kind"}, at)
+        refuse_unknown(metric, {"name", "field", "agg", "kind", "label", "polarity", "unit"}, at)
         name = text(
             metric,
             "name",
@@ -279,7 +283,28 @@ def _mapping(value: Any) -> MappingSpec:
                 f"{at}.kind",
                 f"{kind!r} does not fit agg {agg!r}; it takes {' or '.join(allowed)}",
             )
-        metrics.append(MetricSpec(name=name, agg=agg, field=field, kind=kind))
+        label = optional_text(metric, "label", at) or name.replace("_", " ").capitalize()
+        if len(label) > 80 or not label.isprintable():
+            raise field_error(f"{at}.label", "must be printable and at most 80 characters")
+        polarity = text(metric, "polarity", at, default="up_good", choices=POLARITIES)
+        unit = text(metric, "unit", at, default="count", choices=UNITS)
+        if unit == "money" and dimension is None:
+            raise field_error(
+                f"{at}.unit",
+                "money needs the breakdown to be the currency code (dimension = { field = "
+                '"currency", categorical = true, code = true })',
+            )
+        metrics.append(
+            MetricSpec(
+                name=name,
+                agg=agg,
+                field=field,
+                kind=kind,
+                label=label,
+                polarity=polarity,
+                unit=unit,
+            )
+        )
     return MappingSpec(
         date_field=date_field, date_format=date_format, dimension=dimension, metrics=tuple(metrics)
     )

@@ -20,7 +20,7 @@ from ..aggregates_only import MAX_VALUES_LIMIT
 from ..errors import SourceError
 from ..warehouse import FACT_SCHEMA
 from .auth import ApiKeyPlacement
-from .base import Dimension, FetchRequest, FetchResult, MetricKind, Source
+from .base import Dimension, FetchRequest, FetchResult, MetricKind, Polarity, Source, Unit
 from .http import get_json
 from .paginators import Paginator, StartingAfterPaginator
 
@@ -57,6 +57,10 @@ class StripeSource(Source):
         "new_customers": "New customers",
     }
     metric_kinds: ClassVar[dict[str, MetricKind]] = dict.fromkeys(metrics, "counter")
+    metric_units: ClassVar[dict[str, Unit]] = dict.fromkeys(
+        ("gross_volume", "net", "fees", "refunds"), "money"
+    )
+    metric_polarity: ClassVar[dict[str, Polarity]] = {"fees": "up_bad", "refunds": "up_bad"}
     #: money metrics per ISO 4217 currency code (a closed list of about 180, never a
     #: customer); the counts carry no breakdown
     dimension: ClassVar[Dimension] = Dimension("currency", max_values=MAX_VALUES_LIMIT)
