@@ -75,9 +75,49 @@ def _value(tenant: int, metric: int, day: int) -> float:
     return float((tenant * 7919 + metric * 104_729 + day * 31) % 10_000) / 10
 
 
+#: the layout every bench tenant gets: 20 metrics, 16 stored and 4 calculated from
+#: others, as an agency's template would have them (cards, sparklines, line and bar charts)
+TEMPLATE = {
+    "name": "bench",
+    "comparison": "previous",
+    "sections": [
+        {
+            "title": f"Section {s}",
+            "items": [
+                {"metric": f"rest.{METRICS[s * 4 + i]}", "chart": ("number", "line", "bar")[i % 3]}
+                for i in range(4)
+            ],
+        }
+        for s in range(4)
+    ]
+    + [
+        {
+            "title": "Calculated",
+            "items": [{"metric": f"calc.c{i}", "chart": "line"} for i in range(4)],
+        }
+    ],
+    "calculated": [
+        {"name": "c0", "label": "Ratio", "formula": "rest.metric_16 / rest.metric_17"},
+        {"name": "c1", "label": "Sum", "formula": "rest.metric_18 + rest.metric_19"},
+        {
+            "name": "c2",
+            "label": "Net",
+            "formula": "rest.metric_16 - rest.metric_18 - rest.metric_19",
+        },
+        {
+            "name": "c3",
+            "label": "Share",
+            "formula": "rest.metric_17 / (rest.metric_17 + rest.metric_19)",
+            "unit": "percent",
+        },
+    ],
+}
+
+
 def make_tenants(runtime, count: int) -> list[tuple[str, str]]:
-    """(tenant id, connection id) per tenant; names encrypted as in production."""
-    from writevue_pipelines import registry
+    """(tenant id, connection id) per tenant, names encrypted as in production, each with
+    the ``TEMPLATE`` layout applied."""
+    from writevue_pipelines import registry, templates
 
     made = []
     with runtime.db.session() as session:
@@ -89,13 +129,16 @@ def make_tenants(runtime, count: int) -> list[tuple[str, str]]:
                 session,
                 runtime.keys,
                 tenant_id,
-                "stripe",
+                # a declarative REST connection: its metrics are whatever its spec names
+                "rest",
                 "api_key",
-                {"base_url": "http://127.0.0.1:9"},
+                {"base_url": "http://127.0.0.1:9", "spec": "/nonexistent/bench.toml"},
                 {"api_key": f"rk_bench_{n:06d}_xxxxxxxx"},
             )
             registry.record_refresh_result(session, connection_id, error=None)
             made.append((tenant_id, connection_id))
+        templates.save_template(session, templates.Template.from_json(TEMPLATE), replace=True)
+        templates.apply_template(session, "bench", [t for t, _ in made])
     return made
 
 

@@ -23,6 +23,7 @@ from .render import GONE_HTML, RELOAD_HTML, RENDERING_CSS, dashboard_html
 __all__ = ["GONE_HTML", "RELOAD_HTML", "Dashboard", "DashboardSource", "dashboard_html"]
 
 RANGE_OPTIONS = {f"{days} days": str(days) for days in PRESET_DAYS} | {"Custom": "custom"}
+COMPARE_OPTIONS = {"vs previous period": "previous", "vs last year": "last_year"}
 #: TV mode: seconds each page of cards shows when they do not all fit (``?rotate=``)
 ROTATE_DEFAULT_S, ROTATE_BOUNDS_S = 20, (5, 300)
 
@@ -34,7 +35,8 @@ def _arg(args: Mapping[str, list[bytes]], name: str) -> str:
 
 def query_state(args: Mapping[str, list[bytes]], today: dt.date | None = None) -> dict:
     """The Viewer's parameters from the page URL's query (``pn.state.session_args``):
-    ``range=7|30|90|365``, or ``from``/``to`` (``YYYY-MM-DD``), ``tv=1``, ``rotate=N``.
+    ``range=7|30|90|365``, or ``from``/``to`` (``YYYY-MM-DD``), ``compare=previous|last_year``,
+    ``tv=1``, ``rotate=N``.
     Anything else, or anything unreadable, is the default (the last 30 days, 20 s): a
     bookmark never becomes an error page."""
     state: dict = {"tv": _arg(args, "tv").lower() in ("1", "true", "yes")}
@@ -46,8 +48,10 @@ def query_state(args: Mapping[str, list[bytes]], today: dt.date | None = None) -
             pass
         else:
             state.update(range="custom", custom=(period.start, period.end))
-    elif _arg(args, "range") in RANGE_OPTIONS.values():
+    elif _arg(args, "range") in {str(days) for days in PRESET_DAYS}:
         state["range"] = _arg(args, "range")
+    if _arg(args, "compare") in COMPARE_OPTIONS.values():
+        state["compare"] = _arg(args, "compare")
     if _arg(args, "rotate").isdigit():
         low, high = ROTATE_BOUNDS_S
         state["rotate_s"] = min(max(int(_arg(args, "rotate")), low), high)
@@ -61,7 +65,7 @@ def url_script(query: dict[str, str]) -> str:
     return (
         "<script>(function(){var q=new URLSearchParams(location.search),"
         f"v={json.dumps(query)};"
-        "['range','from','to'].forEach(function(k){q.delete(k)});"
+        "['range','from','to','compare'].forEach(function(k){q.delete(k)});"
         "Object.keys(v).forEach(function(k){q.set(k,v[k])});"
         "var s=q.toString(),u=location.pathname+(s?'?'+s:'')+location.hash;"
         "if(u!==location.pathname+location.search+location.hash)"
@@ -72,8 +76,13 @@ def url_script(query: dict[str, str]) -> str:
 class DashboardSource(Protocol):
     """What the view may ask of the server about the one tenant it shows."""
 
-    def page(self, period: Period, *, tv: bool) -> str:
-        """The dashboard's HTML for the period (``dashboard_html`` of its data)."""
+    def page(self, period: Period, *, tv: bool, compare: str | None = None) -> str:
+        """The dashboard's HTML for the period (``dashboard_html`` of its data), its
+        figures compared as asked (None: as the tenant's settings say)."""
+        ...
+
+    def default_comparison(self) -> str:
+        """previous or last_year: what the tenant's figures are compared with by default."""
         ...
 
     def alive(self) -> bool: ...
@@ -99,6 +108,11 @@ class Dashboard(pn.viewable.Viewer):
         bounds=ROTATE_BOUNDS_S,
         doc="TV mode: seconds each page of cards shows when there are more than fit",
     )
+    compare = param.Selector(
+        default=None,
+        objects=[None, *COMPARE_OPTIONS.values()],
+        doc="what the figures are compared with; None: the tenant's default",
+    )
     refresh_s = param.Integer(default=60, bounds=(1, None))
     gone = param.Boolean(default=False, doc="the link was revoked or expired while open")
 
@@ -122,12 +136,35 @@ class Dashboard(pn.viewable.Viewer):
             sizing_mode="stretch_width", margin=0, stylesheets=[RENDERING_CSS]
         )
         picker = pn.widgets.RadioButtonGroup.from_param(
-            self.param.range, options=RANGE_OPTIONS, name="", button_type="light"
+            self.param.range,
+            options=RANGE_OPTIONS,
+            name="",
+            button_type="light",
+            css_classes=["wv-range"],
         )
         # The custom-range picker is made when first asked for: most views never use it,
         # and every widget is Bokeh models to build, send and draw on each page load.
         self._custom_picker: pn.widgets.DateRangePicker | None = None
-        self._controls = pn.Row(picker, css_classes=["wv-controls"], visible=not self.tv)
+        self._default_compare = source.default_comparison()
+        if self.compare is None:
+            self._settling = True
+            self.compare = self._default_compare
+            self._settling = False
+        comparison = pn.widgets.RadioButtonGroup.from_param(
+            self.param.compare,
+            options=COMPARE_OPTIONS,
+            name="",
+            button_type="light",
+            css_classes=["wv-compare"],
+        )
+        # On a phone the comparison goes below the period: the row wraps.
+        self._controls = pn.Row(
+            picker,
+            comparison,
+            css_classes=["wv-controls"],
+            visible=not self.tv,
+            styles={"flex-wrap": "wrap", "row-gap": "8px"},
+        )
         self._layout = pn.Column(
             self._controls,
             self._content,
@@ -136,7 +173,7 @@ class Dashboard(pn.viewable.Viewer):
             sizing_mode="stretch_width",
             margin=0,
         )
-        self.param.watch(self._changed, ["range", "custom"])
+        self.param.watch(self._changed, ["range", "custom", "compare"])
         self._draw()  # the server has just checked the link: no second check
 
     @property
@@ -148,11 +185,16 @@ class Dashboard(pn.viewable.Viewer):
 
     @property
     def query(self) -> dict[str, str]:
-        """The period as the page URL's query says it (``query_state`` reads it back)."""
+        """The period (and a comparison other than the tenant's default) as the page URL's
+        query says it (``query_state`` reads it back)."""
         if self.range == "custom":
             period = self.period
-            return {"from": period.start.isoformat(), "to": period.end.isoformat()}
-        return {"range": self.range}
+            query = {"from": period.start.isoformat(), "to": period.end.isoformat()}
+        else:
+            query = {"range": self.range}
+        if self.compare and self.compare != self._default_compare:
+            query["compare"] = self.compare
+        return query
 
     def _show_custom_picker(self) -> None:
         if self.range == "custom" and self._custom_picker is None:
@@ -193,7 +235,7 @@ class Dashboard(pn.viewable.Viewer):
 
     def _draw(self) -> None:
         self._show_custom_picker()
-        page = self._source.page(self.period, tv=self.tv)
+        page = self._source.page(self.period, tv=self.tv, compare=self.compare)
         if self.tv:
             # The browser (assets/screens.js) shows the cards that fit, a page at a time,
             # and keeps the clock: the server sends the page once per refresh.

@@ -227,7 +227,7 @@ def gone_html(brand: BrandView | None = None) -> str:
 
 def not_found_html(brand: BrandView | None) -> bytes:
     """The one 404 page, with the server's default brand: no tenant is known there."""
-    name = html.escape(brand_name(brand))
+    name = "whoever sent it to you" if brand is None else html.escape(brand.display_name)
     logo = ""
     if brand is not None and brand.logo_url is not None:
         logo = (

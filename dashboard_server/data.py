@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import polars as pl
+from sqlalchemy import select
 
 from writevue_pipelines import registry, warehouse
 from writevue_pipelines.runtime import Runtime
@@ -366,6 +367,8 @@ class ViewSettings:
     polarity: tuple[tuple[str, str], ...] = ()
     template: object | None = None  # a writevue_pipelines.templates.Template
     goals: tuple = ()  # writevue_pipelines.goals.GoalInfo
+    #: the template's id and last change, for cache keys
+    template_key: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -400,21 +403,45 @@ def _settings_key(settings: ViewSettings) -> tuple:
         settings.locale,
         settings.comparison,
         settings.polarity,
-        repr(template.to_json()) if template is not None else None,
+        settings.template_key if template is not None else None,
         tuple(repr(goal) for goal in settings.goals),
     )
 
 
-def _view_settings(session, tenant_id: str) -> ViewSettings:
-    from writevue_pipelines import goals, templates, tenant_settings
+#: parsed templates by (id, last change): a view reads the row, not its validation again
+_TEMPLATES = LruCache(max_entries=256)
 
-    chosen = tenant_settings.get_settings(session, tenant_id)
+
+def _view_settings(session, tenant_id: str) -> ViewSettings:
+    """The tenant's settings, template and goals: two small reads (settings with their
+    template, goals); the template is parsed once per change, not per view."""
+    from writevue_pipelines import goals, templates
+    from writevue_pipelines.models import DashboardTemplate, TenantSettings
+
+    row = session.execute(
+        select(TenantSettings, DashboardTemplate)
+        .outerjoin(DashboardTemplate, DashboardTemplate.id == TenantSettings.template_id)
+        .where(TenantSettings.tenant_id == tenant_id)
+    ).first()
+    tenant_goals = tuple(goals.list_goals(session, tenant_id))
+    if row is None:
+        return ViewSettings(goals=tenant_goals)
+    chosen, template_row = row
+    template, key = None, ()
+    if template_row is not None:
+        key = (template_row.id, template_row.updated_at)
+        template = _TEMPLATES.get(key)
+        if template is None:
+            template = templates.template_for_tenant(session, tenant_id)
+            if template is not None:
+                _TEMPLATES.put(key, template)
     return ViewSettings(
         locale=chosen.locale or "en",
         comparison=chosen.comparison,
         polarity=tuple(sorted(dict(chosen.polarity or {}).items())),
-        template=templates.template_for_tenant(session, tenant_id),
-        goals=tuple(goals.list_goals(session, tenant_id)),
+        template=template,
+        goals=tenant_goals,
+        template_key=key if template_row is not None else (),
     )
 
 
@@ -499,8 +526,9 @@ def load_facts(
         if cached is not None:
             return cached
     with runtime.db.session() as session:
-        frame = warehouse.tenant_connection_facts(session, tenant_id, first_day, period.end)
-        history = warehouse.history_starts(session, tenant_id)
+        frame, history = warehouse.tenant_connection_facts(
+            session, tenant_id, first_day, period.end
+        )
     facts = Facts(frame, history, first_day, period.end)
     if cache is not None:
         cache.put(key, facts)
@@ -854,7 +882,7 @@ def load_dashboard(
     return summarise(header, period, facts, comparison=mode, today=today)
 
 
-CSV_COLUMNS = ("day", "source", "metric", "label", "dimension", "kind", "value", "partial")
+CSV_COLUMNS = ("day", "source", "metric", "label", "dimension", "kind", "partial", "value")
 
 
 def dashboard_csv(data: DashboardData) -> str:
@@ -885,8 +913,8 @@ def dashboard_csv(data: DashboardData) -> str:
                 labels.get(ref, metric.replace("_", " ").capitalize()),
                 dimension,
                 data.kinds.get(ref, "counter"),
-                formatting.csv_number(float(value), unit),
                 "true" if day >= today else "false",
+                formatting.csv_number(float(value), unit),
             )
         )
     return csv_text(CSV_COLUMNS, rows)

@@ -75,7 +75,7 @@ class PageQuery:
             )
         except UnicodeError:
             raise BadQuery(
-                f"This address has characters WriteVue cannot read. {_OPEN_LINK}"
+                f"This address has characters that cannot be read. {_OPEN_LINK}"
             ) from None
         except ValueError:  # more than MAX_PARAMETERS
             raise BadQuery(f"This address has too many parameters. {_OPEN_LINK}") from None

@@ -25,7 +25,7 @@ RELOAD_HTML = (
     '<div class="wv-gone"><h1>This page has expired</h1>'
     '<p><a href="">Reload it</a> to see the latest figures.</p></div>'
 )
-_TOOLTIP_MAX_DAYS = 92
+_TOOLTIP_MAX_DAYS = 366  # a year of days: see the screens report for the page-size cost
 # How the browser draws the page, not how it looks (that is assets/theme.css): a chart
 # or the table off screen is laid out and drawn when it scrolls near, not on page load
 # (its size is reserved, so the page does not jump), and a chart's layout stays its own.
@@ -314,25 +314,41 @@ def _daily_average(kpi: Kpi, days: int) -> str:
 
 
 def breakdown_html(data: DashboardData) -> str:
+    """Every card's figures. When the period reaches today, the comparison is made on
+    whole days: the table shows that figure too, so the change adds up on the page."""
     if not data.kpis:
         return ""
     days = data.period.days
     compared = "Same period last year" if data.comparison == "last_year" else "Previous period"
-    rows = "".join(
-        f'<tr class="wv-{k.sentiment}"><th scope="row">{html.escape(k.label)}</th>'
-        f'<td data-label="This period">{html.escape(k.exact_text)}</td>'
-        f'<td data-label="{compared}">'
-        f"{html.escape(k.previous_text if k.previous is not None else '—')}</td>"
-        f'<td data-label="Change">{html.escape(formatting.change(k.change, k.locale))}</td>'
-        f'<td data-label="Daily average">{html.escape(_daily_average(k, days))}</td></tr>'
-        for k in data.kpis
+    partial = data.partial
+    if partial:
+        compared += " (as many days)"
+
+    def row(k: Kpi) -> str:
+        whole = ""
+        if partial:
+            text = formatting.exact(k.compared, k.unit, k.currency, k.locale)
+            whole = f'<td data-label="Whole days">{html.escape(text)}</td>'
+        previous = k.previous_text if k.previous is not None else "—"
+        return (
+            f'<tr class="wv-{k.sentiment}"><th scope="row">{html.escape(k.label)}</th>'
+            f'<td data-label="This period">{html.escape(k.exact_text)}</td>{whole}'
+            f'<td data-label="{compared}">{html.escape(previous)}</td>'
+            f'<td data-label="Change">{html.escape(formatting.change(k.change, k.locale))}</td>'
+            f'<td data-label="Daily average">{html.escape(_daily_average(k, days))}</td></tr>'
+        )
+
+    this = "This period (incl. today so far)" if partial else "This period"
+    whole = '<th scope="col">Whole days (to yesterday)</th>' if partial else ""
+    heads = (
+        f'<th scope="col">Metric</th><th scope="col">{this}</th>{whole}'
+        f'<th scope="col">{compared}</th><th scope="col">Change</th>'
+        '<th scope="col">Daily average</th>'
     )
     return (
         '<section class="wv-breakdown"><h2>Breakdown</h2><div class="wv-table-wrap">'
-        '<table class="wv-table"><thead><tr><th scope="col">Metric</th>'
-        f'<th scope="col">This period</th><th scope="col">{compared}</th>'
-        '<th scope="col">Change</th><th scope="col">Daily average</th></tr></thead>'
-        f"<tbody>{rows}</tbody></table></div></section>"
+        f'<table class="wv-table"><thead><tr>{heads}</tr></thead>'
+        f"<tbody>{''.join(row(k) for k in data.kpis)}</tbody></table></div></section>"
     )
 
 

@@ -37,7 +37,7 @@ MAX_LINGERING = 64
 
 TOO_LONG = "Request too long"
 TOO_LONG_TEXT = (
-    "This address is longer than WriteVue accepts. Open the dashboard link you were given as it is."
+    "This address is too long. Open the dashboard link you were given as it is."
 )
 _STYLE = (
     "body{font-family:system-ui,sans-serif;color:#1d2433;background:#f4f6fa;display:flex;"
@@ -101,7 +101,7 @@ TORNADO_BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\n\r\n"
 BAD_REQUEST_ANSWER = _raw_answer(
     "400 Bad Request",
     "Bad request",
-    "WriteVue could not read this request. Open the dashboard link you were given as it is.",
+    "This request could not be read. Open the dashboard link you were given as it is.",
 )
 _lingering = 0
 

@@ -57,7 +57,7 @@ FAVICON = "/assets/favicon.svg"
 SCREENS = "/assets/screens.js"
 #: Panel's page (``{% extends base %}``) with what a phone needs to lay it out at its own
 #: width, and the script that keeps the TV pages and clock and shows tooltips on a tap
-PAGE_TEMPLATE = jinja2.Environment(autoescape=False).from_string(
+PAGE_TEMPLATE = jinja2.Environment(autoescape=True).from_string(
     "{% extends base %}{% block postamble %}"
     '<meta name="viewport" content="width=device-width, initial-scale=1">'
     f'<script src="{SCREENS}" defer></script>'

@@ -61,6 +61,9 @@ class TenantData:
             pages.put(key, page)
         return page
 
+    def default_comparison(self) -> str:
+        return comparison_mode(load_header(self._runtime, self._tenant_id))
+
     def alive(self) -> bool:
         return self._alive()
 

@@ -128,7 +128,9 @@ def test_no_csv_cell_starts_a_formula_and_numbers_stay_numbers(served):
     response = httpx.get(served.url(f"?format=csv&from={TODAY}&to={TODAY}"))
     assert response.status_code == 200
     header, rows = csv_rows(response.text)
-    assert header == ["day", "metric", "label", "dimension", "value"]
+    assert header == [
+        "day", "source", "metric", "label", "dimension", "kind", "partial", "value"
+    ]
     assert len(rows) == 2 + 2 * len(HOSTILE)
     for row in rows:
         *texts, value = row
@@ -138,23 +140,27 @@ def test_no_csv_cell_starts_a_formula_and_numbers_stay_numbers(served):
             assert not cell.startswith(TRIGGERS), row
             assert not FORMULA_START.match(cell), row
     # The hostile text is all there, each neutralised by a leading quote, nothing dropped.
-    dimensions = {row[3] for row in rows}
+    dimensions = {row[4] for row in rows}
     assert {"'" + value for value in HOSTILE if value[0] in "=+-@\t\r \uff1d"} <= dimensions
     assert {"a;=1+2", "b,=1+2"} <= dimensions  # quoted whole, so no separator splits them
-    metrics = {row[1] for row in rows}
+    metrics = {row[2] for row in rows}
     assert "'" + HOSTILE[0][:60] in metrics and "charges" in metrics
     # An embedded quote is doubled inside a quoted field: the cell cannot break out.
     assert '"\'=1+2"";=1+2"' in response.text
     # A negative figure is written as the number it is.
-    assert re.search(r'^"[0-9-]+","charges","[^"]+","",-12\.5$', response.text, re.M)
-    assert [r[4] for r in rows if r[1] == "charges"] == [-12.5]
+    assert re.search(
+        r'^"[0-9-]+","stripe","charges","[^"]+","","counter","true",-12\.5$', response.text, re.M
+    )
+    assert [r[7] for r in rows if r[2] == "charges"] == [-12.5]
 
     # Every figure the test inserted, once, with its value: read back from the CSV, with
     # the neutralising quote taken off again (no inserted text starts with one).
     def unquoted(cell: str) -> str:
         return cell[1:] if cell.startswith("'") else cell
 
-    exported = sorted((day, unquoted(m), unquoted(d), v) for day, m, _label, d, v in rows)
+    exported = sorted(
+        (day, unquoted(m), unquoted(d), v) for day, _src, m, _label, d, _kind, _part, v in rows
+    )
     inserted = sorted((str(day), m, d, v) for m, d, day, v in hostile_facts().iter_rows())
     assert exported == inserted
 
@@ -162,7 +168,7 @@ def test_no_csv_cell_starts_a_formula_and_numbers_stay_numbers(served):
 def test_the_label_column_is_neutralised_like_every_other_text_cell(served):
     data = load_dashboard(served.runtime, served.tenant_id, period=Period(TODAY, TODAY))
     _, rows = csv_rows(dashboard_csv(data))
-    labels = [row[2] for row in rows]
+    labels = [row[3] for row in rows]
     assert any(label.startswith("'") for label in labels)
     assert not any(label.startswith(TRIGGERS) for label in labels)
 

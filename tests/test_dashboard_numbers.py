@@ -72,7 +72,7 @@ def test_a_gauge_shows_its_latest_level_and_a_counter_its_sum(runtime):
     assert group.title == "GitHub" and group.accounts == ("acme",)
     assert {k.dimension for k in group.kpis} == {""}
     (detail,) = group.details
-    assert [row[0] for row in detail.rows][0] == "acme/docs"  # largest first
+    assert next(row[0] for row in detail.rows) == "acme/docs"  # largest first
     row = dict(detail.rows)["acme/Web-App"]
     assert [k.value for k in row if k.ref == "github.stars"] == [
         truth["stars"][("acme/Web-App", TODAY)]
@@ -342,3 +342,149 @@ def test_a_template_lays_out_calculated_metrics_and_goals(runtime):
     assert page.count('class="wv-goal') >= 2 and "Average order value" in page
     assert page.count('<svg class="wv-chart-svg"') == 2  # gross volume (line), net (bar)
     assert 'class="wv-bar' in page
+
+
+# -- served, over HTTP and in Chromium -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A dashboard server with a GitHub tenant (a month of gauges) and a templated shop
+    tenant (calculated metrics and a goal)."""
+    from support import start_dashboard_server
+
+    from writevue_pipelines import goals, links, templates
+    from writevue_pipelines.home import init_home
+    from writevue_pipelines.runtime import Runtime
+    from writevue_pipelines.settings import Settings
+
+    root = tmp_path_factory.mktemp("numbers")
+    settings = Settings.from_env({"WRITEVUE_HOME": str(root / "home")})
+    init_home(settings)
+    runtime = Runtime(settings)
+    octo = add_tenant(runtime, "Octo Client", "octo@client.test")
+    frame, truth = _github(31)
+    add_facts(runtime, octo, "github", frame, options={"owner": "acme"})
+    shop = add_tenant(runtime, "Template Shop", "tpl@client.test")
+    rows = []
+    for back in range(0, 61):
+        day = TODAY - dt.timedelta(days=back)
+        rows += [
+            ("gross_volume", "eur", day, 100.0 + back),
+            ("refunds", "eur", day, 5.0),
+            ("fees", "eur", day, 3.0),
+            ("charges", "", day, 4.0),
+        ]
+    add_facts(runtime, shop, "stripe", _frame(rows))
+    with runtime.db.session() as session:
+        templates.save_template(session, templates.parse_template(TEMPLATE, "toml"))
+        templates.apply_template(session, "shop", [shop])
+        goals.set_goal(session, shop, "calc.net", 5000.0, period="month")
+        _, octo_token = links.create_link(session, octo)
+        _, shop_token = links.create_link(session, shop)
+    server, base = start_dashboard_server(settings.home, root / "serve.log")
+    try:
+        yield {
+            "runtime": runtime,
+            "base": base,
+            "octo": octo_token,
+            "shop": shop_token,
+            "stars": truth["stars"],
+            "rows": rows,
+        }
+    finally:
+        server.stop()
+        runtime.close()
+
+
+def test_the_json_export_is_what_the_page_shows(served):
+    import httpx
+
+    start, end = TODAY - dt.timedelta(days=29), TODAY
+    url = f"{served['base']}/d/{served['octo']}?format=json&from={start}&to={end}"
+    response = httpx.get(url)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.headers["cache-control"].startswith("no-store")
+    body = response.json()
+    assert body["period"] == {"from": str(start), "to": str(end), "days": 30, "partial_today": True}
+    (group,) = body["groups"]
+    cards = {c["metric"]: c for c in group["cards"]}
+    stars = cards["github.stars"]
+    assert stars["kind"] == "gauge" and stars["polarity"] == "up_good"
+    assert stars["value"] == sum(served["stars"][(r, TODAY)] for r in REPOS)
+    assert stars["series"][-1] == {"day": str(TODAY), "value": stars["value"]}
+    assert (
+        cards["github.open_issues"]["polarity"] == "up_bad"
+        if "github.open_issues" in cards
+        else True
+    )
+    chart = next(c for c in group["charts"] if c["metric"] == "github.stars")
+    assert len(chart["lines"][0]["values"]) == 30
+    assert served["octo"] not in response.text
+    bad = httpx.get(url.replace("format=json", "format=xml"))
+    assert bad.status_code == 400 and "format=json" in bad.text
+    assert httpx.get(url + "&compare=yesterday").status_code == 400
+
+
+@pytest.mark.browser
+def test_in_chromium_gauges_templates_goals_on_a_phone(served, chromium_path):
+    from playwright.sync_api import sync_playwright
+
+    from writevue_devtools.peers import CHROMIUM_ARGS
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
+        try:
+            # The GitHub client: a month of stars, the card shows the level, not a sum.
+            page = chromium.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(f"{served['base']}/d/{served['octo']}")
+            card = page.locator('.wv-card[data-ref="github.stars"] .wv-card-value')
+            card.wait_for(timeout=30_000)
+            latest = sum(served["stars"][(r, TODAY)] for r in REPOS)
+            assert card.get_attribute("title") == f"{latest:,}"
+            assert card.inner_text() == f"{latest:,}"  # under 1,000: shown whole
+            assert page.locator(".wv-detail-table tbody tr").count() == len(REPOS)
+            assert "acme/Web-App" in page.locator(".wv-detail-table").inner_text()
+            page.close()
+
+            # The templated shop on a phone: sections, a calculated metric, a goal.
+            phone = chromium.new_context(**playwright.devices["iPhone 13"])
+            page = phone.new_page()
+            page.goto(f"{served['base']}/d/{served['shop']}")
+            page.locator('.wv-card[data-ref="calc.aov"]').wait_for(timeout=30_000)
+            titles = page.locator(".wv-group > h2").all_inner_texts()
+            assert titles == ["Sales"]  # the shop has no GitHub: that section is left out
+            aov = page.locator('.wv-card[data-ref="calc.aov"] .wv-card-value').inner_text()
+            assert aov.startswith("€")
+            goal = page.locator('.wv-card[data-ref="calc.net"] .wv-goal')
+            assert "€5k" in goal.inner_text()
+            assert page.evaluate("document.documentElement.scrollWidth <= innerWidth")
+            phone.close()
+        finally:
+            chromium.close()
+
+
+@pytest.mark.browser
+def test_in_chromium_the_client_switches_the_comparison_and_the_url_keeps_it(served, chromium_path):
+    from playwright.sync_api import sync_playwright
+
+    from writevue_devtools.peers import CHROMIUM_ARGS
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
+        try:
+            page = chromium.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(f"{served['base']}/d/{served['shop']}")
+            change = page.locator('.wv-card[data-ref="calc.net"] .wv-card-change')
+            change.wait_for(timeout=30_000)
+            assert "vs previous period" in change.inner_text()
+            page.get_by_role("button", name="vs last year").click()
+            # two months of history: a year ago is not covered, so no change is made up
+            page.locator(".wv-card-change", has_text="no comparison").first.wait_for(timeout=15_000)
+            page.wait_for_function("location.search.includes('compare=last_year')")
+            page.reload()
+            page.locator(".wv-card-change", has_text="no comparison").first.wait_for(timeout=30_000)
+            assert "%" not in change.inner_text()
+        finally:
+            chromium.close()

@@ -84,12 +84,12 @@ def period_totals(facts: pl.DataFrame, start: dt.date, end: dt.date) -> dict[str
 
 
 def card_texts(facts: pl.DataFrame, days: int) -> dict[str, str]:
-    """The figure each card shows for the last ``days`` days: payments as a whole number,
-    USD gross volume with cents and its currency."""
+    """The exact figure of each card for the last ``days`` days (shown on hover and focus,
+    and to screen readers): payments as a whole number, USD gross volume with cents."""
     totals = period_totals(facts, TODAY - dt.timedelta(days=days - 1), TODAY)
     return {
         "charges": f"{totals['charges']:,.0f}",
-        "gross_volume": f"{totals['gross_volume']:,.2f} USD",
+        "gross_volume": f"${totals['gross_volume']:,.2f}",
     }
 
 
@@ -160,12 +160,13 @@ def test_cards_compare_the_period_with_the_one_before(world):
     charges = next(k for k in data.kpis if k.metric == "charges")
     # day i (0 = today) is worth 10 + i % 7: any 7 consecutive days sum to 10*7 + 21
     assert charges.value == 91
-    # Today is not over: days 1-6 (81) are compared with the week before's first six (75).
-    assert charges.previous == sum(10 + i % 7 for i in range(7, 13)) == 75
-    assert charges.text == "91" and charges.change_text == "+8.0% vs previous period (whole days)"
+    # Today is not over: the six whole days (days 6..1 ago) are compared day for day with
+    # the week before's first six (days 13..8 ago).
+    assert charges.previous == sum(10 + i % 7 for i in range(8, 14)) == 81
+    assert charges.text == "91" and charges.change_text == "+0.0% vs previous period (whole days)"
     gross = next(k for k in data.kpis if k.metric == "gross_volume")
     assert gross.value == sum(1000.25 + i for i in range(7))
-    assert gross.previous == sum(1000.25 + i for i in range(7, 13))
+    assert gross.previous == sum(1000.25 + i for i in range(8, 14))
     assert (gross.text, gross.exact_text) == ("$7k", "$7,022.75") and gross.change < 0
 
 
@@ -600,8 +601,9 @@ def test_each_link_sees_only_its_own_tenants_values(world, tenants):
         assert shown & {t for t in shown if t in document}  # its own values are there
         for text in (document, page):
             assert not [v for v in others_shown if v in text]
-        assert exported <= {row.split(",")[-1] for row in export.splitlines()[1:]}
-        assert not [v for v in others_exported if v in export]
+        values = {float(row["value"]) for row in csv.DictReader(io.StringIO(export))}
+        assert {float(v) for v in exported} <= values
+        assert not {float(v) for v in others_exported} & values
 
 
 # -- in a real browser -----------------------------------------------------------------------
@@ -620,7 +622,9 @@ def browser(chromium_path):
 
 
 def _card_value(page, metric: str) -> str:
-    return page.locator(f'.wv-card[data-metric="{metric}"] .wv-card-value').first.inner_text()
+    """The card's exact figure: what hover and focus show (the card itself is compact)."""
+    value = page.locator(f'.wv-card[data-metric="{metric}"] .wv-card-value').first
+    return value.get_attribute("title")
 
 
 @pytest.mark.browser
@@ -713,7 +717,7 @@ def test_in_chromium_tv_mode_refreshes_by_itself(world, browser):
         charges = period_totals(initech, TODAY - dt.timedelta(days=29), TODAY)["charges"]
         expected = f"{charges - 3 + 5000:,.0f}"
         assert before == f"{charges:,.0f}" and expected != before
-        page.locator(".wv-card-value", has_text=expected).wait_for(timeout=15_000)
+        page.locator(f'.wv-card-value[title="{expected}"]').wait_for(timeout=15_000)
         page.screenshot(path=str(ARTIFACTS / "dashboard-tv.png"))
     finally:
         page.close()

@@ -64,6 +64,14 @@ def test_export_round_trip_equals_the_warehouse(runtime, client, tmp_path):
         (connection_id, "stripe", *row)
         for row in known.select("metric", "dimension", "day", "value").iter_rows()
     } <= set(facts)
+    # How the client's dashboard is set up is theirs too: settings and goals.
+    from writevue_pipelines import goals, tenant_settings
+
+    with runtime.db.session() as session:
+        tenant_settings.update_settings(
+            session, tenant_id, locale="de", polarity_set={"stripe.fees": "neutral"}
+        )
+        goals.set_goal(session, tenant_id, "stripe.charges", 120.0, period="month")
     folder = tmp_path / "exports"
     folder.mkdir()
     out = folder / "export.zip"
@@ -81,7 +89,13 @@ def test_export_round_trip_equals_the_warehouse(runtime, client, tmp_path):
             "links.csv",
             "aggregates.csv",
             "aggregates.parquet",
+            "dashboard.json",
         }
+        dashboard = json.loads(archive.read("dashboard.json"))
+        assert (dashboard["locale"], dashboard["polarity"]) == ("de", {"stripe.fees": "neutral"})
+        assert [(g["metric"], g["period"], g["target"]) for g in dashboard["goals"]] == [
+            ("stripe.charges", "month", 120.0)
+        ]
         parquet = pl.read_parquet(io.BytesIO(archive.read("aggregates.parquet")))
         from_csv = pl.read_csv(
             io.BytesIO(archive.read("aggregates.csv")),

@@ -502,3 +502,21 @@ def test_settings_rows_are_timestamped(runtime):
     with runtime.db.session() as session:
         row = session.get(TenantSettings, tenant)
         assert row.updated_at >= before - dt.timedelta(seconds=1)
+
+
+def test_a_stored_template_that_no_longer_validates_falls_back_to_the_automatic_layout(
+    runtime, caplog
+):
+    tenant = add_tenant(runtime)
+    with runtime.db.session() as session:
+        template_id = templates.save_template(session, templates.parse_template(SMALL, "toml"))
+        templates.apply_template(session, "small", [tenant])
+        row = session.get(DashboardTemplate, template_id)
+        broken = dict(row.definition)
+        broken["sections"] = [{"title": "A", "items": [{"metric": "stripe.gone"}]}]
+        row.definition = broken
+    with runtime.db.session() as session:
+        with pytest.raises(InvalidInput, match='stripe has no metric "gone"'):
+            templates.get_template(session, "small")
+        assert templates.template_for_tenant(session, tenant) is None
+    assert any("no longer valid" in r.getMessage() for r in caplog.records)

@@ -13,6 +13,7 @@ tenant's aggregates into cards; nothing here reads facts.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 import tomllib
 import uuid
@@ -48,6 +49,8 @@ MAX_CALCULATED = 30
 MAX_TEXT = 200_000
 #: the source name calculated metrics are referred to by: ``calc.<name>``
 CALC = "calc"
+
+log = logging.getLogger(__name__)
 
 _TEMPLATE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
 _CURRENCY = re.compile(r"[A-Za-z]{3}")
@@ -683,7 +686,17 @@ def template_for_tenant(session: Session, tenant_id: str) -> Template | None:
     if settings is None or settings.template_id is None:
         return None
     row = session.get(DashboardTemplate, settings.template_id)
-    return None if row is None else _load(session, row)
+    if row is None:
+        return None
+    try:
+        return _load(session, row)
+    except InvalidInput as exc:
+        # stored when valid, but a source has since lost a metric: the automatic layout
+        # rather than no dashboard; `writevue template add --replace` mends it
+        log.warning(
+            "template %s is no longer valid (%s); showing the automatic layout", row.name, exc
+        )
+        return None
 
 
 __all__ = [

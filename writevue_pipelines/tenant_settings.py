@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session
 
 from . import registry
 from .errors import InvalidInput
-from .models import DashboardTemplate, TenantSettings, utcnow
-from .templates import COMPARISONS, POLARITIES, Template, check_metric_ref
+from .models import TenantSettings, utcnow
+from .templates import COMPARISONS, POLARITIES, check_metric_ref, template_for_tenant
 
 #: locale -> (thousands separator, decimal separator)
 LOCALES: Mapping[str, tuple[str, str]] = MappingProxyType(
@@ -86,19 +86,12 @@ def get_settings(session: Session, tenant_id: str) -> DashboardSettings:
     )
 
 
-def _tenant_template(session: Session, row: TenantSettings | None) -> Template | None:
-    if row is None or row.template_id is None:
-        return None
-    template = session.get(DashboardTemplate, row.template_id)
-    return None if template is None else Template.from_json(template.definition)
-
-
 def check_tenant_ref(
     session: Session, tenant_id: str, metric: str, dimension: str | None = None
 ) -> None:
     """Refuse a metric ref the tenant cannot have: see ``templates.check_metric_ref``;
     ``calc.<name>`` must be a calculated metric of the tenant's template."""
-    template = _tenant_template(session, session.get(TenantSettings, tenant_id))
+    template = template_for_tenant(session, tenant_id)
     names = [calc.name for calc in template.calculated] if template else []
     check_metric_ref(
         metric,

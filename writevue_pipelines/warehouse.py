@@ -9,7 +9,7 @@ from itertools import repeat
 
 import polars as pl
 from psycopg import sql
-from sqlalchemy import func, select
+from sqlalchemy import Float, String, func, literal, select, union_all
 from sqlalchemy.orm import Session
 
 from .models import Connection, Fact, utcnow
@@ -320,29 +320,34 @@ CONNECTION_FACT_SCHEMA = {"connection_id": pl.String, **FACT_SCHEMA}
 
 def tenant_connection_facts(
     session: Session, tenant_id: str, start: dt.date, end: dt.date
-) -> pl.DataFrame:
-    """Every aggregate of one tenant between two days (inclusive), per connection: a
-    dashboard combines them by each metric's kind (a gauge is not summed over days)."""
+) -> tuple[pl.DataFrame, dict[str, dt.date]]:
+    """Every aggregate of one tenant between two days (inclusive), per connection (a
+    dashboard combines them by each metric's kind: a gauge is not summed over days), and
+    each connection's first day of data (before it: "no data"). One statement."""
     connections = select(Connection.id).where(Connection.tenant_id == tenant_id)
-    rows = session.execute(
-        select(Fact.connection_id, Fact.metric, Fact.dimension, Fact.day, Fact.value).where(
-            Fact.tenant_id == tenant_id,
-            Fact.connection_id.in_(connections),
-            Fact.day >= start,
-            Fact.day <= end,
+    facts = select(Fact.connection_id, Fact.metric, Fact.dimension, Fact.day, Fact.value).where(
+        Fact.tenant_id == tenant_id,
+        Fact.connection_id.in_(connections),
+        Fact.day >= start,
+        Fact.day <= end,
+    )
+    firsts = (
+        select(
+            Fact.connection_id,
+            literal(None, String).label("metric"),
+            literal(None, String).label("dimension"),
+            func.min(Fact.day),
+            literal(None, Float).label("value"),
         )
-    ).all()
-    return pl.DataFrame(rows, schema=CONNECTION_FACT_SCHEMA, orient="row")
-
-
-def history_starts(session: Session, tenant_id: str) -> dict[str, dt.date]:
-    """connection id -> the first day it holds a fact for: before it, "no data"."""
-    rows = session.execute(
-        select(Fact.connection_id, func.min(Fact.day))
         .where(Fact.tenant_id == tenant_id)
         .group_by(Fact.connection_id)
-    ).all()
-    return {connection_id: day for connection_id, day in rows}
+    )
+    rows = session.execute(union_all(facts, firsts)).all()
+    history = {row[0]: row[3] for row in rows if row[1] is None}
+    frame = pl.DataFrame(
+        [row for row in rows if row[1] is not None], schema=CONNECTION_FACT_SCHEMA, orient="row"
+    )
+    return frame, history
 
 
 def _of_connection(connection_id: str):

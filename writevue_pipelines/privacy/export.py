@@ -3,8 +3,9 @@
 ``aggregates.csv`` and ``aggregates.parquet`` hold every aggregate (the warehouse's
 facts), ``connections.csv`` the connected sources (never a credential),
 ``links.csv`` the dashboard links (never a token or its hash), ``client.json`` the
-contact details, and ``README.txt`` says what each file is. The CSV files are safe to
-open in a spreadsheet (``spreadsheet``: no cell runs as a formula).
+contact details, ``dashboard.json`` how its dashboard is set up (template, brand,
+locale, comparison, polarity, goals), and ``README.txt`` says what each file is. The
+CSV files are safe to open in a spreadsheet (``spreadsheet``: no cell runs as a formula).
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ links.csv            your dashboard links: id, label, created, expires, revoked,
 aggregates.csv       every aggregate: connection_id, source, metric, dimension
                      ('' when the metric has no breakdown), day, value, updated_at (UTC).
 aggregates.parquet   the same table in Apache Parquet, with its types.
+dashboard.json       how your dashboard is set up: its layout (template) and look
+                     (brand) by name, number format (locale), what figures are
+                     compared with, which changes count as good news, and your goals.
 
 In the CSV files every text is in double quotes, and a text that begins with =, +, -,
 @, a tab or a carriage return starts with an added ' so that a spreadsheet shows it
@@ -101,6 +105,39 @@ def tenant_aggregates(runtime: Runtime, tenant_id: str) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=AGGREGATE_SCHEMA, orient="row")
 
 
+def _dashboard_setup(session, tenant_id: str) -> dict:
+    """The tenant's dashboard settings and goals, by name (no ids of other records)."""
+    from .. import goals
+    from ..models import Brand, DashboardTemplate, TenantSettings
+
+    chosen = session.get(TenantSettings, tenant_id)
+    template = brand = None
+    if chosen is not None and chosen.template_id:
+        row = session.get(DashboardTemplate, chosen.template_id)
+        template = row.name if row else None
+    if chosen is not None and chosen.brand_id:
+        row = session.get(Brand, chosen.brand_id)
+        brand = row.display_name if row else None
+    return {
+        "template": template,
+        "brand": brand,
+        "locale": chosen.locale if chosen else "en",
+        "comparison": chosen.comparison if chosen else None,
+        "polarity": dict(chosen.polarity or {}) if chosen else {},
+        "goals": [
+            {
+                "metric": g.metric,
+                "dimension": g.dimension,
+                "period": g.period,
+                "target": g.target,
+                "starts_on": g.starts_on.isoformat() if g.starts_on else None,
+                "due_on": g.due_on.isoformat() if g.due_on else None,
+            }
+            for g in goals.list_goals(session, tenant_id)
+        ],
+    }
+
+
 def export_tenant(
     runtime: Runtime, tenant_id: str, out: Path, *, force: bool = False
 ) -> ExportReport:
@@ -119,6 +156,7 @@ def export_tenant(
         tenant = registry.get_tenant(session, runtime.keys, tenant_id)
         connections = registry.list_connections(session, tenant_id=tenant.id)
         link_rows = links.list_links(session, tenant.id)
+        dashboard = _dashboard_setup(session, tenant.id)
     facts = tenant_aggregates(runtime, tenant.id)
 
     parquet = io.BytesIO()
@@ -172,6 +210,7 @@ def export_tenant(
             facts.with_columns(pl.col("updated_at").dt.strftime("%Y-%m-%dT%H:%M:%S%.6f+00:00"))
         ).encode(),
         "aggregates.parquet": parquet.getvalue(),
+        "dashboard.json": json.dumps(dashboard, indent=2, sort_keys=True).encode(),
     }
 
     # The export holds personal data: owner-only, and never a half-written file at ``out``.
