@@ -32,6 +32,8 @@ from .branding import load_brand_view
 
 STALE_AFTER = dt.timedelta(hours=36)
 COMPARISONS = ("previous", "last_year")
+#: how far before the period shown a goal's start is read
+GOAL_LOOKBACK = dt.timedelta(days=400)
 PRESET_DAYS = (7, 30, 90, 365)
 MAX_DAYS = 731
 #: how far back a period may start: ten years, far more than any source keeps for a client
@@ -504,7 +506,9 @@ def first_day_needed(
     windows = figures.Windows.of(period.start, period.end, today, mode)
     first = min(windows.compare_start, period.start)
     for goal in header.settings.goals:
-        first = min(first, _goal_window(goal, today)[0])
+        # a goal's calendar period, or the start of a goal by a date (at most ~a year
+        # before the period: an older start is read as "no level known then")
+        first = min(first, max(_goal_window(goal, today)[0], period.start - GOAL_LOOKBACK))
     return max(first, oldest_day(today) - dt.timedelta(days=366))
 
 

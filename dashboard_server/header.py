@@ -29,7 +29,8 @@ def header_html(data, *, tv: bool | None = None) -> str:
     statuses = (
         "".join(
             f'<li class="wv-status wv-status-{s.state}"><strong>{html.escape(s.title)}</strong> '
-            f"{STATE_LABEL.get(s.state, s.state)} &middot; "
+            + (f'<span class="wv-account">{html.escape(s.account)}</span> ' if s.account else "")
+            + f"{STATE_LABEL.get(s.state, s.state)} &middot; "
             f"{html.escape(brand_text(s.advice, brand))}</li>"
             for s in data.sources
         )

@@ -36,9 +36,7 @@ LINGER_BYTES = 16 * 1024 * 1024
 MAX_LINGERING = 64
 
 TOO_LONG = "Request too long"
-TOO_LONG_TEXT = (
-    "This address is too long. Open the dashboard link you were given as it is."
-)
+TOO_LONG_TEXT = "This address is too long. Open the dashboard link you were given as it is."
 _STYLE = (
     "body{font-family:system-ui,sans-serif;color:#1d2433;background:#f4f6fa;display:flex;"
     "align-items:center;justify-content:center;height:100vh;margin:0}"

@@ -128,9 +128,7 @@ def test_no_csv_cell_starts_a_formula_and_numbers_stay_numbers(served):
     response = httpx.get(served.url(f"?format=csv&from={TODAY}&to={TODAY}"))
     assert response.status_code == 200
     header, rows = csv_rows(response.text)
-    assert header == [
-        "day", "source", "metric", "label", "dimension", "kind", "partial", "value"
-    ]
+    assert header == ["day", "source", "metric", "label", "dimension", "kind", "partial", "value"]
     assert len(rows) == 2 + 2 * len(HOSTILE)
     for row in rows:
         *texts, value = row

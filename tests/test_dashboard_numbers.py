@@ -79,6 +79,8 @@ def test_a_gauge_shows_its_latest_level_and_a_counter_its_sum(runtime):
     ]
     html_text = dashboard_html(data)
     assert "acme/Web-App" in html_text and "ACME/WEB-APP" not in html_text
+    # the status badge says which account: two GitHub connections are told apart
+    assert '<strong>GitHub</strong> <span class="wv-account">acme</span>' in html_text
     assert "daily average" not in stars.change_text.lower()
 
 
