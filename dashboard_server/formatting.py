@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 from writevue_pipelines.sources.stripe import ZERO_DECIMAL
+from writevue_pipelines.tenant_settings import LOCALES
 
 #: ISO 4217 code (as Stripe spells it, lower case) -> symbol; others show their code
 CURRENCY_SYMBOLS = {
@@ -33,25 +34,16 @@ CURRENCY_SYMBOLS = {
     "vnd": "₫",
     "ngn": "₦",
 }
-#: locale -> (thousands separator, decimal separator); the default is en
-SEPARATORS = {
-    "en": (",", "."),
-    "de": (".", ","),
-    "fr": ("\u202f", ","),
-    "es": (".", ","),
-    "it": (".", ","),
-    "nl": (".", ","),
-    "pt": (".", ","),
-    "sv": ("\u00a0", ","),
-    "ch": ("'", "."),
-}
-#: where the currency symbol goes: before the figure in en (and ch), after it elsewhere
-_SYMBOL_FIRST = frozenset({"en", "ch"})
-_COMPACT = ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k"))
 
 
 def separators(locale: str) -> tuple[str, str]:
-    return SEPARATORS.get(locale, SEPARATORS["en"])
+    """(thousands, decimal) of a tenant's locale; en for one this version does not know."""
+    return LOCALES.get(locale, LOCALES["en"])
+
+
+#: where the currency symbol goes: before the figure in en (and ch), after it elsewhere
+_SYMBOL_FIRST = frozenset({"en", "ch"})
+_COMPACT = ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k"))
 
 
 def _digits(value: float, decimals: int, locale: str) -> str:

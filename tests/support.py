@@ -376,3 +376,14 @@ def add_facts(
             session, connection_id, error=None, at=refreshed_at or dt.datetime.now(dt.UTC)
         )
     return connection_id
+
+
+def home_runtime(root: Path) -> Runtime:
+    """A ready ``root/home`` (SQLite) and its runtime, for a module's served world; the
+    caller closes it."""
+    from writevue_pipelines.home import init_home
+    from writevue_pipelines.settings import Settings
+
+    settings = Settings.from_env({"WRITEVUE_HOME": str(root / "home")})
+    init_home(settings)
+    return Runtime(settings)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import MetaData, inspect, select
-from support import add_stripe_connection, remember_secret, start_dashboard_server
+from support import add_stripe_connection, home_runtime, remember_secret, start_dashboard_server
 
 from dashboard_server.access_log import (
     AccessLog,
@@ -35,7 +35,6 @@ from dashboard_server.access_log import (
 from writevue_devtools.peers import CHROMIUM_ARGS
 from writevue_pipelines import links, registry
 from writevue_pipelines.errors import NotFound
-from writevue_pipelines.home import init_home
 from writevue_pipelines.models import TrendInteraction, TrendView
 from writevue_pipelines.privacy import run_erasure
 from writevue_pipelines.privacy.scope import owned_tables
@@ -249,9 +248,8 @@ def session(tmp_path_factory, chromium_path):
     from playwright.sync_api import expect, sync_playwright
 
     root = tmp_path_factory.mktemp("trends")
-    settings = Settings.from_env({"WRITEVUE_HOME": str(root / "home")})
-    init_home(settings)
-    runtime = Runtime(settings)
+    runtime = home_runtime(root)
+    settings = runtime.settings
     with runtime.db.session() as db:
         tenant_id = registry.add_tenant(db, runtime.keys, "Trendy Ltd", "ops@trendy.test")
         link, token = links.create_link(db, tenant_id)

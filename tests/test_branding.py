@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import polars as pl
 import pytest
 from sqlalchemy import select
-from support import add_tenant, add_tenant_with_facts, run_cli
+from support import add_tenant, add_tenant_with_facts, home_runtime, run_cli
 
 from writevue_pipelines import branding
 from writevue_pipelines.branding import BrandInfo
@@ -439,14 +439,10 @@ def served(tmp_path_factory):
     from support import start_dashboard_server
 
     from writevue_pipelines import links
-    from writevue_pipelines.home import init_home
-    from writevue_pipelines.runtime import Runtime
-    from writevue_pipelines.settings import Settings
 
     root = tmp_path_factory.mktemp("branding")
-    settings = Settings.from_env({"WRITEVUE_HOME": str(root / "home")})
-    init_home(settings)
-    runtime = Runtime(settings)
+    runtime = home_runtime(root)
+    settings = runtime.settings
     branded, _ = add_tenant_with_facts(runtime, "Acme Ltd", FACTS)
     plain, _ = add_tenant_with_facts(runtime, "Plain Co", FACTS)
     with runtime.db.session() as session:

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 import polars as pl
 import pytest
-from support import add_tenant_with_facts, start_dashboard_server
+from support import add_tenant_with_facts, home_runtime, start_dashboard_server
 
 from dashboard_server.app import Dashboard
 from dashboard_server.data import (
@@ -33,9 +33,7 @@ from dashboard_server.data import (
 )
 from dashboard_server.tenant_data import TenantData
 from writevue_pipelines import links
-from writevue_pipelines.home import init_home
 from writevue_pipelines.runtime import Runtime
-from writevue_pipelines.settings import Settings
 from writevue_pipelines.spreadsheet import FORMULA_START
 
 TODAY = dt.datetime.now(dt.UTC).date()
@@ -93,9 +91,8 @@ class Served:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
-    settings = Settings.from_env({"WRITEVUE_HOME": str(root / "home")})
-    init_home(settings)
-    runtime = Runtime(settings)
+    runtime = home_runtime(root)
+    settings = runtime.settings
     tenant_id, _ = add_tenant_with_facts(runtime, "Formula Co", hostile_facts())
     with runtime.db.session() as session:
         _, token = links.create_link(session, tenant_id)

@@ -13,7 +13,7 @@ import io
 
 import polars as pl
 import pytest
-from support import add_facts, add_tenant
+from support import add_facts, add_tenant, home_runtime
 
 from dashboard_server import formatting
 from dashboard_server.data import Period, dashboard_csv, load_dashboard
@@ -356,14 +356,10 @@ def served(tmp_path_factory):
     from support import start_dashboard_server
 
     from writevue_pipelines import goals, links, templates
-    from writevue_pipelines.home import init_home
-    from writevue_pipelines.runtime import Runtime
-    from writevue_pipelines.settings import Settings
 
     root = tmp_path_factory.mktemp("numbers")
-    settings = Settings.from_env({"WRITEVUE_HOME": str(root / "home")})
-    init_home(settings)
-    runtime = Runtime(settings)
+    runtime = home_runtime(root)
+    settings = runtime.settings
     octo = add_tenant(runtime, "Octo Client", "octo@client.test")
     frame, truth = _github(31)
     add_facts(runtime, octo, "github", frame, options={"owner": "acme"})

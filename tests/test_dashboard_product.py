@@ -26,6 +26,7 @@ from support import (
     add_stripe_connection,
     add_tenant_with_facts,
     fetch_to_staging,
+    home_runtime,
     new_stripe_key,
     register_oauth_source,
     remember_secret,
@@ -44,10 +45,8 @@ from dashboard_server.probe import page_and_document_text
 from dashboard_server.render import dashboard_html
 from writevue_devtools.peers import CHROMIUM_ARGS
 from writevue_pipelines import invites, links, refresh, registry
-from writevue_pipelines.home import init_home
 from writevue_pipelines.models import ConnectInvite, Connection, DashboardLink, Fact, OAuthState
 from writevue_pipelines.runtime import Runtime
-from writevue_pipelines.settings import Settings
 from writevue_pipelines.sources import get_source
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -133,9 +132,8 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("dashboards")
-    settings = Settings.from_env({"WRITEVUE_HOME": str(root / "home")})
-    init_home(settings)
-    runtime = Runtime(settings)
+    runtime = home_runtime(root)
+    settings = runtime.settings
     acme, _ = add_tenant_with_facts(runtime, "Acme Ltd", ACME_FACTS)
     globex, _ = add_tenant_with_facts(runtime, "Globex Corp", GLOBEX_FACTS)
     with runtime.db.session() as session:

@@ -18,15 +18,13 @@ from pathlib import Path
 import httpx
 import polars as pl
 import pytest
-from support import add_tenant_with_facts, start_dashboard_server
+from support import add_tenant_with_facts, home_runtime, start_dashboard_server
 
 from dashboard_server.probe import page_and_document_text
 from dashboard_server.redaction import scrub, truncate_ip
 from writevue_pipelines import invites, links
-from writevue_pipelines.home import init_home
 from writevue_pipelines.models import DashboardLink
 from writevue_pipelines.runtime import Runtime
-from writevue_pipelines.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRED_HEADERS = {
@@ -71,9 +69,8 @@ def from_address(address: str) -> httpx.Client:
 @pytest.fixture(scope="module")
 def surface(tmp_path_factory):
     root = tmp_path_factory.mktemp("surface")
-    settings = Settings.from_env({"WRITEVUE_HOME": str(root / "home")})
-    init_home(settings)
-    runtime = Runtime(settings)
+    runtime = home_runtime(root)
+    settings = runtime.settings
     today = dt.datetime.now(dt.UTC).date()
     facts = pl.DataFrame(
         {"metric": ["charges"], "dimension": [""], "day": [today], "value": [42.0]}

@@ -15,15 +15,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import polars as pl
 import pytest
-from support import add_tenant_with_facts, start_dashboard_server
+from support import add_tenant_with_facts, home_runtime, start_dashboard_server
 
 from dashboard_server.app import Dashboard, query_state
 from dashboard_server.data import Period
 from writevue_devtools.peers import CHROMIUM_ARGS
 from writevue_pipelines import links
-from writevue_pipelines.home import init_home
 from writevue_pipelines.runtime import Runtime
-from writevue_pipelines.settings import Settings
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 TODAY = dt.datetime.now(dt.UTC).date()
@@ -72,9 +70,8 @@ class Screens:
 @pytest.fixture(scope="module")
 def screens(tmp_path_factory):
     root = tmp_path_factory.mktemp("screens")
-    settings = Settings.from_env({"WRITEVUE_HOME": str(root / "home")})
-    init_home(settings)
-    runtime = Runtime(settings)
+    runtime = home_runtime(root)
+    settings = runtime.settings
     few, _ = add_tenant_with_facts(runtime, "Vandelay Industries", facts(400, FEW))
     many, _ = add_tenant_with_facts(runtime, "Many Metrics Co", facts(40, MANY))
     with runtime.db.session() as session:
