@@ -251,9 +251,15 @@ class Dashboard(pn.viewable.Viewer):
             self._render()
 
     def end(self, page: str = GONE_HTML) -> None:
-        """Stop showing anything of the tenant: the link is gone (or the page expired)."""
+        """Stop showing anything of the tenant: the link is gone (or the page expired).
+
+        A link that no longer works says so in the tenant's own brand, when it has one
+        (the source knows it; the server's sweep only knows the default)."""
         self.gone = True
         self._controls.visible = False
+        branded = getattr(self._source, "gone_page", None)
+        if page != RELOAD_HTML and branded is not None:
+            page = branded() or page
         self._content.object = page
 
     def __panel__(self) -> pn.viewable.Viewable:

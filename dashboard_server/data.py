@@ -671,6 +671,7 @@ class _Builder:
             value_to_date=value,
             today=self.today,
             start_value=start_value,
+            polarity=definition.polarity,
         )
         target_text = formatting.compact(
             goal.target, definition.unit, definition.currency or dimension or None, self.locale

@@ -258,6 +258,20 @@ def dashboard_json(data: DashboardData) -> dict:
                     }
                     for chart in group.charts
                 ],
+                "tables": [
+                    {
+                        "title": detail.title,
+                        "columns": [
+                            {"metric": c.ref, "label": c.label, "kind": c.kind, "unit": c.unit}
+                            for c in detail.columns
+                        ],
+                        "rows": [
+                            {"dimension": dimension, "values": [_number(k.value) for k in kpis]}
+                            for dimension, kpis in detail.rows
+                        ],
+                    }
+                    for detail in group.details
+                ],
             }
             for group in data.groups
         ],

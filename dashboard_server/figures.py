@@ -113,6 +113,8 @@ class Figures:
         self._history = dict(history)
         #: ref -> dimension -> connection -> day -> value
         self._raw: dict[str, dict[str, dict[str, dict[dt.date, float]]]] = {}
+        #: ref -> connection -> the days it reported the metric (for any dimension)
+        self._reported: dict[str, dict[str, set[dt.date]]] = {}
         for cid, metric, dimension, day, value in facts.select(
             "connection_id", "metric", "dimension", "day", "value"
         ).iter_rows():
@@ -121,6 +123,7 @@ class Figures:
                 continue
             ref = f"{source}.{metric}"
             self._raw.setdefault(ref, {}).setdefault(dimension, {}).setdefault(cid, {})[day] = value
+            self._reported.setdefault(ref, {}).setdefault(cid, set()).add(day)
         self._daily: dict[tuple[str, str | None], Values] = {}
 
     # -- what there is ----------------------------------------------------------------------
@@ -177,6 +180,7 @@ class Figures:
         columns: list[list[float | None]] = []
         for cid in self._connections(ref):
             values = per_connection.get(cid, {})
+            reported = self._reported.get(ref, {}).get(cid, set())
             start = self._history[cid]
             column: list[float | None] = []
             last: float | None = None
@@ -184,6 +188,10 @@ class Figures:
                 if kind == "gauge":
                     if day in values:
                         last = values[day]
+                    elif day in reported:
+                        # the connection reported the metric that day, but not for this
+                        # dimension: it is gone (a repository deleted or transferred)
+                        last = None
                     column.append(last)
                 elif day < start:
                     column.append(None)

@@ -61,6 +61,16 @@ class TenantData:
             pages.put(key, page)
         return page
 
+    def gone_page(self) -> str | None:
+        """ "This link no longer works" in the tenant's brand (else the server's default
+        brand); None without either (the neutral page)."""
+        from .branding import default_brand_view, gone_html
+
+        brand = self.brand
+        if brand is None and self._runtime.settings.default_brand:
+            brand = default_brand_view(self._runtime)
+        return gone_html(brand) if brand is not None else None
+
     def default_comparison(self) -> str:
         return comparison_mode(load_header(self._runtime, self._tenant_id))
 

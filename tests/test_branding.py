@@ -664,6 +664,8 @@ def test_in_chromium_a_revoked_link_says_so_without_writevue(served, browser):
             links.revoke_link(session, link.id)
         page.get_by_text("This link no longer works").wait_for(timeout=15_000)
         assert "WriteVue" not in page.evaluate(PAGE_TEXTS)
+        # the open page knows its tenant: it says so in the tenant's brand
+        assert "Ask Northwind Analytics for a new one" in page.evaluate(PAGE_TEXTS)
         response = page.goto(served.url(token))  # opened again: the one 404 page
         assert response.status == 404
         assert "WriteVue" not in page.evaluate(PAGE_TEXTS)

@@ -419,6 +419,11 @@ def test_the_json_export_is_what_the_page_shows(served):
     )
     chart = next(c for c in group["charts"] if c["metric"] == "github.stars")
     assert len(chart["lines"][0]["values"]) == 30
+    # the per-repository table too, as the page shows it
+    (table,) = group["tables"]
+    column = [c["metric"] for c in table["columns"]].index("github.stars")
+    by_repo = {row["dimension"]: row["values"][column] for row in table["rows"]}
+    assert by_repo == {r: served["stars"][(r, TODAY)] for r in REPOS}
     assert served["octo"] not in response.text
     bad = httpx.get(url.replace("format=json", "format=xml"))
     assert bad.status_code == 400 and "format=json" in bad.text
@@ -486,3 +491,18 @@ def test_in_chromium_the_client_switches_the_comparison_and_the_url_keeps_it(ser
             assert "%" not in change.inner_text()
         finally:
             chromium.close()
+
+
+def test_a_dimension_that_stops_reporting_leaves_a_gauges_total(runtime):
+    tenant = add_tenant(runtime, "Moved Repo", "moved@client.test")
+    rows = []
+    for back in range(30):
+        day = TODAY - dt.timedelta(days=back)
+        rows.append(("stars", "o/a", day, 1000.0))
+        if back >= 10:  # o/old was transferred away ten days ago
+            rows.append(("stars", "o/old", day, 50.0))
+    add_facts(runtime, tenant, "github", _frame(rows), options={"owner": "o"})
+    data = load_dashboard(runtime, tenant, period=Period.last(30))
+    stars = _kpi(data, "github.stars")
+    assert stars.value == 1000.0  # not 1050: o/old's last level is not carried on
+    assert stars.series[0] == 1050.0 and stars.series[-1] == 1000.0

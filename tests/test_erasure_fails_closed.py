@@ -122,7 +122,10 @@ def _request(runtime) -> DeletionRequest:
 def _assert_erased(runtime, made: dict) -> None:
     """Checked here, independently of the erasure's own verification."""
     needles = [made["tenant"], *made["connections"], made["link"], NAME, EMAIL]
-    assert _rows_mentioning(runtime.db.engine, needles) == {"deletion_requests": {"tenant_id"}}
+    left = _rows_mentioning(runtime.db.engine, needles)
+    # the erasure record, and staff-audit events by the tenant's id alone
+    assert left.pop("deletion_requests") == {"tenant_id"}
+    assert left in ({}, {"audit_events": {"tenant_id"}})
     assert _files_mentioning(runtime.settings.home, needles) == []
     request = _request(runtime)
     assert request.status == "done" and request.verified is True and request.scope_ct is None
@@ -243,7 +246,8 @@ def test_a_failed_revocation_needs_operator_action_and_can_be_retried(
             "kind": "client_should_revoke",
             "source": "stripe",
             "auth_kind": "api_key",
-            "what": "ask the client to revoke the API key it gave us at the provider",
+            "what": "ask the client to revoke the API key it gave us at the provider"
+            f" (connected on {dt.datetime.now(dt.UTC).date()})",
         },
         {
             "kind": "revocation_failed",
@@ -384,3 +388,38 @@ def test_an_erasure_in_progress_survives_a_key_rotation(runtime, sandbox):
     finally:
         fresh.close()
     _assert_erased(runtime, made)
+
+
+def test_a_folder_the_verification_cannot_list_fails_it_and_is_named(runtime, sandbox, monkeypatch):
+    made = _client(runtime, sandbox, "sk_test_unlistable_1")
+    hidden = runtime.settings.home / "private"
+    hidden.mkdir()
+    real_scandir = os.scandir
+
+    def scandir(path=".", *args):  # as a folder of mode 000 is for a user other than root
+        if isinstance(path, str | os.PathLike) and Path(path) == hidden:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path, *args)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    report = run_erasure(runtime, made["tenant"])
+    assert not report.ok
+    assert report.verification.unchecked == ["folder private (PermissionError)"]
+    monkeypatch.setattr(os, "scandir", real_scandir)
+    assert run_erasure(runtime, made["tenant"]).ok
+
+
+def test_contact_fields_that_cannot_be_decrypted_fail_the_verification(runtime, sandbox):
+    from sqlalchemy import update
+
+    from writevue_pipelines.models import Tenant
+
+    made = _client(runtime, sandbox, "sk_test_garbled_0001")
+    with runtime.db.session() as session:  # a blob damaged on disk, or under a lost key
+        session.execute(
+            update(Tenant).where(Tenant.id == made["tenant"]).values(email_ct=b"\x00garbled")
+        )
+    report = run_erasure(runtime, made["tenant"])
+    assert not report.ok
+    assert any("name or email" in u for u in report.verification.unchecked)
+    assert _request(runtime).status == "failed"

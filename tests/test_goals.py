@@ -71,31 +71,49 @@ def test_quarter_and_year_periods():
     assert year.on_track is False and year.text == "8% of 1.2M this year · behind"
 
 
-def test_a_gauge_by_a_date_paces_from_where_it_started():
+def test_a_gauge_by_a_date_shows_its_level_and_paces_from_where_it_started():
     stars = goal("by_date", 1000, dt.date(2026, 1, 1), dt.date(2026, 3, 31), "github.stars")
     result = progress(
         stars, kind="gauge", value_to_date=760, today=dt.date(2026, 2, 15), start_value=400
     )
     assert (result.period_start, result.period_end) == (dt.date(2026, 1, 1), dt.date(2026, 3, 31))
-    assert result.fraction == pytest.approx(360 / 600)
+    # the client reads the level against the target; the pace runs from 400 to 1000
+    assert result.fraction == pytest.approx(0.76)
     assert result.expected_fraction == pytest.approx(45 / 89)
-    assert result.on_track is True
-    assert result.text == "60% of 1k by 2026-03-31 · on track"
+    assert result.on_track is True  # 360 of 600 gained: 60%, ahead of 51%
+    assert result.text == "760 of 1k (76%) by 2026-03-31 · on track"
     slow = progress(
         stars, kind="gauge", value_to_date=600, today=dt.date(2026, 2, 15), start_value=400
     )
-    assert slow.on_track is False and slow.fraction == pytest.approx(1 / 3)
+    assert slow.on_track is False and slow.fraction == pytest.approx(0.6)  # 1/3 gained
     unknown_start = progress(stars, kind="gauge", value_to_date=600, today=dt.date(2026, 2, 15))
-    assert unknown_start.fraction == pytest.approx(0.6)
+    assert unknown_start.fraction == pytest.approx(0.6) and unknown_start.on_track is True
     late = progress(
         stars, kind="gauge", value_to_date=900, today=dt.date(2026, 4, 2), start_value=400
     )
     assert late.expected_fraction == 1 and late.on_track is False
-    assert late.text == "83% of 1k by 2026-03-31 · missed"
+    assert late.text == "900 of 1k (90%) by 2026-03-31 · missed"
     fell = progress(
         stars, kind="gauge", value_to_date=300, today=dt.date(2026, 2, 15), start_value=400
     )
-    assert fell.fraction < 0 and fell.text.startswith("0% of 1k")
+    assert fell.on_track is False and fell.text.startswith("300 of 1k (30%)")
+
+
+def test_a_goal_on_a_metric_where_up_is_bad_is_a_limit():
+    refunds = goal("month", 100, None, None, "stripe.refunds")
+    early = progress(
+        refunds, kind="counter", value_to_date=40, today=dt.date(2026, 3, 4), polarity="up_bad"
+    )
+    # three days gone of 31 allow ~10%: 40% spent is over pace, and red
+    assert early.on_track is False and early.text == "40% of 100 this month · over pace"
+    calm = progress(
+        refunds, kind="counter", value_to_date=5, today=dt.date(2026, 3, 20), polarity="up_bad"
+    )
+    assert calm.on_track is True and calm.status == "within the limit"
+    over = progress(
+        refunds, kind="counter", value_to_date=130, today=dt.date(2026, 3, 20), polarity="up_bad"
+    )
+    assert over.on_track is False and over.status == "over the limit"
 
 
 def test_a_counter_by_a_date_and_a_ratio_goal():

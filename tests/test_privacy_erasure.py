@@ -183,7 +183,21 @@ def test_erased_tenant_leaves_nothing_and_others_are_untouched(any_runtime, gran
 
     # Nothing left in any row: the tenant id only in the one erasure record's tenant_id.
     left = _rows_mentioning(engine, [a, *a_ids])
-    assert left == {"deletion_requests": ["tenant_id"]}
+    # ... and the staff audit's events of it, kept by its id alone (who looked, and when)
+    assert {t: set(c) for t, c in left.items()} == {
+        "deletion_requests": {"tenant_id"},
+        "audit_events": {"tenant_id"},
+    }
+    with engine.connect() as conn:
+        kept = conn.execute(
+            text("SELECT actor, action, reason, details FROM audit_events WHERE tenant_id = :t"),
+            {"t": a},
+        ).all()
+    assert sorted((r.actor, r.action) for r in kept) == [
+        ("alice", "tenant.show"),
+        ("oauth", "connection.authorised"),
+    ]
+    assert {(r.reason, str(r.details)) for r in kept} == {("(removed at erasure)", "{}")}
     with runtime.db.session() as session:
         (record,) = session.scalars(select(DeletionRequest)).all()
         assert record.tenant_id == a and record.status == "done" and record.verified is True
@@ -196,7 +210,8 @@ def test_erased_tenant_leaves_nothing_and_others_are_untouched(any_runtime, gran
     assert _files_mentioning(runtime.settings.home, [a, *a_ids, NAME, EMAIL], skip) == []
     if runtime.db.is_sqlite:
         raw = _raw_sqlite(runtime)
-        assert raw.count(a.encode()) == 1  # the erasure record's tenant_id, nothing else
+        # the erasure record's tenant_id, and the kept audit event's (its row and index)
+        assert raw.count(a.encode()) == 1 + 2 * len(kept)
         for needle in (*a_ids, NAME, EMAIL):
             assert needle.encode() not in raw
 
@@ -310,9 +325,15 @@ def test_an_erasure_request_waits_for_the_sensor_then_is_the_only_record(runtime
     report = run_erasure(runtime, pending.id)
     assert report.ok and report.request_id == request_id
     assert report.revocations["attempted"] == 0
-    actions = [(e.action, e.actor) for e in list_events(runtime, tenant_id)]
-    # The staff-audit events went with the tenant; the erasure record remains.
-    assert actions == [("tenant.erasure.requested", "bob"), ("tenant.erased", "bob")]
+    events = list_events(runtime, tenant_id)
+    # The staff audit keeps who looked at the tenant and when (its reason and details
+    # go with the tenant); the erasure record remains.
+    assert [(e.action, e.actor) for e in events] == [
+        ("tenant.export", "bob"),
+        ("tenant.erasure.requested", "bob"),
+        ("tenant.erased", "bob"),
+    ]
+    assert events[0].reason == "(removed at erasure)" and events[0].details == {}
     with pytest.raises(Exception, match="already erased on"):
         run_erasure(runtime, tenant_id)
     with pytest.raises(Exception, match="already erased on"):

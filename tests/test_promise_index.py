@@ -55,3 +55,14 @@ def test_every_module_and_test_the_index_names_exists():
         if not (ROOT / file).is_file() or name not in _test_names(ROOT / file)
     )
     assert missing == []
+
+
+def test_the_postgres_purge_command_names_every_table_an_erasure_touches():
+    import re
+
+    from writevue_pipelines.privacy.scope import KEPT_TABLES, owned_tables
+
+    text = (ROOT / "docs" / "privacy.md").read_text()
+    (command,) = re.findall(r"`VACUUM FULL ([a-z_,\s]+);`", text)
+    named = {name.strip() for name in command.split(",")}
+    assert named == {t.name for t in owned_tables()} | KEPT_TABLES

@@ -31,7 +31,7 @@ from support import (
 from writevue_pipelines import links, registry
 from writevue_pipelines.cli.app import commands
 from writevue_pipelines.models import AuditEvent
-from writevue_pipelines.privacy import list_events
+from writevue_pipelines.privacy import list_events, run_erasure
 
 CALLBACK = "https://connect.writevue.test/oauth/callback"
 
@@ -59,6 +59,7 @@ class World:
     link: str
     sandbox_url: str
     tmp: Path
+    erased_request: str = ""  # a done erasure request, to retry its revocations
 
 
 @pytest.fixture
@@ -66,7 +67,10 @@ def world(runtime, sandbox, tmp_path) -> World:
     tenant, connection = add_stripe_connection(runtime, sandbox.url, new_stripe_key())
     with runtime.db.session() as session:
         link, _ = links.create_link(session, tenant)
-    return World(tenant, add_tenant(runtime, "Bare Co"), connection, link.id, sandbox.url, tmp_path)
+    erased = run_erasure(runtime, add_tenant(runtime, "Gone Co")).request_id
+    return World(
+        tenant, add_tenant(runtime, "Bare Co"), connection, link.id, sandbox.url, tmp_path, erased
+    )
 
 
 def _authorize_then_consent(w: World, monkeypatch, capsys) -> str:
@@ -104,7 +108,14 @@ AUDITED = [
         None,
     ),
     (lambda w: ["tenant", "request-erasure", w.bare], "tenant.request-erasure", None, None),
-    (lambda w: ["tenant", "erase", w.bare, "--yes"], "tenant.erase", None, {}),
+    # by the erased tenant's opaque id, kept like the erasure record, with its request
+    (lambda w: ["tenant", "erase", w.bare, "--yes"], "tenant.erase", "bare", None),
+    (
+        lambda w: ["tenant", "revoke-grants", w.erased_request, "--confirm-revoked"],
+        "tenant.revoke-grants",
+        None,
+        None,
+    ),
     (
         lambda w: [
             *("connection", "add", w.tenant, "stripe", "--api-key-env", "STAFF_AUDIT_KEY"),

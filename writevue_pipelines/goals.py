@@ -216,6 +216,7 @@ def progress(
     value_to_date: float | None,
     today: dt.date,
     start_value: float | None = None,
+    polarity: str = "up_good",
 ) -> GoalProgress:
     """Where ``goal`` stands ``today``.
 
@@ -226,7 +227,9 @@ def progress(
 
     The expected fraction is the share of the period's days already over (today, still
     under way, does not count yet), so that on the first day any progress is on track.
-    A ratio has no pace: it is on track when at its target.
+    A ratio has no pace: it is on track when at its target. For an ``up_bad`` metric
+    (refunds, fees) the target is a limit: on track while under the share of it that
+    the days gone allow, "over the limit" past it.
     """
     target = goal.target
     if goal.period == "by_date":
@@ -277,22 +280,40 @@ def progress(
             "no data",
         )
     span = target - base
-    fraction = 1.0 if span == 0 else (current - base) / span
-    if not math.isfinite(fraction):
+    # The pace runs from the start (a gauge's level when the goal began) to the target.
+    pace = 1.0 if span == 0 else (current - base) / span
+    if not math.isfinite(pace):
+        pace = None
+    # What the client reads: where the figure stands against the target.
+    fraction = current / target if target else None
+    if fraction is not None and not math.isfinite(fraction):
         fraction = None
-    if fraction is None:
+    if pace is None:
         on_track = None
         status = "no data"
+    elif polarity == "up_bad":
+        # a limit (refunds, fees): on track while under the share the days allow
+        on_track = pace <= expected + 1e-12
+        if pace > 1:
+            status, on_track = "over the limit", False
+        elif today > end:
+            status = "kept"
+        else:
+            status = "within the limit" if on_track else "over pace"
     else:
-        on_track = fraction >= expected - 1e-12
-        over = today > end
-        if fraction >= 1:
+        on_track = pace >= expected - 1e-12
+        if pace >= 1:
             status = "reached"
-        elif over:
+        elif today > end:
             status, on_track = "missed", False
         else:
             status = "on track" if on_track else "behind"
-    percent = 0 if fraction is None else _percent(fraction)
+    if kind == "gauge" or fraction is None:
+        shown = f"{compact(float(current))} of {shown_target}"
+        if fraction is not None:
+            shown += f" ({_percent(fraction)}%)"
+    else:
+        shown = f"{_percent(fraction)}% of {shown_target}"
     return GoalProgress(
         target,
         float(current),
@@ -301,7 +322,7 @@ def progress(
         on_track,
         start,
         end,
-        f"{percent}% of {shown_target} {words} · {status}",
+        f"{shown} {words} · {status}",
         status,
     )
 

@@ -55,6 +55,7 @@ class Settings:
     #: searches its run history): ``WRITEVUE_DAGSTER_DATABASE_URL``, else built from the
     #: ``DAGSTER_PG_*`` variables that deploy/dagster.yaml reads
     dagster_database_url: str | None = field(default=None, repr=False)
+    dagster_home_override: Path | None = None
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -95,6 +96,11 @@ class Settings:
             guess_limit=_positive_int(env, "WRITEVUE_GUESS_LIMIT", 20),
             default_brand=(env.get("WRITEVUE_DEFAULT_BRAND") or "").strip() or None,
             dagster_database_url=_dagster_database_url(env),
+            dagster_home_override=(
+                Path(env["DAGSTER_HOME"]).expanduser().resolve()
+                if env.get("DAGSTER_HOME")
+                else None
+            ),
         )
 
     def cron_for(self, source: str) -> str:
@@ -123,7 +129,8 @@ class Settings:
 
     @property
     def dagster_home(self) -> Path:
-        return self.home / "dagster"
+        """The Dagster instance's folder: ``DAGSTER_HOME`` when set, else under ``home``."""
+        return self.dagster_home_override or self.home / "dagster"
 
     @property
     def log_dir(self) -> Path:

@@ -149,9 +149,6 @@ def erase(args) -> None:
     access = staff_access(args)
     actor = access.actor
     runtime = ready_runtime()
-    # No tenant id: the erasure removes every row that holds it, but this record stays.
-    # The erasure record (`audit list`, `tenant.erased`) names the tenant and the actor.
-    access.record(runtime, None)
     tenant_id = check_erasable(runtime, args.tenant_id)
     if not args.yes:
         if sys.stdin is None or not sys.stdin.isatty():
@@ -163,6 +160,9 @@ def erase(args) -> None:
         if answer.strip() != "erase":
             raise CliError("Not confirmed; nothing was erased.")
     report = privacy.run_erasure(runtime, tenant_id, actor=actor)
+    # Recorded by the tenant's opaque id (kept, like the erasure record it names), with
+    # the request, so the reason given is tied to this erasure.
+    access.record(runtime, tenant_id, request=report.request_id)
     for line in report.lines():
         print(line)
     if not report.ok:
@@ -211,14 +211,24 @@ def request_erasure(args) -> None:
         help="the client revoked the access at the provider: delete the kept tokens instead",
     ),
     ACTOR,
-    audit=False,  # ends access to a provider and shows nothing (see tests/test_staff_audit.py)
+    REASON,
+    # recorded: with --confirm-revoked, staff delete the kept tokens on the client's word
+    audit="tenant.revoke-grants",
 )
 def revoke_grants(args) -> None:
     from .. import privacy
 
-    privacy.operator_name(args.actor)
+    access = staff_access(args)
     runtime = ready_runtime()
     report = privacy.retry_revocations(runtime, args.request_id, forget=args.confirm_revoked)
+    access.record(
+        runtime,
+        None,
+        request=report.request_id,
+        revoked=len(report.revoked),
+        confirmed_by_client=len(report.forgotten),
+        still_failing=len(report.failed),
+    )
     for line in report.lines():
         print(line)
     if report.failed:

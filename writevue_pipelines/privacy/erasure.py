@@ -48,6 +48,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from .. import registry
 from ..errors import InvalidInput, NotFound, SourceError, WriteVueError
 from ..models import (
+    AuditEvent,
     ConnectInvite,
     Connection,
     DashboardLink,
@@ -71,6 +72,8 @@ STEPS = ("marked", "revoked", "deleting", "deleted", "logs", "bytes", "verified"
 step_hooks: list[Callable[[str], None]] = []
 
 DeletePartitions = Callable[[str, list[str]], None]
+#: what a kept staff-audit event of an erased tenant says instead of its reason
+ERASED_REASON = "(removed at erasure)"
 
 #: what a client should do at the provider when WriteVue cannot revoke the credential
 _AT_PROVIDER = {
@@ -107,6 +110,8 @@ class GrantOutcome:
     #: password: only the client can revoke it at the provider)
     outcome: str
     reason: str = ""
+    #: the day the connection was added: tells two keys of one source apart
+    added: str = ""
 
 
 @dataclass
@@ -293,7 +298,8 @@ def _write_blob(runtime: Runtime, request: DeletionRequest, what: str, value) ->
 
 @dataclass
 class _Scope:
-    connections: dict[str, tuple[str, str]] = field(default_factory=dict)  # id -> source, kind
+    #: id -> (source, auth kind, the day it was added)
+    connections: dict[str, tuple[str, ...]] = field(default_factory=dict)
     links: set[str] = field(default_factory=set)
     invites: set[str] = field(default_factory=set)
     contact: set[str] = field(default_factory=set)
@@ -303,6 +309,8 @@ class _Scope:
     outcomes: dict[str, list[str]] = field(default_factory=dict)
     #: the stored identifiers could not be decrypted: the verification cannot be complete
     unreadable: bool = False
+    #: the tenant's name or email could not be decrypted: they cannot be searched for
+    contact_unreadable: bool = False
 
     def as_json(self) -> dict:
         return {
@@ -312,6 +320,7 @@ class _Scope:
             "contact": sorted(self.contact),
             "settled": sorted(self.settled),
             "outcomes": self.outcomes,
+            "contact_unreadable": self.contact_unreadable,
         }
 
     @classmethod
@@ -324,6 +333,7 @@ class _Scope:
             set(data.get("contact", ())),
             set(data.get("settled", ())),
             dict(data.get("outcomes", {})),
+            contact_unreadable=bool(data.get("contact_unreadable", False)),
         )
 
     def identifiers(self, tenant_id: str) -> verification.Identifiers:
@@ -345,12 +355,12 @@ def _load_scope(runtime: Runtime, request: DeletionRequest) -> _Scope:
 
 def _gather(session, runtime: Runtime, tenant_id: str, scope: _Scope) -> None:
     """Add what the database still holds of the tenant to the scope."""
-    for cid, source, kind in session.execute(
-        select(Connection.id, Connection.source, Connection.auth_kind).where(
+    for cid, source, kind, added in session.execute(
+        select(Connection.id, Connection.source, Connection.auth_kind, Connection.created_at).where(
             Connection.tenant_id == tenant_id
         )
     ):
-        scope.connections[cid] = (source, kind)
+        scope.connections[cid] = (source, kind, added.date().isoformat() if added else "")
     scope.links |= set(
         session.scalars(select(DashboardLink.id).where(DashboardLink.tenant_id == tenant_id))
     )
@@ -359,17 +369,21 @@ def _gather(session, runtime: Runtime, tenant_id: str, scope: _Scope) -> None:
     )
     tenant = session.get(Tenant, tenant_id)
     if tenant is not None:
-        scope.contact |= set(_contact(runtime, tenant))
+        found, complete = _contact(runtime, tenant)
+        scope.contact |= set(found)
+        scope.contact_unreadable |= not complete
 
 
-def _contact(runtime: Runtime, tenant: Tenant) -> list[str]:
-    found = []
+def _contact(runtime: Runtime, tenant: Tenant) -> tuple[list[str], bool]:
+    """The tenant's name and email in clear, to search for; and whether both decrypted
+    (one that does not cannot be searched for, which the verification must say)."""
+    found, complete = [], True
     for field_name, blob in (("tenant.name", tenant.name_ct), ("tenant.email", tenant.email_ct)):
         try:
             found.append(runtime.keys.decrypt_text(blob, Binding(tenant.id, None, field_name)))
         except VaultError:
-            continue  # not needed to erase; the search just has less to look for
-    return found
+            complete = False
+    return found, complete
 
 
 # -- the erasure ----------------------------------------------------------------------------
@@ -412,7 +426,7 @@ def revoke_grants(runtime: Runtime, scope: _Scope) -> None:
     goes into the scope (a failure is recorded, not raised)."""
     from ..oauth.revocation import revoke_grant
 
-    for connection_id, (_source, auth_kind) in sorted(scope.connections.items()):
+    for connection_id, (_source, auth_kind, *_added) in sorted(scope.connections.items()):
         if connection_id in scope.settled:
             continue
         if auth_kind != "oauth2":
@@ -444,9 +458,11 @@ def _reason(exc: BaseException) -> str:
 
 def _outcomes(scope: _Scope) -> list[GrantOutcome]:
     found = []
-    for cid, (source, kind) in sorted(scope.connections.items(), key=lambda i: (i[1], i[0])):
+    for cid, (source, kind, *added) in sorted(
+        scope.connections.items(), key=lambda i: (i[1], i[0])
+    ):
         outcome, reason = scope.outcomes.get(cid, ["unsupported", ""])
-        found.append(GrantOutcome(source, kind, outcome, reason))
+        found.append(GrantOutcome(source, kind, outcome, reason, added[0] if added else ""))
     return found
 
 
@@ -469,13 +485,15 @@ def actions_for(
         if grant.outcome == "failed":
             continue  # listed below from what is kept to retry
         if grant.outcome in ("not_revocable", "unsupported"):
+            added = f" (connected on {grant.added})" if grant.added else ""
             actions.append(
                 {
                     "kind": "client_should_revoke",
                     "source": grant.source,
                     "auth_kind": grant.auth_kind,
                     "what": "ask the client to "
-                    + _AT_PROVIDER.get(grant.auth_kind, _AT_PROVIDER["api_key"]),
+                    + _AT_PROVIDER.get(grant.auth_kind, _AT_PROVIDER["api_key"])
+                    + added,
                 }
             )
     for item in retry:
@@ -517,6 +535,13 @@ def _delete_rows(runtime: Runtime, request_id: str, scope: _Scope) -> dict[str, 
             )
             scope.settled.add(cid)  # kept for the retry command; not revoked again here
         connection_ids = sorted(scope.connections)
+        # Who looked at the tenant's data, and when, is kept (accountability); what they
+        # wrote (the reason) and the details, which may name its data, go.
+        session.execute(
+            update(AuditEvent)
+            .where(AuditEvent.tenant_id == tenant_id)
+            .values(details={}, reason=ERASED_REASON)
+        )
         removed: dict[str, int] = {}
         for table in owned_tables():
             clause = tenant_clause(table, tenant_id, connection_ids)
@@ -608,6 +633,7 @@ def run_erasure(
     *,
     actor: str = "erasure",
     delete_partitions: DeletePartitions | None = None,
+    dagster: verification.DagsterStorage | None = None,
 ) -> ErasureReport:
     """Carry out an erasure request (by its id), or erase a tenant (by its id) at once.
 
@@ -650,20 +676,24 @@ def run_erasure(
     _drop_deleted_bytes(runtime, list(removed) or _touched_tables())
     _step("bytes")
     ids = scope.identifiers(tenant_id)
-    result = verification.verify_erasure(runtime, ids)
+    result = verification.verify_erasure(runtime, ids, dagster=dagster)
     if result.database_bytes and not result.rows:
         # secure_delete zeroes deleted cells; a VACUUM rewrites whatever still lingers.
         _drop_deleted_bytes(runtime, _touched_tables(), full=True)
-        result = verification.verify_erasure(runtime, ids)
+        result = verification.verify_erasure(runtime, ids, dagster=dagster)
     result.unchecked = unremovable + unreadable_logs + result.unchecked
     if scope.unreadable:
         result.unchecked.append(
             "the identifiers recorded when this erasure began (they could not be decrypted)"
         )
+    if scope.contact_unreadable:
+        result.unchecked.append(
+            "the tenant's name or email (they could not be decrypted, so cannot be searched for)"
+        )
     report.verification = result
     _step("verified")
 
-    for cid, (source, _kind) in sorted(scope.connections.items()):
+    for cid, (source, *_rest) in sorted(scope.connections.items()):
         report.partitions.setdefault(source, []).append(cid)
     if result.ok and delete_partitions is not None:
         for source, keys in sorted(report.partitions.items()):

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from sqlalchemy import ColumnElement, MetaData, Table, or_, select
 
-from ..models import DeletionRequest, Tenant, metadata
+from ..models import AuditEvent, DeletionRequest, Tenant, metadata
 
-#: Tables whose rows about a tenant outlive it on purpose: the one erasure record.
-KEPT_TABLES = frozenset({DeletionRequest.__tablename__})
+#: Tables whose rows about a tenant outlive it on purpose, by its opaque id only: the
+#: erasure record, and the staff audit (who looked at its data and when; the erasure
+#: clears each event's reason and details).
+KEPT_TABLES = frozenset({DeletionRequest.__tablename__, AuditEvent.__tablename__})
 TENANTS = Tenant.__tablename__
 
 

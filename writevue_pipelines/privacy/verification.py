@@ -19,6 +19,7 @@ else of the tenant found there fails the verification.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,17 @@ class Identifiers:
         return {k: v for k, v in found.items() if k}
 
 
+@dataclass(frozen=True)
+class DagsterStorage:
+    """Where the Dagster instance that ran the erasure keeps its run history: a folder
+    (SQLite storage) and/or a database URL (PostgreSQL); ``unknown`` says why neither
+    could be found, which fails the verification."""
+
+    folder: Path | None = None
+    url: str | None = None
+    unknown: str = ""
+
+
 @dataclass
 class VerificationReport:
     """Where the tenant still shows up; empty everywhere means the erasure is proven."""
@@ -82,6 +94,8 @@ class VerificationReport:
     database_bytes: dict[str, int] = field(default_factory=dict)
     #: what could not be checked, and why: any entry fails the verification
     unchecked: list[str] = field(default_factory=list)
+    #: what was searched less thoroughly than the rest, and why (does not fail it)
+    notes: list[str] = field(default_factory=list)
     #: Dagster's run history: where it holds something other than the opaque ids
     dagster_found: list[str] = field(default_factory=list)
     #: Dagster's run history: places holding only the opaque tenant and connection ids
@@ -118,6 +132,7 @@ class VerificationReport:
         ]
         lines += [f"  still in Dagster's storage: {where}" for where in self.dagster_found]
         lines += [f"  could not be checked: {what}" for what in self.unchecked]
+        lines += [f"  note: {note}" for note in self.notes]
         if self.dagster_notes:
             lines.append(
                 f"  note: {len(self.dagster_notes)} places in Dagster's run history hold the "
@@ -257,21 +272,39 @@ class FileScan:
     scanned: int = 0
 
 
-def scan_files(runtime: Runtime, ids: Identifiers, *, skip: Iterable[Path] = ()) -> FileScan:
+def _walk(runtime: Runtime, root: Path, unreadable: list[str]) -> list[Path]:
+    """Every path below ``root``; a folder that cannot be listed is named in
+    ``unreadable`` (``Path.rglob`` would skip it without a word)."""
+    found: list[Path] = []
+
+    def failed(error: OSError) -> None:
+        where = _shown(runtime, Path(error.filename)) if error.filename else str(root)
+        unreadable.append(f"folder {where} ({type(error).__name__})")
+
+    for folder, dirs, files in os.walk(root, onerror=failed):
+        base = Path(folder)
+        found += [base / name for name in dirs + files]
+    return sorted(found)
+
+
+def scan_files(
+    runtime: Runtime,
+    ids: Identifiers,
+    *,
+    skip: Iterable[Path] = (),
+    extra_folders: Iterable[Path] = (),
+) -> FileScan:
     """Search every file's content and name for every identifier of the tenant."""
     needles = ids.needles()
     encoded = {n.encode(): kind for n, kind in needles.items()}
     skipped = {p.resolve() for p in skip}
-    dagster_home = runtime.settings.dagster_home.resolve()
+    extra_folders = [Path(f).resolve() for f in extra_folders]
+    dagster_homes = [runtime.settings.dagster_home.resolve(), *extra_folders]
     result = FileScan()
-    for root in searched_folders(runtime):
+    for root in [*searched_folders(runtime), *extra_folders]:
         if not root.exists():
             continue
-        try:
-            paths = sorted(root.rglob("*"))
-        except OSError as exc:
-            result.unreadable.append(f"{root} ({type(exc).__name__})")
-            continue
+        paths = _walk(runtime, root, result.unreadable)
         for path in paths:
             if path.is_symlink() or not path.is_file() or path.resolve() in skipped:
                 continue
@@ -288,7 +321,7 @@ def scan_files(runtime: Runtime, ids: Identifiers, *, skip: Iterable[Path] = ())
             if not kinds:
                 continue
             described = f"{name} ({', '.join(sorted(kinds))})"
-            if path.resolve().is_relative_to(dagster_home):
+            if any(path.resolve().is_relative_to(d) for d in dagster_homes):
                 target = result.dagster_notes if kinds <= OPAQUE else result.dagster_found
                 target.append(described)
             else:
@@ -379,6 +412,7 @@ def verify_erasure(
     connection_ids: Iterable[str] = (),
     *,
     secrets: Iterable[str] = (),
+    dagster: DagsterStorage | None = None,
 ) -> VerificationReport:
     """Search every table, file and log, the raw database bytes (SQLite) and Dagster's
     storage for every identifier of the tenant; what cannot be searched fails it."""
@@ -392,6 +426,12 @@ def verify_erasure(
         )
     report = VerificationReport()
     needles = ids.needles()
+    short = [v for v in ids.contact if v and "@" not in v and len(v) < MIN_NAME_LENGTH]
+    if short:
+        report.notes.append(
+            f"the tenant's name is shorter than {MIN_NAME_LENGTH} characters: not searched "
+            "for by itself (it would match unrelated text); its ids and email were"
+        )
     try:
         _, report.rows, report.tables_scanned = _table_hits(
             runtime.db.engine, needles, kept_tables=KEPT_TABLES
@@ -405,11 +445,14 @@ def verify_erasure(
         report.unchecked += unreadable
     except SQLAlchemyError as exc:
         report.unchecked.append(f"the database file's raw bytes ({type(exc).__name__})")
-    files = scan_files(runtime, ids, skip=database_files(runtime))
+    folders = [dagster.folder] if dagster is not None and dagster.folder else []
+    files = scan_files(runtime, ids, skip=database_files(runtime), extra_folders=folders)
     report.files, report.files_scanned = files.hits, files.scanned
     report.dagster_found, report.dagster_notes = files.dagster_found, files.dagster_notes
     report.unchecked += files.unreadable
-    url = runtime.settings.dagster_database_url
+    url = (dagster.url if dagster is not None else None) or runtime.settings.dagster_database_url
+    if dagster is not None and dagster.unknown:
+        report.unchecked.append(f"Dagster's storage ({dagster.unknown})")
     if url:
         try:
             found, notes, report.dagster_tables_scanned = scan_dagster_storage(url, ids)

@@ -14,6 +14,7 @@
 # Dagster reads the annotations of op and sensor functions at runtime, so no
 # `from __future__ import annotations` here.
 from collections.abc import Iterator
+from pathlib import Path
 
 from dagster import (
     Config,
@@ -40,6 +41,7 @@ from pydantic import Field
 from ...errors import WriteVueError
 from ...models import DeletionRequest
 from ...privacy import erasure
+from ...privacy.verification import DagsterStorage
 from ..batches import TRIGGER_TAG
 from ..partitions import partitions_name
 from ..resources import WriteVueResource
@@ -106,6 +108,18 @@ def erasure_metadata(report: erasure.ErasureReport, partitions_deleted: int) -> 
     return metadata
 
 
+def instance_storage(instance) -> DagsterStorage:
+    """Where this Dagster instance keeps its run history, for the erasure's proof: its
+    PostgreSQL database if it has one, and its root folder (SQLite files, run logs)."""
+    url = getattr(instance.run_storage, "postgres_url", None) or getattr(
+        instance.event_log_storage, "postgres_url", None
+    )
+    folder = Path(instance.root_directory) if instance.root_directory else None
+    if url is None and folder is None:
+        return DagsterStorage(unknown=f"a {type(instance.run_storage).__name__} it cannot read")
+    return DagsterStorage(folder=folder, url=url)
+
+
 def _tag_outcome(context: OpExecutionContext, outcome: str) -> None:
     context.instance.add_run_tags(context.run_id, {OUTCOME_TAG: outcome})
 
@@ -157,6 +171,7 @@ def erase_tenant(
             config.request_id,
             actor=ERASURE_ACTOR,
             delete_partitions=delete_partitions,
+            dagster=instance_storage(instance),
         )
     except WriteVueError as exc:
         # WriteVue's own sentences name ids only (not found, already erased, failed).
