@@ -609,6 +609,9 @@ class _Builder:
         ref = definition.ref
         value = self.resolver.value(ref, dimension, w.start, w.end)
         previous, compared, reason = None, None, ""
+        if w.partial and w.comparable:
+            # the period's whole days (to yesterday), which any comparison is made on
+            compared = self.resolver.value(ref, dimension, w.start, w.complete_end)
         if not w.comparable:
             reason = "today is not over yet: nothing to compare"
         elif not self.resolver.covered(ref, w.compare_start, w.compare_end):
@@ -621,7 +624,6 @@ class _Builder:
         else:
             # Whole days against as many whole days: the card shows the period with
             # today so far, the comparison is made without today.
-            compared = self.resolver.value(ref, dimension, w.start, w.complete_end)
             previous = self.resolver.value(ref, dimension, w.compare_start, w.compare_end)
         currency = definition.currency
         if definition.unit == "money" and currency is None:
@@ -637,7 +639,7 @@ class _Builder:
             label=shown_label,
             value=value,
             previous=previous,
-            compared=compared if w.partial else None,
+            compared=compared,
             ref=ref,
             kind=definition.kind,
             polarity=definition.polarity,

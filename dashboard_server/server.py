@@ -22,7 +22,7 @@ from writevue_pipelines.runtime import Runtime
 
 from .access_log import AccessLog, Visitor
 from .app import GONE_HTML, Dashboard, query_state
-from .branding import LOGO_ROUTE, BrandLogoHandler, DefaultBrandPages, favicon_url
+from .branding import LOGO_ROUTE, BrandLogoHandler, DefaultBrandPages, brand_style, favicon_url
 from .connect import ConnectHandler, OAuthCallbackHandler
 from .export import csv_export_rule
 from .gate import LinkResolver, NotFoundPage, RejectHandler, install_gate, set_not_found_page
@@ -61,6 +61,9 @@ PAGE_TEMPLATE = jinja2.Environment(autoescape=True).from_string(
     "{% extends base %}{% block postamble %}"
     '<meta name="viewport" content="width=device-width, initial-scale=1">'
     f'<script src="{SCREENS}" defer></script>'
+    # a tenant's brand colours for the whole page (background, period buttons, the date
+    # picker), not only the dashboard pane: validated #hex values (branding.check_colors)
+    "{{ brand_css | safe }}"
     "{% endblock %}"
 )
 #: the page's title is the document's (the tenant's name, set per session), never Panel's
@@ -123,6 +126,9 @@ def make_app(
             **query_state(pn.state.session_args),
         )
         document.title = source.tenant_name or document.title
+        document.template_variables["brand_css"] = (
+            brand_style(source.brand, tv=view.tv, scope=":root") if source.brand else ""
+        )
         if source.brand is not None:  # white label: the brand's logo, not WriteVue's
             icon = favicon_url(source.brand)
             document.template_variables["app_favicon"] = icon

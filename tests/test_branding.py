@@ -611,6 +611,13 @@ def test_in_chromium_a_branded_dashboard_never_says_writevue(served, browser):
             _assert_white_label(page, response, origins, served.base)
             icon = page.evaluate("document.querySelector('link[rel~=icon]').href")
             assert "/brand/" in icon
+            # the brand's colour reaches the whole page: the active period button too
+            root = "getComputedStyle(document.documentElement).getPropertyValue('--wv-primary')"
+            assert page.evaluate(root).strip().lower() == "#0a7f5a"
+            if not query:
+                active = page.locator(".wv-range button.bk-active")
+                colour = active.evaluate("b => getComputedStyle(b).backgroundColor")
+                assert colour == "rgb(10, 127, 90)", colour
             if query:
                 assert page.locator(".wv-tv").count() == 1
             from pathlib import Path
