@@ -130,6 +130,9 @@ class Dashboard(pn.viewable.Viewer):
         if params.get("custom") is None:
             period = Period.last(30, self._today())
             params["custom"] = (period.start, period.end)
+        self._default_compare = source.default_comparison()
+        if params.get("compare") is None:
+            params["compare"] = self._default_compare
         super().__init__(**params)
         self._settling = False
         self._content = pn.pane.HTML(
@@ -145,11 +148,6 @@ class Dashboard(pn.viewable.Viewer):
         # The custom-range picker is made when first asked for: most views never use it,
         # and every widget is Bokeh models to build, send and draw on each page load.
         self._custom_picker: pn.widgets.DateRangePicker | None = None
-        self._default_compare = source.default_comparison()
-        if self.compare is None:
-            self._settling = True
-            self.compare = self._default_compare
-            self._settling = False
         comparison = pn.widgets.RadioButtonGroup.from_param(
             self.param.compare,
             options=COMPARE_OPTIONS,

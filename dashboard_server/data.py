@@ -263,26 +263,6 @@ class DashboardData:
         return self.period.end
 
 
-def format_value(metric: str, dimension: str, value: float) -> str:
-    """A stored metric's value, exact (no tenant settings): used where only the name is known."""
-    for source in SOURCES.values():
-        meta = source.metric_meta().get(metric)
-        if meta is not None:
-            currency = dimension if meta.unit == "money" else None
-            return formatting.exact(value, meta.unit, currency)
-    return formatting.exact(value, "number")
-
-
-def metric_label(metric: str, dimension: str = "") -> str:
-    for source in SOURCES.values():
-        if metric in source.metrics:
-            label = source.metrics[metric]
-            break
-    else:
-        label = metric.replace("_", " ").capitalize()
-    return f"{label} ({dimension})" if dimension else label
-
-
 @dataclass(frozen=True)
 class SourceStatus:
     source: str
@@ -543,19 +523,15 @@ def load_facts(
 
 
 def _goal_window(goal, today: dt.date) -> tuple[dt.date, dt.date]:
-    if goal.period == "month":
-        start = today.replace(day=1)
-        end = (start + dt.timedelta(days=32)).replace(day=1) - figures.DAY
-    elif goal.period == "quarter":
-        start = dt.date(today.year, 3 * ((today.month - 1) // 3) + 1, 1)
-        end = (start + dt.timedelta(days=93)).replace(day=1) - figures.DAY
-    elif goal.period == "year":
-        start, end = dt.date(today.year, 1, 1), dt.date(today.year, 12, 31)
-    else:  # by_date
-        created = getattr(goal, "created_at", None)
-        start = goal.starts_on or (created.date() if created else today)
-        end = goal.due_on or today
-    return start, end
+    """The days a goal is measured over: its calendar period, or from its start (or the
+    day it was set) to its due day."""
+    from writevue_pipelines import goals
+
+    if goal.period != "by_date":
+        return goals.period_bounds(goal.period, today)
+    created = getattr(goal, "created_at", None)
+    start = goal.starts_on or (created.date() if created else today)
+    return start, goal.due_on or today
 
 
 class _Builder:
@@ -901,27 +877,30 @@ def dashboard_csv(data: DashboardData) -> str:
     value stays a number, counts without decimals. ``partial`` marks today's unfinished day.
     """
     today = _today(None)
-    labels: dict[str, str] = {}
-    for source in SOURCES.values():
-        for metric, meta in source.metric_meta().items():
-            labels.setdefault(f"{source.name}.{metric}", meta.label)
+    metas: dict[str, MetricMeta | None] = {}
+
+    def meta(source: str, metric: str) -> MetricMeta | None:
+        ref = f"{source}.{metric}"
+        if ref not in metas:
+            known = SOURCES.get(source)
+            metas[ref] = known.metric_meta().get(metric) if known else None
+        return metas[ref]
+
     rows = []
     for source, metric, dimension, day, value in data.series.sort(
         "day", "source", "metric", "dimension"
     ).iter_rows():
-        ref = f"{source}.{metric}"
-        meta = SOURCES[source].metric_meta().get(metric) if source in SOURCES else None
-        unit = meta.unit if meta else "number"
+        found = meta(source, metric)
         rows.append(
             (
                 day.isoformat(),
                 source,
                 metric,
-                labels.get(ref, metric.replace("_", " ").capitalize()),
+                found.label if found else metric.replace("_", " ").capitalize(),
                 dimension,
-                data.kinds.get(ref, "counter"),
+                data.kinds.get(f"{source}.{metric}", "counter"),
                 "true" if day >= today else "false",
-                formatting.csv_number(float(value), unit),
+                formatting.csv_number(float(value), found.unit if found else "number"),
             )
         )
     return csv_text(CSV_COLUMNS, rows)

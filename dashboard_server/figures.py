@@ -16,7 +16,7 @@ the period compared with is covered by data.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -321,6 +321,3 @@ class Resolver:
             if r.dimension is None:
                 found += [d for d in self.dimensions(r.metric, depth + 1) if d not in found]
         return found
-
-
-Progress = Callable[..., object]

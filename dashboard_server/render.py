@@ -132,17 +132,6 @@ def _card(kpi: Kpi) -> str:
     )
 
 
-def cards_html(data: DashboardData) -> str:
-    """Every group's cards (for callers that want the cards alone)."""
-    if not data.kpis:
-        return '<p class="wv-empty">No data for this period yet.</p>'
-    return "".join(
-        f'<section class="wv-cards">{"".join(_card(k) for k in g.kpis)}</section>'
-        for g in data.groups
-        if g.kpis
-    )
-
-
 # -- charts -----------------------------------------------------------------------------
 
 
@@ -275,11 +264,6 @@ def _day_tip(chart: Chart, index: int, day: dt.date) -> str:
         values.append(f"{_dimension_label(chart, dimension)} {text}".strip())
     today = " (so far)" if chart.partial and index == len(chart.days) - 1 else ""
     return f"{day:%d %b %Y}{today}: {'; '.join(values)}"
-
-
-def charts_html(data: DashboardData) -> str:
-    charts = [_chart_svg(c) for g in data.groups for c in g.charts]
-    return f'<section class="wv-charts">{"".join(charts)}</section>' if charts else ""
 
 
 # -- tables -----------------------------------------------------------------------------

@@ -111,10 +111,6 @@ class VerificationReport:
             self.rows or self.files or self.database_bytes or self.unchecked or self.dagster_found
         )
 
-    @property
-    def dagster_files(self) -> list[str]:
-        return self.dagster_notes
-
     def lines(self) -> list[str]:
         scanned = f"verified: {self.tables_scanned} tables, {self.files_scanned} files"
         if self.raw_bytes_scanned:
@@ -191,25 +187,6 @@ def _table_hits(
                 kind for kind, hit in zip(row_kinds, found, strict=True) if hit in ("1", "true")
             } or {"an identifier"}
     return kinds, rows, len(tables)
-
-
-def scan_tables(
-    engine: Engine, tenant_id: str, connection_ids: Iterable[str] = (), **more: Iterable[str]
-) -> tuple[dict[str, int], int]:
-    """(table -> rows mentioning the tenant, tables scanned), over the live schema.
-
-    Only the erasure record may hold the tenant id, and only in its ``tenant_id``
-    column; no row anywhere may hold another identifier of the tenant.
-    """
-    ids = Identifiers(
-        tenant_id,
-        tuple(sorted(set(connection_ids))),
-        tuple(more.get("link_ids", ())),
-        tuple(more.get("invite_ids", ())),
-        tuple(more.get("contact", ())),
-    )
-    _, rows, scanned = _table_hits(engine, ids.needles(), kept_tables=KEPT_TABLES)
-    return rows, scanned
 
 
 def _chunks(path: Path) -> Iterator[bytes]:
