@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from support import (
     CHILD_LOGS,
+    DEVICES,
     OUTPUTS,
     SECRETS,
     describe_argv,
@@ -26,7 +27,7 @@ from support import (
     watch_output,
 )
 
-from writevue_devtools.peers import CHROMIUM, POSTGRES_ADMIN_URL
+from writevue_devtools.peers import CHROMIUM, CHROMIUM_ARGS, POSTGRES_ADMIN_URL
 from writevue_pipelines.home import init_home
 from writevue_pipelines.runtime import Runtime
 from writevue_pipelines.settings import Settings
@@ -157,6 +158,20 @@ def chromium_path() -> str:
             "Chromium", "the playwright package is not installed", "WRITEVUE_REQUIRE_BROWSER"
         )
     return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+def browser(chromium_path):
+    """Headless Chromium for a test module (Debian's, driven by playwright)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
+        DEVICES.update(playwright.devices)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
 
 
 # -- every secret the suite uses, and every log line and error text it produced -------------

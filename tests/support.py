@@ -387,3 +387,13 @@ def home_runtime(root: Path) -> Runtime:
     settings = Settings.from_env({"WRITEVUE_HOME": str(root / "home")})
     init_home(settings)
     return Runtime(settings)
+
+
+#: playwright's device descriptors (iPhone 13, Pixel 7, ...), filled by the ``browser`` fixture
+DEVICES: dict = {}
+
+
+def device(name: str) -> dict:
+    """A device's emulation settings for ``browser.new_context``: a real phone, not a
+    narrow window."""
+    return {k: v for k, v in DEVICES[name].items() if k != "default_browser_type"}

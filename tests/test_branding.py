@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import polars as pl
 import pytest
 from sqlalchemy import select
-from support import add_tenant, add_tenant_with_facts, home_runtime, run_cli
+from support import add_tenant, add_tenant_with_facts, device, home_runtime, run_cli
 
 from writevue_pipelines import branding
 from writevue_pipelines.branding import BrandInfo
@@ -556,25 +556,8 @@ def test_a_default_brand_names_the_pages_without_a_tenant(runtime, monkeypatch):
 
 # -- in Chromium ---------------------------------------------------------------------------------
 
+
 #: playwright's device descriptors (phones), filled by the browser fixture
-DEVICES: dict = {}
-
-
-@pytest.fixture(scope="module")
-def browser(chromium_path):
-    from playwright.sync_api import sync_playwright
-
-    from writevue_devtools.peers import CHROMIUM_ARGS
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
-        DEVICES.update(playwright.devices)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
 def _open(browser, url: str, wait_for: str, **context):
     context = browser.new_context(**context)
     page = context.new_page()
@@ -631,14 +614,14 @@ def test_in_chromium_a_branded_dashboard_never_says_writevue(served, browser):
 
 @pytest.mark.browser
 def test_in_chromium_a_phone_shows_the_brand(served, browser):
-    device = {k: v for k, v in DEVICES["iPhone 13"].items() if k != "default_browser_type"}
+    phone = device("iPhone 13")
     context, page, response, origins = _open(
-        browser, served.url(served.branded_token), ".wv-card", **device
+        browser, served.url(served.branded_token), ".wv-card", **phone
     )
     try:
         _assert_white_label(page, response, origins, served.base)
         width = page.evaluate("document.documentElement.scrollWidth")
-        assert width <= device["viewport"]["width"] + 1, width
+        assert width <= phone["viewport"]["width"] + 1, width
     finally:
         context.close()
 

@@ -13,7 +13,7 @@ import io
 
 import polars as pl
 import pytest
-from support import add_facts, add_tenant, home_runtime
+from support import add_facts, add_tenant, device, home_runtime
 
 from dashboard_server import formatting
 from dashboard_server.data import Period, dashboard_csv, load_dashboard
@@ -431,66 +431,55 @@ def test_the_json_export_is_what_the_page_shows(served):
 
 
 @pytest.mark.browser
-def test_in_chromium_gauges_templates_goals_on_a_phone(served, chromium_path):
-    from playwright.sync_api import sync_playwright
+def test_in_chromium_gauges_templates_goals_on_a_phone(served, browser):
+    # The GitHub client: a month of stars, the card shows the level, not a sum.
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        page.goto(f"{served['base']}/d/{served['octo']}")
+        card = page.locator('.wv-card[data-ref="github.stars"] .wv-card-value')
+        card.wait_for(timeout=30_000)
+        latest = sum(served["stars"][(r, TODAY)] for r in REPOS)
+        assert card.get_attribute("title") == f"{latest:,}"
+        assert card.inner_text() == f"{latest:,}"  # under 1,000: shown whole
+        assert page.locator(".wv-detail-table tbody tr").count() == len(REPOS)
+        assert "acme/Web-App" in page.locator(".wv-detail-table").inner_text()
+    finally:
+        page.close()
 
-    from writevue_devtools.peers import CHROMIUM_ARGS
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
-        try:
-            # The GitHub client: a month of stars, the card shows the level, not a sum.
-            page = chromium.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(f"{served['base']}/d/{served['octo']}")
-            card = page.locator('.wv-card[data-ref="github.stars"] .wv-card-value')
-            card.wait_for(timeout=30_000)
-            latest = sum(served["stars"][(r, TODAY)] for r in REPOS)
-            assert card.get_attribute("title") == f"{latest:,}"
-            assert card.inner_text() == f"{latest:,}"  # under 1,000: shown whole
-            assert page.locator(".wv-detail-table tbody tr").count() == len(REPOS)
-            assert "acme/Web-App" in page.locator(".wv-detail-table").inner_text()
-            page.close()
-
-            # The templated shop on a phone: sections, a calculated metric, a goal.
-            phone = chromium.new_context(**playwright.devices["iPhone 13"])
-            page = phone.new_page()
-            page.goto(f"{served['base']}/d/{served['shop']}")
-            page.locator('.wv-card[data-ref="calc.aov"]').wait_for(timeout=30_000)
-            titles = page.locator(".wv-group > h2").all_inner_texts()
-            assert titles == ["Sales"]  # the shop has no GitHub: that section is left out
-            aov = page.locator('.wv-card[data-ref="calc.aov"] .wv-card-value').inner_text()
-            assert aov.startswith("€")
-            goal = page.locator('.wv-card[data-ref="calc.net"] .wv-goal')
-            assert "€5k" in goal.inner_text()
-            assert page.evaluate("document.documentElement.scrollWidth <= innerWidth")
-            phone.close()
-        finally:
-            chromium.close()
+    # The templated shop on a phone: sections, a calculated metric, a goal.
+    phone = browser.new_context(**device("iPhone 13"))
+    try:
+        page = phone.new_page()
+        page.goto(f"{served['base']}/d/{served['shop']}")
+        page.locator('.wv-card[data-ref="calc.aov"]').wait_for(timeout=30_000)
+        titles = page.locator(".wv-group > h2").all_inner_texts()
+        assert titles == ["Sales"]  # the shop has no GitHub: that section is left out
+        aov = page.locator('.wv-card[data-ref="calc.aov"] .wv-card-value').inner_text()
+        assert aov.startswith("€")
+        goal = page.locator('.wv-card[data-ref="calc.net"] .wv-goal')
+        assert "€5k" in goal.inner_text()
+        assert page.evaluate("document.documentElement.scrollWidth <= innerWidth")
+    finally:
+        phone.close()
 
 
 @pytest.mark.browser
-def test_in_chromium_the_client_switches_the_comparison_and_the_url_keeps_it(served, chromium_path):
-    from playwright.sync_api import sync_playwright
-
-    from writevue_devtools.peers import CHROMIUM_ARGS
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
-        try:
-            page = chromium.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(f"{served['base']}/d/{served['shop']}")
-            change = page.locator('.wv-card[data-ref="calc.net"] .wv-card-change')
-            change.wait_for(timeout=30_000)
-            assert "vs previous period" in change.inner_text()
-            page.get_by_role("button", name="vs last year").click()
-            # two months of history: a year ago is not covered, so no change is made up
-            page.locator(".wv-card-change", has_text="no comparison").first.wait_for(timeout=15_000)
-            page.wait_for_function("location.search.includes('compare=last_year')")
-            page.reload()
-            page.locator(".wv-card-change", has_text="no comparison").first.wait_for(timeout=30_000)
-            assert "%" not in change.inner_text()
-        finally:
-            chromium.close()
+def test_in_chromium_the_client_switches_the_comparison_and_the_url_keeps_it(served, browser):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        page.goto(f"{served['base']}/d/{served['shop']}")
+        change = page.locator('.wv-card[data-ref="calc.net"] .wv-card-change')
+        change.wait_for(timeout=30_000)
+        assert "vs previous period" in change.inner_text()
+        page.get_by_role("button", name="vs last year").click()
+        # two months of history: a year ago is not covered, so no change is made up
+        page.locator(".wv-card-change", has_text="no comparison").first.wait_for(timeout=15_000)
+        page.wait_for_function("location.search.includes('compare=last_year')")
+        page.reload()
+        page.locator(".wv-card-change", has_text="no comparison").first.wait_for(timeout=30_000)
+        assert "%" not in change.inner_text()
+    finally:
+        page.close()
 
 
 def test_a_dimension_that_stops_reporting_leaves_a_gauges_total(runtime):

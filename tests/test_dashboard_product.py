@@ -43,7 +43,6 @@ from dashboard_server.gate import LinkResolver
 from dashboard_server.headers import session_cookie
 from dashboard_server.probe import page_and_document_text
 from dashboard_server.render import dashboard_html
-from writevue_devtools.peers import CHROMIUM_ARGS
 from writevue_pipelines import invites, links, refresh, registry
 from writevue_pipelines.models import ConnectInvite, Connection, DashboardLink, Fact, OAuthState
 from writevue_pipelines.runtime import Runtime
@@ -605,18 +604,6 @@ def test_each_link_sees_only_its_own_tenants_values(world, tenants):
 
 
 # -- in a real browser -----------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser(chromium_path):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 def _card_value(page, metric: str) -> str:

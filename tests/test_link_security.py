@@ -32,7 +32,6 @@ from dashboard_server.probe import (
     session_token,
     socket_url,
 )
-from writevue_devtools.peers import CHROMIUM_ARGS
 from writevue_pipelines import links
 from writevue_pipelines.home import init_home
 from writevue_pipelines.models import DashboardLink
@@ -319,18 +318,6 @@ def test_no_figure_leaves_the_server_once_the_link_is_revoked(tenants):
     after = run_sync(interact(revoke_first=True))
     assert not seven_day_figures(after)
     assert any(GONE in message.text() for message in after)
-
-
-@pytest.fixture(scope="module")
-def browser(chromium_path):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @pytest.mark.browser
