@@ -21,13 +21,12 @@ from dataclasses import dataclass, field
 import polars as pl
 from sqlalchemy import select
 
-from writevue_pipelines import registry, warehouse
+from writevue_pipelines import figures, formatting, registry, warehouse
 from writevue_pipelines.runtime import Runtime
 from writevue_pipelines.sources import SOURCES
 from writevue_pipelines.sources.base import MetricMeta
 from writevue_pipelines.spreadsheet import csv_text
 
-from . import figures, formatting
 from .branding import load_brand_view
 
 STALE_AFTER = dt.timedelta(hours=36)

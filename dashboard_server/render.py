@@ -10,7 +10,8 @@ import html
 import math
 from urllib.parse import urlencode
 
-from . import formatting
+from writevue_pipelines import formatting
+
 from .data import Chart, DashboardData, Detail, Group, Kpi, Period
 from .header import header_html
 

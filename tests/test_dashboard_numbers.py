@@ -15,10 +15,9 @@ import polars as pl
 import pytest
 from support import add_facts, add_tenant, device, home_runtime
 
-from dashboard_server import formatting
 from dashboard_server.data import Period, dashboard_csv, load_dashboard
 from dashboard_server.render import dashboard_html
-from writevue_pipelines import tenant_settings
+from writevue_pipelines import formatting, tenant_settings
 
 TODAY = dt.date.today()
 REPOS = ["acme/api", "acme/Web-App", "acme/docs"]

@@ -343,6 +343,12 @@ class TenantSettings(Base):
     comparison: Mapped[str | None] = mapped_column(String(16), nullable=True)
     #: metric ref ("source.metric") -> "up_good", "up_bad" or "neutral"
     polarity: Mapped[dict] = mapped_column(JSON, default=dict)
+    #: the IANA time zone scorecards are scheduled in ("Europe/Berlin"); default UTC
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    #: opted in: the dashboard link put into this tenant's messages (a link made for
+    #: them, its token encrypted); None: messages carry no link
+    message_link_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    message_link_ct: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
@@ -364,3 +370,146 @@ class Goal(Base):
     starts_on: Mapped[dt.date | None] = mapped_column(Date, nullable=True)
     due_on: Mapped[dt.date | None] = mapped_column(Date, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Scorecard(Base):
+    """A tenant's scheduled summary: up to 15 metrics over a period, compared with the
+    period before, the same period last year or their goals, sent on a cadence at a
+    local time (see ``writevue_pipelines.notifications``)."""
+
+    __tablename__ = "scorecards"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    #: the operator's handle ("Monday summary"); shown as the message's title
+    name: Mapped[str] = mapped_column(String(100))
+    #: metric refs, in order: "stripe.gross_volume", "github.stars[acme/api]", "calc.aov"
+    metrics: Mapped[list] = mapped_column(JSON, default=list)
+    #: yesterday | last_7_days | last_30_days | week_to_date | month_to_date | last_week
+    #: | last_month
+    period: Mapped[str] = mapped_column(String(16))
+    #: previous | last_year | goal
+    comparison: Mapped[str] = mapped_column(String(16))
+    #: daily | weekly | monthly
+    cadence: Mapped[str] = mapped_column(String(16))
+    #: weekly: 0 (Monday) … 6; monthly: the day of the month (1 … 28)
+    weekday: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    day_of_month: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: "HH:MM" in the tenant's time zone (tenant_settings.timezone)
+    send_at: Mapped[str] = mapped_column(String(5))
+    #: the next scheduled send, UTC; advanced when a send is scheduled
+    next_due_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
+    paused_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class AlertRule(Base):
+    """A condition on one of a tenant's metrics: above or below a threshold, a change of
+    more than a percentage against the period before, or an anomaly (a value its own
+    history does not predict). It fires once per episode: when the condition starts to
+    hold, not again until it has stopped holding."""
+
+    __tablename__ = "alert_rules"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    metric: Mapped[str] = mapped_column(String(200))
+    dimension: Mapped[str] = mapped_column(String(255), default="")
+    #: above | below | change | anomaly
+    condition: Mapped[str] = mapped_column(String(16))
+    #: above/below: the value; change: the percentage (20 for ±20%); anomaly: the robust
+    #: z-score beyond which a value is anomalous (default 3.5)
+    threshold: Mapped[float | None] = mapped_column(Double, nullable=True)
+    #: the value judged: the last whole day (1) or the last 7 whole days (7)
+    window_days: Mapped[int] = mapped_column(Integer, default=1)
+    #: ok | firing
+    state: Mapped[str] = mapped_column(String(16), default="ok")
+    #: the day the current episode started (state firing)
+    firing_since: Mapped[dt.date | None] = mapped_column(Date, nullable=True)
+    #: the last whole day evaluated, and the value judged then
+    last_day: Mapped[dt.date | None] = mapped_column(Date, nullable=True)
+    last_value: Mapped[float | None] = mapped_column(Double, nullable=True)
+    paused_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class NotificationRecipient(Base):
+    """Where one scorecard's or alert's messages go: an email address or a webhook URL,
+    both encrypted (a webhook URL is a secret). ``unsubscribed_at`` stops deliveries."""
+
+    __tablename__ = "notification_recipients"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    scorecard_id: Mapped[str | None] = mapped_column(
+        ForeignKey("scorecards.id"), nullable=True, index=True
+    )
+    alert_id: Mapped[str | None] = mapped_column(
+        ForeignKey("alert_rules.id"), nullable=True, index=True
+    )
+    #: email | webhook
+    channel: Mapped[str] = mapped_column(String(16))
+    #: vault ciphertext bound to (tenant, None, "recipient.<id>")
+    address_ct: Mapped[bytes] = mapped_column(LargeBinary)
+    unsubscribed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class NotificationDelivery(Base):
+    """One message to one recipient, scheduled once: its idempotency key (the scorecard
+    or alert, the scheduled time or episode, the recipient) is unique, so a scheduler
+    that asks twice gets one row, and a retry sends the stored message again.
+
+    Counts, ids and outcome kinds only in clear: the rendered message (figures, its
+    unsubscribe token, a dashboard link when the tenant opted in) is encrypted and
+    cleared once the message is sent or given up."""
+
+    __tablename__ = "notification_deliveries"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    idempotency_key: Mapped[str] = mapped_column(String(64), unique=True)
+    #: scorecard | alert | test
+    kind: Mapped[str] = mapped_column(String(16))
+    #: the scorecard's or alert rule's id (kept after it is removed: no foreign key)
+    subject_id: Mapped[str] = mapped_column(String(36))
+    recipient_id: Mapped[str] = mapped_column(String(36))
+    #: email | webhook
+    channel: Mapped[str] = mapped_column(String(16))
+    scheduled_for: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    #: pending | retrying | sent | bounced | failed | cancelled
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    #: the last failure's kind ("smtp 451", "http 503", "timeout", "refused"), never an
+    #: address or a server's text
+    error: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    #: the rendered message, encrypted; None once sent, bounced, failed or cancelled
+    message_ct: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    #: the hash of the message's one-time unsubscribe token
+    unsubscribe_sha256: Mapped[str | None] = mapped_column(String(64), unique=True, nullable=True)
+    unsubscribe_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    #: the Dagster run (or "cli") that last tried it
+    run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class MetricAnomaly(Base):
+    """A day on which a tenant's metric lay outside what its own history predicts
+    (median and MAD per weekday, ``notifications.anomaly``): the dashboard marks it on
+    the chart and anomaly alerts fire on it. Aggregates only."""
+
+    __tablename__ = "metric_anomalies"
+
+    tenant_id: Mapped[str] = mapped_column(String(36))
+    metric: Mapped[str] = mapped_column(String(200))
+    dimension: Mapped[str] = mapped_column(String(255), default="")
+    day: Mapped[dt.date] = mapped_column(Date)
+    value: Mapped[float] = mapped_column(Double)
+    expected: Mapped[float] = mapped_column(Double)
+    low: Mapped[float] = mapped_column(Double)
+    high: Mapped[float] = mapped_column(Double)
+    detected_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (PrimaryKeyConstraint("tenant_id", "metric", "dimension", "day"),)
