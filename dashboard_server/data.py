@@ -11,7 +11,6 @@ tenant's cached facts can never answer another tenant's view.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import datetime as dt
 import re
 import threading
@@ -185,13 +184,15 @@ class Kpi:
 
     @property
     def change_text(self) -> str:
-        if self.previous is None:
-            return self.no_compare_reason or "no earlier data to compare"
-        change = self.change
-        if change is None:
-            return f"{self.previous_text} in the {self.compare_label}"
-        whole = " (whole days)" if self.partial else ""
-        return f"{formatting.change(change, self.locale)} vs {self.compare_label}{whole}"
+        return figures.change_text(
+            self.previous,
+            self.change,
+            previous_text=self.previous_text,
+            label=self.compare_label,
+            reason=self.no_compare_reason,
+            partial=self.partial,
+            locale=self.locale,
+        )
 
 
 @dataclass(frozen=True)
@@ -209,6 +210,21 @@ class Chart:
     lines: tuple[tuple[str, tuple[float | None, ...]], ...]
     partial: bool
     locale: str = "en"
+    #: unusual days of the period shown (``notifications.anomaly``), to mark on the lines
+    marks: tuple[Mark, ...] = ()
+
+
+@dataclass(frozen=True)
+class Mark:
+    """An unusual day on a chart: the day's index, the line (dimension) it is on, its
+    value and the range its history predicted."""
+
+    index: int
+    dimension: str
+    value: float
+    expected: float
+    low: float
+    high: float
 
 
 @dataclass(frozen=True)
@@ -364,6 +380,9 @@ class TenantHeader:
     metas: Mapping[str, Mapping[str, MetricMeta]] = field(default_factory=dict)
     settings: ViewSettings = ViewSettings()
     brand: object | None = None
+    #: (metric ref, dimension, day, value, expected, low, high) of the tenant's unusual
+    #: days, newest first (``notifications.evaluate.detect_anomalies`` records them)
+    anomalies: tuple[tuple, ...] = ()
 
     @property
     def cache_key(self) -> tuple:
@@ -375,6 +394,7 @@ class TenantHeader:
             tuple(self.sources),
             _settings_key(self.settings),
             repr(self.brand),
+            self.anomalies,
         )
 
 
@@ -433,6 +453,7 @@ def load_header(runtime: Runtime, tenant_id: str) -> TenantHeader:
         connections = registry.list_connections(session, tenant_id=tenant_id, active_only=True)
         settings = _view_settings(session, tenant_id)
         brand = load_brand_view(session, tenant_id, runtime.settings.default_brand)
+        anomalies = _anomalies(session, tenant_id)
     refreshed = [c.last_refreshed_at for c in connections if c.last_refreshed_at is not None]
     version = tuple(sorted((c.id, c.last_refreshed_at, c.status) for c in connections))
     metas: dict[str, dict[str, MetricMeta]] = {}
@@ -449,7 +470,34 @@ def load_header(runtime: Runtime, tenant_id: str) -> TenantHeader:
         metas=metas,
         settings=settings,
         brand=brand,
+        anomalies=anomalies,
     )
+
+
+#: the most unusual days a view reads (newest first): a year of a daily 1-in-100 event
+#: for ~20 metrics is some 70; this bounds a tenant whose data is mostly surprises
+MAX_ANOMALIES = 2000
+
+
+def _anomalies(session, tenant_id: str) -> tuple[tuple, ...]:
+    """The tenant's recorded unusual days: one small query (the key starts with the tenant)."""
+    from writevue_pipelines.models import MetricAnomaly
+
+    rows = session.execute(
+        select(
+            MetricAnomaly.metric,
+            MetricAnomaly.dimension,
+            MetricAnomaly.day,
+            MetricAnomaly.value,
+            MetricAnomaly.expected,
+            MetricAnomaly.low,
+            MetricAnomaly.high,
+        )
+        .where(MetricAnomaly.tenant_id == tenant_id)
+        .order_by(MetricAnomaly.day.desc())
+        .limit(MAX_ANOMALIES)
+    ).all()
+    return tuple(tuple(row) for row in rows)
 
 
 @dataclass(frozen=True)
@@ -487,7 +535,7 @@ def first_day_needed(
     for goal in header.settings.goals:
         # a goal's calendar period, or the start of a goal by a date (at most ~a year
         # before the period: an older start is read as "no level known then")
-        first = min(first, max(_goal_window(goal, today)[0], period.start - GOAL_LOOKBACK))
+        first = min(first, max(figures.goal_window(goal, today)[0], period.start - GOAL_LOOKBACK))
     return max(first, oldest_day(today) - dt.timedelta(days=366))
 
 
@@ -521,18 +569,6 @@ def load_facts(
 # -- from facts to cards ----------------------------------------------------------------------
 
 
-def _goal_window(goal, today: dt.date) -> tuple[dt.date, dt.date]:
-    """The days a goal is measured over: its calendar period, or from its start (or the
-    day it was set) to its due day."""
-    from writevue_pipelines import goals
-
-    if goal.period != "by_date":
-        return goals.period_bounds(goal.period, today)
-    created = getattr(goal, "created_at", None)
-    start = goal.starts_on or (created.date() if created else today)
-    return start, goal.due_on or today
-
-
 class _Builder:
     """Cards, charts and tables of one view, from ``Figures`` and the tenant's settings."""
 
@@ -541,36 +577,25 @@ class _Builder:
         self.locale = header.settings.locale
         template = header.settings.template
         # The tenant's own choice over the template's over the source's.
-        self.polarity = {
-            **dict(getattr(template, "polarity", None) or {}),
-            **dict(header.settings.polarity),
-        }
+        self.polarity = figures.polarity_overrides(template, dict(header.settings.polarity))
         self.windows = figures.Windows.of(period.start, period.end, today, mode)
         sources = dict(header.connections)
         self.figures = figures.Figures(
             facts.frame, sources, header.metas, facts.history, facts.first_day, facts.last_day
         )
-        calculated = {}
-        for calc in getattr(template, "calculated", ()) or ():
-            calculated[f"calc.{calc.name}"] = figures.MetricDef(
-                f"calc.{calc.name}",
-                calc.label,
-                calc.kind,
-                calc.polarity,
-                calc.unit,
-                calc.currency,
-                calc.formula,
-            )
-        self.resolver = figures.Resolver(self.figures, calculated)
+        self.resolver = figures.Resolver(
+            self.figures, figures.calculated_defs(template), self.polarity
+        )
         self.goals = {(g.metric, g.dimension or ""): g for g in header.settings.goals}
         self.days = self.windows.days
-        self.compare_label = "same period last year" if mode == "last_year" else "previous period"
+        self.anomalies: dict[tuple[str, str], dict[dt.date, tuple]] = {}
+        for ref, dimension, day, *figures_of_day in header.anomalies:
+            if period.start <= day <= period.end:
+                self.anomalies.setdefault((ref, dimension), {})[day] = tuple(figures_of_day)
+        self.compare_label = figures.COMPARE_LABELS.get(mode, "previous period")
 
     def definition(self, ref: str) -> figures.MetricDef | None:
-        definition = self.resolver.define(ref)
-        if definition is not None and ref in self.polarity:
-            definition = dataclasses.replace(definition, polarity=self.polarity[ref])
-        return definition
+        return self.resolver.define(ref)
 
     def kpi(
         self,
@@ -580,53 +605,27 @@ class _Builder:
         chart: str = "number",
         label: str | None = None,
     ) -> Kpi:
-        w = self.windows
         ref = definition.ref
-        value = self.resolver.value(ref, dimension, w.start, w.end)
-        previous, compared, reason = None, None, ""
-        if w.partial and w.comparable:
-            # the period's whole days (to yesterday), which any comparison is made on
-            compared = self.resolver.value(ref, dimension, w.start, w.complete_end)
-        if not w.comparable:
-            reason = "today is not over yet: nothing to compare"
-        elif not self.resolver.covered(ref, w.compare_start, w.compare_end):
-            first = self.figures.coverage(ref) if not ref.startswith("calc.") else None
-            reason = (
-                f"no comparison: data starts {first:%d %b %Y}"
-                if first
-                else "no comparison: the earlier period has no data"
-            )
-        else:
-            # Whole days against as many whole days: the card shows the period with
-            # today so far, the comparison is made without today.
-            previous = self.resolver.value(ref, dimension, w.compare_start, w.compare_end)
-        currency = definition.currency
-        if definition.unit == "money" and currency is None:
-            currency = dimension or None
-        shown_label = label or definition.label
-        if dimension and not (definition.unit == "money" and dimension == currency):
-            shown_label = f"{shown_label} · {dimension}"
-        elif dimension and definition.unit == "money":
-            shown_label = f"{shown_label} ({dimension.upper()})"
+        found = self.resolver.compare(ref, dimension, self.windows)
         return Kpi(
             metric=ref.split(".", 1)[1],
             dimension=dimension or "",
-            label=shown_label,
-            value=value,
-            previous=previous,
-            compared=compared,
+            label=figures.card_label(definition, dimension, label),
+            value=found.value,
+            previous=found.previous,
+            compared=found.compared,
             ref=ref,
             kind=definition.kind,
             polarity=definition.polarity,
             unit=definition.unit,
-            currency=currency,
+            currency=figures.card_currency(definition, dimension),
             locale=self.locale,
-            compare_label=self.compare_label,
-            no_compare_reason=reason,
+            compare_label=found.label,
+            no_compare_reason=found.reason,
             series=tuple(self.resolver.series(ref, dimension, self.days)),
             chart=chart,
             goal=self.goal(definition, dimension),
-            partial=w.partial,
+            partial=found.partial,
         )
 
     def goal(self, definition: figures.MetricDef, dimension: str | None) -> GoalView | None:
@@ -635,31 +634,17 @@ class _Builder:
             return None
         from writevue_pipelines import goals as goal_rules
 
-        start, _ = _goal_window(goal, self.today)
-        start = max(start, self.figures.first_day)
-        now = min(self.today, self.figures.last_day)
-        value = self.resolver.value(definition.ref, dimension, start, now)
-        start_value = None
-        if definition.kind == "gauge":
-            start_value = self.resolver.value(definition.ref, dimension, start, start)
-        progress = goal_rules.progress(
-            goal,
-            kind=definition.kind,
-            value_to_date=value,
-            today=self.today,
-            start_value=start_value,
-            polarity=definition.polarity,
-        )
+        progress = self.resolver.goal_progress(goal, definition, dimension, self.today)
         target_text = formatting.compact(
             goal.target, definition.unit, definition.currency or dimension or None, self.locale
         )
         text = getattr(progress, "text", "") or ""
         return GoalView(
             target=goal.target,
-            current=getattr(progress, "current", value),
-            fraction=getattr(progress, "fraction", None),
-            expected_fraction=getattr(progress, "expected_fraction", None),
-            on_track=getattr(progress, "on_track", None),
+            current=progress.current,
+            fraction=progress.fraction,
+            expected_fraction=progress.expected_fraction,
+            on_track=progress.on_track,
             period=goal.period,
             text=text.replace(goal_rules.compact(goal.target), target_text, 1)
             if text
@@ -706,7 +691,19 @@ class _Builder:
             lines,
             self.windows.partial,
             self.locale,
+            self.marks(definition.ref, lines),
         )
+
+    def marks(self, ref: str, lines) -> tuple[Mark, ...]:
+        found = []
+        for dimension, _values in lines:
+            unusual = self.anomalies.get((ref, dimension))
+            if not unusual:
+                continue
+            for index, day in enumerate(self.days):
+                if day in unusual:
+                    found.append(Mark(index, dimension, *unusual[day]))
+        return tuple(found)
 
     def detail(self, title: str, definitions: list[figures.MetricDef]) -> Detail | None:
         dims: list[str] = []

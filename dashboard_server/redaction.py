@@ -9,6 +9,8 @@ import re
 from writevue_pipelines.redaction import redact_urls
 
 _IPV4_IN_TEXT = re.compile(r"(?<![\d.])(\d{1,3}\.\d{1,3}\.\d{1,3})\.\d{1,3}(?![\d.])")
+#: an unsubscribe link's one-time token (``unsubscribe``); ``redact_urls`` does /d/ and /connect/
+_UNSUBSCRIBE_TOKEN = re.compile(r"/unsubscribe/(?!<token>)[^/\s?#'\"<>)\]]+")
 _IPV6_IN_TEXT = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
 
 
@@ -35,8 +37,9 @@ def _scrub_ipv6(match: re.Match) -> str:
 
 
 def scrub(text: str) -> str:
-    """Remove anything token-like after /d/ and full client IPs from free text."""
-    text = redact_urls(text)
+    """Remove anything token-like after /d/, /connect/ and /unsubscribe/ and full client
+    IPs from free text."""
+    text = _UNSUBSCRIBE_TOKEN.sub("/unsubscribe/<token>", redact_urls(text))
     text = _IPV4_IN_TEXT.sub(lambda m: m.group(1) + ".0", text)
     return _IPV6_IN_TEXT.sub(_scrub_ipv6, text)
 

@@ -230,6 +230,7 @@ def _chart_svg(chart: Chart) -> str:
             if len(whole) < len(run):
                 points = " ".join(f"{xs[i]:.1f},{y(v):.1f}" for i, v in run[-2:])
                 parts.append(f'<polyline class="wv-line wv-line-partial {css}" points="{points}"/>')
+    parts += _marks_svg(chart, xs, y)
     parts.append("</svg>")
     if len(days) <= _TOOLTIP_MAX_DAYS:
         # Each day's figures as a native tooltip: one HTML element per day laid over the
@@ -249,8 +250,50 @@ def _chart_svg(chart: Chart) -> str:
         for index, (d, _) in enumerate(chart.lines)
         if d
     )
+    if chart.marks:
+        legend += f'<span class="wv-anomaly-key">{html.escape(ANOMALY_LEGEND)}</span>'
     caption = f"<figcaption>{label}{legend}</figcaption>"
     return f'<figure class="wv-chart">{caption}<div class="wv-plot">{"".join(parts)}</div></figure>'
+
+
+#: the legend line of a chart that marks unusual days
+ANOMALY_LEGEND = "\u25c6 unusual day (outside its usual range)"
+
+
+def _mark_text(chart: Chart, mark) -> str:
+    """ "Unusual: 400 (usual range 31 to 62)"."""
+    currency = mark.dimension if chart.unit == "money" and mark.dimension else chart.currency
+
+    def text(value: float) -> str:
+        return formatting.exact(value, chart.unit, currency, chart.locale)
+
+    line = _dimension_label(chart, mark.dimension)
+    return (
+        f"unusual{' ' + line if line else ''}: {text(mark.value)} "
+        f"(usual range {text(mark.low)} to {text(mark.high)})"
+    )
+
+
+def _marks_svg(chart: Chart, xs: list[float], y) -> list[str]:
+    """A diamond on each unusual day of a line, with its value and usual range as title."""
+    found = []
+    lines = dict(chart.lines)
+    for mark in chart.marks:
+        series = lines.get(mark.dimension, ())
+        value = series[mark.index] if mark.index < len(series) else None
+        if value is None:
+            value = mark.value
+        cx, cy, r = xs[mark.index], y(value), 5.0
+        corners = ((cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy))
+        points = " ".join(f"{x:.1f},{y_:.1f}" for x, y_ in corners)
+        day = chart.days[mark.index]
+        title = f"{day:%d %b %Y}: {_mark_text(chart, mark)}"
+        found.append(
+            f'<polygon class="wv-anomaly" points="{points}" data-day="{day.isoformat()}" '
+            f'data-dimension="{html.escape(mark.dimension)}"><title>{html.escape(title)}</title>'
+            "</polygon>"
+        )
+    return found
 
 
 def _dimension_label(chart: Chart, dimension: str) -> str:
@@ -264,7 +307,9 @@ def _day_tip(chart: Chart, index: int, day: dt.date) -> str:
         text = formatting.exact(series[index], chart.unit, currency, chart.locale)
         values.append(f"{_dimension_label(chart, dimension)} {text}".strip())
     today = " (so far)" if chart.partial and index == len(chart.days) - 1 else ""
-    return f"{day:%d %b %Y}{today}: {'; '.join(values)}"
+    unusual = [_mark_text(chart, m) for m in chart.marks if m.index == index]
+    marked = f" \u25c6 {'; '.join(unusual)}" if unusual else ""
+    return f"{day:%d %b %Y}{today}: {'; '.join(values)}{marked}"
 
 
 # -- tables -----------------------------------------------------------------------------

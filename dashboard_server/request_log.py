@@ -17,6 +17,7 @@ from .gate import GATE_PREFIX, GATED_PATH
 from .redaction import truncate_ip
 
 _CONNECT_PATH = re.compile(r"^/connect/([^/]*)(/.*)?$")
+_UNSUBSCRIBE_PATH = re.compile(r"^/unsubscribe/[^/]*(/.*)?$")
 _access_log = logging.getLogger("tornado.access")
 #: a path is logged up to this long: a refused 8 KiB one must not make an 8 KiB log line
 LOGGED_PATH_MAX = 200
@@ -37,6 +38,8 @@ def _redacted_path(request: HTTPServerRequest) -> str:
             invite_id = getattr(request, "writevue_invite_id", None)
             tail = invite.group(2) or ""
             return "/connect/" + (f"<invite:{invite_id}>" if invite_id else "<invite>") + tail
+        if _UNSUBSCRIBE_PATH.match(request.path):
+            return "/unsubscribe/<token>"
         return request.path
     link_id = getattr(request, "writevue_link_id", None)
     return GATE_PREFIX + (f"<link:{link_id}>" if link_id else "<invalid>") + (found.group(2) or "")

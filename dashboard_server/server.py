@@ -1,10 +1,11 @@
-"""The dashboard server assembled: ``/d/{token}`` behind the gate, its CSV export, the connect page.
+"""The dashboard server assembled: ``/d/{token}`` behind the gate, its CSV export, the connect
+page, the unsubscribe page.
 
 Each part lives in its own module; this one only assembles them into one Panel server:
 the gate (``gate``, ``limiter``), the headers (``headers``), static files (``static``),
 the request log (``request_log``, ``access_log``), the export (``export``), the connect
-page (``connect``), sessions bound to their links (``sessions``), the routes left
-(``routes``) and the process tuning (``tuning``).
+page (``connect``), the unsubscribe page (``unsubscribe``), sessions bound to their links
+(``sessions``), the routes left (``routes``) and the process tuning (``tuning``).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ from .tuning import (
     install_dashboard_socket,
     release_memory,
 )
+from .unsubscribe import ROUTE as UNSUBSCRIBE_ROUTE
+from .unsubscribe import UnsubscribeHandler
 
 THEME = "/assets/theme.css"
 #: cards, groups, sparklines, goals (render.py)
@@ -189,9 +192,11 @@ def build_server(
     install_log_scrubber()
     pn.config.css_files = [THEME, CARDS_CSS]
     pn.extension(design="native", notifications=False)
-    # Separate budgets: guessing invites cannot lock a client out of its dashboard.
+    # Separate budgets: guessing invites (or unsubscribe tokens) cannot lock a client out
+    # of its dashboard.
     limiter = limiter or FailureLimiter(runtime.settings.guess_limit)
     invite_limiter = FailureLimiter(runtime.settings.guess_limit)
+    unsubscribe_limiter = FailureLimiter(runtime.settings.guess_limit)
     for hook in (TICKER.session_destroyed, release_memory):
         _on_every_session_end(hook)
     resolve = LinkResolver(runtime)
@@ -207,6 +212,11 @@ def build_server(
         ),
         (r"/oauth/callback", OAuthCallbackHandler, {"runtime": runtime}),
         (LOGO_ROUTE, BrandLogoHandler, {"runtime": runtime}),
+        (
+            UNSUBSCRIBE_ROUTE,
+            UnsubscribeHandler,
+            {"runtime": runtime, "limiter": unsubscribe_limiter},
+        ),
     ]
     set_not_found_page(DefaultBrandPages(runtime) if runtime.settings.default_brand else None)
     server = pn.serve(

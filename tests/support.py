@@ -397,3 +397,405 @@ def device(name: str) -> dict:
     """A device's emulation settings for ``browser.new_context``: a real phone, not a
     narrow window."""
     return {k: v for k, v in DEVICES[name].items() if k != "default_browser_type"}
+
+
+# -- mail and webhook peers on loopback -----------------------------------------------------------
+
+#: the SMTP server the suite talks to: aiosmtpd in a child process, each message written
+#: to ``folder/messages`` as ``<n>.eml`` with ``<n>.json`` (its envelope); what it answers
+#: is read from ``folder/mode.json`` at every command (``SmtpPeer.fail``)
+_SMTP_CHILD = r"""
+import asyncio, json, os, signal, ssl, sys
+from pathlib import Path
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+
+config = json.loads(os.environ["WV_SMTP_PEER"])
+folder = Path(config["folder"])
+inbox = folder / "messages"
+inbox.mkdir(parents=True, exist_ok=True)
+count = len(list(inbox.glob("*.json")))
+
+
+def mode():
+    try:
+        return json.loads((folder / "mode.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def verdict(address):
+    m = mode()
+    only = m.get("only")
+    if only is not None and address.lower() not in [a.lower() for a in only]:
+        return None
+    return m.get("mode")
+
+
+class Handler:
+    async def handle_RCPT(self, server, session, envelope, address, options):
+        what = verdict(address)
+        if what == "hang":
+            await asyncio.sleep(3600)
+        if what == "4xx":
+            return "451 4.3.0 Try again later"
+        if what == "5xx":
+            return "550 5.1.1 No such mailbox"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        global count
+        what = [verdict(a) for a in envelope.rcpt_tos]
+        if "data4xx" in what:
+            return "452 4.3.1 Insufficient storage"
+        if "data5xx" in what:
+            return "554 5.6.0 Message refused"
+        count += 1
+        name = f"{count:06d}"
+        (inbox / f"{name}.eml.part").write_bytes(envelope.original_content or envelope.content)
+        os.replace(inbox / f"{name}.eml.part", inbox / f"{name}.eml")
+        meta = {
+            "mail_from": envelope.mail_from,
+            "rcpt_tos": envelope.rcpt_tos,
+            "tls": session.ssl is not None or bool(config.get("smtps")),
+            "authenticated": bool(session.authenticated),
+        }
+        (inbox / f"{name}.json.part").write_text(json.dumps(meta))
+        os.replace(inbox / f"{name}.json.part", inbox / f"{name}.json")
+        return "250 Message accepted"
+
+
+def authenticator(server, session, envelope, mechanism, auth_data):
+    ok = (
+        isinstance(auth_data, LoginPassword)
+        and auth_data.login.decode() == config["user"]
+        and auth_data.password.decode() == os.environ.get("WV_SMTP_PEER_PASSWORD", "")
+    )
+    return AuthResult(success=ok, handled=False)
+
+
+def context():
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(config["cert"], config["key"])
+    return ctx
+
+
+async def main():
+    loop = asyncio.get_running_loop()
+    kwargs = {"hostname": "mail.test", "timeout": 60}
+    if config.get("starttls"):
+        kwargs["tls_context"] = context()
+        kwargs["require_starttls"] = True
+    if config.get("user"):
+        kwargs.update(authenticator=authenticator, auth_required=True)
+        kwargs["auth_require_tls"] = bool(config.get("starttls") or config.get("smtps"))
+    server = await loop.create_server(
+        lambda: SMTP(Handler(), **kwargs),
+        "127.0.0.1",
+        config["port"],
+        ssl=context() if config.get("smtps") else None,
+        reuse_address=True,
+    )
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    (folder / "ready").write_text(str(os.getpid()))
+    await stop.wait()
+    server.close()
+
+
+asyncio.run(main())
+"""
+
+
+class ReceivedMail:
+    """One message the SMTP peer accepted: its envelope and the parsed message."""
+
+    def __init__(self, raw: bytes, meta: dict):
+        from email import policy
+        from email.parser import BytesParser
+
+        self.raw = raw
+        self.mail_from: str = meta["mail_from"]
+        self.rcpt_tos: list[str] = meta["rcpt_tos"]
+        self.tls: bool = meta["tls"]
+        self.authenticated: bool = meta["authenticated"]
+        self.message = BytesParser(policy=policy.default).parsebytes(raw)
+
+    def part(self, content_type: str) -> str:
+        """The decoded text of the message's first part of this type ("text/html")."""
+        for part in self.message.walk():
+            if part.get_content_type() == content_type:
+                return part.get_content()
+        raise KeyError(content_type)
+
+
+class SmtpPeer:
+    """aiosmtpd in a child process on loopback (see ``start_smtp_server``)."""
+
+    def __init__(self, folder: Path, config: dict, password: str | None):
+        self.folder, self.config, self._password = folder, config, password
+        self.host, self.port = "127.0.0.1", config["port"]
+        self.child: Child | None = None
+        self.ca_file: Path | None = Path(config["cert"]) if config.get("cert") else None
+
+    def _start(self) -> None:
+        from writevue_pipelines.processes import spawn, wait_until
+
+        ready = self.folder / "ready"
+        ready.unlink(missing_ok=True)
+        env = {**os.environ, "WV_SMTP_PEER": __import__("json").dumps(self.config)}
+        if self._password:
+            env["WV_SMTP_PEER_PASSWORD"] = self._password
+        self.child = spawn(
+            "smtp peer",
+            [sys.executable, "-c", _SMTP_CHILD],
+            log_path=self.folder / "smtp-peer.log",
+            env=env,
+        )
+        try:
+            wait_until(ready.exists, timeout=30, what="smtp peer", child=self.child, interval=0.05)
+        except BaseException:
+            self.child.stop()
+            raise
+
+    @property
+    def url(self) -> str:
+        """The ``WRITEVUE_SMTP_URL`` that reaches this server."""
+        scheme = (
+            "smtps"
+            if self.config.get("smtps")
+            else "smtp+starttls"
+            if self.config.get("starttls")
+            else "smtp"
+        )
+        return f"{scheme}://{self.host}:{self.port}"
+
+    @property
+    def messages(self) -> list[ReceivedMail]:
+        """Every message accepted so far, oldest first."""
+        import json
+
+        inbox = self.folder / "messages"
+        return [
+            ReceivedMail(meta.with_suffix(".eml").read_bytes(), json.loads(meta.read_text()))
+            for meta in sorted(inbox.glob("*.json"))
+        ]
+
+    def fail(self, mode: str | None, *, only: list[str] | None = None) -> None:
+        """From now on: ``None`` accept; ``"4xx"`` / ``"5xx"`` refuse recipients (451 / 550);
+        ``"data4xx"`` / ``"data5xx"`` refuse the message after DATA; ``"hang"`` never answer
+        RCPT; ``"refuse"`` stop listening (connections refused until ``fail(None)``).
+        ``only``: these recipients only."""
+        import json
+
+        if mode == "refuse":
+            if self.child is not None:
+                self.child.stop()
+            return
+        (self.folder / "mode.json").write_text(json.dumps({"mode": mode, "only": only}))
+        if self.child is None or not self.child.alive():
+            self._start()
+
+    def stop(self) -> None:
+        if self.child is not None:
+            self.child.stop()
+
+    def __enter__(self) -> SmtpPeer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def make_tls_cert(folder: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
+    """A self-signed certificate for ``host`` (its own CA) and its key: (cert, key) files."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "WriteVue test mail")])
+    now = dt.datetime.now(dt.UTC)
+    public = key.public_key()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address(host)), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(public), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_path.chmod(0o600)
+    return cert_path, key_path
+
+
+def start_smtp_server(
+    folder: Path,
+    *,
+    tls: str | None = None,
+    user: str | None = None,
+    password: str | None = None,
+) -> SmtpPeer:
+    """A real SMTP server (aiosmtpd, its own process) on a free loopback port, once it
+    listens. ``tls``: None (plain), ``"starttls"`` (required before MAIL) or ``"smtps"``
+    (TLS from the first byte), with a self-signed certificate whose file is ``.ca_file``;
+    ``user``/``password``: AUTH required. ``.messages`` is what it accepted, ``.fail``
+    makes it refuse, fail or hang, ``.stop()`` ends it."""
+    from writevue_pipelines.processes import free_port
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config: dict = {"folder": str(folder), "port": free_port()}
+    if tls is not None:
+        if tls not in ("starttls", "smtps"):
+            raise ValueError(f"unknown tls {tls!r}")
+        cert, key = make_tls_cert(folder / "tls")
+        config.update({tls: True, "cert": str(cert), "key": str(key)})
+    if user is not None:
+        config["user"] = user
+    peer = SmtpPeer(folder, config, password)
+    peer._start()
+    return peer
+
+
+class ReceivedRequest:
+    """One request the webhook receiver answered."""
+
+    def __init__(self, method: str, path: str, headers: dict[str, str], body: bytes):
+        self.method, self.path, self.headers, self.body = method, path, headers, body
+
+    def json(self):
+        import json
+
+        return json.loads(self.body)
+
+
+class WebhookReceiver:
+    """An HTTP server on loopback, in a thread of this process (``start_webhook_receiver``)."""
+
+    def __init__(self):
+        import threading
+
+        self.requests: list[ReceivedRequest] = []
+        self.mode: str | int | None = None
+        self._lock = threading.Lock()
+        self._release = threading.Event()
+        self.server = None
+        self.port = 0
+
+    def _start(self, port: int = 0) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                mode = receiver.mode
+                if mode == "hang":
+                    receiver._release.wait(120)
+                    return
+                with receiver._lock:
+                    receiver.requests.append(
+                        ReceivedRequest("POST", self.path, dict(self.headers.items()), body)
+                    )
+                status = mode if isinstance(mode, int) else 200
+                reply = b"ok" if status < 300 else b"no"
+                self.send_response(status)
+                if status == 429:
+                    self.send_header("Retry-After", "60")
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args) -> None:  # the path is a secret: write nothing
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def url(self, path: str | None = None) -> str:
+        """A webhook URL on this receiver; by default a fresh secret path (remembered)."""
+        path = path or f"/hooks/{token_hex(12)}"
+        return remember_secret(f"http://127.0.0.1:{self.port}{path}")
+
+    def fail(self, mode: str | int | None) -> None:
+        """From now on: ``None`` 200; an HTTP status (404, 410, 429, 503, …) answered to
+        every request (recorded); ``"hang"`` never answer; ``"refuse"`` stop listening
+        (connections refused until ``fail(None)``)."""
+        if mode == "refuse":
+            self._shutdown()
+            return
+        self._release.set() if mode != "hang" else self._release.clear()
+        self.mode = mode
+        if self.server is None:
+            self._start(self.port)
+
+    def _shutdown(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+    def stop(self) -> None:
+        self._release.set()
+        self._shutdown()
+
+    def __enter__(self) -> WebhookReceiver:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def start_webhook_receiver() -> WebhookReceiver:
+    """A real HTTP receiver on a free loopback port: ``.requests`` it answered (method,
+    path, headers, body, ``.json()``), ``.url()`` a secret webhook URL on it, ``.fail``
+    to answer 4xx/5xx, hang or refuse, ``.stop()``."""
+    receiver = WebhookReceiver()
+    receiver._start()
+    return receiver

@@ -95,7 +95,14 @@ def test_every_source_has_partitions_an_asset_pair_and_a_sensor():
         assert defs.resolve_sensor_def(f"{source}_failing_connections") is not None
         assert defs.resolve_schedule_def(f"{source}_refresh").execution_timezone == "UTC"
         checks = {key.name for key in graph.asset_check_keys if key.asset_key == metrics.key}
-        assert checks == {"refreshed", "keys_unique", "values_sane", "fresh", "volume_steady"}
+        assert checks == {
+            "refreshed",
+            "keys_unique",
+            "values_sane",
+            "fresh",
+            "volume_steady",
+            "values_usual",
+        }
         assert fetch.description and metrics.description
 
 

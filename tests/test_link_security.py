@@ -381,6 +381,8 @@ ALLOWED_ROUTES = {
     # behind their own one-time tokens: an invite, an OAuth state
     ("/connect/([A-Za-z0-9_-]{1,128})$", "ConnectHandler"),
     ("/oauth/callback$", "OAuthCallbackHandler"),
+    # a message's one-time unsubscribe token: a confirm page, then a POST that spends it
+    ("/unsubscribe/([A-Za-z0-9_-]{1,128})$", "UnsubscribeHandler"),
     # a brand's logo, by its brand id and digest (not secret; the same 404 otherwise)
     ("/brand/([0-9a-f-]{36})/([0-9a-f]{16})\\.(svg|png)$", "BrandLogoHandler"),
     # fixed files: robots.txt, no favicon, assets/, Bokeh's and Panel's bundles

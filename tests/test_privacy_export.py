@@ -90,6 +90,7 @@ def test_export_round_trip_equals_the_warehouse(runtime, client, tmp_path):
             "aggregates.csv",
             "aggregates.parquet",
             "dashboard.json",
+            "notifications.json",
         }
         dashboard = json.loads(archive.read("dashboard.json"))
         assert (dashboard["locale"], dashboard["polarity"]) == ("de", {"stripe.fees": "neutral"})

@@ -31,6 +31,7 @@ from support import (
 from writevue_pipelines import links, registry
 from writevue_pipelines.cli.app import commands
 from writevue_pipelines.models import AuditEvent
+from writevue_pipelines.notifications import config
 from writevue_pipelines.privacy import list_events, run_erasure
 
 CALLBACK = "https://connect.writevue.test/oauth/callback"
@@ -38,6 +39,8 @@ CALLBACK = "https://connect.writevue.test/oauth/callback"
 #: what the issue names as revealing a tenant's data or creating access to it: these
 #: may never be declared ``audit=False``
 MUST_BE_AUDITED = {
+    "scorecard add",
+    "alert add",
     "tenant list",
     "tenant show",
     "tenant export",
@@ -60,6 +63,7 @@ class World:
     sandbox_url: str
     tmp: Path
     erased_request: str = ""  # a done erasure request, to retry its revocations
+    scorecard: str = ""  # the tenant's weekly scorecard, to preview
 
 
 @pytest.fixture
@@ -68,8 +72,28 @@ def world(runtime, sandbox, tmp_path) -> World:
     with runtime.db.session() as session:
         link, _ = links.create_link(session, tenant)
     erased = run_erasure(runtime, add_tenant(runtime, "Gone Co")).request_id
+    with runtime.db.session() as session:
+        scorecard = config.add_scorecard(
+            session,
+            runtime.keys,
+            tenant,
+            name="Weekly",
+            metrics=["stripe.charges"],
+            period="last_week",
+            comparison="previous",
+            cadence="weekly",
+            weekday=0,
+            emails=["client@example.test"],
+        )
     return World(
-        tenant, add_tenant(runtime, "Bare Co"), connection, link.id, sandbox.url, tmp_path, erased
+        tenant,
+        add_tenant(runtime, "Bare Co"),
+        connection,
+        link.id,
+        sandbox.url,
+        tmp_path,
+        erased,
+        scorecard,
     )
 
 
@@ -167,6 +191,47 @@ AUDITED = [
     (lambda w: ["link", "rotate", w.link], "link.rotate", "tenant", {"link_id": "link"}),
     (lambda w: ["refresh", "--tenant", w.bare], "tenant.refresh", "bare", {}),
     (lambda w: ["goal", "list", w.tenant], "goal.list", "tenant", {"goals": 0}),
+    (
+        lambda w: [
+            *("scorecard", "add", w.tenant, "--name", "Weekly", "--metric", "stripe.charges"),
+            *("--period", "last_week", "--compare", "previous", "--every", "weekly"),
+            *("--to", "client@example.test"),
+        ],
+        "scorecard.add",
+        "tenant",
+        None,
+    ),
+    (lambda w: ["scorecard", "list", w.tenant], "scorecard.list", "tenant", {"scorecards": 1}),
+    (
+        lambda w: ["scorecard", "preview", w.scorecard, "--out", str(w.tmp / "s.eml")],
+        "scorecard.preview",
+        "tenant",
+        {"scorecard": "scorecard"},
+    ),
+    (
+        lambda w: (
+            [
+                *("alert", "add", w.tenant, "stripe.charges", "--below", "1"),
+                *("--to", "client@example.test"),
+            ]
+        ),
+        "alert.add",
+        "tenant",
+        None,
+    ),
+    (lambda w: ["alert", "list", w.tenant], "alert.list", "tenant", {"alerts": 0}),
+    (
+        lambda w: ["notifications", "list"],
+        "notifications.list",
+        None,
+        {"deliveries": 0, "tenants": 0},
+    ),
+    (
+        lambda w: ["tenant", "set", w.tenant, "--link-in-messages", "on"],
+        "tenant.link-in-messages",
+        "tenant",
+        None,
+    ),
 ]
 
 
@@ -201,7 +266,7 @@ def test_every_audited_command_records_actor_action_tenant_and_reason(
     assert event.reason == "TICKET-42 client asked"
     assert event.tenant_id == (getattr(w, whose) if whose else None)
     if details is not None:
-        ids = {"connection": w.connection, "link": w.link}
+        ids = {"connection": w.connection, "link": w.link, "scorecard": w.scorecard}
         assert event.details == {k: ids.get(v, v) for k, v in details.items()}
     # ids and counts only: no name or email of any tenant in any record
     everything = json.dumps([e.as_json() for e in list_events(runtime)])

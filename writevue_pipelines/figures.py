@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import polars as pl
 
@@ -168,6 +168,10 @@ class Figures:
                 self._daily[key] = self._merged(ref, dimension, kind)
         return self._daily[key]
 
+    def days(self) -> list[dt.date]:
+        """Every day loaded, first to last."""
+        return self._days()
+
     def _days(self) -> list[dt.date]:
         return [
             self.first_day + dt.timedelta(days=i)
@@ -264,14 +268,121 @@ def sentiment(polarity: str, fraction: float | None) -> str:
     return "good" if up == (polarity == "up_good") else "bad"
 
 
+#: how a comparison reads: "+12.5% vs previous period"
+COMPARE_LABELS = {"previous": "previous period", "last_year": "same period last year"}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A metric's value over a period and the value it is compared with: what a
+    dashboard card and a scorecard figure both show, computed once, here."""
+
+    value: float | None
+    #: the value compared with (None: no comparison, ``reason`` says why)
+    previous: float | None
+    #: with a partial period: its value over the whole days, which the comparison uses
+    compared: float | None
+    reason: str
+    #: "previous period" / "same period last year"
+    label: str
+    partial: bool
+
+    @property
+    def change(self) -> float | None:
+        current = self.compared if self.compared is not None else self.value
+        return change(current, self.previous)
+
+
+def change_text(
+    previous: float | None,
+    fraction: float | None,
+    *,
+    previous_text: str,
+    label: str,
+    reason: str = "",
+    partial: bool = False,
+    locale: str = "en",
+) -> str:
+    """How a comparison reads on a card and in a scorecard: "+12.5% vs previous period",
+    "€0.00 in the previous period" (no percentage from zero), or why there is none."""
+    from . import formatting
+
+    if previous is None:
+        return reason or "no earlier data to compare"
+    if fraction is None:
+        return f"{previous_text} in the {label}"
+    whole = " (whole days)" if partial else ""
+    return f"{formatting.change(fraction, locale)} vs {label}{whole}"
+
+
+def calculated_defs(template) -> dict[str, MetricDef]:
+    """A template's calculated metrics as definitions, by ref (``calc.<name>``)."""
+    found = {}
+    for calc in getattr(template, "calculated", ()) or ():
+        found[f"calc.{calc.name}"] = MetricDef(
+            f"calc.{calc.name}",
+            calc.label,
+            calc.kind,
+            calc.polarity,
+            calc.unit,
+            calc.currency,
+            calc.formula,
+        )
+    return found
+
+
+def polarity_overrides(template, tenant: Mapping[str, str] | None) -> dict[str, str]:
+    """Which way is good per ref: the tenant's own choice over its template's."""
+    return {**dict(getattr(template, "polarity", None) or {}), **dict(tenant or {})}
+
+
+def card_currency(definition: MetricDef, dimension: str | None) -> str | None:
+    """A money metric without a currency of its own is in its dimension (Stripe's
+    currency breakdown)."""
+    if definition.unit == "money" and definition.currency is None:
+        return dimension or None
+    return definition.currency
+
+
+def card_label(definition: MetricDef, dimension: str | None, label: str | None = None) -> str:
+    """ "Gross volume (EUR)" for a currency, "Stars · acme/api" for another dimension."""
+    shown = label or definition.label
+    currency = card_currency(definition, dimension)
+    if dimension and not (definition.unit == "money" and dimension == currency):
+        return f"{shown} · {dimension}"
+    if dimension and definition.unit == "money":
+        return f"{shown} ({dimension.upper()})"
+    return shown
+
+
+def goal_window(goal, today: dt.date) -> tuple[dt.date, dt.date]:
+    """The days a goal is measured over: its calendar period, or from its start (or the
+    day it was set) to its due day."""
+    from . import goals
+
+    if goal.period != "by_date":
+        return goals.period_bounds(goal.period, today)
+    created = getattr(goal, "created_at", None)
+    start = goal.starts_on or (created.date() if created else today)
+    return start, goal.due_on or today
+
+
 @dataclass
 class Resolver:
     """Values of metric refs (stored or calculated) for one dimension and window."""
 
     figures: Figures
     calculated: Mapping[str, MetricDef] = field(default_factory=dict)
+    #: ref -> polarity, over the metric's own (the tenant's and its template's choice)
+    polarity: Mapping[str, str] = field(default_factory=dict)
 
     def define(self, ref: str) -> MetricDef | None:
+        definition = self._define(ref)
+        if definition is not None and ref in self.polarity:
+            definition = replace(definition, polarity=self.polarity[ref])
+        return definition
+
+    def _define(self, ref: str) -> MetricDef | None:
         if ref.startswith("calc."):
             return self.calculated.get(ref)
         meta = self.figures.meta(ref)
@@ -280,6 +391,50 @@ class Resolver:
                 return None
             return MetricDef(ref, ref.split(".", 1)[1].replace("_", " ").capitalize())
         return MetricDef(ref, meta.label, meta.kind, meta.polarity, meta.unit)
+
+    def compare(self, ref: str, dimension: str | None, windows: Windows) -> Comparison:
+        """The value over ``windows`` and what it is compared with: whole days against as
+        many whole days (a period reaching today shows today so far and compares without
+        it); no comparison where the earlier period is not covered by data."""
+        w = windows
+        value = self.value(ref, dimension, w.start, w.end)
+        previous, compared, reason = None, None, ""
+        if w.partial and w.comparable:
+            compared = self.value(ref, dimension, w.start, w.complete_end)
+        if not w.comparable:
+            reason = "today is not over yet: nothing to compare"
+        elif not self.covered(ref, w.compare_start, w.compare_end):
+            first = self.figures.coverage(ref) if not ref.startswith("calc.") else None
+            reason = (
+                f"no comparison: data starts {first:%d %b %Y}"
+                if first
+                else "no comparison: the earlier period has no data"
+            )
+        else:
+            previous = self.value(ref, dimension, w.compare_start, w.compare_end)
+        label = COMPARE_LABELS.get(w.mode, COMPARE_LABELS["previous"])
+        return Comparison(value, previous, compared, reason, label, w.partial)
+
+    def goal_progress(self, goal, definition: MetricDef, dimension: str | None, today: dt.date):
+        """``goals.progress`` of ``goal`` as of ``today`` (its value to date from the loaded
+        days; a gauge's pace from its level on the goal's first day)."""
+        from . import goals
+
+        start, _ = goal_window(goal, today)
+        start = max(start, self.figures.first_day)
+        now = min(today, self.figures.last_day)
+        value = self.value(definition.ref, dimension, start, now)
+        start_value = None
+        if definition.kind == "gauge":
+            start_value = self.value(definition.ref, dimension, start, start)
+        return goals.progress(
+            goal,
+            kind=definition.kind,
+            value_to_date=value,
+            today=today,
+            start_value=start_value,
+            polarity=definition.polarity,
+        )
 
     def value(
         self, ref: str, dimension: str | None, start: dt.date, end: dt.date, depth: int = 0

@@ -12,7 +12,7 @@ import logging
 import re
 
 _QUERY = re.compile(r"(https?://[^\s\"'?#]+)\?[^\s\"'#]*")
-_DASHBOARD_TOKEN = re.compile(r"/(d|connect)/(?![<(])[^/\s?#'\"<>)\]]+")
+_DASHBOARD_TOKEN = re.compile(r"/(d|connect|unsubscribe)/(?![<(])[^/\s?#'\"<>)\]]+")
 _USERINFO = re.compile(r"(https?://)[^/\s@\"']+@")
 
 

@@ -56,6 +56,25 @@ class Settings:
     #: ``DAGSTER_PG_*`` variables that deploy/dagster.yaml reads
     dagster_database_url: str | None = field(default=None, repr=False)
     dagster_home_override: Path | None = None
+    #: where scorecards and alerts are mailed through: smtp://host:port (a local relay,
+    #: plain), smtp+starttls://host:587 or smtps://host:465; None: mail is not sent (each
+    #: email delivery records "WRITEVUE_SMTP_URL is not set" and is retried)
+    smtp_url: str | None = None
+    smtp_user: str | None = None
+    #: the SMTP password (``WRITEVUE_SMTP_PASSWORD``), or the file holding it
+    #: (``WRITEVUE_SMTP_PASSWORD_FILE``); never part of the URL
+    smtp_password: str | None = field(default=None, repr=False)
+    smtp_password_file: Path | None = None
+    #: the CA bundle STARTTLS and SMTPS verify the server against; None: the system's
+    smtp_ca_file: Path | None = None
+    #: the sender of scorecards and alerts (``WRITEVUE_MAIL_FROM``)
+    mail_from: str = "WriteVue <writevue@localhost>"
+    #: seconds an SMTP server or a webhook may take to answer before the delivery is retried
+    notify_timeout_s: float = 30.0
+    #: attempts per message (the retries wait 2, 4, 8, … minutes) before it is given up
+    notify_attempts: int = 5
+    #: tenants (and due scorecards) per ``notifications`` run
+    notify_batch: int = 500
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -101,6 +120,16 @@ class Settings:
                 if env.get("DAGSTER_HOME")
                 else None
             ),
+            smtp_url=(env.get("WRITEVUE_SMTP_URL") or "").strip() or None,
+            smtp_user=(env.get("WRITEVUE_SMTP_USER") or "").strip() or None,
+            smtp_password=env.get("WRITEVUE_SMTP_PASSWORD") or None,
+            smtp_password_file=_path(env, "WRITEVUE_SMTP_PASSWORD_FILE"),
+            smtp_ca_file=_path(env, "WRITEVUE_SMTP_CA_FILE"),
+            mail_from=(env.get("WRITEVUE_MAIL_FROM") or "").strip()
+            or "WriteVue <writevue@localhost>",
+            notify_timeout_s=_positive_float(env, "WRITEVUE_NOTIFY_TIMEOUT_S", 30.0),
+            notify_attempts=_positive_int(env, "WRITEVUE_NOTIFY_ATTEMPTS", 5),
+            notify_batch=_positive_int(env, "WRITEVUE_NOTIFY_BATCH", 500),
         )
 
     def cron_for(self, source: str) -> str:
@@ -154,6 +183,24 @@ def _positive_int(env, name: str, default: int) -> int:
     if value <= 0:
         raise ConfigError(f"{name} must be greater than zero.")
     return value
+
+
+def _positive_float(env, name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, not {raw!r}.") from None
+    if not value > 0 or value == float("inf"):
+        raise ConfigError(f"{name} must be greater than zero.")
+    return value
+
+
+def _path(env, name: str) -> Path | None:
+    raw = (env.get(name) or "").strip()
+    return Path(raw).expanduser().resolve() if raw else None
 
 
 class ConfigError(Exception):

@@ -1,9 +1,15 @@
 """How one tenant's dashboard is shown: locale (number separators), comparison, polarity
-overrides, and which template and brand it uses (table ``tenant_settings``).
+overrides, and which template and brand it uses (table ``tenant_settings``); and, for its
+scorecards and alerts, its time zone and whether its messages carry a dashboard link.
 
 A tenant without a row has the defaults: locale "en", the template's comparison (else
-the previous period), each metric's own polarity, the automatic layout and no brand.
-Templates are applied through ``writevue_pipelines.templates``; this module sets the rest.
+the previous period), each metric's own polarity, the automatic layout, no brand, UTC
+and no link in messages. Templates are applied through ``writevue_pipelines.templates``;
+this module sets the rest.
+
+The link in messages is opt-in per tenant (an email is forwarded more often than a URL
+is shared): turning it on makes a dashboard link labelled "in messages" whose token is
+kept encrypted so that each message can carry it; turning it off revokes that link.
 """
 
 from __future__ import annotations
@@ -13,11 +19,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from . import registry
+from . import links, registry
 from .errors import InvalidInput
-from .models import TenantSettings, utcnow
+from .models import Scorecard, TenantSettings, utcnow
+from .notifications import schedule
 from .templates import COMPARISONS, POLARITIES, check_metric_ref, template_for_tenant
 
 #: locale -> (thousands separator, decimal separator)
@@ -50,6 +58,10 @@ class DashboardSettings:
     polarity: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     template_id: str | None = None
     brand_id: str | None = None
+    #: the IANA time zone its scorecards are scheduled in
+    timezone: str = "UTC"
+    #: whether its messages carry a dashboard link (opted in by the operator)
+    links_in_messages: bool = False
 
     @property
     def separators(self) -> tuple[str, str]:
@@ -83,7 +95,16 @@ def get_settings(session: Session, tenant_id: str) -> DashboardSettings:
         ),
         template_id=row.template_id,
         brand_id=row.brand_id,
+        timezone=_stored_timezone(row.timezone),
+        links_in_messages=row.message_link_id is not None,
     )
+
+
+def _stored_timezone(name: str | None) -> str:
+    try:
+        return schedule.check_timezone(name or "UTC")
+    except InvalidInput:
+        return "UTC"
 
 
 def check_tenant_ref(
@@ -109,14 +130,18 @@ def update_settings(
     comparison: str | None = _UNSET,
     polarity_set: Mapping[str, str] | None = None,
     polarity_clear: Iterable[str] | None = None,
+    timezone: str = _UNSET,
 ) -> DashboardSettings:
     """Change some of a tenant's settings (the others stay); the result.
 
     ``comparison=None`` goes back to the template's. ``polarity_set`` adds or replaces
-    overrides (metric ref -> polarity); ``polarity_clear`` removes some. Everything is
+    overrides (metric ref -> polarity); ``polarity_clear`` removes some. ``timezone``
+    (IANA, "Europe/Berlin") reschedules every scorecard of the tenant. Everything is
     checked before anything changes.
     """
     tenant_id = registry.require_tenant(session, tenant_id)
+    if timezone is not _UNSET:
+        schedule.check_timezone(timezone)
     if locale is not _UNSET and locale not in LOCALES:
         raise InvalidInput(_bad_locale(locale) + ".")
     if comparison is not _UNSET and comparison is not None and comparison not in COMPARISONS:
@@ -139,17 +164,91 @@ def update_settings(
         polarity[metric] = value
     if len(polarity) > MAX_POLARITY:
         raise InvalidInput(f"A tenant has at most {MAX_POLARITY} polarity overrides.")
-    if row is None:
-        row = TenantSettings(tenant_id=tenant_id, locale=DEFAULT_LOCALE, polarity={})
-        session.add(row)
+    row = row if row is not None else _new_row(session, tenant_id)
     if locale is not _UNSET:
         row.locale = locale
     if comparison is not _UNSET:
         row.comparison = comparison
     row.polarity = polarity
+    rescheduled = timezone is not _UNSET and timezone != row.timezone
+    if timezone is not _UNSET:
+        row.timezone = timezone
     row.updated_at = utcnow()
     session.flush()
+    if rescheduled:
+        _reschedule(session, tenant_id, timezone)
     return get_settings(session, tenant_id)
+
+
+def _new_row(session: Session, tenant_id: str) -> TenantSettings:
+    row = TenantSettings(tenant_id=tenant_id, locale=DEFAULT_LOCALE, polarity={}, timezone="UTC")
+    session.add(row)
+    return row
+
+
+def _reschedule(session: Session, tenant_id: str, timezone: str) -> None:
+    """Every scorecard of the tenant due at its local send time in ``timezone``, from now."""
+    now = utcnow()
+    for card in session.scalars(select(Scorecard).where(Scorecard.tenant_id == tenant_id)):
+        card.next_due_at = schedule.next_due(
+            card.cadence,
+            weekday=card.weekday,
+            day_of_month=card.day_of_month,
+            send_at=card.send_at,
+            timezone=timezone,
+            after=now,
+        )
+    session.flush()
+
+
+#: what the link put into messages is called among the tenant's dashboard links
+MESSAGE_LINK_LABEL = "in messages"
+
+
+def _message_link_binding(tenant_id: str):
+    from .vault import Binding
+
+    return Binding(tenant_id, None, "message_link")
+
+
+def message_link_id(session: Session, tenant_id: str) -> str | None:
+    """The id of the dashboard link the tenant's messages carry (None: opted out)."""
+    row = session.get(TenantSettings, tenant_id)
+    return None if row is None else row.message_link_id
+
+
+def set_message_link(session: Session, keys, tenant_id: str, on: bool) -> None:
+    """Opt the tenant's messages in to a dashboard link, or out.
+
+    On: a link labelled "in messages" is made (unless the one made before is still
+    live), its token kept encrypted for the messages. Off: that link is revoked and
+    forgotten, so a forwarded old message stops opening the dashboard too.
+    """
+    tenant_id = registry.require_tenant(session, tenant_id)
+    row = session.get(TenantSettings, tenant_id) or _new_row(session, tenant_id)
+    current = None
+    if row.message_link_id is not None:
+        current = next(
+            (
+                item
+                for item in links.list_links(session, tenant_id)
+                if item.id == row.message_link_id
+            ),
+            None,
+        )
+    if on:
+        if current is not None and current.state() == "live" and row.message_link_ct is not None:
+            return
+        info, token = links.create_link(session, tenant_id, label=MESSAGE_LINK_LABEL)
+        row.message_link_id = info.id
+        row.message_link_ct = keys.encrypt(token, _message_link_binding(tenant_id))
+    else:
+        if current is not None and current.state() == "live":
+            links.revoke_link(session, current.id)
+        row.message_link_id = None
+        row.message_link_ct = None
+    row.updated_at = utcnow()
+    session.flush()
 
 
 __all__ = [
@@ -157,6 +256,8 @@ __all__ = [
     "DashboardSettings",
     "check_tenant_ref",
     "get_settings",
+    "message_link_id",
     "separators",
+    "set_message_link",
     "update_settings",
 ]

@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "brand",
     "template",
     "goal",
+    "notify",
     "operations",
     "demo",
 )
@@ -54,6 +55,8 @@ class Command:
     allow_abbrev: bool = True
     #: the staff-audit action it records, or False; None: not declared (a test fails)
     audit: str | Literal[False] | None = None
+    #: a worked example for its ``--help`` (shown under "example:")
+    example: str | None = None
 
     @property
     def name(self) -> str:
@@ -75,8 +78,12 @@ def command(
     *args: Arg,
     allow_abbrev: bool = True,
     audit: str | Literal[False] | None = None,
+    example: str | None = None,
 ):
     """Register the decorated function as ``writevue <path>`` with these arguments.
+
+    ``example``: one or more command lines (with a comment each, if wanted) shown at the
+    end of its ``--help``.
 
     ``audit`` says where the command stands with the staff audit, and every command
     must say it (``tests/test_staff_audit.py`` fails otherwise): the action it records
@@ -87,7 +94,9 @@ def command(
     """
 
     def register(handler: Callable[[argparse.Namespace], None]):
-        _COMMANDS.append(Command(tuple(path.split()), help, args, handler, allow_abbrev, audit))
+        _COMMANDS.append(
+            Command(tuple(path.split()), help, args, handler, allow_abbrev, audit, example)
+        )
         return handler
 
     return register
@@ -114,14 +123,24 @@ def build_parser() -> argparse.ArgumentParser:
     groups: dict[str, argparse._SubParsersAction] = {}
     for cmd in commands():
         head, *rest = cmd.path
+        extra: dict[str, Any] = {}
+        if cmd.example:
+            extra = {
+                "description": cmd.help,
+                "epilog": "example:\n"
+                + "\n".join(f"  {line}" for line in cmd.example.splitlines()),
+                "formatter_class": argparse.RawDescriptionHelpFormatter,
+            }
         if rest:
             if head not in groups:
                 groups[head] = top.add_parser(head, help=_GROUPS[head]).add_subparsers(
                     dest=f"{head}_command", required=True, parser_class=_Parser
                 )
-            sub = groups[head].add_parser(rest[0], help=cmd.help, allow_abbrev=cmd.allow_abbrev)
+            sub = groups[head].add_parser(
+                rest[0], help=cmd.help, allow_abbrev=cmd.allow_abbrev, **extra
+            )
         else:
-            sub = top.add_parser(head, help=cmd.help, allow_abbrev=cmd.allow_abbrev)
+            sub = top.add_parser(head, help=cmd.help, allow_abbrev=cmd.allow_abbrev, **extra)
         for argument in cmd.args:
             sub.add_argument(*argument.flags, **argument.options)
         sub.set_defaults(handler=cmd.handler, audit_action=cmd.audit or None)

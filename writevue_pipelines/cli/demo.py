@@ -36,6 +36,8 @@ DEMO_TENANT_EMAIL = "owner@demo-coffee.example"
 # A sandbox account key, not a real credential: the sandbox derives its data from it.
 DEMO_SANDBOX_KEY = "rk_test_writevue_demo_account"
 DEMO_LINK_LABEL = "demo"
+DEMO_SCORECARD_METRICS = ("stripe.gross_volume", "stripe.charges", "stripe.new_customers")
+MAIL_MODULE = "writevue_sandbox.mail"
 
 
 class Supervisor:
@@ -93,8 +95,38 @@ def ensure_demo_tenant(runtime: Runtime, sandbox_url: str) -> tuple[str, str]:
             # The sandbox may be on another port this time.
             row = session.get(Connection, connection_id)
             row.options = {**(row.options or {}), "base_url": sandbox_url}
-    state_path.write_text(json.dumps({"tenant_id": tenant_id, "connection_id": connection_id}))
+    state_path.write_text(
+        json.dumps({**state, "tenant_id": tenant_id, "connection_id": connection_id})
+    )
     return tenant_id, connection_id
+
+
+def ensure_demo_scorecard(runtime: Runtime, tenant_id: str) -> str:
+    """The demo client's weekly scorecard (Mondays 08:00, the last 7 days against the
+    7 before), to the demo client's address; created once and kept across runs."""
+    from ..notifications import config
+
+    state_path = runtime.settings.home / "demo.json"
+    state = json.loads(state_path.read_text())
+    with runtime.db.session() as session:
+        known = {card.id for card in config.list_scorecards(session, tenant_id)}
+        if state.get("scorecard_id") in known:
+            return state["scorecard_id"]
+        scorecard_id = config.add_scorecard(
+            session,
+            runtime.keys,
+            tenant_id,
+            name="Weekly summary",
+            metrics=list(DEMO_SCORECARD_METRICS),
+            period="last_7_days",
+            comparison="previous",
+            cadence="weekly",
+            weekday=0,
+            send_at="08:00",
+            emails=[DEMO_TENANT_EMAIL],
+        )
+    state_path.write_text(json.dumps({**state, "scorecard_id": scorecard_id}))
+    return scorecard_id
 
 
 def fresh_demo_link(runtime: Runtime, tenant_id: str, dashboard_base: str) -> str:
@@ -133,21 +165,27 @@ def run_demo(
     ui_port: int | None = None,
     dashboard_port: int | None = None,
     sandbox_port: int | None = None,
+    mail_port: int | None = None,
 ) -> int:
     settings = get_settings()
     init_home(settings)
     if check:
-        ui_port, dashboard_port, sandbox_port = (
+        ui_port, dashboard_port, sandbox_port, mail_port, smtp_port = (
             ui_port or free_port(),
             dashboard_port or free_port(),
             sandbox_port or free_port(),
+            mail_port or free_port(),
+            free_port(),
         )
     else:
-        ui_port, dashboard_port, sandbox_port = (
+        ui_port, dashboard_port, sandbox_port, mail_port = (
             ui_port or 3000,
             dashboard_port or 5006,
             sandbox_port or 8765,
+            mail_port or 8025,
         )
+        smtp_port = 1025 if mail_port == 8025 else free_port()
+    mail_url = f"http://127.0.0.1:{mail_port}"
     sandbox_url = f"http://127.0.0.1:{sandbox_port}"
     dashboard_base = f"http://127.0.0.1:{dashboard_port}"
     ui_url = f"http://127.0.0.1:{ui_port}"
@@ -158,11 +196,23 @@ def run_demo(
             "WRITEVUE_HOME": str(settings.home),
             "DAGSTER_HOME": str(settings.dagster_home),
             "WRITEVUE_DASHBOARD_URL": dashboard_base,
+            # the demo's mail goes to its own mail catcher, never out
+            "WRITEVUE_SMTP_URL": f"smtp://127.0.0.1:{smtp_port}",
+            "WRITEVUE_MAIL_FROM": "WriteVue demo <scorecards@writevue.demo>",
             "PYTHONUNBUFFERED": "1",
         }
     )
     os.environ.update(
-        {k: env[k] for k in ("WRITEVUE_HOME", "DAGSTER_HOME", "WRITEVUE_DASHBOARD_URL")}
+        {
+            k: env[k]
+            for k in (
+                "WRITEVUE_HOME",
+                "DAGSTER_HOME",
+                "WRITEVUE_DASHBOARD_URL",
+                "WRITEVUE_SMTP_URL",
+                "WRITEVUE_MAIL_FROM",
+            )
+        }
     )
     writevue = [sys.executable, "-m", __package__]
     supervisor = Supervisor(settings, env)
@@ -178,6 +228,21 @@ def run_demo(
             child=sandbox,
         )
         say(f"sandbox provider   {sandbox_url}  (Stripe-shaped, seeded data)")
+        mail = supervisor.start(
+            "mail",
+            [
+                sys.executable,
+                "-m",
+                MAIL_MODULE,
+                "--smtp-port",
+                str(smtp_port),
+                "--http-port",
+                str(mail_port),
+                "--dir",
+                str(settings.home / "demo-mail"),
+            ],
+        )
+        wait_until(answers(f"{mail_url}/"), timeout=30, what="the mail catcher", child=mail)
 
         runtime = Runtime(get_settings())
         tenant_id, connection_id = ensure_demo_tenant(runtime, sandbox_url)
@@ -191,6 +256,8 @@ def run_demo(
             say(f"  {line}")
         if report.failed:
             raise DemoError("the demo connection failed to refresh")
+        sent = send_demo_scorecard(runtime, tenant_id)
+        say(f"scorecard          {sent}, read it at {mail_url}/")
 
         dashboards = supervisor.start(
             "dashboard", [*writevue, "serve", "--port", str(dashboard_port)]
@@ -227,6 +294,7 @@ def run_demo(
         say(f"dashboards         {dashboard_base}")
         if check:
             verify(runtime, tenant_id, url, dashboard_base, ui_url)
+            verify_mail(mail_url)
             say("demo check passed")
             return 0
         say("")
@@ -247,6 +315,17 @@ def run_demo(
         return 0
     finally:
         supervisor.stop_all()
+
+
+def send_demo_scorecard(runtime: Runtime, tenant_id: str) -> str:
+    """Send the demo client's scorecard to the mail catcher now; what happened."""
+    from ..notifications import runner
+
+    report = runner.send_now(runtime, ensure_demo_scorecard(runtime, tenant_id), run_id="demo")
+    counts = report.delivery.counts if report.delivery else {}
+    if not counts.get("sent"):
+        raise DemoError(f"the demo scorecard was not sent ({', '.join(report.lines())})")
+    return f"sent {counts['sent']} message(s) to the mail catcher"
 
 
 def verify(runtime: Runtime, tenant_id: str, url: str, dashboard_base: str, ui_url: str) -> None:
@@ -273,6 +352,17 @@ def verify(runtime: Runtime, tenant_id: str, url: str, dashboard_base: str, ui_u
     say(f"Dagster lists      {', '.join(sorted(assets))}")
 
 
+def verify_mail(mail_url: str) -> None:
+    """The demo client's scorecard arrived at the mail catcher, with its figures."""
+    listing = httpx.get(f"{mail_url}/", timeout=30).text
+    if "Weekly summary" not in listing:
+        raise DemoError("the mail catcher holds no scorecard")
+    message = httpx.get(f"{mail_url}/1", timeout=30).text
+    if "Payments" not in message:
+        raise DemoError("the demo scorecard lacks the client's payments")
+    say(f"mail catcher holds the scorecard: {mail_url}/1")
+
+
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -284,6 +374,7 @@ def say(message: str) -> None:
     arg("--ui-port", type=int),
     arg("--dashboard-port", type=int),
     arg("--sandbox-port", type=int),
+    arg("--mail-port", type=int, help="the mail catcher's page (default 8025; SMTP on 1025)"),
     audit=False,  # touches only its own demo tenant
 )
 def demo(args) -> None:
@@ -292,6 +383,7 @@ def demo(args) -> None:
         ui_port=args.ui_port,
         dashboard_port=args.dashboard_port,
         sandbox_port=args.sandbox_port,
+        mail_port=args.mail_port,
     )
     if code:
         raise SystemExit(code)

@@ -240,7 +240,8 @@ def revoke_grants(args) -> None:
 
 @command(
     "tenant set",
-    "how a tenant's dashboard shows numbers: locale, comparison, polarity overrides",
+    "how a tenant's dashboard and messages show numbers: locale, comparison, polarity "
+    "overrides, time zone, dashboard link in messages",
     arg("tenant_id"),
     arg("--locale", help="thousands and decimal separators: en, de, fr, es, it, nl, pt, sv, ch"),
     arg(
@@ -256,7 +257,27 @@ def revoke_grants(args) -> None:
         help="whether a metric going up is good news (repeatable)",
     ),
     arg("--clear-polarity", action="append", default=[], metavar="REF"),
-    audit=False,  # changes a look; shows no personal data or figures
+    arg(
+        "--timezone",
+        metavar="ZONE",
+        help="IANA time zone its scorecards are sent in (Europe/Berlin); default UTC",
+    ),
+    arg(
+        "--link-in-messages",
+        choices=("on", "off"),
+        help="put a dashboard link into its scorecards and alerts (off by default: an "
+        "email is forwarded more often than a URL is shared); on makes a link (audited), "
+        "off revokes it",
+    ),
+    ACTOR,
+    REASON,
+    # only --link-in-messages is recorded: it creates (or ends) access to the dashboard;
+    # the rest changes a look and shows no personal data or figures
+    audit="tenant.link-in-messages",
+    example=(
+        "writevue tenant set TENANT_ID --locale de --timezone Europe/Berlin\n"
+        "writevue tenant set TENANT_ID --link-in-messages on --reason TICKET-12"
+    ),
 )
 def set_settings(args) -> None:
     from .. import tenant_settings
@@ -275,6 +296,9 @@ def set_settings(args) -> None:
         changes["locale"] = args.locale
     if args.comparison is not None:
         changes["comparison"] = None if args.comparison == "default" else args.comparison
+    if args.timezone is not None:
+        changes["timezone"] = args.timezone
+    access = staff_access(args) if args.link_in_messages is not None else None
     runtime = ready_runtime()
     with runtime.db.session() as session:
         settings = tenant_settings.update_settings(
@@ -284,8 +308,18 @@ def set_settings(args) -> None:
             polarity_clear=args.clear_polarity,
             **changes,
         )
+        if access is not None:
+            on = args.link_in_messages == "on"
+            tenant_id = registry.parse_uuid(args.tenant_id, "Tenant")
+            before = tenant_settings.message_link_id(session, tenant_id)
+            tenant_settings.set_message_link(session, runtime.keys, tenant_id, on)
+            settings = tenant_settings.get_settings(session, tenant_id)
+            link_id = tenant_settings.message_link_id(session, tenant_id) or before
+            # with the access it creates, in one commit; by the link's id, never its token
+            access.record_in(session, tenant_id, on=on, link_id=link_id)
     overrides = ", ".join(f"{k}={v}" for k, v in settings.polarity.items()) or "none"
     print(
         f"locale {settings.locale}; comparison {settings.comparison or 'default'}; "
-        f"polarity overrides: {overrides}"
+        f"polarity overrides: {overrides}; time zone {settings.timezone}; "
+        f"dashboard link in messages {'on' if settings.links_in_messages else 'off'}"
     )

@@ -1,5 +1,6 @@
 """WriteVue's Dagster code location: per-source refreshes, schedules, sensors, the runtime,
-and the privacy operations (erasure on request, retention, access-log trends).
+alerts and scorecards (the ``notifications`` sensor and job), and the privacy operations
+(erasure on request, retention, access-log trends).
 
 Runs execute in process: a refresh is one step that fetches its batch of connections
 concurrently, so a second process per step would only add start-up time.
@@ -9,12 +10,13 @@ from __future__ import annotations
 
 from dagster import Definitions, in_process_executor
 
-from . import assets, privacy, resources, schedules, sensors
+from . import assets, notifications, privacy, resources, schedules, sensors
 
 defs = Definitions.merge(
     assets.defs,
     schedules.defs,
     sensors.defs,
+    notifications.defs,
     privacy.defs,
     resources.defs,
     Definitions(executor=in_process_executor),

@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 from .. import refresh, registry
 from ..errors import NotFound
 from ..models import Connection, Fact, utcnow
+from ..notifications import anomaly
 from ..runtime import Runtime
 from ..sources import Source
 
@@ -42,11 +43,15 @@ KEYS_UNIQUE = "keys_unique"
 VALUES_SANE = "values_sane"
 FRESH = "fresh"
 VOLUME_STEADY = "volume_steady"
+VALUES_USUAL = "values_usual"
 
 #: A metric's latest day below this share of its trailing mean is a volume drop.
 VOLUME_DROP_RATIO = 0.5
 VOLUME_BASELINE_DAYS = 7
 VOLUME_MIN_BASELINE_DAYS = 4
+#: the days of daily totals the data checks read: the unusual-value check compares the
+#: latest whole day with the same weekday of the eight weeks before
+HISTORY_DAYS = 7 * anomaly.WEEKS + 1
 
 #: Shown in the UI; "skipped" there means the refresh found nothing to report.
 _DESCRIPTIONS = {
@@ -69,6 +74,12 @@ _DESCRIPTIONS = {
     VOLUME_STEADY: (
         "Warns when a metric's latest whole day falls below half of its mean over the "
         "seven days before (given at least four of them). Reported when it warns."
+    ),
+    VALUES_USUAL: (
+        "Warns when a metric's latest whole day lies outside what its own history predicts: "
+        "the median of the same weekday over the eight weeks before, ± 3.5 robust spreads "
+        "(1.4826 times the MAD). The warning carries the value, the expected value and the usual "
+        "range. Reported when it warns."
     ),
 }
 
@@ -137,7 +148,7 @@ def evaluate(
     nonnegative = nonnegative_metrics(source)
     fresh_after = utcnow() - dt.timedelta(hours=runtime.settings.freshness_hours)
     today = dt.datetime.now(dt.UTC).date()
-    since = today - dt.timedelta(days=VOLUME_BASELINE_DAYS + 1)
+    since = today - dt.timedelta(days=HISTORY_DAYS)
 
     def result(name, connection_id, passed, *, severity=AssetCheckSeverity.ERROR, **kw):
         return AssetCheckEvaluation(
@@ -181,6 +192,33 @@ def evaluate(
                     connection_id,
                     False,
                     metadata={"non_finite": found.non_finite, "negative": found.negative},
+                )
+            unusual = unusual_values(found.daily_totals, today)
+            if unusual:
+                yield result(
+                    VALUES_USUAL,
+                    connection_id,
+                    False,
+                    severity=AssetCheckSeverity.WARN,
+                    description="; ".join(
+                        f"{metric} on {v.day:%d %b}: {v.value:,.6g}, usually "
+                        f"{v.low:,.6g} to {v.high:,.6g}"
+                        for metric, v in unusual
+                    ),
+                    metadata={
+                        "unusual_metrics": ", ".join(metric for metric, _ in unusual),
+                        "day": unusual[0][1].day.isoformat(),
+                        **{
+                            f"{metric}": {
+                                "value": v.value,
+                                "expected": v.expected,
+                                "low": v.low,
+                                "high": v.high,
+                                "score": round(v.score, 2),
+                            }
+                            for metric, v in unusual
+                        },
+                    },
                 )
             dropped = volume_drops(found.daily_totals, nonnegative, today)
             if dropped:
@@ -246,6 +284,23 @@ def data_figures(
         totals = figures.setdefault(connection_id, DataFigures()).daily_totals
         totals.append((metric, day, float(total or 0.0)))
     return figures
+
+
+def unusual_values(
+    totals: list[tuple[str, dt.date, float]], today: dt.date
+) -> list[tuple[str, anomaly.Verdict]]:
+    """Metrics whose latest whole day (yesterday) is anomalous against their own history."""
+    by_metric: dict[str, dict[dt.date, float]] = defaultdict(dict)
+    for metric, day, total in totals:
+        if day < today:
+            by_metric[metric][day] = total
+    yesterday = today - dt.timedelta(days=1)
+    found = []
+    for metric, days in sorted(by_metric.items()):
+        verdict = anomaly.detect(days, yesterday, min_spread=1.0)
+        if verdict is not None and verdict.anomalous:
+            found.append((metric, verdict))
+    return found
 
 
 def volume_drops(

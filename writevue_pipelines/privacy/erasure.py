@@ -5,7 +5,8 @@ crash) and the same request run again finishes it:
 
 1. ``marked``: the request runs and the tenant's connections turn ``erasing``, in
    their own commit, with every identifier to search for later (connection, link and
-   invite ids, the contact fields' plaintext) stored encrypted in the request. From
+   invite ids, the contact fields' plaintext, its notification recipients' addresses
+   and webhook URLs) stored encrypted in the request. From
    then on a refresh of the tenant writes nothing (``registry.writable_connection``).
 2. ``revoked``: each OAuth2 grant is revoked at the provider's revocation endpoint.
    A failure does not stop the erasure: the grant's tokens are kept, encrypted, in
@@ -53,6 +54,7 @@ from ..models import (
     Connection,
     DashboardLink,
     DeletionRequest,
+    NotificationRecipient,
     Tenant,
     utcnow,
 )
@@ -311,6 +313,10 @@ class _Scope:
     unreadable: bool = False
     #: the tenant's name or email could not be decrypted: they cannot be searched for
     contact_unreadable: bool = False
+    #: the plaintext of its notification recipients: email addresses and webhook URLs
+    recipients: set[str] = field(default_factory=set)
+    #: a recipient's address could not be decrypted: it cannot be searched for
+    recipients_unreadable: bool = False
 
     def as_json(self) -> dict:
         return {
@@ -321,6 +327,8 @@ class _Scope:
             "settled": sorted(self.settled),
             "outcomes": self.outcomes,
             "contact_unreadable": self.contact_unreadable,
+            "recipients": sorted(self.recipients),
+            "recipients_unreadable": self.recipients_unreadable,
         }
 
     @classmethod
@@ -334,6 +342,8 @@ class _Scope:
             set(data.get("settled", ())),
             dict(data.get("outcomes", {})),
             contact_unreadable=bool(data.get("contact_unreadable", False)),
+            recipients=set(data.get("recipients", ())),
+            recipients_unreadable=bool(data.get("recipients_unreadable", False)),
         )
 
     def identifiers(self, tenant_id: str) -> verification.Identifiers:
@@ -342,7 +352,8 @@ class _Scope:
             tuple(sorted(self.connections)),
             tuple(sorted(self.links)),
             tuple(sorted(self.invites)),
-            tuple(sorted(self.contact)),
+            # searched like the contact fields: personal data in clear, reported by kind
+            tuple(sorted(self.contact | self.recipients)),
         )
 
 
@@ -372,6 +383,29 @@ def _gather(session, runtime: Runtime, tenant_id: str, scope: _Scope) -> None:
         found, complete = _contact(runtime, tenant)
         scope.contact |= set(found)
         scope.contact_unreadable |= not complete
+    found, complete = _recipient_addresses(session, runtime, tenant_id)
+    scope.recipients |= set(found)
+    scope.recipients_unreadable |= not complete
+
+
+def _recipient_addresses(session, runtime: Runtime, tenant_id: str) -> tuple[list[str], bool]:
+    """The plaintext of the tenant's notification recipients (email addresses and webhook
+    URLs), to search for; and whether every one decrypted."""
+    found, complete = [], True
+    for recipient_id, blob in session.execute(
+        select(NotificationRecipient.id, NotificationRecipient.address_ct).where(
+            NotificationRecipient.tenant_id == tenant_id
+        )
+    ):
+        try:
+            found.append(
+                runtime.keys.decrypt_text(
+                    blob, Binding(tenant_id, None, f"recipient.{recipient_id}")
+                )
+            )
+        except (VaultError, UnicodeDecodeError):
+            complete = False
+    return found, complete
 
 
 def _contact(runtime: Runtime, tenant: Tenant) -> tuple[list[str], bool]:
@@ -689,6 +723,11 @@ def run_erasure(
     if scope.contact_unreadable:
         result.unchecked.append(
             "the tenant's name or email (they could not be decrypted, so cannot be searched for)"
+        )
+    if scope.recipients_unreadable:
+        result.unchecked.append(
+            "a notification recipient's address (it could not be decrypted, so cannot be "
+            "searched for)"
         )
     report.verification = result
     _step("verified")

@@ -4,7 +4,10 @@
 facts), ``connections.csv`` the connected sources (never a credential),
 ``links.csv`` the dashboard links (never a token or its hash), ``client.json`` the
 contact details, ``dashboard.json`` how its dashboard is set up (template, brand,
-locale, comparison, polarity, goals), and ``README.txt`` says what each file is. The
+locale, comparison, polarity, goals), ``notifications.json`` its scorecards, alerts,
+their recipients with their addresses and webhook URLs (the client's own data), the
+deliveries' outcomes (never a message or an unsubscribe token) and the unusual days
+found in its metrics, and ``README.txt`` says what each file is. The
 CSV files are safe to open in a spreadsheet (``spreadsheet``: no cell runs as a formula).
 """
 
@@ -24,7 +27,7 @@ from sqlalchemy import select
 
 from .. import links, registry
 from ..errors import InvalidInput
-from ..models import Connection, Fact
+from ..models import Connection, Fact, TenantSettings
 from ..runtime import Runtime
 from ..spreadsheet import csv_text, frame_csv
 
@@ -59,6 +62,12 @@ aggregates.parquet   the same table in Apache Parquet, with its types.
 dashboard.json       how your dashboard is set up: its layout (template) and look
                      (brand) by name, number format (locale), what figures are
                      compared with, which changes count as good news, and your goals.
+notifications.json   your scorecards and alerts: what they show and when they are
+                     sent, with their recipients' email addresses and webhook URLs;
+                     every message sent or to be sent (when, channel, outcome; not the
+                     message itself, which is deleted once sent); the unusual days
+                     found in your metrics; your time zone, and whether your messages
+                     carry a dashboard link.
 
 In the CSV files every text is in double quotes, and a text that begins with =, +, -,
 @, a tab or a carriage return starts with an added ' so that a spreadsheet shows it
@@ -108,7 +117,7 @@ def tenant_aggregates(runtime: Runtime, tenant_id: str) -> pl.DataFrame:
 def _dashboard_setup(session, tenant_id: str) -> dict:
     """The tenant's dashboard settings and goals, by name (no ids of other records)."""
     from .. import goals
-    from ..models import Brand, DashboardTemplate, TenantSettings
+    from ..models import Brand, DashboardTemplate
 
     chosen = session.get(TenantSettings, tenant_id)
     template = brand = None
@@ -138,6 +147,87 @@ def _dashboard_setup(session, tenant_id: str) -> dict:
     }
 
 
+def _notifications(session, keys, tenant_id: str) -> dict:
+    """The tenant's scorecards, alerts (with recipients' addresses: its own data),
+    deliveries (outcomes only: no message, token or hash) and anomalies."""
+    from ..models import MetricAnomaly, NotificationDelivery, NotificationRecipient
+    from ..notifications import config
+    from ..vault import VaultError
+
+    recipients: dict[str, list[dict]] = {}
+    rows = session.scalars(
+        select(NotificationRecipient)
+        .where(NotificationRecipient.tenant_id == tenant_id)
+        .order_by(NotificationRecipient.created_at, NotificationRecipient.id)
+    )
+    for row in rows:
+        try:
+            address = keys.decrypt_text(row.address_ct, config.recipient_binding(tenant_id, row.id))
+        except VaultError:
+            address = None  # damaged: said so rather than left out
+        recipients.setdefault(row.scorecard_id or row.alert_id or "", []).append(
+            {
+                "id": row.id,
+                "channel": row.channel,
+                "address": address,
+                "unsubscribed_at": _iso(row.unsubscribed_at) or None,
+                "created_at": _iso(row.created_at),
+            }
+        )
+    deliveries = session.scalars(
+        select(NotificationDelivery)
+        .where(NotificationDelivery.tenant_id == tenant_id)
+        .order_by(NotificationDelivery.created_at, NotificationDelivery.id)
+    )
+    anomalies = session.scalars(
+        select(MetricAnomaly)
+        .where(MetricAnomaly.tenant_id == tenant_id)
+        .order_by(MetricAnomaly.metric, MetricAnomaly.dimension, MetricAnomaly.day)
+    )
+    chosen = session.get(TenantSettings, tenant_id)
+    return {
+        "timezone": config.tenant_timezone(session, tenant_id),
+        "dashboard_link_in_messages": chosen is not None and chosen.message_link_id is not None,
+        "scorecards": [
+            {**card.as_json(), "recipients": recipients.get(card.id, [])}
+            for card in config.list_scorecards(session, tenant_id)
+        ],
+        "alerts": [
+            {**alert.as_json(), "recipients": recipients.get(alert.id, [])}
+            for alert in config.list_alerts(session, tenant_id)
+        ],
+        "deliveries": [
+            {
+                "id": d.id,
+                "kind": d.kind,
+                "subject_id": d.subject_id,
+                "recipient_id": d.recipient_id,
+                "channel": d.channel,
+                "scheduled_for": _iso(d.scheduled_for),
+                "status": d.status,
+                "attempts": d.attempts,
+                "error": d.error,
+                "created_at": _iso(d.created_at),
+                "sent_at": _iso(d.sent_at) or None,
+                "unsubscribed_with_it_at": _iso(d.unsubscribe_used_at) or None,
+            }
+            for d in deliveries
+        ],
+        "anomalies": [
+            {
+                "metric": a.metric,
+                "dimension": a.dimension,
+                "day": a.day.isoformat(),
+                "value": a.value,
+                "expected": a.expected,
+                "low": a.low,
+                "high": a.high,
+            }
+            for a in anomalies
+        ],
+    }
+
+
 def export_tenant(
     runtime: Runtime, tenant_id: str, out: Path, *, force: bool = False
 ) -> ExportReport:
@@ -157,6 +247,7 @@ def export_tenant(
         connections = registry.list_connections(session, tenant_id=tenant.id)
         link_rows = links.list_links(session, tenant.id)
         dashboard = _dashboard_setup(session, tenant.id)
+        notifications = _notifications(session, runtime.keys, tenant.id)
     facts = tenant_aggregates(runtime, tenant.id)
 
     parquet = io.BytesIO()
@@ -211,6 +302,7 @@ def export_tenant(
         ).encode(),
         "aggregates.parquet": parquet.getvalue(),
         "dashboard.json": json.dumps(dashboard, indent=2, sort_keys=True).encode(),
+        "notifications.json": json.dumps(notifications, indent=2).encode(),
     }
 
     # The export holds personal data: owner-only, and never a half-written file at ``out``.

@@ -79,6 +79,31 @@ for _column, _what in (("scope_ct", "scope"), ("retry_ct", "retry")):
         )
     )
 
+# Notifications: recipients' addresses and webhook URLs, rendered messages waiting to be
+# sent, and the token of the dashboard link a tenant's messages carry (as
+# ``notifications.config``, ``notifications.delivery`` and ``tenant_settings`` seal them).
+_register(
+    CiphertextColumn(
+        "notification_recipients",
+        "address_ct",
+        lambda r: Binding(r["tenant_id"], None, f"recipient.{r['id']}"),
+    )
+)
+_register(
+    CiphertextColumn(
+        "notification_deliveries",
+        "message_ct",
+        lambda r: Binding(r["tenant_id"], None, f"delivery.{r['id']}"),
+    )
+)
+_register(
+    CiphertextColumn(
+        "tenant_settings",
+        "message_link_ct",
+        lambda r: Binding(r["tenant_id"], None, "message_link"),
+    )
+)
+
 
 class UnknownCiphertextColumn(InvalidInput):
     pass

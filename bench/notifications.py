@@ -1,0 +1,335 @@
+"""Benchmark: judging alerts and rendering scorecards against refreshing, and sending.
+
+    python -m bench.notifications --tenants 1000
+
+N tenants, each with one declarative REST connection to the benchmark sandbox (10 pages
+of 100 records, 50 ms latency per request) whose spec names 20 metrics. In one run:
+
+1. **refresh**: every connection fetched, aggregated and loaded, in worker processes
+   (one per core, as concurrent batch runs are): ``bench.refresh``'s worker.
+2. **evaluation**: what a ``notifications`` run does before it sends, for every tenant:
+   unusual days of all 20 metrics, 5 alert rules (above, below, change, two anomaly rules), and
+   a 15-metric scorecard compared with the previous period, rendered and queued for
+   one recipient. Each tenant also holds eight weeks of older history (inserted, not
+   fetched), so the anomaly method has every weekday's history to read.
+3. **sending**: the N queued scorecards over SMTP to a local mail catcher (aiosmtpd, in
+   its own process), one connection reused as a run does.
+
+Targets: evaluation ≤ 10% of the refresh (eval_ratio, wall time; CPU beside it), and
+≥ 50 messages/s sent. The last line is machine-readable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.procfs import cpu_s
+from bench.refresh import HERE, LATENCY_S, PAGES, PER_PAGE, keys
+from bench.sandbox_process import start_sandbox
+from writevue_pipelines.processes import free_port, spawn_and_wait
+
+METRICS = 20
+AGGS = ("sum", "count", "mean", "last", "first")
+SPEC_HEAD = """\
+base_url = "{base_url}"
+endpoint = "/bench/events"
+records_path = "data"
+
+[params]
+per_page = {per_page}
+
+[auth]
+type = "bearer"
+
+[paginator]
+type = "page_number"
+page_param = "page"
+start = 1
+total_pages_path = "total_pages"
+
+[mapping]
+date_field = "created_at"
+date_format = "iso_datetime"
+"""
+#: days of older history per metric, before the 30 days the sandbox serves
+HISTORY_DAYS = 60
+
+
+def spec(base_url: str) -> str:
+    parts = [SPEC_HEAD.format(base_url=base_url, per_page=PER_PAGE)]
+    for index in range(METRICS):
+        agg = AGGS[index % len(AGGS)]
+        field = "" if agg == "count" else 'field = "amount"\n'
+        parts.append(f'[[mapping.metrics]]\nname = "m{index:02d}"\n{field}agg = "{agg}"\n')
+    return "\n".join(parts)
+
+
+def prepare(base_url: str, n: int, home: str) -> tuple[list[str], list[str]]:
+    """N tenants with one connection each, their history, scorecards and alert rules."""
+    os.environ["WRITEVUE_HOME"] = home
+    os.environ.pop("WRITEVUE_DATABASE_URL", None)
+    import polars as pl
+
+    from writevue_pipelines import registry, warehouse
+    from writevue_pipelines.home import init_home
+    from writevue_pipelines.runtime import Runtime
+    from writevue_pipelines.settings import get_settings
+
+    init_home(get_settings())
+    runtime = Runtime.from_env()
+    spec_path = Path(home) / "bench-spec.toml"
+    spec_path.write_text(spec(base_url))
+    today = dt.datetime.now(dt.UTC).date()
+    tenants, connections = [], []
+    with runtime.db.session() as session:
+        for index, key in enumerate(keys(n)):
+            tenant_id = registry.add_tenant(
+                session, runtime.keys, f"Bench tenant {index}", f"t{index}@bench.test"
+            )
+            connection_id = registry.add_connection(
+                session,
+                runtime.keys,
+                tenant_id,
+                "rest",
+                "api_key",
+                {"spec": str(spec_path)},
+                {"api_key": key},
+            )
+            history = pl.DataFrame(
+                [
+                    {
+                        "metric": f"m{m:02d}",
+                        "dimension": "",
+                        "day": today - dt.timedelta(days=30 + back),
+                        "value": float(100 + (index * 7 + m * 13 + back) % 50),
+                    }
+                    for m in range(METRICS)
+                    for back in range(HISTORY_DAYS)
+                ]
+            )
+            connection = registry.get_connection(session, connection_id)
+            warehouse.upsert_facts(session, connection, history, window_start=None)
+            tenants.append(tenant_id)
+            connections.append(connection_id)
+    runtime.close()
+    return tenants, connections
+
+
+def configure(tenants: list[str]) -> None:
+    """A 15-metric scorecard and 5 alert rules per tenant (after the refresh: a metric
+    ref is checked against what the tenant's connections report)."""
+    from writevue_pipelines.notifications import config
+    from writevue_pipelines.runtime import Runtime
+
+    runtime = Runtime.from_env()
+    with runtime.db.session() as session:
+        for index, tenant_id in enumerate(tenants):
+            config.add_scorecard(
+                session,
+                runtime.keys,
+                tenant_id,
+                name="Weekly",
+                metrics=[f"rest.m{m:02d}" for m in range(15)],
+                period="last_7_days",
+                comparison="previous",
+                cadence="weekly",
+                weekday=0,
+                emails=[f"client{index}@bench.test"],
+            )
+            rules = [
+                ("m15", "above", 1e9),
+                ("m16", "below", -1.0),
+                ("m17", "change", 50.0),
+                ("m18", "anomaly", None),
+                ("m19", "anomaly", None),
+            ]
+            for metric, condition, threshold in rules:
+                config.add_alert(
+                    session,
+                    runtime.keys,
+                    tenant_id,
+                    metric=f"rest.{metric}",
+                    condition=condition,
+                    threshold=threshold,
+                    emails=[f"client{index}@bench.test"],
+                )
+    runtime.close()
+
+
+def refresh(home: str, connections: list[str], workdir: str, processes: int) -> dict:
+    files = []
+    for index in range(processes):
+        path = Path(workdir) / f"ids-{index}.json"
+        path.write_text(json.dumps(connections[index::processes]))
+        files.append(path)
+    started = time.perf_counter()
+    env = {**os.environ, "BENCH_SPAWNED_AT": repr(time.time())}
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-m", "bench.refresh", "--worker", home, str(path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=HERE.parent,
+            env=env,
+        )
+        for path in files
+    ]
+    reports = []
+    for child in children:
+        out, err = child.communicate()
+        if child.returncode != 0:
+            raise SystemExit(f"refresh failed:\n{err[-3000:]}")
+        reports.append(json.loads(out.strip().splitlines()[-1]))
+    return {
+        "wall_s": time.perf_counter() - started,
+        "cpu_s": sum(r["cpu_s"] for r in reports),
+        "facts": sum(r["facts"] for r in reports),
+    }
+
+
+def evaluate(tenants: list[str]) -> dict:
+    from sqlalchemy import select
+
+    from writevue_pipelines.models import Scorecard
+    from writevue_pipelines.notifications import runner
+    from writevue_pipelines.runtime import Runtime
+
+    runtime = Runtime.from_env()
+    now = dt.datetime.now(dt.UTC)
+    # every scorecard due now, as on a Monday morning
+    with runtime.db.session() as session:
+        due = [(card, now) for card in session.scalars(select(Scorecard.id))]
+    report = runner.RunReport()
+    cpu = time.process_time()
+    started = time.perf_counter()
+    runner.judge_tenants(runtime, tenants, today=now.date(), report=report)
+    runner.render_scorecards(runtime, due, report=report, advance=False)
+    wall = time.perf_counter() - started
+    cpu = time.process_time() - cpu
+    runtime.close()
+    if report.errors:
+        raise SystemExit(f"{len(report.errors)} not judged, first: {report.errors[0]}")
+    return {
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "scorecards": report.scorecards,
+        "queued": report.queued,
+        "alerts": report.alerts_fired,
+        "anomalies": report.anomalies,
+    }
+
+
+def send(mail_dir: str) -> dict:
+    from writevue_pipelines.notifications import delivery
+    from writevue_pipelines.runtime import Runtime
+
+    smtp_port, http_port = free_port(), free_port()
+    catcher = spawn_and_wait(
+        "the mail catcher",
+        [
+            sys.executable,
+            "-m",
+            "writevue_sandbox.mail",
+            "--smtp-port",
+            str(smtp_port),
+            "--http-port",
+            str(http_port),
+            "--dir",
+            mail_dir,
+        ],
+        f"http://127.0.0.1:{http_port}/",
+        timeout=30,
+    )
+    os.environ["WRITEVUE_SMTP_URL"] = f"smtp://127.0.0.1:{smtp_port}"
+    os.environ["WRITEVUE_MAIL_FROM"] = "bench@writevue.test"
+    try:
+        runtime = Runtime.from_env()
+        catcher_cpu = cpu_s(catcher.process.pid)
+        cpu = time.process_time()
+        started = time.perf_counter()
+        report = delivery.send_due(runtime, run_id="bench")
+        wall = time.perf_counter() - started
+        cpu = time.process_time() - cpu
+        catcher_cpu = cpu_s(catcher.process.pid) - catcher_cpu
+        runtime.close()
+    finally:
+        catcher.stop()
+    received = len(list(Path(mail_dir).glob("*.eml")))
+    return {
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "catcher_cpu_s": catcher_cpu,
+        "sent": report.counts.get("sent", 0),
+        "received": received,
+        "counts": report.counts,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tenants", type=int, default=100)
+    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args(argv)
+    n = args.tenants
+    sandbox, base_url = start_sandbox(
+        latency_s=LATENCY_S, bench_records=PAGES * PER_PAGE, bench_accounts=n
+    )
+    try:
+        with tempfile.TemporaryDirectory(prefix="writevue-bench-notify-") as workdir:
+            home = str(Path(workdir) / "home")
+            tenants, connections = prepare(base_url, n, home)
+            refreshed = refresh(home, connections, workdir, max(1, args.processes))
+            configure(tenants)
+            judged = evaluate(tenants)
+            sent = send(str(Path(workdir) / "mail"))
+    finally:
+        sandbox.stop()
+    eval_ratio = judged["wall_s"] / refreshed["wall_s"]
+    cpu_ratio = judged["cpu_s"] / refreshed["cpu_s"]
+    per_s = sent["sent"] / sent["wall_s"] if sent["wall_s"] else 0.0
+    rows = [
+        ("tenants", f"{n}", f"1 connection each, {METRICS} metrics, {PAGES}x{PER_PAGE} records"),
+        (
+            "refresh wall",
+            f"{refreshed['wall_s']:.2f} s",
+            f"{args.processes} worker(s); {refreshed['facts']} facts loaded",
+        ),
+        ("refresh CPU", f"{refreshed['cpu_s']:.2f} s", "all workers"),
+        (
+            "evaluation wall",
+            f"{judged['wall_s']:.2f} s",
+            f"{judged['anomalies']} unusual days, {judged['alerts']} alerts, "
+            f"{judged['scorecards']} scorecards, {judged['queued']} messages queued",
+        ),
+        ("evaluation CPU", f"{judged['cpu_s']:.2f} s", f"cpu ratio {cpu_ratio:.3f}"),
+        (
+            "send wall",
+            f"{sent['wall_s']:.2f} s",
+            f"{sent['sent']} sent, {sent['received']} received; {sent['counts']}",
+        ),
+        (
+            "send CPU",
+            f"{sent['cpu_s']:.2f} s",
+            f"the mail catcher used {sent['catcher_cpu_s']:.2f} s more",
+        ),
+    ]
+    width = max(len(r[0]) for r in rows)
+    for name, value, note in rows:
+        print(f"{name:<{width}}  {value:>12}  {note}")
+    print(
+        f"tenants={n} eval_s={judged['wall_s']:.2f} refresh_s={refreshed['wall_s']:.2f} "
+        f"eval_ratio={eval_ratio:.3f} eval_cpu_ratio={cpu_ratio:.3f} send_per_s={per_s:.1f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Is a day's value unusual for this metric? Judged against its own history, by weekday.
+
+The method (robust, and respecting weekly seasonality: a shop's Saturday is compared
+with its Saturdays, not with its Tuesdays):
+
+1. Take the same weekday's values over the previous ``weeks`` weeks (D-7, D-14, …,
+   D-7·weeks); days without data are left out. With fewer than ``min_points`` of them
+   there is no verdict: too little history to say what is usual.
+2. The expected value is their **median**; the spread is **1.4826 x MAD** (the median
+   absolute deviation from the median, scaled so that it estimates the standard
+   deviation of normally distributed values), floored at 10% of the median and at
+   ``min_spread`` (one unit for counts and money), so that a flat history does not
+   make a tiny wiggle an event.
+3. The score is ``(value - median) / spread``; the day is anomalous when
+   ``|score| > threshold`` (3.5 by default: the usual cut-off for robust z-scores).
+   The usual range shown to a client is ``median +/- threshold x spread`` (not below
+   zero for a metric whose history never was).
+
+Median and MAD ignore the odd outlier in the history itself (one Black Friday does not
+make every later Friday look normal), unlike a mean and a standard deviation.
+Pure: no database, no clock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import statistics
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+#: robust z-score beyond which a value is anomalous
+DEFAULT_THRESHOLD = 3.5
+#: how many earlier same weekdays are read, and how many must have data
+WEEKS = 8
+MIN_POINTS = 4
+#: MAD times this estimates a standard deviation
+MAD_SCALE = 1.4826
+#: the spread is at least this share of the median
+RELATIVE_FLOOR = 0.1
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One day of one metric, judged against the same weekday of the weeks before."""
+
+    day: dt.date
+    value: float
+    #: the median of the same weekdays before
+    expected: float
+    #: the usual range: expected +/- threshold x spread
+    low: float
+    high: float
+    #: robust z-score: (value - expected) / spread
+    score: float
+    anomalous: bool
+
+
+def detect(
+    values: Mapping[dt.date, float | None],
+    day: dt.date,
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    weeks: int = WEEKS,
+    min_points: int = MIN_POINTS,
+    min_spread: float = 0.0,
+) -> Verdict | None:
+    """The verdict on ``values[day]``; None when the day has no value or its weekday has
+    fewer than ``min_points`` values in the ``weeks`` weeks before."""
+    value = values.get(day)
+    if value is None or not math.isfinite(value):
+        return None
+    # every earlier day of the window, by weekday (offset 1 is the day before, 7 a week)
+    by_weekday: dict[int, list[float]] = {}
+    for back in range(1, 7 * weeks + 1):
+        earlier = values.get(day - dt.timedelta(days=back))
+        if earlier is not None and math.isfinite(earlier):
+            by_weekday.setdefault(back % 7, []).append(float(earlier))
+    history = by_weekday.get(0, [])
+    if len(history) < max(min_points, 1):
+        return None
+    median = statistics.median(history)
+    # How far days stray from their own weekday's median, over the whole window: the
+    # scale from up to 7 x weeks residuals rather than the weekday's few values alone.
+    residuals = [abs(v - statistics.median(same)) for same in by_weekday.values() for v in same]
+    mad = statistics.median(residuals)
+    spread = max(MAD_SCALE * mad, RELATIVE_FLOOR * abs(median), min_spread)
+    if spread <= 0:
+        # a history of zeros and no floor: anything else is a change of kind
+        spread = 1e-9
+    score = (value - median) / spread
+    low, high = median - threshold * spread, median + threshold * spread
+    if min(history) >= 0 and value >= 0:
+        low = max(low, 0.0)
+    # and further from its usual than any day of the window strayed from its weekday's
+    # usual: a sparse metric (refunds) is not an event on each day it is not zero
+    unseen = abs(value - median) > max(residuals)
+    return Verdict(
+        day=day,
+        value=float(value),
+        expected=median,
+        low=low,
+        high=high,
+        score=score,
+        anomalous=abs(score) > threshold and unseen,
+    )
+
+
+__all__ = ["DEFAULT_THRESHOLD", "MIN_POINTS", "WEEKS", "Verdict", "detect"]

@@ -1,0 +1,563 @@
+"""The outbox: one row per message and recipient, sent over SMTP or HTTP, every outcome kept.
+
+``enqueue`` renders a message for each recipient at once (a retry sends the same message)
+and stores it encrypted under an idempotency key: sha256 of kind, subject, episode (the
+scheduled time, or the alert episode's first day) and recipient, unique in the table, so
+a scheduler that asks twice, or two runs that race, queue it once.
+
+``send_due`` sends what is due, one row at a time: a row is claimed by moving it from
+pending or retrying to ``sending`` in its own commit (two runs never both claim it), sent,
+and its outcome recorded in its own commit with an audit event:
+
+- ``sent``: the server accepted it (SMTP 250, HTTP 2xx); the stored message is cleared;
+- ``bounced``: refused for good: SMTP 5xx for the recipient or the message, a webhook's
+  404 or 410; not retried;
+- ``retrying``: refused for now (SMTP 4xx, HTTP 5xx, 429 or 408), refused connection,
+  timeout, TLS trouble, no SMTP server configured: tried again after 2, 4, 8, 16 minutes,
+  at most ``WRITEVUE_NOTIFY_ATTEMPTS`` (5) attempts in all, then ``failed``;
+- ``failed``: given up, or a webhook's other 4xx or a redirect (retrying cannot help);
+- ``cancelled``: the recipient unsubscribed (or was removed) before it went.
+
+A row left ``sending`` by a run that was killed goes back to ``retrying`` after 15
+minutes. One SMTP connection serves a run; once the server cannot be reached (refused,
+timeout, TLS, credentials), the run's other mail is recorded with the same error without
+trying each (a hanging server costs one timeout per run, not one per message).
+
+Errors are kinds ("smtp 451", "http 503", "timeout"), never an address, a URL or a
+server's text. A webhook URL is a secret: httpx's request log line is kept from naming it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import secrets
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from email import policy as email_policy
+from email.message import EmailMessage
+from email.parser import Parser
+from typing import Any
+
+import httpx
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from .. import registry
+from ..errors import InvalidInput
+from ..links import hash_token
+from ..models import NotificationDelivery, NotificationRecipient
+from ..runtime import Runtime
+from ..settings import ConfigError, Settings
+from ..vault import Binding, KeyRing
+from . import messages, smtp
+from .content import AlertContent, ScorecardContent
+
+KINDS = ("scorecard", "alert", "test")
+CHANNELS = ("email", "webhook")
+STATUSES = ("pending", "sending", "retrying", "sent", "bounced", "failed", "cancelled")
+#: what is still to be sent
+OPEN = ("pending", "retrying")
+ACTOR = "writevue-notifications"
+ACTION = "notification.send"
+#: a row ``sending`` for longer than this was left by a run that died
+STUCK_AFTER = dt.timedelta(minutes=15)
+TOKEN_BYTES = 32
+
+_log = logging.getLogger("writevue.notifications")
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """Where one message goes (``config.Recipient`` has the same shape)."""
+
+    id: str
+    channel: str
+    address: str = field(repr=False)
+
+
+def idempotency_key(kind: str, subject_id: str, episode: str, recipient_id: str) -> str:
+    return hashlib.sha256(f"{kind}|{subject_id}|{episode}|{recipient_id}".encode()).hexdigest()
+
+
+def unsubscribe_url(settings: Settings, token: str) -> str:
+    return f"{settings.dashboard_base_url}/unsubscribe/{token}"
+
+
+def _binding(tenant_id: str, delivery_id: str) -> Binding:
+    return Binding(tenant_id, None, f"delivery.{delivery_id}")
+
+
+def enqueue(
+    session: Session,
+    keys: KeyRing,
+    *,
+    tenant_id: str,
+    kind: str,
+    subject_id: str,
+    episode: str,
+    scheduled_for: dt.datetime,
+    content: ScorecardContent | AlertContent,
+    recipients: Sequence[Any],
+    settings: Settings,
+) -> int:
+    """Queue ``content`` for each recipient, once per (kind, subject, episode, recipient);
+    how many rows are new. Each message is rendered now, with its own one-time
+    unsubscribe token (only its hash kept), and stored encrypted."""
+    if kind not in KINDS:
+        raise InvalidInput(f"Unknown notification kind {kind!r}; one of {', '.join(KINDS)}.")
+    for recipient in recipients:
+        if recipient.channel not in CHANNELS:
+            raise InvalidInput(
+                f"Unknown channel {recipient.channel!r}; one of {', '.join(CHANNELS)}."
+            )
+    keyed = {idempotency_key(kind, subject_id, episode, r.id): r for r in recipients}
+    if not keyed:
+        return 0
+    existing = set(
+        session.scalars(
+            select(NotificationDelivery.idempotency_key).where(
+                NotificationDelivery.idempotency_key.in_(list(keyed))
+            )
+        )
+    )
+    new = 0
+    for key, recipient in keyed.items():
+        if key in existing:
+            continue
+        delivery_id = str(uuid.uuid4())
+        token = secrets.token_urlsafe(TOKEN_BYTES)
+        stored = _render(content, recipient, key, unsubscribe_url(settings, token), settings)
+        row = NotificationDelivery(
+            id=delivery_id,
+            tenant_id=tenant_id,
+            idempotency_key=key,
+            kind=kind,
+            subject_id=subject_id,
+            recipient_id=recipient.id,
+            channel=recipient.channel,
+            scheduled_for=scheduled_for,
+            status="pending",
+            attempts=0,
+            next_attempt_at=scheduled_for,
+            message_ct=keys.encrypt(json.dumps(stored), _binding(tenant_id, delivery_id)),
+            unsubscribe_sha256=hash_token(token),
+        )
+        try:
+            with session.begin_nested():  # another run queued it meanwhile: skip it
+                session.add(row)
+        except IntegrityError:
+            continue
+        new += 1
+    return new
+
+
+def _render(content, recipient, key: str, unsubscribe: str, settings: Settings) -> dict:
+    if recipient.channel == "email":
+        message = messages.email(
+            content,
+            sender=settings.mail_from,
+            to=recipient.address,
+            unsubscribe_url=unsubscribe,
+            message_id=key,
+        )
+        return {"channel": "email", "message": message.as_string()}
+    return {
+        "channel": "webhook",
+        "payload": messages.webhook_payload(content, unsubscribe_url=unsubscribe),
+    }
+
+
+# -- sending ------------------------------------------------------------------------------------
+
+
+@dataclass
+class DeliveryReport:
+    """What one ``send_due`` did: outcomes per status, and per tenant."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    by_tenant: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: rows found ``sending`` after a killed run and put back to retrying
+    recovered: int = 0
+
+    def add(self, tenant_id: str, status: str) -> None:
+        self.counts[status] = self.counts.get(status, 0) + 1
+        tenant = self.by_tenant.setdefault(tenant_id, {})
+        tenant[status] = tenant.get(status, 0) + 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def lines(self) -> list[str]:
+        if not self.counts:
+            line = "no messages due"
+        else:
+            parts = ", ".join(f"{n} {status}" for status, n in sorted(self.counts.items()))
+            line = f"{self.total} messages to {len(self.by_tenant)} tenants: {parts}"
+        if self.recovered:
+            line += f"; {self.recovered} left sending by an earlier run put back to retrying"
+        return [line]
+
+    def as_json(self) -> dict:
+        return {"counts": self.counts, "by_tenant": self.by_tenant, "recovered": self.recovered}
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    status: str
+    error: str | None = None
+
+
+def send_due(
+    runtime: Runtime,
+    *,
+    tenant_ids: Iterable[str] | None = None,
+    now: dt.datetime | None = None,
+    run_id: str | None = None,
+    limit: int | None = None,
+) -> DeliveryReport:
+    """Send every pending or retrying message whose time has come (of ``tenant_ids`` only,
+    when given; at most ``limit``), each outcome in its own commit."""
+    now = now or dt.datetime.now(dt.UTC)
+    settings = runtime.settings
+    tenants = None if tenant_ids is None else sorted(set(tenant_ids))
+    report = DeliveryReport()
+    report.recovered = _recover_stuck(runtime, now, tenants, settings.notify_attempts)
+    with runtime.db.session() as session:
+        query = (
+            select(NotificationDelivery.id)
+            .where(
+                NotificationDelivery.status.in_(OPEN),
+                NotificationDelivery.next_attempt_at <= now,
+            )
+            .order_by(NotificationDelivery.next_attempt_at, NotificationDelivery.id)
+        )
+        if tenants is not None:
+            query = query.where(NotificationDelivery.tenant_id.in_(tenants))
+        if limit is not None:
+            query = query.limit(limit)
+        due = list(session.scalars(query))
+    if not due:
+        return report
+    mailer: smtp.SmtpSender | None = None
+    client: httpx.Client | None = None
+    try:
+        for delivery_id in due:
+            row = _claim(runtime, delivery_id, now, run_id)
+            if row is None:
+                continue  # another run has it
+            try:
+                recipient, stored = _load(runtime, row)
+                if recipient is None or recipient.unsubscribed_at is not None:
+                    outcome = _Outcome("cancelled")
+                elif row.channel == "email":
+                    if mailer is None:
+                        mailer = _mailer(settings)
+                    outcome = _send_email(mailer, stored, recipient.address)
+                else:
+                    if client is None:
+                        client = httpx.Client(
+                            timeout=settings.notify_timeout_s,
+                            follow_redirects=False,
+                            headers={"User-Agent": "WriteVue notifications"},
+                        )
+                    outcome = _send_webhook(client, stored, recipient.address, row.idempotency_key)
+            except Exception as exc:  # one message's trouble never stops the others
+                _log.warning("delivery %s not sent (%s)", row.id, type(exc).__name__)
+                outcome = _Outcome("retrying", f"internal {type(exc).__name__}"[:200])
+            status = _record(runtime, row, outcome, now, settings.notify_attempts)
+            report.add(row.tenant_id, status)
+    finally:
+        if mailer is not None:
+            mailer.close()
+        if client is not None:
+            client.close()
+    return report
+
+
+def _mailer(settings: Settings) -> smtp.SmtpSender:
+    try:
+        return smtp.SmtpSender(smtp.SmtpConfig.from_settings(settings))
+    except ConfigError as exc:
+        sender = smtp.SmtpSender(None)
+        sender.down = smtp.SendError(str(exc)[:200], connection=True)
+        return sender
+
+
+@dataclass
+class _Address:
+    address: str
+    unsubscribed_at: dt.datetime | None
+
+
+def _claim(
+    runtime: Runtime, delivery_id: str, now: dt.datetime, run_id: str | None
+) -> NotificationDelivery | None:
+    """Move one due row to ``sending`` (in its own commit); the row, or None when another
+    run claimed it first."""
+    with runtime.db.session() as session:
+        claimed = session.execute(
+            update(NotificationDelivery)
+            .where(
+                NotificationDelivery.id == delivery_id,
+                NotificationDelivery.status.in_(OPEN),
+                NotificationDelivery.next_attempt_at <= now,
+            )
+            .values(
+                status="sending",
+                attempts=NotificationDelivery.attempts + 1,
+                next_attempt_at=now,
+                run_id=run_id,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if claimed.rowcount != 1:
+            return None
+        row = session.get(NotificationDelivery, delivery_id)
+        session.expunge(row)
+    return row
+
+
+def _load(runtime: Runtime, row: NotificationDelivery) -> tuple[_Address | None, dict]:
+    """(recipient, or None when it was removed; the stored message), decrypted."""
+    keys = runtime.keys
+    stored = json.loads(keys.decrypt(row.message_ct, _binding(row.tenant_id, row.id)))
+    with runtime.db.session() as session:
+        found = session.get(NotificationRecipient, row.recipient_id)
+        if found is None:
+            return None, stored
+        address = keys.decrypt(
+            found.address_ct, Binding(found.tenant_id, None, f"recipient.{found.id}")
+        ).decode()
+        return _Address(address, found.unsubscribed_at), stored
+
+
+def _send_email(mailer: smtp.SmtpSender, stored: dict, to: str) -> _Outcome:
+    message = Parser(_class=EmailMessage, policy=email_policy.default).parsestr(stored["message"])
+    try:
+        mailer.send(message, to)
+    except smtp.SendError as exc:
+        return _Outcome("bounced" if exc.permanent else "retrying", exc.kind)
+    return _Outcome("sent")
+
+
+#: webhook URLs being sent to, kept out of httpx's log line (``_HideWebhookUrls``)
+_in_flight: set[str] = set()
+_in_flight_lock = threading.Lock()
+
+
+class _HideWebhookUrls(logging.Filter):
+    """httpx logs each request's full URL at INFO; a webhook URL is a secret."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        with _in_flight_lock:
+            urls = list(_in_flight)
+        if not urls:
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:
+            return True
+        clean = message
+        for url in urls:
+            clean = clean.replace(url, "<webhook>")
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+_HIDE = _HideWebhookUrls()
+for _name in ("httpx", "httpcore"):
+    if _HIDE not in logging.getLogger(_name).filters:
+        logging.getLogger(_name).addFilter(_HIDE)
+
+
+def _send_webhook(client: httpx.Client, stored: dict, url: str, key: str) -> _Outcome:
+    with _in_flight_lock:
+        _in_flight.add(url)
+    try:
+        response = client.post(
+            url,
+            content=json.dumps(stored["payload"], ensure_ascii=False).encode(),
+            headers={"Content-Type": "application/json; charset=utf-8", "Idempotency-Key": key},
+        )
+    except httpx.TimeoutException:
+        return _Outcome("retrying", "timeout")
+    except httpx.ConnectError as exc:
+        refused = isinstance(exc.__cause__, ConnectionRefusedError) or "refused" in str(exc)
+        return _Outcome("retrying", "refused" if refused else "connect")
+    except httpx.HTTPError:
+        return _Outcome("retrying", "network")
+    except httpx.InvalidURL:
+        return _Outcome("failed", "invalid url")
+    finally:
+        with _in_flight_lock:
+            _in_flight.discard(url)
+    code = response.status_code
+    if 200 <= code < 300:
+        return _Outcome("sent")
+    error = f"http {code}"
+    if code in (404, 410):
+        return _Outcome("bounced", error)
+    if code in (408, 429) or code >= 500:
+        return _Outcome("retrying", error)
+    return _Outcome("failed", error)
+
+
+def _record(
+    runtime: Runtime, row: NotificationDelivery, outcome: _Outcome, now: dt.datetime, most: int
+) -> str:
+    status = outcome.status
+    if status == "retrying" and row.attempts >= most:
+        status = "failed"
+    with runtime.db.session() as session:
+        values: dict[str, Any] = {"status": status, "error": outcome.error}
+        if status == "retrying":
+            values["next_attempt_at"] = now + dt.timedelta(minutes=2**row.attempts)
+        else:
+            values["next_attempt_at"] = None
+            values["message_ct"] = None
+        if status == "sent":
+            values["sent_at"] = now
+        session.execute(
+            update(NotificationDelivery)
+            .where(NotificationDelivery.id == row.id, NotificationDelivery.status == "sending")
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        registry.audit(
+            session,
+            ACTOR,
+            ACTION,
+            row.tenant_id,
+            delivery=row.id,
+            kind=row.kind,
+            channel=row.channel,
+            status=status,
+            attempt=row.attempts,
+        )
+    return status
+
+
+def _recover_stuck(runtime: Runtime, now: dt.datetime, tenants: list[str] | None, most: int) -> int:
+    """Rows left ``sending`` by a run that died: back to retrying (or failed, when that was
+    their last attempt)."""
+    recovered = 0
+    with runtime.db.session() as session:
+        query = select(NotificationDelivery.id, NotificationDelivery.attempts).where(
+            NotificationDelivery.status == "sending",
+            NotificationDelivery.next_attempt_at < now - STUCK_AFTER,
+        )
+        if tenants is not None:
+            query = query.where(NotificationDelivery.tenant_id.in_(tenants))
+        for delivery_id, attempts in session.execute(query).all():
+            final = attempts >= most
+            values: dict[str, Any] = {
+                "status": "failed" if final else "retrying",
+                "error": "interrupted",
+                "next_attempt_at": None if final else now,
+            }
+            if final:
+                values["message_ct"] = None
+            recovered += session.execute(
+                update(NotificationDelivery)
+                .where(
+                    NotificationDelivery.id == delivery_id, NotificationDelivery.status == "sending"
+                )
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            ).rowcount
+    return recovered
+
+
+# -- listing ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeliveryInfo:
+    id: str
+    tenant_id: str
+    kind: str
+    subject_id: str
+    channel: str
+    status: str
+    attempts: int
+    error: str | None
+    scheduled_for: dt.datetime
+    created_at: dt.datetime
+    next_attempt_at: dt.datetime | None
+    sent_at: dt.datetime | None
+
+    def as_json(self) -> dict:
+        def iso(value):
+            return None if value is None else value.isoformat()
+
+        return {
+            "id": self.id,
+            "tenant_id": self.tenant_id,
+            "kind": self.kind,
+            "subject_id": self.subject_id,
+            "channel": self.channel,
+            "status": self.status,
+            "attempts": self.attempts,
+            "error": self.error,
+            "scheduled_for": iso(self.scheduled_for),
+            "created_at": iso(self.created_at),
+            "next_attempt_at": iso(self.next_attempt_at),
+            "sent_at": iso(self.sent_at),
+        }
+
+
+def list_deliveries(
+    session: Session,
+    *,
+    tenant_id: str | None = None,
+    status: str | None = None,
+    limit: int = 100,
+) -> list[DeliveryInfo]:
+    """Deliveries, newest first: what was sent to whom by kind and channel, never where."""
+    if status is not None and status not in STATUSES:
+        raise InvalidInput(f"Unknown delivery status {status!r}; one of {', '.join(STATUSES)}.")
+    if not 1 <= limit <= 10_000:
+        raise InvalidInput("--limit must be from 1 to 10000.")
+    query = select(NotificationDelivery).order_by(
+        NotificationDelivery.created_at.desc(), NotificationDelivery.id
+    )
+    if tenant_id is not None:
+        query = query.where(
+            NotificationDelivery.tenant_id == registry.parse_uuid(tenant_id, "Tenant")
+        )
+    if status is not None:
+        query = query.where(NotificationDelivery.status == status)
+    return [
+        DeliveryInfo(
+            id=row.id,
+            tenant_id=row.tenant_id,
+            kind=row.kind,
+            subject_id=row.subject_id,
+            channel=row.channel,
+            status=row.status,
+            attempts=row.attempts,
+            error=row.error,
+            scheduled_for=row.scheduled_for,
+            created_at=row.created_at,
+            next_attempt_at=row.next_attempt_at,
+            sent_at=row.sent_at,
+        )
+        for row in session.scalars(query.limit(limit))
+    ]
+
+
+def counts_by_status(session: Session, tenant_id: str | None = None) -> dict[str, int]:
+    """How many deliveries are in each status (of one tenant, or all)."""
+    query = select(NotificationDelivery.status)
+    if tenant_id is not None:
+        query = query.where(NotificationDelivery.tenant_id == tenant_id)
+    return dict(Counter(session.scalars(query)))

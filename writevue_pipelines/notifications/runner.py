@@ -1,0 +1,290 @@
+"""What one notifications run does, for many tenants at once.
+
+1. Judge the tenants whose aggregates changed: record anomalous days
+   (``evaluate.detect_anomalies``) and evaluate their alert rules
+   (``evaluate.evaluate_alerts``); an alert that starts an episode is queued for each
+   of its recipients.
+2. Render each due scorecard for the time it was due and queue it for each recipient,
+   then move the scorecard on to its next send.
+3. Send what is due (``delivery.send_due``): the new messages, and earlier failures
+   whose retry time has come.
+
+Queuing is idempotent (one row per scorecard or alert episode and recipient), so a
+run that is retried, or a scheduler that asks twice, sends each message once. A
+tenant whose evaluation fails is reported by id and exception kind and does not stop
+the others. The Dagster job ``notifications`` and ``writevue scorecard send-now`` both
+call ``run``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from ..models import Connection, NotificationDelivery
+from ..runtime import Runtime
+from . import config, delivery, evaluate
+
+
+@dataclass
+class RunReport:
+    tenants: int = 0
+    anomalies: int = 0
+    alerts_fired: int = 0
+    scorecards: int = 0
+    #: messages queued by this run (one per recipient)
+    queued: int = 0
+    delivery: delivery.DeliveryReport | None = None
+    #: seconds spent judging and rendering, and sending
+    eval_s: float = 0.0
+    send_s: float = 0.0
+    #: "tenant <id>: <exception kind>" for each tenant or scorecard that could not be judged
+    errors: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        lines = [
+            f"{self.tenants} tenants judged: {self.anomalies} unusual days, "
+            f"{self.alerts_fired} alerts fired; {self.scorecards} scorecards rendered; "
+            f"{self.queued} messages queued"
+        ]
+        if self.delivery is not None:
+            lines.extend(self.delivery.lines())
+        lines.extend(f"not judged: {error}" for error in self.errors)
+        return lines
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def judge_tenants(
+    runtime: Runtime, tenant_ids: Iterable[str], *, today: dt.date, report: RunReport
+) -> None:
+    """Anomalies and alerts of these tenants; each fired alert queued for its recipients."""
+    for tenant_id in sorted(set(tenant_ids)):
+        try:
+            with runtime.db.session() as session:
+                found = evaluate.detect_anomalies(session, [tenant_id], today=today)
+                report.anomalies += sum(len(days) for days in found.values())
+                fired = evaluate.evaluate_alerts(session, runtime.keys, [tenant_id], today=today)
+                link = None
+                if fired:
+                    link = config.message_link_url(
+                        session, runtime.keys, tenant_id, runtime.settings
+                    )
+                for alert in fired:
+                    alert = dataclasses.replace(alert, dashboard_url=link)
+                    report.alerts_fired += 1
+                    report.queued += delivery.enqueue(
+                        session,
+                        runtime.keys,
+                        tenant_id=alert.tenant_id,
+                        kind="alert",
+                        subject_id=alert.alert_id,
+                        # one episode: the rule and the day it started
+                        episode=alert.day.isoformat(),
+                        scheduled_for=_utcnow(),
+                        content=alert,
+                        recipients=config.active_recipients(
+                            session, runtime.keys, alert_id=alert.alert_id
+                        ),
+                        settings=runtime.settings,
+                    )
+            report.tenants += 1
+        except Exception as exc:  # one tenant's trouble never stops the others
+            report.errors.append(f"tenant {tenant_id}: {type(exc).__name__}")
+
+
+def render_scorecards(
+    runtime: Runtime,
+    due: Sequence[tuple[str, dt.datetime]],
+    *,
+    report: RunReport,
+    today: dt.date | None = None,
+    advance: bool = True,
+    episode: str | None = None,
+    strict: bool = False,
+) -> None:
+    """Queue each due scorecard (id, the time it was due) for its recipients.
+
+    ``advance`` moves a scheduled scorecard on to its next send in the same commit as its
+    messages; ``send-now`` neither advances it nor shares the schedule's episode.
+    """
+    for scorecard_id, scheduled_for in due:
+        try:
+            with runtime.db.session() as session:
+                card = config.get_scorecard(session, scorecard_id)
+                if advance and card.next_due_at > scheduled_for:
+                    continue  # an earlier run sent this one and moved the scorecard on
+                link = config.message_link_url(
+                    session, runtime.keys, card.tenant_id, runtime.settings
+                )
+                content = evaluate.scorecard_content(
+                    session,
+                    runtime.keys,
+                    scorecard_id,
+                    scheduled_for=scheduled_for,
+                    base_url_link=link,
+                    today=today,
+                )
+                report.queued += delivery.enqueue(
+                    session,
+                    runtime.keys,
+                    tenant_id=card.tenant_id,
+                    kind="scorecard",
+                    subject_id=scorecard_id,
+                    episode=episode or scheduled_for.isoformat(),
+                    scheduled_for=scheduled_for,
+                    content=content,
+                    recipients=config.active_recipients(
+                        session, runtime.keys, scorecard_id=scorecard_id
+                    ),
+                    settings=runtime.settings,
+                )
+                if advance:
+                    # the next send after now: a scorecard missed for weeks (the
+                    # scheduler down) is sent once, late, not once per missed week
+                    config.advance_scorecard(
+                        session, scorecard_id, after=max(scheduled_for, _utcnow())
+                    )
+            report.scorecards += 1
+        except Exception as exc:
+            if strict:
+                raise
+            report.errors.append(f"scorecard {scorecard_id}: {type(exc).__name__}")
+
+
+def run(
+    runtime: Runtime,
+    *,
+    tenant_ids: Iterable[str] = (),
+    scorecards: Sequence[tuple[str, dt.datetime]] = (),
+    now: dt.datetime | None = None,
+    run_id: str | None = None,
+    send: bool = True,
+) -> RunReport:
+    """Judge ``tenant_ids``, render the due ``scorecards``, then send what is due."""
+    now = now or _utcnow()
+    report = RunReport()
+    started = time.perf_counter()
+    tenant_ids = list(tenant_ids)
+    judge_tenants(runtime, tenant_ids, today=now.date(), report=report)
+    render_scorecards(runtime, scorecards, report=report)
+    report.eval_s = time.perf_counter() - started
+    if send:
+        started = time.perf_counter()
+        report.delivery = delivery.send_due(runtime, now=now, run_id=run_id)
+        report.send_s = time.perf_counter() - started
+    return report
+
+
+def send_now(
+    runtime: Runtime, scorecard_id: str, *, now: dt.datetime | None = None, run_id: str = "cli"
+) -> RunReport:
+    """Render a scorecard for now and send it to its recipients at once, outside its
+    schedule (which stays as it is): ``writevue scorecard send-now`` and the demo."""
+    now = now or _utcnow()
+    report = RunReport()
+    started = time.perf_counter()
+    render_scorecards(
+        runtime,
+        [(scorecard_id, now)],
+        report=report,
+        advance=False,
+        episode=f"now:{now.isoformat()}",
+        strict=True,
+    )
+    report.eval_s = time.perf_counter() - started
+    with runtime.db.session() as session:
+        tenant_id = config.get_scorecard(session, scorecard_id).tenant_id
+    started = time.perf_counter()
+    report.delivery = delivery.send_due(runtime, tenant_ids=[tenant_id], now=now, run_id=run_id)
+    report.send_s = time.perf_counter() - started
+    return report
+
+
+def send_alert_test(
+    runtime: Runtime, alert_id: str, *, now: dt.datetime | None = None, run_id: str = "cli"
+) -> RunReport:
+    """A test message of an alert rule to its recipients, now: what the rule says of the
+    last whole day, marked as a test; the rule's episode is left as it is."""
+    now = now or _utcnow()
+    report = RunReport()
+    with runtime.db.session() as session:
+        content = evaluate.alert_test_content(session, runtime.keys, alert_id, today=now.date())
+        content = dataclasses.replace(
+            content,
+            dashboard_url=config.message_link_url(
+                session, runtime.keys, content.tenant_id, runtime.settings
+            ),
+        )
+        report.queued += delivery.enqueue(
+            session,
+            runtime.keys,
+            tenant_id=content.tenant_id,
+            kind="test",
+            subject_id=alert_id,
+            episode=f"test:{now.isoformat()}",
+            scheduled_for=now,
+            content=content,
+            recipients=config.active_recipients(session, runtime.keys, alert_id=alert_id),
+            settings=runtime.settings,
+        )
+    report.delivery = delivery.send_due(
+        runtime, tenant_ids=[content.tenant_id], now=now, run_id=run_id
+    )
+    return report
+
+
+# -- what the sensor asks before it requests a run ---------------------------------------
+
+
+def tenants_of(session: Session, connection_ids: Sequence[str]) -> list[str]:
+    """The tenants these connections belong to (connections since deleted drop out)."""
+    tenants: set[str] = set()
+    ids = sorted(set(connection_ids))
+    for start in range(0, len(ids), 500):
+        tenants.update(
+            session.scalars(
+                select(Connection.tenant_id).where(Connection.id.in_(ids[start : start + 500]))
+            )
+        )
+    return sorted(tenants)
+
+
+def due_scorecards(session: Session, now: dt.datetime) -> list[tuple[str, str, dt.datetime]]:
+    """(scorecard id, tenant id, the time it was due) for each scorecard due by ``now``."""
+    return config.due_scorecards(session, now)
+
+
+def due_deliveries(session: Session, now: dt.datetime) -> list[tuple[str, int]]:
+    """(delivery id, attempts so far) of each message waiting to be sent or retried."""
+    rows = session.execute(
+        select(NotificationDelivery.id, NotificationDelivery.attempts).where(
+            NotificationDelivery.status.in_(("pending", "retrying")),
+            or_(
+                NotificationDelivery.next_attempt_at.is_(None),
+                NotificationDelivery.next_attempt_at <= now,
+            ),
+        )
+    )
+    return sorted((delivery_id, attempts) for delivery_id, attempts in rows)
+
+
+__all__ = [
+    "RunReport",
+    "due_deliveries",
+    "due_scorecards",
+    "judge_tenants",
+    "render_scorecards",
+    "run",
+    "send_alert_test",
+    "send_now",
+    "tenants_of",
+]
