@@ -120,3 +120,35 @@ def test_the_scale_comes_from_every_day_of_the_window():
     values[DAY] = 140.0
     verdict = detect(values, DAY)
     assert verdict.expected == 100.0 and not verdict.anomalous
+
+
+def test_the_cheap_screen_never_hides_an_anomalous_day():
+    """``may_be_anomalous`` lets through every day ``detect`` calls anomalous (it only
+    skips days within the floor spread of their weekday's median)."""
+    import random
+
+    from writevue_pipelines.notifications.anomaly import detect, may_be_anomalous
+
+    rng = random.Random(14)
+    start = dt.date(2026, 1, 1)
+    flagged = screened_out = 0
+    for _ in range(400):
+        base = rng.choice([0.0, 1.0, 20.0, 500.0, 1e6])
+        noise = rng.choice([0.0, 0.05, 0.3, 1.0])
+        values = {
+            start + dt.timedelta(days=i): max(0.0, base * (1 + rng.gauss(0, noise)))
+            if rng.random() > 0.1
+            else None
+            for i in range(70)
+        }
+        day = start + dt.timedelta(days=69)
+        if values[day] is not None and rng.random() < 0.3:
+            values[day] = values[day] * rng.choice([0.0, 3.0, 10.0]) + rng.choice([0, 5])
+        spread = rng.choice([0.0, 1.0])
+        verdict = detect(values, day, min_spread=spread)
+        screened = may_be_anomalous(values, day, min_spread=spread)
+        if verdict is not None and verdict.anomalous:
+            flagged += 1
+            assert screened, (values[day], verdict)
+        screened_out += not screened
+    assert flagged > 10 and screened_out > 100  # both sides were exercised

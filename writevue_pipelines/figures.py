@@ -173,10 +173,13 @@ class Figures:
         return self._days()
 
     def _days(self) -> list[dt.date]:
-        return [
-            self.first_day + dt.timedelta(days=i)
-            for i in range((self.last_day - self.first_day).days + 1)
-        ]
+        days = self.__dict__.get("_day_list")
+        if days is None:
+            days = self.__dict__["_day_list"] = [
+                self.first_day + dt.timedelta(days=i)
+                for i in range((self.last_day - self.first_day).days + 1)
+            ]
+        return days
 
     def _merged(self, ref: str, dimension: str, kind: str) -> Values:
         per_connection = self._raw.get(ref, {}).get(dimension, {})

@@ -56,6 +56,34 @@ class Verdict:
     anomalous: bool
 
 
+def may_be_anomalous(
+    values: Mapping[dt.date, float | None],
+    day: dt.date,
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    weeks: int = WEEKS,
+    min_points: int = MIN_POINTS,
+    min_spread: float = 0.0,
+) -> bool:
+    """A cheap screen before ``detect``: False when the day cannot be anomalous, because
+    it lies within ``threshold`` times the smallest spread ``detect`` could use (its
+    floors) of its weekday's median, or has no verdict at all. A day it passes may or
+    may not be; ``detect`` says which."""
+    value = values.get(day)
+    if value is None or not math.isfinite(value):
+        return False
+    history = []
+    for back in range(1, weeks + 1):
+        earlier = values.get(day - dt.timedelta(days=7 * back))
+        if earlier is not None and math.isfinite(earlier):
+            history.append(earlier)
+    if len(history) < max(min_points, 1):
+        return False
+    median = statistics.median(history)
+    floor = max(RELATIVE_FLOOR * abs(median), min_spread)
+    return floor <= 0 or abs(value - median) > threshold * floor
+
+
 def detect(
     values: Mapping[dt.date, float | None],
     day: dt.date,
@@ -106,4 +134,4 @@ def detect(
     )
 
 
-__all__ = ["DEFAULT_THRESHOLD", "MIN_POINTS", "WEEKS", "Verdict", "detect"]
+__all__ = ["DEFAULT_THRESHOLD", "MIN_POINTS", "WEEKS", "Verdict", "detect", "may_be_anomalous"]

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from sqlalchemy import delete, select
@@ -46,6 +48,23 @@ _WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday",
 
 # -- a tenant's figures -----------------------------------------------------------------------
 
+#: within ``shared_loads``, the first read of a tenant's facts starts this much earlier
+SHARED_MARGIN = 7 * DAY
+#: within ``shared_loads``: the one tenant whose settings and facts were loaded last
+_SHARED: ContextVar[dict | None] = ContextVar("writevue_evaluate_shared", default=None)
+
+
+@contextmanager
+def shared_loads() -> Iterator[None]:
+    """Within it, judging a tenant's anomalies and alerts and rendering its scorecards read
+    the tenant's settings and facts once (the widest days any of them needs), not once
+    each. One tenant at a time is kept: the next tenant's load replaces it."""
+    token = _SHARED.set({})
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
 
 @dataclass
 class _Tenant:
@@ -63,6 +82,17 @@ class _Tenant:
 
     @classmethod
     def load(cls, session: Session, tenant_id: str) -> _Tenant:
+        shared = _SHARED.get()
+        if shared is not None and shared.get("tenant", (None,))[0] == tenant_id:
+            return shared["tenant"][1]
+        tenant = cls._load(session, tenant_id)
+        if shared is not None:
+            shared.clear()
+            shared["tenant"] = (tenant_id, tenant)
+        return tenant
+
+    @classmethod
+    def _load(cls, session: Session, tenant_id: str) -> _Tenant:
         settings = session.get(TenantSettings, tenant_id)
         template = templates.template_for_tenant(session, tenant_id) if settings else None
         connections = registry.list_connections(session, tenant_id=tenant_id, active_only=True)
@@ -83,7 +113,25 @@ class _Tenant:
         )
 
     def resolver(self, session: Session, first: dt.date, last: dt.date) -> figures.Resolver:
-        """The tenant's figures from ``first`` to ``last``: one query."""
+        """The tenant's figures from ``first`` to ``last``: one query; within
+        ``shared_loads``, none when the days loaded for this tenant already cover them."""
+        shared = _SHARED.get()
+        if shared is None:
+            return self._resolver(session, first, last)
+        loaded = shared.get("facts")
+        if loaded is not None and loaded[0] <= first and last <= loaded[1]:
+            return loaded[2]
+        if loaded is not None:
+            first, last = min(first, loaded[0]), max(last, loaded[1])
+        else:
+            # the first read of a tenant (its anomalies') reaches back far enough for its
+            # daily alert rules and a weekly scorecard too, so they need no second one
+            first -= SHARED_MARGIN
+        resolver = self._resolver(session, first, last)
+        shared["facts"] = (first, last, resolver)
+        return resolver
+
+    def _resolver(self, session: Session, first: dt.date, last: dt.date) -> figures.Resolver:
         frame, history = warehouse.tenant_connection_facts(session, self.id, first, last)
         sources = {c.id: c.source for c in self.connections}
         found = figures.Figures(frame, sources, self.metas, history, first, last)
@@ -369,7 +417,8 @@ def detect_anomalies(
     for tenant_id in tenant_ids:
         tenant = _Tenant.load(session, tenant_id)
         rules = session.scalars(select(AlertRule).where(AlertRule.tenant_id == tenant_id)).all()
-        resolver = tenant.resolver(session, _history_start(today, days), last_judged)
+        history_start = _history_start(today, days)
+        resolver = tenant.resolver(session, history_start, last_judged)
         found: list[Anomaly] = []
         judged: set[tuple[str, str]] = set()
         for ref, dimension in _judged(resolver, ((r.metric, r.dimension or "") for r in rules)):
@@ -378,13 +427,16 @@ def detect_anomalies(
             if through is None:
                 continue
             judged.add((ref, dimension))
-            days_loaded = resolver.figures.days()
-            values = dict(
-                zip(days_loaded, resolver.series(ref, dimension or None, days_loaded), strict=True)
-            )
+            # the judged days and the eight weeks before them: what the method reads
+            needed = [d for d in resolver.figures.days() if d >= history_start]
+            values = dict(zip(needed, resolver.series(ref, dimension or None, needed), strict=True))
             day = first_judged
+            spread = _min_spread(definition.unit)
             while day <= min(last_judged, through):
-                verdict = anomaly.detect(values, day, min_spread=_min_spread(definition.unit))
+                if not anomaly.may_be_anomalous(values, day, min_spread=spread):
+                    day += DAY
+                    continue
+                verdict = anomaly.detect(values, day, min_spread=spread)
                 if verdict is not None and verdict.anomalous:
                     found.append(
                         Anomaly(
@@ -607,4 +659,5 @@ __all__ = [
     "detect_anomalies",
     "evaluate_alerts",
     "scorecard_content",
+    "shared_loads",
 ]

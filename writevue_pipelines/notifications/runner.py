@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from ..models import Connection, NotificationDelivery
+from ..errors import NotFound
+from ..models import Connection, NotificationDelivery, Scorecard
 from ..runtime import Runtime
 from . import config, delivery, evaluate
 
@@ -69,8 +70,13 @@ def judge_tenants(
     """Anomalies and alerts of these tenants; each fired alert queued for its recipients."""
     for tenant_id in sorted(set(tenant_ids)):
         try:
-            with runtime.db.session() as session:
-                found = evaluate.detect_anomalies(session, [tenant_id], today=today)
+            # SQLite's write lock from the start: a run that reads, then writes (rule
+            # states, anomalies, the outbox) must not meet another run's writes midway
+            with runtime.db.locked_session() as session:
+                # the days a refresh may have changed: those it re-reads, and the new one
+                found = evaluate.detect_anomalies(
+                    session, [tenant_id], today=today, days=runtime.settings.lookback_days + 1
+                )
                 report.anomalies += sum(len(days) for days in found.values())
                 fired = evaluate.evaluate_alerts(session, runtime.keys, [tenant_id], today=today)
                 link = None
@@ -118,8 +124,10 @@ def render_scorecards(
     """
     for scorecard_id, scheduled_for in due:
         try:
-            with runtime.db.session() as session:
-                card = config.get_scorecard(session, scorecard_id)
+            with runtime.db.locked_session() as session:
+                card = session.get(Scorecard, scorecard_id)
+                if card is None:
+                    raise NotFound(f"No scorecard with id {scorecard_id}.")
                 if advance and card.next_due_at > scheduled_for:
                     continue  # an earlier run sent this one and moved the scorecard on
                 link = config.message_link_url(
@@ -160,6 +168,31 @@ def render_scorecards(
             report.errors.append(f"scorecard {scorecard_id}: {type(exc).__name__}")
 
 
+def evaluate_batch(
+    runtime: Runtime,
+    *,
+    tenant_ids: Iterable[str],
+    scorecards: Sequence[tuple[str, dt.datetime]],
+    now: dt.datetime,
+    report: RunReport,
+) -> None:
+    """Judge ``tenant_ids`` and render the due ``scorecards``, one tenant at a time: a
+    tenant's settings and facts are read once for its anomalies, alerts and scorecards
+    (``evaluate.shared_loads``), and only one tenant's are held at a time."""
+    judged = set(tenant_ids)
+    with runtime.db.session() as session:
+        owners = scorecard_tenants(session, [card for card, _ in scorecards])
+    cards: dict[str, list[tuple[str, dt.datetime]]] = {}
+    for card, when in scorecards:
+        # a scorecard removed since it was due has no tenant: rendering it says so
+        cards.setdefault(owners.get(card, ""), []).append((card, when))
+    for tenant_id in sorted(judged | set(cards)):
+        with evaluate.shared_loads():
+            if tenant_id in judged:
+                judge_tenants(runtime, [tenant_id], today=now.date(), report=report)
+            render_scorecards(runtime, cards.get(tenant_id, []), report=report)
+
+
 def run(
     runtime: Runtime,
     *,
@@ -173,9 +206,7 @@ def run(
     now = now or _utcnow()
     report = RunReport()
     started = time.perf_counter()
-    tenant_ids = list(tenant_ids)
-    judge_tenants(runtime, tenant_ids, today=now.date(), report=report)
-    render_scorecards(runtime, scorecards, report=report)
+    evaluate_batch(runtime, tenant_ids=tenant_ids, scorecards=scorecards, now=now, report=report)
     report.eval_s = time.perf_counter() - started
     if send:
         started = time.perf_counter()
@@ -258,6 +289,20 @@ def tenants_of(session: Session, connection_ids: Sequence[str]) -> list[str]:
     return sorted(tenants)
 
 
+def scorecard_tenants(session: Session, scorecard_ids: Sequence[str]) -> dict[str, str]:
+    """scorecard id -> its tenant id, for those that exist."""
+    found: dict[str, str] = {}
+    ids = sorted(set(scorecard_ids))
+    for start in range(0, len(ids), 500):
+        rows = session.execute(
+            select(Scorecard.id, Scorecard.tenant_id).where(
+                Scorecard.id.in_(ids[start : start + 500])
+            )
+        )
+        found.update((card, tenant) for card, tenant in rows)
+    return found
+
+
 def due_scorecards(session: Session, now: dt.datetime) -> list[tuple[str, str, dt.datetime]]:
     """(scorecard id, tenant id, the time it was due) for each scorecard due by ``now``."""
     return config.due_scorecards(session, now)
@@ -281,9 +326,11 @@ __all__ = [
     "RunReport",
     "due_deliveries",
     "due_scorecards",
+    "evaluate_batch",
     "judge_tenants",
     "render_scorecards",
     "run",
+    "scorecard_tenants",
     "send_alert_test",
     "send_now",
     "tenants_of",
