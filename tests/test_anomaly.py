@@ -110,6 +110,16 @@ def test_a_sparse_metric_is_no_event_each_time_it_is_not_zero():
     assert detect(values, DAY, min_spread=1.0).anomalous
 
 
+def test_one_spike_in_the_window_does_not_hide_a_later_drop():
+    """One Black Friday in the eight weeks does not make every later event look usual."""
+    start = DAY - dt.timedelta(days=7 * 8)
+    values = {start + dt.timedelta(days=i): 100.0 + (i % 7) * 5 + (i % 3) for i in range(7 * 8)}
+    values[DAY - dt.timedelta(days=10)] = 1000.0  # the spike
+    values[DAY] = 0.0  # the drop, weeks later
+    verdict = detect(values, DAY)
+    assert verdict is not None and verdict.anomalous and verdict.score < -3.5
+
+
 def test_the_scale_comes_from_every_day_of_the_window():
     """Four Thursdays that happen to agree do not make a normal wobble an event: the other
     days of the same weeks show how much days stray from their weekday's usual."""

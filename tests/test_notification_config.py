@@ -6,6 +6,8 @@ commands."""
 from __future__ import annotations
 
 import datetime as dt
+import email
+import email.policy
 import json
 import uuid
 
@@ -613,9 +615,17 @@ def test_due_scorecards_and_advancing_them(any_runtime):
     with runtime.db.session() as session:
         monday = scorecard(session, runtime.keys, tenant)  # next: Mon 7 Dec 08:00 UTC
         daily = scorecard(
-            session, runtime.keys, other, cadence="daily", weekday=None, send_at="09:00"
+            session,
+            runtime.keys,
+            other,
+            period="yesterday",
+            cadence="daily",
+            weekday=None,
+            send_at="09:00",
         )  # next: Thu 3 Dec 09:00 UTC... already past NOW: Fri 4 Dec 09:00
-        paused = scorecard(session, runtime.keys, tenant, cadence="daily", weekday=None)
+        paused = scorecard(
+            session, runtime.keys, tenant, period="yesterday", cadence="daily", weekday=None
+        )
         session.get(Scorecard, paused).paused_at = NOW
     with runtime.db.session() as session:
         assert config.due_scorecards(session, NOW) == []
@@ -726,6 +736,15 @@ NEW_COMMANDS = [
     "alert list",
     "alert remove",
     "notifications list",
+    "scorecard pause",
+    "scorecard resume",
+    "scorecard recipients",
+    "scorecard preview",
+    "scorecard send-now",
+    "alert pause",
+    "alert resume",
+    "alert recipients",
+    "alert test",
 ]
 
 
@@ -792,10 +811,11 @@ def test_scorecard_commands_end_to_end(runtime, monkeypatch, capsys, tmp_path):
     )
     assert code == 0, err
     listed = {item["id"]: item for item in json.loads(out)}
-    assert listed[card]["recipients"] == {"email": 2, "webhook": 1, "unsubscribed": 0}
+    counted = ("email", "webhook", "unsubscribed", "bounced")
+    assert [listed[card]["recipients"][k] for k in counted] == [2, 1, 0, 0]
     assert listed[card]["weekday"] == "mon" and listed[card]["timezone"] == "Europe/Berlin"
     assert listed[monthly]["day_of_month"] == 2 and listed[monthly]["send_at"] == "08:00"
-    assert listed[monthly]["recipients"] == {"email": 0, "webhook": 1, "unsubscribed": 0}
+    assert [listed[monthly]["recipients"][k] for k in counted] == [0, 1, 0, 0]
     assert "client.test" not in out and "slack" not in out
     code, out, _ = run_cli(monkeypatch, capsys, "scorecard", "list", tenant)
     assert "Monday summary" in out and "stripe.gross_volume[eur], stripe.charges" in out
@@ -937,3 +957,533 @@ def test_notifications_list_shows_outcomes_never_addresses(runtime, monkeypatch,
     assert _events(runtime, "notifications.list")[-1].details == {"deliveries": 1}
     code, out, err = run_cli(monkeypatch, capsys, "notifications", "list", "--limit", "0")
     assert code == 2 and "--limit" in err
+
+
+# -- review fixes: what repeats, what is malformed, what adds up currencies ----------------
+
+FITS = {
+    "daily": {"yesterday", "last_7_days", "last_30_days", "week_to_date", "month_to_date"},
+    "weekly": {"last_week", "last_7_days", "week_to_date", "last_30_days", "month_to_date"},
+    "monthly": {"last_month", "month_to_date", "last_30_days"},
+}
+
+
+def test_a_cadence_takes_only_periods_that_do_not_repeat_the_same_figures(runtime):
+    tenant = add_tenant(runtime)
+    when = {"daily": {}, "weekly": {"weekday": 0}, "monthly": {"day_of_month": 1}}
+    for cadence, fits in FITS.items():
+        for period in schedule.PERIODS:
+            kwargs = {"cadence": cadence, "period": period, "weekday": None, **when[cadence]}
+            if period in fits:
+                with runtime.db.session() as session:
+                    config.remove_scorecard(
+                        session, scorecard(session, runtime.keys, tenant, **kwargs)
+                    )
+                continue
+            shown = ", ".join(p for p in schedule.PERIODS if p in fits)
+            with pytest.raises(InvalidInput) as refused, runtime.db.session() as session:
+                scorecard(session, runtime.keys, tenant, **kwargs)
+            message = str(refused.value)
+            assert f"--every {cadence}" in message and period in message, message
+            assert f"fits {shown}." in message and "\n" not in message
+    with runtime.db.session() as session:
+        assert config.list_scorecards(session, tenant) == []
+
+
+@pytest.mark.parametrize(
+    "ref", ["stripe.gross_volume[", "stripe.gross_volume[eur", "stripe.", "stripe.charges)"]
+)
+def test_a_malformed_metric_ref_gets_a_clear_message(runtime, ref):
+    tenant = add_tenant(runtime)
+    expected = "is not a metric such as stripe.charges or stripe.gross_volume[eur]"
+    with pytest.raises(InvalidInput) as refused, runtime.db.session() as session:
+        scorecard(session, runtime.keys, tenant, metrics=[ref])
+    assert expected in str(refused.value) and "position" not in str(refused.value)
+    with pytest.raises(InvalidInput) as refused, runtime.db.session() as session:
+        config.add_alert(
+            session,
+            runtime.keys,
+            tenant,
+            metric=ref,
+            condition="above",
+            threshold=1,
+            emails=["ana@client.test"],
+        )
+    assert expected in str(refused.value) and "position" not in str(refused.value)
+
+
+def test_an_alert_on_money_names_its_currency(runtime):
+    tenant = add_tenant(runtime)
+    add = lambda metric: config.add_alert(  # noqa: E731
+        session,
+        runtime.keys,
+        tenant,
+        metric=metric,
+        condition="above",
+        threshold=1000,
+        emails=["ana@client.test"],
+    )
+    for metric in ("stripe.gross_volume", "stripe.refunds"):
+        with pytest.raises(InvalidInput) as refused, runtime.db.session() as session:
+            add(metric)
+        message = str(refused.value)
+        assert "currencies" in message and f"{metric}[usd]" in message, message
+    with runtime.db.session() as session:
+        assert config.list_alerts(session, tenant) == []
+        add("stripe.gross_volume[eur]")
+        add("stripe.charges")  # a count: no currency
+        # a scorecard splits money per currency: no currency needed
+        scorecard(session, runtime.keys, tenant, metrics=["stripe.gross_volume"])
+
+
+# -- review fixes: time zone and link ------------------------------------------------------
+
+
+def test_a_time_zone_change_does_not_skip_a_scorecard_already_due(runtime):
+    tenant = add_tenant(runtime)
+    with runtime.db.session() as session:
+        waiting = scorecard(session, runtime.keys, tenant)
+        due = scorecard(session, runtime.keys, tenant, name="Due")
+        session.get(Scorecard, due).next_due_at = at(2026, 11, 30, 8)  # not sent yet
+    with runtime.db.session() as session:
+        tenant_settings.update_settings(session, tenant, timezone="Europe/Berlin")
+    with runtime.db.session() as session:
+        assert config.get_scorecard(session, due).next_due_at == at(2026, 11, 30, 8)
+        assert config.get_scorecard(session, waiting).next_due_at == at(2026, 12, 7, 7)
+
+
+def test_a_rotated_message_link_is_replaced_when_turned_on_again(runtime):
+    tenant = add_tenant(runtime)
+    app = runtime.settings
+    with runtime.db.session() as session:
+        tenant_settings.set_message_link(session, runtime.keys, tenant, True)
+    with runtime.db.session() as session:
+        first = session.get(TenantSettings, tenant).message_link_id
+        links.rotate_link(session, first)  # `writevue link rotate`: the kept token is stale
+    with runtime.db.session() as session:
+        assert config.message_link_url(session, runtime.keys, tenant, app) is None
+        tenant_settings.set_message_link(session, runtime.keys, tenant, True)
+    with runtime.db.session() as session:
+        url = config.message_link_url(session, runtime.keys, tenant, app)
+        assert url is not None
+        second = session.get(TenantSettings, tenant).message_link_id
+        assert second != first
+        states = {item.id: item.state() for item in links.list_links(session, tenant)}
+        # the rotated one is revoked: no second live "in messages" link nobody uses
+        assert states == {first: "revoked", second: "live"}
+        assert links.resolve_token(session, url.rsplit("/", 1)[1]).id == second
+
+
+# -- review fixes: pause, resume, recipients -----------------------------------------------
+
+
+def test_pausing_and_resuming_a_scorecard_and_an_alert(runtime):
+    tenant = add_tenant(runtime)
+    with runtime.db.session() as session:
+        card = scorecard(
+            session, runtime.keys, tenant, period="yesterday", cadence="daily", weekday=None
+        )
+        rule = config.add_alert(
+            session,
+            runtime.keys,
+            tenant,
+            metric="stripe.charges",
+            condition="below",
+            threshold=1,
+            emails=["ana@client.test"],
+        )
+    with runtime.db.session() as session:
+        assert config.pause_scorecard(session, card, now=NOW).paused is True
+        assert config.pause_scorecard(session, card, now=NOW).paused is True  # stays paused
+        assert config.pause_alert(session, rule, now=NOW).paused is True
+    with runtime.db.session() as session:
+        assert config.due_scorecards(session, at(2026, 12, 20)) == []
+        assert config.list_alerts(session, tenant)[0].paused is True
+        # resumed a week later: the next send from then, not the missed ones
+        resumed = config.resume_scorecard(session, card, now=at(2026, 12, 10, 9))
+        assert resumed.paused is False and resumed.next_due_at == at(2026, 12, 11, 8)
+        assert config.resume_alert(session, rule).paused is False
+    with runtime.db.session() as session:
+        assert config.due_scorecards(session, at(2026, 12, 11, 8)) == [
+            (card, tenant, at(2026, 12, 11, 8))
+        ]
+        assert config.get_alert(session, rule).paused is False
+        with pytest.raises(NotFound, match="scorecard list"):
+            config.pause_scorecard(session, str(uuid.uuid4()))
+        with pytest.raises(NotFound, match="alert list"):
+            config.resume_alert(session, str(uuid.uuid4()))
+
+
+def _addresses(session, keys, **subject) -> list[str]:
+    rows = session.scalars(
+        select(NotificationRecipient).filter_by(**subject).order_by(NotificationRecipient.id)
+    )
+    return sorted(
+        keys.decrypt_text(r.address_ct, config.recipient_binding(r.tenant_id, r.id)) for r in rows
+    )
+
+
+def test_recipients_are_added_and_removed_by_address(any_runtime):
+    runtime = any_runtime
+    tenant = add_tenant(runtime)
+    hook, other_hook = webhook_url(), webhook_url()
+    with runtime.db.session() as session:
+        card = scorecard(
+            session, runtime.keys, tenant, emails=["ana@client.test", "ben@client.test"]
+        )
+        rule = config.add_alert(
+            session,
+            runtime.keys,
+            tenant,
+            metric="stripe.charges",
+            condition="below",
+            threshold=1,
+            webhooks=[hook],
+        )
+        ben = next(
+            r.id
+            for r in config.active_recipients(session, runtime.keys, scorecard_id=card)
+            if r.address.startswith("ben")
+        )
+        queued = _delivery(session, tenant, card, "pending")
+        session.get(NotificationDelivery, queued).recipient_id = ben
+        others = _delivery(session, tenant, card, "pending")
+    with runtime.db.session() as session:
+        change = config.change_recipients(
+            session,
+            runtime.keys,
+            scorecard_id=card,
+            add_emails=["cy@client.test", "ANA@client.test"],
+            add_webhooks=[hook],
+            remove_emails=["Ben@Client.test"],
+        )
+        assert (change.added, change.already, change.removed) == (2, 1, 1)
+        assert "client.test" not in repr(change) and hook not in repr(change)
+    with runtime.db.session() as session:
+        assert _addresses(session, runtime.keys, scorecard_id=card) == sorted(
+            ["ana@client.test", "cy@client.test", hook]
+        )
+        info = config.get_scorecard(session, card)
+        assert (info.emails, info.webhooks) == (2, 1)
+        # what was queued for the removed address is cancelled; the rest goes out
+        assert session.get(NotificationDelivery, queued).status == "cancelled"
+        assert session.get(NotificationDelivery, queued).message_ct is None
+        assert session.get(NotificationDelivery, others).status == "pending"
+        change = config.change_recipients(
+            session,
+            runtime.keys,
+            alert_id=rule,
+            add_emails=["dee@client.test"],
+            remove_webhooks=[hook],
+        )
+        assert (change.added, change.removed) == (1, 1)
+    with runtime.db.session() as session:
+        assert _addresses(session, runtime.keys, alert_id=rule) == ["dee@client.test"]
+        # the scorecard still has its webhook: removing from the alert touched only the alert
+        assert hook in _addresses(session, runtime.keys, scorecard_id=card)
+    bad = [
+        ({"remove_emails": ["zed@client.test"]}, "--remove-to 1 is not a recipient"),
+        ({"remove_webhooks": [other_hook]}, "webhook URL 1 to remove is not a recipient"),
+        ({"add_emails": ["nope"]}, "--add-to 1 is not an email address"),
+        ({"add_webhooks": ["ftp://x.test/"]}, "webhook URL 1 is not an http"),
+        ({}, "Give an address to add or remove"),
+        (
+            {"add_emails": ["eve@client.test"], "remove_emails": ["eve@client.test"]},
+            "both added and removed",
+        ),
+        (
+            {"remove_emails": ["ana@client.test", "cy@client.test"], "remove_webhooks": [hook]},
+            "at least one recipient",
+        ),
+        (
+            {"add_emails": [f"p{n}@client.test" for n in range(config.MAX_RECIPIENTS)]},
+            f"at most {config.MAX_RECIPIENTS} recipients",
+        ),
+    ]
+    for kwargs, message in bad:
+        with pytest.raises(InvalidInput, match=message) as refused, runtime.db.session() as s:
+            config.change_recipients(s, runtime.keys, scorecard_id=card, **kwargs)
+        assert "client.test" not in str(refused.value) and "slack" not in str(refused.value)
+    with runtime.db.session() as session:
+        assert _addresses(session, runtime.keys, scorecard_id=card) == sorted(
+            ["ana@client.test", "cy@client.test", hook]
+        )
+        with pytest.raises(ValueError, match="one of"):
+            config.change_recipients(session, runtime.keys, add_emails=["a@b.test"])
+        with pytest.raises(NotFound, match="scorecard list"):
+            config.change_recipients(
+                session, runtime.keys, scorecard_id=str(uuid.uuid4()), add_emails=["a@b.test"]
+            )
+
+
+def test_an_unsubscribed_recipient_added_again_stays_unsubscribed(runtime):
+    tenant = add_tenant(runtime)
+    with runtime.db.session() as session:
+        card = scorecard(
+            session, runtime.keys, tenant, emails=["ana@client.test", "ben@client.test"]
+        )
+    with runtime.db.session() as session:
+        for row in session.scalars(select(NotificationRecipient)):
+            row.unsubscribed_at = NOW
+            break
+    with runtime.db.session() as session:
+        change = config.change_recipients(
+            session, runtime.keys, scorecard_id=card, add_emails=["ana@client.test"]
+        )
+        assert (change.added, change.already) == (0, 1)
+        assert config.get_scorecard(session, card).unsubscribed == 1
+
+
+# -- review fixes: the commands ------------------------------------------------------------
+
+
+def test_pause_resume_and_recipients_commands(runtime, monkeypatch, capsys, tmp_path):
+    tenant = add_tenant(runtime)
+    hook = webhook_url()
+    with runtime.db.session() as session:
+        card = scorecard(session, runtime.keys, tenant)
+        rule = config.add_alert(
+            session,
+            runtime.keys,
+            tenant,
+            metric="stripe.charges",
+            condition="below",
+            threshold=1,
+            emails=["ana@client.test"],
+        )
+    code, out, err = run_cli(monkeypatch, capsys, "scorecard", "pause", card)
+    assert code == 0 and f"paused scorecard {card}" in out, err
+    code, out, err = run_cli(monkeypatch, capsys, "scorecard", "list", tenant)
+    assert "PAUSED" in out
+    code, out, err = run_cli(monkeypatch, capsys, "scorecard", "resume", card)
+    assert code == 0 and f"resumed scorecard {card}; next Mon " in out, err
+    code, out, err = run_cli(monkeypatch, capsys, "alert", "pause", rule)
+    assert code == 0 and f"paused alert {rule}" in out, err
+    code, out, err = run_cli(monkeypatch, capsys, "alert", "list", tenant, "--json")
+    assert json.loads(out)[0]["paused"] is True
+    code, out, err = run_cli(monkeypatch, capsys, "alert", "resume", rule)
+    assert code == 0 and f"resumed alert {rule}" in out, err
+
+    hooks = tmp_path / "hooks.txt"
+    hooks.write_text(hook + "\n")
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        *("scorecard", "recipients", card, "--add-to", "ben@client.test"),
+        *("--remove-to", "ana@client.test", "--add-webhook-file", str(hooks)),
+        *("--reason", "T-3"),
+    )
+    assert code == 0, err
+    assert "2 added, 1 removed; now 1 email, 1 webhook" in out
+    assert "client.test" not in out + err and hook not in out + err
+    (event,) = _events(runtime, "scorecard.recipients")
+    assert (event.tenant_id, event.reason) == (tenant, "T-3")
+    assert event.details == {"scorecard_id": card, "added": 2, "removed": 1}
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        *("scorecard", "recipients", card, "--remove-webhook-file", "-"),
+        stdin=hook + "\n",
+    )
+    assert code == 0 and "0 added, 1 removed; now 1 email, 0 webhooks" in out, err
+    code, out, err = run_cli(
+        monkeypatch, capsys, "alert", "recipients", rule, "--add-webhook-file", "-", stdin=hook
+    )
+    assert code == 0 and "1 added, 0 removed; now 1 email, 1 webhook" in out, err
+    (event,) = _events(runtime, "alert.recipients")
+    assert event.details == {"alert_id": rule, "added": 1, "removed": 0}
+    for args, message in [
+        (["scorecard", "recipients", card, "--remove-to", "zed@client.test"], "not a recipient"),
+        (["scorecard", "recipients", card], "Give an address to add or remove"),
+        (
+            [
+                *("scorecard", "recipients", card, "--add-webhook-file", "-"),
+                *("--remove-webhook-file", "-"),
+            ],
+            "only one of them from stdin",
+        ),
+        (["alert", "pause", str(uuid.uuid4())], "No alert"),
+        (["scorecard", "resume", "nope"], "not a valid id"),
+    ]:
+        code, out, err = run_cli(monkeypatch, capsys, *args)
+        assert code == 2 and out == "" and message in err, (args, err)
+        assert len(err.strip().splitlines()) == 1 and "client.test" not in err
+    with runtime.db.session() as session:
+        assert _addresses(session, runtime.keys, scorecard_id=card) == ["ben@client.test"]
+    everything = json.dumps([e.as_json() for e in _events(runtime, None)])
+    assert "client.test" not in everything and "slack" not in everything
+
+
+def test_commands_refuse_repeating_periods_and_malformed_refs_in_one_line(
+    runtime, monkeypatch, capsys
+):
+    tenant = add_tenant(runtime)
+    base = [*("scorecard", "add", tenant, "--name", "S", "--to", "ana@client.test")]
+    for args, message in [
+        (
+            [*base, "--metric", "stripe.charges", "--period", "last_week"],
+            "--every daily repeats the same figures",
+        ),
+        (
+            [*base, "--metric", "stripe.gross_volume[", "--period", "yesterday"],
+            '"stripe.gross_volume[" is not a metric such as',
+        ),
+    ]:
+        code, out, err = run_cli(
+            monkeypatch, capsys, *args, "--compare", "previous", "--every", "daily"
+        )
+        assert code == 2 and out == "" and message in err, err
+        assert len(err.strip().splitlines()) == 1
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        *("alert", "add", tenant, "stripe.gross_volume", "--above", "1k"),
+        *("--to", "ana@client.test"),
+    )
+    assert code == 2 and "stripe.gross_volume[usd]" in err and len(err.splitlines()) == 1
+
+
+def test_notifications_list_names_the_subject_and_shows_minutes(runtime, monkeypatch, capsys):
+    tenant = add_tenant(runtime)
+    with runtime.db.session() as session:
+        card = scorecard(session, runtime.keys, tenant)
+        rule = config.add_alert(
+            session,
+            runtime.keys,
+            tenant,
+            metric="stripe.charges",
+            condition="below",
+            threshold=10,
+            emails=["ana@client.test"],
+        )
+        gone = scorecard(session, runtime.keys, tenant, name="Old one")
+        sent = _delivery(session, tenant, card, "sent")
+        session.get(NotificationDelivery, sent).sent_at = at(2026, 12, 3, 12, 0, 7, 123456)
+        fired = _delivery(session, tenant, rule, "pending", kind="alert")
+        tested = _delivery(session, tenant, rule, "pending", kind="test")
+        removed = _delivery(session, tenant, gone, "sent")
+    with runtime.db.session() as session:
+        config.remove_scorecard(session, gone)
+    code, out, err = run_cli(monkeypatch, capsys, "notifications", "list", "--tenant", tenant)
+    assert code == 0, err
+    lines = {line.split()[0]: line for line in out.splitlines()}
+    assert "Monday summary" in lines[sent] and "2026-12-03 12:00 UTC" in lines[sent]
+    assert "12:00:07" not in out and ".123456" not in out
+    assert "stripe.charges below 10 (the last day)" in lines[fired]
+    assert "test: stripe.charges below 10" in lines[tested]
+    assert "(removed)" in lines[removed]
+    code, out, err = run_cli(
+        monkeypatch, capsys, "notifications", "list", "--tenant", tenant, "--json"
+    )
+    rows = {row["id"]: row for row in json.loads(out)}
+    assert rows[sent]["subject"] == "Monday summary" and rows[removed]["subject"] == "(removed)"
+
+
+def test_a_preview_never_holds_the_live_dashboard_link(runtime, monkeypatch, capsys, tmp_path):
+    tenant = add_tenant(runtime)
+    with runtime.db.session() as session:
+        card = scorecard(session, runtime.keys, tenant)
+        tenant_settings.set_message_link(session, runtime.keys, tenant, True)
+    with runtime.db.session() as session:
+        url = config.message_link_url(session, runtime.keys, tenant, runtime.settings)
+    token = url.rsplit("/", 1)[1]
+    out_file = tmp_path / "monday.eml"
+    out_file.write_text("an older preview")
+    out_file.chmod(0o644)  # os.open's mode does not tighten a file that exists
+    code, out, err = run_cli(
+        monkeypatch, capsys, "scorecard", "preview", card, "--out", str(out_file)
+    )
+    assert code == 0, err
+    text = out_file.read_text()
+    assert token not in text and token not in out + err
+    placeholder = runtime.settings.dashboard_url(config.PREVIEW_LINK)
+    message = email.message_from_string(text, policy=email.policy.default)
+    assert placeholder in message.get_body(preferencelist=("plain",)).get_content()
+    assert out_file.stat().st_mode & 0o777 == 0o600
+    html = tmp_path / "monday.html"
+    code, out, err = run_cli(monkeypatch, capsys, "scorecard", "preview", card, "--out", str(html))
+    assert code == 0 and token not in html.read_text(), err
+    assert html.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.fixture
+def smtp_peer(tmp_path):
+    from support import start_smtp_server
+
+    peer = start_smtp_server(tmp_path / "smtp")
+    yield peer
+    peer.stop()
+
+
+def test_send_now_and_alert_test_are_audited_and_say_when_nothing_went_out(
+    runtime, monkeypatch, capsys, smtp_peer
+):
+    tenant = add_tenant(runtime)
+    with runtime.db.session() as session:
+        card = scorecard(session, runtime.keys, tenant)
+        rule = config.add_alert(
+            session,
+            runtime.keys,
+            tenant,
+            metric="stripe.charges",
+            condition="below",
+            threshold=10,
+            emails=["ana@client.test"],
+        )
+    env = {"WRITEVUE_SMTP_URL": smtp_peer.url}
+    code, out, err = run_cli(
+        monkeypatch, capsys, "scorecard", "send-now", card, "--reason", "T-5", env=env
+    )
+    assert code == 0 and "1 sent" in out, err
+    (event,) = _events(runtime, "scorecard.send-now")
+    assert (event.tenant_id, event.reason, event.details) == (tenant, "T-5", {"scorecard": card})
+    code, out, err = run_cli(monkeypatch, capsys, "alert", "test", rule, env=env)
+    assert code == 0, err
+    assert "1 sent" in out and "tenants judged" not in out
+    (event,) = _events(runtime, "alert.test")
+    assert (event.tenant_id, event.details) == (tenant, {"alert": rule})
+    assert len(smtp_peer.messages) == 2
+
+    smtp_peer.fail("4xx")  # the server says "later": queued, retried by the sensor
+    for args in (["scorecard", "send-now", card], ["alert", "test", rule]):
+        code, out, err = run_cli(monkeypatch, capsys, *args, env=env)
+        assert code != 0, (args, out)
+        assert (
+            err.strip()
+            .splitlines()[-1]
+            .endswith(
+                "Not sent yet: queued; the notifications sensor retries it "
+                "(writevue notifications list --status retrying)"
+            )
+        ), err
+        assert len(err.strip().splitlines()) == 1
+        assert "tenants judged" not in out or args[0] == "scorecard"
+    assert len(_events(runtime, "scorecard.send-now")) == 2
+    assert len(_events(runtime, "alert.test")) == 2
+    everything = json.dumps([e.as_json() for e in _events(runtime, None)])
+    assert "client.test" not in everything
+
+
+def test_commands_say_when_a_given_address_stays_off(runtime, monkeypatch, capsys):
+    from writevue_pipelines.notifications import suppression
+
+    tenant = add_tenant(runtime)
+    with runtime.db.session() as session:
+        for address, reason in (("ana@client.test", "unsubscribed"), ("bo@client.test", "bounced")):
+            digest = suppression.address_hash(tenant, "email", address)
+            suppression.suppress(session, tenant, "email", digest, reason)
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        *("alert", "add", tenant, "stripe.charges", "--below", "1"),
+        *("--to", "Ana@client.test", "--to", "bo@client.test", "--to", "cy@client.test"),
+    )
+    assert code == 0, err
+    rule = out.strip()
+    assert "2 recipients unsubscribed or bounced earlier and stay off" in err
+    assert "client.test" not in out + err
+    code, out, err = run_cli(
+        monkeypatch, capsys, "alert", "recipients", rule, "--remove-to", "cy@client.test"
+    )
+    assert code == 0, err
+    assert "0 added, 1 removed; now 2 emails, 0 webhooks (1 unsubscribed, 1 bounced)" in out

@@ -54,10 +54,11 @@ def test_an_unusual_day_warns_on_its_refresh_with_the_figures_it_was_judged_by(r
     assert not warning.passed
     assert warning.severity == AssetCheckSeverity.WARN
     assert warning.partition == connection_id
-    assert "charges" in warning.description and "900" in warning.description
+    assert "charges" in warning.description and "above its usual range" in warning.description
     figures = warning.metadata["charges"].value
-    assert figures["value"] == 900.0
-    assert figures["low"] < figures["expected"] < figures["high"] < 900.0
+    assert figures["direction"] == "above" and figures["score"] > 3.5
+    # the client's figures stay out of Dagster's event log, which erasure cannot wipe
+    assert "900" not in warning.description and "900" not in str(warning.metadata)
 
 
 @pytest.mark.parametrize("yesterday", [None, 112.0])
@@ -253,6 +254,58 @@ def test_a_due_scorecard_is_sent_once_by_a_notifications_run(runtime, instance, 
     assert not later.run_requests
 
 
+def test_scorecards_do_not_wait_for_refreshes_but_tenants_do(runtime, sandbox, instance, mail):
+    from support import add_stripe_connection, new_stripe_key
+
+    _tenant_id, card = _due_scorecard(runtime)
+    refreshed, connection = add_stripe_connection(runtime, sandbox.url, new_stripe_key())
+    _materialize(instance, connection)
+    _refresh_in_flight(instance)
+    (request,) = _tick(instance).run_requests
+    config = request.run_config["ops"]["notify"]["config"]
+    assert [c for c, _ in config["scorecards"]] == [card]
+    assert refreshed not in config["tenants"]  # judged once the refreshes are over
+
+
+def _refreshed_at(runtime, tenant_id: str, at: dt.datetime) -> None:
+    from sqlalchemy import update
+
+    from writevue_pipelines.models import Connection
+
+    with runtime.db.session() as session:
+        session.execute(
+            update(Connection).where(Connection.tenant_id == tenant_id).values(last_refreshed_at=at)
+        )
+
+
+def test_a_scorecard_waits_for_its_periods_data_then_goes_out(runtime, instance, mail):
+    from writevue_pipelines.notifications import config
+
+    tenant_id, card = _due_scorecard(runtime)
+    # the last refresh was before the period's last day (yesterday, UTC) ended
+    _refreshed_at(runtime, tenant_id, dt.datetime.now(dt.UTC) - dt.timedelta(days=2))
+    (request,) = _tick(instance).run_requests
+    result = _execute(instance, request)
+    assert mail.messages == []
+    with runtime.db.session() as session:
+        assert config.get_scorecard(session, card).next_due_at < dt.datetime.now(dt.UTC)
+    (output,) = [e for e in result.all_node_events if e.is_successful_output]
+    assert output.step_output_data.metadata["scorecards_held"].value == 1
+
+    # The refresh comes in: the next run sends it.
+    _refreshed_at(runtime, tenant_id, dt.datetime.now(dt.UTC))
+    _execute(instance, request)
+    assert len(mail.messages) == 1
+
+
+def test_a_scorecard_held_too_long_goes_out_as_it_is(runtime, instance, mail):
+    tenant_id, _card = _due_scorecard(runtime, overdue=dt.timedelta(hours=7))
+    _refreshed_at(runtime, tenant_id, dt.datetime.now(dt.UTC) - dt.timedelta(days=2))
+    (request,) = _tick(instance).run_requests
+    _execute(instance, request)
+    assert len(mail.messages) == 1
+
+
 def test_a_scorecard_missed_for_weeks_is_sent_once_not_once_a_week(runtime, instance, mail):
     from writevue_pipelines.notifications import config
 
@@ -319,6 +372,7 @@ def test_an_alert_fires_once_however_often_its_tenant_is_judged(runtime, instanc
 
     Request.run_config = run_config
     _execute(instance, Request)
+    assert len(mail.messages) == 1  # sent by the run that found it, not a later one
     _execute(instance, Request)
 
     (message,) = mail.messages
@@ -338,3 +392,41 @@ def test_dagster_keeps_no_recipient_name_or_figure_of_a_notification(runtime, in
     for secret in (CLIENT, "Quillfeather", "Monday summary"):
         assert secret.encode() not in stored, secret
     assert tenant_id.encode() in stored  # opaque ids are what runs are filed under
+
+
+# -- sending now, outside the schedule ------------------------------------------------------
+
+
+def test_send_now_without_smtp_says_so_and_queues_nothing(runtime, monkeypatch):
+    from writevue_pipelines.errors import InvalidInput
+    from writevue_pipelines.notifications import runner
+
+    monkeypatch.delenv("WRITEVUE_SMTP_URL", raising=False)
+    tenant_id, card = _due_scorecard(runtime)
+    with pytest.raises(InvalidInput, match="WRITEVUE_SMTP_URL is not set"):
+        runner.send_now(runtime, card)
+    assert _deliveries(runtime, tenant_id) == []
+
+
+def test_send_now_again_replaces_the_copy_still_waiting(runtime, mail):
+    import dataclasses
+
+    from writevue_pipelines.notifications import runner
+    from writevue_pipelines.settings import Settings
+
+    live = dataclasses.replace(runtime, settings=Settings.from_env())  # reads WRITEVUE_SMTP_URL
+    live.__dict__["db"] = runtime.db
+    tenant_id, card = _due_scorecard(live)
+    mail.fail("4xx")
+    runner.send_now(live, card)
+    runner.send_now(live, card)
+    statuses = sorted(d.status for d in _deliveries(live, tenant_id))
+    assert statuses == ["cancelled", "retrying"]  # one copy waits to be retried, not two
+    mail.fail(None)
+    runner.send_now(live, card)
+    assert sorted(d.status for d in _deliveries(live, tenant_id)) == [
+        "cancelled",
+        "cancelled",
+        "sent",
+    ]
+    assert len(mail.messages) == 1

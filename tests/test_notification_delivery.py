@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
 import threading
 import uuid
 
@@ -19,8 +20,13 @@ from support import add_tenant, remember_secret, start_smtp_server, start_webhoo
 
 from writevue_pipelines import registry
 from writevue_pipelines.errors import InvalidInput
-from writevue_pipelines.models import NotificationDelivery, NotificationRecipient, Scorecard
-from writevue_pipelines.notifications import delivery, messages, smtp
+from writevue_pipelines.models import (
+    NotificationDelivery,
+    NotificationRecipient,
+    NotificationSuppression,
+    Scorecard,
+)
+from writevue_pipelines.notifications import delivery, messages, smtp, suppression
 from writevue_pipelines.notifications.content import (
     AlertContent,
     BrandInfo,
@@ -140,7 +146,7 @@ def add_recipient(
     return delivery.Recipient(recipient_id, channel, address)
 
 
-def queue(runtime, tenant_id, subject_id, content, recipients, *, episode="w48", kind=None):
+def queue(runtime, tenant_id, subject_id, content, recipients, *, episode="w48", kind=None, at=NOW):
     with runtime.db.session() as session:
         return delivery.enqueue(
             session,
@@ -149,7 +155,7 @@ def queue(runtime, tenant_id, subject_id, content, recipients, *, episode="w48",
             kind=kind or ("scorecard" if isinstance(content, ScorecardContent) else "alert"),
             subject_id=subject_id,
             episode=episode,
-            scheduled_for=NOW,
+            scheduled_for=at,
             content=content,
             recipients=recipients,
             settings=runtime.settings,
@@ -295,6 +301,41 @@ def test_a_scorecard_reaches_its_email_and_webhook_recipients_once(world, mail, 
     assert all(e.actor == "writevue-notifications" for e in events)
     assert all(d["status"] == "sent" and d["kind"] == "scorecard" for d in details)
     assert address not in json.dumps(details) and url not in json.dumps(details)
+
+
+def test_one_click_unsubscribe_is_a_plain_url_on_the_wire(any_runtime, mail):
+    """A mail client reads List-Unsubscribe from the raw header: an RFC 2047 encoded word
+    (=?utf-8?q?=3Chttps...) is not a URL to it, however long the dashboard's address."""
+    base = "https://dashboards.agency-name.example.com"
+    runtime = with_settings(any_runtime, WRITEVUE_SMTP_URL=mail.url, WRITEVUE_DASHBOARD_URL=base)
+    tenant_id = add_tenant(runtime)
+    card = new_scorecard(runtime, tenant_id)
+    people = [add_recipient(runtime, tenant_id, "email", email_address(), scorecard_id=card)]
+    content = alert(tenant_id, str(uuid.uuid4()))
+    queue(runtime, tenant_id, card, scorecard(tenant_id, card), people)
+    queue(runtime, tenant_id, content.alert_id, content, people)
+    assert delivery.send_due(runtime, now=NOW).counts == {"sent": 2}
+    for received in mail.messages:
+        raw = received.raw
+        found = re.search(
+            rb"\r?\nList-Unsubscribe: <"
+            + re.escape(base.encode())
+            + rb"/unsubscribe/([A-Za-z0-9_-]{43})>\r?\n(?![ \t])",
+            raw,
+        )
+        assert found, raw.split(b"\n\r\n", 1)[0].decode()
+        assert re.search(rb"\r?\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r?\n", raw)
+        assert b"=?utf-8?q?=3Chttps" not in raw
+        # the same token in the message's text, so either way stops the same messages
+        assert found.group(1).decode() in received.part("text/plain")
+        # other headers still folded within 78 characters where they can be
+        header = raw.split(b"\r\n\r\n", 1)[0].replace(b"\r\n", b"\n")
+        for line in header.split(b"\n"):
+            assert len(line) <= 78 or line.startswith(b"List-Unsubscribe: "), line
+    preview = messages.preview(
+        scorecard(tenant_id, card), unsubscribe_url=f"{base}/unsubscribe/{'x' * 43}"
+    )
+    assert f"\nList-Unsubscribe: <{base}/unsubscribe/{'x' * 43}>\n" in preview
 
 
 def test_an_alert_with_a_brand_logo_and_a_dashboard_link(world, mail):
@@ -502,6 +543,111 @@ def test_a_row_left_sending_by_a_killed_run_is_retried(world, mail):
     assert (row.status, row.attempts) == ("sent", 2)
 
 
+def test_a_claim_is_stamped_when_it_is_made_not_when_the_run_began(world, mail):
+    """A run that began 20 minutes ago and claims a message now keeps it: another run's
+    recovery of rows left "sending" by killed runs does not take it away."""
+    runtime, tenant_id, card = world
+    people = [add_recipient(runtime, tenant_id, "email", email_address())]
+    started = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=20)
+    queue(runtime, tenant_id, card, scorecard(tenant_id, card), people, at=started)
+    (row,) = rows(runtime)
+    before = dt.datetime.now(dt.UTC)
+    claimed = delivery._claim(runtime, row.id, started, "long-run")
+    assert claimed is not None and claimed.next_attempt_at >= before
+    report = delivery.send_due(runtime, run_id="other-run")
+    assert (report.counts, report.recovered) == ({}, 0)
+    assert mail.messages == []
+    (row,) = rows(runtime)
+    assert (row.status, row.run_id, row.attempts) == ("sending", "long-run", 1)
+
+
+def suppressions(runtime, tenant_id=None) -> list[NotificationSuppression]:
+    with runtime.db.session() as session:
+        query = select(NotificationSuppression)
+        if tenant_id is not None:
+            query = query.where(NotificationSuppression.tenant_id == tenant_id)
+        return list(session.scalars(query))
+
+
+def test_a_bounce_stops_that_address_at_that_tenant(world, mail):
+    """An SMTP 5xx suppresses the address (reason "bounced"): its other queued messages of
+    the tenant are cancelled, and so is any later one; another tenant's go on."""
+    runtime, acme, weekly = world
+    monthly = new_scorecard(runtime, acme)
+    globex = add_tenant(runtime, "Globex Corp", "ops@globex.test")
+    gone = email_address()
+    first = add_recipient(runtime, acme, "email", gone, scorecard_id=weekly)
+    again = add_recipient(runtime, acme, "email", gone.upper(), scorecard_id=monthly)
+    theirs = add_recipient(runtime, globex, "email", gone)
+    queue(runtime, acme, weekly, scorecard(acme, weekly), [first])
+    later = NOW + dt.timedelta(hours=1)
+    queue(runtime, acme, monthly, scorecard(acme, monthly), [again], at=later)
+    queue(runtime, globex, monthly, scorecard(globex, monthly), [theirs], at=later)
+    with runtime.db.session() as session:
+        hashes = {
+            r.recipient_id: r.address_sha256 for r in session.scalars(select(NotificationDelivery))
+        }
+    digest = suppression.address_hash(acme, "email", gone)
+    assert hashes[first.id] == hashes[again.id] == digest != hashes[theirs.id]
+    assert gone.encode() not in digest.encode() and len(digest) == 64
+
+    mail.fail("5xx", only=[gone])
+    assert delivery.send_due(runtime, now=NOW).counts == {"bounced": 1}
+    (stop,) = suppressions(runtime)
+    assert (stop.tenant_id, stop.channel, stop.address_sha256, stop.reason) == (
+        acme,
+        "email",
+        digest,
+        "bounced",
+    )
+    by_recipient = {r.recipient_id: r for r in rows(runtime)}
+    assert (by_recipient[again.id].status, by_recipient[again.id].message_ct) == ("cancelled", None)
+    assert by_recipient[theirs.id].status == "pending"
+    mail.fail(None)
+    # queued after the bounce (a recipient row that knows nothing of it): cancelled at send
+    queue(runtime, acme, weekly, scorecard(acme, weekly), [first], episode="w49", at=later)
+    report = delivery.send_due(runtime, now=later)
+    assert report.by_tenant == {acme: {"cancelled": 1}, globex: {"sent": 1}}
+    assert [m.rcpt_tos for m in mail.messages] == [[gone]]  # Globex's
+    cancelled = [r for r in rows(runtime, acme) if r.status == "cancelled"]
+    assert {r.error for r in cancelled} == {"suppressed: bounced"}
+    with runtime.db.session() as session:
+        statuses = [e.details["status"] for e in registry.list_audit(session, acme)]
+    assert statuses == ["bounced", "cancelled"]
+    assert gone not in json.dumps([s.address_sha256 for s in suppressions(runtime)])
+
+
+@pytest.mark.parametrize("answer", [404, 410])
+def test_a_gone_webhook_is_suppressed(runtime, hooks, answer):
+    tenant_id = add_tenant(runtime)
+    url = hooks.url()
+    content = alert(tenant_id, str(uuid.uuid4()))
+    people = [add_recipient(runtime, tenant_id, "webhook", url)]
+    queue(runtime, tenant_id, content.alert_id, content, people)
+    hooks.fail(answer)
+    assert delivery.send_due(runtime, now=NOW).counts == {"bounced": 1}
+    (stop,) = suppressions(runtime)
+    assert (stop.channel, stop.reason) == ("webhook", "bounced")
+    assert stop.address_sha256 == suppression.address_hash(tenant_id, "webhook", url)
+    hooks.fail(None)
+    queue(runtime, tenant_id, content.alert_id, content, people, episode="next")
+    assert delivery.send_due(runtime, now=NOW).counts == {"cancelled": 1}
+    assert len(hooks.requests) == 1
+
+
+def test_a_temporary_refusal_or_a_given_up_message_suppresses_nothing(world, mail):
+    runtime, tenant_id, card = world
+    people = [add_recipient(runtime, tenant_id, "email", email_address())]
+    queue(runtime, tenant_id, card, scorecard(tenant_id, card), people)
+    mail.fail("4xx")
+    now = NOW
+    for attempt in range(1, 6):
+        delivery.send_due(runtime, now=now)
+        now += dt.timedelta(minutes=2**attempt)
+    assert rows(runtime)[0].status == "failed"
+    assert suppressions(runtime) == []
+
+
 def test_an_unsubscribed_recipients_pending_message_is_cancelled(world, mail):
     runtime, tenant_id, card = world
     person = add_recipient(runtime, tenant_id, "email", email_address())
@@ -644,6 +790,18 @@ def test_a_wrong_smtp_password_is_a_recorded_failure(runtime, tmp_path):
             {"WRITEVUE_SMTP_URL": "smtp://mail.test", "WRITEVUE_MAIL_FROM": "not an address"},
             "WRITEVUE_MAIL_FROM",
         ),
+        (
+            {
+                "WRITEVUE_SMTP_URL": "smtp://mail.test:25",
+                "WRITEVUE_SMTP_USER": "mailer",
+                "WRITEVUE_SMTP_PASSWORD": "x" * 9,
+            },
+            "unencrypted",
+        ),
+        (
+            {"WRITEVUE_SMTP_URL": "smtp://10.0.0.5:2525", "WRITEVUE_SMTP_USER": "mailer"},
+            "smtp+starttls://",
+        ),
     ],
 )
 def test_an_smtp_setting_that_cannot_work_is_refused_clearly(tmp_path, env, message):
@@ -652,6 +810,20 @@ def test_an_smtp_setting_that_cannot_work_is_refused_clearly(tmp_path, env, mess
         smtp.SmtpConfig.from_settings(settings)
     assert message in str(caught.value)
     assert "pw" not in str(caught.value).replace("password", "")
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::1]", "127.0.0.53"])
+def test_a_login_over_plain_smtp_is_allowed_to_a_relay_on_this_machine(tmp_path, host):
+    settings = Settings.from_env(
+        {
+            "WRITEVUE_HOME": str(tmp_path),
+            "WRITEVUE_SMTP_URL": f"smtp://{host}:2525",
+            "WRITEVUE_SMTP_USER": "mailer",
+            "WRITEVUE_SMTP_PASSWORD": "x" * 9,
+        }
+    )
+    config = smtp.SmtpConfig.from_settings(settings)
+    assert (config.security, config.user, config.port) == ("plain", "mailer", 2525)
 
 
 def test_smtp_settings_are_read_with_defaults(tmp_path):

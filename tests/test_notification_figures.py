@@ -77,8 +77,10 @@ def add_scorecard(runtime, tenant, metrics, *, period="last_7_days", comparison=
             metrics=metrics,
             period=period,
             comparison=comparison,
-            cadence="weekly",
-            weekday=0,
+            # a cadence the period fits (schedule.CADENCE_PERIODS)
+            cadence={"yesterday": "daily", "last_month": "monthly"}.get(period, "weekly"),
+            weekday=0 if period not in ("yesterday", "last_month") else None,
+            day_of_month=1 if period == "last_month" else None,
             send_at="08:00",
             next_due_at=MORNING,
         )

@@ -26,6 +26,7 @@ from support import (
     register_oauth_source,
     remember_secret,
     run_cli,
+    start_smtp_server,
 )
 
 from writevue_pipelines import links, registry
@@ -40,7 +41,11 @@ CALLBACK = "https://connect.writevue.test/oauth/callback"
 #: may never be declared ``audit=False``
 MUST_BE_AUDITED = {
     "scorecard add",
+    "scorecard recipients",
+    "scorecard send-now",
     "alert add",
+    "alert recipients",
+    "alert test",
     "tenant list",
     "tenant show",
     "tenant export",
@@ -64,6 +69,7 @@ class World:
     tmp: Path
     erased_request: str = ""  # a done erasure request, to retry its revocations
     scorecard: str = ""  # the tenant's weekly scorecard, to preview
+    alert: str = ""  # the tenant's alert, to test
 
 
 @pytest.fixture
@@ -85,6 +91,15 @@ def world(runtime, sandbox, tmp_path) -> World:
             weekday=0,
             emails=["client@example.test"],
         )
+        alert = config.add_alert(
+            session,
+            runtime.keys,
+            tenant,
+            metric="stripe.charges",
+            condition="above",
+            threshold=1000,
+            emails=["client@example.test"],
+        )
     return World(
         tenant,
         add_tenant(runtime, "Bare Co"),
@@ -94,7 +109,16 @@ def world(runtime, sandbox, tmp_path) -> World:
         tmp_path,
         erased,
         scorecard,
+        alert,
     )
+
+
+@pytest.fixture(scope="module")
+def smtp_peer(tmp_path_factory):
+    """Where `scorecard send-now` and `alert test` send (a real SMTP server on loopback)."""
+    peer = start_smtp_server(tmp_path_factory.mktemp("smtp"))
+    yield peer
+    peer.stop()
 
 
 def _authorize_then_consent(w: World, monkeypatch, capsys) -> str:
@@ -219,7 +243,29 @@ AUDITED = [
         "tenant",
         None,
     ),
-    (lambda w: ["alert", "list", w.tenant], "alert.list", "tenant", {"alerts": 0}),
+    (lambda w: ["alert", "list", w.tenant], "alert.list", "tenant", {"alerts": 1}),
+    (
+        lambda w: ["scorecard", "send-now", w.scorecard],
+        "scorecard.send-now",
+        "tenant",
+        {"scorecard": "scorecard"},
+    ),
+    (lambda w: ["alert", "test", w.alert], "alert.test", "tenant", {"alert": "alert"}),
+    (
+        lambda w: ["scorecard", "recipients", w.scorecard, "--add-to", "new@example.test"],
+        "scorecard.recipients",
+        "tenant",
+        {"scorecard_id": "scorecard", "added": 1, "removed": 0},
+    ),
+    (
+        lambda w: [
+            *("alert", "recipients", w.alert, "--add-to", "new@example.test"),
+            *("--remove-to", "client@example.test"),
+        ],
+        "alert.recipients",
+        "tenant",
+        {"alert_id": "alert", "added": 1, "removed": 1},
+    ),
     (
         lambda w: ["notifications", "list"],
         "notifications.list",
@@ -239,7 +285,7 @@ AUDITED = [
     ("argv", "action", "whose", "details"), AUDITED, ids=[row[1] for row in AUDITED]
 )
 def test_every_audited_command_records_actor_action_tenant_and_reason(
-    runtime, world, monkeypatch, capsys, argv, action, whose, details
+    runtime, world, smtp_peer, monkeypatch, capsys, argv, action, whose, details
 ):
     w = world
     register_oauth_source(monkeypatch, SandboxOAuthSource())
@@ -257,7 +303,7 @@ def test_every_audited_command_records_actor_action_tenant_and_reason(
         "--reason",
         "TICKET-42 client asked",
         stdin=stdin,
-        env={"STAFF_AUDIT_KEY": key},
+        env={"STAFF_AUDIT_KEY": key, "WRITEVUE_SMTP_URL": smtp_peer.url},
     )
     assert code == 0, err
     events = [e for e in list_events(runtime, actor="auditor-7") if e.action == action]
@@ -266,7 +312,12 @@ def test_every_audited_command_records_actor_action_tenant_and_reason(
     assert event.reason == "TICKET-42 client asked"
     assert event.tenant_id == (getattr(w, whose) if whose else None)
     if details is not None:
-        ids = {"connection": w.connection, "link": w.link, "scorecard": w.scorecard}
+        ids = {
+            "connection": w.connection,
+            "link": w.link,
+            "scorecard": w.scorecard,
+            "alert": w.alert,
+        }
         assert event.details == {k: ids.get(v, v) for k, v in details.items()}
     # ids and counts only: no name or email of any tenant in any record
     everything = json.dumps([e.as_json() for e in list_events(runtime)])

@@ -7,9 +7,11 @@ Real peers: the SMTP server the message goes through, a `writevue serve` process
 
 from __future__ import annotations
 
+import datetime as dt
 import http.client
 import json
 import uuid
+import zipfile
 from email import policy
 from email.parser import BytesParser
 from urllib.parse import urlencode, urlsplit
@@ -21,6 +23,7 @@ from support import (
     remember_secret,
     start_dashboard_server,
     start_smtp_server,
+    start_webhook_receiver,
 )
 from test_notification_delivery import (
     NOW,
@@ -30,11 +33,12 @@ from test_notification_delivery import (
     queue,
     rows,
     scorecard,
+    suppressions,
     with_settings,
 )
 
 from writevue_pipelines.models import NotificationDelivery, NotificationRecipient
-from writevue_pipelines.notifications import delivery
+from writevue_pipelines.notifications import config, delivery, suppression
 from writevue_pipelines.notifications.unsubscribe import unsubscribe
 from writevue_pipelines.vault import Binding
 
@@ -197,3 +201,167 @@ def test_guessing_is_limited_and_a_real_token_still_works(served):
     status, _, page = request(base, "POST", f"/unsubscribe/{token}", ONE_CLICK, FORM)
     assert (status, DONE in page) == (200, True)
     assert request(base, "GET", "/unsubscribe/not.a.token")[0] == 404
+
+
+# -- suppression: an unsubscribe or a bounce lasts ---------------------------------------------
+
+TODAY = dt.datetime(2026, 12, 3, 12, tzinfo=dt.UTC)
+
+
+def add_card(runtime, tenant_id, emails=(), webhooks=(), name="Monday summary") -> str:
+    with runtime.db.session() as session:
+        return config.add_scorecard(
+            session,
+            runtime.keys,
+            tenant_id,
+            name=name,
+            metrics=["stripe.charges"],
+            period="last_week",
+            comparison="previous",
+            cadence="weekly",
+            weekday=0,
+            emails=list(emails),
+            webhooks=list(webhooks),
+            now=TODAY,
+        )
+
+
+def queue_card(runtime, tenant_id, card, episode="w48") -> int:
+    with runtime.db.session() as session:
+        people = config.active_recipients(session, runtime.keys, scorecard_id=card)
+    return queue(runtime, tenant_id, card, scorecard(tenant_id, card), people, episode=episode)
+
+
+def listed(runtime, tenant_id) -> dict[str, dict]:
+    with runtime.db.session() as session:
+        cards = {
+            c.id: c.as_json()["recipients"] for c in config.list_scorecards(session, tenant_id)
+        }
+        alerts = {a.id: a.as_json()["recipients"] for a in config.list_alerts(session, tenant_id)}
+    return {**cards, **alerts}
+
+
+def test_an_unsubscribe_outlives_its_scorecard_and_a_new_one_keeps_the_address_stopped(
+    any_runtime, tmp_path
+):
+    with start_smtp_server(tmp_path / "smtp") as mail:
+        runtime = with_settings(any_runtime, WRITEVUE_SMTP_URL=mail.url)
+        acme = add_tenant(runtime)
+        globex = add_tenant(runtime, "Globex Corp", "ops@globex.test")
+        address, other = email_address(), email_address()
+        weekly = add_card(runtime, acme, [address, other])
+        monthly = add_card(runtime, acme, [address.upper()], name="Monthly")
+        theirs = add_card(runtime, globex, [address])
+        queue_card(runtime, acme, weekly)
+        delivery.send_due(runtime, now=NOW)
+        (mine,) = [m for m in mail.messages if m.rcpt_tos == [address]]
+        token = token_of(mine)
+        queue_card(runtime, acme, monthly)
+        queue_card(runtime, globex, theirs)
+        with runtime.db.session() as session:
+            config.remove_scorecard(session, weekly)
+
+        with runtime.db.session() as session:
+            assert unsubscribe(session, runtime.keys, token) is True
+        (stop,) = suppressions(runtime)
+        assert (stop.tenant_id, stop.channel, stop.reason) == (acme, "email", "unsubscribed")
+        assert stop.address_sha256 == suppression.address_hash(acme, "email", address)
+        by_subject = {r.subject_id: r for r in rows(runtime)}
+        assert by_subject[monthly].status == "cancelled"
+        assert by_subject[theirs].status == "pending"
+        assert listed(runtime, acme)[monthly]["by_channel"]["email"] == {
+            "active": 0,
+            "unsubscribed": 1,
+            "bounced": 0,
+        }
+
+        # the operator adds the address again, in another case: it stays stopped
+        again = add_card(runtime, acme, [f" {address.title()} ", other], name="Again")
+        with runtime.db.session() as session:
+            alert_id = config.add_alert(
+                session,
+                runtime.keys,
+                acme,
+                metric="stripe.charges",
+                condition="below",
+                threshold=1,
+                emails=[address],
+            )
+            assert config.suppressed_count(session, scorecard_id=again) == 1
+            assert config.suppressed_count(session, alert_id=alert_id) == 1
+            assert config.suppressed_count(session, scorecard_id=theirs) == 0
+            active = config.active_recipients(session, runtime.keys, scorecard_id=again)
+            assert [r.address for r in active] == [other]
+            assert config.active_recipients(session, runtime.keys, alert_id=alert_id) == []
+        shown = listed(runtime, acme)
+        assert shown[again]["by_channel"]["email"] == {"active": 1, "unsubscribed": 1, "bounced": 0}
+        assert (shown[again]["email"], shown[again]["unsubscribed"], shown[again]["bounced"]) == (
+            2,
+            1,
+            0,
+        )
+        assert shown[alert_id]["by_channel"]["email"]["unsubscribed"] == 1
+        assert listed(runtime, globex)[theirs]["by_channel"]["email"]["active"] == 1
+        assert address not in json.dumps(shown)
+        # a message queued to a row that knows nothing of it is cancelled when due
+        fresh = add_recipient(runtime, acme, "email", address, scorecard_id=again)
+        queue(runtime, acme, again, scorecard(acme, again), [fresh], episode="w50")
+        assert delivery.send_due(runtime, now=NOW, tenant_ids=[acme]).counts == {"cancelled": 1}
+
+
+def test_a_bounced_webhook_is_counted_and_stays_stopped(any_runtime, tmp_path):
+    with start_smtp_server(tmp_path / "smtp") as mail, start_webhook_receiver() as hooks:
+        runtime = with_settings(any_runtime, WRITEVUE_SMTP_URL=mail.url)
+        acme = add_tenant(runtime)
+        url = hooks.url()
+        card = add_card(runtime, acme, [email_address()], [url])
+        queue_card(runtime, acme, card)
+        hooks.fail(410)
+        assert delivery.send_due(runtime, now=NOW).counts == {"sent": 1, "bounced": 1}
+        shown = listed(runtime, acme)[card]
+        assert shown["by_channel"] == {
+            "email": {"active": 1, "unsubscribed": 0, "bounced": 0},
+            "webhook": {"active": 0, "unsubscribed": 0, "bounced": 1},
+        }
+        assert (shown["webhook"], shown["bounced"], shown["unsubscribed"]) == (1, 1, 0)
+        with runtime.db.session() as session:
+            assert [
+                r.channel
+                for r in config.active_recipients(session, runtime.keys, scorecard_id=card)
+            ] == ["email"]
+        second = add_card(runtime, acme, webhooks=[url], name="Second")
+        with runtime.db.session() as session:
+            assert config.suppressed_count(session, scorecard_id=second) == 1
+        assert listed(runtime, acme)[second]["by_channel"]["webhook"]["bounced"] == 1
+
+
+def test_the_export_lists_suppressions_as_hashes(any_runtime, tmp_path):
+    from writevue_pipelines.privacy.export import export_tenant
+
+    runtime = any_runtime
+    acme = add_tenant(runtime)
+    address = email_address()
+    card = add_card(runtime, acme, [address])
+    queue_card(runtime, acme, card)
+    (row,) = rows(runtime, acme)
+    stored = json.loads(
+        runtime.keys.decrypt(row.message_ct, Binding(acme, None, f"delivery.{row.id}"))
+    )
+    message = BytesParser(policy=policy.default).parsebytes(stored["message"].encode())
+    token = remember_secret(message["List-Unsubscribe"].strip("<>").rsplit("/unsubscribe/", 1)[1])
+    with runtime.db.session() as session:
+        config.remove_scorecard(session, card)
+        assert unsubscribe(session, runtime.keys, token) is True
+    out = tmp_path / "export.zip"
+    export_tenant(runtime, acme, out)
+    with zipfile.ZipFile(out) as archive:
+        data = json.loads(archive.read("notifications.json"))
+    assert data["suppressions"] == [
+        {
+            "channel": "email",
+            "address_sha256": suppression.address_hash(acme, "email", address),
+            "reason": "unsubscribed",
+            "created_at": data["suppressions"][0]["created_at"],
+        }
+    ]
+    assert address not in json.dumps(data)

@@ -451,6 +451,9 @@ class NotificationRecipient(Base):
     channel: Mapped[str] = mapped_column(String(16))
     #: vault ciphertext bound to (tenant, None, "recipient.<id>")
     address_ct: Mapped[bytes] = mapped_column(LargeBinary)
+    #: ``notifications.suppression.address_hash`` of the address: matches a suppression
+    #: without decrypting (None on rows made before migration 0012)
+    address_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     unsubscribed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
@@ -486,6 +489,10 @@ class NotificationDelivery(Base):
     error: Mapped[str | None] = mapped_column(String(200), nullable=True)
     #: the rendered message, encrypted; None once sent, bounced, failed or cancelled
     message_ct: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    #: ``notifications.suppression.address_hash`` of where it goes, set when queued: a
+    #: token spent after its scorecard (and recipient row) was removed still says whom to
+    #: suppress, and a suppression cancels it without decrypting
+    address_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     #: the hash of the message's one-time unsubscribe token
     unsubscribe_sha256: Mapped[str | None] = mapped_column(String(64), unique=True, nullable=True)
     unsubscribe_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
@@ -493,6 +500,27 @@ class NotificationDelivery(Base):
     run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class NotificationSuppression(Base):
+    """An address a tenant's messages no longer go to, whatever scorecard or alert names
+    it: the person unsubscribed, or the server refused it for good (an SMTP 5xx, a
+    webhook's 404 or 410). Kept when scorecards and alerts are removed, so adding the
+    address again does not start its messages again. Only a hash of the address is kept
+    (``notifications.suppression.address_hash``), never the address."""
+
+    __tablename__ = "notification_suppressions"
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    #: email | webhook
+    channel: Mapped[str] = mapped_column(String(16))
+    #: sha256 of "<tenant id>|<channel>|<address>" (an email lower-cased, both stripped)
+    address_sha256: Mapped[str] = mapped_column(String(64))
+    #: unsubscribed | bounced
+    reason: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (PrimaryKeyConstraint("tenant_id", "channel", "address_sha256"),)
 
 
 class MetricAnomaly(Base):

@@ -187,9 +187,13 @@ def _new_row(session: Session, tenant_id: str) -> TenantSettings:
 
 
 def _reschedule(session: Session, tenant_id: str, timezone: str) -> None:
-    """Every scorecard of the tenant due at its local send time in ``timezone``, from now."""
+    """Every scorecard of the tenant not yet due, due at its local send time in
+    ``timezone`` from now. One already due (not sent yet) stays due: moved past now, it
+    would skip a send."""
     now = utcnow()
-    for card in session.scalars(select(Scorecard).where(Scorecard.tenant_id == tenant_id)):
+    for card in session.scalars(
+        select(Scorecard).where(Scorecard.tenant_id == tenant_id, Scorecard.next_due_at > now)
+    ):
         card.next_due_at = schedule.next_due(
             card.cadence,
             weekday=card.weekday,
@@ -220,9 +224,11 @@ def message_link_id(session: Session, tenant_id: str) -> str | None:
 def set_message_link(session: Session, keys, tenant_id: str, on: bool) -> None:
     """Opt the tenant's messages in to a dashboard link, or out.
 
-    On: a link labelled "in messages" is made (unless the one made before is still
-    live), its token kept encrypted for the messages. Off: that link is revoked and
-    forgotten, so a forwarded old message stops opening the dashboard too.
+    On: a link labelled "in messages" is made (unless the token kept from the one made
+    before still opens it), its token kept encrypted for the messages; a link whose
+    token no longer works (rotated with `writevue link rotate`) is revoked and replaced.
+    Off: that link is revoked and forgotten, so a forwarded old message stops opening
+    the dashboard too.
     """
     tenant_id = registry.require_tenant(session, tenant_id)
     row = session.get(TenantSettings, tenant_id) or _new_row(session, tenant_id)
@@ -237,8 +243,10 @@ def set_message_link(session: Session, keys, tenant_id: str, on: bool) -> None:
             None,
         )
     if on:
-        if current is not None and current.state() == "live" and row.message_link_ct is not None:
+        if current is not None and _kept_token_live(session, keys, tenant_id, row):
             return
+        if current is not None and current.state() == "live":
+            links.revoke_link(session, current.id)  # rotated: nobody has its new token
         info, token = links.create_link(session, tenant_id, label=MESSAGE_LINK_LABEL)
         row.message_link_id = info.id
         row.message_link_ct = keys.encrypt(token, _message_link_binding(tenant_id))
@@ -249,6 +257,19 @@ def set_message_link(session: Session, keys, tenant_id: str, on: bool) -> None:
         row.message_link_ct = None
     row.updated_at = utcnow()
     session.flush()
+
+
+def _kept_token_live(session: Session, keys, tenant_id: str, row: TenantSettings) -> bool:
+    """Whether the token kept for the tenant's messages still opens a live link."""
+    from .vault import VaultError
+
+    if row.message_link_ct is None:
+        return False
+    try:
+        token = keys.decrypt_text(row.message_link_ct, _message_link_binding(tenant_id))
+    except VaultError:
+        return False
+    return bool(links.live_token_hashes(session, [links.hash_token(token)]))
 
 
 __all__ = [

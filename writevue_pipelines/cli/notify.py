@@ -6,7 +6,10 @@ from ``--to``; webhook URLs are secrets (whoever has one can post to the channel
 they come from a file or standard input (``--webhook-file PATH|-``, one URL a line),
 never from an argument that would sit in `ps` and the shell's history. Adding a
 scorecard or an alert sends the client's figures to its recipients: it is recorded in
-the staff audit, like creating a dashboard link.
+the staff audit, like creating a dashboard link; so are adding recipients later
+(``scorecard|alert recipients``, by address, never printed back), ``scorecard send-now``
+and ``alert test``. ``pause``/``resume`` stop and restart a scorecard or an alert
+without losing its settings.
 """
 
 from __future__ import annotations
@@ -77,13 +80,96 @@ def _plural(count: int, word: str) -> str:
 
 def _recipients_text(item) -> str:
     text = f"{_plural(item.emails, 'email')}, {_plural(item.webhooks, 'webhook')}"
-    if item.unsubscribed:
-        text += f" ({item.unsubscribed} unsubscribed)"
+    stopped = [
+        f"{count} {state}"
+        for count, state in ((item.unsubscribed, "unsubscribed"), (item.bounced, "bounced"))
+        if count
+    ]
+    if stopped:
+        text += f" ({', '.join(stopped)})"
     return text
 
 
 def _local(moment, timezone: str) -> str:
     return moment.astimezone(schedule.zone(timezone)).strftime("%a %Y-%m-%d %H:%M")
+
+
+def _stay_unsubscribed(info) -> None:
+    """Say so when addresses that unsubscribed or bounced before were given again: they
+    stay off (the tenant's suppression list)."""
+    stopped = info.unsubscribed + info.bounced
+    if stopped:
+        print(
+            f"{_plural(stopped, 'recipient')} unsubscribed or bounced earlier and stay off",
+            file=sys.stderr,
+        )
+
+
+ADD_TO = arg(
+    "--add-to",
+    action="append",
+    default=[],
+    metavar="EMAIL",
+    help="an email recipient to add (repeatable); never shown back",
+)
+REMOVE_TO = arg(
+    "--remove-to",
+    action="append",
+    default=[],
+    metavar="EMAIL",
+    help="an email recipient to remove, by its address in any case (repeatable)",
+)
+ADD_WEBHOOK_FILE = arg(
+    "--add-webhook-file",
+    metavar="PATH|-",
+    help="webhook URLs to add, one a line, from a file or - for stdin",
+)
+REMOVE_WEBHOOK_FILE = arg(
+    "--remove-webhook-file",
+    metavar="PATH|-",
+    help="webhook URLs to remove, one a line, from a file or - for stdin",
+)
+
+
+def _change_recipients(args, word: str) -> None:
+    """`writevue scorecard|alert recipients ID …`: add or remove recipients by address."""
+    if args.add_webhook_file == "-" and args.remove_webhook_file == "-":
+        raise CliError(
+            "--add-webhook-file and --remove-webhook-file: only one of them from stdin (-)."
+        )
+    access = staff_access(args)
+    add_webhooks = read_webhooks(args.add_webhook_file)
+    remove_webhooks = read_webhooks(args.remove_webhook_file)
+    subject_id = args.scorecard_id if word == "scorecard" else args.alert_id
+    runtime = ready_runtime()
+    with runtime.db.session() as session:
+        change = config.change_recipients(
+            session,
+            runtime.keys,
+            scorecard_id=subject_id if word == "scorecard" else None,
+            alert_id=subject_id if word == "alert" else None,
+            add_emails=args.add_to,
+            add_webhooks=add_webhooks,
+            remove_emails=args.remove_to,
+            remove_webhooks=remove_webhooks,
+        )
+        if word == "scorecard":
+            info = config.get_scorecard(session, subject_id)
+        else:
+            info = config.get_alert(session, subject_id)
+        # with the change, in one commit: new recipients receive the client's figures
+        access.record_in(
+            session,
+            info.tenant_id,
+            **{f"{word}_id": info.id},
+            added=change.added,
+            removed=change.removed,
+        )
+    already = f" ({change.already} already there)" if change.already else ""
+    print(
+        f"{word} {info.id}: {change.added} added, {change.removed} removed{already}; "
+        f"now {_recipients_text(info)}"
+    )
 
 
 # -- scorecards ----------------------------------------------------------------------------
@@ -103,7 +189,16 @@ def _local(moment, timezone: str) -> str:
         metavar="REF",
         help="a metric (repeatable, at most 15): stripe.gross_volume[eur], calc.<name>",
     ),
-    arg("--period", required=True, choices=schedule.PERIODS, help="the days it covers"),
+    arg(
+        "--period",
+        required=True,
+        choices=schedule.PERIODS,
+        help="the days it covers; one that fits the cadence (no week sent seven times): "
+        + "; ".join(
+            f"{cadence}: {', '.join(p for p in schedule.PERIODS if p in fits)}"
+            for cadence, fits in schedule.CADENCE_PERIODS.items()
+        ),
+    ),
     arg(
         "--compare",
         required=True,
@@ -167,6 +262,7 @@ def add_scorecard(args) -> None:
         f"scorecard {info.name!r}: {info.schedule}; next {_local(info.next_due_at, info.timezone)}",
         file=sys.stderr,
     )
+    _stay_unsubscribed(info)
     print(scorecard_id)
 
 
@@ -214,6 +310,55 @@ def remove_scorecard(args) -> None:
 
 
 @command(
+    "scorecard pause",
+    "stop sending a scorecard until it is resumed (its recipients and settings stay)",
+    arg("scorecard_id"),
+    audit=False,  # shows nothing of the tenant's
+    example="writevue scorecard pause SCORECARD_ID",
+)
+def pause_scorecard(args) -> None:
+    runtime = ready_runtime()
+    with runtime.db.session() as session:
+        info = config.pause_scorecard(session, args.scorecard_id)
+    print(f"paused scorecard {info.id}")
+
+
+@command(
+    "scorecard resume",
+    "send a paused scorecard again, from its next send time (missed sends are not made up)",
+    arg("scorecard_id"),
+    audit=False,  # shows nothing of the tenant's
+    example="writevue scorecard resume SCORECARD_ID",
+)
+def resume_scorecard(args) -> None:
+    runtime = ready_runtime()
+    with runtime.db.session() as session:
+        info = config.resume_scorecard(session, args.scorecard_id)
+    print(f"resumed scorecard {info.id}; next {_local(info.next_due_at, info.timezone)}")
+
+
+@command(
+    "scorecard recipients",
+    "add or remove a scorecard's recipients, by address; prints counts, never addresses "
+    "(audited: new recipients receive the client's figures)",
+    arg("scorecard_id"),
+    ADD_TO,
+    REMOVE_TO,
+    ADD_WEBHOOK_FILE,
+    REMOVE_WEBHOOK_FILE,
+    ACTOR,
+    REASON,
+    audit="scorecard.recipients",
+    example=(
+        "writevue scorecard recipients SCORECARD_ID --add-to new@client.example \\\n"
+        "    --remove-to old@client.example --add-webhook-file slack-url.txt"
+    ),
+)
+def scorecard_recipients(args) -> None:
+    _change_recipients(args, "scorecard")
+
+
+@command(
     "scorecard preview",
     "write the scorecard's next message to a file (.eml; open it in a mail reader) without "
     "sending it (audited: it holds the client's figures)",
@@ -234,7 +379,8 @@ def preview_scorecard(args) -> None:
     runtime = ready_runtime()
     with runtime.db.session() as session:
         card = config.get_scorecard(session, args.scorecard_id)
-        link = config.message_link_url(session, runtime.keys, card.tenant_id, runtime.settings)
+        # never the live token: a preview is a file, copied and attached carelessly
+        link = config.preview_link_url(session, runtime.keys, card.tenant_id, runtime.settings)
         content = evaluate.scorecard_content(
             session,
             runtime.keys,
@@ -253,6 +399,9 @@ def preview_scorecard(args) -> None:
     try:
         # the client's figures: readable by the operator only
         fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # the mode above applies to a new file only: tighten one that exists, before
+        # anything is written into it
+        os.fchmod(fd, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
     except OSError as exc:
@@ -261,24 +410,40 @@ def preview_scorecard(args) -> None:
     print(f"wrote {out} ({content.period_label}, {len(content.figures)} figures)")
 
 
+#: what a send-now or an alert test says when its messages did not go out at once
+NOT_SENT_YET = (
+    "Not sent yet: queued; the notifications sensor retries it "
+    "(writevue notifications list --status retrying)"
+)
+
+
+def _require_sent(report) -> None:
+    if report.delivery is None or not report.delivery.counts.get("sent"):
+        raise CliError(NOT_SENT_YET)
+
+
 @command(
     "scorecard send-now",
-    "send the scorecard to its recipients now, outside its schedule (which stays as it is)",
+    "send the scorecard to its recipients now, outside its schedule (which stays as it "
+    "is); audited: staff send the client's figures",
     arg("scorecard_id"),
-    audit=False,  # sends to the client's own recipients; each send is audited as it goes
-    example="writevue scorecard send-now SCORECARD_ID",
+    ACTOR,
+    REASON,
+    audit="scorecard.send-now",
+    example="writevue scorecard send-now SCORECARD_ID --reason TICKET-12",
 )
 def send_now(args) -> None:
     from ..notifications import runner
 
+    access = staff_access(args)
     runtime = ready_runtime()
-    report = runner.send_now(runtime, args.scorecard_id)
+    with runtime.db.session() as session:
+        card = config.get_scorecard(session, args.scorecard_id)
+    access.record(runtime, card.tenant_id, scorecard=card.id)
+    report = runner.send_now(runtime, card.id)
     for line in report.lines():
         print(line)
-    if report.delivery is not None and not report.delivery.counts.get("sent"):
-        raise CliError(
-            "Nothing was sent: see `writevue notifications list --status retrying` for why."
-        )
+    _require_sent(report)
 
 
 # -- alerts --------------------------------------------------------------------------------
@@ -381,6 +546,7 @@ def add_alert(args) -> None:
             session, info.tenant_id, alert_id=alert_id, emails=info.emails, webhooks=info.webhooks
         )
     print(f"alert: {info.describe()}", file=sys.stderr)
+    _stay_unsubscribed(info)
     print(alert_id)
 
 
@@ -428,23 +594,77 @@ def remove_alert(args) -> None:
 
 
 @command(
-    "alert test",
-    "send a test message of an alert to its recipients: what it says of the last whole day",
+    "alert pause",
+    "stop judging an alert until it is resumed (its recipients and settings stay)",
     arg("alert_id"),
-    audit=False,  # sends to the client's own recipients; each send is audited as it goes
-    example="writevue alert test ALERT_ID",
+    audit=False,  # shows nothing of the tenant's
+    example="writevue alert pause ALERT_ID",
+)
+def pause_alert(args) -> None:
+    runtime = ready_runtime()
+    with runtime.db.session() as session:
+        info = config.pause_alert(session, args.alert_id)
+    print(f"paused alert {info.id}")
+
+
+@command(
+    "alert resume",
+    "judge a paused alert again, from the next evaluation",
+    arg("alert_id"),
+    audit=False,  # shows nothing of the tenant's
+    example="writevue alert resume ALERT_ID",
+)
+def resume_alert(args) -> None:
+    runtime = ready_runtime()
+    with runtime.db.session() as session:
+        info = config.resume_alert(session, args.alert_id)
+    print(f"resumed alert {info.id}")
+
+
+@command(
+    "alert recipients",
+    "add or remove an alert's recipients, by address; prints counts, never addresses "
+    "(audited: new recipients receive the client's figures)",
+    arg("alert_id"),
+    ADD_TO,
+    REMOVE_TO,
+    ADD_WEBHOOK_FILE,
+    REMOVE_WEBHOOK_FILE,
+    ACTOR,
+    REASON,
+    audit="alert.recipients",
+    example=(
+        "writevue alert recipients ALERT_ID --add-to new@client.example "
+        "--remove-webhook-file old-slack-url.txt"
+    ),
+)
+def alert_recipients(args) -> None:
+    _change_recipients(args, "alert")
+
+
+@command(
+    "alert test",
+    "send a test message of an alert to its recipients: what it says of the last whole "
+    "day (audited: staff send the client's figures)",
+    arg("alert_id"),
+    ACTOR,
+    REASON,
+    audit="alert.test",
+    example="writevue alert test ALERT_ID --reason TICKET-12",
 )
 def test_alert(args) -> None:
     from ..notifications import runner
 
+    access = staff_access(args)
     runtime = ready_runtime()
-    report = runner.send_alert_test(runtime, args.alert_id)
-    for line in report.lines():
+    with runtime.db.session() as session:
+        rule = config.get_alert(session, args.alert_id)
+    access.record(runtime, rule.tenant_id, alert=rule.id)
+    report = runner.send_alert_test(runtime, rule.id)
+    # what was sent; no "0 tenants judged" line: a test judges nothing
+    for line in report.delivery.lines() if report.delivery is not None else []:
         print(line)
-    if report.delivery is not None and not report.delivery.counts.get("sent"):
-        raise CliError(
-            "Nothing was sent: see `writevue notifications list --status retrying` for why."
-        )
+    _require_sent(report)
 
 
 # -- deliveries ----------------------------------------------------------------------------
@@ -481,7 +701,8 @@ def list_notifications(args) -> None:
         items = delivery.list_deliveries(
             session, tenant_id=tenant_id, status=args.status, limit=args.limit
         )
-    rows = [_delivery_row(item) for item in items]
+        names = config.subject_names(session, [(item.kind, item.subject_id) for item in items])
+    rows = [_delivery_row(item, names.get((item.kind, item.subject_id), "")) for item in items]
     if tenant_id is not None:
         access.record(runtime, tenant_id, deliveries=len(rows))
     else:  # one record for the whole list: the counts, no tenant ids
@@ -491,13 +712,21 @@ def list_notifications(args) -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    for row in rows:
+    for item, row in zip(items, rows, strict=True):
         error = f"  {row['error']}" if row["error"] else ""
+        when = item.sent_at or item.scheduled_for
         print(
-            f"{row['id']}  {row['when']}  tenant {row['tenant_id']}  {row['kind']:<9} "
-            f"{row['channel']:<7} "
+            f"{row['id']}  {_minute(when)}  tenant {row['tenant_id']}  {row['kind']:<9} "
+            f"{row['subject']}  {row['channel']:<7} "
             f"{row['status']:<9} attempts {row['attempts']}{error}"
         )
+
+
+def _minute(moment) -> str:
+    """ "2026-12-03 12:00 UTC": a listing's time, to the minute."""
+    if moment is None:
+        return "-"
+    return moment.astimezone(schedule.zone("UTC")).strftime("%Y-%m-%d %H:%M UTC")
 
 
 _DELIVERY_FIELDS = (
@@ -515,11 +744,13 @@ _DELIVERY_FIELDS = (
 )
 
 
-def _delivery_row(item) -> dict:
-    """A delivery as the listing shows it: ids, kinds, outcome; never an address."""
+def _delivery_row(item, subject: str) -> dict:
+    """A delivery as the listing shows it: ids, kinds, what it was about (a scorecard's
+    name, an alert's description), outcome; never an address."""
     row = {}
     for name in _DELIVERY_FIELDS:
         value = getattr(item, name, None)
         row[name] = value.isoformat() if hasattr(value, "isoformat") else value
+    row["subject"] = subject
     row["when"] = row["sent_at"] or row["scheduled_for"]
     return row

@@ -78,8 +78,9 @@ _DESCRIPTIONS = {
     VALUES_USUAL: (
         "Warns when a metric's latest whole day lies outside what its own history predicts: "
         "the median of the same weekday over the eight weeks before, ± 3.5 robust spreads "
-        "(1.4826 times the MAD). The warning carries the value, the expected value and the usual "
-        "range. Reported when it warns."
+        "(1.4826 times the MAD). The warning names the metric, the day, the direction and the "
+        "score (the figures themselves are on the client's chart, not in Dagster). Reported "
+        "when it warns."
     ),
 }
 
@@ -195,27 +196,24 @@ def evaluate(
                 )
             unusual = unusual_values(found.daily_totals, today)
             if unusual:
+                # Names, the day, which way and how far: never the client's figures, which
+                # Dagster's event log would keep past an erasure (they are in
+                # metric_anomalies, and on the client's chart).
                 yield result(
                     VALUES_USUAL,
                     connection_id,
                     False,
                     severity=AssetCheckSeverity.WARN,
                     description="; ".join(
-                        f"{metric} on {v.day:%d %b}: {v.value:,.6g}, usually "
-                        f"{v.low:,.6g} to {v.high:,.6g}"
+                        f"{metric} on {v.day:%d %b}: {_direction(v)} its usual range "
+                        f"(robust score {v.score:+.1f})"
                         for metric, v in unusual
                     ),
                     metadata={
                         "unusual_metrics": ", ".join(metric for metric, _ in unusual),
                         "day": unusual[0][1].day.isoformat(),
                         **{
-                            f"{metric}": {
-                                "value": v.value,
-                                "expected": v.expected,
-                                "low": v.low,
-                                "high": v.high,
-                                "score": round(v.score, 2),
-                            }
+                            metric: {"direction": _direction(v), "score": round(v.score, 1)}
                             for metric, v in unusual
                         },
                     },
@@ -284,6 +282,10 @@ def data_figures(
         totals = figures.setdefault(connection_id, DataFigures()).daily_totals
         totals.append((metric, day, float(total or 0.0)))
     return figures
+
+
+def _direction(verdict: anomaly.Verdict) -> str:
+    return "above" if verdict.value > verdict.expected else "below"
 
 
 def unusual_values(

@@ -2,9 +2,11 @@
 
 The sensor looks every minute for work: tenants whose daily metrics were materialised
 since its cursor (their alerts and anomalies are judged), scorecards whose send time
-has come, and deliveries whose retry time has come. It waits while any refresh run is
-queued or running, so a tenant is judged on its finished refresh, not half of it (at
-most ``MAX_WAIT_S``: a refresh that never ends does not silence every alert). Then it
+has come, and deliveries whose retry time has come. Refreshed tenants wait while any
+refresh run is queued or running, so a tenant is judged on its finished refresh, not
+half of it (at most ``MAX_WAIT_S``: a refresh that never ends does not silence every
+alert); scorecards and retries do not wait (a run holds a scorecard until its period's
+data is refreshed, ``runner.HOLD_MAX`` at most). Then it
 requests one ``notifications`` run per ``WRITEVUE_NOTIFY_BATCH`` tenants: evaluation
 and delivery for many tenants in one run, as refreshes are batched.
 
@@ -96,6 +98,7 @@ def notify(context: OpExecutionContext, config: NotifyConfig, writevue: WriteVue
         "unusual_days": MetadataValue.int(report.anomalies),
         "alerts_fired": MetadataValue.int(report.alerts_fired),
         "scorecards_rendered": MetadataValue.int(report.scorecards),
+        "scorecards_held": MetadataValue.int(report.held),
         "messages_queued": MetadataValue.int(report.queued),
         "eval_s": MetadataValue.float(round(report.eval_s, 3)),
         "send_s": MetadataValue.float(round(report.send_s, 3)),
@@ -191,19 +194,20 @@ def notifications_sensor(
         tenants = runner.tenants_of(session, sorted(connections))
         due = runner.due_scorecards(session, now)
         retries = runner.due_deliveries(session, now)
-    if not tenants and not due and not retries:
-        return SensorResult(
-            skip_reason="nothing refreshed, no scorecard due, no delivery to retry",
-            cursor=json.dumps({"after": latest}, sort_keys=True),
-        )
-    in_flight = _refreshes_in_flight(context)
+    # Judge finished refreshes, not half of one: while refreshes run, the refreshed tenants
+    # wait (the cursor stays where it was); due scorecards (held by the run until their
+    # tenant's data is in) and retries do not.
+    in_flight = _refreshes_in_flight(context) if tenants else 0
     waiting_since = state.get("waiting_since") or time.time()
     if in_flight and time.time() - waiting_since < MAX_WAIT_S:
-        # Judge finished refreshes, not half of one: keep the cursor where it was.
-        return SensorResult(
-            skip_reason=f"waiting for {in_flight} refresh runs to finish",
-            cursor=json.dumps({"after": after, "waiting_since": waiting_since}, sort_keys=True),
-        )
+        tenants = []
+        cursor = {"after": after, "waiting_since": waiting_since}
+        idle = f"waiting for {in_flight} refresh runs to finish"
+    else:
+        cursor = {"after": latest}
+        idle = "nothing refreshed, no scorecard due, no delivery to retry"
+    if not tenants and not due and not retries:
+        return SensorResult(skip_reason=idle, cursor=json.dumps(cursor, sort_keys=True))
     batch = runtime.settings.notify_batch
     scorecards = [[card, when.isoformat()] for card, _tenant, when in due]
     requests = []
@@ -213,9 +217,11 @@ def notifications_sensor(
         part_tenants = list(tenant_chunks[index]) if index < len(tenant_chunks) else []
         part_cards = list(card_chunks[index]) if index < len(card_chunks) else []
         trigger = "after_refresh" if part_tenants else "scorecards_due" if part_cards else "retry"
-        basis = [latest, retries] if index == 0 else [latest]
+        # a scorecard held for its data is asked for again, at most every 10 minutes
+        bucket = int(time.time() // 600) if part_cards else None
+        basis = [cursor, bucket, retries] if index == 0 else [cursor, bucket]
         requests.append(_request(part_tenants, part_cards, trigger, basis))
-    return SensorResult(run_requests=requests, cursor=json.dumps({"after": latest}, sort_keys=True))
+    return SensorResult(run_requests=requests, cursor=json.dumps(cursor, sort_keys=True))
 
 
 defs = Definitions(jobs=[notifications_job], sensors=[notifications_sensor])

@@ -56,6 +56,12 @@ class Verdict:
     anomalous: bool
 
 
+def _second_largest(values: list[float]) -> float:
+    if len(values) < 2:
+        return max(values, default=0.0)
+    return sorted(values)[-2]
+
+
 def may_be_anomalous(
     values: Mapping[dt.date, float | None],
     day: dt.date,
@@ -120,9 +126,11 @@ def detect(
     low, high = median - threshold * spread, median + threshold * spread
     if min(history) >= 0 and value >= 0:
         low = max(low, 0.0)
-    # and further from its usual than any day of the window strayed from its weekday's
-    # usual: a sparse metric (refunds) is not an event on each day it is not zero
-    unseen = abs(value - median) > max(residuals)
+    # And further from its usual than all but one day of the window strayed from its own
+    # weekday's: a sparse metric (refunds: mostly none, now and then a large one) is not
+    # an event each time it is not zero, and one spike in the window (a Black Friday)
+    # does not hide every later event for eight weeks, as the largest stray alone would.
+    unseen = abs(value - median) > _second_largest(residuals)
     return Verdict(
         day=day,
         value=float(value),

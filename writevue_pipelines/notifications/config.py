@@ -33,13 +33,15 @@ from ..models import (
     AlertRule,
     NotificationDelivery,
     NotificationRecipient,
+    NotificationSuppression,
     Scorecard,
     TenantSettings,
     utcnow,
 )
+from ..sources import SOURCES
 from ..tenant_settings import check_tenant_ref
 from ..vault import Binding, KeyRing, VaultError
-from . import schedule
+from . import schedule, suppression
 
 #: the most metrics one scorecard shows
 MAX_METRICS = 15
@@ -78,10 +80,57 @@ class Recipient:
 
 
 @dataclass(frozen=True)
-class _Counts:
-    emails: int = 0
-    webhooks: int = 0
+class ChannelCounts:
+    """One channel's recipients of a scorecard or alert: each is active, unsubscribed
+    (the person asked) or bounced (the server refused it for good; see ``suppression``)."""
+
+    active: int = 0
     unsubscribed: int = 0
+    bounced: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.active + self.unsubscribed + self.bounced
+
+    def as_json(self) -> dict:
+        return {"active": self.active, "unsubscribed": self.unsubscribed, "bounced": self.bounced}
+
+
+@dataclass(frozen=True)
+class _Counts:
+    email: ChannelCounts = ChannelCounts()
+    webhook: ChannelCounts = ChannelCounts()
+
+    @property
+    def emails(self) -> int:
+        return self.email.total
+
+    @property
+    def webhooks(self) -> int:
+        return self.webhook.total
+
+    @property
+    def unsubscribed(self) -> int:
+        return self.email.unsubscribed + self.webhook.unsubscribed
+
+    @property
+    def bounced(self) -> int:
+        return self.email.bounced + self.webhook.bounced
+
+
+def _recipients_json(item) -> dict:
+    """A listing's recipient counts: totals by channel (stopped ones included), how many
+    unsubscribed and bounced, and each channel's active / unsubscribed / bounced."""
+    return {
+        "email": item.emails,
+        "webhook": item.webhooks,
+        "unsubscribed": item.unsubscribed,
+        "bounced": item.bounced,
+        "by_channel": {
+            "email": item.email_counts.as_json(),
+            "webhook": item.webhook_counts.as_json(),
+        },
+    }
 
 
 @dataclass(frozen=True)
@@ -104,6 +153,10 @@ class ScorecardInfo:
     webhooks: int
     unsubscribed: int
     created_at: dt.datetime
+    #: how many recipients bounced, and each channel's active / unsubscribed / bounced
+    bounced: int = 0
+    email_counts: ChannelCounts = ChannelCounts()
+    webhook_counts: ChannelCounts = ChannelCounts()
 
     @property
     def schedule(self) -> str:
@@ -127,11 +180,7 @@ class ScorecardInfo:
             "schedule": self.schedule,
             "next_due_at": self.next_due_at.isoformat(),
             "paused": self.paused,
-            "recipients": {
-                "email": self.emails,
-                "webhook": self.webhooks,
-                "unsubscribed": self.unsubscribed,
-            },
+            "recipients": _recipients_json(self),
             "created_at": self.created_at.isoformat(),
         }
 
@@ -154,6 +203,9 @@ class AlertInfo:
     webhooks: int
     unsubscribed: int
     created_at: dt.datetime
+    bounced: int = 0
+    email_counts: ChannelCounts = ChannelCounts()
+    webhook_counts: ChannelCounts = ChannelCounts()
 
     @property
     def ref(self) -> str:
@@ -185,11 +237,7 @@ class AlertInfo:
             "firing_since": self.firing_since.isoformat() if self.firing_since else None,
             "last_day": self.last_day.isoformat() if self.last_day else None,
             "paused": self.paused,
-            "recipients": {
-                "email": self.emails,
-                "webhook": self.webhooks,
-                "unsubscribed": self.unsubscribed,
-            },
+            "recipients": _recipients_json(self),
             "created_at": self.created_at.isoformat(),
         }
 
@@ -203,17 +251,17 @@ def _number(value: float | None) -> str:
 # -- checks --------------------------------------------------------------------------------
 
 
-def check_email(address: Any, position: int) -> str:
+def check_email(address: Any, position: int, flag: str = "--to") -> str:
     """An email address as given, or one message naming which ``--to`` (never its text)."""
     if not (isinstance(address, str) and len(address) <= 254 and _EMAIL.fullmatch(address)):
-        raise InvalidInput(f"--to {position} is not an email address such as name@example.com.")
+        raise InvalidInput(f"{flag} {position} is not an email address such as name@example.com.")
     return address
 
 
-def check_webhook_url(url: Any, position: int) -> str:
+def check_webhook_url(url: Any, position: int, what: str = "") -> str:
     """A webhook URL: http(s), a host, no user:password@, at most 2000 characters. The
     URL is a secret: a message names it by its place, never by its text."""
-    where = f"webhook URL {position}"
+    where = f"webhook URL {position}{what}"
     if not isinstance(url, str):
         raise InvalidInput(f"{where} is not an http(s) URL with a host.")
     if len(url) > MAX_WEBHOOK_URL:
@@ -264,7 +312,13 @@ def _ref(session: Session, tenant_id: str, text: Any) -> tuple[str, str]:
     shown = str(text)[:80]
     if not isinstance(text, str) or not text.strip():
         raise InvalidInput("expected a metric such as stripe.gross_volume")
-    ref = parse_ref(text.strip())
+    try:
+        ref = parse_ref(text.strip())
+    except InvalidInput:
+        # the formula parser's "position 20" means nothing to someone naming one metric
+        raise InvalidInput(
+            f'"{shown}" is not a metric such as stripe.charges or stripe.gross_volume[eur].'
+        ) from None
     try:
         check_tenant_ref(session, tenant_id, ref.metric, ref.dimension)
     except InvalidInput as exc:
@@ -291,8 +345,14 @@ def _add_recipients(
     scorecard_id: str | None = None,
     alert_id: str | None = None,
 ) -> None:
+    """Add these recipients; an address the tenant's messages no longer go to (it
+    unsubscribed or bounced: ``suppression``) starts out unsubscribed, so adding it again
+    does not start its messages again (``suppressed_count`` says how many)."""
+    stopped = suppression.suppressed(session, tenant_id) if pairs else {}
+    now = utcnow()
     for channel, address in pairs:
         recipient_id = str(uuid.uuid4())
+        digest = suppression.address_hash(tenant_id, channel, address)
         session.add(
             NotificationRecipient(
                 id=recipient_id,
@@ -301,6 +361,8 @@ def _add_recipients(
                 alert_id=alert_id,
                 channel=channel,
                 address_ct=keys.encrypt(address, recipient_binding(tenant_id, recipient_id)),
+                address_sha256=digest,
+                unsubscribed_at=now if (channel, digest) in stopped else None,
             )
         )
 
@@ -353,6 +415,7 @@ def add_scorecard(
             f'comparison "{str(comparison)[:20]}" is not one of {", ".join(schedule.COMPARISONS)}.'
         )
     schedule.check_cadence(cadence, weekday, day_of_month)
+    schedule.check_period_fits(cadence, period)
     send_at = schedule.normal_send_at(send_at)
     if comparison == "goal":
         have = {(g.metric, g.dimension) for g in goals.list_goals(session, tenant_id)}
@@ -400,29 +463,65 @@ def add_scorecard(
 def _recipient_counts(session: Session, column, ids: Sequence[str]) -> dict[str, _Counts]:
     if not ids:
         return {}
-    found: dict[str, dict[str, int]] = {}
+    # owner -> channel -> state -> count; a suppression's reason decides the state (an
+    # address added again after it bounced starts out unsubscribed, but it bounced)
+    found: dict[str, dict[str, dict[str, int]]] = {}
+    stopped = NotificationRecipient.unsubscribed_at.is_not(None)
     rows = session.execute(
         select(
             column,
             NotificationRecipient.channel,
-            NotificationRecipient.unsubscribed_at.is_not(None),
+            stopped,
+            NotificationSuppression.reason,
             func.count(),
         )
-        .where(column.in_(list(ids)))
-        .group_by(
-            column,
-            NotificationRecipient.channel,
-            NotificationRecipient.unsubscribed_at.is_not(None),
+        .select_from(NotificationRecipient)
+        .outerjoin(
+            NotificationSuppression,
+            (NotificationSuppression.tenant_id == NotificationRecipient.tenant_id)
+            & (NotificationSuppression.channel == NotificationRecipient.channel)
+            & (NotificationSuppression.address_sha256 == NotificationRecipient.address_sha256),
         )
+        .where(column.in_(list(ids)))
+        .group_by(column, NotificationRecipient.channel, stopped, NotificationSuppression.reason)
     )
-    for owner, channel, unsubscribed, count in rows:
-        counts = found.setdefault(owner, {"email": 0, "webhook": 0, "unsubscribed": 0})
-        counts[channel] = counts.get(channel, 0) + count
-        if unsubscribed:
-            counts["unsubscribed"] += count
+    for owner, channel, unsubscribed, reason, count in rows:
+        state = reason or ("unsubscribed" if unsubscribed else "active")
+        by_state = found.setdefault(owner, {}).setdefault(channel, {})
+        by_state[state] = by_state.get(state, 0) + count
     return {
-        owner: _Counts(c["email"], c["webhook"], c["unsubscribed"]) for owner, c in found.items()
+        owner: _Counts(
+            ChannelCounts(**channels.get("email", {})),
+            ChannelCounts(**channels.get("webhook", {})),
+        )
+        for owner, channels in found.items()
     }
+
+
+def suppressed_count(
+    session: Session, *, scorecard_id: str | None = None, alert_id: str | None = None
+) -> int:
+    """How many of a scorecard's or an alert's recipients the tenant's messages no longer
+    go to because the address unsubscribed or bounced earlier (``suppression``): for a
+    command to say after adding them, never naming them."""
+    if (scorecard_id is None) == (alert_id is None):
+        raise ValueError("give one of scorecard_id and alert_id")
+    column = (
+        NotificationRecipient.scorecard_id
+        if scorecard_id is not None
+        else NotificationRecipient.alert_id
+    )
+    return session.scalar(
+        select(func.count())
+        .select_from(NotificationRecipient)
+        .join(
+            NotificationSuppression,
+            (NotificationSuppression.tenant_id == NotificationRecipient.tenant_id)
+            & (NotificationSuppression.channel == NotificationRecipient.channel)
+            & (NotificationSuppression.address_sha256 == NotificationRecipient.address_sha256),
+        )
+        .where(column == (scorecard_id or alert_id))
+    )
 
 
 def _scorecard_info(row: Scorecard, counts: _Counts, timezone: str) -> ScorecardInfo:
@@ -444,6 +543,9 @@ def _scorecard_info(row: Scorecard, counts: _Counts, timezone: str) -> Scorecard
         webhooks=counts.webhooks,
         unsubscribed=counts.unsubscribed,
         created_at=row.created_at,
+        bounced=counts.bounced,
+        email_counts=counts.email,
+        webhook_counts=counts.webhook,
     )
 
 
@@ -583,6 +685,11 @@ def add_alert(
             f'condition "{str(condition)[:20]}" is not one of {", ".join(CONDITIONS)}.'
         )
     metric, dimension = _ref(session, tenant_id, metric)
+    if not dimension and _money_in_currencies(session, tenant_id, metric):
+        raise InvalidInput(
+            f"{metric} is money in each currency, and an alert would add up different "
+            f"currencies: name one, as {metric}[usd] or {metric}[eur]."
+        )
     value = _threshold(condition, threshold)
     if window_days not in WINDOWS:
         raise InvalidInput("The window is 1 or 7 days (--window 1|7).")
@@ -603,8 +710,8 @@ def add_alert(
     )
     if same is not None:
         raise InvalidInput(
-            f"The tenant has the same alert already ({same}); add recipients by removing "
-            "it and adding it again with all of them."
+            f"The tenant has the same alert already ({same}); add recipients to it with "
+            "`writevue alert recipients`."
         )
     if _count(session, AlertRule, tenant_id) >= MAX_ALERTS:
         raise InvalidInput(f"A tenant has at most {MAX_ALERTS} alerts; remove one first.")
@@ -625,6 +732,22 @@ def add_alert(
     return row.id
 
 
+def _money_in_currencies(session: Session, tenant_id: str, metric: str) -> bool:
+    """Whether a stored metric is money without a currency of its own: its facts carry
+    the currency as their dimension (Stripe's gross volume; a REST spec's money metric),
+    so its total adds up USD and EUR."""
+    source, _, name = metric.partition(".")
+    if source == "rest":
+        rest = SOURCES["rest"]
+        for connection in registry.list_connections(session, tenant_id=tenant_id, source="rest"):
+            meta = rest.metric_meta(connection).get(name)
+            if meta is not None and meta.unit == "money":
+                return True
+        return False
+    found = SOURCES.get(source)
+    return found is not None and found.metric_units.get(name) == "money"
+
+
 def _alert_info(row: AlertRule, counts: _Counts) -> AlertInfo:
     return AlertInfo(
         id=row.id,
@@ -642,6 +765,9 @@ def _alert_info(row: AlertRule, counts: _Counts) -> AlertInfo:
         webhooks=counts.webhooks,
         unsubscribed=counts.unsubscribed,
         created_at=row.created_at,
+        bounced=counts.bounced,
+        email_counts=counts.email,
+        webhook_counts=counts.webhook,
     )
 
 
@@ -658,9 +784,7 @@ def list_alerts(session: Session, tenant_id: str) -> list[AlertInfo]:
 
 
 def get_alert(session: Session, alert_id: str) -> AlertInfo:
-    row = session.get(AlertRule, registry.parse_uuid(alert_id, "Alert"))
-    if row is None:
-        raise NotFound(f"No alert with id {alert_id}; `writevue alert list TENANT_ID` shows them.")
+    row = _alert_row(session, alert_id)
     counts = _recipient_counts(session, NotificationRecipient.alert_id, [row.id])
     return _alert_info(row, counts.get(row.id, _Counts()))
 
@@ -679,6 +803,212 @@ def remove_alert(session: Session, alert_id: str) -> AlertInfo:
     return info
 
 
+# -- pausing, resuming, changing recipients -----------------------------------------------
+
+
+def _alert_row(session: Session, alert_id: str) -> AlertRule:
+    row = session.get(AlertRule, registry.parse_uuid(alert_id, "Alert"))
+    if row is None:
+        raise NotFound(f"No alert with id {alert_id}; `writevue alert list TENANT_ID` shows them.")
+    return row
+
+
+def pause_scorecard(
+    session: Session, scorecard_id: str, *, now: dt.datetime | None = None
+) -> ScorecardInfo:
+    """Stop sending a scorecard until it is resumed (pausing a paused one changes nothing)."""
+    row = _scorecard_row(session, scorecard_id)
+    if row.paused_at is None:
+        row.paused_at = now or utcnow()
+        session.flush()
+    return get_scorecard(session, row.id)
+
+
+def resume_scorecard(
+    session: Session, scorecard_id: str, *, now: dt.datetime | None = None
+) -> ScorecardInfo:
+    """Send a paused scorecard again, from its first send time after ``now``: the sends it
+    missed while paused are not made up."""
+    row = _scorecard_row(session, scorecard_id)
+    if row.paused_at is not None:
+        row.paused_at = None
+        advance_scorecard(session, row.id, after=now or utcnow())
+    return get_scorecard(session, row.id)
+
+
+def pause_alert(session: Session, alert_id: str, *, now: dt.datetime | None = None) -> AlertInfo:
+    """Stop judging an alert rule until it is resumed."""
+    row = _alert_row(session, alert_id)
+    if row.paused_at is None:
+        row.paused_at = now or utcnow()
+        session.flush()
+    return get_alert(session, row.id)
+
+
+def resume_alert(session: Session, alert_id: str) -> AlertInfo:
+    """Judge a paused alert rule again, from the next evaluation."""
+    row = _alert_row(session, alert_id)
+    if row.paused_at is not None:
+        row.paused_at = None
+        session.flush()
+    return get_alert(session, row.id)
+
+
+@dataclass(frozen=True)
+class RecipientChange:
+    """What ``change_recipients`` did, in counts (never an address)."""
+
+    added: int
+    #: given to add but a recipient already (one that unsubscribed stays unsubscribed)
+    already: int
+    removed: int
+
+
+def _address_key(channel: str, address: str) -> tuple[str, str]:
+    return (channel, address.strip().lower() if channel == "email" else address.strip())
+
+
+def _checked_addresses(
+    emails: Iterable[str], webhooks: Iterable[str], *, flag: str, what: str
+) -> list[tuple[str, str, str, int]]:
+    """(channel, address, key, position) of each address checked, repeats dropped."""
+    found: list[tuple[str, str, str, int]] = []
+    seen: set[tuple[str, str]] = set()
+    given = [("email", a, n) for n, a in enumerate(emails or (), 1)]
+    given += [("webhook", u, n) for n, u in enumerate(webhooks or (), 1)]
+    for channel, address, position in given:
+        address = address.strip() if isinstance(address, str) else address
+        if channel == "email":
+            address = check_email(address, position, flag)
+        else:
+            address = check_webhook_url(address, position, what)
+        key = _address_key(channel, address)
+        if key not in seen:
+            seen.add(key)
+            found.append((channel, address, key[1], position))
+    return found
+
+
+def change_recipients(
+    session: Session,
+    keys: KeyRing,
+    *,
+    scorecard_id: str | None = None,
+    alert_id: str | None = None,
+    add_emails: Iterable[str] = (),
+    add_webhooks: Iterable[str] = (),
+    remove_emails: Iterable[str] = (),
+    remove_webhooks: Iterable[str] = (),
+) -> RecipientChange:
+    """Add recipients to a scorecard or an alert, or remove some by their address (an
+    email in any case). A removed recipient's messages not sent yet are cancelled. An
+    address already there is left as it is: one that unsubscribed stays unsubscribed.
+    Everything is checked before anything changes; a message names an address by its
+    place, never by its text."""
+    if (scorecard_id is None) == (alert_id is None):
+        raise ValueError("give one of scorecard_id and alert_id")
+    if scorecard_id is not None:
+        owner: Scorecard | AlertRule = _scorecard_row(session, scorecard_id)
+        column, word = NotificationRecipient.scorecard_id, "scorecard"
+    else:
+        owner = _alert_row(session, alert_id)
+        column, word = NotificationRecipient.alert_id, "alert"
+    adds = _checked_addresses(add_emails, add_webhooks, flag="--add-to", what="")
+    removes = _checked_addresses(
+        remove_emails, remove_webhooks, flag="--remove-to", what=" to remove"
+    )
+    if not adds and not removes:
+        raise InvalidInput(
+            "Give an address to add or remove: --add-to, --remove-to, --add-webhook-file "
+            "or --remove-webhook-file."
+        )
+    if {(c, k) for c, _, k, _ in adds} & {(c, k) for c, _, k, _ in removes}:
+        raise InvalidInput("An address is both added and removed; give it once.")
+    rows = session.scalars(select(NotificationRecipient).where(column == owner.id)).all()
+    current = {
+        _address_key(
+            row.channel, keys.decrypt_text(row.address_ct, recipient_binding(row.tenant_id, row.id))
+        ): row
+        for row in rows
+    }
+    gone: list[NotificationRecipient] = []
+    for channel, _, key, position in removes:
+        row = current.get((channel, key))
+        if row is None:
+            where = (
+                f"--remove-to {position}"
+                if channel == "email"
+                else f"webhook URL {position} to remove"
+            )
+            raise InvalidInput(f"{where} is not a recipient of this {word}.")
+        gone.append(row)
+    new = [(channel, address) for channel, address, key, _ in adds if (channel, key) not in current]
+    remaining = len(rows) - len(gone) + len(new)
+    if remaining < 1:
+        raise InvalidInput(
+            f"A {word} keeps at least one recipient; to stop it, pause or remove the {word} "
+            f"(`writevue {word} pause|remove`)."
+        )
+    if remaining > MAX_RECIPIENTS:
+        raise InvalidInput(
+            f"A {word} has at most {MAX_RECIPIENTS} recipients; this makes {remaining}."
+        )
+    if gone:
+        session.execute(
+            update(NotificationDelivery)
+            .where(
+                NotificationDelivery.recipient_id.in_([row.id for row in gone]),
+                NotificationDelivery.status.in_(UNSENT),
+            )
+            .values(status="cancelled", message_ct=None, next_attempt_at=None)
+        )
+        for row in gone:
+            session.delete(row)
+        session.flush()
+    _add_recipients(
+        session,
+        keys,
+        owner.tenant_id,
+        new,
+        scorecard_id=owner.id if word == "scorecard" else None,
+        alert_id=owner.id if word == "alert" else None,
+    )
+    session.flush()
+    return RecipientChange(added=len(new), already=len(adds) - len(new), removed=len(gone))
+
+
+def subject_names(
+    session: Session, subjects: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], str]:
+    """(kind, subject id) -> what a delivery was about, for a listing: the scorecard's
+    name, the alert's description ("test: …" for a test message), "(removed)" when gone."""
+    wanted = set(subjects)
+    cards = sorted({sid for kind, sid in wanted if kind == "scorecard"})
+    rules = sorted({sid for kind, sid in wanted if kind != "scorecard"})
+    names: dict[str, str] = {}
+    for start in range(0, len(cards), 500):
+        names.update(
+            session.execute(
+                select(Scorecard.id, Scorecard.name).where(
+                    Scorecard.id.in_(cards[start : start + 500])
+                )
+            ).all()
+        )
+    for start in range(0, len(rules), 500):
+        for row in session.scalars(
+            select(AlertRule).where(AlertRule.id.in_(rules[start : start + 500]))
+        ):
+            names[row.id] = _alert_info(row, _Counts()).describe()
+    found = {}
+    for kind, sid in wanted:
+        name = names.get(sid)
+        if name is None:
+            found[(kind, sid)] = "(removed)"
+        else:
+            found[(kind, sid)] = f"test: {name}" if kind == "test" else name
+    return found
+
+
 # -- recipients, time zone, link -----------------------------------------------------------
 
 
@@ -689,7 +1019,8 @@ def active_recipients(
     scorecard_id: str | None = None,
     alert_id: str | None = None,
 ) -> list[Recipient]:
-    """The scorecard's or the alert's recipients that have not unsubscribed, decrypted."""
+    """The scorecard's or the alert's recipients that have not unsubscribed and whose
+    address the tenant has not suppressed (unsubscribed or bounced), decrypted."""
     if (scorecard_id is None) == (alert_id is None):
         raise ValueError("give one of scorecard_id and alert_id")
     column = (
@@ -704,15 +1035,16 @@ def active_recipients(
             NotificationRecipient.unsubscribed_at.is_(None),
         )
         .order_by(NotificationRecipient.created_at, NotificationRecipient.id)
-    )
-    return [
-        Recipient(
-            row.id,
-            row.channel,
-            keys.decrypt_text(row.address_ct, recipient_binding(row.tenant_id, row.id)),
-        )
-        for row in rows
-    ]
+    ).all()
+    stopped = suppression.suppressed(session, rows[0].tenant_id) if rows else {}
+    found = []
+    for row in rows:
+        address = keys.decrypt_text(row.address_ct, recipient_binding(row.tenant_id, row.id))
+        # hashed from the address: a row made before migration 0012 has no hash of its own
+        digest = suppression.address_hash(row.tenant_id, row.channel, address)
+        if (row.channel, digest) not in stopped:
+            found.append(Recipient(row.id, row.channel, address))
+    return found
 
 
 def tenant_timezone(session: Session, tenant_id: str) -> str:
@@ -723,6 +1055,19 @@ def tenant_timezone(session: Session, tenant_id: str) -> str:
         return schedule.check_timezone(name)
     except InvalidInput:
         return "UTC"
+
+
+#: what stands for the dashboard link's token in a preview: a preview is a file, and a
+#: file is copied and attached more carelessly than a message is forwarded
+PREVIEW_LINK = "<dashboard-link>"
+
+
+def preview_link_url(session: Session, keys: KeyRing, tenant_id: str, settings) -> str | None:
+    """What a preview shows where a message would carry the dashboard link: the address
+    with a placeholder for its token; None when the messages carry no link."""
+    if message_link_url(session, keys, tenant_id, settings) is None:
+        return None
+    return settings.dashboard_url(PREVIEW_LINK)
 
 
 def message_link_url(session: Session, keys: KeyRing, tenant_id: str, settings) -> str | None:
@@ -745,13 +1090,17 @@ __all__ = [
     "MAX_ALERTS",
     "MAX_METRICS",
     "MAX_SCORECARDS",
+    "PREVIEW_LINK",
     "AlertInfo",
+    "ChannelCounts",
     "Recipient",
+    "RecipientChange",
     "ScorecardInfo",
     "active_recipients",
     "add_alert",
     "add_scorecard",
     "advance_scorecard",
+    "change_recipients",
     "check_email",
     "check_webhook_url",
     "due_scorecards",
@@ -760,8 +1109,15 @@ __all__ = [
     "list_alerts",
     "list_scorecards",
     "message_link_url",
+    "pause_alert",
+    "pause_scorecard",
+    "preview_link_url",
     "recipient_binding",
     "remove_alert",
     "remove_scorecard",
+    "resume_alert",
+    "resume_scorecard",
+    "subject_names",
+    "suppressed_count",
     "tenant_timezone",
 ]

@@ -11,15 +11,19 @@ and its outcome recorded in its own commit with an audit event:
 
 - ``sent``: the server accepted it (SMTP 250, HTTP 2xx); the stored message is cleared;
 - ``bounced``: refused for good: SMTP 5xx for the recipient or the message, a webhook's
-  404 or 410; not retried;
+  404 or 410; not retried, and the address is suppressed at the tenant (``suppression``):
+  its other queued messages are cancelled and no later one is sent;
 - ``retrying``: refused for now (SMTP 4xx, HTTP 5xx, 429 or 408), refused connection,
   timeout, TLS trouble, no SMTP server configured: tried again after 2, 4, 8, 16 minutes,
   at most ``WRITEVUE_NOTIFY_ATTEMPTS`` (5) attempts in all, then ``failed``;
 - ``failed``: given up, or a webhook's other 4xx or a redirect (retrying cannot help);
-- ``cancelled``: the recipient unsubscribed (or was removed) before it went.
+- ``cancelled``: the recipient unsubscribed (or was removed), or the address was
+  suppressed (unsubscribed or bounced, error ``suppressed: <reason>``), before it went.
 
 A row left ``sending`` by a run that was killed goes back to ``retrying`` after 15
-minutes. One SMTP connection serves a run; once the server cannot be reached (refused,
+minutes: a claim is stamped with the clock when it is made (not the run's start, which
+may be long before), so a long run's fresh claim is never taken for an abandoned one.
+One SMTP connection serves a run; once the server cannot be reached (refused,
 timeout, TLS, credentials), the run's other mail is recorded with the same error without
 trying each (a hanging server costs one timeout per run, not one per message).
 
@@ -39,7 +43,6 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from email import policy as email_policy
 from email.message import EmailMessage
 from email.parser import Parser
 from typing import Any
@@ -56,7 +59,7 @@ from ..models import NotificationDelivery, NotificationRecipient
 from ..runtime import Runtime
 from ..settings import ConfigError, Settings
 from ..vault import Binding, KeyRing
-from . import messages, smtp
+from . import messages, smtp, suppression
 from .content import AlertContent, ScorecardContent
 
 KINDS = ("scorecard", "alert", "test")
@@ -147,6 +150,9 @@ def enqueue(
             attempts=0,
             next_attempt_at=scheduled_for,
             message_ct=keys.encrypt(json.dumps(stored), _binding(tenant_id, delivery_id)),
+            address_sha256=suppression.address_hash(
+                tenant_id, recipient.channel, recipient.address
+            ),
             unsubscribe_sha256=hash_token(token),
         )
         try:
@@ -253,9 +259,14 @@ def send_due(
             row = _claim(runtime, delivery_id, now, run_id)
             if row is None:
                 continue  # another run has it
+            digest = row.address_sha256
             try:
                 recipient, stored = _load(runtime, row)
-                if recipient is None or recipient.unsubscribed_at is not None:
+                if recipient is not None:
+                    digest = digest or recipient.digest
+                if recipient is not None and recipient.suppressed is not None:
+                    outcome = _Outcome("cancelled", f"suppressed: {recipient.suppressed}")
+                elif recipient is None or recipient.unsubscribed_at is not None:
                     outcome = _Outcome("cancelled")
                 elif row.channel == "email":
                     if mailer is None:
@@ -272,7 +283,7 @@ def send_due(
             except Exception as exc:  # one message's trouble never stops the others
                 _log.warning("delivery %s not sent (%s)", row.id, type(exc).__name__)
                 outcome = _Outcome("retrying", f"internal {type(exc).__name__}"[:200])
-            status = _record(runtime, row, outcome, now, settings.notify_attempts)
+            status = _record(runtime, row, outcome, now, settings.notify_attempts, digest)
             report.add(row.tenant_id, status)
     finally:
         if mailer is not None:
@@ -293,15 +304,21 @@ def _mailer(settings: Settings) -> smtp.SmtpSender:
 
 @dataclass
 class _Address:
-    address: str
+    address: str = field(repr=False)
     unsubscribed_at: dt.datetime | None
+    #: the address's suppression hash, and why it is suppressed at the tenant (or None)
+    digest: str
+    suppressed: str | None
 
 
 def _claim(
     runtime: Runtime, delivery_id: str, now: dt.datetime, run_id: str | None
 ) -> NotificationDelivery | None:
     """Move one due row to ``sending`` (in its own commit); the row, or None when another
-    run claimed it first."""
+    run claimed it first. The claim is stamped with the clock now (``next_attempt_at``,
+    which ``_recover_stuck`` reads), not with the run's ``now``: a run that began long
+    ago and claims a row this moment holds a fresh claim."""
+    stamp = max(now, dt.datetime.now(dt.UTC))
     with runtime.db.session() as session:
         claimed = session.execute(
             update(NotificationDelivery)
@@ -313,7 +330,7 @@ def _claim(
             .values(
                 status="sending",
                 attempts=NotificationDelivery.attempts + 1,
-                next_attempt_at=now,
+                next_attempt_at=stamp,
                 run_id=run_id,
             )
             .execution_options(synchronize_session=False)
@@ -336,11 +353,15 @@ def _load(runtime: Runtime, row: NotificationDelivery) -> tuple[_Address | None,
         address = keys.decrypt(
             found.address_ct, Binding(found.tenant_id, None, f"recipient.{found.id}")
         ).decode()
-        return _Address(address, found.unsubscribed_at), stored
+        # a row queued before migration 0012 has no hash: the address gives it
+        digest = row.address_sha256 or suppression.address_hash(row.tenant_id, row.channel, address)
+        reason = suppression.reason_of(session, row.tenant_id, row.channel, digest)
+        return _Address(address, found.unsubscribed_at, digest, reason), stored
 
 
 def _send_email(mailer: smtp.SmtpSender, stored: dict, to: str) -> _Outcome:
-    message = Parser(_class=EmailMessage, policy=email_policy.default).parsestr(stored["message"])
+    # the policy it was built with: the List-Unsubscribe URL stays a plain URL on the wire
+    message = Parser(_class=EmailMessage, policy=messages.POLICY).parsestr(stored["message"])
     try:
         mailer.send(message, to)
     except smtp.SendError as exc:
@@ -412,8 +433,15 @@ def _send_webhook(client: httpx.Client, stored: dict, url: str, key: str) -> _Ou
 
 
 def _record(
-    runtime: Runtime, row: NotificationDelivery, outcome: _Outcome, now: dt.datetime, most: int
+    runtime: Runtime,
+    row: NotificationDelivery,
+    outcome: _Outcome,
+    now: dt.datetime,
+    most: int,
+    digest: str | None = None,
 ) -> str:
+    """Write one attempt's outcome and its audit event in one commit; a bounce also
+    suppresses the address (``digest``) at the tenant, cancelling its queued messages."""
     status = outcome.status
     if status == "retrying" and row.attempts >= most:
         status = "failed"
@@ -426,12 +454,14 @@ def _record(
             values["message_ct"] = None
         if status == "sent":
             values["sent_at"] = now
-        session.execute(
+        recorded = session.execute(
             update(NotificationDelivery)
             .where(NotificationDelivery.id == row.id, NotificationDelivery.status == "sending")
             .values(**values)
             .execution_options(synchronize_session=False)
-        )
+        ).rowcount
+        if status == "bounced" and digest and recorded:
+            suppression.suppress(session, row.tenant_id, row.channel, digest, "bounced", now=now)
         registry.audit(
             session,
             ACTOR,

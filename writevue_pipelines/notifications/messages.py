@@ -18,6 +18,7 @@ import re
 from collections.abc import Sequence
 from email.headerregistry import Address
 from email.message import EmailMessage
+from email.policy import EmailPolicy
 from email.utils import format_datetime, formataddr, parseaddr
 
 from .content import AlertContent, BrandInfo, Figure, ScorecardContent
@@ -35,6 +36,32 @@ PREVIEW_TO = "recipient@example.invalid"
 PREVIEW_UNSUBSCRIBE = "https://dashboards.example.invalid/unsubscribe/preview"
 
 Content = ScorecardContent | AlertContent
+
+#: headers a mail client reads as a bracketed URL: never folded into RFC 2047 encoded
+#: words (``=?utf-8?q?=3Chttps…?=`` is not a URL to a client), which Python's email
+#: library does to a value longer than a line with no space to break at
+_URL_HEADERS = frozenset({"list-unsubscribe", "list-unsubscribe-post"})
+#: RFC 5322's hard limit for a line: a URL header stays on one line up to it
+_MAX_LINE = 998
+
+
+class _Policy(EmailPolicy):
+    """The default policy (lines folded at 78), except for ``_URL_HEADERS``, which stay on
+    one line of up to 998 characters as RFC 5322 allows."""
+
+    def fold(self, name, value):
+        if name.lower() in _URL_HEADERS:
+            return super(_Policy, self.clone(max_line_length=_MAX_LINE)).fold(name, value)
+        return super().fold(name, value)
+
+    def fold_binary(self, name, value):
+        if name.lower() in _URL_HEADERS:
+            return super(_Policy, self.clone(max_line_length=_MAX_LINE)).fold_binary(name, value)
+        return super().fold_binary(name, value)
+
+
+#: the policy every message is built, stored, parsed and sent with
+POLICY = _Policy()
 
 
 # -- email --------------------------------------------------------------------------------------
@@ -136,7 +163,7 @@ def _email(
         + f"\nYou receive {why} from {brand.display_name} about {content.tenant_name}. "
         f"To stop receiving it: {unsubscribe_url}\n"
     )
-    message = EmailMessage()
+    message = EmailMessage(policy=POLICY)
     message["Subject"] = _one_line(subject)
     message["From"] = _sender(sender, brand)
     message["To"] = to

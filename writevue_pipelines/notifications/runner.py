@@ -24,13 +24,13 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from ..errors import NotFound
+from ..errors import InvalidInput, NotFound
 from ..models import Connection, NotificationDelivery, Scorecard
 from ..runtime import Runtime
-from . import config, delivery, evaluate
+from . import config, delivery, evaluate, schedule
 
 
 @dataclass
@@ -45,6 +45,8 @@ class RunReport:
     #: seconds spent judging and rendering, and sending
     eval_s: float = 0.0
     send_s: float = 0.0
+    #: scorecards due whose period's data is not all refreshed yet: held, asked again
+    held: int = 0
     #: "tenant <id>: <exception kind>" for each tenant or scorecard that could not be judged
     errors: list[str] = field(default_factory=list)
 
@@ -54,6 +56,10 @@ class RunReport:
             f"{self.alerts_fired} alerts fired; {self.scorecards} scorecards rendered; "
             f"{self.queued} messages queued"
         ]
+        if self.held:
+            lines.append(
+                f"{self.held} scorecards held: their period's data is not all refreshed yet"
+            )
         if self.delivery is not None:
             lines.extend(self.delivery.lines())
         lines.extend(f"not judged: {error}" for error in self.errors)
@@ -107,6 +113,29 @@ def judge_tenants(
             report.errors.append(f"tenant {tenant_id}: {type(exc).__name__}")
 
 
+#: the longest a due scorecard waits for its period's data before it goes out as it is
+HOLD_MAX = dt.timedelta(hours=6)
+
+
+def _data_complete(session: Session, card: Scorecard, scheduled_for: dt.datetime) -> bool:
+    """Whether every connection of the scorecard's tenant was refreshed after the last day
+    of the period ended (UTC, as facts are kept), or the scorecard has waited HOLD_MAX.
+
+    A scorecard due at 08:00 in Tokyo reports a "yesterday" that is a UTC day still
+    running: it waits for the refresh after that day, rather than report part of it."""
+    if _utcnow() - scheduled_for >= HOLD_MAX:
+        return True
+    timezone = config.tenant_timezone(session, card.tenant_id)
+    _, end = schedule.period_window(card.period, schedule.local_today(timezone, scheduled_for))
+    ended = dt.datetime.combine(end + dt.timedelta(days=1), dt.time(), dt.UTC)
+    refreshed = session.scalars(
+        select(Connection.last_refreshed_at).where(
+            Connection.tenant_id == card.tenant_id, Connection.status != "disabled"
+        )
+    ).all()
+    return all(at is not None and at >= ended for at in refreshed)
+
+
 def render_scorecards(
     runtime: Runtime,
     due: Sequence[tuple[str, dt.datetime]],
@@ -130,6 +159,9 @@ def render_scorecards(
                     raise NotFound(f"No scorecard with id {scorecard_id}.")
                 if advance and card.next_due_at > scheduled_for:
                     continue  # an earlier run sent this one and moved the scorecard on
+                if advance and not _data_complete(session, card, scheduled_for):
+                    report.held += 1
+                    continue  # asked again by the sensor's next run; sent when refreshed
                 link = config.message_link_url(
                     session, runtime.keys, card.tenant_id, runtime.settings
                 )
@@ -210,9 +242,51 @@ def run(
     report.eval_s = time.perf_counter() - started
     if send:
         started = time.perf_counter()
-        report.delivery = delivery.send_due(runtime, now=now, run_id=run_id)
+        # now, not when the run started: what this run queued is due too
+        report.delivery = delivery.send_due(runtime, now=_utcnow(), run_id=run_id)
         report.send_s = time.perf_counter() - started
     return report
+
+
+def _check_channels(
+    session: Session, runtime: Runtime, *, scorecard_id: str | None = None, alert_id=None
+) -> None:
+    """Refuse, before anything is queued, a send by email that cannot work: SMTP not set
+    or set wrongly (one clear line, from ``smtp``)."""
+    from . import smtp
+
+    if scorecard_id is not None:
+        config.get_scorecard(session, scorecard_id)  # NotFound first
+    else:
+        config.get_alert(session, alert_id)
+    recipients = config.active_recipients(
+        session, runtime.keys, scorecard_id=scorecard_id, alert_id=alert_id
+    )
+    if not recipients:
+        raise InvalidInput("It has no active recipients (all unsubscribed, bounced or removed).")
+    if any(r.channel == "email" for r in recipients):
+        try:
+            found = smtp.SmtpConfig.from_settings(runtime.settings)
+        except smtp.ConfigError as exc:
+            raise InvalidInput(str(exc)) from None
+        if found is None:
+            raise InvalidInput(
+                "WRITEVUE_SMTP_URL is not set: mail cannot be sent (see docs/notifications.md)."
+            )
+
+
+def _cancel_unsent(session: Session, *, kinds: tuple[str, ...], subject_id: str) -> int:
+    """Cancel the subject's messages still waiting to be sent or retried; how many."""
+    result = session.execute(
+        update(NotificationDelivery)
+        .where(
+            NotificationDelivery.kind.in_(kinds),
+            NotificationDelivery.subject_id == subject_id,
+            NotificationDelivery.status.in_(("pending", "retrying")),
+        )
+        .values(status="cancelled", message_ct=None, error="replaced by a later send")
+    )
+    return result.rowcount or 0
 
 
 def send_now(
@@ -223,6 +297,10 @@ def send_now(
     now = now or _utcnow()
     report = RunReport()
     started = time.perf_counter()
+    with runtime.db.session() as session:
+        _check_channels(session, runtime, scorecard_id=scorecard_id)
+        # this message replaces what of the scorecard is still waiting to go out
+        _cancel_unsent(session, kinds=("scorecard",), subject_id=scorecard_id)
     render_scorecards(
         runtime,
         [(scorecard_id, now)],
@@ -247,6 +325,9 @@ def send_alert_test(
     last whole day, marked as a test; the rule's episode is left as it is."""
     now = now or _utcnow()
     report = RunReport()
+    with runtime.db.session() as session:
+        _check_channels(session, runtime, alert_id=alert_id)
+        _cancel_unsent(session, kinds=("test",), subject_id=alert_id)
     with runtime.db.session() as session:
         content = evaluate.alert_test_content(session, runtime.keys, alert_id, today=now.date())
         content = dataclasses.replace(

@@ -41,6 +41,13 @@ PERIOD_WORDS = {
     "last_week": "last week",
     "last_month": "last month",
 }
+#: the periods each cadence may report: a period longer than the time between two sends
+#: would send the same figures again (daily with last_week: one week, seven times)
+CADENCE_PERIODS: dict[str, tuple[str, ...]] = {
+    "daily": ("yesterday", "last_7_days", "last_30_days", "week_to_date", "month_to_date"),
+    "weekly": ("last_7_days", "last_30_days", "week_to_date", "month_to_date", "last_week"),
+    "monthly": ("last_30_days", "month_to_date", "last_month"),
+}
 WEEKDAYS: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 #: the last day of the month a monthly scorecard may name (every month has it)
 MAX_DAY_OF_MONTH = 28
@@ -151,6 +158,18 @@ def parse_send_at(send_at: object) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
+def check_period_fits(cadence: str, period: str) -> None:
+    """Refuse a period that would repeat the same figures at this cadence, in one line
+    naming the periods that fit (both already checked on their own)."""
+    fits = CADENCE_PERIODS.get(cadence, PERIODS)
+    if period not in fits:
+        shown = ", ".join(p for p in PERIODS if p in fits)
+        raise InvalidInput(
+            f"--every {cadence} repeats the same figures with --period {period}: "
+            f"{cadence} fits {shown}."
+        )
+
+
 def normal_send_at(send_at: str) -> str:
     hour, minute = parse_send_at(send_at)
     return f"{hour:02d}:{minute:02d}"
@@ -251,12 +270,14 @@ def cadence_text(
 
 __all__ = [
     "CADENCES",
+    "CADENCE_PERIODS",
     "COMPARISONS",
     "PERIODS",
     "WEEKDAYS",
     "cadence_text",
     "check_cadence",
     "check_period",
+    "check_period_fits",
     "check_timezone",
     "local_today",
     "next_due",

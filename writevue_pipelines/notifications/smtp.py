@@ -4,7 +4,9 @@
 same host or network), ``smtp+starttls://host:587`` or ``smtps://host:465``. Credentials
 come from ``WRITEVUE_SMTP_USER`` and ``WRITEVUE_SMTP_PASSWORD`` or
 ``WRITEVUE_SMTP_PASSWORD_FILE``, never from the URL (a URL is shown and logged far more
-often than an environment variable). STARTTLS and SMTPS verify the server's certificate
+often than an environment variable); a login over plain ``smtp://`` is refused unless the
+server is on this machine (loopback), since the password would cross the network in
+clear. STARTTLS and SMTPS verify the server's certificate
 and name against the system's CAs, or ``WRITEVUE_SMTP_CA_FILE``'s.
 
 A failure is reported as a short kind ("smtp 451", "refused", "timeout", "tls"), never
@@ -13,6 +15,7 @@ with the server's text (it can repeat the address) nor the address itself.
 
 from __future__ import annotations
 
+import ipaddress
 import smtplib
 import socket
 import ssl
@@ -79,6 +82,13 @@ class SmtpConfig:
                 ) from None
         if password and not settings.smtp_user:
             raise ConfigError("An SMTP password is set without WRITEVUE_SMTP_USER.")
+        if security == "plain" and settings.smtp_user and not _loopback(parts.hostname):
+            raise ConfigError(
+                "WRITEVUE_SMTP_USER is set but WRITEVUE_SMTP_URL is plain smtp:// to another "
+                "machine, so the password would cross the network unencrypted; use "
+                "smtp+starttls://host:587 or smtps://host:465 (plain smtp:// with a login is "
+                "for a relay on this machine only)."
+            )
         _, address = parseaddr(settings.mail_from)
         if "@" not in address or any(c.isspace() for c in address):
             raise ConfigError(
@@ -220,6 +230,18 @@ class SmtpSender:
             except (OSError, smtplib.SMTPException):
                 pass
             self._drop()
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` is this machine: localhost, 127.0.0.0/8 or ::1 (by name or
+    address only: a name is not resolved, so DNS cannot make a remote host look local)."""
+    host = host.strip("[]").lower().rstrip(".")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _not_configured() -> SendError:

@@ -4,7 +4,10 @@ Every message carries ``/unsubscribe/<token>``: 32 random bytes, URL-safe, of wh
 the SHA-256 is stored (on the delivery row), like a dashboard link's. Spending it stops
 the recipient the message went to and every other recipient row of the same tenant with
 the same address (the person asked to stop hearing from this client, not from one of
-its scorecards), and cancels their messages still queued. Another tenant's messages to
+its scorecards), and cancels their messages still queued. It also suppresses the address
+at the tenant (``suppression``, reason ``unsubscribed``): the delivery row keeps the
+address's hash, so a token spent after its scorecard was removed still stops the address,
+and a recipient added again with it starts out unsubscribed. Another tenant's messages to
 the same address are that tenant's business and go on. A spent token, an unknown one
 and a malformed one all answer False, after the same lookup.
 """
@@ -19,6 +22,7 @@ from sqlalchemy.orm import Session
 from ..links import hash_token
 from ..models import NotificationDelivery, NotificationRecipient, utcnow
 from ..vault import Binding, KeyRing, VaultError
+from . import suppression
 from .delivery import OPEN
 
 
@@ -35,11 +39,11 @@ def spend(
 ) -> str | None:
     """``unsubscribe``, saying whose messages stopped: the tenant's id, or None."""
     now = now or utcnow()
-    digest = hash_token(token or "")
+    token_hash = hash_token(token or "")
     row = session.scalars(
         select(NotificationDelivery)
         .where(
-            NotificationDelivery.unsubscribe_sha256 == digest,
+            NotificationDelivery.unsubscribe_sha256 == token_hash,
             NotificationDelivery.unsubscribe_used_at.is_(None),
         )
         .with_for_update()
@@ -58,21 +62,26 @@ def spend(
     if spent.rowcount != 1:  # spent meanwhile by another request
         return None
     recipient = session.get(NotificationRecipient, row.recipient_id)
-    if recipient is None:  # its scorecard or alert was removed: nothing left to stop
-        return row.tenant_id
-    address = _address(keys, recipient)
-    stopped = [recipient.id]
-    if address is not None:
+    address = _address(keys, recipient) if recipient is not None else None
+    # the hash the delivery was queued with; a row queued before migration 0012 has none,
+    # and then its recipient's address (when it is still there) gives it
+    digest = row.address_sha256 or (
+        suppression.address_hash(row.tenant_id, row.channel, address) if address else None
+    )
+    stopped = [recipient.id] if recipient is not None else []
+    if digest is not None:
+        suppression.suppress(session, row.tenant_id, row.channel, digest, "unsubscribed", now=now)
         others = session.scalars(
             select(NotificationRecipient).where(
-                NotificationRecipient.tenant_id == recipient.tenant_id,
-                NotificationRecipient.channel == recipient.channel,
-                NotificationRecipient.id != recipient.id,
+                NotificationRecipient.tenant_id == row.tenant_id,
+                NotificationRecipient.channel == row.channel,
+                NotificationRecipient.address_sha256.is_(None)
+                | (NotificationRecipient.address_sha256 == digest),
             )
         )
-        stopped += [
-            other.id for other in others if _same(_address(keys, other), address, other.channel)
-        ]
+        stopped += [o.id for o in others if o.id not in stopped and _same(keys, o, digest)]
+    if not stopped:  # neither hash nor recipient: nothing left to stop
+        return row.tenant_id
     session.execute(
         update(NotificationRecipient)
         .where(
@@ -104,9 +113,12 @@ def _address(keys: KeyRing, recipient: NotificationRecipient) -> str | None:
         return None
 
 
-def _same(other: str | None, address: str, channel: str) -> bool:
-    if other is None:
-        return False
-    if channel == "email":
-        return other.strip().lower() == address.strip().lower()
-    return other.strip() == address.strip()
+def _same(keys: KeyRing, other: NotificationRecipient, digest: str) -> bool:
+    """Whether a recipient row has the address with this hash: by its own hash, or (a row
+    made before migration 0012) by its decrypted address."""
+    if other.address_sha256 is not None:
+        return other.address_sha256 == digest
+    address = _address(keys, other)
+    return address is not None and (
+        suppression.address_hash(other.tenant_id, other.channel, address) == digest
+    )

@@ -65,7 +65,10 @@ dashboard.json       how your dashboard is set up: its layout (template) and loo
 notifications.json   your scorecards and alerts: what they show and when they are
                      sent, with their recipients' email addresses and webhook URLs;
                      every message sent or to be sent (when, channel, outcome; not the
-                     message itself, which is deleted once sent); the unusual days
+                     message itself, which is deleted once sent); the addresses your
+                     messages no longer go to because they unsubscribed or bounced
+                     (a one-way hash of each, with the reason: the address itself is
+                     not kept once its scorecard or alert is gone); the unusual days
                      found in your metrics; your time zone, and whether your messages
                      carry a dashboard link.
 
@@ -151,7 +154,7 @@ def _notifications(session, keys, tenant_id: str) -> dict:
     """The tenant's scorecards, alerts (with recipients' addresses: its own data),
     deliveries (outcomes only: no message, token or hash) and anomalies."""
     from ..models import MetricAnomaly, NotificationDelivery, NotificationRecipient
-    from ..notifications import config
+    from ..notifications import config, suppression
     from ..vault import VaultError
 
     recipients: dict[str, list[dict]] = {}
@@ -212,6 +215,11 @@ def _notifications(session, keys, tenant_id: str) -> dict:
                 "unsubscribed_with_it_at": _iso(d.unsubscribe_used_at) or None,
             }
             for d in deliveries
+        ],
+        # addresses the messages no longer go to (unsubscribed or bounced): only a hash
+        # of each is kept, so only the hash can be exported
+        "suppressions": [
+            item.as_json() for item in suppression.list_suppressions(session, tenant_id)
         ],
         "anomalies": [
             {
