@@ -26,15 +26,15 @@ import datetime as dt
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from bench.procfs import cpu_s
-from bench.refresh import HERE, LATENCY_S, PAGES, PER_PAGE, keys
+from bench.refresh import LATENCY_S, PAGES, PER_PAGE, keys
 from bench.sandbox_process import start_sandbox
+from bench.workers import run_workers
 from writevue_pipelines.processes import free_port, spawn_and_wait
 
 METRICS = 20
@@ -175,24 +175,9 @@ def refresh(home: str, connections: list[str], workdir: str, processes: int) -> 
         path.write_text(json.dumps(connections[index::processes]))
         files.append(path)
     started = time.perf_counter()
-    env = {**os.environ, "BENCH_SPAWNED_AT": repr(time.time())}
-    children = [
-        subprocess.Popen(
-            [sys.executable, "-m", "bench.refresh", "--worker", home, str(path)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=HERE.parent,
-            env=env,
-        )
-        for path in files
-    ]
-    reports = []
-    for child in children:
-        out, err = child.communicate()
-        if child.returncode != 0:
-            raise SystemExit(f"refresh failed:\n{err[-3000:]}")
-        reports.append(json.loads(out.strip().splitlines()[-1]))
+    reports = run_workers(
+        "bench.refresh", [["--worker", home, str(path)] for path in files], "refresh"
+    )
     return {
         "wall_s": time.perf_counter() - started,
         "cpu_s": sum(r["cpu_s"] for r in reports),
@@ -262,25 +247,13 @@ def evaluate(home: str, tenants: list[str], workdir: str, processes: int) -> dic
         path.write_text(json.dumps([tenants[index::runs], due_at.isoformat()]))
         files.append(path)
     started = time.perf_counter()
-    env = {**os.environ, "BENCH_SPAWNED_AT": repr(time.time())}
     reports = []
     for wave in range(0, runs, processes):
-        children = [
-            subprocess.Popen(
-                [sys.executable, "-m", "bench.notifications", "--eval-worker", home, str(path)],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                cwd=HERE.parent,
-                env=env,
-            )
-            for path in files[wave : wave + processes]
-        ]
-        for child in children:
-            out, err = child.communicate()
-            if child.returncode != 0:
-                raise SystemExit(f"evaluation failed:\n{err[-3000:]}")
-            reports.append(json.loads(out.strip().splitlines()[-1]))
+        reports += run_workers(
+            "bench.notifications",
+            [["--eval-worker", home, str(path)] for path in files[wave : wave + processes]],
+            "evaluation",
+        )
     return {
         "wall_s": time.perf_counter() - started,
         "runs": runs,

@@ -38,6 +38,7 @@ import httpx
 from bench.procfs import cpu_s
 from bench.sandbox_pages import bench_key
 from bench.sandbox_process import start_sandbox
+from bench.workers import run_workers
 
 LATENCY_S = 0.05
 PAGES = 10
@@ -155,24 +156,9 @@ def run_writevue(base_url: str, n: int, workdir: str, processes: int) -> dict:
         path.write_text(json.dumps(ids[index::processes]))
         files.append(path)
     started = time.perf_counter()
-    env = {**os.environ, "BENCH_SPAWNED_AT": repr(time.time())}
-    children = [
-        subprocess.Popen(
-            [sys.executable, "-m", "bench.refresh", "--worker", home, str(path)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=HERE.parent,
-            env=env,
-        )
-        for path in files
-    ]
-    reports = []
-    for child in children:
-        out, err = child.communicate()
-        if child.returncode != 0:
-            raise SystemExit(f"WriteVue refresh failed:\n{err[-3000:]}")
-        reports.append(json.loads(out.strip().splitlines()[-1]))
+    reports = run_workers(
+        "bench.refresh", [["--worker", home, str(path)] for path in files], "WriteVue refresh"
+    )
     wall = time.perf_counter() - started
     return {
         "wall_s": wall,
