@@ -360,8 +360,8 @@ def scorecard_recipients(args) -> None:
 
 @command(
     "scorecard preview",
-    "write the scorecard's next message to a file (.eml; open it in a mail reader) without "
-    "sending it (audited: it holds the client's figures)",
+    "write the scorecard's message, as it would be sent now, to a file (.eml; open it in a "
+    "mail reader) without sending it (audited: it holds the client's figures)",
     arg("scorecard_id"),
     arg("--out", required=True, metavar="FILE", help="where to write it (.eml; .html: the page)"),
     ACTOR,
@@ -385,7 +385,9 @@ def preview_scorecard(args) -> None:
             session,
             runtime.keys,
             card.id,
-            scheduled_for=max(card.next_due_at, dt.datetime.now(dt.UTC)),
+            # as if sent now: the period just ended, with its data (the next send's
+            # period may not have happened yet)
+            scheduled_for=dt.datetime.now(dt.UTC),
             base_url_link=link,
         )
     text = messages.preview(content)
@@ -407,7 +409,7 @@ def preview_scorecard(args) -> None:
     except OSError as exc:
         raise CliError(f"Cannot write {out}: {exc.strerror}.") from None
     access.record(runtime, card.tenant_id, scorecard=card.id)
-    print(f"wrote {out} ({content.period_label}, {len(content.figures)} figures)")
+    print(f"wrote {out} ({content.period_label}, {_plural(len(content.figures), 'figure')})")
 
 
 #: what a send-now or an alert test says when its messages did not go out at once
@@ -712,6 +714,8 @@ def list_notifications(args) -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
         return
+    if not rows:
+        print("no deliveries" + (" with these filters" if args.tenant or args.status else ""))
     for item, row in zip(items, rows, strict=True):
         error = f"  {row['error']}" if row["error"] else ""
         when = item.sent_at or item.scheduled_for
