@@ -162,3 +162,13 @@ def test_the_cheap_screen_never_hides_an_anomalous_day():
             assert screened, (values[day], verdict)
         screened_out += not screened
     assert flagged > 10 and screened_out > 100  # both sides were exercised
+
+
+def test_a_sparse_metrics_next_smaller_event_is_no_event():
+    """Refunds: one of 500 weeks ago, none since; a refund of 40 is not unusual."""
+    start = DAY - dt.timedelta(days=7 * 8)
+    values = {start + dt.timedelta(days=i): 0.0 for i in range(7 * 8)}
+    values[DAY - dt.timedelta(days=20)] = 500.0
+    values[DAY] = 40.0
+    verdict = detect(values, DAY, min_spread=1.0)
+    assert verdict is not None and not verdict.anomalous

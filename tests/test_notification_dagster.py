@@ -210,13 +210,17 @@ def _due_scorecard(runtime, overdue: dt.timedelta = dt.timedelta(minutes=5)) -> 
     return tenant_id, card
 
 
-def _execute(instance, request):
+def _execute(instance, request, *, succeeds: bool = True):
     from writevue_pipelines.defs import defs
 
     result = defs.resolve_job_def("notifications").execute_in_process(
-        run_config=request.run_config, instance=instance, resources=RESOURCES, tags=request.tags
+        run_config=request.run_config,
+        instance=instance,
+        resources=RESOURCES,
+        tags=request.tags,
+        raise_on_error=False,
     )
-    assert result.success
+    assert result.success is succeeds
     return result
 
 
@@ -430,3 +434,46 @@ def test_send_now_again_replaces_the_copy_still_waiting(runtime, mail):
         "sent",
     ]
     assert len(mail.messages) == 1
+
+
+def _break_tenant_name(runtime, tenant_id: str) -> None:
+    """The tenant's name no longer decrypts: rendering its scorecard fails."""
+    from sqlalchemy import update
+
+    from writevue_pipelines.models import Tenant
+
+    with runtime.db.session() as session:
+        session.execute(update(Tenant).where(Tenant.id == tenant_id).values(name_ct=b"broken"))
+
+
+@pytest.mark.parametrize("overdue_hours, given_up", [(0.1, False), (7, True)])
+def test_a_scorecard_that_cannot_be_rendered_is_retried_for_hours_then_skipped(
+    runtime, instance, mail, overdue_hours, given_up
+):
+    from writevue_pipelines.notifications import config
+
+    tenant_id, card = _due_scorecard(runtime, overdue=dt.timedelta(hours=overdue_hours))
+    _break_tenant_name(runtime, tenant_id)
+    (request,) = _tick(instance).run_requests
+    _execute(instance, request, succeeds=False)  # failed, in the UI, and not retried at once
+    assert mail.messages == []
+    with runtime.db.session() as session:
+        moved_on = config.get_scorecard(session, card).next_due_at > dt.datetime.now(dt.UTC)
+    assert moved_on is given_up
+
+
+def test_a_send_now_that_fails_to_render_leaves_the_waiting_copy(runtime, mail):
+    import dataclasses
+
+    from writevue_pipelines.notifications import runner
+    from writevue_pipelines.settings import Settings
+
+    live = dataclasses.replace(runtime, settings=Settings.from_env())
+    live.__dict__["db"] = runtime.db
+    tenant_id, card = _due_scorecard(live)
+    mail.fail("4xx")
+    runner.send_now(live, card)
+    _break_tenant_name(live, tenant_id)
+    with pytest.raises(Exception):  # noqa: B017 -- whatever the render raises
+        runner.send_now(live, card)
+    assert [d.status for d in _deliveries(live, tenant_id)] == ["retrying"]

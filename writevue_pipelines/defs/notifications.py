@@ -112,7 +112,11 @@ def notify(context: OpExecutionContext, config: NotifyConfig, writevue: WriteVue
     context.add_output_metadata(metadata)
     if report.errors and not report.tenants and not report.scorecards:
         # nothing could be judged at all: fail the run so that it is retried and seen
-        raise Failure(description=f"{len(report.errors)} tenants could not be judged")
+        # (not retried at once: the sensor asks again for what is still due)
+        raise Failure(
+            description=f"{len(report.errors)} tenants or scorecards could not be judged",
+            allow_retries=False,
+        )
 
 
 @job(

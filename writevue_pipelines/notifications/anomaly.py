@@ -57,9 +57,12 @@ class Verdict:
 
 
 def _second_largest(values: list[float]) -> float:
-    if len(values) < 2:
+    """The second-largest residual, when at least two strayed at all; else the largest
+    (a sparse metric with one earlier event: the next one, if smaller, is no event)."""
+    strayed = sorted(v for v in values if v > 0)
+    if len(strayed) < 2:
         return max(values, default=0.0)
-    return sorted(values)[-2]
+    return strayed[-2]
 
 
 def may_be_anomalous(

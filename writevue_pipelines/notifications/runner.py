@@ -136,6 +136,17 @@ def _data_complete(session: Session, card: Scorecard, scheduled_for: dt.datetime
     return all(at is not None and at >= ended for at in refreshed)
 
 
+def _give_up(runtime: Runtime, scorecard_id: str, report: RunReport) -> None:
+    """A scheduled scorecard that has failed to render for HOLD_MAX: this send is skipped
+    and the scorecard moved on to its next, so it is not asked for again and again."""
+    try:
+        with runtime.db.session() as session:
+            config.advance_scorecard(session, scorecard_id, after=_utcnow())
+        report.errors.append(f"scorecard {scorecard_id}: this send given up")
+    except Exception as exc:  # removed meanwhile, or the database is away: next time
+        report.errors.append(f"scorecard {scorecard_id}: not moved on ({type(exc).__name__})")
+
+
 def render_scorecards(
     runtime: Runtime,
     due: Sequence[tuple[str, dt.datetime]],
@@ -198,6 +209,8 @@ def render_scorecards(
             if strict:
                 raise
             report.errors.append(f"scorecard {scorecard_id}: {type(exc).__name__}")
+            if advance and _utcnow() - scheduled_for >= HOLD_MAX:
+                _give_up(runtime, scorecard_id, report)
 
 
 def evaluate_batch(
@@ -275,14 +288,18 @@ def _check_channels(
             )
 
 
-def _cancel_unsent(session: Session, *, kinds: tuple[str, ...], subject_id: str) -> int:
-    """Cancel the subject's messages still waiting to be sent or retried; how many."""
+def _cancel_unsent(
+    session: Session, *, kinds: tuple[str, ...], subject_id: str, keep: dt.datetime
+) -> int:
+    """Cancel the subject's messages still waiting to be sent or retried, but those just
+    queued for ``keep`` (the replacement); how many."""
     result = session.execute(
         update(NotificationDelivery)
         .where(
             NotificationDelivery.kind.in_(kinds),
             NotificationDelivery.subject_id == subject_id,
             NotificationDelivery.status.in_(("pending", "retrying")),
+            NotificationDelivery.scheduled_for != keep,
         )
         .values(status="cancelled", message_ct=None, error="replaced by a later send")
     )
@@ -299,8 +316,6 @@ def send_now(
     started = time.perf_counter()
     with runtime.db.session() as session:
         _check_channels(session, runtime, scorecard_id=scorecard_id)
-        # this message replaces what of the scorecard is still waiting to go out
-        _cancel_unsent(session, kinds=("scorecard",), subject_id=scorecard_id)
     render_scorecards(
         runtime,
         [(scorecard_id, now)],
@@ -311,6 +326,9 @@ def send_now(
     )
     report.eval_s = time.perf_counter() - started
     with runtime.db.session() as session:
+        # queued: it replaces what of the scorecard was still waiting to go out (a render
+        # that failed above raised before anything was cancelled)
+        _cancel_unsent(session, kinds=("scorecard",), subject_id=scorecard_id, keep=now)
         tenant_id = config.get_scorecard(session, scorecard_id).tenant_id
     started = time.perf_counter()
     report.delivery = delivery.send_due(runtime, tenant_ids=[tenant_id], now=now, run_id=run_id)
@@ -327,7 +345,6 @@ def send_alert_test(
     report = RunReport()
     with runtime.db.session() as session:
         _check_channels(session, runtime, alert_id=alert_id)
-        _cancel_unsent(session, kinds=("test",), subject_id=alert_id)
     with runtime.db.session() as session:
         content = evaluate.alert_test_content(session, runtime.keys, alert_id, today=now.date())
         content = dataclasses.replace(
@@ -348,6 +365,8 @@ def send_alert_test(
             recipients=config.active_recipients(session, runtime.keys, alert_id=alert_id),
             settings=runtime.settings,
         )
+        # in the same commit: this test replaces an earlier one still waiting
+        _cancel_unsent(session, kinds=("test",), subject_id=alert_id, keep=now)
     report.delivery = delivery.send_due(
         runtime, tenant_ids=[content.tenant_id], now=now, run_id=run_id
     )
