@@ -32,34 +32,13 @@ import time
 from pathlib import Path
 
 from bench.procfs import cpu_s
-from bench.refresh import LATENCY_S, PAGES, PER_PAGE, keys
+from bench.refresh import LATENCY_S, PAGES, PER_PAGE, SPEC_HEAD, keys
 from bench.sandbox_process import start_sandbox
 from bench.workers import run_workers
 from writevue_pipelines.processes import free_port, spawn_and_wait
 
 METRICS = 20
 AGGS = ("sum", "count", "mean", "last", "first")
-SPEC_HEAD = """\
-base_url = "{base_url}"
-endpoint = "/bench/events"
-records_path = "data"
-
-[params]
-per_page = {per_page}
-
-[auth]
-type = "bearer"
-
-[paginator]
-type = "page_number"
-page_param = "page"
-start = 1
-total_pages_path = "total_pages"
-
-[mapping]
-date_field = "created_at"
-date_format = "iso_datetime"
-"""
 #: tenants per notifications run (WRITEVUE_NOTIFY_BATCH's default)
 BATCH = 500
 #: days of older history per metric, before the 30 days the sandbox serves

@@ -47,7 +47,8 @@ IN_FLIGHT_FOR_IDEAL = 50
 HERE = Path(__file__).resolve().parent
 DLT_VENV = HERE / ".venv-dlt"
 
-SPEC = """\
+#: the benchmark endpoint's connection, up to its metrics (bench.notifications adds its own)
+SPEC_HEAD = """\
 base_url = "{base_url}"
 endpoint = "/bench/events"
 records_path = "data"
@@ -67,6 +68,10 @@ total_pages_path = "total_pages"
 [mapping]
 date_field = "created_at"
 date_format = "iso_datetime"
+"""
+SPEC = (
+    SPEC_HEAD
+    + """\
 dimension = {{ field = "category", categorical = true }}
 
 [[mapping.metrics]]
@@ -78,6 +83,7 @@ agg = "sum"
 name = "events"
 agg = "count"
 """
+)
 
 
 def keys(n: int) -> list[str]:

@@ -22,7 +22,7 @@ from sqlalchemy import select
 
 from writevue_pipelines import figures, formatting, registry, warehouse
 from writevue_pipelines.runtime import Runtime
-from writevue_pipelines.sources import SOURCES
+from writevue_pipelines.sources import SOURCES, connection_metas
 from writevue_pipelines.sources.base import MetricMeta
 from writevue_pipelines.spreadsheet import csv_text
 
@@ -456,11 +456,7 @@ def load_header(runtime: Runtime, tenant_id: str) -> TenantHeader:
         anomalies = _anomalies(session, tenant_id)
     refreshed = [c.last_refreshed_at for c in connections if c.last_refreshed_at is not None]
     version = tuple(sorted((c.id, c.last_refreshed_at, c.status) for c in connections))
-    metas: dict[str, dict[str, MetricMeta]] = {}
-    for c in connections:
-        source = SOURCES.get(c.source)
-        if source is not None:
-            metas.setdefault(c.source, {}).update(source.metric_meta(c))
+    metas = connection_metas(connections)
     return TenantHeader(
         tenant_name=tenant.name,
         last_updated=max(refreshed) if refreshed else None,

@@ -43,7 +43,7 @@ from dagster import (
     sensor,
 )
 
-from ..notifications import runner
+from ..notifications import config, runner
 from .assets import SOURCE_ASSETS
 from .batches import SOURCE_TAG, TRIGGER_TAG, chunks
 from .resources import WriteVueResource
@@ -196,7 +196,7 @@ def notifications_sensor(
     connections, latest = _refreshed_connections(context, after)
     with runtime.db.session() as session:
         tenants = runner.tenants_of(session, sorted(connections))
-        due = runner.due_scorecards(session, now)
+        due = config.due_scorecards(session, now)
         retries = runner.due_deliveries(session, now)
     # Judge finished refreshes, not half of one: while refreshes run, the refreshed tenants
     # wait (the cursor stays where it was); due scorecards (held by the run until their

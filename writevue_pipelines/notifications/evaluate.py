@@ -27,7 +27,7 @@ from .. import branding, figures, formatting, goals, registry, templates, wareho
 from ..errors import NotFound
 from ..formulas import parse_ref
 from ..models import AlertRule, MetricAnomaly, Scorecard, TenantSettings, utcnow
-from ..sources import SOURCES
+from ..sources import connection_metas
 from ..vault import KeyRing
 from . import anomaly, schedule
 from .content import AlertContent, BrandInfo, Figure, ScorecardContent
@@ -96,11 +96,7 @@ class _Tenant:
         settings = session.get(TenantSettings, tenant_id)
         template = templates.template_for_tenant(session, tenant_id) if settings else None
         connections = registry.list_connections(session, tenant_id=tenant_id, active_only=True)
-        metas: dict = {}
-        for c in connections:
-            source = SOURCES.get(c.source)
-            if source is not None:
-                metas.setdefault(c.source, {}).update(source.metric_meta(c))
+        metas = connection_metas(connections)
         return cls(
             id=tenant_id,
             locale=(settings.locale if settings else None) or "en",

@@ -403,11 +403,6 @@ def scorecard_tenants(session: Session, scorecard_ids: Sequence[str]) -> dict[st
     return found
 
 
-def due_scorecards(session: Session, now: dt.datetime) -> list[tuple[str, str, dt.datetime]]:
-    """(scorecard id, tenant id, the time it was due) for each scorecard due by ``now``."""
-    return config.due_scorecards(session, now)
-
-
 def due_deliveries(session: Session, now: dt.datetime) -> list[tuple[str, int]]:
     """(delivery id, attempts so far) of each message waiting to be sent or retried."""
     rows = session.execute(
@@ -425,7 +420,6 @@ def due_deliveries(session: Session, now: dt.datetime) -> list[tuple[str, int]]:
 __all__ = [
     "RunReport",
     "due_deliveries",
-    "due_scorecards",
     "evaluate_batch",
     "judge_tenants",
     "render_scorecards",

@@ -12,9 +12,10 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+from collections.abc import Iterable
 
 from ..errors import InvalidInput
-from .base import FetchRequest, FetchResult, Source
+from .base import FetchRequest, FetchResult, MetricMeta, Source
 
 
 def discover() -> dict[str, Source]:
@@ -55,4 +56,15 @@ def get_source(name: str) -> Source:
         ) from None
 
 
-__all__ = ["SOURCES", "FetchRequest", "FetchResult", "Source", "get_source"]
+def connection_metas(connections: Iterable) -> dict[str, dict[str, MetricMeta]]:
+    """source -> metric -> what it means, over these connections (a declarative source's
+    metrics come from each connection's spec); a source no longer built in is left out."""
+    metas: dict[str, dict[str, MetricMeta]] = {}
+    for connection in connections:
+        source = SOURCES.get(connection.source)
+        if source is not None:
+            metas.setdefault(connection.source, {}).update(source.metric_meta(connection))
+    return metas
+
+
+__all__ = ["SOURCES", "FetchRequest", "FetchResult", "Source", "connection_metas", "get_source"]
