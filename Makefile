@@ -48,7 +48,7 @@ chromium:
 lock:
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/pip install --quiet --upgrade pip
-	.venv-lock/bin/pip install --quiet ".[dev]"
+	.venv-lock/bin/pip install --quiet ".[dev,production]"
 	(echo "# Pinned, resolved dependency set for WriteVue (runtime + dev tools). Regenerate with \`make lock\`."; \
 	 .venv-lock/bin/pip freeze --exclude-editable | grep -v '^writevue') > requirements.lock
 	rm -rf .venv-lock
