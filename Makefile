@@ -7,13 +7,19 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.writevue-installed
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: demo test lint format venv chromium lock bench clean
+.PHONY: demo test lint format venv chromium lock bench clean production-check
 
 demo: $(STAMP)
 	$(VENV)/bin/writevue demo
 
 test: $(STAMP) chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The production layout in deploy/ started on this machine (its own PostgreSQL databases,
+# code server, webserver, one daemon, two dashboard processes, nginx with TLS) and checked
+# end to end, then stopped: about 2-3 minutes. CI runs it after the tests (.ci/run).
+production-check: $(STAMP)
+	$(PY) -m writevue_devtools.production_check
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

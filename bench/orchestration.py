@@ -5,36 +5,53 @@
 A fresh WRITEVUE_HOME (``writevue init``: SQLite warehouse, queued run coordinator, the
 default run launcher) gets N Stripe connections on the sandbox (its own process). The
 ``stripe_refresh`` schedule is set to fire at the next whole minute; ``dagster-daemon``
-evaluates it and launches the batched runs. wall_s runs from the scheduled tick to the
-end of the last run. The baseline is the same work without Dagster, measured in the
-same session on N other connections of the same sandbox: fetch (async, in batches of
-the same size) and load, in this process. overhead_s = wall_s - that baseline.
-peak_rss_mb is the largest summed RSS of the daemon's process tree (daemon, code
-server, run workers).
+evaluates it and launches the batched runs, at most as many at once as the instance
+allows one provider (its pool limit, within ``max_concurrent_runs``). wall_s runs from
+the scheduled tick to the end of the last run.
+
+The baseline is the same work without Dagster, on the same connections after Dagster
+is done (their cursors and facts reset, so it reads and writes exactly what the runs
+did; the sandbox serves the same accounts, already warm), at the same concurrency: as
+many worker processes as the instance runs at once, each taking the same batches one
+after another and doing what a run's step does: ``refresh.refresh_connections`` and then
+the in-run data checks (``checks.evaluate``), whose time is reported apart. The checks
+are WriteVue's work, not Dagster's overhead; storing their results is Dagster's.
+
+CPU is read from /proc for every process of the daemon's tree (daemon, code server, run
+workers; ended ones through their parents' children times) from the tick to the last
+run's end, and for the baseline's workers with ``RUSAGE_CHILDREN`` (the work only, not
+their interpreters' start: Dagster's imports in each run are its overhead).
+``cpu_per_run_s`` is Dagster's CPU less the baseline's, per run. peak_rss_mb is the
+largest summed RSS of the daemon's process tree.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import datetime as dt
+import json
 import math
 import os
 import signal
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.procfs import rss_mb, stat_fields
 from bench.sandbox_process import start_sandbox
+from bench.workers import run_workers
 from writevue_pipelines.processes import spawn
 
 REPO = Path(__file__).resolve().parents[1]
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
+_CLOCK = os.sysconf("SC_CLK_TCK")
+DAEMON = str(Path(sys.executable).parent / "dagster-daemon")
 
 
-def tree_rss_mb(root: int) -> float:
-    """Summed RSS of a process and its descendants, from /proc."""
+def _parents() -> dict[int, int]:
     parents: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -42,20 +59,65 @@ def tree_rss_mb(root: int) -> float:
                 parents[int(entry)] = int(stat_fields(int(entry))[1])
             except (OSError, ValueError, IndexError):
                 continue
+    return parents
+
+
+def descendants(root: int, parents: dict[int, int] | None = None) -> set[int]:
+    """A process and its descendants (live or not yet reaped), from /proc."""
+    parents = _parents() if parents is None else parents
+    children: dict[int, list[int]] = {}
+    for child, parent in parents.items():
+        children.setdefault(parent, []).append(child)
     tree, frontier = {root}, [root]
     while frontier:
-        pid = frontier.pop()
-        for child, parent in parents.items():
-            if parent == pid and child not in tree:
+        for child in children.get(frontier.pop(), ()):
+            if child not in tree:
                 tree.add(child)
                 frontier.append(child)
+    return tree
+
+
+def tree_rss_mb(root: int) -> float:
+    """Summed RSS of a process and its descendants, from /proc."""
     total = 0.0
-    for pid in tree:
+    for pid in descendants(root):
         try:
             total += rss_mb(pid)
         except OSError:
             continue
     return total
+
+
+def tree_cpu_s(roots: set[int]) -> float:
+    """CPU seconds of these processes' trees, ended children included.
+
+    Each process counts its own user and system time plus its waited-for children's
+    (cutime, cstime), so a run worker that has ended and been reaped still counts, once.
+    """
+    parents = _parents()
+    pids = set().union(*(descendants(root, parents) for root in roots)) if roots else set()
+    total = 0
+    for pid in pids:
+        try:
+            fields = stat_fields(pid)
+        except (OSError, IndexError):
+            continue
+        total += sum(int(fields[i]) for i in (11, 12, 13, 14))
+    return total / _CLOCK
+
+
+def become_subreaper() -> None:
+    """Adopt orphaned descendants (a run worker whose parent died) so /proc still shows
+    them under this process instead of init."""
+    with_libc = ctypes.CDLL(None, use_errno=True)
+    with_libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
+def dagster_roots(daemon_pid: int, sandbox_pid: int) -> set[int]:
+    """The daemon and any descendant adopted by this process (never the sandbox)."""
+    me = os.getpid()
+    adopted = {pid for pid, parent in _parents().items() if parent == me}
+    return (adopted - {sandbox_pid}) | {daemon_pid}
 
 
 def add_connections(runtime, url: str, n: int, prefix: str) -> list[str]:
@@ -77,14 +139,200 @@ def add_connections(runtime, url: str, n: int, prefix: str) -> list[str]:
         ]
 
 
-def pure_refresh(runtime, connection_ids: list[str], batch: int) -> float:
-    """The same work without Dagster: what each run's step does, one batch after another."""
-    from writevue_pipelines import refresh
+def reset_connections(runtime, connection_ids: list[str]) -> None:
+    """Forget what the runs did (cursors, facts, status), so the baseline does the same."""
+    from sqlalchemy import delete, update
 
-    start = time.perf_counter()
-    for first in range(0, len(connection_ids), batch):
-        refresh.refresh_connections(runtime, connection_ids[first : first + batch])
-    return time.perf_counter() - start
+    from writevue_pipelines.models import Connection, Fact, SyncCursor
+
+    with runtime.db.session() as session:
+        session.execute(delete(SyncCursor).where(SyncCursor.connection_id.in_(connection_ids)))
+        session.execute(delete(Fact).where(Fact.connection_id.in_(connection_ids)))
+        session.execute(
+            update(Connection).where(Connection.id.in_(connection_ids)).values(status="active")
+        )
+
+
+def instance_concurrency(dagster_home: Path) -> int:
+    """Runs of one provider the instance runs at once: its pool limit within the run limit."""
+    import yaml
+
+    config = yaml.safe_load((dagster_home / "dagster.yaml").read_text()) or {}
+    concurrency = config.get("concurrency", {})
+    runs = concurrency.get("runs", {}).get("max_concurrent_runs") or 10
+    pool = concurrency.get("pools", {}).get("default_limit") or runs
+    return max(1, min(runs, pool))
+
+
+# -- the baseline: what a run's step does, without Dagster --------------------------------
+
+
+def baseline_worker(home: str, batches_file: str) -> dict:
+    """Refresh and check these batches one after another, as consecutive runs would."""
+    os.environ["WRITEVUE_HOME"] = home
+    os.environ.pop("WRITEVUE_DATABASE_URL", None)
+    from dagster import AssetKey
+
+    from writevue_pipelines import refresh
+    from writevue_pipelines.defs import checks
+    from writevue_pipelines.runtime import Runtime
+    from writevue_pipelines.sources import get_source
+
+    batches = json.loads(Path(batches_file).read_text())
+    runtime = Runtime.from_env()
+    source, key = get_source("stripe"), AssetKey("stripe_daily_metrics")
+    cpu_start, started = time.process_time(), time.perf_counter()
+    checks_s = checks_cpu = 0.0
+    failed = results = 0
+    for batch in batches:
+        before = checks.connection_states(runtime, batch)
+        outcomes = refresh.refresh_connections(runtime, batch)
+        failures = {cid: o.error for cid, o in outcomes.items() if o.error is not None}
+        failed += len(failures)
+        check_start, check_cpu = time.perf_counter(), time.process_time()
+        results += sum(
+            1
+            for _ in checks.evaluate(
+                runtime, source, key, before, failures, report_passes=runtime.settings.check_passes
+            )
+        )
+        checks_s += time.perf_counter() - check_start
+        checks_cpu += time.process_time() - check_cpu
+    return {
+        "work_s": time.perf_counter() - started,
+        "work_cpu_s": time.process_time() - cpu_start,
+        "checks_s": checks_s,
+        "checks_cpu_s": checks_cpu,
+        "failed": failed,
+        "check_results": results,
+    }
+
+
+@dataclass
+class Baseline:
+    wall_s: float
+    cpu_s: float
+    checks_s: float
+    checks_cpu_s: float
+    failed: int
+    check_results: int
+
+
+def run_baseline(
+    home: Path, workdir: Path, connection_ids: list[str], batch: int, concurrency: int
+) -> Baseline:
+    batches = [connection_ids[i : i + batch] for i in range(0, len(connection_ids), batch)]
+    files = []
+    for index in range(concurrency):
+        path = workdir / f"baseline-{index}.json"
+        path.write_text(json.dumps(batches[index::concurrency]))
+        files.append(path)
+    started = time.perf_counter()
+    reports = run_workers(
+        "bench.orchestration",
+        [["--baseline-worker", str(home), str(path)] for path in files],
+        "the baseline",
+    )
+    return Baseline(
+        # From the first start to the last end, less the slowest worker's start-up
+        # (imports, as the runs' own are Dagster's): the work at this concurrency.
+        wall_s=max(r["work_s"] for r in reports) if reports else time.perf_counter() - started,
+        cpu_s=sum(r["work_cpu_s"] for r in reports),
+        checks_s=max(r["checks_s"] for r in reports),
+        checks_cpu_s=sum(r["checks_cpu_s"] for r in reports),
+        failed=sum(r["failed"] for r in reports),
+        check_results=sum(r["check_results"] for r in reports),
+    )
+
+
+# -- Dagster ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Scheduled:
+    runs: int
+    succeeded: int
+    materialised: int
+    wall_s: float
+    cpu_s: float
+    startup_cpu_s: float
+    peak_rss_mb: float
+    #: seconds after the tick: the first run queued, the first started; runs' mean length
+    first_queued_s: float
+    first_started_s: float
+    mean_run_s: float
+
+
+def run_dagster(
+    settings, workdir: Path, env: dict[str, str], ids: list[str], sandbox_pid: int, args
+) -> Scheduled:
+    from dagster import AssetKey, DagsterInstance, RunsFilter
+
+    (workdir / "workspace.yaml").write_text(
+        "load_from:\n  - python_module:\n      module_name: writevue_pipelines.defs\n"
+        f"      location_name: writevue\n      working_directory: {REPO}\n"
+    )
+    # The schedule fires at the first whole minute that leaves the daemon time to start.
+    tick = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=args.tick_lead + 59)).replace(
+        second=0, microsecond=0
+    )
+    env["WRITEVUE_REFRESH_CRON_STRIPE"] = f"{tick.minute} {tick.hour} * * *"
+    daemon = None
+    with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+        instance.add_dynamic_partitions("stripe_connections", ids)
+        try:
+            daemon = spawn(
+                "the daemon",
+                [DAEMON, "run", "-w", "workspace.yaml"],
+                log_path=workdir / "daemon.log",
+                env=os.environ | env,
+                cwd=workdir,
+            )
+            expected = math.ceil(len(ids) / settings.refresh_batch)
+            peak_rss = 0.0
+            cpu_at_tick = None
+            deadline = time.time() + args.timeout + args.tick_lead + 60
+            records = []
+            while time.time() < deadline:
+                if cpu_at_tick is None and time.time() >= tick.timestamp():
+                    # Before the tick: the daemon's and code server's start (reported
+                    # apart); from it, what the scheduled refresh costs.
+                    cpu_at_tick = tree_cpu_s(dagster_roots(daemon.process.pid, sandbox_pid))
+                peak_rss = max(peak_rss, tree_rss_mb(daemon.process.pid))
+                records = instance.get_run_records(
+                    filters=RunsFilter(tags={"dagster/schedule_name": "stripe_refresh"})
+                )
+                if len(records) >= expected and all(
+                    r.dagster_run.status.value in FINISHED for r in records
+                ):
+                    break
+                if not daemon.alive():
+                    raise SystemExit(f"the daemon exited; see {workdir / 'daemon.log'}")
+                time.sleep(0.5)
+            else:
+                raise SystemExit(f"the runs did not finish in time; see {workdir}")
+            cpu_at_end = tree_cpu_s(dagster_roots(daemon.process.pid, sandbox_pid))
+            end = max(r.end_time for r in records)
+            materialised = len(
+                instance.get_materialized_partitions(AssetKey("stripe_daily_metrics"))
+            )
+        finally:
+            if daemon is not None:
+                # The daemon, its code server and any run worker share the daemon's process
+                # group: stop() leaves none of them behind.
+                daemon.stop(timeout=15)
+    return Scheduled(
+        runs=len(records),
+        succeeded=sum(r.dagster_run.status.value == "SUCCESS" for r in records),
+        materialised=materialised,
+        wall_s=end - tick.timestamp(),
+        cpu_s=cpu_at_end - (cpu_at_tick or 0.0),
+        startup_cpu_s=cpu_at_tick or 0.0,
+        peak_rss_mb=peak_rss,
+        first_queued_s=min(r.create_timestamp.timestamp() for r in records) - tick.timestamp(),
+        first_started_s=min(r.start_time for r in records) - tick.timestamp(),
+        mean_run_s=sum(r.end_time - r.start_time for r in records) / len(records),
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -92,7 +340,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--connections", type=int, default=200)
     parser.add_argument("--history-days", type=int, default=30)
     parser.add_argument("--timeout", type=int, default=1800, help="seconds to wait for the runs")
+    parser.add_argument(
+        "--tick-lead",
+        type=int,
+        default=75,
+        help="seconds at least between starting the daemon and the schedule's tick",
+    )
+    parser.add_argument(
+        "--baseline-worker", nargs=2, metavar=("HOME", "BATCHES"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
+    if args.baseline_worker:
+        print(json.dumps(baseline_worker(*args.baseline_worker)))
+        return
     n = args.connections
 
     workdir = Path(tempfile.mkdtemp(prefix="writevue-bench-orchestration-"))
@@ -106,12 +366,9 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     os.environ.update(env)
     os.environ.pop("WRITEVUE_DATABASE_URL", None)
-
-    from dagster import AssetKey, DagsterInstance, RunsFilter
-    from sqlalchemy import select
+    become_subreaper()
 
     from writevue_pipelines.home import init_home
-    from writevue_pipelines.models import Connection
     from writevue_pipelines.runtime import Runtime
     from writevue_pipelines.settings import Settings
 
@@ -119,89 +376,52 @@ def main(argv: list[str] | None = None) -> None:
     init_home(settings)
     runtime = Runtime(settings)
     batch = settings.refresh_batch
+    concurrency = instance_concurrency(settings.dagster_home)
     sandbox, url = start_sandbox()
-    daemon = None
     try:
-        baseline_ids = add_connections(runtime, url, n, "base")
-        dagster_ids = add_connections(runtime, url, n, "dags")
-        pure_s = pure_refresh(runtime, baseline_ids, batch)
-        # Out of the schedule's way: only the measured connections are partitions.
-        with runtime.db.session() as session:
-            for row in session.scalars(select(Connection).where(Connection.id.in_(baseline_ids))):
-                row.status = "disabled"
-
-        (workdir / "workspace.yaml").write_text(
-            "load_from:\n  - python_module:\n      module_name: writevue_pipelines.defs\n"
-            f"      location_name: writevue\n      working_directory: {REPO}\n"
-        )
-        # The schedule fires at the first whole minute that leaves the daemon time to start.
-        tick = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=75)).replace(second=0, microsecond=0)
-        env["WRITEVUE_REFRESH_CRON_STRIPE"] = f"{tick.minute} {tick.hour} * * *"
-        with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
-            instance.add_dynamic_partitions("stripe_connections", dagster_ids)
-            daemon = spawn(
-                "the daemon",
-                [
-                    str(Path(sys.executable).parent / "dagster-daemon"),
-                    "run",
-                    "-w",
-                    "workspace.yaml",
-                ],
-                log_path=workdir / "daemon.log",
-                env=os.environ | env,
-                cwd=workdir,
-            )
-            expected = math.ceil(n / batch)
-            peak_rss = 0.0
-            deadline = time.time() + args.timeout + 120
-            records = []
-            while time.time() < deadline:
-                peak_rss = max(peak_rss, tree_rss_mb(daemon.process.pid))
-                records = instance.get_run_records(
-                    filters=RunsFilter(tags={"dagster/schedule_name": "stripe_refresh"})
-                )
-                if len(records) >= expected and all(
-                    r.dagster_run.status.value in FINISHED for r in records
-                ):
-                    break
-                if not daemon.alive():
-                    raise SystemExit(f"the daemon exited; see {workdir / 'daemon.log'}")
-                time.sleep(1)
-            else:
-                raise SystemExit(f"the runs did not finish in time; see {workdir}")
-            end = max(r.end_time for r in records)
-            wall_s = end - tick.timestamp()
-            succeeded = sum(r.dagster_run.status.value == "SUCCESS" for r in records)
-            materialised = len(
-                instance.get_materialized_partitions(AssetKey("stripe_daily_metrics"))
-            )
+        ids = add_connections(runtime, url, n, "bench")
+        ran = run_dagster(settings, workdir, env, ids, sandbox.process.pid, args)
+        reset_connections(runtime, ids)
+        base = run_baseline(home, workdir, ids, batch, concurrency)
     finally:
-        if daemon is not None:
-            # The daemon, its code server and any run worker share the daemon's process
-            # group: stop() leaves none of them behind.
-            daemon.stop(timeout=15)
         sandbox.stop()
         runtime.close()
 
-    overhead_s = wall_s - pure_s
+    runs = max(ran.runs, 1)
+    wall_ratio = ran.wall_s / base.wall_s
+    overhead_cpu = (ran.cpu_s - base.cpu_s) / runs
     rows = [
         ("connections", f"{n}"),
         ("batch (connections per run)", f"{batch}"),
+        ("runs at once (instance's limit)", f"{concurrency}"),
         ("history days", f"{args.history_days}"),
-        ("runs launched by the schedule", f"{len(records)} (succeeded {succeeded})"),
-        ("partitions materialised", f"{materialised}"),
-        ("baseline: fetch and load without Dagster (s)", f"{pure_s:.1f}"),
-        ("scheduled tick to last run end (s)", f"{wall_s:.1f}"),
-        ("overhead (s)", f"{overhead_s:.1f}"),
-        ("overhead per run (s)", f"{overhead_s / max(len(records), 1):.1f}"),
-        ("peak RSS, daemon + code server + runs (MB)", f"{peak_rss:.0f}"),
+        ("runs launched by the schedule", f"{ran.runs} (succeeded {ran.succeeded})"),
+        ("partitions materialised", f"{ran.materialised}"),
+        ("Dagster: scheduled tick to last run end (s)", f"{ran.wall_s:.1f}"),
+        (
+            "  first run queued, started (s after the tick)",
+            f"{ran.first_queued_s:.1f}, {ran.first_started_s:.1f}",
+        ),
+        ("  a run's length, start to end, mean (s)", f"{ran.mean_run_s:.1f}"),
+        ("baseline: same batches, same concurrency (s)", f"{base.wall_s:.1f}"),
+        ("  of which the in-run checks (s, slowest worker)", f"{base.checks_s:.1f}"),
+        ("wall_ratio (Dagster / baseline; target <= 2)", f"{wall_ratio:.2f}"),
+        ("Dagster CPU, tick to end, all its processes (s)", f"{ran.cpu_s:.1f}"),
+        ("  daemon and code server start, before the tick (s)", f"{ran.startup_cpu_s:.1f}"),
+        ("baseline CPU, work only (s)", f"{base.cpu_s:.1f}"),
+        ("  of which the in-run checks (s)", f"{base.checks_cpu_s:.1f}"),
+        ("Dagster CPU overhead per run (s; target <= 1.5)", f"{overhead_cpu:.2f}"),
+        ("peak RSS, daemon + code server + runs (MB)", f"{ran.peak_rss_mb:.0f}"),
     ]
+    if base.failed:
+        rows.append(("baseline: connections failed", f"{base.failed}"))
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value:>16}")
     print(
-        f"connections={n} runs={len(records)} wall_s={wall_s:.1f} "
-        f"overhead_s={overhead_s:.1f} peak_rss_mb={peak_rss:.0f}"
+        f"connections={n} runs={ran.runs} wall_s={ran.wall_s:.1f} "
+        f"baseline_s={base.wall_s:.1f} wall_ratio={wall_ratio:.2f} checks_s={base.checks_s:.1f} "
+        f"cpu_per_run_s={overhead_cpu:.2f} peak_rss_mb={ran.peak_rss_mb:.0f}"
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -35,3 +36,14 @@ def run_workers(module: str, argvs: list[list[str]], what: str) -> list[dict]:
             raise SystemExit(f"{what} failed:\n{err[-3000:]}")
         reports.append(json.loads(out.strip().splitlines()[-1]))
     return reports
+
+
+def children_usage() -> float:
+    """CPU seconds (user + system) of this process's children that have been waited for.
+
+    Read before and after starting and waiting for a set of workers, the difference is
+    every CPU second they used, threads and their own waited-for children included,
+    whatever else the machine was doing.
+    """
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime

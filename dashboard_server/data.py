@@ -282,7 +282,7 @@ class DashboardData:
 class SourceStatus:
     source: str
     title: str
-    state: str  # fresh, stale, needs_reconnect
+    state: str  # fresh, stale, needs_reconnect, paused
     advice: str
     #: which account the connection reads ("acme" for a GitHub owner), when it says
     account: str = ""
@@ -292,6 +292,12 @@ def _source_status(connection: registry.ConnectionInfo, now: dt.datetime) -> Sou
     source = SOURCES.get(connection.source)
     title = source.title if source else connection.source
     account = source.account_label(connection) if source else ""
+    if connection.status == registry.PAUSED:  # the operator paused it: no error, no banner
+        when = connection.last_refreshed_at
+        as_of = f"figures as of {when:%d %b %Y}" if when else "no figures yet"
+        return SourceStatus(
+            connection.source, title, "paused", f"Updates paused; {as_of}.", account
+        )
     if connection.status == "needs_reauth":  # a refused or unreadable credential
         what = "sign-in" if connection.auth_kind == "oauth2" else "credentials"
         return SourceStatus(
@@ -450,7 +456,9 @@ def load_header(runtime: Runtime, tenant_id: str) -> TenantHeader:
     now = dt.datetime.now(dt.UTC)
     with runtime.db.session() as session:
         tenant = registry.get_tenant(session, runtime.keys, tenant_id)
-        connections = registry.list_connections(session, tenant_id=tenant_id, active_only=True)
+        connections = registry.list_connections(
+            session, tenant_id=tenant_id, active_only=True, with_paused=True
+        )
         settings = _view_settings(session, tenant_id)
         brand = load_brand_view(session, tenant_id, runtime.settings.default_brand)
         anomalies = _anomalies(session, tenant_id)

@@ -4,8 +4,9 @@ A Tornado routing rule sits in front of every Panel/Bokeh route. For any path
 under ``/d/<token>`` (the page, its websocket, autoload.js, metadata, per-app
 static files) it looks the token's hash up; unknown, revoked, expired and
 malformed tokens all get the same 404 page from the same single query (the same work
-for each), and an address that keeps guessing gets 429 for its failures (``limiter``);
-a live link is never refused. Only a live link falls through to Panel, with its
+for each), and an address that keeps guessing gets 429 for its failures (``limiter``:
+one budget for every dashboard process, counted in the warehouse); a live link is never
+refused. Only a live link falls through to Panel, with its
 link marked on the request for the access log and the CSV export.
 
 The rejection is the gate's: every page that turns a request away (the connect

@@ -14,7 +14,12 @@ import html
 
 from .branding import BrandView, brand_style, brand_text, logo_html
 
-STATE_LABEL = {"fresh": "Fresh", "stale": "Stale", "needs_reconnect": "Needs reconnect"}
+STATE_LABEL = {
+    "fresh": "Fresh",
+    "stale": "Stale",
+    "needs_reconnect": "Needs reconnect",
+    "paused": "Paused",
+}
 
 
 def _brand(data) -> BrandView | None:

@@ -46,6 +46,15 @@ def scrub(text: str) -> str:
 
 _installed = False
 
+#: The logger the server announces its own address on: that address is the operator's,
+#: not a client's, so the scrubber leaves it whole (``127.0.0.1``, not ``127.0.0.0``).
+ANNOUNCE_LOGGER = "writevue.dashboard.listening"
+
+
+def announce(message: str, *args) -> None:
+    """Log the server's own address, unscrubbed (and nothing else: see ANNOUNCE_LOGGER)."""
+    logging.getLogger(ANNOUNCE_LOGGER).info(message, *args)
+
 
 def install_log_scrubber() -> None:
     """Scrub every log record of this process as it is created, whatever logger it goes to.
@@ -61,6 +70,8 @@ def install_log_scrubber() -> None:
 
     def factory(*args, **kwargs):
         record = previous(*args, **kwargs)
+        if record.name == ANNOUNCE_LOGGER and not record.exc_info:
+            return record
         try:
             message = record.getMessage()
         except Exception:

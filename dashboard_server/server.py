@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 import jinja2
@@ -24,12 +25,13 @@ from writevue_pipelines.runtime import Runtime
 from .access_log import AccessLog, Visitor
 from .app import GONE_HTML, Dashboard, query_state
 from .branding import LOGO_ROUTE, BrandLogoHandler, DefaultBrandPages, brand_style, favicon_url
+from .client_address import install_client_address
 from .connect import ConnectHandler, OAuthCallbackHandler
 from .export import csv_export_rule
 from .gate import LinkResolver, NotFoundPage, RejectHandler, install_gate, set_not_found_page
 from .headers import XSRF_COOKIE_KWARGS, security_headers, security_transform
-from .limiter import FailureLimiter
-from .redaction import install_log_scrubber
+from .limiter import FailureLimiter, shared_limiters
+from .redaction import announce, install_log_scrubber
 from .request_limits import install_request_limits
 from .request_log import log_function
 from .routes import remove_module_import_route
@@ -185,7 +187,7 @@ def build_server(
     *,
     host: str = "127.0.0.1",
     port: int = 5006,
-    limiter: FailureLimiter | None = None,
+    limiters: Mapping[str, FailureLimiter] | None = None,
     frame_ancestors: str | None = None,
 ):
     """Create (not start) the dashboard server with the gate installed."""
@@ -193,10 +195,8 @@ def build_server(
     pn.config.css_files = [THEME, CARDS_CSS]
     pn.extension(design="native", notifications=False)
     # Separate budgets: guessing invites (or unsubscribe tokens) cannot lock a client out
-    # of its dashboard.
-    limiter = limiter or FailureLimiter(runtime.settings.guess_limit)
-    invite_limiter = FailureLimiter(runtime.settings.guess_limit)
-    unsubscribe_limiter = FailureLimiter(runtime.settings.guess_limit)
+    # of its dashboard. Counted in the warehouse: every dashboard process spends one budget.
+    limiters = {**shared_limiters(runtime), **(limiters or {})}
     for hook in (TICKER.session_destroyed, release_memory):
         _on_every_session_end(hook)
     resolve = LinkResolver(runtime)
@@ -208,14 +208,14 @@ def build_server(
         (
             r"/connect/([A-Za-z0-9_-]{1,128})",
             ConnectHandler,
-            {"runtime": runtime, "limiter": invite_limiter},
+            {"runtime": runtime, "limiter": limiters["invites"]},
         ),
         (r"/oauth/callback", OAuthCallbackHandler, {"runtime": runtime}),
         (LOGO_ROUTE, BrandLogoHandler, {"runtime": runtime}),
         (
             UNSUBSCRIBE_ROUTE,
             UnsubscribeHandler,
-            {"runtime": runtime, "limiter": unsubscribe_limiter},
+            {"runtime": runtime, "limiter": limiters["unsubscribe"]},
         ),
     ]
     set_not_found_page(DefaultBrandPages(runtime) if runtime.settings.default_brand else None)
@@ -252,7 +252,7 @@ def build_server(
     install_gate(
         app,
         resolve,
-        limiter,
+        limiters["links"],
         prefix=server.prefix,
         behind_gate=[
             session_choice_rule(server.prefix),
@@ -260,6 +260,8 @@ def build_server(
         ],
     )
     install_request_limits(server, app)  # ahead of every route, the gate's too
+    # ahead of that: the client's address, from nginx's headers only when nginx is trusted
+    install_client_address(app, runtime.settings.trusted_proxies)
     install_dashboard_socket(app, LinkBoundSocket)
     remove_module_import_route(app)
     for context in app.applications.values():
@@ -274,7 +276,7 @@ def serve(host: str = "127.0.0.1", port: int = 5006) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     runtime = Runtime.from_env()
     server = build_server(runtime, host=host, port=port)
-    logging.getLogger("writevue.dashboard").info("dashboards on http://%s:%d", host, port)
+    announce("dashboards on http://%s:%d", host, port)
     freeze_startup_objects()
     server.start()
     server.io_loop.start()

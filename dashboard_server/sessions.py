@@ -8,12 +8,16 @@
   digest of that link's token (never the token itself, nor its stored hash). A
   websocket is accepted only when its path's live link is that same link and token,
   checked from the signed token alone, before any document is sent: any process that
-  shares the secret can check it, whichever one served the page.
+  shares the secret can check it, whichever one served the page. A websocket that
+  reaches another process than its page did gets its session made there from the
+  token (Bokeh's ``create_session_if_needed``: the page's query and this binding come
+  with it), so a load balancer need not keep a page and its websocket together.
 - Ended: every second one query asks which of this process's open sessions' links are
   still live; a session whose link was revoked, rotated or expired shows "This link no
   longer works", and each interaction asks again for its own link before anything is
   rendered. When the secret file changes, new sessions are signed with the new secret
-  and every open page is asked to reload.
+  and every open page is asked to reload (a secret from the environment is fixed for
+  the process's life).
 """
 
 from __future__ import annotations

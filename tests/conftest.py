@@ -52,8 +52,13 @@ def pytest_collection_modifyitems(config, items):
     """A test's peers are its markers, so `-m postgres` or `-m "not browser"` select by
     them: ``postgres`` on every test that takes the server as a fixture or runs as the
     "postgres" case of a parameter (``any_runtime``), ``browser`` on every test that
-    drives Chromium. A ``browser`` marker on a test that does not is an error."""
+    drives Chromium. A ``browser`` marker on a test that does not is an error.
+    ``soak`` tests (the long forms, minutes each) are skipped unless selected with
+    ``-m soak`` (``make soak``); their short forms run in the normal suite."""
+    soak = "soak" in (config.getoption("markexpr") or "")
     for item in items:
+        if not soak and item.get_closest_marker("soak") is not None:
+            item.add_marker(pytest.mark.skip(reason="long form: make soak (or -m soak)"))
         callspec = getattr(item, "callspec", None)
         params = callspec.params.values() if callspec is not None else ()
         if "postgres_server" in item.fixturenames or "postgres" in params:

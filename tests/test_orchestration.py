@@ -96,12 +96,13 @@ def run(instance: DagsterInstance, request):
 
 
 def schedule_tick(instance: DagsterInstance):
-    context = build_schedule_context(
+    with build_schedule_context(
         instance=instance,
         scheduled_execution_time=TICK,
         repository_def=defs.get_repository_def(),
-    )
-    return REFRESH_SCHEDULES["stripe"].evaluate_tick(context).run_requests
+        resources=RESOURCES,
+    ) as context:
+        return REFRESH_SCHEDULES["stripe"].evaluate_tick(context).run_requests
 
 
 def check_results(result, name: str) -> dict[str, object]:
@@ -197,9 +198,13 @@ def test_one_poisoned_connection_fails_alone_and_is_retried_alone(
         assert secret not in text
 
 
-def test_a_batch_reports_the_checks_that_fail_or_recover_not_every_pass(runtime, sandbox, instance):
-    # Each reported check result is an event the instance stores one write at a time, so
-    # a healthy connection reports none: its news is its materialisation.
+def test_with_check_results_problems_a_batch_reports_only_what_fails_or_recovers(
+    runtime, sandbox, instance, monkeypatch
+):
+    # Each reported check result is an event the instance stores one write at a time; with
+    # WRITEVUE_CHECK_RESULTS=problems a healthy connection reports none (by default every
+    # result is reported: tests/test_operator_experience.py).
+    monkeypatch.setenv("WRITEVUE_CHECK_RESULTS", "problems")
     healthy, broken, recovering = add_connections(
         runtime, sandbox.url, [new_stripe_key() for _ in range(3)]
     )

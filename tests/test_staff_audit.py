@@ -202,6 +202,12 @@ AUDITED = [
         {"connections": 1, "tenants": 1},
     ),
     (
+        lambda w: ["connection", "remove", w.connection, "--yes"],
+        "connection.remove",
+        "tenant",
+        None,
+    ),
+    (
         lambda w: [
             *("connection", "invite", w.tenant, "--source", "stripe"),
             *("--option", f"stripe.base_url={w.sandbox_url}"),

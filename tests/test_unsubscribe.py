@@ -12,8 +12,6 @@ import http.client
 import json
 import uuid
 import zipfile
-from email import policy
-from email.parser import BytesParser
 from urllib.parse import urlencode, urlsplit
 
 import pytest
@@ -150,8 +148,9 @@ def queued_token(runtime) -> tuple[str, str]:
     stored = json.loads(
         runtime.keys.decrypt(row.message_ct, Binding(tenant_id, None, f"delivery.{row.id}"))
     )
-    message = BytesParser(policy=policy.default).parsebytes(stored["message"].encode())
-    url = message["List-Unsubscribe"].strip("<>")
+    # rendered as it is sent: the content is stored, the message built when it goes out
+    message = delivery.render(stored, "person@example.test", runtime.settings, row.idempotency_key)
+    url = message["message"]["List-Unsubscribe"].strip("<>")
     return remember_secret(url.rsplit("/unsubscribe/", 1)[1]), person.id
 
 
@@ -347,7 +346,7 @@ def test_the_export_lists_suppressions_as_hashes(any_runtime, tmp_path):
     stored = json.loads(
         runtime.keys.decrypt(row.message_ct, Binding(acme, None, f"delivery.{row.id}"))
     )
-    message = BytesParser(policy=policy.default).parsebytes(stored["message"].encode())
+    message = delivery.render(stored, address, runtime.settings, row.idempotency_key)["message"]
     token = remember_secret(message["List-Unsubscribe"].strip("<>").rsplit("/unsubscribe/", 1)[1])
     with runtime.db.session() as session:
         config.remove_scorecard(session, card)

@@ -126,6 +126,31 @@ class Figures:
             self._reported.setdefault(ref, {}).setdefault(cid, set()).add(day)
         self._daily: dict[tuple[str, str | None], Values] = {}
 
+    @classmethod
+    def prefilled(
+        cls,
+        facts: pl.DataFrame,
+        sources: Mapping[str, str],
+        metas: Mapping[str, Mapping[str, MetricMeta]],
+        history: Mapping[str, dt.date],
+        first_day: dt.date,
+        last_day: dt.date,
+        daily: Mapping[str, tuple[str, list[float | None]]],
+    ) -> Figures:
+        """Figures whose daily values of some refs were merged elsewhere, as ``daily`` would
+        merge them: a notifications run merges every tenant's series of a metric with one
+        connection and one dimension at once, in polars (``notifications.batch``, held to
+        this class by a test). ``daily``: ref -> (its one dimension, its value on each day
+        from ``first_day`` to ``last_day``), the same list for the dimension and the total;
+        ``facts`` holds the other refs' rows, merged here as usual."""
+        found = cls(facts, sources, metas, history, first_day, last_day)
+        days = found._days()
+        for ref, (dimension, values) in daily.items():
+            found._raw[ref] = {dimension: {}}
+            merged = dict(zip(days, values, strict=True))
+            found._daily[(ref, dimension)] = found._daily[(ref, None)] = merged
+        return found
+
     # -- what there is ----------------------------------------------------------------------
 
     def refs(self) -> list[str]:

@@ -6,9 +6,9 @@ import os
 from dataclasses import dataclass
 
 from .database import migrate
-from .session_secret import ensure_session_secret
+from .session_secret import ensure_session_secret, session_secret_from_env
 from .settings import Settings
-from .vault import ensure_key_ring
+from .vault import ensure_key_ring, key_ring_from_env
 
 DAGSTER_YAML = """\
 # Written by `writevue init`. Embedded instance: SQLite storage under this folder.
@@ -49,15 +49,25 @@ class InitReport:
     home: str
     key_file_created: bool
     session_secret_created: bool = False
+    #: where the key ring is: its file, or None when it comes from ``WRITEVUE_KEYS``
+    key_file: str | None = None
 
 
 def init_home(settings: Settings) -> InitReport:
     for folder in (settings.home, settings.staging_dir, settings.dagster_home, settings.log_dir):
         folder.mkdir(parents=True, exist_ok=True)
     os.chmod(settings.home, 0o700)
-    created = not settings.key_file.exists()
-    ensure_key_ring(settings.key_file)
-    secret_created = ensure_session_secret(settings.session_secret_file)
+    if settings.keys_from_env:  # checked, never written anywhere
+        key_ring_from_env(settings.key_ring_env)
+        created = False
+    else:  # under the home, or at WRITEVUE_KEY_FILE (its new folders 0700)
+        created = not settings.key_file.exists()
+        ensure_key_ring(settings.key_file)
+    if settings.session_secret_from_env:  # checked, never written anywhere
+        session_secret_from_env(settings.session_secret_env)
+        secret_created = False
+    else:
+        secret_created = ensure_session_secret(settings.session_secret_file)
     migrate(settings.database_url)
     dagster_yaml = settings.dagster_home / "dagster.yaml"
     if not dagster_yaml.exists():
@@ -66,4 +76,5 @@ def init_home(settings: Settings) -> InitReport:
         home=str(settings.home),
         key_file_created=created,
         session_secret_created=secret_created,
+        key_file=None if settings.keys_from_env else str(settings.key_file),
     )

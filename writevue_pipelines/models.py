@@ -541,3 +541,31 @@ class MetricAnomaly(Base):
     detected_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     __table_args__ = (PrimaryKeyConstraint("tenant_id", "metric", "dimension", "day"),)
+
+
+class GuessFailure(Base):
+    """A recent failed token lookup on a surface of the dashboard server (links, invites,
+    unsubscribe), shared by every dashboard process: ``dashboard_server.limiter``.
+
+    Each address (its limiter key) has a ring of ``guess_limit`` slots per surface, the
+    latest failure overwriting the oldest, so a flood adds no rows; rows older than
+    the limiter's window are swept. No address is stored: ``key_hmac`` is a keyed hash
+    of the limiter key. Nothing here belongs to a tenant.
+    """
+
+    __tablename__ = "guess_failures"
+
+    #: links | invites | unsubscribe
+    surface: Mapped[str] = mapped_column(String(16))
+    #: HMAC-SHA256 of the limiter key (an IPv4 address, an IPv6 /64), truncated
+    key_hmac: Mapped[str] = mapped_column(String(32))
+    #: the failure's place in the ring: ``seq`` modulo ``guess_limit``
+    slot: Mapped[int] = mapped_column(Integer)
+    #: the failure's number, counting this key's failures on this surface
+    seq: Mapped[int] = mapped_column(BigInteger)
+    #: when it failed (Unix seconds, the dashboard host's clock)
+    at: Mapped[float] = mapped_column(Double, index=True)
+    #: when the failure this one replaced in its slot failed: ``guess_limit`` failures ago
+    previous_at: Mapped[float | None] = mapped_column(Double, nullable=True)
+
+    __table_args__ = (PrimaryKeyConstraint("surface", "key_hmac", "slot"),)

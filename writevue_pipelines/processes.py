@@ -36,6 +36,35 @@ def _default_signals() -> None:
         signal.signal(signum, signal.SIG_DFL)
 
 
+def _terminated(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+def restore_signals() -> None:
+    """Make a long-running command stop when told, whatever its parent ignored.
+
+    A parent that ignores SIGINT (a shell's background job, nohup) passes that on, and
+    Python then leaves Ctrl-C ignored; SIGTERM may be ignored the same way. Here Ctrl-C
+    raises ``KeyboardInterrupt`` again and SIGTERM exits with ``SystemExit(143)``, both
+    through the command's ``finally`` blocks, so it stops the children it started.
+    """
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _terminated)
+    signal.signal(signal.SIGHUP, _terminated)
+
+
+def port_taken(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something listens on (or holds) ``host:port`` already."""
+    with socket.socket() as sock:
+        # As servers bind: a port a closed connection still waits on is free to them.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 @dataclass
 class Child:
     """A started process, its name (for messages) and the file its output goes to."""

@@ -18,6 +18,7 @@ of a later run refuses it: fetch again), and the retention sweep removes it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import io
 import json
@@ -183,12 +184,14 @@ async def fetch_connections(
     connection_ids: list[str],
     *,
     on_staged: Callable[[FetchSummary], None] | None = None,
+    on_failed: Callable[[str, BaseException], None] | None = None,
 ) -> dict[str, FetchSummary | BaseException]:
     """Fetch several connections concurrently, one HTTP client per source and base URL.
 
     A failure is returned for its connection instead of raised, so one connection
     never stops the others. ``on_staged`` is called (in the event loop) as soon as a
-    connection's records are staged, while the others are still being fetched.
+    connection's records are staged, while the others are still being fetched;
+    ``on_failed`` as soon as a connection's fetch has failed.
     """
     results: dict[str, FetchSummary | BaseException] = {}
     with runtime.db.session() as session:
@@ -199,6 +202,8 @@ async def fetch_connections(
                 secrets = stored_secrets(session, runtime, connection)
             except CredentialRejected as exc:
                 results[connection.id] = exc  # this connection only; the others go on
+                if on_failed is not None:
+                    on_failed(connection.id, exc)
                 continue
             cursor = registry.get_cursor(
                 session, connection.id, get_source(connection.source).stream
@@ -216,6 +221,8 @@ async def fetch_connections(
                 results[connection.id] = summary = _stage(runtime, connection, start, result)
             except Exception as exc:
                 results[connection.id] = exc
+                if on_failed is not None:
+                    on_failed(connection.id, exc)
                 return
             if on_staged is not None:
                 on_staged(summary)
@@ -371,31 +378,67 @@ class RefreshOutcome:
     error: BaseException | None = None
 
 
-def refresh_connections(runtime: Runtime, connection_ids: list[str]) -> dict[str, RefreshOutcome]:
+def refresh_connections(
+    runtime: Runtime,
+    connection_ids: list[str],
+    *,
+    on_done: Callable[[RefreshOutcome], None] | None = None,
+) -> dict[str, RefreshOutcome]:
     """Fetch and load several connections, each loaded as soon as its fetch is staged.
 
     The loads run one at a time on a thread of their own, overlapping the fetches that
     are still waiting on the network, so a batch costs about its fetch time rather than
     fetch plus load, and a load waiting for the database's write lock (another batch
     is writing) never stalls the fetches. A failure is returned for its connection.
+    ``on_done`` is called with each connection's outcome as soon as it is known (in the
+    calling thread, which runs the event loop): progress for whoever started the batch.
     """
-    return asyncio.run(_refresh_connections(runtime, connection_ids))
+    return asyncio.run(_refresh_connections(runtime, connection_ids, on_done))
 
 
 async def _refresh_connections(
-    runtime: Runtime, connection_ids: list[str]
+    runtime: Runtime,
+    connection_ids: list[str],
+    on_done: Callable[[RefreshOutcome], None] | None = None,
 ) -> dict[str, RefreshOutcome]:
     loop = asyncio.get_running_loop()
     loads: dict[str, asyncio.Future] = {}
+    staged: dict[str, FetchSummary] = {}
+
+    def done(outcome: RefreshOutcome) -> None:
+        if on_done is not None:
+            # Progress is for show: a listener that breaks never fails the refresh.
+            with contextlib.suppress(Exception):
+                on_done(outcome)
+
+    def fetch_failed(connection_id: str, exc: BaseException) -> None:
+        done(RefreshOutcome(connection_id, error=exc))
+
+    def load_finished(connection_id: str, future: asyncio.Future) -> None:
+        summary = staged[connection_id]
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is not None:
+            done(RefreshOutcome(connection_id, fetched=summary, error=exc))
+        else:
+            done(RefreshOutcome(connection_id, fetched=summary, loaded=future.result()))
+
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="writevue-load") as loader:
 
         def load_when_staged(summary: FetchSummary) -> None:
-            loads[summary.connection_id] = loop.run_in_executor(
+            staged[summary.connection_id] = summary
+            future = loads[summary.connection_id] = loop.run_in_executor(
                 loader, load_connection, runtime, summary.connection_id
+            )
+            future.add_done_callback(
+                lambda f, connection_id=summary.connection_id: load_finished(connection_id, f)
             )
 
         try:
-            fetched = await fetch_connections(runtime, connection_ids, on_staged=load_when_staged)
+            fetched = await fetch_connections(
+                runtime, connection_ids, on_staged=load_when_staged, on_failed=fetch_failed
+            )
         finally:
             # Every started load finishes (or fails) before the batch is over.
             settled = await asyncio.gather(*loads.values(), return_exceptions=True)

@@ -17,6 +17,15 @@ from .vault import Binding, KeyRing
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
+#: a connection the operator paused: kept and shown as of its pause, never refreshed
+PAUSED = "paused"
+#: a connection saved with ``--no-verify``: refreshed; its first refresh decides
+UNVERIFIED = "unverified"
+#: statuses whose connections no schedule, sensor or `writevue refresh` refreshes
+NOT_REFRESHED = ("disabled", PAUSED)
+#: the fewest characters of an id that name it by prefix (as git does)
+MIN_ID_PREFIX = 4
+
 
 @dataclass(frozen=True)
 class TenantInfo:
@@ -110,6 +119,8 @@ def add_connection(
     auth_kind: str,
     options: dict[str, Any],
     secrets: dict[str, str],
+    *,
+    status: str = "active",
 ) -> str:
     tenant_id = require_tenant(session, tenant_id)
     connection_id = str(uuid.uuid4())
@@ -120,7 +131,7 @@ def add_connection(
             source=source,
             auth_kind=auth_kind,
             options=options,
-            status="active",
+            status=status,
         )
     )
     session.flush()
@@ -185,7 +196,15 @@ def list_connections(
     source: str | None = None,
     active_only: bool = False,
     status: str | None = None,
+    with_paused: bool = False,
 ) -> list[ConnectionInfo]:
+    """Connections, oldest first.
+
+    ``active_only``: the connections that are refreshed (what the schedules' partitions,
+    the failing-connections retries and `writevue refresh` read): not disabled, not
+    paused. ``with_paused`` keeps paused ones too: what a client's dashboard shows (a
+    paused connection's figures stay, as of its pause).
+    """
     query = select(Connection).order_by(Connection.created_at, Connection.id)
     if status is not None:
         query = query.where(Connection.status == status)
@@ -194,7 +213,8 @@ def list_connections(
     if source is not None:
         query = query.where(Connection.source == source)
     if active_only:
-        query = query.where(Connection.status != "disabled")
+        hidden = [s for s in NOT_REFRESHED if not (with_paused and s == PAUSED)]
+        query = query.where(Connection.status.not_in(hidden))
     return [_connection_info(row) for row in session.scalars(query)]
 
 
@@ -209,12 +229,44 @@ def record_refresh_result(
         row.last_error = None
         # A refresh that reads the source proves its credential works again (a key
         # re-entered); an OAuth2 connection that needs re-authorising never gets this far.
-        if row.status in ("failing", "needs_reauth"):
+        if row.status in ("failing", "needs_reauth", UNVERIFIED):
             row.status = "active"
     else:
         row.last_error = error[:500]
-        if row.status == "active":
+        # A paused connection stays paused (a refresh that began before the pause).
+        if row.status in ("active", UNVERIFIED):
             row.status = "failing"
+
+
+def set_paused(session: Session, connection_id: str, paused: bool) -> tuple[ConnectionInfo, bool]:
+    """Pause or resume a connection: (the connection now, whether it changed).
+
+    A resumed connection is ``active``, or ``failing`` if its last refresh failed (the
+    failing-connections sensor then retries it; a refused credential shows again as
+    needing reconnecting after that retry). A connection being erased is refused.
+    """
+    row = session.get(Connection, parse_uuid(connection_id, "Connection"))
+    if row is None:
+        raise NotFound(f"No connection with id {connection_id}.")
+    if row.status == ERASING:
+        raise InvalidInput(f"Connection {row.id} is being erased; it cannot be paused or resumed.")
+    changed = (row.status == PAUSED) != paused
+    if changed:
+        row.status = PAUSED if paused else ("failing" if row.last_error else "active")
+        session.flush()
+    return _connection_info(row), changed
+
+
+# -- ids by prefix --------------------------------------------------------------
+
+
+def ids_with_prefix(session: Session, prefix: str, columns, *, limit: int = 1000) -> list[str]:
+    """The distinct values of these id columns that begin with ``prefix``, sorted."""
+    found: set[str] = set()
+    for column in columns:
+        query = select(column).where(column.startswith(prefix, autoescape=True)).distinct()
+        found.update(v for v in session.scalars(query.limit(limit)) if v)
+    return sorted(found)
 
 
 # -- sync cursors -------------------------------------------------------------

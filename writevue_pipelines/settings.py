@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -19,6 +20,18 @@ class Settings:
     database_url_override: str | None = None
     #: where the secret that signs dashboard sessions lives, if not under ``home``
     session_secret_file_override: Path | None = None
+    #: the session secret itself (``WRITEVUE_SESSION_SECRET``), for hosts that hand secrets
+    #: over in the environment: every dashboard process of a deployment is given the same;
+    #: fixed for a process's life (rotation: a new value and a restart)
+    session_secret_env: str | None = field(default=None, repr=False)
+    #: where the key ring lives, if not under ``home`` (``WRITEVUE_KEY_FILE``): production
+    #: keeps it apart from the data, so a copy of the database or the home holds no key
+    key_file_override: Path | None = None
+    #: the key ring itself, as the JSON text of a key file (``WRITEVUE_KEYS``), for hosts
+    #: that hand secrets over in the environment; read-only: rotation needs a key file
+    key_ring_env: str | None = field(default=None, repr=False)
+    #: "production" or "development" (``WRITEVUE_ENV``); None: inferred, see ``production``
+    environment: str | None = None
     dashboard_base_url: str = "http://127.0.0.1:5006"
     history_days: int = 90
     lookback_days: int = 3
@@ -37,6 +50,9 @@ class Settings:
     retry_attempts: int = 5
     #: a connection whose last successful refresh is older than this fails its freshness check
     freshness_hours: int = 36
+    #: report every check result (passes too), or only failures, warnings and recoveries
+    #: (``WRITEVUE_CHECK_RESULTS=problems``: fewer stored events on a large SQLite instance)
+    check_passes: bool = True
     #: staged raw records older than this are swept away (a load deletes them at once)
     staging_max_age_hours: int = 24
     #: raw dashboard access logs older than this many days go, once rolled up into trends
@@ -75,6 +91,19 @@ class Settings:
     notify_attempts: int = 5
     #: tenants (and due scorecards) per ``notifications`` run
     notify_batch: int = 500
+    #: the proxies (addresses or networks) whose X-Forwarded-For / X-Real-IP the dashboard
+    #: server believes (``WRITEVUE_TRUSTED_PROXIES``, comma-separated): nginx in front;
+    #: none by default, so a client cannot choose the address it is counted under
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    #: what runs the steps of the ``{source}_refresh_steps`` jobs (``WRITEVUE_EXECUTOR``):
+    #: "in_process" (default) or "celery" (Celery workers, see docs/operations.md)
+    refresh_executor: str = "in_process"
+    #: the Celery broker (``WRITEVUE_CELERY_BROKER``; may hold a password) and result
+    #: backend (``WRITEVUE_CELERY_BACKEND``) that runs and workers share
+    celery_broker: str | None = field(default=None, repr=False)
+    celery_backend: str = field(default="rpc://", repr=False)
+    #: the Celery queue refresh steps go to and workers listen on (``WRITEVUE_CELERY_QUEUE``)
+    celery_queue: str = "writevue"
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -83,11 +112,11 @@ class Settings:
         return cls(
             home=home,
             database_url_override=env.get("WRITEVUE_DATABASE_URL") or None,
-            session_secret_file_override=(
-                Path(env["WRITEVUE_SESSION_SECRET_FILE"]).expanduser().resolve()
-                if env.get("WRITEVUE_SESSION_SECRET_FILE")
-                else None
-            ),
+            session_secret_file_override=_session_secret_file(env),
+            session_secret_env=(env.get("WRITEVUE_SESSION_SECRET") or "").strip() or None,
+            key_file_override=_key_file(env),
+            key_ring_env=(env.get("WRITEVUE_KEYS") or "").strip() or None,
+            environment=_environment(env),
             dashboard_base_url=(
                 env.get("WRITEVUE_DASHBOARD_URL") or "http://127.0.0.1:5006"
             ).rstrip("/"),
@@ -108,6 +137,7 @@ class Settings:
             retry_base_minutes=_positive_int(env, "WRITEVUE_RETRY_BASE_MINUTES", 15),
             retry_attempts=_positive_int(env, "WRITEVUE_RETRY_ATTEMPTS", 5),
             freshness_hours=_positive_int(env, "WRITEVUE_FRESHNESS_HOURS", 36),
+            check_passes=_check_results(env),
             staging_max_age_hours=_positive_int(env, "WRITEVUE_STAGING_MAX_AGE_HOURS", 24),
             access_log_retention_days=_positive_int(env, "WRITEVUE_ACCESS_LOG_RETENTION_DAYS", 30),
             trend_min_referrer_views=_positive_int(env, "WRITEVUE_TREND_MIN_REFERRER_VIEWS", 5),
@@ -130,6 +160,11 @@ class Settings:
             notify_timeout_s=_positive_float(env, "WRITEVUE_NOTIFY_TIMEOUT_S", 30.0),
             notify_attempts=_positive_int(env, "WRITEVUE_NOTIFY_ATTEMPTS", 5),
             notify_batch=_positive_int(env, "WRITEVUE_NOTIFY_BATCH", 500),
+            trusted_proxies=_networks(env, "WRITEVUE_TRUSTED_PROXIES"),
+            refresh_executor=_executor(env),
+            celery_broker=(env.get("WRITEVUE_CELERY_BROKER") or "").strip() or None,
+            celery_backend=(env.get("WRITEVUE_CELERY_BACKEND") or "").strip() or "rpc://",
+            celery_queue=(env.get("WRITEVUE_CELERY_QUEUE") or "").strip() or "writevue",
         )
 
     def cron_for(self, source: str) -> str:
@@ -144,13 +179,37 @@ class Settings:
 
     @property
     def key_file(self) -> Path:
-        return self.home / "keys.json"
+        """The key ring's file (mode 0600): ``WRITEVUE_KEY_FILE`` when set, else under
+        ``home``. Unused when the ring comes from the environment (``keys_from_env``)."""
+        return self.key_file_override or self.home / "keys.json"
+
+    @property
+    def keys_from_env(self) -> bool:
+        """The key ring is ``WRITEVUE_KEYS``'s text, not a file."""
+        return self.key_ring_env is not None
+
+    @property
+    def production(self) -> bool:
+        """Whether this is a production deployment (``writevue doctor`` is stricter there):
+        ``WRITEVUE_ENV`` says so; unset, a PostgreSQL warehouse or an https dashboard
+        URL means production, the embedded SQLite demo on http does not."""
+        if self.environment is not None:
+            return self.environment == "production"
+        return self.database_url.startswith(
+            ("postgresql", "postgres:")
+        ) or self.dashboard_base_url.startswith("https://")
 
     @property
     def session_secret_file(self) -> Path:
         """The secret that signs dashboard sessions (mode 0600), shared by every dashboard
-        process; ``WRITEVUE_SESSION_SECRET_FILE`` may keep it apart from the data."""
+        process; ``WRITEVUE_SESSION_SECRET_FILE`` may keep it apart from the data. Unused
+        when the secret comes from the environment (``session_secret_from_env``)."""
         return self.session_secret_file_override or self.home / "session-secret"
+
+    @property
+    def session_secret_from_env(self) -> bool:
+        """The session secret is ``WRITEVUE_SESSION_SECRET``'s text, not a file."""
+        return self.session_secret_env is not None
 
     @property
     def staging_dir(self) -> Path:
@@ -185,6 +244,13 @@ def _positive_int(env, name: str, default: int) -> int:
     return value
 
 
+def _check_results(env) -> bool:
+    raw = (env.get("WRITEVUE_CHECK_RESULTS") or "all").strip().lower()
+    if raw not in ("all", "problems"):
+        raise ConfigError(f"WRITEVUE_CHECK_RESULTS must be all or problems, not {raw!r}.")
+    return raw == "all"
+
+
 def _positive_float(env, name: str, default: float) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -201,6 +267,69 @@ def _positive_float(env, name: str, default: float) -> float:
 def _path(env, name: str) -> Path | None:
     raw = (env.get(name) or "").strip()
     return Path(raw).expanduser().resolve() if raw else None
+
+
+def _key_file(env) -> Path | None:
+    path = _path(env, "WRITEVUE_KEY_FILE")
+    if path is not None and (env.get("WRITEVUE_KEYS") or "").strip():
+        raise ConfigError(
+            "Set WRITEVUE_KEY_FILE or WRITEVUE_KEYS, not both: the key ring must have one home."
+        )
+    return path
+
+
+def _session_secret_file(env) -> Path | None:
+    path = _path(env, "WRITEVUE_SESSION_SECRET_FILE")
+    if path is not None and (env.get("WRITEVUE_SESSION_SECRET") or "").strip():
+        raise ConfigError(
+            "Set WRITEVUE_SESSION_SECRET_FILE or WRITEVUE_SESSION_SECRET, not both: "
+            "the session secret must have one home."
+        )
+    return path
+
+
+_ENVIRONMENTS = ("production", "development")
+
+
+def _environment(env) -> str | None:
+    raw = (env.get("WRITEVUE_ENV") or "").strip().lower()
+    if not raw:
+        return None
+    if raw not in _ENVIRONMENTS:
+        raise ConfigError(f"WRITEVUE_ENV must be production or development, not {raw!r}.")
+    return raw
+
+
+def _networks(env, name: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    networks = []
+    for item in (env.get(name) or "").split(","):
+        if not item.strip():
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item.strip(), strict=False))
+        except ValueError:
+            raise ConfigError(
+                f"{name} must list IP addresses or networks (127.0.0.1, 10.0.0.0/8), "
+                f"not {item.strip()!r}."
+            ) from None
+    return tuple(networks)
+
+
+_EXECUTORS = ("in_process", "celery")
+
+
+def _executor(env) -> str:
+    raw = (env.get("WRITEVUE_EXECUTOR") or "").strip().lower().replace("-", "_")
+    if not raw:
+        return "in_process"
+    if raw not in _EXECUTORS:
+        raise ConfigError(f"WRITEVUE_EXECUTOR must be in_process or celery, not {raw!r}.")
+    if raw == "celery" and not (env.get("WRITEVUE_CELERY_BROKER") or "").strip():
+        raise ConfigError(
+            "WRITEVUE_EXECUTOR=celery needs WRITEVUE_CELERY_BROKER, the broker's URL "
+            "(e.g. pyamqp://writevue@rabbitmq:5672//), in the environment."
+        )
+    return raw
 
 
 class ConfigError(Exception):

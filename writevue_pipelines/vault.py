@@ -118,15 +118,17 @@ class KeyRing:
         )
 
     @classmethod
-    def from_json(cls, text: str) -> KeyRing:
+    def from_json(cls, text: str, *, what: str = "the key file") -> KeyRing:
+        """A ring from a key file's text; ``what`` names where it came from in errors,
+        which never quote the text."""
         try:
             raw = json.loads(text)
             keys = {int(v): base64.b64decode(k, validate=True) for v, k in raw["keys"].items()}
             return cls(keys, primary=int(raw["primary"]))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise VaultError(
-                f"the key file is not a valid key ring ({type(exc).__name__})"
-            ) from None
+        except VaultError as exc:
+            raise VaultError(f"{what} is not a valid key ring ({exc})") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise VaultError(f"{what} is not a valid key ring ({type(exc).__name__})") from None
 
 
 def write_private_file(path: Path, text: str, *, replace: bool = True) -> bool:
@@ -135,7 +137,7 @@ def write_private_file(path: Path, text: str, *, replace: bool = True) -> bool:
     With ``replace=False`` an existing file is kept (and False returned), so processes
     racing to create the same file all end up reading the one that won.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _private_folder(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -156,6 +158,21 @@ def write_private_file(path: Path, text: str, *, replace: bool = True) -> bool:
         tmp.unlink(missing_ok=True)
 
 
+def _private_folder(folder: Path) -> None:
+    """Create ``folder`` and any missing parents as 0700; an existing one is left as it is
+    (``writevue doctor`` says when it is open to others)."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for made in reversed(missing):
+        try:
+            made.mkdir(mode=0o700)
+        except FileExistsError:  # another process made it first
+            continue
+        os.chmod(made, 0o700)  # whatever the umask
+
+
 def read_private_file(path: Path, what: str) -> str:
     """A secret file's text; refused when others may read it."""
     try:
@@ -174,6 +191,15 @@ def save_key_ring(ring: KeyRing, path: Path) -> None:
 
 def load_key_ring(path: Path) -> KeyRing:
     return KeyRing.from_json(read_private_file(path, "key file"))
+
+
+#: the variable that may hold the key ring's JSON text instead of a file
+KEYS_VARIABLE = "WRITEVUE_KEYS"
+
+
+def key_ring_from_env(text: str) -> KeyRing:
+    """The ring ``WRITEVUE_KEYS`` holds (a key file's JSON text)."""
+    return KeyRing.from_json(text, what=KEYS_VARIABLE)
 
 
 def ensure_key_ring(path: Path) -> KeyRing:

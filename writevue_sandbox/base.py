@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import random
 from collections import Counter
 
+import tornado.iostream
 import tornado.web
 
 from . import faults
 
 
+def digest(text: str) -> str:
+    """A short stable digest: the request counters never hold a credential or a URL."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 class SandboxHandler(tornado.web.RequestHandler):
     _body_fault: str | None = None
+    _dripping: asyncio.Future | None = None
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
@@ -34,7 +43,27 @@ class SandboxHandler(tornado.web.RequestHandler):
             data = "{this is not json"
         elif status < 400 and self._body_fault == "truncated":
             data = data[: max(1, len(data) // 2)]
+        elif status < 400 and self._body_fault == "drip":
+            # The handler's coroutine ends here; the drip finishes the answer on the loop
+            # (Tornado must not finish it when the coroutine returns).
+            self._auto_finish = False
+            self._dripping = asyncio.ensure_future(self._drip(data.encode()))
+            return
         self.finish(data)
+
+    async def _drip(self, data: bytes, pieces: int = 20) -> None:
+        """The body in ``pieces`` flushed parts spread over ``drip_s`` seconds."""
+        self.set_header("Content-Length", str(len(data)))
+        pause = self.application.settings.get("drip_s", 2.0) / pieces
+        size = max(1, -(-len(data) // pieces))
+        try:
+            for start in range(0, len(data), size):
+                self.write(data[start : start + size])
+                await self.flush()
+                await asyncio.sleep(pause)
+            self.finish()
+        except tornado.iostream.StreamClosedError:
+            pass  # the client gave up waiting: its timeout, as with a real provider
 
     def write_error(self, status_code: int, **kwargs) -> None:
         self.finish(json.dumps({"message": self._reason}))
@@ -44,39 +73,80 @@ class SandboxHandler(tornado.web.RequestHandler):
 
         Returns True when a fault answered the request (the caller must stop).
         """
+        settings = self.application.settings
+        settings["requests"][(scope, digest(credential or ""), digest(self.request.uri))] += 1
         plan = faults.merge(
             faults.from_credential(credential),
             faults.parse(self.request.headers.get("X-Sandbox-Faults")),
-            self.application.settings["default_faults"],
+            settings["default_faults"],
         )
-        delay = plan.latency_ms / 1000 + self.application.settings["latency_s"]
+        if settings.get("faults_off"):
+            plan = faults.FaultPlan()
+        delay = plan.latency_ms / 1000 + settings["latency_s"]
         if delay:
             await asyncio.sleep(delay)
         await self._wait_while_held()
         if not plan.counts:
             return False
-        seen: Counter = self.application.settings["fault_counts"]
+        if plan.count("chaos"):
+            return await self._chaos(plan.chaos_percent)
+        seen: Counter = settings["fault_counts"]
         key = (scope, credential or self.request.headers.get("X-Sandbox-Faults", ""))
-        for kind in ("timeout", "429", "5xx", "malformed", "truncated"):
+        for kind in ("timeout", "429", "5xx", "malformed", "truncated", "drip"):
             budget = plan.count(kind)
             if not budget or seen[(key, kind)] >= budget:
                 continue
             seen[(key, kind)] += 1
-            self.count(f"fault.{kind}")
-            if kind == "timeout":
-                await asyncio.sleep(self.application.settings["hang_s"])
-                self.write_json(504, {"message": "the sandbox hung on purpose"})
-                return True
-            if kind == "429":
-                self.set_header("Retry-After", "1")
-                self.write_json(429, {"message": "rate limited (sandbox fault)"})
-                return True
-            if kind == "5xx":
-                self.write_json(503, {"message": "service unavailable (sandbox fault)"})
-                return True
-            self._body_fault = kind
-            return False
+            return await self._fault(kind)
         return False
+
+    async def _fault(self, kind: str) -> bool:
+        """Answer with the fault ``kind``, or arm a body fault; True when answered."""
+        self.count(f"fault.{kind}")
+        if kind == "timeout":
+            await asyncio.sleep(self.application.settings["hang_s"])
+            self.write_json(504, {"message": "the sandbox hung on purpose"})
+            return True
+        if kind == "429":
+            self.set_header("Retry-After", "1")
+            self.write_json(429, {"message": "rate limited (sandbox fault)"})
+            return True
+        if kind == "5xx":
+            self.write_json(503, {"message": "service unavailable (sandbox fault)"})
+            return True
+        if kind == "expired":
+            self._expire_access_token()
+            return False
+        self._body_fault = kind
+        return False
+
+    async def _chaos(self, percent: int) -> bool:
+        """One fault drawn at random for ``percent``% of requests (``chaos``)."""
+        rng: random.Random = self.application.settings["chaos_rng"]
+        if rng.random() * 100 >= percent:
+            return False
+        kinds = [k for k in faults.CHAOS_KINDS if k != "expired" or self._access_token_entry()]
+        return await self._fault(rng.choice(kinds))
+
+    def _bearer(self) -> str:
+        header = self.request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        return token.strip() if scheme.lower() in ("bearer", "token") else ""
+
+    def _access_token_entry(self):
+        from . import oauth  # oauth's handlers build on this module
+
+        return oauth._store(self.application.settings).access.get(self._bearer())
+
+    def _expire_access_token(self) -> None:
+        """The request's OAuth access token dies now (this answer still goes out), as when
+        a provider ends a token before its stated lifetime: the next request is refused."""
+        from . import oauth
+
+        token, entry = self._bearer(), self._access_token_entry()
+        if entry is not None:
+            grant_id, _, dead = entry
+            oauth._store(self.application.settings).access[token] = (grant_id, 0.0, dead)
 
     async def _wait_while_held(self) -> None:
         """Tests hold every answer while ``settings["hold"]`` (an Event) is unset, to keep a

@@ -9,6 +9,15 @@ It reaches the sandbox in two ways:
 
 Counted faults (``429x2``) hit the first N requests of that credential, then stop, so
 retries can succeed; an uncounted one (``malformed``) hits every request.
+
+Two knobs are not counted:
+
+- ``drip``: the body arrives in small pieces over ``drip_s`` seconds (an application
+  setting, default 2 s), as from a slow or congested provider;
+- ``chaosN``: N% of the credential's requests (default 30%) each get one fault drawn at
+  random from ``CHAOS_KINDS`` (``expired`` only where the request carries a sandbox OAuth
+  access token: the token dies, so the next request with it is refused). The soak runs
+  on it; the application setting ``faults_off`` switches every planned fault off at once.
 """
 
 from __future__ import annotations
@@ -17,8 +26,14 @@ import re
 from dataclasses import dataclass
 
 ALWAYS = 1_000_000_000
-_ITEM = re.compile(r"^(latency|429|5xx|timeout|malformed|truncated|expired|revoked)(?:x?(\d+))?$")
+_ITEM = re.compile(
+    r"^(latency|429|5xx|timeout|malformed|truncated|drip|expired|revoked|chaos)(?:x?(\d+))?$"
+)
 SEPARATOR = "__f_"
+#: what a ``chaos`` request may get, each as likely as the others
+CHAOS_KINDS = ("429", "5xx", "timeout", "malformed", "truncated", "drip", "expired")
+#: the share of requests ``chaos`` without a number hits, in percent
+CHAOS_DEFAULT_PERCENT = 30
 
 
 @dataclass(frozen=True)
@@ -31,6 +46,12 @@ class FaultPlan:
 
     def __bool__(self) -> bool:
         return bool(self.latency_ms or self.counts)
+
+    @property
+    def chaos_percent(self) -> int:
+        """The share of requests ``chaos`` hits (0 when the plan has no ``chaos``)."""
+        number = self.count("chaos")
+        return CHAOS_DEFAULT_PERCENT if number == ALWAYS else min(number, 100)
 
 
 def parse(text: str | None) -> FaultPlan:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 from collections import Counter
 from collections.abc import Sequence
@@ -13,7 +14,7 @@ from tornado.netutil import bind_sockets
 
 from . import faults as fault_plans
 from . import ga4, github, google_oauth, oauth, rest, stripe
-from .base import NotFoundHandler, SandboxHandler
+from .base import NotFoundHandler, SandboxHandler, digest
 
 
 class HealthHandler(SandboxHandler):
@@ -38,13 +39,17 @@ def make_app(
     latency_s: float = 0.0,
     hang_s: float = 5.0,
     faults: str = "",
+    drip_s: float = 2.0,
+    chaos_seed: int | None = None,
     extra_routes: Sequence[tuple] = (),
     **extra_settings,
 ) -> tornado.web.Application:
     """The sandbox: every provider's routes, shared counters and fault knobs.
 
     ``latency_s`` delays every answer; ``faults`` is a default fault plan for every
-    request (see ``faults``); ``hang_s`` is how long a ``timeout`` fault hangs.
+    request (see ``faults``); ``hang_s`` is how long a ``timeout`` fault hangs,
+    ``drip_s`` how long a ``drip`` body takes; ``chaos_seed`` seeds the draws of
+    ``chaos`` plans.
     ``extra_routes`` and ``extra_settings`` let a caller (the benchmarks) mount
     endpoints of its own beside the providers'.
     """
@@ -63,6 +68,10 @@ def make_app(
         default_handler_class=NotFoundHandler,
         counters=Counter(),
         fault_counts=Counter(),
+        # arrivals per (provider, credential digest, URL digest), faulted or not
+        requests=Counter(),
+        chaos_rng=random.Random(chaos_seed),
+        drip_s=drip_s,
         default_faults=fault_plans.parse(faults),
         latency_s=latency_s,
         hang_s=hang_s,
@@ -91,6 +100,22 @@ class SandboxServer:
     @property
     def counters(self) -> Counter:
         return self.app.settings["counters"]
+
+    def requests_per_url(self, credential: str) -> Counter:
+        """How many times each URL arrived with ``credential`` (by URL digest), any provider."""
+        mine = digest(credential)
+        found: Counter = Counter()
+        for (_, who, url), count in list(self.app.settings["requests"].items()):
+            if who == mine:
+                found[url] += count
+        return found
+
+    def reset_requests(self) -> None:
+        self.app.settings["requests"].clear()
+
+    def faults_off(self, off: bool = True) -> None:
+        """Every planned fault off (or on again) for every credential, at once."""
+        self.app.settings["faults_off"] = off
 
     def start(self) -> SandboxServer:
         self._thread = threading.Thread(target=self._run, name="writevue-sandbox", daemon=True)

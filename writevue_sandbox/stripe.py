@@ -8,6 +8,9 @@ import time
 from . import stripe_data
 from .base import SandboxHandler
 
+#: what a sandbox Stripe key starts with; anything else is answered 401
+KEY_PREFIXES = ("sk_test_", "rk_test_")
+
 
 def _invalid(message: str, **extra) -> dict:
     return {"error": {"type": "invalid_request_error", "message": message, **extra}}
@@ -30,7 +33,7 @@ class StripeHandler(SandboxHandler):
     async def authorise(self) -> str | None:
         """The account for a valid key, after faults; None when the request was answered."""
         key = self.api_key()
-        if key is None or not key.startswith(("sk_test_", "rk_test_")):
+        if key is None or not key.startswith(KEY_PREFIXES):
             masked = "" if key is None else f" {key[:8]}****{key[-4:]}"
             self.count("stripe.unauthorised")
             self.set_header("WWW-Authenticate", 'Bearer realm="Stripe"')

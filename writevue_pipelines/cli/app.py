@@ -26,12 +26,21 @@ COMMAND_MODULES = (
     "goal",
     "notify",
     "operations",
+    "doctor",
     "demo",
 )
 
 
 class CliError(Exception):
     """A mistake the operator can fix; the message says how."""
+
+
+class _GroupHelp(Exception):
+    """A command group run without a subcommand: its help (the subcommands) is the answer."""
+
+    def __init__(self, help_text: str):
+        super().__init__(help_text)
+        self.help_text = help_text
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,10 @@ class Command:
     audit: str | Literal[False] | None = None
     #: a worked example for its ``--help`` (shown under "example:")
     example: str | None = None
+    #: more ``--help`` text (the sources and their options), made only when help is shown
+    details: Callable[[], str] | None = None
+    #: False: ``--help`` goes to the command (``writevue sandbox`` passes it on)
+    add_help: bool = True
 
     @property
     def name(self) -> str:
@@ -79,6 +92,8 @@ def command(
     allow_abbrev: bool = True,
     audit: str | Literal[False] | None = None,
     example: str | None = None,
+    details: Callable[[], str] | None = None,
+    add_help: bool = True,
 ):
     """Register the decorated function as ``writevue <path>`` with these arguments.
 
@@ -95,7 +110,17 @@ def command(
 
     def register(handler: Callable[[argparse.Namespace], None]):
         _COMMANDS.append(
-            Command(tuple(path.split()), help, args, handler, allow_abbrev, audit, example)
+            Command(
+                tuple(path.split()),
+                help,
+                args,
+                handler,
+                allow_abbrev,
+                audit,
+                example,
+                details,
+                add_help=add_help,
+            )
         )
         return handler
 
@@ -103,6 +128,15 @@ def command(
 
 
 class _Parser(argparse.ArgumentParser):
+    #: a command's ``details``: computed into the epilog only when its help is shown
+    details: Callable[[], str] | None = None
+
+    def format_help(self) -> str:
+        if self.details is not None:
+            self.epilog = "\n\n".join(part for part in (self.details(), self.epilog) if part)
+            self.details = None
+        return super().format_help()
+
     def error(self, message: str):  # one line, not a usage dump
         if message.startswith("unrecognized arguments"):
             # Never echo them: someone may have typed a secret where a flag was expected.
@@ -119,42 +153,86 @@ def commands() -> list[Command]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="writevue", description="WriteVue operator commands.")
-    top = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser.set_defaults(handler=_show_help(parser), audit_action=None)
+    top = parser.add_subparsers(dest="command", required=False, parser_class=_Parser)
     groups: dict[str, argparse._SubParsersAction] = {}
     for cmd in commands():
         head, *rest = cmd.path
         extra: dict[str, Any] = {}
-        if cmd.example:
+        if cmd.example or cmd.details:
             extra = {
                 "description": cmd.help,
-                "epilog": "example:\n"
-                + "\n".join(f"  {line}" for line in cmd.example.splitlines()),
+                "epilog": "example:\n" + "\n".join(f"  {line}" for line in cmd.example.splitlines())
+                if cmd.example
+                else None,
                 "formatter_class": argparse.RawDescriptionHelpFormatter,
             }
         if rest:
             if head not in groups:
-                groups[head] = top.add_parser(head, help=_GROUPS[head]).add_subparsers(
-                    dest=f"{head}_command", required=True, parser_class=_Parser
+                group_parser = top.add_parser(head, help=_GROUPS[head], description=_GROUPS[head])
+                # Without a subcommand the group shows its help, listing them (exit 2).
+                group_parser.set_defaults(
+                    handler=_show_help(group_parser), audit_action=None, **{f"{head}_command": None}
+                )
+                groups[head] = group_parser.add_subparsers(
+                    dest=f"{head}_command", required=False, parser_class=_Parser
                 )
             sub = groups[head].add_parser(
                 rest[0], help=cmd.help, allow_abbrev=cmd.allow_abbrev, **extra
             )
         else:
-            sub = top.add_parser(head, help=cmd.help, allow_abbrev=cmd.allow_abbrev, **extra)
+            sub = top.add_parser(
+                head,
+                help=cmd.help,
+                allow_abbrev=cmd.allow_abbrev,
+                add_help=cmd.add_help,
+                **extra,
+            )
+        sub.details = cmd.details
         for argument in cmd.args:
             sub.add_argument(*argument.flags, **argument.options)
         sub.set_defaults(handler=cmd.handler, audit_action=cmd.audit or None)
     return parser
 
 
+def _show_help(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], None]:
+    def show(_args: argparse.Namespace) -> None:
+        raise _GroupHelp(parser.format_help())
+
+    return show
+
+
+def _pass_through(argv: Sequence[str]) -> argparse.Namespace | None:
+    """A command registered with ``add_help=False`` takes every argument after its name as
+    they are (argparse would refuse ``writevue sandbox --port 1``), ``--help`` included."""
+    if not argv:
+        return None
+    for cmd in commands():
+        if not cmd.add_help and cmd.path == (argv[0],):
+            return argparse.Namespace(
+                handler=cmd.handler, audit_action=None, rest=list(argv[1:]), command=argv[0]
+            )
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        passed = _pass_through(argv)
+        if passed is not None:
+            return passed.handler(passed) or 0
         args = build_parser().parse_args(argv)
-        args.handler(args)
+        from .inputs import resolve_ids  # inputs imports this module
+
+        resolve_ids(args)  # id prefixes, as git takes them, become the ids they name
+        status = args.handler(args)  # None, or an exit status (`writevue doctor`)
+    except _GroupHelp as shown:
+        print(shown.help_text, file=sys.stderr, end="")
+        return 2
     except (CliError, WriteVueError, VaultError, ConfigError) as exc:
         print(f"writevue: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("writevue: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return status if isinstance(status, int) else 0

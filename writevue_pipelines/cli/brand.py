@@ -13,6 +13,7 @@ import sys
 from .. import branding
 from .app import arg, command, group
 from .inputs import ready_runtime
+from .progress import plural
 
 group("brand", "white label: the name, logo and colours clients see")
 
@@ -84,7 +85,7 @@ def list_brands(args) -> None:
     for row in rows:
         print(
             f"{row['id']}  {row['name']:<20} {row['display_name']}  "
-            f"({row['tenants']} tenants, {row['templates']} templates)"
+            f"({plural(row['tenants'], 'tenant')}, {plural(row['templates'], 'template')})"
         )
 
 
@@ -101,7 +102,7 @@ def show(args) -> None:
         return
     logo = f"{shown['logo_type']}, {shown['logo_bytes']} bytes" if info.logo else "none"
     colors = ", ".join(f"{k} {v}" for k, v in shown["colors"].items()) or "WriteVue's"
-    used = f"{shown['tenants']} tenant(s), {shown['templates']} template(s)"
+    used = f"{plural(shown['tenants'], 'tenant')}, {plural(shown['templates'], 'template')}"
     print(
         f"id:           {shown['id']}\nname:         {shown['name']}\n"
         f"display name: {shown['display_name']}\nlogo:         {logo}\n"

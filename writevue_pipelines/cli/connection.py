@@ -1,4 +1,5 @@
-"""``writevue connection …``: connect a tenant's sources, test them, invite the client to."""
+"""``writevue connection …``: connect a tenant's sources, test, pause and remove them, and
+invite the client to connect its own."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import sys
 
 from .. import registry
 from ..errors import CredentialRejected, InvalidInput, SourceError
-from .app import arg, command, group
+from .app import CliError, arg, command, group
 from .inputs import ACTOR, REASON, parse_options, read_secret, ready_runtime, staff_access
 
 group("connection", "data sources of a tenant")
@@ -18,6 +19,22 @@ BASIC_AUTH_ADVICE = (
 OPTION = arg("--option", action="append", default=[], metavar="KEY=VALUE")
 #: how `connection list` names a status; the JSON keeps the stored value
 STATUS_LABEL = {"needs_reauth": "needs reconnect"}
+
+
+def sources_help() -> str:
+    """Every source with its credentials and options, from the source registry (shown
+    at the end of `connection add --help`; sources are imported only for that)."""
+    from ..sources import SOURCES
+
+    lines = ["sources and their options (--option KEY=VALUE):"]
+    for name, source in sorted(SOURCES.items()):
+        kinds = ", ".join(source.auth_kinds)
+        oauth = (
+            " (oauth2: `writevue connection authorize`)" if "oauth2" in source.auth_kinds else ""
+        )
+        lines.append(f"  {name}: {source.title}; credentials {kinds}{oauth}")
+        lines += [f"    {option}: {text}" for option, text in sorted(source.options.items())]
+    return "\n".join(lines)
 
 
 NO_VERIFY = arg(
@@ -45,6 +62,13 @@ NO_VERIFY = arg(
     # no abbreviations: `--password x` must not be taken for `--password-env x`
     allow_abbrev=False,
     audit="connection.add",
+    example=(
+        "WV_KEY=rk_live_... writevue connection add TENANT_ID stripe --api-key-env WV_KEY\n"
+        "writevue connection add TENANT_ID github --option owner=acme-org < key.txt\n"
+        "# offline: saved unchecked, listed as unverified until its first refresh\n"
+        "writevue connection add TENANT_ID stripe --no-verify --api-key-env WV_KEY"
+    ),
+    details=sources_help,
 )
 def add(args) -> None:
     from ..sources import get_source
@@ -79,11 +103,27 @@ def add(args) -> None:
         secrets = {"api_key": _api_key(args.api_key_env)}
     if not args.no_verify:
         _verify(runtime, args.tenant_id, source, args.auth, options, secrets)
+    status = registry.UNVERIFIED if args.no_verify else "active"
     with runtime.db.session() as session:
+        twin = same_account(session, tenant_id, source, options)
         connection_id = registry.add_connection(
-            session, runtime.keys, args.tenant_id, source.name, args.auth, options, secrets
+            session,
+            runtime.keys,
+            args.tenant_id,
+            source.name,
+            args.auth,
+            options,
+            secrets,
+            status=status,
         )
         access.record_in(session, tenant_id, connection_id=connection_id)
+    if twin is not None:
+        print(
+            f"warning: tenant {tenant_id} already has a {source.title} connection to "
+            f"{_account_words(source, twin)}: {twin.id}; if this one is a mistake, "
+            f"`writevue connection remove {connection_id}`",
+            file=sys.stderr,
+        )
     if args.auth == "basic":
         print(BASIC_AUTH_ADVICE, file=sys.stderr)
     elif source.name == "stripe" and secrets["api_key"].startswith("sk_"):
@@ -163,8 +203,10 @@ def rekey(args) -> None:
                 session, runtime.keys, connection.tenant_id, connection.id, field, value
             )
         row = session.get(Connection, connection.id)
-        if row.status in ("failing", "needs_reauth"):
-            row.status, row.last_error = "active", None
+        if row.status in ("failing", "needs_reauth", registry.UNVERIFIED):
+            # unchecked, the new credential is proven by the next refresh
+            row.status = registry.UNVERIFIED if args.no_verify else "active"
+            row.last_error = None
         access.record_in(session, connection.tenant_id, connection_id=row.id)
     print(f"ok: connection {connection.id} has its new credential", file=sys.stderr)
 
@@ -182,6 +224,10 @@ def _verify(runtime, tenant_id: str, source, auth: str, options, secrets) -> Non
             f"Check the {what} and its permissions, then run this again."
         ) from None
     except SourceError as exc:
+        if exc.status == 404:  # the key works; what the options name does not exist
+            raise InvalidInput(
+                f"{_reason(exc)}. Nothing was saved ({source.title} answered HTTP 404)."
+            ) from None
         raise SourceError(
             f"Could not check the {what} with {source.title} ({_status(exc)}); nothing was "
             "saved. Check the source's base_url and the network and run this again, or add "
@@ -191,6 +237,43 @@ def _verify(runtime, tenant_id: str, source, auth: str, options, secrets) -> Non
 
 def _status(exc: SourceError) -> str:
     return f"HTTP {exc.status}" if exc.status else "no answer"
+
+
+def _reason(exc: SourceError) -> str:
+    """A source's own words for an error, without the provisional connection id."""
+    text = str(exc).splitlines()[0] if str(exc) else "not found"
+    if exc.connection_id:
+        text = text.removeprefix(f"connection {exc.connection_id}: ")
+    return text.rstrip(".")
+
+
+def account_key(source, connection: registry.ConnectionInfo) -> tuple[str, str]:
+    """Which account of a source a connection reads, from its non-secret options only:
+    the API root and the account the source names (a GitHub owner, a GA4 property; a
+    Stripe or REST connection is named by its API root alone)."""
+    return (
+        source.base_url(connection).rstrip("/").lower(),
+        source.account_label(connection).lower(),
+    )
+
+
+def same_account(session, tenant_id: str, source, options) -> registry.ConnectionInfo | None:
+    """The tenant's connection to the same source and account as these options, if any."""
+    probe = registry.ConnectionInfo("", tenant_id, source.name, "", dict(options), "", None, None)
+    wanted = account_key(source, probe)
+    for other in registry.list_connections(session, tenant_id=tenant_id, source=source.name):
+        if other.status != registry.ERASING and account_key(source, other) == wanted:
+            return other
+    return None
+
+
+def _account_words(source, connection: registry.ConnectionInfo) -> str:
+    label = source.account_label(connection)
+    return (
+        f"the same account, {label}"
+        if label
+        else f"the same API root, {source.base_url(connection)}"
+    )
 
 
 def _api_key(env_var: str | None) -> str:
@@ -263,11 +346,18 @@ def complete(args) -> None:
 
 @command(
     "connection test",
-    "read a connection's last day from its source to prove it works; keeps nothing (audited)",
-    arg("connection_id"),
+    "read a connection's last day from its source, with its stored credential, to prove "
+    "it works: prints the requests, records and time it took; keeps nothing (no staging, "
+    "no figures, no cursor), changes no status, and is audited (it reads the client's data)",
+    arg("connection_id", help="the connection (an unambiguous prefix of its id will do)"),
     ACTOR,
     REASON,
     audit="connection.test",
+    example=(
+        "writevue connection test 1a2b3c4d --reason TICKET-12\n"
+        "# ok: github connection 1a2b3c4d-... answered 3 request(s) with 12 record(s) in 0.41 s;"
+        " nothing was kept"
+    ),
 )
 def test(args) -> None:
     from ..refresh import check_connection
@@ -306,10 +396,12 @@ def list_connections(args) -> None:
     else:  # one record for the whole list: the counts, no tenant ids
         tenants = len({c.tenant_id for c in connections})
         access.record(runtime, None, connections=len(connections), tenants=tenants)
+    names = _tenant_names(runtime, {c.tenant_id for c in connections})
     rows = [
         {
             "id": c.id,
             "tenant_id": c.tenant_id,
+            "tenant_name": names.get(c.tenant_id),
             "source": c.source,
             "status": c.status,
             "last_error": c.last_error,
@@ -322,7 +414,128 @@ def list_connections(args) -> None:
         return
     for row in rows:
         status = STATUS_LABEL.get(row["status"], row["status"])
-        print(f"{row['id']}  {row['source']:<10} {status:<15} tenant {row['tenant_id']}")
+        print(
+            f"{row['id']}  {row['source']:<10} {status:<15} tenant {row['tenant_id']} "
+            f"({row['tenant_name'] or 'name unreadable'})"
+        )
+
+
+def _tenant_names(runtime, tenant_ids: set[str]) -> dict[str, str | None]:
+    """Each tenant's name (the operator's own records); None where it cannot be decrypted."""
+    from ..vault import VaultError
+
+    names: dict[str, str | None] = {}
+    with runtime.db.session() as session:
+        for tenant_id in sorted(tenant_ids):
+            try:
+                names[tenant_id] = registry.get_tenant(session, runtime.keys, tenant_id).name
+            except (VaultError, UnicodeDecodeError):
+                names[tenant_id] = None
+    return names
+
+
+@command(
+    "connection pause",
+    "stop refreshing a connection (a mistake, a client's pause): no schedule, retry or "
+    "`writevue refresh` reads it, and its dashboard shows its figures as of now, marked "
+    "paused; `connection resume` undoes it",
+    arg("connection_id"),
+    audit=False,  # shows nothing and creates no access; recorded as an operation
+    example="writevue connection pause 1a2b3c4d",
+)
+def pause(args) -> None:
+    _set_paused(args.connection_id, paused=True)
+
+
+@command(
+    "connection resume",
+    "refresh a paused connection again, from where it stopped (its partitions sensor "
+    "requests the catch-up refresh)",
+    arg("connection_id"),
+    audit=False,  # shows nothing and creates no access; recorded as an operation
+    example="writevue connection resume 1a2b3c4d",
+)
+def resume(args) -> None:
+    _set_paused(args.connection_id, paused=False)
+
+
+def _set_paused(connection_id: str, *, paused: bool) -> None:
+    from ..privacy.audit import operator_name
+
+    runtime = ready_runtime()
+    with runtime.db.locked_session() as session:
+        connection, changed = registry.set_paused(session, connection_id, paused)
+        if changed:
+            action = "connection.paused" if paused else "connection.resumed"
+            registry.audit(
+                session,
+                operator_name(None),
+                action,
+                connection.tenant_id,
+                connection_id=connection.id,
+            )
+    what = (
+        "paused"
+        if paused
+        else f"resumed ({STATUS_LABEL.get(connection.status, connection.status)})"
+    )
+    already = "" if changed else "already "
+    print(f"ok: {connection.source} connection {connection.id} is {already}{what}", file=sys.stderr)
+
+
+@command(
+    "connection remove",
+    "remove a connection and erase its data, with a tenant erasure's guarantees: revoke "
+    "its OAuth grant at the provider, delete its figures, staging, cursor and "
+    "credentials, and verify nothing of it is left; the tenant's other connections stay "
+    "(audited)",
+    arg("connection_id"),
+    arg("--yes", action="store_true", help="do not ask for confirmation"),
+    arg(
+        "--confirm-revoked",
+        action="store_true",
+        help="its OAuth grant could not be revoked and the client has removed WriteVue's "
+        "access at the provider: remove it anyway",
+    ),
+    ACTOR,
+    REASON,
+    audit="connection.remove",
+    example="writevue connection remove 1a2b3c4d --reason TICKET-12 --yes",
+)
+def remove(args) -> None:
+    from ..privacy.erasure_connection import (
+        RevocationFailed,
+        check_removable,
+        remove_connection,
+    )
+
+    access = staff_access(args)
+    runtime = ready_runtime()
+    connection = check_removable(runtime, args.connection_id)
+    if not args.yes:
+        if sys.stdin is None or not sys.stdin.isatty():
+            raise CliError("Removing needs confirmation: run it in a terminal or pass --yes.")
+        answer = input(
+            f"Remove {connection.source} connection {connection.id} of tenant "
+            f"{connection.tenant_id}: revoke its access and delete all its data, for good? "
+            "Type 'remove' to confirm: "
+        )
+        if answer.strip() != "remove":
+            raise CliError("Not confirmed; nothing was removed.")
+    try:
+        report = remove_connection(runtime, connection.id, confirm_revoked=args.confirm_revoked)
+    except RevocationFailed:
+        access.record(runtime, connection.tenant_id, source=connection.source, grant="failed")
+        raise
+    # By the tenant's id; never the connection's, which the verification searches for.
+    access.record(runtime, connection.tenant_id, **report.audit_details())
+    for line in report.lines():
+        print(line)
+    if not report.ok:
+        raise CliError(
+            "The removal ran but is not verified: what remains of the connection, or could "
+            "not be checked, is listed above; remove it by hand (nothing else searches for it)."
+        )
 
 
 @command(

@@ -12,6 +12,7 @@ process (``python -m writevue_sandbox``) and points the demo connection at it wi
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -24,10 +25,20 @@ import httpx
 from .. import links, registry
 from ..home import init_home
 from ..models import Connection
-from ..processes import Child, StartError, answers, free_port, spawn, wait_until
+from ..processes import (
+    Child,
+    StartError,
+    answers,
+    free_port,
+    port_taken,
+    restore_signals,
+    spawn,
+    wait_until,
+)
 from ..runtime import Runtime
 from ..settings import Settings, get_settings
 from .app import arg, command
+from .progress import plural
 
 SANDBOX_MODULE = "writevue_sandbox"
 
@@ -159,6 +170,27 @@ def _graphql_assets(ui_url: str) -> set[str]:
     return {"/".join(node["assetKey"]["path"]) for node in nodes}
 
 
+#: what each port of the demo is, and the option that moves it
+_PORTS = (
+    ("the dashboards", "--dashboard-port"),
+    ("the Dagster UI", "--ui-port"),
+    ("the sandbox provider", "--sandbox-port"),
+    ("the mail catcher's page", "--mail-port"),
+    ("the mail catcher's SMTP", "--mail-port (any but 8025 moves SMTP to a free port)"),
+)
+
+
+def check_ports(dashboard: int, ui: int, sandbox: int, mail: int, smtp: int) -> None:
+    """One line naming the first port already taken, and the option to move it; before
+    the demo touches anything (a second demo would otherwise reuse the first's sandbox)."""
+    for port, (what, option) in zip((dashboard, ui, sandbox, mail, smtp), _PORTS, strict=True):
+        if port_taken(port):
+            raise DemoError(
+                f"port {port} ({what}) is already in use, perhaps by another `writevue demo`; "
+                f"stop that, or choose another port with {option}"
+            )
+
+
 def run_demo(
     *,
     check: bool = False,
@@ -167,8 +199,8 @@ def run_demo(
     sandbox_port: int | None = None,
     mail_port: int | None = None,
 ) -> int:
+    restore_signals()
     settings = get_settings()
-    init_home(settings)
     if check:
         ui_port, dashboard_port, sandbox_port, mail_port, smtp_port = (
             ui_port or free_port(),
@@ -185,6 +217,12 @@ def run_demo(
             mail_port or 8025,
         )
         smtp_port = 1025 if mail_port == 8025 else free_port()
+    try:
+        check_ports(dashboard_port, ui_port, sandbox_port, mail_port, smtp_port)
+    except DemoError as exc:
+        print(f"writevue demo: {exc}", file=sys.stderr)
+        return 2
+    init_home(settings)
     mail_url = f"http://127.0.0.1:{mail_port}"
     sandbox_url = f"http://127.0.0.1:{sandbox_port}"
     dashboard_base = f"http://127.0.0.1:{dashboard_port}"
@@ -310,7 +348,7 @@ def run_demo(
     except (DemoError, StartError) as exc:
         print(f"writevue demo: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         say("stopping")
         return 0
     finally:
@@ -325,7 +363,7 @@ def send_demo_scorecard(runtime: Runtime, tenant_id: str) -> str:
     counts = report.delivery.counts if report.delivery else {}
     if not counts.get("sent"):
         raise DemoError(f"the demo scorecard was not sent ({', '.join(report.lines())})")
-    return f"sent {counts['sent']} message(s) to the mail catcher"
+    return f"sent {plural(counts['sent'], 'message')} to the mail catcher"
 
 
 def verify(runtime: Runtime, tenant_id: str, url: str, dashboard_base: str, ui_url: str) -> None:
@@ -391,13 +429,14 @@ def demo(args) -> None:
 
 @command(
     "sandbox",
-    "run the sandbox provider (python -m writevue_sandbox)",
-    arg("--host", default="127.0.0.1"),
-    arg("--port", type=int, default=8765),
+    "run the sandbox provider; `writevue sandbox --help` lists its accounts, keys and "
+    "OAuth clients",
+    arg("rest", nargs=argparse.REMAINDER, help="passed to python -m writevue_sandbox"),
     audit=False,
+    add_help=False,  # --help is the sandbox's own, which knows its accounts
 )
 def sandbox(args) -> None:
     # Replaced by the sandbox's own process: the product never imports it.
-    argv = [sys.executable, "-m", SANDBOX_MODULE, "--host", args.host, "--port", str(args.port)]
+    argv = [sys.executable, "-m", SANDBOX_MODULE, *args.rest]
     sys.stdout.flush()
-    os.execv(sys.executable, argv)  # noqa: S606 -- a fixed argv, no shell
+    os.execv(sys.executable, argv)  # noqa: S606 -- a fixed program, the operator's arguments

@@ -128,11 +128,135 @@ def parse_options(pairs: Sequence[str]) -> dict[str, str]:
     return options
 
 
+# -- ids by prefix -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IdKind:
+    """What an id argument names, where its ids live, and what a wrong one is told."""
+
+    what: str
+    #: "module:Model.column" of every column that holds such ids
+    columns: tuple[str, ...]
+    #: the message an unknown id gets (the same as the command's own lookup gives)
+    not_found: str
+
+    def column_objects(self) -> list:
+        import importlib
+
+        found = []
+        for path in self.columns:
+            module, _, attribute = path.partition(":")
+            model, _, column = attribute.partition(".")
+            found.append(getattr(getattr(importlib.import_module(module), model), column))
+        return found
+
+
+_TENANT = IdKind(
+    "tenant",
+    # an erased tenant's id lives on in its erasure record (`tenant erase`, `audit list`)
+    ("writevue_pipelines.models:Tenant.id", "writevue_pipelines.models:DeletionRequest.tenant_id"),
+    "No tenant with id {id}; `writevue tenant list` shows them.",
+)
+_CONNECTION = IdKind(
+    "connection", ("writevue_pipelines.models:Connection.id",), "No connection with id {id}."
+)
+#: argument name (its ``dest``) -> what its ids name; every command's id arguments are
+#: resolved from this table before the command runs (tests/test_connection_commands.py
+#: fails for an id-like argument missing here)
+ID_ARGUMENTS: dict[str, IdKind] = {
+    "tenant_id": _TENANT,
+    "tenant_ids": _TENANT,
+    "tenant": _TENANT,
+    "connection_id": _CONNECTION,
+    "connection": _CONNECTION,
+    "reconnect": _CONNECTION,
+    "link_id": IdKind(
+        "dashboard link",
+        ("writevue_pipelines.models:DashboardLink.id",),
+        "No dashboard link with id {id}.",
+    ),
+    "goal_id": IdKind(
+        "goal",
+        ("writevue_pipelines.models:Goal.id",),
+        "No goal with id {id}; `writevue goal list TENANT_ID` shows them.",
+    ),
+    "scorecard_id": IdKind(
+        "scorecard",
+        ("writevue_pipelines.models:Scorecard.id",),
+        "No scorecard with id {id}; `writevue scorecard list TENANT_ID` shows them.",
+    ),
+    "alert_id": IdKind(
+        "alert",
+        ("writevue_pipelines.models:AlertRule.id",),
+        "No alert with id {id}; `writevue alert list TENANT_ID` shows them.",
+    ),
+    "request_id": IdKind(
+        "erasure request",
+        ("writevue_pipelines.models:DeletionRequest.id",),
+        "No erasure request {id}; `writevue audit list` shows them.",
+    ),
+}
+_FULL_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
+_ID_PREFIX = re.compile(r"^[0-9a-fA-F][0-9a-fA-F-]*$")
+
+
+def resolve_ids(args) -> None:
+    """Replace every id prefix among a command's parsed arguments by the full id it names.
+
+    Like git: an unambiguous prefix of at least ``registry.MIN_ID_PREFIX`` characters
+    names its id; an ambiguous one gets one line saying how many match; one that
+    matches nothing gets the command's own not-found message. A full id, and anything
+    that is no id prefix at all, is left for the command to check as before.
+    """
+    runtime = None
+    try:
+        for dest, kind in ID_ARGUMENTS.items():
+            value = getattr(args, dest, None)
+            if value is None:
+                continue
+            values = value if isinstance(value, list) else [value]
+            if not any(_is_prefix(v) for v in values):
+                continue
+            if runtime is None:
+                runtime = ready_runtime()
+            with runtime.db.session() as session:
+                resolved = [_resolve(session, kind, v) if _is_prefix(v) else v for v in values]
+            setattr(args, dest, resolved if isinstance(value, list) else resolved[0])
+    finally:
+        if runtime is not None:
+            runtime.close()
+
+
+def _is_prefix(value) -> bool:
+    return isinstance(value, str) and bool(_ID_PREFIX.match(value)) and not _FULL_ID.match(value)
+
+
+def _resolve(session, kind: IdKind, value: str) -> str:
+    from .. import registry
+    from ..errors import NotFound
+
+    prefix = value.lower()
+    if len(prefix) < registry.MIN_ID_PREFIX:
+        raise InvalidInput(
+            f"{kind.what.capitalize()} id {value!r} is too short: give at least "
+            f"{registry.MIN_ID_PREFIX} characters of it."
+        )
+    found = registry.ids_with_prefix(session, prefix, kind.column_objects())
+    if not found:
+        raise NotFound(kind.not_found.format(id=value))
+    if len(found) > 1:
+        raise InvalidInput(
+            f"{len(found)} {kind.what}s have ids beginning {value!r}; give more characters."
+        )
+    return found[0]
+
+
 def ready_runtime() -> Runtime:
     """The runtime of an initialised home; otherwise one line saying to run `writevue init`."""
     runtime = Runtime.from_env()
     settings = runtime.settings
-    if not settings.key_file.exists():
+    if not settings.keys_from_env and not settings.key_file.exists():
         raise CliError(
             f"WriteVue is not initialised in {settings.home}; run `writevue init` first."
         )

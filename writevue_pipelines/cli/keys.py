@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import sys
 
-from .app import arg, command, group
-from .inputs import progress_bar, ready_runtime
+from .app import CliError, arg, command, group
+from .inputs import ready_runtime
+from .progress import Progress
 
 group("keys", "the encryption key ring")
+
+
+def progress_bar():
+    """The rotation's progress on stderr: a bar per table on a terminal, lines elsewhere."""
+    return Progress()
 
 
 @command(
@@ -20,15 +26,19 @@ def rotate(args) -> None:
     from ..privacy import keys
 
     runtime = ready_runtime()
+    progress = progress_bar()
     try:
-        report = keys.rotate_keys(runtime, batch_size=args.batch, progress=progress_bar())
+        report = keys.rotate_keys(runtime, batch_size=args.batch, progress=progress)
     except KeyboardInterrupt:
+        getattr(progress, "close", lambda: None)()  # the bar stops before the message
         print(
             "\nwritevue: rotation interrupted; every finished batch is saved. "
             "Rerun `writevue keys rotate` to continue.",
             file=sys.stderr,
         )
         raise
+    finally:
+        getattr(progress, "close", lambda: None)()
     for line in report.lines():
         print(line)
     print("older keys can now be retired with `writevue keys retire VERSION`", file=sys.stderr)
@@ -60,6 +70,11 @@ def rotate_session_secret(_args) -> None:
     from ..session_secret import rotate_session_secret
 
     runtime = ready_runtime()
+    if runtime.settings.session_secret_from_env:
+        raise CliError(
+            "The session secret comes from WRITEVUE_SESSION_SECRET: give every dashboard "
+            "process a new value and restart them."
+        )
     rotate_session_secret(runtime.settings.session_secret_file)
     print(
         "session secret rotated: every dashboard process signs new sessions with it within "

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import signal
+import sys
+
 from .. import registry
 from .app import CliError, arg, command
 from .inputs import ACTOR, REASON, ready_runtime, staff_access
+from .progress import Progress, plural
 
 
 @command(
@@ -25,11 +29,23 @@ def refresh(args) -> None:
         with runtime.db.session() as session:
             tenant_id = registry.require_tenant(session, args.tenant)
         access.record(runtime, tenant_id)
-    report = refresh_now(runtime, tenant_id=tenant_id)
-    for line in report.lines():
+    with Progress() as progress:
+
+        def finished(outcome, done: int, total: int) -> None:
+            progress.update("refreshing connections", done, total, quiet=True)
+            progress.line(f"[{done}/{total}] {outcome.line()}")
+
+        report = refresh_now(runtime, tenant_id=tenant_id, on_progress=finished)
+    lines = report.lines()
+    if sys.stdout.isatty() and sys.stderr.isatty():
+        lines = lines[-1:]  # each connection's line is on the screen already
+    for line in lines:
         print(line)
     if report.failed:
-        raise CliError(f"{report.failed} of {report.total} connections failed to refresh.")
+        raise CliError(
+            f"{report.failed} of {plural(report.total, 'connection')} failed to refresh; "
+            "each one's line above says why and what to do."
+        )
 
 
 @command(
@@ -42,5 +58,12 @@ def refresh(args) -> None:
 def serve(args) -> None:
     from dashboard_server.server import serve
 
+    from ..processes import restore_signals
+
+    restore_signals()  # stops on SIGTERM and Ctrl-C even when started by a background job
     ready_runtime()
-    serve(host=args.host, port=args.port)
+    try:
+        serve(host=args.host, port=args.port)
+    except SystemExit as exc:  # SIGTERM: a clean stop, not an error
+        if exc.code != 128 + signal.SIGTERM:
+            raise

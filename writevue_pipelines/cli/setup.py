@@ -11,6 +11,9 @@ from .app import command
 def init(_args) -> None:
     report = init_home(get_settings())
     print(f"WriteVue home: {report.home}")
-    print("key ring: created" if report.key_file_created else "key ring: kept")
+    if report.key_file is None:
+        print("key ring: from WRITEVUE_KEYS (not written to disk)")
+    else:
+        print(f"key ring: {'created' if report.key_file_created else 'kept'} at {report.key_file}")
     print("session secret: created" if report.session_secret_created else "session secret: kept")
     print("schema: at the newest migration")

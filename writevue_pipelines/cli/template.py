@@ -12,6 +12,7 @@ import sys
 from .. import templates
 from .app import arg, command, group
 from .inputs import ready_runtime
+from .progress import plural
 
 group("template", "dashboard layouts, calculated metrics and comparisons for many tenants")
 
@@ -34,8 +35,8 @@ def add(args) -> None:
     items = sum(len(section.items) for section in template.sections)
     print(
         f"{'replaced' if replaced else 'added'} template {template.name}: "
-        f"{len(template.sections)} sections, {items} items, "
-        f"{len(template.calculated)} calculated metrics",
+        f"{plural(len(template.sections), 'section')}, {plural(items, 'item')}, "
+        f"{plural(len(template.calculated), 'calculated metric')}",
         file=sys.stderr,
     )
     print(template_id)

@@ -13,6 +13,7 @@ from pathlib import Path
 from .. import links, registry
 from .app import CliError, arg, command, group
 from .inputs import ACTOR, REASON, ready_runtime, staff_access
+from .progress import Progress, plural
 
 group("tenant", "clients")
 
@@ -99,7 +100,10 @@ def show(args) -> None:
         print(json.dumps(shown, indent=2))
         return
     print(f"{tenant.id}  {tenant.name}  <{tenant.email}>")
-    print(f"client since {tenant.created_at:%Y-%m-%d}; {len(live_links)} live dashboard links")
+    print(
+        f"client since {tenant.created_at:%Y-%m-%d}; "
+        f"{plural(len(live_links), 'live dashboard link')}"
+    )
     for c in shown["connections"]:
         print(
             f"  {c['id']}  {c['source']:<10} {c['auth_kind']:<8} {c['status']:<8} "
@@ -123,11 +127,15 @@ def export(args) -> None:
     access = staff_access(args)
     runtime = ready_runtime()
     tenant_id = registry.parse_uuid(args.tenant_id, "Tenant")
-    report = privacy.export_tenant(runtime, tenant_id, Path(args.out), force=args.force)
+    with Progress() as progress:
+        report = privacy.export_tenant(
+            runtime, tenant_id, Path(args.out), force=args.force, progress=progress
+        )
     access.record(runtime, tenant_id, facts=report.facts, bytes=report.bytes)
     print(
-        f"exported {report.facts} aggregates, {report.connections} connections and "
-        f"{report.links} links ({report.bytes} bytes); the file holds personal data",
+        f"exported {plural(report.facts, 'aggregate')}, "
+        f"{plural(report.connections, 'connection')} and {plural(report.links, 'link')} "
+        f"({plural(report.bytes, 'byte')}); the file holds personal data",
         file=sys.stderr,
     )
     print(report.path)
@@ -143,7 +151,6 @@ def export(args) -> None:
     audit="tenant.erase",
 )
 def erase(args) -> None:
-    from .. import privacy
     from ..privacy.erasure import check_erasable
 
     access = staff_access(args)
@@ -159,7 +166,7 @@ def erase(args) -> None:
         )
         if answer.strip() != "erase":
             raise CliError("Not confirmed; nothing was erased.")
-    report = privacy.run_erasure(runtime, tenant_id, actor=actor)
+    report = _erase_showing_progress(runtime, tenant_id, actor)
     # Recorded by the tenant's opaque id (kept, like the erasure record it names), with
     # the request, so the reason given is tied to this erasure.
     access.record(runtime, tenant_id, request=report.request_id)
@@ -172,7 +179,8 @@ def erase(args) -> None:
         )
     if report.needs_action:
         print(
-            f"Erased and verified; {len(report.actions)} thing(s) need operator action "
+            f"Erased and verified; {plural(len(report.actions), 'thing needs', 'things need')} "
+            "operator action "
             "(listed above).",
             file=sys.stderr,
         )
@@ -233,7 +241,8 @@ def revoke_grants(args) -> None:
         print(line)
     if report.failed:
         raise CliError(
-            f"{len(report.failed)} revocation(s) still fail: retry later, or pass "
+            f"{plural(len(report.failed), 'revocation still fails', 'revocations still fail')}: "
+            "retry later, or pass "
             "--confirm-revoked once the client has revoked the access at the provider."
         )
 
@@ -323,3 +332,22 @@ def set_settings(args) -> None:
         f"polarity overrides: {overrides}; time zone {settings.timezone}; "
         f"dashboard link in messages {'on' if settings.links_in_messages else 'off'}"
     )
+
+
+def _erase_showing_progress(runtime, tenant_id: str, actor: str):
+    """``run_erasure``, each of its steps shown as it finishes (ids and step names only)."""
+    from .. import privacy
+    from ..privacy.erasure import STEPS, step_hooks
+
+    with Progress() as progress:
+
+        def finished(step: str) -> None:
+            done = STEPS.index(step) + 1 if step in STEPS else 0
+            progress.update("erasing tenant", done, len(STEPS), quiet=True)
+            progress.line(f"[{done}/{len(STEPS)}] erasure of {tenant_id}: {step}")
+
+        step_hooks.append(finished)
+        try:
+            return privacy.run_erasure(runtime, tenant_id, actor=actor)
+        finally:
+            step_hooks.remove(finished)

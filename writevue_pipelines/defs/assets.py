@@ -9,12 +9,18 @@ and never stops the others; only a run of that one connection fails.
 Nothing passes through an IO manager: staging files under ``WRITEVUE_HOME/staging``
 are the handoff, and the assets report only counts, timings and days as metadata —
 never names, emails, credentials or URLs.
+
+Each source's pair is refreshed by the asset job ``refresh_{source}``, which the
+schedule, the sensors and ``writevue refresh`` all launch, so the runs of a source are
+found under one job name in the UI (a backfill launched from the asset graph runs as
+Dagster's own asset job; launched from the job's page it runs as the job).
 """
 
 # Dagster reads the annotations of asset and sensor functions at runtime, so no
 # `from __future__ import annotations` here.
+import contextlib
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from dagster import (
@@ -23,6 +29,7 @@ from dagster import (
     AssetKey,
     AssetMaterialization,
     AssetsDefinition,
+    AssetSelection,
     AssetSpec,
     BackfillPolicy,
     Backoff,
@@ -31,11 +38,15 @@ from dagster import (
     Jitter,
     MetadataValue,
     RetryPolicy,
+    define_asset_job,
     multi_asset,
+)
+from dagster._core.definitions.unresolved_asset_job_definition import (
+    UnresolvedAssetJobDefinition,
 )
 
 from .. import refresh
-from ..errors import WriteVueError
+from ..errors import CredentialRejected, SourceError, WriteVueError
 from ..settings import get_settings
 from ..sources import SOURCES, Source
 from . import checks
@@ -57,6 +68,10 @@ class SourceAssets:
     refresh: AssetsDefinition
 
     @property
+    def job_name(self) -> str:
+        return job_name(self.source)
+
+    @property
     def fetch_key(self) -> AssetKey:
         return AssetKey(f"{self.source}_fetch")
 
@@ -67,6 +82,52 @@ class SourceAssets:
     @property
     def keys(self) -> list[AssetKey]:
         return [self.fetch_key, self.daily_metrics_key]
+
+
+def job_name(source: str) -> str:
+    """The asset job that refreshes a source's connections: what to filter runs by. (Not
+    ``{source}_refresh``: that is the step's name, and a job's graph may not share it.)"""
+    return f"refresh_{source}"
+
+
+#: Called in this process with each connection's outcome as soon as it is known, by the
+#: runs this process executes (``writevue refresh`` shows them as progress).
+_LISTENERS: list[Callable[[refresh.RefreshOutcome], None]] = []
+
+
+@contextlib.contextmanager
+def listening(callback: Callable[[refresh.RefreshOutcome], None]) -> Iterator[None]:
+    """Hear each connection's outcome from the in-process runs started meanwhile."""
+    _LISTENERS.append(callback)
+    try:
+        yield
+    finally:
+        _LISTENERS.remove(callback)
+
+
+def _tell(outcome: refresh.RefreshOutcome) -> None:
+    for callback in list(_LISTENERS):
+        with contextlib.suppress(Exception):  # progress never fails a refresh
+            callback(outcome)
+
+
+def advice(exc: BaseException, connection_id: str, auth_kind: str | None = None) -> str:
+    """What the operator can do about a connection's failure: one line, ids only."""
+    if isinstance(exc, CredentialRejected):
+        if auth_kind == "oauth2":
+            return (
+                "ask the client to reconnect (their dashboard shows how) or run `writevue "
+                f"connection authorize TENANT SOURCE --reconnect {connection_id}`"
+            )
+        return f"re-enter the credential with `writevue connection rekey {connection_id}`"
+    status = getattr(exc, "status", None)
+    if status == 429:
+        return "nothing: the provider's rate limit resets and the next refresh carries on"
+    if status == 404:
+        return f"check the connection's options; `writevue connection test {connection_id}`"
+    if isinstance(exc, SourceError):
+        return f"if it persists, `writevue connection test {connection_id}` shows the error"
+    return "an unexpected error: the run's log shows where it broke"
 
 
 def pool_name(source: str) -> str:
@@ -130,13 +191,21 @@ def build_source_assets(source: Source, *, batch: int | None = None) -> SourceAs
         # One call for every connection in the run: the fetches are async-batched and
         # each connection is loaded as soon as its records are staged.
         try:
-            outcomes = refresh.refresh_connections(runtime, existing)
+            outcomes = refresh.refresh_connections(runtime, existing, on_done=_tell)
         except Exception as exc:
             outcomes = {cid: refresh.RefreshOutcome(cid, error=exc) for cid in existing}
+            for outcome in outcomes.values():
+                _tell(outcome)
         failures: dict[str, BaseException] = {}
         for connection_id in connection_ids:
             if connection_id not in before:
                 context.log.warning(f"connection {connection_id} no longer exists; skipped")
+                _tell(
+                    refresh.RefreshOutcome(
+                        connection_id,
+                        error=SourceError.of_connection(connection_id, "no longer exists; skipped"),
+                    )
+                )
                 continue
             outcome = outcomes[connection_id]
             fetched, loaded = outcome.fetched, outcome.loaded
@@ -168,8 +237,15 @@ def build_source_assets(source: Source, *, batch: int | None = None) -> SourceAs
             )
         for connection_id, exc in failures.items():
             _record_failure(context, writevue, connection_id, exc)
-        yield from checks.evaluate(runtime, source, metrics_key, before, failures)
-        if failures:
+        yield from checks.evaluate(
+            runtime,
+            source,
+            metrics_key,
+            before,
+            failures,
+            report_passes=runtime.settings.check_passes,
+        )
+        if failures and len(connection_ids) > 1:
             context.log.warning(
                 f"{len(failures)} of {len(connection_ids)} connections failed; "
                 "the others were refreshed"
@@ -177,11 +253,40 @@ def build_source_assets(source: Source, *, batch: int | None = None) -> SourceAs
         if len(connection_ids) == 1 and failures:
             # A run of one connection is that connection's refresh: it fails with it, so
             # its partition shows as failed. A batch run succeeds for the others' sake.
+            # The description is the one line the UI shows; what to do is its metadata.
+            (connection_id,) = connection_ids
+            exc = failures[connection_id]
             raise Failure(
-                description=refresh.safe_error(failures[connection_ids[0]]), allow_retries=False
+                description=refresh.safe_error(exc),
+                metadata=_failure_metadata(runtime, connection_id, exc),
+                allow_retries=False,
             )
 
     return SourceAssets(source=source.name, refresh=refresh_connections)
+
+
+def _failure_metadata(runtime, connection_id: str, exc: BaseException) -> dict[str, MetadataValue]:
+    """Ids, the provider's status and the advice: nothing a tenant could be known by."""
+    from .. import registry
+
+    with runtime.db.session() as session:
+        try:
+            connection = registry.get_connection(session, connection_id)
+        except WriteVueError:
+            connection = None
+    metadata = {
+        "connection": MetadataValue.text(connection_id),
+        "what_to_do": MetadataValue.text(
+            advice(exc, connection_id, connection.auth_kind if connection else None)
+        ),
+    }
+    if connection is not None:
+        metadata["tenant"] = MetadataValue.text(connection.tenant_id)
+        metadata["status"] = MetadataValue.text(connection.status)
+    status = getattr(exc, "status", None)
+    if status is not None:
+        metadata["http_status"] = MetadataValue.int(status)
+    return metadata
 
 
 def _record_failure(
@@ -198,9 +303,29 @@ def _record_failure(
         context.log.error("".join(traceback.format_tb(exc.__traceback__)))
 
 
+def build_refresh_job(assets: SourceAssets) -> UnresolvedAssetJobDefinition:
+    return define_asset_job(
+        assets.job_name,
+        selection=AssetSelection.assets(*assets.keys),
+        tags={"writevue/source": assets.source},
+        description=(
+            f"Refreshes {assets.source} connections (one partition, or a range of them per "
+            "run). Launched by its schedule, its sensors and `writevue refresh`; runs are "
+            "tagged writevue/trigger and writevue/tenant (one tenant) or writevue/tenants "
+            "(how many)."
+        ),
+    )
+
+
 #: source name -> its refresh (the fetch and daily-metrics assets)
 SOURCE_ASSETS: dict[str, SourceAssets] = {
     name: build_source_assets(source) for name, source in SOURCES.items()
 }
+#: source name -> the asset job that refreshes it (named ``refresh_{source}``)
+REFRESH_JOBS: dict[str, UnresolvedAssetJobDefinition] = {
+    name: build_refresh_job(pair) for name, pair in SOURCE_ASSETS.items()
+}
 
-defs = Definitions(assets=[pair.refresh for pair in SOURCE_ASSETS.values()])
+defs = Definitions(
+    assets=[pair.refresh for pair in SOURCE_ASSETS.values()], jobs=list(REFRESH_JOBS.values())
+)

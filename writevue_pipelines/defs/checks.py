@@ -2,14 +2,15 @@
 
 A batch run refreshes many connections in one step, so each check is partitioned by
 connection: the Dagster UI shows which connection failed which check. Every check is
-evaluated for every connection of the run, and a result is reported where it says
-something: a failure (or a volume warning), and a connection's recovery. Each reported
-result is an event the instance stores one write at a time (on SQLite, more than a
-connection's own fetch and load cost), so reporting every healthy pass would make
-bookkeeping the largest part of a refresh. A partition whose latest refresh raised
-nothing shows the check as skipped in that run: a failure shown earlier is cleared by
-the connection's next healthy refresh. Results carry counts and metric names only,
-never a tenant's name, an email, a credential or a URL.
+evaluated and reported for every connection of the run, passes included, so a healthy
+connection shows its checks passed; each result carries the figures it was judged on
+(counts, thresholds, days, metric names) and a check without enough history to judge
+yet passes with a note that says so. Results never carry a tenant's name, an email, a
+credential, a URL or the client's own figures (Dagster's event log outlives an erasure).
+
+Each result is an event the instance stores one write at a time; on a large SQLite
+instance ``WRITEVUE_CHECK_RESULTS=problems`` reports only failures, warnings and a
+failing connection's recovery (docs/operations.md, "Checks", has the measured cost).
 """
 
 # Dagster reads the annotations of asset and sensor functions at runtime, so no
@@ -32,7 +33,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from .. import refresh, registry
-from ..errors import NotFound
+from ..errors import CredentialRejected, NotFound
 from ..models import Connection, Fact, utcnow
 from ..notifications import anomaly
 from ..runtime import Runtime
@@ -53,34 +54,38 @@ VOLUME_MIN_BASELINE_DAYS = 4
 #: latest whole day with the same weekday of the eight weeks before
 HISTORY_DAYS = 7 * anomaly.WEEKS + 1
 
-#: Shown in the UI; "skipped" there means the refresh found nothing to report.
+#: Shown in the UI beside each check.
 _DESCRIPTIONS = {
     REFRESHED: (
-        "Fails with the sanitised error when the connection's refresh fails; passes when a "
-        "failing connection refreshes again. Skipped for a healthy connection's refresh."
+        "The connection's refresh succeeded. Fails with the one-line error and what to do "
+        "(metadata: http_status, needs_reconnect) when it did not."
     ),
     KEYS_UNIQUE: (
-        "Each (metric, dimension, day) appears once in the warehouse. Evaluated on every "
-        "refresh, reported when it fails; skipped when it holds."
+        "Each (metric, dimension, day) appears once in the warehouse. Metadata: facts "
+        "checked, duplicates found."
     ),
     VALUES_SANE: (
-        "Every value is a finite number, and no count or volume is negative. Evaluated on "
-        "every refresh, reported when it fails; skipped when it holds."
+        "Every value is a finite number, and no count or volume is negative. Metadata: "
+        "facts checked, non-finite and negative values found."
     ),
     FRESH: (
-        "The connection refreshed successfully within WRITEVUE_FRESHNESS_HOURS. Reported "
-        "with `refreshed`: when a refresh fails, and when a failing connection recovers."
+        "The connection refreshed successfully within WRITEVUE_FRESHNESS_HOURS. Metadata: "
+        "when it last did, the threshold."
     ),
     VOLUME_STEADY: (
         "Warns when a metric's latest whole day falls below half of its mean over the "
-        "seven days before (given at least four of them). Reported when it warns."
+        "seven days before (given at least four of them, with no empty day since it first "
+        "appeared: a sparse metric, for which a quiet day is usual, is not judged). The "
+        "check passes naming what it could not judge yet. Metadata: the thresholds, the "
+        "metrics judged, a dropped metric's share of its mean."
     ),
     VALUES_USUAL: (
         "Warns when a metric's latest whole day lies outside what its own history predicts: "
         "the median of the same weekday over the eight weeks before, ± 3.5 robust spreads "
         "(1.4826 times the MAD). The warning names the metric, the day, the direction and the "
-        "score (the figures themselves are on the client's chart, not in Dagster). Reported "
-        "when it warns."
+        "score (the figures themselves are on the client's chart, not in Dagster). A metric "
+        "with fewer than four earlier same weekdays is not judged yet; the check passes "
+        "saying so."
     ),
 }
 
@@ -89,6 +94,7 @@ _DESCRIPTIONS = {
 class DataFigures:
     """What the data checks look at, for one connection: counts and daily totals only."""
 
+    facts: int = 0
     duplicates: int = 0
     non_finite: int = 0
     negative: int = 0
@@ -138,13 +144,16 @@ def evaluate(
     asset_key: AssetKey,
     before: Mapping[str, ConnectionState],
     failures: Mapping[str, BaseException],
+    *,
+    report_passes: bool = True,
 ) -> Iterator[AssetCheckEvaluation]:
-    """The check results of a run worth an event: failures, warnings and recoveries.
+    """Every check's result for every connection of a run, with the figures it used.
 
-    ``refreshed`` and ``fresh`` are reported for a connection that failed, and for one
-    that was failing and refreshed (its recovery). The data checks are evaluated for
-    every connection that refreshed and reported when they fail or warn. A healthy
-    connection's news is its new materialisation.
+    A connection that failed gets ``refreshed`` and ``fresh`` (its data checks cannot
+    run); one that refreshed gets all six. A check that cannot judge yet (too little
+    history) passes with a note saying so. With ``report_passes`` off
+    (``WRITEVUE_CHECK_RESULTS=problems``) only failures, warnings and a failing
+    connection's recovery are reported, which stores fewer events per run.
     """
     nonnegative = nonnegative_metrics(source)
     fresh_after = utcnow() - dt.timedelta(hours=runtime.settings.freshness_hours)
@@ -161,78 +170,175 @@ def evaluate(
             **kw,
         )
 
+    def wanted(evaluation: AssetCheckEvaluation, recovered: bool = False) -> bool:
+        return report_passes or not evaluation.passed or recovered
+
     with runtime.db.session() as session:
         refreshed = [cid for cid in before if cid not in failures]
         figures = data_figures(session, refreshed, nonnegative, since)
         for connection_id, was in before.items():
             exc = failures.get(connection_id)
-            if exc is not None or was.failing:
-                yield result(
+            last = registry.get_connection(session, connection_id).last_refreshed_at
+            for evaluation in (
+                result(
                     REFRESHED,
                     connection_id,
                     exc is None,
-                    description=None if exc is None else refresh.safe_error(exc),
-                )
-                last = registry.get_connection(session, connection_id).last_refreshed_at
-                yield result(
+                    description=(
+                        refresh.safe_error(exc)
+                        if exc is not None
+                        else "recovered: refreshed after failing"
+                        if was.failing
+                        else "refreshed"
+                    ),
+                    metadata=_refreshed_metadata(exc),
+                ),
+                result(
                     FRESH,
                     connection_id,
                     last is not None and last >= fresh_after,
-                    metadata={"last_refreshed_at": last.isoformat() if last else "never"},
-                )
+                    metadata={
+                        "last_refreshed_at": last.isoformat() if last else "never",
+                        "freshness_hours": runtime.settings.freshness_hours,
+                    },
+                ),
+            ):
+                if wanted(evaluation, recovered=was.failing or exc is not None):
+                    yield evaluation
             if exc is not None:
                 continue
             found = figures.get(connection_id, DataFigures())
-            if found.duplicates:
-                yield result(
-                    KEYS_UNIQUE, connection_id, False, metadata={"duplicates": found.duplicates}
-                )
-            if found.non_finite or found.negative:
-                yield result(
-                    VALUES_SANE,
-                    connection_id,
-                    False,
-                    metadata={"non_finite": found.non_finite, "negative": found.negative},
-                )
-            unusual = unusual_values(found.daily_totals, today)
-            if unusual:
-                # Names, the day, which way and how far: never the client's figures, which
-                # Dagster's event log would keep past an erasure (they are in
-                # metric_anomalies, and on the client's chart).
-                yield result(
-                    VALUES_USUAL,
-                    connection_id,
-                    False,
-                    severity=AssetCheckSeverity.WARN,
-                    description="; ".join(
-                        f"{metric} on {v.day:%d %b}: {_direction(v)} its usual range "
-                        f"(robust score {v.score:+.1f})"
-                        for metric, v in unusual
-                    ),
-                    metadata={
-                        "unusual_metrics": ", ".join(metric for metric, _ in unusual),
-                        "day": unusual[0][1].day.isoformat(),
-                        **{
-                            metric: {"direction": _direction(v), "score": round(v.score, 1)}
-                            for metric, v in unusual
-                        },
-                    },
-                )
-            dropped = volume_drops(found.daily_totals, nonnegative, today)
-            if dropped:
-                yield result(
-                    VOLUME_STEADY,
-                    connection_id,
-                    False,
-                    severity=AssetCheckSeverity.WARN,
-                    metadata={"dropped_metrics": ", ".join(dropped)},
-                )
+            for evaluation in _data_checks(result, connection_id, found, nonnegative, today):
+                if wanted(evaluation):
+                    yield evaluation
+
+
+def _refreshed_metadata(exc: BaseException | None) -> dict[str, object]:
+    if exc is None:
+        return {}
+    metadata: dict[str, object] = {"needs_reconnect": isinstance(exc, CredentialRejected)}
+    status = getattr(exc, "status", None)
+    if status is not None:
+        metadata["http_status"] = status
+    return metadata
+
+
+def _data_checks(
+    result, connection_id: str, found: "DataFigures", nonnegative: list[str], today: dt.date
+) -> Iterator[AssetCheckEvaluation]:
+    """The four data checks of one refreshed connection: counts, thresholds and days only."""
+    yield result(
+        KEYS_UNIQUE,
+        connection_id,
+        not found.duplicates,
+        metadata={"facts": found.facts, "duplicates": found.duplicates},
+    )
+    yield result(
+        VALUES_SANE,
+        connection_id,
+        not (found.non_finite or found.negative),
+        metadata={
+            "facts": found.facts,
+            "non_finite": found.non_finite,
+            "negative": found.negative,
+            "nonnegative_metrics": ", ".join(nonnegative),
+        },
+    )
+    # Names, the day, which way and how far: never the client's figures, which Dagster's
+    # event log would keep past an erasure (they are in metric_anomalies, and on the
+    # client's chart).
+    usual = unusual_values_judged(found.daily_totals, today)
+    unusual = [(metric, v) for metric, v in usual.verdicts if v.anomalous]
+    usual_metadata = {
+        "day": (today - dt.timedelta(days=1)).isoformat(),
+        "metrics_judged": len(usual.verdicts),
+        "metrics_without_enough_history": len(usual.unjudged),
+        "weeks": anomaly.WEEKS,
+        "min_same_weekdays": anomaly.MIN_POINTS,
+        "threshold_robust_score": anomaly.DEFAULT_THRESHOLD,
+    }
+    if unusual:
+        yield result(
+            VALUES_USUAL,
+            connection_id,
+            False,
+            severity=AssetCheckSeverity.WARN,
+            description="; ".join(
+                f"{metric} on {v.day:%d %b}: {_direction(v)} its usual range "
+                f"(robust score {v.score:+.1f})"
+                for metric, v in unusual
+            ),
+            metadata={
+                **usual_metadata,
+                "unusual_metrics": ", ".join(metric for metric, _ in unusual),
+                **{
+                    metric: {"direction": _direction(v), "score": round(v.score, 1)}
+                    for metric, v in unusual
+                },
+            },
+        )
+    else:
+        yield result(
+            VALUES_USUAL,
+            connection_id,
+            True,
+            description=_judged_note(
+                len(usual.verdicts), usual.unjudged, "usual range", "too little history yet"
+            ),
+            metadata=usual_metadata,
+        )
+    volume = volume_judged(found.daily_totals, nonnegative, today)
+    volume_metadata = {
+        "drop_below_share_of_mean": VOLUME_DROP_RATIO,
+        "baseline_days": VOLUME_BASELINE_DAYS,
+        "min_baseline_days": VOLUME_MIN_BASELINE_DAYS,
+        "metrics_judged": len(volume.judged),
+        "metrics_without_enough_history": len(volume.unjudged),
+    }
+    if volume.dropped:
+        yield result(
+            VOLUME_STEADY,
+            connection_id,
+            False,
+            severity=AssetCheckSeverity.WARN,
+            description="; ".join(
+                f"{metric} on {volume.latest[metric]:%d %b}: {share:.0%} of its mean over "
+                f"the {VOLUME_BASELINE_DAYS} days before"
+                for metric, share in volume.dropped.items()
+            ),
+            metadata={
+                **volume_metadata,
+                "dropped_metrics": ", ".join(volume.dropped),
+                **{f"{m}_share_of_mean": round(v, 2) for m, v in volume.dropped.items()},
+            },
+        )
+    else:
+        yield result(
+            VOLUME_STEADY,
+            connection_id,
+            True,
+            description=_judged_note(
+                len(volume.judged),
+                volume.unjudged,
+                "usual volume",
+                "too little history yet (or too sparse)",
+            ),
+            metadata=volume_metadata,
+        )
+
+
+def _judged_note(judged: int, unjudged: list[str], what: str, why: str) -> str:
+    """A passing check's note: how many metrics it judged, and which it could not yet."""
+    note = f"{judged} metric{'' if judged == 1 else 's'} within {what}"
+    if unjudged:
+        note += f"; {why} to judge {', '.join(unjudged)}, which pass until it can"
+    return note
 
 
 def data_figures(
     session: Session, connection_ids: list[str], nonnegative: list[str], since: dt.date
 ) -> dict[str, DataFigures]:
-    """The data checks' figures for a run's connections, in four queries for the whole run.
+    """The data checks' figures for a run's connections, in five queries for the whole run.
 
     The fact table's key starts with the tenant, so a query for one connection reads its
     whole tenant; per connection that is quadratic in a tenant's connections (an agency
@@ -250,6 +356,10 @@ def data_figures(
         .having(func.count() > 1)
         .subquery()
     )
+    for connection_id, count in session.execute(
+        select(Fact.connection_id, func.count()).where(of_run).group_by(Fact.connection_id)
+    ):
+        figures.setdefault(connection_id, DataFigures()).facts = count
     for connection_id, count in session.execute(
         select(repeated.c.connection_id, func.count()).group_by(repeated.c.connection_id)
     ):
@@ -288,42 +398,87 @@ def _direction(verdict: anomaly.Verdict) -> str:
     return "above" if verdict.value > verdict.expected else "below"
 
 
-def unusual_values(
+@dataclass(frozen=True)
+class UsualJudgement:
+    """The unusual-value check's verdict per metric it could judge, and those it could not."""
+
+    verdicts: list[tuple[str, anomaly.Verdict]]
+    unjudged: list[str]
+
+
+def unusual_values_judged(
     totals: list[tuple[str, dt.date, float]], today: dt.date
-) -> list[tuple[str, anomaly.Verdict]]:
-    """Metrics whose latest whole day (yesterday) is anomalous against their own history."""
+) -> UsualJudgement:
+    """Each metric's latest whole day (yesterday) against its own history, where it has one."""
     by_metric: dict[str, dict[dt.date, float]] = defaultdict(dict)
     for metric, day, total in totals:
         if day < today:
             by_metric[metric][day] = total
     yesterday = today - dt.timedelta(days=1)
-    found = []
+    verdicts, unjudged = [], []
     for metric, days in sorted(by_metric.items()):
         verdict = anomaly.detect(days, yesterday, min_spread=1.0)
-        if verdict is not None and verdict.anomalous:
-            found.append((metric, verdict))
-    return found
+        if verdict is None:
+            unjudged.append(metric)
+        else:
+            verdicts.append((metric, verdict))
+    return UsualJudgement(verdicts, unjudged)
 
 
-def volume_drops(
+def unusual_values(
+    totals: list[tuple[str, dt.date, float]], today: dt.date
+) -> list[tuple[str, anomaly.Verdict]]:
+    """Metrics whose latest whole day (yesterday) is anomalous against their own history."""
+    return [(m, v) for m, v in unusual_values_judged(totals, today).verdicts if v.anomalous]
+
+
+@dataclass(frozen=True)
+class VolumeJudgement:
+    """The volume check per metric: dropped ones (with their latest day's share of the
+    mean), the ones it judged, and the ones with too little history to judge."""
+
+    dropped: dict[str, float]
+    judged: list[str]
+    unjudged: list[str]
+    latest: dict[str, dt.date]
+
+
+def volume_judged(
     totals: list[tuple[str, dt.date, float]], metrics: list[str], today: dt.date
-) -> list[str]:
-    """Metrics whose latest whole day is below VOLUME_DROP_RATIO of the mean of the days before.
+) -> VolumeJudgement:
+    """Each metric's latest whole day (yesterday) against VOLUME_DROP_RATIO of the mean of
+    the days before.
 
-    Today is still filling up, so it is never compared.
+    Today is still filling up, so it is never compared. A metric is judged once it has
+    VOLUME_MIN_BASELINE_DAYS of the week before and no day without a value since it first
+    appeared in that week: a sparse metric (refunds, say), for which a quiet day is usual,
+    cannot be said to drop. A judged metric without a value yesterday dropped to zero.
     """
     by_metric: dict[str, dict[dt.date, float]] = defaultdict(dict)
     for metric, day, total in totals:
         if metric in metrics and day < today:
             by_metric[metric][day] = total
-    dropped = []
+    yesterday = today - dt.timedelta(days=1)
+    window = [yesterday - dt.timedelta(days=n) for n in range(VOLUME_BASELINE_DAYS, 0, -1)]
+    dropped, judged, unjudged, latest_days = {}, [], [], {}
     for metric, days in sorted(by_metric.items()):
-        latest = max(days)
-        window = [latest - dt.timedelta(days=n) for n in range(1, VOLUME_BASELINE_DAYS + 1)]
-        seen = [days[day] for day in window if day in days]
-        if len(seen) < VOLUME_MIN_BASELINE_DAYS:
-            continue  # too little history to call anything a drop
-        baseline = sum(seen) / len(seen)
-        if baseline > 0 and days[latest] < VOLUME_DROP_RATIO * baseline:
-            dropped.append(metric)
-    return dropped
+        latest_days[metric] = yesterday
+        seen = [days.get(day) for day in window]
+        first = next((i for i, value in enumerate(seen) if value), None)
+        recent = seen[first:] if first is not None else []
+        if len(recent) < VOLUME_MIN_BASELINE_DAYS or not all(recent):
+            unjudged.append(metric)  # too little history, or sparse: a quiet day is usual
+            continue
+        judged.append(metric)
+        baseline = sum(recent) / len(recent)
+        latest = days.get(yesterday, 0.0)
+        if baseline > 0 and latest < VOLUME_DROP_RATIO * baseline:
+            dropped[metric] = latest / baseline
+    return VolumeJudgement(dropped, judged, unjudged, latest_days)
+
+
+def volume_drops(
+    totals: list[tuple[str, dt.date, float]], metrics: list[str], today: dt.date
+) -> list[str]:
+    """Metrics whose latest whole day is below VOLUME_DROP_RATIO of the mean of the days before."""
+    return list(volume_judged(totals, metrics, today).dropped)

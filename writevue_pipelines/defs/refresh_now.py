@@ -1,25 +1,40 @@
 """Refresh connections now, through Dagster in this process, so the runs show in the UI.
 
-Used by ``writevue refresh [--tenant ID]`` and ``writevue demo``. Each connection gets
-its own in-process run of its source's refresh, so a failure fails that connection's
-run only. Refreshing many connections in few runs is the schedules' job (batched
-partition-range runs), not this operator shortcut's.
+Used by ``writevue refresh [--tenant ID]`` and ``writevue demo``. Connections are
+refreshed as the schedule does it: one in-process run of the source's job
+(``refresh_{source}``) per batch of WRITEVUE_REFRESH_BATCH connections, each batch a
+range of consecutive partitions, so a failing connection fails only itself (and the
+run, when it is the run's only connection). The report still has one outcome per
+connection, and ``on_progress`` hears each as soon as it is known.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from dagster import DagsterInstance, ExecuteInProcessResult, materialize
+from dagster import DagsterInstance, Definitions, ExecuteInProcessResult, in_process_executor
 
 from .. import registry
 from ..errors import NotFound
-from ..refresh import safe_error
+from ..refresh import RefreshOutcome, safe_error
 from ..registry import ConnectionInfo
 from ..runtime import Runtime
-from .assets import SOURCE_ASSETS
+from .assets import REFRESH_JOBS, SOURCE_ASSETS, listening
+from .batches import (
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    SOURCE_TAG,
+    TRIGGER_TAG,
+    contiguous_batches,
+    tenant_tags,
+)
 from .partitions import CONNECTION_PARTITIONS
 from .resources import RESOURCE_KEY, WriteVueResource
+
+#: ``on_progress(outcome, done, total)``: one connection's outcome, as soon as it is known
+Progress = Callable[["ConnectionRefresh", int, int], None]
 
 # The run's full event log goes to the instance (the Dagster UI shows it); the terminal
 # gets the report instead of Dagster's per-event console lines and stack traces.
@@ -40,6 +55,15 @@ class ConnectionRefresh:
     facts: int = 0
     rows_written: int = 0
     rows_removed: int = 0
+
+    def line(self) -> str:
+        """One line for a terminal: ids, counts and the safe error only."""
+        if self.ok:
+            return (
+                f"ok      {self.source:<8} {self.connection_id}  {self.records} records, "
+                f"{self.facts} facts ({self.rows_written} changed, {self.rows_removed} removed)"
+            )
+        return f"failed  {self.source:<8} {self.connection_id}  {self.error}"
 
 
 @dataclass(frozen=True)
@@ -79,18 +103,12 @@ class RefreshReport:
         """One line per connection and a total, for a terminal."""
         if not self.connections:
             return ["no active connections to refresh"]
-        lines = []
-        for c in self.connections:
-            if c.ok:
-                lines.append(
-                    f"ok      {c.source:<8} {c.connection_id}  {c.records} records, "
-                    f"{c.facts} facts ({c.rows_written} changed, {c.rows_removed} removed)"
-                )
-            else:
-                lines.append(f"failed  {c.source:<8} {c.connection_id}  {c.error}")
+        lines = [c.line() for c in self.connections]
+        runs = len({c.run_id for c in self.connections if c.run_id})
         lines.append(
-            f"{self.succeeded} of {self.total} connections refreshed; "
-            "the runs are in the Dagster UI"
+            f"{self.succeeded} of {self.total} connection{'' if self.total == 1 else 's'} "
+            f"refreshed in {runs} run{'' if runs == 1 else 's'}; the runs are in the "
+            "Dagster UI (job refresh_<source>, tag writevue/tenant)"
         )
         return lines
 
@@ -105,7 +123,13 @@ def open_instance(runtime: Runtime) -> DagsterInstance:
     return DagsterInstance.from_config(str(dagster_home))
 
 
-def refresh_now(runtime: Runtime | None = None, *, tenant_id: str | None = None) -> RefreshReport:
+def refresh_now(
+    runtime: Runtime | None = None,
+    *,
+    tenant_id: str | None = None,
+    on_progress: Progress | None = None,
+    batch: int | None = None,
+) -> RefreshReport:
     """Refresh every active connection (or one tenant's) and report each one's outcome.
 
     A failing connection is reported, never raised; an unknown tenant or a missing
@@ -120,64 +144,156 @@ def refresh_now(runtime: Runtime | None = None, *, tenant_id: str | None = None)
             if tenant_id is not None:
                 tenant_id = registry.require_tenant(session, tenant_id)
             connections = registry.list_connections(session, tenant_id=tenant_id, active_only=True)
+        batch = batch or runtime.settings.refresh_batch
         with open_instance(runtime) as instance:
             added = _add_missing_partitions(instance, connections)
             resource = WriteVueResource(home=str(runtime.settings.home))
-            outcomes = [_refresh_one(instance, resource, c) for c in connections]
-        return RefreshReport(connections=outcomes, partitions_added=added)
+            progress = _Tally(connections, on_progress)
+            for source in sorted({c.source for c in connections}):
+                mine = [c for c in connections if c.source == source]
+                if source not in SOURCE_ASSETS:
+                    for c in mine:
+                        progress.report(
+                            _outcome(c, error=f"source {source!r} has no Dagster assets")
+                        )
+                    continue
+                ordered = instance.get_dynamic_partitions(CONNECTION_PARTITIONS[source].name)
+                for keys in contiguous_batches(ordered, [c.id for c in mine], batch):
+                    _run_batch(instance, resource, source, keys, progress)
+        # In the order the registry lists them, as before batching.
+        return RefreshReport(
+            connections=[progress.outcomes[c.id] for c in connections], partitions_added=added
+        )
     finally:
         if owned:
             runtime.close()
 
 
+class _Tally:
+    """Each connection's outcome, told to ``on_progress`` once, as soon as it is known."""
+
+    def __init__(self, connections: list[ConnectionInfo], on_progress: Progress | None):
+        self.connections = {c.id: c for c in connections}
+        self.outcomes: dict[str, ConnectionRefresh] = {}
+        self.on_progress = on_progress
+
+    def report(self, outcome: ConnectionRefresh) -> None:
+        if outcome.connection_id in self.outcomes or outcome.connection_id not in self.connections:
+            return  # told already (a retried step tells again), or another run's
+        self.outcomes[outcome.connection_id] = outcome
+        if self.on_progress is not None:
+            self.on_progress(outcome, len(self.outcomes), len(self.connections))
+
+    def heard(self, run_id: str) -> Callable[[RefreshOutcome], None]:
+        def hear(result: RefreshOutcome) -> None:
+            connection = self.connections.get(result.connection_id)
+            if connection is not None:
+                self.report(_from_refresh(connection, result, run_id))
+
+        return hear
+
+
+def _outcome(connection: ConnectionInfo, **kwargs) -> ConnectionRefresh:
+    return ConnectionRefresh(
+        connection_id=connection.id,
+        tenant_id=connection.tenant_id,
+        source=connection.source,
+        ok=kwargs.pop("ok", False),
+        **kwargs,
+    )
+
+
+def _from_refresh(connection: ConnectionInfo, result: RefreshOutcome, run_id: str):
+    counts = {}
+    if result.fetched is not None:
+        counts["records"] = result.fetched.records
+    if result.loaded is not None:
+        counts |= {
+            "facts": result.loaded.facts,
+            "rows_written": result.loaded.written,
+            "rows_removed": result.loaded.removed,
+        }
+    if result.error is not None or result.loaded is None:
+        error = safe_error(result.error) if result.error is not None else "not refreshed"
+        return _outcome(connection, run_id=run_id, error=error, **counts)
+    return _outcome(connection, ok=True, run_id=run_id, **counts)
+
+
+def _run_batch(
+    instance: DagsterInstance,
+    resource: WriteVueResource,
+    source: str,
+    keys: list[str],
+    progress: _Tally,
+) -> None:
+    """One in-process run of the source's job over ``keys`` (consecutive partitions)."""
+    run_id = str(uuid.uuid4())
+    tags = {SOURCE_TAG: source, TRIGGER_TAG: "refresh_now"}
+    tags |= tenant_tags(keys, {cid: c.tenant_id for cid, c in progress.connections.items()})
+    partition_key = None
+    if len(keys) == 1:
+        partition_key = keys[0]
+    else:
+        tags |= {RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]}
+    try:
+        with listening(progress.heard(run_id)):
+            result = _job(source, resource).execute_in_process(
+                instance=instance,
+                partition_key=partition_key,
+                run_config=_QUIET_RUN_CONFIG,
+                raise_on_error=False,
+                run_id=run_id,
+                tags=tags,
+            )
+        failure = None if result.success else _failure_text(result)
+    except Exception as exc:  # the run could not start: every connection of it failed
+        result, failure = None, safe_error(exc)
+    counts = _metadata_counts(result) if result is not None else {}
+    for connection_id in keys:
+        connection = progress.connections[connection_id]
+        # Heard already, unless the run stopped before this connection's outcome was known.
+        progress.report(
+            _outcome(
+                connection,
+                run_id=run_id if result is not None else None,
+                error=failure or "not refreshed; see the run in the Dagster UI",
+                **counts.get(connection_id, {}),
+            )
+        )
+
+
+def _job(source: str, resource: WriteVueResource):
+    """The code location's ``refresh_{source}`` job, with this runtime's home."""
+    return Definitions(
+        assets=[SOURCE_ASSETS[source].refresh],
+        jobs=[REFRESH_JOBS[source]],
+        resources={RESOURCE_KEY: resource},
+        executor=in_process_executor,
+    ).resolve_job_def(SOURCE_ASSETS[source].job_name)
+
+
 def _add_missing_partitions(instance: DagsterInstance, connections: list[ConnectionInfo]) -> int:
     added = 0
     for source, partitions in CONNECTION_PARTITIONS.items():
-        wanted = {c.id for c in connections if c.source == source}
-        missing = sorted(wanted - set(instance.get_dynamic_partitions(partitions.name)))
+        wanted = [c.id for c in connections if c.source == source]
+        present = set(instance.get_dynamic_partitions(partitions.name))
+        # In the registry's order, so one tenant's new connections stay consecutive.
+        missing = [cid for cid in wanted if cid not in present]
         if missing:
             instance.add_dynamic_partitions(partitions.name, missing)
             added += len(missing)
     return added
 
 
-def _refresh_one(
-    instance: DagsterInstance, resource: WriteVueResource, connection: ConnectionInfo
-) -> ConnectionRefresh:
-    outcome = ConnectionRefresh(
-        connection_id=connection.id,
-        tenant_id=connection.tenant_id,
-        source=connection.source,
-        ok=False,
-    )
-    pair = SOURCE_ASSETS.get(connection.source)
-    if pair is None:
-        return replace(outcome, error=f"source {connection.source!r} has no Dagster assets")
-    try:
-        result = materialize(
-            [pair.refresh],
-            instance=instance,
-            resources={RESOURCE_KEY: resource},
-            partition_key=connection.id,
-            run_config=_QUIET_RUN_CONFIG,
-            raise_on_error=False,
-            tags={"writevue/trigger": "refresh_now"},
-        )
-    except Exception as exc:
-        return replace(outcome, error=safe_error(exc))
-    counts = _metadata_counts(result)
-    if not result.success:
-        return replace(outcome, run_id=result.run_id, error=_failure_text(result), **counts)
-    return replace(outcome, ok=True, run_id=result.run_id, **counts)
-
-
-def _metadata_counts(result: ExecuteInProcessResult) -> dict[str, int]:
-    counts: dict[str, int] = {}
+def _metadata_counts(result: ExecuteInProcessResult) -> dict[str, dict[str, int]]:
+    """Connection id -> its counts, from the run's materialisations."""
+    counts: dict[str, dict[str, int]] = {}
     for event in result.get_asset_materialization_events():
-        metadata = event.materialization.metadata
+        materialization = event.materialization
+        mine = counts.setdefault(materialization.partition or "", {})
         for name in ("records", "facts", "rows_written", "rows_removed"):
-            if name in metadata:
-                counts[name] = counts.get(name, 0) + int(metadata[name].value)
+            if name in materialization.metadata:
+                mine[name] = mine.get(name, 0) + int(materialization.metadata[name].value)
     return counts
 
 

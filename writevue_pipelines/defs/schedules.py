@@ -16,10 +16,12 @@ from dagster import (
     schedule,
 )
 
+from .. import registry
 from ..settings import get_settings
-from .assets import SOURCE_ASSETS, SourceAssets
+from .assets import REFRESH_JOBS, SOURCE_ASSETS, SourceAssets
 from .batches import batch_run_requests
 from .partitions import CONNECTION_PARTITIONS
+from .resources import WriteVueResource
 
 
 def build_refresh_schedule(source: str, assets: SourceAssets) -> ScheduleDefinition:
@@ -30,7 +32,7 @@ def build_refresh_schedule(source: str, assets: SourceAssets) -> ScheduleDefinit
         name=f"{source}_refresh",
         cron_schedule=settings.cron_for(source),
         execution_timezone="UTC",
-        target=[assets.refresh],
+        job=REFRESH_JOBS[source],
         default_status=DefaultScheduleStatus.RUNNING,
         description=(
             f"Refreshes every {source} connection in batches of WRITEVUE_REFRESH_BATCH "
@@ -38,17 +40,23 @@ def build_refresh_schedule(source: str, assets: SourceAssets) -> ScheduleDefinit
             "WRITEVUE_REFRESH_CRON (default 06:00 UTC daily)."
         ),
     )
-    def refresh_schedule(context: ScheduleEvaluationContext):
+    def refresh_schedule(context: ScheduleEvaluationContext, writevue: WriteVueResource):
         connection_ids = context.instance.get_dynamic_partitions(partitions.name)
         if not connection_ids:
             return SkipReason(f"no {source} connections yet")
         tick = context.scheduled_execution_time
+        # Tenant ids for the runs' tags: one query for the whole source.
+        with writevue.runtime.db.session() as session:
+            tenant_of = {
+                c.id: c.tenant_id for c in registry.list_connections(session, source=source)
+            }
         return batch_run_requests(
             assets,
             connection_ids,
             batch=get_settings().refresh_batch,
             trigger="schedule",
             run_key_prefix=tick.isoformat() if tick else None,
+            tenant_of=tenant_of,
         )
 
     return refresh_schedule

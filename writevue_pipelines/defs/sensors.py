@@ -29,8 +29,8 @@ from dagster import (
 
 from .. import registry
 from . import checks
-from .assets import SOURCE_ASSETS, SourceAssets
-from .batches import SOURCE_TAG, TRIGGER_TAG, batch_run_requests
+from .assets import REFRESH_JOBS, SOURCE_ASSETS, SourceAssets
+from .batches import SOURCE_TAG, TENANT_TAG, TRIGGER_TAG, batch_run_requests
 from .partitions import CONNECTION_PARTITIONS
 from .resources import WriteVueResource
 
@@ -41,6 +41,10 @@ RETRIES_PER_TICK = 20
 
 def _now() -> float:
     return time.time()
+
+
+def _connections(count: int, kind: str) -> str:
+    return f"{count} {kind} connection{'' if count == 1 else 's'}"
 
 
 def fingerprint(connection_ids: list[str]) -> str:
@@ -57,7 +61,7 @@ def build_connection_partitions_sensor(source: str, assets: SourceAssets) -> Sen
             "refresh (its whole history, batched), and removes the partitions of connections "
             "that were disabled or deleted."
         ),
-        target=[assets.refresh],
+        job=REFRESH_JOBS[source],
         minimum_interval_seconds=30,
         default_status=DefaultSensorStatus.RUNNING,
     )
@@ -65,17 +69,19 @@ def build_connection_partitions_sensor(source: str, assets: SourceAssets) -> Sen
         context: SensorEvaluationContext, writevue: WriteVueResource
     ) -> SensorResult | SkipReason:
         with writevue.runtime.db.session() as session:
-            wanted = [
-                c.id for c in registry.list_connections(session, source=source, active_only=True)
-            ]
+            tenant_of = {
+                c.id: c.tenant_id
+                for c in registry.list_connections(session, source=source, active_only=True)
+            }
+        wanted = list(tenant_of)
         marker = fingerprint(wanted)
         if context.cursor == marker:
-            return SkipReason(f"{len(wanted)} {source} connections, unchanged")
+            return SkipReason(f"{_connections(len(wanted), source)}, unchanged")
         present = set(context.instance.get_dynamic_partitions(partitions.name))
         added = sorted(set(wanted) - present)
         removed = sorted(present - set(wanted))
         if not added and not removed:
-            return SensorResult(skip_reason=f"{len(present)} {source} connections", cursor=marker)
+            return SensorResult(skip_reason=_connections(len(present), source), cursor=marker)
         requests = []
         if removed:
             requests.append(partitions.build_delete_request(removed))
@@ -88,6 +94,7 @@ def build_connection_partitions_sensor(source: str, assets: SourceAssets) -> Sen
                 added,
                 batch=writevue.runtime.settings.refresh_batch,
                 trigger="new_connection",
+                tenant_of=tenant_of,
             ),
             dynamic_partitions_requests=requests,
             cursor=marker,
@@ -104,7 +111,7 @@ def build_failing_connections_sensor(source: str, assets: SourceAssets) -> Senso
             "(WRITEVUE_RETRY_BASE_MINUTES, WRITEVUE_RETRY_ATTEMPTS times), then flags it on "
             "its `refreshed` check until a refresh succeeds."
         ),
-        target=[assets.refresh],
+        job=REFRESH_JOBS[source],
         minimum_interval_seconds=60,
         default_status=DefaultSensorStatus.RUNNING,
     )
@@ -113,9 +120,11 @@ def build_failing_connections_sensor(source: str, assets: SourceAssets) -> Senso
     ) -> SensorResult | SkipReason:
         settings = writevue.runtime.settings
         with writevue.runtime.db.session() as session:
-            failing = [
-                c.id for c in registry.list_connections(session, source=source, status="failing")
-            ]
+            tenant_of = {
+                c.id: c.tenant_id
+                for c in registry.list_connections(session, source=source, status="failing")
+            }
+        failing = list(tenant_of)
         # connection id -> [retries made, not before (epoch s), flagged (0/1)]
         before = json.loads(context.cursor) if context.cursor else {}
         now = _now()
@@ -134,6 +143,7 @@ def build_failing_connections_sensor(source: str, assets: SourceAssets) -> Senso
                         tags={
                             SOURCE_TAG: source,
                             TRIGGER_TAG: "retry",
+                            TENANT_TAG: tenant_of[connection_id],
                             ATTEMPT_TAG: str(attempts),
                         },
                     )
@@ -162,7 +172,7 @@ def build_failing_connections_sensor(source: str, assets: SourceAssets) -> Senso
         cursor = json.dumps(state, sort_keys=True)
         if not requests and not events:
             return SensorResult(
-                skip_reason=f"{len(failing)} failing {source} connections, none due",
+                skip_reason=f"{_connections(len(failing), f'failing {source}')}, none due",
                 cursor=cursor,
             )
         return SensorResult(run_requests=requests, asset_events=events, cursor=cursor)

@@ -18,6 +18,8 @@ with its Saturdays, not with its Tuesdays):
 
 Median and MAD ignore the odd outlier in the history itself (one Black Friday does not
 make every later Friday look normal), unlike a mean and a standard deviation.
+``may_be_anomalous`` (one day) and ``screen`` (every series of a run at once, in polars)
+are cheap screens that say which days cannot be anomalous; ``detect`` judges the rest.
 Pure: no database, no clock.
 """
 
@@ -28,6 +30,8 @@ import math
 import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+import polars as pl
 
 #: robust z-score beyond which a value is anomalous
 DEFAULT_THRESHOLD = 3.5
@@ -93,6 +97,128 @@ def may_be_anomalous(
     return floor <= 0 or abs(value - median) > threshold * floor
 
 
+#: the screen's margin: it passes on days this close to ``detect``'s limits too, so that
+#: no rounding of its own can hide a day ``detect`` flags
+_SCREEN_SLACK = 1e-9
+
+
+def _medians(values, axis_len: int):
+    """The median of each row's finite values (NaN: none) and how many there are, over
+    the last axis, as ``statistics.median`` computes it (the mean of the middle two)."""
+    import numpy as np
+
+    ordered = np.sort(values, axis=-1)  # NaN last
+    count = np.sum(~np.isnan(values), axis=-1)
+    low = np.clip((count - 1) // 2, 0, axis_len - 1)
+    high = np.clip(count // 2, 0, axis_len - 1)
+    a = np.take_along_axis(ordered, low[..., None], axis=-1)[..., 0]
+    b = np.take_along_axis(ordered, high[..., None], axis=-1)[..., 0]
+    median = np.where(count % 2 == 1, a, (a + b) / 2)
+    return np.where(count > 0, median, np.nan), count
+
+
+def _passed(values, min_spread, window: int, weeks: int, threshold: float, min_points: int):
+    """``screen``'s verdicts for a block of series: (series, judged day) -> may be unusual.
+    ``values``: each series' days, the window before the first judged day, then those."""
+    import numpy as np
+
+    span = values.shape[1]
+    at = np.arange(window, span)  # the judged days' columns
+    back = np.arange(1, window + 1)
+    history = values[:, at[:, None] - back[None, :]]  # (series, judged, offset k - 1)
+    today = values[:, at]
+    # by weekday: offset k in group k % 7 (0: the same weekday), ``weeks`` values each
+    groups = np.stack([history[..., 5::7]] + [history[..., g - 1 :: 7] for g in range(1, 7)], -2)
+    group_median, group_count = _medians(groups, weeks)
+    residuals = np.abs(groups - group_median[..., None]).reshape(*history.shape[:2], -1)
+    mad, _ = _medians(residuals, window)
+    median, count = group_median[..., 0], group_count[..., 0]
+    with np.errstate(invalid="ignore"):
+        floor = np.maximum(RELATIVE_FLOOR * np.abs(median), min_spread[:, None])
+        spread = np.maximum(MAD_SCALE * mad, floor)
+        spread = np.where(spread <= 0, 1e-9, spread)
+        distance = np.abs(today - median)
+        # the second-largest residual of those that strayed at all, else the largest
+        strayed = np.where(residuals > 0, residuals, np.nan)
+        n_strayed = np.sum(~np.isnan(strayed), axis=-1)
+        ordered = np.sort(strayed, axis=-1)  # NaN last
+        second = np.take_along_axis(ordered, np.clip(n_strayed - 2, 0, None)[..., None], -1)
+        largest = np.max(np.where(np.isnan(residuals), 0.0, residuals), axis=-1)
+        beyond = np.where(n_strayed >= 2, second[..., 0], largest)
+        keep = 1 - _SCREEN_SLACK
+        return (
+            np.isfinite(today)
+            & (count >= max(min_points, 1))
+            & (distance >= threshold * spread * keep)
+            & (distance >= beyond * keep)
+        )
+
+
+def screen(
+    frame: pl.DataFrame,
+    first: dt.date,
+    last: dt.date,
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    weeks: int = WEEKS,
+    min_points: int = MIN_POINTS,
+) -> pl.DataFrame:
+    """``detect`` for many series at once, as a screen: the (series, day) pairs from
+    ``first`` to ``last`` that may be anomalous, for ``detect`` to judge; every other day
+    of every series is not (a property test holds it to ``detect``).
+
+    The same method in numpy over every series and day together (the weekday medians,
+    the residuals' MAD, the floors, the second-largest stray), passing on a day that
+    comes within a hair (``_SCREEN_SLACK``) of ``detect``'s limits, too.
+
+    ``frame``: ``series`` (any key), ``day``, ``value`` (null: no data) and
+    ``min_spread``, at most one row per series and day; a day without a row has no data.
+    """
+    import numpy as np
+
+    window = 7 * weeks
+    start = first - dt.timedelta(days=window)
+    span = (last - start).days + 1
+    judged = (last - first).days + 1
+    found = frame.filter(pl.col("day").is_between(start, last)).with_columns(
+        (pl.col("series").rank("dense") - 1).cast(pl.Int64).alias("_row"),
+        (pl.col("day") - pl.lit(start)).dt.total_days().cast(pl.Int64).alias("_at"),
+    )
+    empty = frame.select("series", "day").clear()
+    if found.height == 0 or judged <= 0:
+        return empty
+    keys = found.group_by("_row").agg(pl.col("series").first(), pl.col("min_spread").first())
+    keys = keys.sort("_row")
+    values = np.full((keys.height, span), np.nan)
+    raw = found["value"].fill_null(np.nan).to_numpy()
+    values[found["_row"].to_numpy(), found["_at"].to_numpy()] = np.where(
+        np.isfinite(raw), raw, np.nan
+    )
+    spreads = keys["min_spread"].to_numpy()
+    passed = np.concatenate(
+        [
+            _passed(
+                values[block : block + 2000],
+                spreads[block : block + 2000],
+                window,
+                weeks,
+                threshold,
+                min_points,
+            )
+            for block in range(0, keys.height, 2000)
+        ]
+    )
+    rows, days = np.nonzero(passed)
+    if rows.size == 0:
+        return empty
+    return pl.DataFrame(
+        {
+            "series": keys["series"].gather(rows),
+            "day": [first + dt.timedelta(days=int(d)) for d in days],
+        }
+    ).cast({"day": pl.Date})
+
+
 def detect(
     values: Mapping[dt.date, float | None],
     day: dt.date,
@@ -145,4 +271,12 @@ def detect(
     )
 
 
-__all__ = ["DEFAULT_THRESHOLD", "MIN_POINTS", "WEEKS", "Verdict", "detect", "may_be_anomalous"]
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "MIN_POINTS",
+    "WEEKS",
+    "Verdict",
+    "detect",
+    "may_be_anomalous",
+    "screen",
+]

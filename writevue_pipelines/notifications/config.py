@@ -608,16 +608,21 @@ def remove_scorecard(session: Session, scorecard_id: str) -> ScorecardInfo:
 def advance_scorecard(session: Session, scorecard_id: str, *, after: dt.datetime) -> dt.datetime:
     """Set the scorecard's next send time to the first after ``after``; that time."""
     row = _scorecard_row(session, scorecard_id)
-    row.next_due_at = schedule.next_due(
+    row.next_due_at = next_due_of(row, tenant_timezone(session, row.tenant_id), after)
+    session.flush()
+    return row.next_due_at
+
+
+def next_due_of(row: Scorecard, timezone: str, after: dt.datetime) -> dt.datetime:
+    """The scorecard's first send time after ``after`` in the tenant's ``timezone``."""
+    return schedule.next_due(
         row.cadence,
         weekday=row.weekday,
         day_of_month=row.day_of_month,
         send_at=row.send_at,
-        timezone=tenant_timezone(session, row.tenant_id),
+        timezone=timezone,
         after=after,
     )
-    session.flush()
-    return row.next_due_at
 
 
 def due_scorecards(session: Session, now: dt.datetime) -> list[tuple[str, str, dt.datetime]]:
@@ -1109,6 +1114,7 @@ __all__ = [
     "list_alerts",
     "list_scorecards",
     "message_link_url",
+    "next_due_of",
     "pause_alert",
     "pause_scorecard",
     "preview_link_url",

@@ -8,8 +8,9 @@ in to; recipients' addresses are never part of the content.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 
 @dataclass(frozen=True)
@@ -91,3 +92,66 @@ class AlertContent:
     brand: BrandInfo = field(default_factory=BrandInfo)
     dashboard_url: str | None = None
     locale: str = "en"
+
+
+# -- stored until sent ------------------------------------------------------------------------
+# A queued message keeps its content, not its rendering (``delivery``): the figures as text
+# and numbers, rendered for each recipient when it is sent. Stored encrypted, like the
+# rendered message it replaces.
+
+
+def _brand_json(brand: BrandInfo) -> dict:
+    return {
+        "display_name": brand.display_name,
+        "primary": brand.primary,
+        "logo": None if brand.logo is None else base64.b64encode(brand.logo).decode(),
+        "logo_type": brand.logo_type,
+    }
+
+
+def _brand_of(data: dict) -> BrandInfo:
+    logo = data.get("logo")
+    return BrandInfo(
+        display_name=data["display_name"],
+        primary=data["primary"],
+        logo=None if logo is None else base64.b64decode(logo),
+        logo_type=data.get("logo_type"),
+    )
+
+
+def _fields(item) -> dict:
+    return {f.name: getattr(item, f.name) for f in fields(item)}
+
+
+def to_json(content: ScorecardContent | AlertContent) -> dict:
+    """The content as JSON-safe data (``from_json`` reads it back equal)."""
+    data = _fields(content)
+    data["brand"] = _brand_json(content.brand)
+    if isinstance(content, ScorecardContent):
+        data["kind"] = "scorecard"
+        data["period_start"] = content.period_start.isoformat()
+        data["period_end"] = content.period_end.isoformat()
+        data["figures"] = [
+            {**_fields(figure), "series": list(figure.series)} for figure in content.figures
+        ]
+    else:
+        data["kind"] = "alert"
+        data["day"] = content.day.isoformat()
+        data["series"] = list(content.series)
+    return data
+
+
+def from_json(data: dict) -> ScorecardContent | AlertContent:
+    data = dict(data)
+    kind = data.pop("kind")
+    data["brand"] = _brand_of(data["brand"])
+    if kind == "scorecard":
+        data["period_start"] = dt.date.fromisoformat(data["period_start"])
+        data["period_end"] = dt.date.fromisoformat(data["period_end"])
+        data["figures"] = tuple(
+            Figure(**{**figure, "series": tuple(figure["series"])}) for figure in data["figures"]
+        )
+        return ScorecardContent(**data)
+    data["day"] = dt.date.fromisoformat(data["day"])
+    data["series"] = tuple(data["series"])
+    return AlertContent(**data)

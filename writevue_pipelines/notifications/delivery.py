@@ -1,9 +1,11 @@
 """The outbox: one row per message and recipient, sent over SMTP or HTTP, every outcome kept.
 
-``enqueue`` renders a message for each recipient at once (a retry sends the same message)
-and stores it encrypted under an idempotency key: sha256 of kind, subject, episode (the
-scheduled time, or the alert episode's first day) and recipient, unique in the table, so
-a scheduler that asks twice, or two runs that race, queue it once.
+``enqueue_many`` stores each message's content (its figures, already computed) with a
+one-time unsubscribe link for each recipient, encrypted, under an idempotency key: sha256
+of kind, subject, episode (the scheduled time, or the alert episode's first day) and
+recipient, unique in the table, so a scheduler that asks twice, or two runs that race,
+queue it once. The email or webhook payload is rendered from it when it is sent (a retry
+renders the same content, link and Message-ID).
 
 ``send_due`` sends what is due, one row at a time: a row is claimed by moving it from
 pending or retrying to ``sending`` in its own commit (two runs never both claim it), sent,
@@ -48,7 +50,7 @@ from email.parser import Parser
 from typing import Any
 
 import httpx
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -59,6 +61,7 @@ from ..models import NotificationDelivery, NotificationRecipient
 from ..runtime import Runtime
 from ..settings import ConfigError, Settings
 from ..vault import Binding, KeyRing
+from . import content as contents
 from . import messages, smtp, suppression
 from .content import AlertContent, ScorecardContent
 
@@ -97,6 +100,20 @@ def _binding(tenant_id: str, delivery_id: str) -> Binding:
     return Binding(tenant_id, None, f"delivery.{delivery_id}")
 
 
+@dataclass(frozen=True)
+class Queued:
+    """One message to queue: a scorecard's send or an alert's episode, for its recipients
+    (each with ``id``, ``channel`` and its suppression hash ``digest`` or its ``address``)."""
+
+    tenant_id: str
+    kind: str
+    subject_id: str
+    episode: str
+    scheduled_for: dt.datetime
+    content: ScorecardContent | AlertContent
+    recipients: Sequence[Any]
+
+
 def enqueue(
     session: Session,
     keys: KeyRing,
@@ -111,73 +128,128 @@ def enqueue(
     settings: Settings,
 ) -> int:
     """Queue ``content`` for each recipient, once per (kind, subject, episode, recipient);
-    how many rows are new. Each message is rendered now, with its own one-time
-    unsubscribe token (only its hash kept), and stored encrypted."""
-    if kind not in KINDS:
-        raise InvalidInput(f"Unknown notification kind {kind!r}; one of {', '.join(KINDS)}.")
-    for recipient in recipients:
-        if recipient.channel not in CHANNELS:
+    how many rows are new (``enqueue_many`` for one message)."""
+    queued = Queued(tenant_id, kind, subject_id, episode, scheduled_for, content, recipients)
+    return enqueue_many(session, keys, [queued], settings)
+
+
+def _digest(tenant_id: str, recipient: Any) -> str:
+    digest = getattr(recipient, "digest", None)
+    return digest or suppression.address_hash(tenant_id, recipient.channel, recipient.address)
+
+
+def enqueue_many(
+    session: Session, keys: KeyRing, queued: Sequence[Queued], settings: Settings
+) -> int:
+    """Queue each message for each of its recipients, once per (kind, subject, episode,
+    recipient), in a few statements whatever their number; how many rows are new.
+
+    What is stored is the message's content with its own one-time unsubscribe link (only
+    the token's hash in clear), encrypted; it is rendered for its recipient when it is
+    sent (``send_due``), so that a run queuing a thousand scorecards does not also build a
+    thousand emails. A retry renders the same content, link and Message-ID again."""
+    for item in queued:
+        if item.kind not in KINDS:
             raise InvalidInput(
-                f"Unknown channel {recipient.channel!r}; one of {', '.join(CHANNELS)}."
+                f"Unknown notification kind {item.kind!r}; one of {', '.join(KINDS)}."
             )
-    keyed = {idempotency_key(kind, subject_id, episode, r.id): r for r in recipients}
+        for recipient in item.recipients:
+            if recipient.channel not in CHANNELS:
+                raise InvalidInput(
+                    f"Unknown channel {recipient.channel!r}; one of {', '.join(CHANNELS)}."
+                )
+    keyed = {
+        idempotency_key(item.kind, item.subject_id, item.episode, r.id): (item, r)
+        for item in queued
+        for r in item.recipients
+    }
     if not keyed:
         return 0
-    existing = set(
-        session.scalars(
-            select(NotificationDelivery.idempotency_key).where(
-                NotificationDelivery.idempotency_key.in_(list(keyed))
+    existing: set[str] = set()
+    ids = list(keyed)
+    for start in range(0, len(ids), 500):
+        existing.update(
+            session.scalars(
+                select(NotificationDelivery.idempotency_key).where(
+                    NotificationDelivery.idempotency_key.in_(ids[start : start + 500])
+                )
             )
         )
-    )
-    new = 0
-    for key, recipient in keyed.items():
+    stored_content: dict[int, dict] = {}
+    rows = []
+    for key, (item, recipient) in keyed.items():
         if key in existing:
             continue
+        content = stored_content.get(id(item))
+        if content is None:
+            content = stored_content[id(item)] = contents.to_json(item.content)
         delivery_id = str(uuid.uuid4())
         token = secrets.token_urlsafe(TOKEN_BYTES)
-        stored = _render(content, recipient, key, unsubscribe_url(settings, token), settings)
-        row = NotificationDelivery(
-            id=delivery_id,
-            tenant_id=tenant_id,
-            idempotency_key=key,
-            kind=kind,
-            subject_id=subject_id,
-            recipient_id=recipient.id,
-            channel=recipient.channel,
-            scheduled_for=scheduled_for,
-            status="pending",
-            attempts=0,
-            next_attempt_at=scheduled_for,
-            message_ct=keys.encrypt(json.dumps(stored), _binding(tenant_id, delivery_id)),
-            address_sha256=suppression.address_hash(
-                tenant_id, recipient.channel, recipient.address
-            ),
-            unsubscribe_sha256=hash_token(token),
+        stored = {
+            "channel": recipient.channel,
+            "content": content,
+            "unsubscribe_url": unsubscribe_url(settings, token),
+        }
+        rows.append(
+            {
+                "id": delivery_id,
+                "tenant_id": item.tenant_id,
+                "idempotency_key": key,
+                "kind": item.kind,
+                "subject_id": item.subject_id,
+                "recipient_id": recipient.id,
+                "channel": recipient.channel,
+                "scheduled_for": item.scheduled_for,
+                "status": "pending",
+                "attempts": 0,
+                "next_attempt_at": item.scheduled_for,
+                "message_ct": keys.encrypt(
+                    json.dumps(stored), _binding(item.tenant_id, delivery_id)
+                ),
+                "address_sha256": _digest(item.tenant_id, recipient),
+                "unsubscribe_sha256": hash_token(token),
+            }
         )
+    if not rows:
+        return 0
+    try:
+        with session.begin_nested():
+            session.execute(insert(NotificationDelivery), rows)
+        return len(rows)
+    except IntegrityError:
+        pass  # another run queued some of them meanwhile: one at a time, skipping those
+    new = 0
+    for row in rows:
         try:
-            with session.begin_nested():  # another run queued it meanwhile: skip it
-                session.add(row)
+            with session.begin_nested():
+                session.execute(insert(NotificationDelivery), [row])
         except IntegrityError:
             continue
         new += 1
     return new
 
 
-def _render(content, recipient, key: str, unsubscribe: str, settings: Settings) -> dict:
-    if recipient.channel == "email":
+def render(stored: dict, address: str, settings: Settings, message_key: str) -> dict:
+    """A stored message as it goes to ``address``: ``{"message": EmailMessage}`` or
+    ``{"payload": dict}``. A message queued before contents were stored (it holds its
+    rendering) is sent as it was rendered."""
+    if "content" not in stored:
+        if stored["channel"] == "email":
+            parser = Parser(_class=EmailMessage, policy=messages.POLICY)
+            return {"message": parser.parsestr(stored["message"])}
+        return {"payload": stored["payload"]}
+    content = contents.from_json(stored["content"])
+    unsubscribe = stored["unsubscribe_url"]
+    if stored["channel"] == "email":
         message = messages.email(
             content,
             sender=settings.mail_from,
-            to=recipient.address,
+            to=address,
             unsubscribe_url=unsubscribe,
-            message_id=key,
+            message_id=message_key,
         )
-        return {"channel": "email", "message": message.as_string()}
-    return {
-        "channel": "webhook",
-        "payload": messages.webhook_payload(content, unsubscribe_url=unsubscribe),
-    }
+        return {"message": message}
+    return {"payload": messages.webhook_payload(content, unsubscribe_url=unsubscribe)}
 
 
 # -- sending ------------------------------------------------------------------------------------
@@ -271,7 +343,8 @@ def send_due(
                 elif row.channel == "email":
                     if mailer is None:
                         mailer = _mailer(settings)
-                    outcome = _send_email(mailer, stored, recipient.address)
+                    built = render(stored, recipient.address, settings, row.idempotency_key)
+                    outcome = _send_email(mailer, built["message"], recipient.address)
                 else:
                     if client is None:
                         client = httpx.Client(
@@ -279,7 +352,10 @@ def send_due(
                             follow_redirects=False,
                             headers={"User-Agent": "WriteVue notifications"},
                         )
-                    outcome = _send_webhook(client, stored, recipient.address, row.idempotency_key)
+                    built = render(stored, recipient.address, settings, row.idempotency_key)
+                    outcome = _send_webhook(
+                        client, built["payload"], recipient.address, row.idempotency_key
+                    )
             except Exception as exc:  # one message's trouble never stops the others
                 _log.warning("delivery %s not sent (%s)", row.id, type(exc).__name__)
                 outcome = _Outcome("retrying", f"internal {type(exc).__name__}"[:200])
@@ -359,9 +435,7 @@ def _load(runtime: Runtime, row: NotificationDelivery) -> tuple[_Address | None,
         return _Address(address, found.unsubscribed_at, digest, reason), stored
 
 
-def _send_email(mailer: smtp.SmtpSender, stored: dict, to: str) -> _Outcome:
-    # the policy it was built with: the List-Unsubscribe URL stays a plain URL on the wire
-    message = Parser(_class=EmailMessage, policy=messages.POLICY).parsestr(stored["message"])
+def _send_email(mailer: smtp.SmtpSender, message: EmailMessage, to: str) -> _Outcome:
     try:
         mailer.send(message, to)
     except smtp.SendError as exc:
@@ -400,13 +474,13 @@ for _name in ("httpx", "httpcore"):
         logging.getLogger(_name).addFilter(_HIDE)
 
 
-def _send_webhook(client: httpx.Client, stored: dict, url: str, key: str) -> _Outcome:
+def _send_webhook(client: httpx.Client, payload: dict, url: str, key: str) -> _Outcome:
     with _in_flight_lock:
         _in_flight.add(url)
     try:
         response = client.post(
             url,
-            content=json.dumps(stored["payload"], ensure_ascii=False).encode(),
+            content=json.dumps(payload, ensure_ascii=False).encode(),
             headers={"Content-Type": "application/json; charset=utf-8", "Idempotency-Key": key},
         )
     except httpx.TimeoutException:

@@ -95,17 +95,26 @@ class _Tenant:
     def _load(cls, session: Session, tenant_id: str) -> _Tenant:
         settings = session.get(TenantSettings, tenant_id)
         template = templates.template_for_tenant(session, tenant_id) if settings else None
-        connections = registry.list_connections(session, tenant_id=tenant_id, active_only=True)
-        metas = connection_metas(connections)
+        # a paused connection's metrics still mean what they meant: its figures stay
+        connections = registry.list_connections(
+            session, tenant_id=tenant_id, active_only=True, with_paused=True
+        )
+        return cls.of(
+            tenant_id, settings, template, goals.list_goals(session, tenant_id), connections
+        )
+
+    @classmethod
+    def of(cls, tenant_id: str, settings, template, tenant_goals: list, connections: list):
+        """From what was read of it (``batch`` reads many tenants' at once)."""
         return cls(
             id=tenant_id,
             locale=(settings.locale if settings else None) or "en",
             timezone=(getattr(settings, "timezone", None) if settings else None) or "UTC",
             polarity=figures.polarity_overrides(template, (settings.polarity if settings else {})),
             template=template,
-            goals=goals.list_goals(session, tenant_id),
+            goals=tenant_goals,
             connections=connections,
-            metas=metas,
+            metas=connection_metas(connections),
         )
 
     def resolver(self, session: Session, first: dt.date, last: dt.date) -> figures.Resolver:
@@ -223,24 +232,73 @@ def scorecard_content(
             f"No scorecard with id {scorecard_id}; `writevue scorecard list TENANT` shows them."
         )
     tenant = _Tenant.load(session, row.tenant_id)
+    first, last = scorecard_days(row, tenant, scheduled_for, today)
+    resolver = tenant.resolver(session, first, last)
+    return build_scorecard(
+        row,
+        tenant,
+        resolver,
+        scheduled_for=scheduled_for,
+        base_url_link=base_url_link,
+        today=today,
+        tenant_name=registry.get_tenant(session, keys, row.tenant_id).name,
+        brand=_brand(session, row.tenant_id),
+    )
+
+
+@dataclass(frozen=True)
+class _CardWindows:
+    start: dt.date
+    end: dt.date
+    compare_start: dt.date
+    compare_end: dt.date
+    series_start: dt.date
+    mode: str
+
+
+def _card_windows(row: Scorecard, tenant: _Tenant, scheduled_for, today) -> _CardWindows:
     local = today or schedule.local_today(tenant.timezone, scheduled_for)
     start, end = schedule.period_window(row.period, local)
     mode = "last_year" if row.comparison == "last_year" else "previous"
     compare_start, compare_end = _compare_window(row.period, start, end, mode)
     series_start = min(start, end - (SHORT_SERIES_DAYS - 1) * DAY) if start == end else start
+    return _CardWindows(start, end, compare_start, compare_end, series_start, mode)
+
+
+def scorecard_days(
+    row: Scorecard, tenant: _Tenant, scheduled_for: dt.datetime, today: dt.date | None = None
+) -> tuple[dt.date, dt.date]:
+    """The days of facts the scorecard's figures read when sent at ``scheduled_for``."""
+    w = _card_windows(row, tenant, scheduled_for, today)
+    wanted = {(ref.metric, ref.dimension or "") for ref in map(parse_ref, row.metrics)}
+    first = min(w.compare_start, w.series_start)
+    for goal in tenant.goals:
+        if (goal.metric, goal.dimension or "") in wanted:
+            first = min(first, figures.goal_window(goal, w.end)[0])
+    return max(first, w.end - 3660 * DAY), w.end
+
+
+def build_scorecard(
+    row: Scorecard,
+    tenant: _Tenant,
+    resolver: figures.Resolver,
+    *,
+    scheduled_for: dt.datetime,
+    base_url_link: str | None,
+    today: dt.date | None,
+    tenant_name: str,
+    brand: BrandInfo,
+) -> ScorecardContent:
+    """``scorecard_content`` from what was read: ``resolver`` covers ``scorecard_days``."""
+    w = _card_windows(row, tenant, scheduled_for, today)
+    start, end, mode = w.start, w.end, w.mode
     refs = [parse_ref(text) for text in row.metrics]
-    wanted = {(ref.metric, ref.dimension or "") for ref in refs}
     tenant_goals = {(g.metric, g.dimension or ""): g for g in tenant.goals}
-    first = min(compare_start, series_start)
-    for key in wanted:
-        if key in tenant_goals:
-            first = min(first, figures.goal_window(tenant_goals[key], end)[0])
-    resolver = tenant.resolver(session, max(first, end - 3660 * DAY), end)
-    windows = figures.Windows(start, end, end, compare_start, compare_end, mode)
+    windows = figures.Windows(start, end, end, w.compare_start, w.compare_end, mode)
     label = {"last_year": "same period last year", "goal": "goal"}.get(
         row.comparison, _PREVIOUS_LABELS.get(row.period, "previous period")
     )
-    series_days = figures.Windows.of(series_start, end, end + DAY, mode).days
+    series_days = figures.Windows.of(w.series_start, end, end + DAY, mode).days
 
     shown: list[Figure] = []
     for ref in refs:
@@ -279,7 +337,6 @@ def scorecard_content(
                     tenant.locale,
                 )
             )
-    tenant_name = registry.get_tenant(session, keys, row.tenant_id).name
     return ScorecardContent(
         tenant_id=row.tenant_id,
         scorecard_id=row.id,
@@ -290,7 +347,7 @@ def scorecard_content(
         period_label=schedule.period_label(start, end),
         comparison_label=label,
         figures=tuple(shown),
-        brand=_brand(session, row.tenant_id),
+        brand=brand,
         dashboard_url=base_url_link,
         locale=tenant.locale,
     )
@@ -540,13 +597,37 @@ def _alert_content(
     value: float | None,
     sentence: str,
 ) -> AlertContent:
+    return build_alert(
+        tenant,
+        resolver,
+        rule,
+        day,
+        value,
+        sentence,
+        tenant_name=registry.get_tenant(session, keys, tenant.id).name,
+        brand=_brand(session, tenant.id),
+    )
+
+
+def build_alert(
+    tenant: _Tenant,
+    resolver: figures.Resolver,
+    rule: AlertRule,
+    day: dt.date,
+    value: float | None,
+    sentence: str,
+    *,
+    tenant_name: str,
+    brand: BrandInfo,
+) -> AlertContent:
+    """An alert's message from what was read (``_alert_content`` reads the rest)."""
     definition = resolver.define(rule.metric)
     window = rule.window_days or 1
     series_days = [day - (SHORT_SERIES_DAYS - 1 - i) * DAY for i in range(SHORT_SERIES_DAYS)]
     return AlertContent(
         tenant_id=tenant.id,
         alert_id=rule.id,
-        tenant_name=registry.get_tenant(session, keys, tenant.id).name,
+        tenant_name=tenant_name,
         label=figures.card_label(definition, rule.dimension or None)
         if definition is not None
         else rule.metric,
@@ -560,7 +641,7 @@ def _alert_content(
         )
         if definition is not None
         else (),
-        brand=_brand(session, tenant.id),
+        brand=brand,
         locale=tenant.locale,
     )
 
@@ -630,7 +711,11 @@ def _judge(
         )
     if condition == "anomaly":
         days = [day - i * DAY for i in range(7 * anomaly.WEEKS + 1)]
-        values = {d: _window_value(resolver, rule.metric, dimension, d, window) for d in days}
+        if window == 1:
+            # a day's value is its daily value: the same figures, read in one go
+            values = dict(zip(days, resolver.series(rule.metric, dimension, days), strict=True))
+        else:
+            values = {d: _window_value(resolver, rule.metric, dimension, d, window) for d in days}
         verdict = anomaly.detect(
             values,
             day,
@@ -652,8 +737,11 @@ def _judge(
 __all__ = [
     "Anomaly",
     "alert_test_content",
+    "build_alert",
+    "build_scorecard",
     "detect_anomalies",
     "evaluate_alerts",
     "scorecard_content",
+    "scorecard_days",
     "shared_loads",
 ]

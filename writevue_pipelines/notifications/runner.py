@@ -27,10 +27,11 @@ from dataclasses import dataclass, field
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from .. import registry
 from ..errors import InvalidInput, NotFound
 from ..models import Connection, NotificationDelivery, Scorecard
 from ..runtime import Runtime
-from . import config, delivery, evaluate, schedule
+from . import batch, config, delivery, evaluate, schedule
 
 
 @dataclass
@@ -130,7 +131,9 @@ def _data_complete(session: Session, card: Scorecard, scheduled_for: dt.datetime
     ended = dt.datetime.combine(end + dt.timedelta(days=1), dt.time(), dt.UTC)
     refreshed = session.scalars(
         select(Connection.last_refreshed_at).where(
-            Connection.tenant_id == card.tenant_id, Connection.status != "disabled"
+            # a paused connection will not be refreshed: it is not waited for
+            Connection.tenant_id == card.tenant_id,
+            Connection.status.not_in(registry.NOT_REFRESHED),
         )
     ).all()
     return all(at is not None and at >= ended for at in refreshed)
@@ -221,9 +224,46 @@ def evaluate_batch(
     now: dt.datetime,
     report: RunReport,
 ) -> None:
-    """Judge ``tenant_ids`` and render the due ``scorecards``, one tenant at a time: a
-    tenant's settings and facts are read once for its anomalies, alerts and scorecards
-    (``evaluate.shared_loads``), and only one tenant's are held at a time."""
+    """Judge ``tenant_ids`` and queue the due ``scorecards``: ``WRITEVUE_NOTIFY_BATCH``
+    tenants at a time together (``batch``: a few statements and one polars pass for all of
+    them); what the batch cannot do, a tenant at a time (``evaluate_each``)."""
+    judged = sorted(set(tenant_ids))
+    owners: dict[str, str] = {}
+    with runtime.db.session() as session:
+        owners = scorecard_tenants(session, [card for card, _ in scorecards])
+    size = max(1, runtime.settings.notify_batch)
+    everyone = sorted(set(judged) | set(owners.values()))
+
+    def fallback(tenants, due) -> None:
+        evaluate_each(runtime, tenant_ids=tenants, scorecards=due, now=now, report=report)
+
+    # scorecards removed since they were due have no tenant: the per-tenant path says so
+    orphans = [(card, when) for card, when in scorecards if card not in owners]
+    if orphans:
+        fallback([], orphans)
+    for start in range(0, len(everyone), size):
+        chunk = set(everyone[start : start + size])
+        batch.evaluate_batch(
+            runtime,
+            tenant_ids=[t for t in judged if t in chunk],
+            scorecards=[(c, w) for c, w in scorecards if owners.get(c) in chunk],
+            now=now,
+            report=report,
+            fallback=fallback,
+        )
+
+
+def evaluate_each(
+    runtime: Runtime,
+    *,
+    tenant_ids: Iterable[str],
+    scorecards: Sequence[tuple[str, dt.datetime]],
+    now: dt.datetime,
+    report: RunReport,
+) -> None:
+    """``evaluate_batch`` one tenant at a time: a tenant's settings and facts are read
+    once for its anomalies, alerts and scorecards (``evaluate.shared_loads``), and only
+    one tenant's are held at a time. Each tenant's or scorecard's trouble is named."""
     judged = set(tenant_ids)
     with runtime.db.session() as session:
         owners = scorecard_tenants(session, [card for card, _ in scorecards])
@@ -421,6 +461,7 @@ __all__ = [
     "RunReport",
     "due_deliveries",
     "evaluate_batch",
+    "evaluate_each",
     "judge_tenants",
     "render_scorecards",
     "run",

@@ -218,6 +218,31 @@ class SmtpSender:
             raise
         return client
 
+    def check(self) -> None:
+        """Connect as a send would (EHLO, STARTTLS, login) and say QUIT, sending no mail
+        (`writevue doctor`); a server that cannot be used raises ``SendError``."""
+        if self.down is not None:
+            raise self.down
+        assert self.config is not None
+        try:
+            self._client = self._connect(self.config)
+        except SendError:
+            raise
+        except smtplib.SMTPServerDisconnected as exc:
+            timeout = isinstance(exc.__context__, TimeoutError)
+            raise SendError("timeout" if timeout else "disconnected", connection=True) from None
+        except smtplib.SMTPResponseException as exc:
+            raise _reply(exc.smtp_code) from None
+        except TimeoutError:
+            raise SendError("timeout", connection=True) from None
+        except ssl.SSLError:
+            raise SendError("tls", connection=True) from None
+        except ConnectionRefusedError:
+            raise SendError("refused", connection=True) from None
+        except (OSError, smtplib.SMTPException):
+            raise SendError("network", connection=True) from None
+        self.close()
+
     def _drop(self) -> None:
         if self._client is not None:
             _close(self._client)

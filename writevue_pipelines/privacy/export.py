@@ -19,6 +19,7 @@ import json
 import os
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -236,10 +237,28 @@ def _notifications(session, keys, tenant_id: str) -> dict:
     }
 
 
+#: the files of an export (README, client, connections, links, aggregates twice,
+#: dashboard, notifications): for its progress
+_EXPORT_FILES = 8
+
+
 def export_tenant(
-    runtime: Runtime, tenant_id: str, out: Path, *, force: bool = False
+    runtime: Runtime,
+    tenant_id: str,
+    out: Path,
+    *,
+    force: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> ExportReport:
-    """Write the tenant's export to ``out`` atomically (a temporary file, then a rename)."""
+    """Write the tenant's export to ``out`` atomically (a temporary file, then a rename).
+
+    ``progress(label, done, total)`` hears each part read and each file written.
+    """
+
+    def step(done: int, total: int) -> None:
+        if progress is not None:
+            progress("exporting tenant", done, total)
+
     out = Path(out).expanduser()
     if out.suffix.lower() != ".zip":
         raise InvalidInput(f"{out} does not end in .zip; name the export FILE.zip.")
@@ -256,7 +275,9 @@ def export_tenant(
         link_rows = links.list_links(session, tenant.id)
         dashboard = _dashboard_setup(session, tenant.id)
         notifications = _notifications(session, runtime.keys, tenant.id)
+    step(1, 2 + _EXPORT_FILES)
     facts = tenant_aggregates(runtime, tenant.id)
+    step(2, 2 + _EXPORT_FILES)
 
     parquet = io.BytesIO()
     facts.write_parquet(parquet)
@@ -319,8 +340,9 @@ def export_tenant(
     try:
         with os.fdopen(fd, "wb") as handle:
             with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-                for name, data in files.items():
+                for index, (name, data) in enumerate(files.items(), start=1):
                     archive.writestr(name, data)
+                    step(2 + index, 2 + len(files))
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o600)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Column, LargeBinary, Table, and_, bindparam, func, or_, select
@@ -22,7 +23,15 @@ from sqlalchemy import Column, LargeBinary, Table, and_, bindparam, func, or_, s
 from ..errors import InvalidInput
 from ..models import metadata
 from ..runtime import Runtime
-from ..vault import MAGIC, Binding, KeyRing, VaultError, load_key_ring, save_key_ring
+from ..vault import (
+    KEYS_VARIABLE,
+    MAGIC,
+    Binding,
+    KeyRing,
+    VaultError,
+    load_key_ring,
+    save_key_ring,
+)
 
 Row = Mapping[str, Any]
 
@@ -164,6 +173,23 @@ class RetireReport:
 Progress = Callable[[str, int, int], None]
 
 
+class KeyRingReadOnly(InvalidInput):
+    """The key ring comes from the environment, which no process can rewrite."""
+
+
+def _writable_key_file(runtime: Runtime, done: str) -> Path:
+    """The key file a rotation or retirement rewrites; refused for an environment ring,
+    since a change that other processes cannot see would leave them unable to decrypt."""
+    if runtime.settings.keys_from_env:
+        raise KeyRingReadOnly(
+            f"The key ring comes from {KEYS_VARIABLE}, which writevue cannot rewrite, so it "
+            f"cannot be {done} here: put the ring in a private file, point WRITEVUE_KEY_FILE "
+            f"at it instead of {KEYS_VARIABLE} for every process, then run this again "
+            "(see docs/privacy.md)."
+        )
+    return runtime.settings.key_file
+
+
 def _version_of(blob: bytes | None) -> int | None:
     if blob is None:
         return None
@@ -202,8 +228,8 @@ def rotate_keys(
     """
     if batch_size <= 0:
         raise InvalidInput("--batch must be a positive number of rows.")
+    key_file = _writable_key_file(runtime, "rotated")
     columns = ciphertext_columns()
-    key_file = runtime.settings.key_file
     ring = load_key_ring(key_file)
     stale = {v: n for v, n in count_by_version(runtime).items() if v != ring.primary}
     new_key = not stale
@@ -284,7 +310,7 @@ def _after(pk: list[Column], last: tuple):
 
 def retire_key(runtime: Runtime, version: int) -> RetireReport:
     """Remove a key from the ring, only once no ciphertext uses it."""
-    key_file = runtime.settings.key_file
+    key_file = _writable_key_file(runtime, "changed")
     ring = load_key_ring(key_file)
     if version not in ring.versions:
         held = ", ".join(map(str, ring.versions))

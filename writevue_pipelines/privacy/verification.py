@@ -37,12 +37,16 @@ log = logging.getLogger(__name__)
 _CHUNK = 1 << 20
 #: a tenant name shorter than this is not searched for: it would match unrelated text
 MIN_NAME_LENGTH = 6
+#: a stored secret shorter than this is not searched for (a short password would match
+#: unrelated text)
+MIN_SECRET_LENGTH = 12
 
 TENANT_ID = "the tenant id"
 CONNECTION_ID = "a connection id"
 LINK_ID = "a dashboard link id"
 INVITE_ID = "an invite id"
 CONTACT = "the tenant's name or email"
+CREDENTIAL = "a credential of the connection"
 #: what Dagster's run history may keep (opaque ids that lead nowhere once erased)
 OPAQUE = frozenset({TENANT_ID, CONNECTION_ID})
 
@@ -58,10 +62,16 @@ class Identifiers:
     #: the plaintext of the tenant's encrypted contact fields; held in memory only and
     #: reported by kind, never by value
     contact: tuple[str, ...] = field(default=(), repr=False)
+    #: a removed connection's stored secrets in clear (its tenant stays: ``tenant_id`` is
+    #: then ""); held in memory only and reported by kind, never by value
+    credentials: tuple[str, ...] = field(default=(), repr=False)
 
     def needles(self) -> dict[str, str]:
         """needle -> what it is (the kind, which is all a report may say)."""
         found = {self.tenant_id: TENANT_ID}
+        found |= dict.fromkeys(
+            (c for c in self.credentials if len(c) >= MIN_SECRET_LENGTH), CREDENTIAL
+        )
         found |= dict.fromkeys(self.connection_ids, CONNECTION_ID)
         found |= dict.fromkeys(self.link_ids, LINK_ID)
         found |= dict.fromkeys(self.invite_ids, INVITE_ID)
@@ -111,14 +121,20 @@ class VerificationReport:
             self.rows or self.files or self.database_bytes or self.unchecked or self.dagster_found
         )
 
-    def lines(self) -> list[str]:
+    def lines(self, subject: str = "tenant") -> list[str]:
+        """The report, about a ``subject``: the tenant, or a removed connection."""
         scanned = f"verified: {self.tables_scanned} tables, {self.files_scanned} files"
         if self.raw_bytes_scanned:
             scanned += f", {self.raw_bytes_scanned} raw database bytes"
         if self.dagster_tables_scanned:
             scanned += f", {self.dagster_tables_scanned} Dagster storage tables"
         lines = [
-            scanned + (" — nothing of the tenant left" if self.ok else " — TENANT DATA REMAINS")
+            scanned
+            + (
+                f" — nothing of the {subject} left"
+                if self.ok
+                else f" — {subject.upper()} DATA REMAINS"
+            )
         ]
         lines += [f"  still in table {name}: {count} rows" for name, count in self.rows.items()]
         lines += [f"  still in file {name}" for name in self.files]
@@ -360,7 +376,8 @@ def scan_database_bytes(runtime: Runtime, ids: Identifiers) -> tuple[dict[str, i
                 totals[needle] += count
         except OSError as exc:
             unreadable.append(f"database file {path.name} ({type(exc).__name__})")
-    totals[ids.tenant_id.encode()] -= _kept_occurrences(runtime.db.engine, ids.tenant_id)
+    if ids.tenant_id:  # a connection's removal searches no tenant id
+        totals[ids.tenant_id.encode()] -= _kept_occurrences(runtime.db.engine, ids.tenant_id)
     found: dict[str, int] = {}
     for needle, count in totals.items():
         if count > 0:
