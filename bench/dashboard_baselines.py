@@ -4,6 +4,13 @@
 
 Each is served at ``/d/{token}`` like the dashboard, on the warehouse WRITEVUE_HOME
 names; the dashboard itself is run as in production, by ``writevue serve``.
+
+The bare page gets the product's server tuning (``dashboard_server.tuning``): websockets
+that send without Nagle's delay and let a closed page's session go at once, Bokeh's
+unused-session check every second, no per-page ``location`` model, the startup objects
+frozen out of the garbage collector and freed heap handed back after sessions end. A
+floor without them would flatter the dashboard. The naive dashboard stays a plain
+``pn.serve``, as someone building it naively would run it: a reference, not a floor.
 """
 
 from __future__ import annotations
@@ -26,6 +33,13 @@ def serve(kind: str, port: int) -> None:
     runtime = Runtime.from_env()
     app = bare_page if kind == "bare" else naive_dashboard(runtime)
     pn.extension(notifications=False)
+    tuned = kind == "bare"
+    tuning = {}
+    if tuned:
+        from dashboard_server.tuning import SESSION_CHECK_MS, release_memory
+
+        pn.state.on_session_destroyed(release_memory)
+        tuning = {"location": False, "check_unused_sessions_milliseconds": SESSION_CHECK_MS}
     server = pn.serve(
         {"/d/{token}": app},
         port=port,
@@ -35,7 +49,14 @@ def serve(kind: str, port: int) -> None:
         threaded=False,
         verbose=False,
         websocket_origin=[f"127.0.0.1:{port}"],
+        **tuning,
     )
+    if tuned:
+        from dashboard_server.server import tornado_application
+        from dashboard_server.tuning import freeze_startup_objects, install_dashboard_socket
+
+        install_dashboard_socket(tornado_application(server))
+        freeze_startup_objects()
     server.start()
     server.io_loop.start()
 

@@ -23,10 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 #: (benchmark, its arguments at quick sizes)
 QUICK = {
     "refresh": ["--connections", "60", "--dlt-sample", "2"],
-    "orchestration": ["--connections", "50", "--tick-lead", "20", "--timeout", "300"],
+    "orchestration": ["--connections", "20", "--tick-lead", "20", "--timeout", "300"],
     "dashboard": [
         "--tenants", "20", "--no-postgres", "--no-browser", "--seconds", "2",
-        "--sessions", "20", "--settle", "3",
+        "--viewers", "5", "--sessions", "20", "--settle", "3",
     ],
     "warehouse": ["--rows", "20000", "--big-rows", "200000", "--repeat", "3"],
 }  # fmt: skip

@@ -18,6 +18,7 @@ import os
 import secrets
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import inspect, select
+from sqlalchemy import func, inspect, select
 from support import add_tenant_with_facts, remember_secret, start_dashboard_server
 from tornado.httpclient import HTTPClientError
 
@@ -126,6 +127,73 @@ def test_a_limiter_that_cannot_reach_the_warehouse_counts_in_its_process(tmp_pat
     assert len(said) == 1 and "counting in this process only" in said[0]
     assert "192.0.2" not in said[0]
     runtime.close()
+
+
+def hold_the_warehouse_lock(runtime: Runtime, holding: threading.Event, done: threading.Event):
+    """Another connection holding what the limiter's write needs until ``done`` (at most a
+    minute, so a limiter that waits for it cannot hang the test)."""
+    if runtime.db.is_sqlite:
+        import sqlite3
+
+        path = runtime.db.engine.url.database
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+    else:
+        import psycopg
+
+        conn = psycopg.connect(runtime.db.url.replace("postgresql+psycopg://", "postgresql://"))
+        conn.execute("LOCK TABLE guess_failures IN EXCLUSIVE MODE")
+    try:
+        holding.set()
+        done.wait(timeout=60)
+    finally:
+        conn.rollback()
+        conn.close()
+
+
+def failures_stored(runtime: Runtime) -> int:
+    with runtime.db.session() as session:
+        return len(session.scalars(select(GuessFailure)).all())
+
+
+def test_a_locked_warehouse_does_not_hold_the_limiter_and_the_budget_holds(any_runtime, caplog):
+    """The limiter runs on the dashboard's event loop: with the warehouse locked by another
+    connection it must answer at once (a short lock wait, then this process's count), not
+    wait for the lock, and while it counts alone it asks the warehouse only now and then."""
+    caplog.set_level(logging.INFO, logger="writevue.limiter")
+    patient = SharedLimiter(any_runtime, "links", 3, retry_s=3600)
+    eager = SharedLimiter(any_runtime, "invites", 3, retry_s=0)
+    holding, done = threading.Event(), threading.Event()
+    holder = threading.Thread(target=hold_the_warehouse_lock, args=(any_runtime, holding, done))
+    holder.start()
+    try:
+        assert holding.wait(60)
+        answers = [patient.fail("192.0.2.9") for _ in range(5)]
+        eager_answer = eager.fail("192.0.2.9")
+        answered_while_locked = holder.is_alive()
+    finally:
+        done.set()
+        holder.join(90)
+    assert answered_while_locked  # every answer came before the lock was let go
+    assert answers == [False, False, False, True, True] and eager_answer is False
+    # the lock gone: the patient one still counts alone (it retries only now and then) …
+    assert patient.fail("192.0.2.10") is False and failures_stored(any_runtime) == 0
+    # … the eager one, retrying at once, counts in the warehouse again
+    assert eager.fail("192.0.2.10") is False and failures_stored(any_runtime) == 1
+    said = [r.getMessage() for r in caplog.records if r.name == "writevue.limiter"]
+    assert "counts in the warehouse again" in caplog.text
+    assert not any("192.0.2" in line for line in said)
+
+
+def test_a_process_over_budget_by_its_own_count_answers_without_writing(any_runtime):
+    limiter = SharedLimiter(any_runtime, "links", 3)
+    assert [limiter.fail("198.51.100.3") for _ in range(6)] == [False] * 3 + [True] * 3
+    # its own failures are some of the shared ones: over here is over everywhere, so the
+    # failures past the budget cost no write (the ring's numbering stopped at the budget)
+    with any_runtime.db.session() as session:
+        assert session.scalar(select(func.max(GuessFailure.seq))) == 3
+    # another process (another limiter) spends the same budget: over at once
+    assert SharedLimiter(any_runtime, "links", 3).fail("198.51.100.3") is True
 
 
 def test_migration_0013_adds_and_removes_the_table(tmp_path):

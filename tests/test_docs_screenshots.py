@@ -192,6 +192,15 @@ def as_number(text: str) -> float:
     return float(re.sub(r"[^0-9.\-]", "", text))
 
 
+def shows_the_exported_figures(page, url: str) -> dict[str, str]:
+    """Assert every card shows the figure the JSON export gives; the cards' figures."""
+    shown = shown_cards(page)
+    expected = figures_of(exported_cards(url))
+    assert expected, "the refresh left the client without figures"
+    assert {ref: as_number(shown[ref]) for ref in expected} == pytest.approx(expected)
+    return shown
+
+
 def test_the_dashboard_on_a_desktop_shows_the_clients_figures(tour, browser):
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     try:
@@ -199,10 +208,7 @@ def test_the_dashboard_on_a_desktop_shows_the_clients_figures(tour, browser):
         page.goto(f"{tour.dashboard_url}?range=30")
         page.locator(".wv-card").first.wait_for(timeout=30_000)
         assert page.title() == CLIENT
-        shown = shown_cards(page)
-        expected = figures_of(exported_cards(tour.dashboard_url))
-        assert expected, "the refresh left the client without figures"
-        assert {ref: as_number(shown[ref]) for ref in expected} == pytest.approx(expected)
+        shown = shows_the_exported_figures(page, tour.dashboard_url)
         # and the payments card is the warehouse's own sum of the refreshed days
         charges = warehouse_total(tour.runtime, tour.tenant_id, "charges")
         assert charges > 0 and as_number(shown["stripe.charges"]) == charges
@@ -221,7 +227,7 @@ def test_the_dashboard_on_a_phone_fits_the_screen(tour, browser):
         width = page.evaluate("innerWidth")
         assert width == 412  # the phone's CSS width, not a desktop's
         assert page.evaluate("document.documentElement.scrollWidth") <= width
-        assert set(shown_cards(page)) >= set(figures_of(exported_cards(tour.dashboard_url)))
+        shows_the_exported_figures(page, tour.dashboard_url)
         # CSS pixels, not the phone's 2.6 device pixels each: a small file for the README
         save(page, "dashboard-phone.png", scale="css")
     finally:

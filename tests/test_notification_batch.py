@@ -93,3 +93,29 @@ def test_the_screen_passes_on_few_days_of_steady_series():
         .alias("value")
     )
     assert anomaly.screen(spiked, days[-8], days[-1]).rows() == [(3, days[-2])]
+
+
+def test_the_screen_passes_on_days_just_beyond_the_limit():
+    """Days built to lie a hair outside the usual range (where a screen rounding its own
+    way would hide them) are passed on whenever ``detect`` flags them."""
+    import random
+
+    rng = random.Random(14)
+    days = [START + dt.timedelta(days=i) for i in range(DAYS)]
+    rows, edges = [], []
+    for index in range(300):
+        base = rng.choice([1.0, 20.0, 500.0, 1e6])
+        noise = rng.choice([0.01, 0.05, 0.3])
+        values = [max(0.0, base * (1 + rng.gauss(0, noise))) for _ in days]
+        by_day = dict(zip(days, values, strict=True))
+        verdict = anomaly.detect(by_day, days[-1], min_spread=1.0)
+        limit = verdict.high - verdict.expected
+        values[-1] = verdict.expected + limit * (1 + 1e-7)
+        by_day[days[-1]] = values[-1]
+        if anomaly.detect(by_day, days[-1], min_spread=1.0).anomalous:
+            edges.append(index)
+        rows += [(index, day, value, 1.0) for day, value in zip(days, values, strict=True)]
+    frame = pl.DataFrame(rows, schema=["series", "day", "value", "min_spread"], orient="row")
+    passed = {series for series, _ in anomaly.screen(frame, days[-1], days[-1]).iter_rows()}
+    assert len(edges) > 100
+    assert set(edges) <= passed

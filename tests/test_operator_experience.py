@@ -188,16 +188,16 @@ def test_a_steady_business_passes_every_check_and_a_sparse_metric_is_not_a_drop(
     assert by_check[VALUES_USUAL].metadata["metrics_judged"].value >= 2
 
 
-def test_a_business_that_stopped_yesterday_warns_with_its_share(runtime):
-    facts = _steady_facts(60, yesterday={"gross_volume": 0.0, "charges": 0.0})
+def test_a_business_that_nearly_stopped_yesterday_warns_with_its_share(runtime):
+    facts = _steady_facts(60, yesterday={"gross_volume": 100.0, "charges": 1.0})
     _, connection_id = add_tenant_with_facts(runtime, TENANT_NAME, facts)
 
     volume = _evaluate(runtime, connection_id)[VOLUME_STEADY]
 
     assert not volume.passed and volume.severity.value == "WARN"
     assert volume.metadata["dropped_metrics"].value == "charges, gross_volume"
-    assert volume.metadata["charges_share_of_mean"].value == 0.0
-    assert "charges on" in volume.description and "0% of its mean" in volume.description
+    assert volume.metadata["charges_share_of_mean"].value == 0.09  # 1 against about 11
+    assert "charges on" in volume.description and "9% of its mean" in volume.description
 
 
 def test_a_check_without_enough_history_passes_with_a_note(runtime, sandbox, monkeypatch):

@@ -30,7 +30,6 @@ normal suite, below.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import os
 import random
@@ -41,12 +40,13 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 from sqlalchemy import select
-from support import add_connection, add_stripe_connection, use_sandbox_oauth_client
+from support import add_stripe_connection, use_sandbox_oauth_client
 
 from writevue_pipelines import oauth, refresh, registry
 from writevue_pipelines.models import Fact
 from writevue_pipelines.sources.http import RetryPolicy
 from writevue_sandbox import SandboxServer, stripe_data
+from writevue_sandbox import base as sandbox_base
 from writevue_sandbox.faults import CHAOS_KINDS, parse, with_faults
 
 SOAK_SECONDS = float(os.environ.get("WRITEVUE_SOAK_SECONDS", "300"))
@@ -104,28 +104,34 @@ def test_chaos_draws_every_fault_and_faults_off_stops_them():
         assert statuses[429] and statuses[503] and statuses[504] and statuses[200]
         assert sum(sandbox.requests_per_url(key).values()) == 60
         sandbox.faults_off()
-        calm = [httpx.get(f"{sandbox.url}/v1/charges", headers=headers, timeout=10) for _ in range(10)]
-        assert all(answer.status_code == 200 and answer.json()["data"] for answer in calm)
-        assert sum(sandbox.counters[f"fault.{kind}"] for kind in CHAOS_KINDS) == 60 - statuses[200] + (
-            sandbox.counters["fault.drip"] + sandbox.counters["fault.malformed"]
-            + sandbox.counters["fault.truncated"]
-        ) - (sandbox.counters["fault.drip"] + sandbox.counters["fault.malformed"]
-             + sandbox.counters["fault.truncated"])
+        calm = [
+            httpx.get(f"{sandbox.url}/v1/charges", headers=headers, timeout=10) for _ in range(10)
+        ]
+    assert all(answer.status_code == 200 and answer.json()["data"] for answer in calm)
+    # chaos100: every request before faults_off got exactly one fault, none after
+    assert sum(sandbox.counters[f"fault.{kind}"] for kind in CHAOS_KINDS) == 60
 
 
-def test_chaos_expires_an_oauth_access_token_early(home, monkeypatch):
-    """The request that draws ``expired`` is answered; the next with that token is refused."""
+def test_chaos_expires_an_oauth_access_token_early_once_it_is_a_few_seconds_old(home, monkeypatch):
+    """The request that draws ``expired`` is answered; the next with that token is refused.
+    A token in its first seconds is never drawn (``EXPIRABLE_AFTER_S``)."""
     use_sandbox_oauth_client(monkeypatch, "github")
     with SandboxServer(chaos_seed=1) as sandbox:
+        sandbox.faults_off()  # the token endpoint draws from the account's chaos too
         token = _github_access_token(sandbox, "early-death__f_chaos100")
+        sandbox.faults_off(False)
         headers = {"Authorization": f"Bearer {token}"}
+        for _ in range(30):  # young: every other kind is drawn, never "expired"
+            httpx.get(f"{sandbox.url}/users/acme-org", headers=headers, timeout=10)
+        assert sandbox.counters["fault.expired"] == 0
+        monkeypatch.setattr(sandbox_base, "EXPIRABLE_AFTER_S", 0.0)  # as if seconds later
         for _ in range(200):  # until the draw says "expired"
             before = sandbox.counters["fault.expired"]
-            answer = httpx.get(f"{sandbox.url}/user", headers=headers, timeout=10)
+            answer = httpx.get(f"{sandbox.url}/users/acme-org", headers=headers, timeout=10)
             if sandbox.counters["fault.expired"] > before:
                 break
         assert sandbox.counters["fault.expired"] == 1 and answer.status_code != 401
-        refused = httpx.get(f"{sandbox.url}/user", headers=headers, timeout=10)
+        refused = httpx.get(f"{sandbox.url}/users/acme-org", headers=headers, timeout=10)
         assert refused.status_code == 401
 
 
@@ -334,18 +340,23 @@ def run_batch(soak: Soak, *, final: bool = False) -> dict[str, refresh.RefreshOu
                 today=today,
                 complete_from=complete_from,
             )
-            soak.problems += [f"{where}: stripe {p}" for p in found[:5]]
+            soak.problems += [f"{where}: stripe {p}" for p in found[:3]]
     return outcomes
+
+
+@pytest.fixture
+def soak_settings(monkeypatch):
+    """Set before the runtime fixture reads the settings (autouse fixtures come first)."""
+    monkeypatch.setenv("WRITEVUE_HISTORY_DAYS", str(HISTORY_DAYS))
+    monkeypatch.setenv("WRITEVUE_HTTP_TIMEOUT_S", "1")  # a hang is a timeout within 1 s
+    use_sandbox_oauth_client(monkeypatch, "github")
 
 
 @pytest.mark.soak
 @pytest.mark.timeout(SOAK_SECONDS + 600)
-def test_soak_refreshes_under_random_faults(any_runtime, monkeypatch, record_property):
-    monkeypatch.setenv("WRITEVUE_HISTORY_DAYS", str(HISTORY_DAYS))
-    monkeypatch.setenv("WRITEVUE_HTTP_TIMEOUT_S", "1")  # a hang is a timeout within 1 s
-    use_sandbox_oauth_client(monkeypatch, "github")
+def test_soak_refreshes_under_random_faults(soak_settings, any_runtime, record_property):
     seed = random.randrange(10**6)
-    runtime = refresh_runtime(any_runtime)
+    runtime = any_runtime
     with SandboxServer(hang_s=2.0, drip_s=0.8, chaos_seed=seed) as sandbox:
         soak = make_soak(runtime, sandbox)
         started = time.monotonic()
@@ -374,11 +385,3 @@ def test_soak_refreshes_under_random_faults(any_runtime, monkeypatch, record_pro
     record_property("soak", report)
     assert sum(injected.values()) > 0 and soak.batches >= 2
     assert not soak.problems, "\n".join(soak.problems[:20])
-
-
-def refresh_runtime(runtime):
-    """The runtime the batches use: the fixture's (a SQLite file or a PostgreSQL database)."""
-    return runtime
-
-
-_ = asyncio  # (imported for the type of the fixtures' event loops; nothing async here)

@@ -6,12 +6,17 @@ import asyncio
 import hashlib
 import json
 import random
+import time
 from collections import Counter
 
 import tornado.iostream
 import tornado.web
 
 from . import faults
+
+
+#: a ``chaos`` plan kills an OAuth access token only once it is this old
+EXPIRABLE_AFTER_S = 5.0
 
 
 def digest(text: str) -> str:
@@ -89,7 +94,7 @@ class SandboxHandler(tornado.web.RequestHandler):
         if not plan.counts:
             return False
         if plan.count("chaos"):
-            return await self._chaos(plan.chaos_percent)
+            return await self._chaos(plan.chaos_percent, scope)
         seen: Counter = settings["fault_counts"]
         key = (scope, credential or self.request.headers.get("X-Sandbox-Faults", ""))
         for kind in ("timeout", "429", "5xx", "malformed", "truncated", "drip"):
@@ -120,13 +125,34 @@ class SandboxHandler(tornado.web.RequestHandler):
         self._body_fault = kind
         return False
 
-    async def _chaos(self, percent: int) -> bool:
-        """One fault drawn at random for ``percent``% of requests (``chaos``)."""
+    async def _chaos(self, percent: int, scope: str) -> bool:
+        """One fault drawn at random for ``percent``% of requests (``chaos``).
+
+        A token endpoint draws only the faults answered before it acts (429, 503, a hang):
+        it rotates the refresh token as it answers, so a garbled answer would lose the
+        grant for good, at the sandbox as at a provider that rotates. That is a test of
+        its own, not a passing fault.
+        """
         rng: random.Random = self.application.settings["chaos_rng"]
         if rng.random() * 100 >= percent:
             return False
-        kinds = [k for k in faults.CHAOS_KINDS if k != "expired" or self._access_token_entry()]
+        if scope.endswith(".token"):
+            kinds = ["429", "5xx", "timeout"]
+        else:
+            kinds = [k for k in faults.CHAOS_KINDS if k != "expired" or self._expirable()]
         return await self._fault(rng.choice(kinds))
+
+    def _expirable(self) -> bool:
+        """Does the request carry a sandbox OAuth access token old enough to die early?
+
+        A token dies at most once in its life, and not in its first seconds: a client
+        that refreshed a dead token and was refused the new one at once would rightly
+        take the grant for dead (a provider does not do that)."""
+        entry = self._access_token_entry()
+        if entry is None:
+            return False
+        issued = entry[1] - float(self.application.settings.get("oauth_access_ttl_s", 3600))
+        return time.time() - issued >= EXPIRABLE_AFTER_S
 
     def _bearer(self) -> str:
         header = self.request.headers.get("Authorization", "")

@@ -16,8 +16,9 @@ Two knobs are not counted:
   setting, default 2 s), as from a slow or congested provider;
 - ``chaosN``: N% of the credential's requests (default 30%) each get one fault drawn at
   random from ``CHAOS_KINDS`` (``expired`` only where the request carries a sandbox OAuth
-  access token: the token dies, so the next request with it is refused). The soak runs
-  on it; the application setting ``faults_off`` switches every planned fault off at once.
+  access token: the token dies, so the next request with it is refused; a token endpoint
+  draws only 429, 503 and a hang, see ``SandboxHandler._chaos``). The soak runs on it;
+  the application setting ``faults_off`` switches every planned fault off at once.
 """
 
 from __future__ import annotations

@@ -446,23 +446,22 @@ class VolumeJudgement:
 def volume_judged(
     totals: list[tuple[str, dt.date, float]], metrics: list[str], today: dt.date
 ) -> VolumeJudgement:
-    """Each metric's latest whole day (yesterday) against VOLUME_DROP_RATIO of the mean of
-    the days before.
+    """Each metric's latest whole day against VOLUME_DROP_RATIO of the mean of the days before.
 
-    Today is still filling up, so it is never compared. A metric is judged once it has
-    VOLUME_MIN_BASELINE_DAYS of the week before and no day without a value since it first
-    appeared in that week: a sparse metric (refunds, say), for which a quiet day is usual,
-    cannot be said to drop. A judged metric without a value yesterday dropped to zero.
+    Today is still filling up, so it is never compared (nor is a day a source has not
+    reported yet: GA4's yesterday may come a day late). A metric is judged once it has
+    VOLUME_MIN_BASELINE_DAYS of the week before its latest day and no day without a value
+    since it first appeared in that week: a sparse metric (refunds, say), for which a
+    quiet day is usual, cannot be said to drop.
     """
     by_metric: dict[str, dict[dt.date, float]] = defaultdict(dict)
     for metric, day, total in totals:
         if metric in metrics and day < today:
             by_metric[metric][day] = total
-    yesterday = today - dt.timedelta(days=1)
-    window = [yesterday - dt.timedelta(days=n) for n in range(VOLUME_BASELINE_DAYS, 0, -1)]
     dropped, judged, unjudged, latest_days = {}, [], [], {}
     for metric, days in sorted(by_metric.items()):
-        latest_days[metric] = yesterday
+        latest = latest_days[metric] = max(days)
+        window = [latest - dt.timedelta(days=n) for n in range(VOLUME_BASELINE_DAYS, 0, -1)]
         seen = [days.get(day) for day in window]
         first = next((i for i, value in enumerate(seen) if value), None)
         recent = seen[first:] if first is not None else []
@@ -471,9 +470,8 @@ def volume_judged(
             continue
         judged.append(metric)
         baseline = sum(recent) / len(recent)
-        latest = days.get(yesterday, 0.0)
-        if baseline > 0 and latest < VOLUME_DROP_RATIO * baseline:
-            dropped[metric] = latest / baseline
+        if baseline > 0 and days[latest] < VOLUME_DROP_RATIO * baseline:
+            dropped[metric] = days[latest] / baseline
     return VolumeJudgement(dropped, judged, unjudged, latest_days)
 
 

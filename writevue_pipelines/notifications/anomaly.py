@@ -128,7 +128,7 @@ def _passed(values, min_spread, window: int, weeks: int, threshold: float, min_p
     history = values[:, at[:, None] - back[None, :]]  # (series, judged, offset k - 1)
     today = values[:, at]
     # by weekday: offset k in group k % 7 (0: the same weekday), ``weeks`` values each
-    groups = np.stack([history[..., 5::7]] + [history[..., g - 1 :: 7] for g in range(1, 7)], -2)
+    groups = np.stack([history[..., 6::7]] + [history[..., g - 1 :: 7] for g in range(1, 7)], -2)
     group_median, group_count = _medians(groups, weeks)
     residuals = np.abs(groups - group_median[..., None]).reshape(*history.shape[:2], -1)
     mad, _ = _medians(residuals, window)

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -61,6 +63,7 @@ from . import anomaly, config, delivery, evaluate, schedule, suppression
 from .content import BrandInfo
 
 DAY = dt.timedelta(days=1)
+_log = logging.getLogger("writevue.notifications")
 #: ids per IN (...) list
 CHUNK = 500
 _KIND_CODES = {"gauge": 1, "ratio": 2}
@@ -253,19 +256,28 @@ def _recipients(
 
 
 def _history(session: Session, connections: dict[str, list]) -> dict[str, dict[str, dt.date]]:
-    """tenant -> connection -> its first day of data (as ``warehouse.tenant_connection_facts``)."""
+    """tenant -> connection -> its first day of data (as ``warehouse.tenant_connection_facts``
+    gives it): the first of the connection's range of the facts' key."""
     found: dict[str, dict[str, dt.date]] = {}
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    raw = session.connection().connection.driver_connection if sqlite else None
     for tenant_id, found_connections in connections.items():
-        ids = [c.id for c in found_connections]
-        if not ids:
-            found[tenant_id] = {}
-            continue
-        rows = session.execute(
-            select(Fact.connection_id, func.min(Fact.day))
-            .where(Fact.tenant_id == tenant_id, Fact.connection_id.in_(ids))
-            .group_by(Fact.connection_id)
-        )
-        found[tenant_id] = {cid: day for cid, day in rows if day is not None}
+        found[tenant_id] = {}
+        for connection in found_connections:
+            if raw is not None:
+                (day,) = raw.execute(
+                    "SELECT min(day) FROM facts WHERE tenant_id = ? AND connection_id = ?",
+                    (tenant_id, connection.id),
+                ).fetchone()
+                day = None if day is None else dt.date.fromisoformat(day)
+            else:
+                day = session.scalar(
+                    select(func.min(Fact.day)).where(
+                        Fact.tenant_id == tenant_id, Fact.connection_id == connection.id
+                    )
+                )
+            if day is not None:
+                found[tenant_id][connection.id] = day
     return found
 
 
@@ -491,11 +503,14 @@ def evaluate_batch(
             )
         # the batch's writes, in one transaction
         counts = _write(runtime, read, outcome, first_judged, last_judged)
-    except Exception:
-        import os, traceback
-
-        if os.environ.get("NB_DEBUG"):
-            traceback.print_exc()
+    except Exception as exc:
+        _log.warning(
+            "notifications: the batch of %d tenants is judged one at a time (%s)",
+            len(judged),
+            type(exc).__name__,
+        )
+        if os.environ.get("WRITEVUE_NOTIFY_BATCH_STRICT"):  # the tests: no silent fallback
+            raise
         # read or written as a whole, it failed (and nothing was written): one tenant at a
         # time, so that the one in trouble is named and the others go on
         fallback(judged, scorecards)
@@ -590,8 +605,10 @@ def _compute(
         schema={"tenant_id": pl.String, "connection_id": pl.String, "metric": pl.String},
     )
     rest = facts.join(merged_keys, on=["tenant_id", "connection_id", "metric"], how="anti")
-    rest_by_tenant = rest.partition_by("tenant_id", as_dict=True) if rest.height else {}
-    empty = facts.clear()
+    rest_by_tenant = (
+        rest.partition_by("tenant_id", as_dict=True, include_key=False) if rest.height else {}
+    )
+    empty = facts.drop("tenant_id").clear()
     cards_by_tenant: dict[str, list[tuple[str, dt.datetime]]] = {}
     for card_id, scheduled_for in due:
         cards_by_tenant.setdefault(read.cards[card_id].tenant_id, []).append(
@@ -602,7 +619,7 @@ def _compute(
         try:
             resolver = prefilled_figures(
                 tenant,
-                rest_by_tenant.get((tenant_id,), empty).drop("tenant_id"),
+                rest_by_tenant.get((tenant_id,), empty),
                 read.history[tenant_id],
                 windows[tenant_id],
                 prefilled.get(tenant_id, {}),

@@ -14,6 +14,7 @@ only a refresh still to come; such a day is *no data*, which leaves an alert as 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -25,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from .. import branding, figures, formatting, goals, registry, templates, warehouse
 from ..errors import NotFound
-from ..formulas import parse_ref
+from ..formulas import parse_ref as _parse_ref
 from ..models import AlertRule, MetricAnomaly, Scorecard, TenantSettings, utcnow
 from ..sources import connection_metas
 from ..vault import KeyRing
@@ -33,6 +34,15 @@ from . import anomaly, schedule
 from .content import AlertContent, BrandInfo, Figure, ScorecardContent
 
 DAY = dt.timedelta(days=1)
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_ref(text: str):
+    """A scorecard's metric ref, parsed once per process (a run reads hundreds of the
+    same few)."""
+    return _parse_ref(text)
+
+
 #: days a "yesterday" scorecard charts, so that its small chart says something
 SHORT_SERIES_DAYS = 14
 #: what a scorecard's comparison reads as, by period (calendar periods compare with the
