@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.writevue-installed
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: demo test lint format venv chromium lock bench clean production-check
+.PHONY: demo test lint format venv chromium lock bench clean production-check soak
 
 demo: $(STAMP)
 	$(VENV)/bin/writevue demo
@@ -20,6 +20,13 @@ test: $(STAMP) chromium
 # end to end, then stopped: about 2-3 minutes. CI runs it after the tests (.ci/run).
 production-check: $(STAMP)
 	$(PY) -m writevue_devtools.production_check
+
+# The long forms of the reliability tests (pytest marker `soak`): kills of refreshes,
+# erasures and key rotations, fuzzing of every connector. WRITEVUE_SOAK_KILLS (50) kills
+# per scenario and database; WRITEVUE_SOAK_FUZZ_EXAMPLES (500) answers per connector.
+# The normal `make test` runs their short forms and skips these (tests/conftest.py).
+soak: $(STAMP)
+	$(PY) -m pytest -m soak -p no:cacheprovider -rs $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -7,7 +7,11 @@ default run launcher) gets N Stripe connections on the sandbox (its own process)
 ``stripe_refresh`` schedule is set to fire at the next whole minute; ``dagster-daemon``
 evaluates it and launches the batched runs, at most as many at once as the instance
 allows one provider (its pool limit, within ``max_concurrent_runs``). wall_s runs from
-the scheduled tick to the end of the last run.
+the scheduled tick to the end of the last run. The code location is served as in
+production (deploy/: ``dagster code-server start``, the daemon's workspace pointing at
+it); ``--code-server daemon`` lets the daemon start it from a ``python_module``
+workspace instead, as ``dagster dev`` does, where the daemon replaces it every 60 s
+(Dagster's ``RELOAD_WORKSPACE_INTERVAL``), each new one importing the code again.
 
 The baseline is the same work without Dagster, on the same connections after Dagster
 is done (their cursors and facts reset, so it reads and writes exactly what the runs
@@ -49,6 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
 _CLOCK = os.sysconf("SC_CLK_TCK")
 DAEMON = str(Path(sys.executable).parent / "dagster-daemon")
+DAGSTER = str(Path(sys.executable).parent / "dagster")
 
 
 def _parents() -> dict[int, int]:
@@ -88,22 +93,55 @@ def tree_rss_mb(root: int) -> float:
     return total
 
 
-def tree_cpu_s(roots: set[int]) -> float:
-    """CPU seconds of these processes' trees, ended children included.
+def kind_of(pid: int) -> str:
+    """What a Dagster process is, from its command line."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return "other"
+    for marker, kind in _KINDS:
+        if marker in command:
+            return kind
+    return "other"
 
-    Each process counts its own user and system time plus its waited-for children's
-    (cutime, cstime), so a run worker that has ended and been reaped still counts, once.
+
+_KINDS = (
+    ("execute_run", "run workers"),
+    ("execute_step", "run workers"),
+    ("api grpc", "code server"),
+    ("code-server", "code server"),
+    ("dagster-daemon", "daemon"),
+)
+
+
+def tree_cpu_by_kind(roots: set[int]) -> dict[str, float]:
+    """CPU seconds of these processes' trees by kind of process, ended children included.
+
+    Each process counts its own user and system time; its waited-for children's
+    (cutime, cstime) count as "ended, started by <its kind>", so a run worker that has
+    ended and been reaped by the code server still counts, once.
     """
     parents = _parents()
     pids = set().union(*(descendants(root, parents) for root in roots)) if roots else set()
-    total = 0
+    totals: dict[str, float] = {}
     for pid in pids:
         try:
             fields = stat_fields(pid)
         except (OSError, IndexError):
             continue
-        total += sum(int(fields[i]) for i in (11, 12, 13, 14))
-    return total / _CLOCK
+        kind = kind_of(pid)
+        own = (int(fields[11]) + int(fields[12])) / _CLOCK
+        ended = (int(fields[13]) + int(fields[14])) / _CLOCK
+        totals[kind] = totals.get(kind, 0.0) + own
+        if ended:
+            label = f"ended, started by {kind}"
+            totals[label] = totals.get(label, 0.0) + ended
+    return totals
+
+
+def tree_cpu_s(roots: set[int]) -> float:
+    """CPU seconds of these processes' trees, ended children included (see above)."""
+    return sum(tree_cpu_by_kind(roots).values())
 
 
 def become_subreaper() -> None:
@@ -113,11 +151,47 @@ def become_subreaper() -> None:
     with_libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
 
 
-def dagster_roots(daemon_pid: int, sandbox_pid: int) -> set[int]:
-    """The daemon and any descendant adopted by this process (never the sandbox)."""
+def dagster_roots(dagster_pids: set[int], sandbox_pid: int) -> set[int]:
+    """The daemon, the code server and any descendant adopted by this process (never the
+    sandbox)."""
     me = os.getpid()
     adopted = {pid for pid, parent in _parents().items() if parent == me}
-    return (adopted - {sandbox_pid}) | {daemon_pid}
+    return (adopted - {sandbox_pid}) | dagster_pids
+
+
+def _loaded(client) -> bool:
+    """Whether the code server answers with its code loaded (not an error, not silence)."""
+    try:
+        return "ListRepositoriesResponse" in client.list_repositories()
+    except Exception:  # not listening yet
+        return False
+
+
+def start_code_server(workdir: Path, env: dict[str, str]):
+    """``dagster code-server start`` as deploy/ runs it, once its code is loaded: (child, port)."""
+    from dagster._grpc.client import DagsterGrpcClient
+
+    from writevue_pipelines.processes import free_port
+
+    port = free_port()
+    child = spawn(
+        "the code server",
+        [str(DAGSTER), "code-server", "start", "-m", "writevue_pipelines.defs",
+         "--location-name", "writevue", "-h", "127.0.0.1", "-p", str(port), "-d", str(REPO)],
+        log_path=workdir / "code-server.log",
+        env=os.environ | env,
+        cwd=REPO,
+    )  # fmt: skip
+    client = DagsterGrpcClient(port=port, host="127.0.0.1")
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if not child.alive():
+            raise SystemExit(f"the code server exited; see {workdir / 'code-server.log'}")
+        if _loaded(client):
+            return child, port
+        time.sleep(1)
+    child.stop()
+    raise SystemExit(f"the code server did not load in 180 s; see {workdir}")
 
 
 def add_connections(runtime, url: str, n: int, prefix: str) -> list[str]:
@@ -149,7 +223,9 @@ def reset_connections(runtime, connection_ids: list[str]) -> None:
         session.execute(delete(SyncCursor).where(SyncCursor.connection_id.in_(connection_ids)))
         session.execute(delete(Fact).where(Fact.connection_id.in_(connection_ids)))
         session.execute(
-            update(Connection).where(Connection.id.in_(connection_ids)).values(status="active")
+            update(Connection)
+            .where(Connection.id.in_(connection_ids))
+            .values(status="active", last_error=None, last_refreshed_at=None)
         )
 
 
@@ -257,6 +333,8 @@ class Scheduled:
     cpu_s: float
     startup_cpu_s: float
     peak_rss_mb: float
+    #: CPU seconds from the tick to the end, by kind of process
+    cpu_by_kind: dict[str, float]
     #: seconds after the tick: the first run queued, the first started; runs' mean length
     first_queued_s: float
     first_started_s: float
@@ -268,16 +346,25 @@ def run_dagster(
 ) -> Scheduled:
     from dagster import AssetKey, DagsterInstance, RunsFilter
 
-    (workdir / "workspace.yaml").write_text(
-        "load_from:\n  - python_module:\n      module_name: writevue_pipelines.defs\n"
-        f"      location_name: writevue\n      working_directory: {REPO}\n"
-    )
+    code_server = None
+    if args.code_server == "separate":
+        code_server, port = start_code_server(workdir, env)
+        (workdir / "workspace.yaml").write_text(
+            "load_from:\n  - grpc_server:\n      host: 127.0.0.1\n"
+            f"      port: {port}\n      location_name: writevue\n"
+        )
+    else:
+        (workdir / "workspace.yaml").write_text(
+            "load_from:\n  - python_module:\n      module_name: writevue_pipelines.defs\n"
+            f"      location_name: writevue\n      working_directory: {REPO}\n"
+        )
     # The schedule fires at the first whole minute that leaves the daemon time to start.
     tick = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=args.tick_lead + 59)).replace(
         second=0, microsecond=0
     )
     env["WRITEVUE_REFRESH_CRON_STRIPE"] = f"{tick.minute} {tick.hour} * * *"
     daemon = None
+    dagster_pids = {code_server.process.pid} if code_server is not None else set()
     with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
         instance.add_dynamic_partitions("stripe_connections", ids)
         try:
@@ -288,6 +375,7 @@ def run_dagster(
                 env=os.environ | env,
                 cwd=workdir,
             )
+            dagster_pids.add(daemon.process.pid)
             expected = math.ceil(len(ids) / settings.refresh_batch)
             peak_rss = 0.0
             cpu_at_tick = None
@@ -297,8 +385,8 @@ def run_dagster(
                 if cpu_at_tick is None and time.time() >= tick.timestamp():
                     # Before the tick: the daemon's and code server's start (reported
                     # apart); from it, what the scheduled refresh costs.
-                    cpu_at_tick = tree_cpu_s(dagster_roots(daemon.process.pid, sandbox_pid))
-                peak_rss = max(peak_rss, tree_rss_mb(daemon.process.pid))
+                    cpu_at_tick = tree_cpu_by_kind(dagster_roots(dagster_pids, sandbox_pid))
+                peak_rss = max(peak_rss, sum(tree_rss_mb(pid) for pid in dagster_pids))
                 records = instance.get_run_records(
                     filters=RunsFilter(tags={"dagster/schedule_name": "stripe_refresh"})
                 )
@@ -311,8 +399,11 @@ def run_dagster(
                 time.sleep(0.5)
             else:
                 raise SystemExit(f"the runs did not finish in time; see {workdir}")
-            cpu_at_end = tree_cpu_s(dagster_roots(daemon.process.pid, sandbox_pid))
+            cpu_at_end = tree_cpu_by_kind(dagster_roots(dagster_pids, sandbox_pid))
             end = max(r.end_time for r in records)
+            by_kind = {
+                kind: cpu - (cpu_at_tick or {}).get(kind, 0.0) for kind, cpu in cpu_at_end.items()
+            }
             materialised = len(
                 instance.get_materialized_partitions(AssetKey("stripe_daily_metrics"))
             )
@@ -321,13 +412,16 @@ def run_dagster(
                 # The daemon, its code server and any run worker share the daemon's process
                 # group: stop() leaves none of them behind.
                 daemon.stop(timeout=15)
+            if code_server is not None:  # and so do a separate one and its runs
+                code_server.stop(timeout=15)
     return Scheduled(
         runs=len(records),
         succeeded=sum(r.dagster_run.status.value == "SUCCESS" for r in records),
         materialised=materialised,
         wall_s=end - tick.timestamp(),
-        cpu_s=cpu_at_end - (cpu_at_tick or 0.0),
-        startup_cpu_s=cpu_at_tick or 0.0,
+        cpu_s=sum(by_kind.values()),
+        startup_cpu_s=sum((cpu_at_tick or {}).values()),
+        cpu_by_kind=by_kind,
         peak_rss_mb=peak_rss,
         first_queued_s=min(r.create_timestamp.timestamp() for r in records) - tick.timestamp(),
         first_started_s=min(r.start_time for r in records) - tick.timestamp(),
@@ -345,6 +439,12 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         default=75,
         help="seconds at least between starting the daemon and the schedule's tick",
+    )
+    parser.add_argument(
+        "--code-server",
+        choices=("separate", "daemon"),
+        default="separate",
+        help="a code server of its own as in production (default), or one the daemon starts",
     )
     parser.add_argument(
         "--baseline-worker", nargs=2, metavar=("HOME", "BATCHES"), help=argparse.SUPPRESS
@@ -394,6 +494,7 @@ def main(argv: list[str] | None = None) -> None:
         ("connections", f"{n}"),
         ("batch (connections per run)", f"{batch}"),
         ("runs at once (instance's limit)", f"{concurrency}"),
+        ("code server", args.code_server),
         ("history days", f"{args.history_days}"),
         ("runs launched by the schedule", f"{ran.runs} (succeeded {ran.succeeded})"),
         ("partitions materialised", f"{ran.materialised}"),
@@ -407,6 +508,10 @@ def main(argv: list[str] | None = None) -> None:
         ("  of which the in-run checks (s, slowest worker)", f"{base.checks_s:.1f}"),
         ("wall_ratio (Dagster / baseline; target <= 2)", f"{wall_ratio:.2f}"),
         ("Dagster CPU, tick to end, all its processes (s)", f"{ran.cpu_s:.1f}"),
+        *(
+            (f"  {kind} (s)", f"{cpu:.1f}")
+            for kind, cpu in sorted(ran.cpu_by_kind.items(), key=lambda item: -item[1])
+        ),
         ("  daemon and code server start, before the tick (s)", f"{ran.startup_cpu_s:.1f}"),
         ("baseline CPU, work only (s)", f"{base.cpu_s:.1f}"),
         ("  of which the in-run checks (s)", f"{base.checks_cpu_s:.1f}"),

@@ -254,11 +254,12 @@ def apply_partition_requests(instance, result) -> None:
 
 
 def start_dashboard_server(
-    home, log_path, *, database_url: str | None = None, **env: str
+    home, log_path, *, database_url: str | None = None, port: int | None = None, **env: str
 ) -> tuple[Child, str]:
-    """`writevue serve` in its own process on a free port, once it answers: (child, base URL).
+    """`writevue serve` in its own process on a free port (or ``port``, to start it again
+    where it was), once it answers: (child, base URL).
     Its warehouse is the home's, or ``database_url`` (never the suite's by accident)."""
-    port = free_port()
+    port = port or free_port()
     base = f"http://127.0.0.1:{port}"
     environ = {
         **os.environ,
@@ -337,14 +338,11 @@ def deploy_dagster_home(monkeypatch, postgres_url: str, folder: Path) -> Path:
     """A DAGSTER_HOME holding deploy/dagster.yaml (every store in PostgreSQL), its
     DAGSTER_PG_* variables pointing at ``postgres_url``, for the rest of one test."""
     import shutil
-    from urllib.parse import urlsplit
 
-    url = urlsplit(postgres_url)
-    monkeypatch.setenv("DAGSTER_PG_HOST", url.hostname)
-    monkeypatch.setenv("DAGSTER_PG_PORT", str(url.port or 5432))
-    monkeypatch.setenv("DAGSTER_PG_DB", url.path.lstrip("/"))
-    monkeypatch.setenv("DAGSTER_PG_USERNAME", url.username or "postgres")
-    monkeypatch.setenv("DAGSTER_PG_PASSWORD", url.password or "")
+    from writevue_devtools.dagster_pg import dagster_pg_env
+
+    for name, value in dagster_pg_env(postgres_url).items():
+        monkeypatch.setenv(name, value)
     folder.mkdir(parents=True, exist_ok=True)
     repo = Path(__file__).resolve().parents[1]
     shutil.copy(repo / "deploy" / "dagster.yaml", folder / "dagster.yaml")

@@ -14,7 +14,6 @@ import copy
 import importlib
 import shutil
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -25,10 +24,41 @@ from dagster._core.errors import DagsterInvalidConfigError
 from dagster._core.instance.ref import InstanceRef
 from dagster._serdes import ConfigurableClassData
 
+from writevue_devtools.dagster_pg import dagster_pg_env
+
 REPO = Path(__file__).resolve().parents[1]
 VALUES = REPO / "deploy" / "k8s" / "values.yaml"
+K8S_SECRETS = REPO / "deploy" / "k8s" / "writevue-secrets.example.yaml"
 DOCKER = REPO / "deploy" / "docker" / "dagster.yaml"
+ENV_EXAMPLE = REPO / "deploy" / "writevue.env.example"
 RELEASE, NAMESPACE = "writevue", "writevue"
+#: what Kubernetes gives a run instead of a [runs] setting of the env file: secrets as
+#: values (a Secret's key), not files; the storage's address in the instance the chart
+#: renders from ``postgresql.*`` (and its password from global.postgresqlSecretName)
+K8S_INSTEAD = {
+    "WRITEVUE_KEY_FILE": "WRITEVUE_KEYS",
+    "WRITEVUE_SMTP_PASSWORD_FILE": "WRITEVUE_SMTP_PASSWORD",
+    "PGPASSFILE": "WRITEVUE_DATABASE_URL",  # the password in the URL
+}
+K8S_CHART_GIVES = {
+    "DAGSTER_PG_HOST",
+    "DAGSTER_PG_PORT",
+    "DAGSTER_PG_DB",
+    "DAGSTER_PG_USERNAME",
+    "DAGSTER_PG_PASSWORD",
+}
+
+
+def runs_settings() -> dict[str, str]:
+    """The settings in the [runs] sections of deploy/writevue.env.example: what a run needs."""
+    settings, in_runs = {}, False
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if line.startswith("# ---"):
+            in_runs = "[runs]" in line
+        elif in_runs and line.strip() and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            settings[name.strip()] = value.strip()
+    return settings
 
 
 def k8s_values() -> dict:
@@ -174,13 +204,83 @@ def test_the_helm_values_render_a_valid_k8s_instance(tmp_path, pg_password):
 
     assert instance_errors(config, tmp_path / "k8s") == []
     launcher = config["run_launcher"]["config"]
-    assert launcher["env_secrets"] == ["writevue-secrets"]
-    assert launcher["env_config_maps"] == ["writevue-env"]
-    assert {"name": "writevue-keys", "mountPath": "/etc/writevue/keys", "readOnly": True} in (
-        launcher["volume_mounts"]
-    )
+    assert {"name": "writevue-home", "mountPath": "/var/lib/writevue"} in launcher["volume_mounts"]
     assert config["concurrency"]["pools"] == {"default_limit": 4, "granularity": "op"}
     assert config["run_coordinator"]["config"]["dequeue_interval_seconds"] == 1
+
+
+def test_the_code_server_and_its_run_pods_run_as_one_user_not_root():
+    """The run pods' security context is the run launcher's (the chart passes the code
+    server's env and Secrets to runs, not its security context): both say the same
+    non-root user, and Kubernetes' own model takes them."""
+    from dagster_k8s.models import k8s_model_from_dict, k8s_snake_case_dict
+    from kubernetes.client import V1PodSecurityContext
+
+    values = k8s_values()
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    launcher = values["runLauncher"]["config"]["k8sRunLauncher"]
+    code_server = deployment["podSecurityContext"]
+    run_pod = launcher["runK8sConfig"]["podSpecConfig"]["securityContext"]
+    assert code_server == run_pod
+    assert run_pod["runAsNonRoot"] is True and run_pod["runAsUser"] not in (None, 0)
+    assert run_pod["fsGroup"] == run_pod["runAsGroup"] != 0
+    model = k8s_model_from_dict(
+        V1PodSecurityContext, k8s_snake_case_dict(V1PodSecurityContext, run_pod)
+    )
+    assert model.run_as_user == run_pod["runAsUser"]
+    # no key file mounted (Kubernetes would make it 0440 root:fsGroup, which WriteVue
+    # refuses): the ring is WRITEVUE_KEYS from its own Secret
+    mounted = [v for v in deployment.get("volumes", []) + launcher["volumes"] if "secret" in v]
+    assert mounted == [] and {"name": "writevue-keys"} in deployment["envSecrets"]
+    assert deployment["includeConfigInLaunchedRuns"] == {"enabled": True}
+
+
+def k8s_secret_keys() -> dict[str, set[str]]:
+    return {
+        doc["metadata"]["name"]: set(doc["stringData"])
+        for doc in yaml.safe_load_all(K8S_SECRETS.read_text())
+    }
+
+
+def test_a_k8s_run_pod_gets_every_runs_setting_and_no_other():
+    """A run pod's environment (the code server's `env`, passed on with its Secrets) holds
+    each [runs] setting of deploy/writevue.env.example, secrets as values; nothing else."""
+    (deployment,) = k8s_values()["dagster-user-deployments"]["deployments"]
+    secrets = k8s_secret_keys()
+    assert sorted(secrets) == sorted(s["name"] for s in deployment["envSecrets"])
+    plain = set(deployment["env"])
+    from_secrets = set().union(*secrets.values())
+    assert not plain & from_secrets
+    wanted = {K8S_INSTEAD.get(name, name) for name in runs_settings()} - K8S_CHART_GIVES
+    assert plain | from_secrets == wanted
+    # a secret is never a plain value in the values file
+    assert not any(w in name for name in plain for w in ("PASSWORD", "DATABASE_URL", "BROKER"))
+
+
+def test_the_docker_launcher_passes_exactly_the_runs_settings():
+    config = yaml.safe_load(DOCKER.read_text())["run_launcher"]["config"]
+    names = [entry.partition("=")[0] for entry in config["env_vars"]]
+    assert len(names) == len(set(names))
+    assert set(names) == set(runs_settings())
+    # the secret files among them are mounted read-only at the same paths, each alone
+    mounts = config["container_kwargs"]["volumes"]
+    settings = runs_settings()
+    for name in ("WRITEVUE_KEY_FILE", "PGPASSFILE", "WRITEVUE_SMTP_PASSWORD_FILE"):
+        assert mounts[settings[name]] == {"bind": settings[name], "mode": "ro"}
+    assert len(mounts) == 3  # not the session secret, which a run does not need
+
+
+def test_the_dagster_pg_variables_come_from_one_url():
+    assert dagster_pg_env("postgresql+psycopg://ops:p%40ss@db.internal:6432/dag%20ster") == {
+        "DAGSTER_PG_HOST": "db.internal",
+        "DAGSTER_PG_PORT": "6432",
+        "DAGSTER_PG_DB": "dag ster",
+        "DAGSTER_PG_USERNAME": "ops",
+        "DAGSTER_PG_PASSWORD": "p@ss",
+    }
+    assert dagster_pg_env("postgresql://postgres@127.0.0.1/x")["DAGSTER_PG_PASSWORD"] == ""
+    with pytest.raises(ValueError):
+        dagster_pg_env("sqlite:///warehouse.db")
 
 
 def test_the_helm_values_hold_no_secret():
@@ -195,7 +295,7 @@ def test_the_helm_values_hold_no_secret():
         "--attribute",
         "defs",
     ]
-    assert names(deployment["envSecrets"]) == ["writevue-secrets"]
+    assert names(deployment["envSecrets"]) == ["writevue-secrets", "writevue-keys"]
     settings = yaml.safe_dump(values).lower()  # the values, not the comments
     for word in ("password: ", "postgresql://", "pyamqp://", "redis://", "sk_live", "sk_test"):
         assert word not in settings.replace("postgresqlpassword: ''", "")
@@ -235,13 +335,8 @@ def test_a_broken_helm_value_fails_dagsters_validation(tmp_path, pg_password, pa
 
 @pytest.fixture
 def docker_env(postgres_url, monkeypatch):
-    url = urlsplit(postgres_url)
     for name, value in {
-        "DAGSTER_PG_HOST": url.hostname,
-        "DAGSTER_PG_PORT": str(url.port or 5432),
-        "DAGSTER_PG_DB": url.path.lstrip("/"),
-        "DAGSTER_PG_USERNAME": url.username or "postgres",
-        "DAGSTER_PG_PASSWORD": url.password or "",
+        **dagster_pg_env(postgres_url),
         "WRITEVUE_IMAGE": "registry.example.com/writevue:1.0.0",
         "WRITEVUE_DOCKER_NETWORK": "writevue",
     }.items():
@@ -261,10 +356,8 @@ def test_the_docker_instance_loads_with_its_run_launcher(tmp_path, docker_env):
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
         pools = instance.get_concurrency_config().pool_config
         assert pools.pool_granularity.value == "op"
-    # Secrets are passed by name from the daemon's environment, never written here.
-    for entry in launcher.env_vars:
-        name, _, value = entry.partition("=")
-        assert not value or not any(w in name for w in ("PASSWORD", "DATABASE_URL", "BROKER"))
+    # Settings are passed by name from the daemon's environment, never written here.
+    assert all("=" not in entry for entry in launcher.env_vars)
     assert "WRITEVUE_DATABASE_URL" in launcher.env_vars
 
 

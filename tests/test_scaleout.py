@@ -1,10 +1,12 @@
 """Past one machine: a run's connections are steps that two real Celery workers execute.
 
 The workers are `celery -A writevue_pipelines.defs.celery_app worker`, the command an
-operator starts on each machine, against the RabbitMQ server on 127.0.0.1:5672, on a
+operator starts on each machine (deploy/systemd/writevue-refresh-worker@.service's, run
+from the unit file), against the RabbitMQ server on 127.0.0.1:5672, on a
 queue of their own per test (so no stray worker takes a task). The run is what the run
 launcher starts (`dagster job execute` in its own process); the Dagster instance they
-share is on the PostgreSQL server, the warehouse a SQLite file, the provider the sandbox.
+share is deploy/dagster.yaml's on the PostgreSQL server (its pools, as shipped), the
+warehouse a SQLite file, the provider the sandbox.
 """
 
 from __future__ import annotations
@@ -18,8 +20,15 @@ from pathlib import Path
 import pytest
 import yaml
 from dagster import DagsterEventType, DagsterInstance, RunsFilter
-from support import connection_info, new_stripe_key, remember_secret, stripe_connection
+from support import (
+    connection_info,
+    deploy_dagster_home,
+    new_stripe_key,
+    remember_secret,
+    stripe_connection,
+)
 
+from writevue_devtools.production_check import unit_command
 from writevue_pipelines import registry, warehouse
 from writevue_pipelines.defs import defs
 from writevue_pipelines.defs.assets import SOURCE_ASSETS
@@ -36,6 +45,8 @@ STRIPE = SOURCE_ASSETS["stripe"]
 JOB = "stripe_refresh_steps"
 STEP = "stripe_refresh_connection"
 BROKER = "pyamqp://guest@127.0.0.1:5672//"
+#: tasks each worker runs at once; two workers take four, the pool's default limit is two
+WORKER_CONCURRENCY = 2
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
@@ -129,40 +140,14 @@ def test_the_celery_executor_is_chosen_by_the_environment_and_needs_a_broker():
 # -- two real Celery workers ---------------------------------------------------------------------
 
 
-def write_instance(folder: Path, postgres_url: str) -> tuple[Path, dict[str, str]]:
-    """A DAGSTER_HOME on the PostgreSQL server whose pools are held per step, and the
-    variables its dagster.yaml reads."""
-    from urllib.parse import urlsplit
-
-    url = urlsplit(postgres_url)
-    folder.mkdir(parents=True, exist_ok=True)
-    pg = {
-        name: {"env": f"DAGSTER_PG_{name.upper()}"}
-        for name in ("hostname", "port", "db_name", "username")
-    }
-    config = {
-        "telemetry": {"enabled": False},
-        "storage": {"postgres": {"postgres_db": {"scheme": "postgresql+psycopg2", **pg}}},
-        # Each refresh step takes a slot of its provider's pool while it runs.
-        "concurrency": {"pools": {"granularity": "op", "default_limit": 2}},
-    }
-    (folder / "dagster.yaml").write_text(yaml.safe_dump(config))
-    return folder, {
-        "DAGSTER_PG_HOSTNAME": url.hostname,
-        "DAGSTER_PG_PORT": str(url.port or 5432),
-        "DAGSTER_PG_DB_NAME": url.path.lstrip("/"),
-        "DAGSTER_PG_USERNAME": url.username or "postgres",
-    }
-
-
 @pytest.fixture
 def celery_layout(runtime, postgres_url, tmp_path, monkeypatch):
-    """Two Celery workers (one task at a time each) on a queue of this test's own, and the
+    """Two Celery workers (two tasks at a time each: more than the provider pool's two
+    slots, so the pool is what holds the steps back) on a queue of this test's own, the
+    production instance (deploy/dagster.yaml) on the PostgreSQL server, and the
     environment a run needs; the workers are stopped with their process groups."""
     (BIN / "celery").exists() or pytest.fail("celery is not installed in the environment")
-    dagster_home, pg_env = write_instance(tmp_path / "dagster", postgres_url)
-    for name, value in pg_env.items():
-        monkeypatch.setenv(name, value)
+    dagster_home = deploy_dagster_home(monkeypatch, postgres_url, tmp_path / "dagster")
     queue = f"writevue-test-{secrets.token_hex(6)}"
     env = {
         **os.environ,
@@ -171,32 +156,20 @@ def celery_layout(runtime, postgres_url, tmp_path, monkeypatch):
         "WRITEVUE_EXECUTOR": "celery",
         "WRITEVUE_CELERY_BROKER": BROKER,
         "WRITEVUE_CELERY_QUEUE": queue,
+        "WRITEVUE_WORKER_CONCURRENCY": str(WORKER_CONCURRENCY),
         "PYTHONPATH": str(REPO),
     }
     env.pop("WRITEVUE_DATABASE_URL", None)
     workers = []
     try:
         for name in ("a", "b"):
+            # the command deploy/systemd/writevue-refresh-worker@.service runs
+            command = unit_command(
+                "writevue-refresh-worker@.service", env, instance=f"{name}-{queue}"
+            )
             worker = spawn(
                 f"celery worker {name}",
-                [
-                    str(BIN / "celery"),
-                    "-A",
-                    "writevue_pipelines.defs.celery_app",
-                    "worker",
-                    "-Q",
-                    queue,
-                    "--concurrency",
-                    "1",
-                    "--prefetch-multiplier",
-                    "1",
-                    "-n",
-                    f"refresh-{name}-{queue}@%h",
-                    "--loglevel",
-                    "INFO",
-                    "--without-gossip",
-                    "--without-mingle",
-                ],
+                command,
                 env=env,
                 cwd=REPO,
                 log_path=tmp_path / f"worker-{name}.log",
@@ -293,7 +266,7 @@ def test_two_celery_workers_refresh_a_runs_connections_step_by_step(
         }
         assert {name.split("@")[0] for name in hostnames} == {
             f"refresh-{n}-{env['WRITEVUE_CELERY_QUEUE']}" for n in ("a", "b")
-        }
+        }  # RabbitMQ hands a queue's tasks to its consumers in turn
         step_pids = {
             entry.dagster_event.pid
             for entry in (r.event_log_entry for r in records)
@@ -309,9 +282,26 @@ def test_two_celery_workers_refresh_a_runs_connections_step_by_step(
         }
         assert len(step_pids) >= 2 and not step_pids & run_pids
 
-        # The provider's pool was claimed by the steps (at most two at once, its limit).
+        # The provider's pool held the steps back: five ready at once, four worker slots,
+        # the pool's two (deploy/dagster.yaml's default_limit, claimed per step).
+        assert instance.get_concurrency_config().pool_config.default_pool_limit == 2
         assert "stripe_api" in instance.event_log_storage.get_concurrency_keys()
-        assert most_at_once(step_intervals(instance, run.run_id).values()) <= 2
+        # The run hands a step to Celery only once it holds a slot: two went at once, the
+        # third only after a step had ended (without the pool all five go together).
+        intervals = step_intervals(instance, run.run_id)
+        first_end = min(end for _, end in intervals.values())
+        submitted = [
+            entry.timestamp
+            for entry in (r.event_log_entry for r in records)
+            if entry.dagster_event is not None
+            and entry.dagster_event.event_type == DagsterEventType.ENGINE_EVENT
+            and (entry.dagster_event.message or "").startswith(
+                f'Submitting celery task for step "{STEP}['
+            )
+        ]
+        assert len(submitted) == len(ids)
+        assert sum(1 for at in submitted if at < first_end) == 2
+        assert most_at_once(intervals.values()) <= 2
 
         # With the pool at one slot, the two workers take its connections one at a time.
         instance.event_log_storage.set_concurrency_slots("stripe_api", 1)

@@ -30,7 +30,11 @@ def make_engine(url: str) -> Engine:
         # BEGIN IMMEDIATE (used for cross-process locks) and savepoints behave.
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    # A database host that stops answering (rather than refusing) must not hold a
+    # dashboard process or a run for TCP's own minutes: give up connecting after 10 s
+    # unless the URL says otherwise.
+    connect_args = {} if "connect_timeout=" in url else {"connect_timeout": 10}
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

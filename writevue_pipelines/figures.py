@@ -115,9 +115,10 @@ class Figures:
         self._raw: dict[str, dict[str, dict[str, dict[dt.date, float]]]] = {}
         #: ref -> connection -> the days it reported the metric (for any dimension)
         self._reported: dict[str, dict[str, set[dt.date]]] = {}
-        for cid, metric, dimension, day, value in facts.select(
-            "connection_id", "metric", "dimension", "day", "value"
-        ).iter_rows():
+        # no rows, no polars call (a notifications run builds hundreds of these)
+        columns = ("connection_id", "metric", "dimension", "day", "value")
+        rows = facts.select(columns).iter_rows() if facts.height else ()
+        for cid, metric, dimension, day, value in rows:
             source = self._sources.get(cid)
             if source is None:
                 continue

@@ -17,7 +17,8 @@ class Settings:
     """Where everything lives. Embedded default: all of it under ``home``."""
 
     home: Path
-    database_url_override: str | None = None
+    #: ``WRITEVUE_DATABASE_URL``; may carry the password (kept out of ``repr``)
+    database_url_override: str | None = field(default=None, repr=False)
     #: where the secret that signs dashboard sessions lives, if not under ``home``
     session_secret_file_override: Path | None = None
     #: the session secret itself (``WRITEVUE_SESSION_SECRET``), for hosts that hand secrets

@@ -14,7 +14,6 @@ import tornado.web
 
 from . import faults
 
-
 #: a ``chaos`` plan kills an OAuth access token only once it is this old
 EXPIRABLE_AFTER_S = 5.0
 

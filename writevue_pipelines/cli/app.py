@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from typing import Any, Literal
 from ..errors import WriteVueError
 from ..settings import ConfigError
 from ..vault import VaultError
+from .progress import plural
 
 #: the modules whose ``@command``s make up ``writevue``, in the order ``--help`` lists them
 COMMAND_MODULES = (
@@ -143,6 +145,42 @@ class _Parser(argparse.ArgumentParser):
             message = "unrecognized arguments (not repeated here, in case one was a secret)"
         raise CliError(f"{message} (see `{self.prog} --help`)")
 
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, but arguments no command takes are refused by the command that
+        was run (its ``--help`` is the one to read), naming the unknown options only:
+        ``--reason``, never what follows ``=`` nor a stray value, which may be a secret."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            names = sorted({e.split("=", 1)[0] for e in extras if _option_name(e)})
+            values = len(extras) - sum(1 for e in extras if _option_name(e))
+            said = [", ".join(names)] if names else []
+            if values:
+                said.append(f"{plural(values, 'value')} not repeated in case one is a secret")
+            raise CliError(
+                f"unrecognized arguments: {' and '.join(said)} "
+                f"(see `{_command_prog(parsed)} --help`)"
+            )
+        return parsed
+
+
+def _option_name(text: str) -> bool:
+    """``--reason`` or ``--api-key=…``: a long flag's name, which is no secret (what
+    follows ``=`` may be); anything else an operator typed is not repeated."""
+    name = text.split("=", 1)[0]
+    return bool(re.fullmatch(r"--[a-z][a-z-]{0,30}", name))
+
+
+def _command_prog(parsed: argparse.Namespace) -> str:
+    """``writevue tenant add``: the command a parse reached, from its subcommand fields."""
+    path = ["writevue"]
+    head = getattr(parsed, "command", None)
+    if head:
+        path.append(head)
+        sub = getattr(parsed, f"{head}_command", None)
+        if sub:
+            path.append(sub)
+    return " ".join(path)
+
 
 def commands() -> list[Command]:
     """Every registered command, its module imported first."""
@@ -158,10 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
     groups: dict[str, argparse._SubParsersAction] = {}
     for cmd in commands():
         head, *rest = cmd.path
-        extra: dict[str, Any] = {}
+        # Its --help says what it does first, as the group's list does.
+        extra: dict[str, Any] = {"description": cmd.help}
         if cmd.example or cmd.details:
-            extra = {
-                "description": cmd.help,
+            extra |= {
                 "epilog": "example:\n" + "\n".join(f"  {line}" for line in cmd.example.splitlines())
                 if cmd.example
                 else None,

@@ -10,6 +10,7 @@ from .. import registry
 from ..errors import CredentialRejected, InvalidInput, SourceError
 from .app import CliError, arg, command, group
 from .inputs import ACTOR, REASON, parse_options, read_secret, ready_runtime, staff_access
+from .progress import plural
 
 group("connection", "data sources of a tenant")
 
@@ -228,11 +229,17 @@ def _verify(runtime, tenant_id: str, source, auth: str, options, secrets) -> Non
             raise InvalidInput(
                 f"{_reason(exc)}. Nothing was saved ({source.title} answered HTTP 404)."
             ) from None
+        root = source.base_url(_probe(tenant_id, source, options))
         raise SourceError(
-            f"Could not check the {what} with {source.title} ({_status(exc)}); nothing was "
-            "saved. Check the source's base_url and the network and run this again, or add "
-            "--no-verify to save it unchecked."
+            f"Could not check the {what} with {source.title} at {root} ({_status(exc)}); "
+            "nothing was saved. Check --option base_url and the network and run this again, "
+            "or add --no-verify to save it unchecked."
         ) from None
+
+
+def _probe(tenant_id: str, source, options) -> registry.ConnectionInfo:
+    """A connection not saved yet, to ask its source about its options (no id, no secret)."""
+    return registry.ConnectionInfo("", tenant_id, source.name, "", dict(options), "", None, None)
 
 
 def _status(exc: SourceError) -> str:
@@ -259,8 +266,7 @@ def account_key(source, connection: registry.ConnectionInfo) -> tuple[str, str]:
 
 def same_account(session, tenant_id: str, source, options) -> registry.ConnectionInfo | None:
     """The tenant's connection to the same source and account as these options, if any."""
-    probe = registry.ConnectionInfo("", tenant_id, source.name, "", dict(options), "", None, None)
-    wanted = account_key(source, probe)
+    wanted = account_key(source, _probe(tenant_id, source, options))
     for other in registry.list_connections(session, tenant_id=tenant_id, source=source.name):
         if other.status != registry.ERASING and account_key(source, other) == wanted:
             return other
@@ -283,17 +289,58 @@ def _api_key(env_var: str | None) -> str:
     return value
 
 
+def oauth_help() -> str:
+    """The OAuth2 sources, each one's options and client variables, and how to authorise
+    against the sandbox (shown at the end of `connection authorize --help`)."""
+    from ..oauth.endpoints import AUTH_BASE_OPTION, client_variables
+    from ..sources import SOURCES
+
+    lines = ["OAuth2 sources, their options (--option KEY=VALUE) and WriteVue's client there:"]
+    for name, source in sorted(SOURCES.items()):
+        if "oauth2" not in source.auth_kinds:
+            continue
+        id_variable, secret_variable = client_variables(name)
+        lines.append(f"  {name}: {source.title}; client from {id_variable}, {secret_variable}")
+        lines += [f"    {option}: {text}" for option, text in sorted(source.options.items())]
+        lines.append(
+            f"    {AUTH_BASE_OPTION}: the authorisation server's origin, where it is not the "
+            "provider's (the sandbox's)"
+        )
+    lines += [
+        "",
+        "The provider sends the browser to --redirect-uri (default "
+        "WRITEVUE_DASHBOARD_URL/oauth/callback), where `writevue serve` finishes the "
+        "connection (with the same client variables set). Where nothing answers there, "
+        "pipe the address the browser landed on into `writevue connection complete`.",
+    ]
+    return "\n".join(lines)
+
+
 @command(
     "connection authorize",
-    "start connecting an OAuth2 source; prints the URL to open last",
+    "start connecting an OAuth2 source: prints the provider's consent URL last (it works "
+    "once, for 10 minutes)",
     arg("tenant_id"),
     arg("source"),
     OPTION,
-    arg("--redirect-uri", metavar="URI", help="defaults to the connect callback"),
+    arg(
+        "--redirect-uri",
+        metavar="URI",
+        help="where the provider sends the browser (default: the dashboard server's "
+        "/oauth/callback)",
+    ),
     arg("--reconnect", metavar="CONNECTION_ID", help="renew this connection"),
     ACTOR,
     REASON,
     audit="connection.authorize",
+    example=(
+        "writevue connection authorize TENANT_ID github --option owner=acme-org\n"
+        "# against the sandbox (`writevue sandbox --help` gives its client and properties):\n"
+        "writevue connection authorize TENANT_ID ga4 --option property_id=347935571 "
+        "--option base_url=http://127.0.0.1:8765 --option auth_base_url=http://127.0.0.1:8765\n"
+        "writevue connection complete < callback-url.txt"
+    ),
+    details=oauth_help,
 )
 def authorize(args) -> None:
     from ..oauth.flow import begin_authorization
@@ -301,11 +348,12 @@ def authorize(args) -> None:
     access = staff_access(args)
     runtime = ready_runtime()
     redirect_uri = args.redirect_uri or f"{runtime.settings.dashboard_base_url}/oauth/callback"
+    options = parse_options(args.option)
     url = begin_authorization(
         runtime,
         args.tenant_id,
         args.source,
-        parse_options(args.option),
+        options,
         redirect_uri,
         reconnect=args.reconnect,
     )
@@ -313,13 +361,38 @@ def authorize(args) -> None:
         tenant_id = registry.require_tenant(session, args.tenant_id)
     details = {"reconnect": args.reconnect} if args.reconnect else {}
     access.record(runtime, tenant_id, **details)
+    note = _moved_api_note(options, url)
+    if note:
+        print(note, file=sys.stderr)
     print(
         "Open this URL (or send it to the client) to authorise read-only access; it works "
-        "once, for 10 minutes. Then pipe the URL the browser lands on into "
-        "`writevue connection complete`.",
+        f"once, for 10 minutes. The provider then sends the browser to {redirect_uri}, "
+        "where `writevue serve` finishes the connection; if nothing answers there, pipe the "
+        "address the browser landed on into `writevue connection complete`.",
         file=sys.stderr,
     )
     print(url)
+
+
+def _moved_api_note(options: dict[str, str], authorize_url: str) -> str | None:
+    """A note when base_url moved the API (to the sandbox, say) but the authorisation
+    still goes to the provider's own server: the one option that moves it is named."""
+    from urllib.parse import urlsplit
+
+    from ..oauth.endpoints import AUTH_BASE_OPTION
+
+    base_url = options.get("base_url")
+    if not base_url or options.get(AUTH_BASE_OPTION):
+        return None
+    api, auth = urlsplit(base_url), urlsplit(authorize_url)
+    if (api.scheme, api.netloc) == (auth.scheme, auth.netloc):
+        return None
+    origin = f"{api.scheme}://{api.netloc}"
+    return (
+        f"note: base_url moved the API to {origin}, but the authorisation still goes to "
+        f"{auth.netloc}; if {origin} authorises too (the sandbox does), run this again "
+        f"with --option {AUTH_BASE_OPTION}={origin}"
+    )
 
 
 @command(
@@ -341,7 +414,28 @@ def complete(args) -> None:
     with runtime.db.session() as session:
         connection = registry.get_connection(session, connection_id)
     access.record(runtime, connection.tenant_id, connection_id=connection_id)
+    _check_new_connection(runtime, connection)
     print(connection_id)
+
+
+def _check_new_connection(runtime, connection: registry.ConnectionInfo) -> None:
+    """One read with the new grant, as `connection add` checks a key: the grant is made,
+    so a failure (a property the account cannot read) keeps the connection, marked
+    failing with its error, and says how to start again."""
+    from ..refresh import check_connection, safe_error
+
+    try:
+        check_connection(runtime, connection.id)
+    except SourceError as exc:
+        error = safe_error(exc)
+        with runtime.db.session() as session:
+            registry.record_refresh_result(session, connection.id, error=error)
+        print(
+            f"warning: connected, but one read of the source failed: {error}. If an "
+            f"option is wrong, `writevue connection remove {connection.id} --yes` and "
+            "authorize again with the right one.",
+            file=sys.stderr,
+        )
 
 
 @command(
@@ -355,7 +449,7 @@ def complete(args) -> None:
     audit="connection.test",
     example=(
         "writevue connection test 1a2b3c4d --reason TICKET-12\n"
-        "# ok: github connection 1a2b3c4d-... answered 3 request(s) with 12 record(s) in 0.41 s;"
+        "# ok: github connection 1a2b3c4d-... answered 3 requests with 12 records in 0.41 s;"
         " nothing was kept"
     ),
 )
@@ -371,7 +465,7 @@ def test(args) -> None:
     result = check_connection(runtime, connection.id)
     print(
         f"ok: {connection.source} connection {connection.id} answered "
-        f"{result.requests} request(s) with {result.records} record(s) "
+        f"{plural(result.requests, 'request')} with {plural(result.records, 'record')} "
         f"in {result.latency_s:.2f} s; nothing was kept"
     )
 
@@ -418,6 +512,8 @@ def list_connections(args) -> None:
             f"{row['id']}  {row['source']:<10} {status:<15} tenant {row['tenant_id']} "
             f"({row['tenant_name'] or 'name unreadable'})"
         )
+        if row["last_error"]:  # what the help promises, under the connection it belongs to
+            print(f"    last error: {row['last_error']}")
 
 
 def _tenant_names(runtime, tenant_ids: set[str]) -> dict[str, str | None]:
@@ -512,6 +608,8 @@ def remove(args) -> None:
     access = staff_access(args)
     runtime = ready_runtime()
     connection = check_removable(runtime, args.connection_id)
+    if connection.auth_kind == "oauth2" and not args.confirm_revoked:
+        _require_oauth_client(connection)
     if not args.yes:
         if sys.stdin is None or not sys.stdin.isatty():
             raise CliError("Removing needs confirmation: run it in a terminal or pass --yes.")
@@ -536,6 +634,20 @@ def remove(args) -> None:
             "The removal ran but is not verified: what remains of the connection, or could "
             "not be checked, is listed above; remove it by hand (nothing else searches for it)."
         )
+
+
+def _require_oauth_client(connection) -> None:
+    """Revoking a grant needs WriteVue's OAuth client at the source: checked before the
+    removal starts, so a missing one changes nothing."""
+    from ..oauth.endpoints import client_credentials
+
+    try:
+        client_credentials(connection.source)
+    except InvalidInput as exc:
+        raise CliError(
+            f"Removing {connection.source} connection {connection.id} revokes its grant "
+            f"first, with WriteVue's OAuth client: {exc} Nothing was changed."
+        ) from None
 
 
 @command(

@@ -27,6 +27,7 @@ from urllib.parse import unquote, urlsplit
 
 from ..settings import ConfigError, Settings
 from .app import arg, command
+from .progress import plural
 
 MB = 1024**2
 GB = 1024**3
@@ -120,13 +121,14 @@ def check_key_ring(settings: Settings) -> Finding:
             )
         return _ok(
             "key_ring",
-            f"from WRITEVUE_KEYS: {len(ring.versions)} key(s), newest version {ring.primary} "
+            f"from WRITEVUE_KEYS: {plural(len(ring.versions), 'key')}, "
+            f"newest version {ring.primary} "
             "(rotating it needs a key file: docs/privacy.md)",
         )
 
     def describe(path: Path) -> str:
         ring = load_key_ring(path)
-        return f"{len(ring.versions)} key(s), newest version {ring.primary}"
+        return f"{plural(len(ring.versions), 'key')}, newest version {ring.primary}"
 
     return _secret_file(
         settings,
@@ -536,7 +538,10 @@ def check_sandbox_connections(settings: Settings, db) -> Finding:
     listed = "; ".join(local[:LISTED]) + (
         f"; and {len(local) - LISTED} more" if len(local) > LISTED else ""
     )
-    summary = f"{len(local)} connection(s) read the sandbox or a local server: {listed}"
+    summary = (
+        f"{plural(len(local), 'connection reads', 'connections read')} the sandbox or a "
+        f"local server: {listed}"
+    )
     if not settings.production:
         return _ok("sandbox_connections", summary)
     return Finding(
@@ -607,7 +612,7 @@ def check_smtp(settings: Settings, db) -> Finding:
             return Finding(
                 "smtp",
                 "fail",
-                f"{recipients} email recipient(s) of scorecards or alerts, but "
+                f"{plural(recipients, 'email recipient')} of scorecards or alerts, but "
                 "WRITEVUE_SMTP_URL is not set: their mail is not sent",
                 "set WRITEVUE_SMTP_URL (smtp+starttls://host:587), WRITEVUE_SMTP_USER and "
                 "WRITEVUE_SMTP_PASSWORD_FILE (docs/notifications.md)",
@@ -633,7 +638,10 @@ def check_smtp(settings: Settings, db) -> Finding:
             )
         return Finding("smtp", "fail", f"{where} cannot be used: {exc.kind}", fix)
     login = ", logged in" if config.user else ""
-    return _ok("smtp", f"{where} answered{login}; no mail sent ({recipients} email recipient(s))")
+    return _ok(
+        "smtp",
+        f"{where} answered{login}; no mail sent ({plural(recipients, 'email recipient')})",
+    )
 
 
 def _email_recipients(db) -> int:
@@ -747,7 +755,7 @@ def _print_text(findings: list[Finding]) -> None:
         if finding.fix:
             print(f"{'':<6}fix: {finding.fix}")
     count = {s: sum(f.status == s for f in findings) for s in ("ok", "warn", "fail")}
-    tally = f"{count['ok']} ok, {count['warn']} warning(s)"
+    tally = f"{count['ok']} ok, {plural(count['warn'], 'warning')}"
     if count["fail"]:
         print(f"{tally}, {count['fail']} must be fixed")
     else:

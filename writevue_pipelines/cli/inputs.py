@@ -265,22 +265,3 @@ def ready_runtime() -> Runtime:
     if current_revision(settings.database_url) is None:
         raise CliError("The warehouse has no schema yet; run `writevue init` first.")
     return runtime
-
-
-def progress_bar():
-    """A progress callback drawing on stderr: a bar on a terminal, a line per 10% elsewhere."""
-    tty = sys.stderr.isatty()
-    last: dict[str, int] = {}
-
-    def show(label: str, done: int, total: int) -> None:
-        percent = 100 if total == 0 else min(100, done * 100 // total)
-        if tty:
-            bar = "#" * (percent // 4)
-            end = "\n" if done >= total else ""
-            print(f"\r{label:<28} [{bar:<25}] {done}/{total}", end=end, file=sys.stderr)
-        elif percent // 10 != last.get(label, -1) // 10 or done >= total:
-            print(f"{label}: {done}/{total}", file=sys.stderr)
-        last[label] = percent
-        sys.stderr.flush()
-
-    return show

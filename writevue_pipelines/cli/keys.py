@@ -41,7 +41,12 @@ def rotate(args) -> None:
         getattr(progress, "close", lambda: None)()
     for line in report.lines():
         print(line)
-    print("older keys can now be retired with `writevue keys retire VERSION`", file=sys.stderr)
+    # The ring as saved now (the runtime's was loaded before the new key was added).
+    ring = keys.load_key_ring(runtime.settings.key_file)
+    older = [v for v in sorted(ring.versions) if v != report.primary]
+    if older:
+        retire = ", ".join(f"`writevue keys retire {v}`" for v in older)
+        print(f"older keys can now be retired: {retire}", file=sys.stderr)
 
 
 @command(
@@ -55,10 +60,9 @@ def retire(args) -> None:
 
     runtime = ready_runtime()
     report = keys.retire_key(runtime, args.version)
-    print(
-        f"retired key version {report.version}; the ring holds "
-        f"{', '.join(map(str, report.remaining))}"
-    )
+    remaining = ", ".join(map(str, report.remaining))
+    versions = "key version" if len(report.remaining) == 1 else "key versions"
+    print(f"retired key version {report.version}; the ring holds {versions} {remaining}")
 
 
 @command(

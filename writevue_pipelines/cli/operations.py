@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -14,7 +15,7 @@ from .progress import Progress, plural
 @command(
     "refresh",
     "materialise now, in process (audited with --tenant: one tenant's figures, by hand)",
-    arg("--tenant"),
+    arg("--tenant", metavar="TENANT_ID", help="only this tenant's connections (a prefix will do)"),
     ACTOR,
     REASON,
     audit="tenant.refresh",  # with --tenant; every tenant's is the schedule's work, by hand
@@ -37,8 +38,8 @@ def refresh(args) -> None:
 
         report = refresh_now(runtime, tenant_id=tenant_id, on_progress=finished)
     lines = report.lines()
-    if sys.stdout.isatty() and sys.stderr.isatty():
-        lines = lines[-1:]  # each connection's line is on the screen already
+    if _same_destination(sys.stdout, sys.stderr):
+        lines = lines[-1:]  # each connection's line is there already (a terminal, `2>&1`)
     for line in lines:
         print(line)
     if report.failed:
@@ -46,6 +47,14 @@ def refresh(args) -> None:
             f"{report.failed} of {plural(report.total, 'connection')} failed to refresh; "
             "each one's line above says why and what to do."
         )
+
+
+def _same_destination(one, other) -> bool:
+    """Whether two streams end up in the same place: one terminal, or one file or pipe."""
+    try:
+        return os.path.samestat(os.fstat(one.fileno()), os.fstat(other.fileno()))
+    except (OSError, ValueError, AttributeError):  # a stream without a file (captured)
+        return False
 
 
 @command(

@@ -178,7 +178,8 @@ def evaluate(
         figures = data_figures(session, refreshed, nonnegative, since)
         for connection_id, was in before.items():
             exc = failures.get(connection_id)
-            last = registry.get_connection(session, connection_id).last_refreshed_at
+            connection = registry.get_connection(session, connection_id)
+            last = connection.last_refreshed_at
             for evaluation in (
                 result(
                     REFRESHED,
@@ -193,14 +194,13 @@ def evaluate(
                     ),
                     metadata=_refreshed_metadata(exc),
                 ),
-                result(
-                    FRESH,
+                _fresh(
+                    result,
                     connection_id,
-                    last is not None and last >= fresh_after,
-                    metadata={
-                        "last_refreshed_at": last.isoformat() if last else "never",
-                        "freshness_hours": runtime.settings.freshness_hours,
-                    },
+                    last,
+                    fresh_after,
+                    runtime.settings.freshness_hours,
+                    paused=connection.status == registry.PAUSED,
                 ),
             ):
                 if wanted(evaluation, recovered=was.failing or exc is not None):
@@ -211,6 +211,43 @@ def evaluate(
             for evaluation in _data_checks(result, connection_id, found, nonnegative, today):
                 if wanted(evaluation):
                     yield evaluation
+
+
+def _fresh(
+    result,
+    connection_id: str,
+    last: dt.datetime | None,
+    fresh_after: dt.datetime,
+    freshness_hours: int,
+    *,
+    paused: bool,
+) -> AssetCheckEvaluation:
+    """``fresh``: refreshed within the threshold. A paused connection (a run under way
+    when it was paused, or launched by hand) is not stale: nothing is meant to refresh
+    it, and its dashboard says its figures are as of its pause."""
+    metadata = {
+        "last_refreshed_at": last.isoformat() if last else "never",
+        "freshness_hours": freshness_hours,
+        "paused": paused,
+    }
+    if paused:
+        return result(
+            FRESH,
+            connection_id,
+            True,
+            description="paused: not refreshed while paused, so not judged stale",
+            metadata=metadata,
+        )
+    if last is None:
+        return result(FRESH, connection_id, False, description="never refreshed", metadata=metadata)
+    age_hours = (utcnow() - last).total_seconds() / 3600
+    return result(
+        FRESH,
+        connection_id,
+        last >= fresh_after,
+        description=f"refreshed {age_hours:.1f} h ago (at most {freshness_hours} h allowed)",
+        metadata=metadata,
+    )
 
 
 def _refreshed_metadata(exc: BaseException | None) -> dict[str, object]:
@@ -231,12 +268,24 @@ def _data_checks(
         KEYS_UNIQUE,
         connection_id,
         not found.duplicates,
+        description=f"{_facts(found.facts)}, "
+        + (
+            f"{found.duplicates} (metric, dimension, day) stored more than once"
+            if found.duplicates
+            else "no (metric, dimension, day) twice"
+        ),
         metadata={"facts": found.facts, "duplicates": found.duplicates},
     )
     yield result(
         VALUES_SANE,
         connection_id,
         not (found.non_finite or found.negative),
+        description=f"{_facts(found.facts)}, "
+        + (
+            f"{found.non_finite} not finite, {found.negative} negative"
+            if found.non_finite or found.negative
+            else "all finite, none negative"
+        ),
         metadata={
             "facts": found.facts,
             "non_finite": found.non_finite,
@@ -282,6 +331,7 @@ def _data_checks(
             VALUES_USUAL,
             connection_id,
             True,
+            severity=AssetCheckSeverity.WARN,
             description=_judged_note(
                 len(usual.verdicts), usual.unjudged, "usual range", "too little history yet"
             ),
@@ -317,6 +367,7 @@ def _data_checks(
             VOLUME_STEADY,
             connection_id,
             True,
+            severity=AssetCheckSeverity.WARN,
             description=_judged_note(
                 len(volume.judged),
                 volume.unjudged,
@@ -325,6 +376,10 @@ def _data_checks(
             ),
             metadata=volume_metadata,
         )
+
+
+def _facts(count: int) -> str:
+    return f"{count} fact{'' if count == 1 else 's'}"
 
 
 def _judged_note(judged: int, unjudged: list[str], what: str, why: str) -> str:

@@ -176,47 +176,81 @@ def screen(
     """
     import numpy as np
 
-    window = 7 * weeks
-    start = first - dt.timedelta(days=window)
-    span = (last - start).days + 1
-    judged = (last - first).days + 1
-    found = frame.filter(pl.col("day").is_between(start, last)).with_columns(
+    if frame.height == 0 or last < first:
+        return frame.select("series", "day").clear()
+    start = frame["day"].min()
+    found = frame.with_columns(
         (pl.col("series").rank("dense") - 1).cast(pl.Int64).alias("_row"),
         (pl.col("day") - pl.lit(start)).dt.total_days().cast(pl.Int64).alias("_at"),
     )
-    empty = frame.select("series", "day").clear()
-    if found.height == 0 or judged <= 0:
-        return empty
     keys = found.group_by("_row").agg(pl.col("series").first(), pl.col("min_spread").first())
     keys = keys.sort("_row")
-    values = np.full((keys.height, span), np.nan)
-    raw = found["value"].fill_null(np.nan).to_numpy()
-    values[found["_row"].to_numpy(), found["_at"].to_numpy()] = np.where(
-        np.isfinite(raw), raw, np.nan
+    values = np.full((keys.height, (frame["day"].max() - start).days + 1), np.nan)
+    values[found["_row"].to_numpy(), found["_at"].to_numpy()] = (
+        found["value"].fill_null(np.nan).to_numpy()
     )
-    spreads = keys["min_spread"].to_numpy()
-    passed = np.concatenate(
-        [
-            _passed(
-                values[block : block + 2000],
-                spreads[block : block + 2000],
-                window,
-                weeks,
-                threshold,
-                min_points,
-            )
-            for block in range(0, keys.height, 2000)
-        ]
+    rows, days = screen_array(
+        values,
+        start,
+        keys["min_spread"].to_numpy(),
+        first,
+        last,
+        threshold=threshold,
+        weeks=weeks,
+        min_points=min_points,
+    )
+    return pl.DataFrame(
+        {"series": keys["series"].gather(rows), "day": days},
+        schema={"series": frame.schema["series"], "day": pl.Date},
+    )
+
+
+def screen_array(
+    values,
+    start: dt.date,
+    min_spread,
+    first: dt.date,
+    last: dt.date,
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    weeks: int = WEEKS,
+    min_points: int = MIN_POINTS,
+) -> tuple[list[int], list[dt.date]]:
+    """``screen`` over a numpy array: ``values[series, day]`` from ``start`` on (NaN: no
+    data), ``min_spread[series]``; the (series row, day) pairs passed on."""
+    import numpy as np
+
+    window = 7 * weeks
+    # the columns from the window before ``first`` to ``last`` (before ``start``: no data)
+    lead = (first - start).days - window
+    if lead < 0:
+        values = np.concatenate([np.full((values.shape[0], -lead), np.nan), values], axis=1)
+        lead = 0
+    span = window + (last - first).days + 1
+    block = values[:, lead : lead + span]
+    if block.shape[1] < span:
+        pad = np.full((values.shape[0], span - block.shape[1]), np.nan)
+        block = np.concatenate([block, pad], axis=1)
+    block = np.where(np.isfinite(block), block, np.nan)
+    passed = (
+        np.concatenate(
+            [
+                _passed(
+                    block[row : row + 2000],
+                    min_spread[row : row + 2000],
+                    window,
+                    weeks,
+                    threshold,
+                    min_points,
+                )
+                for row in range(0, block.shape[0], 2000)
+            ]
+        )
+        if block.shape[0]
+        else np.zeros((0, span - window), dtype=bool)
     )
     rows, days = np.nonzero(passed)
-    if rows.size == 0:
-        return empty
-    return pl.DataFrame(
-        {
-            "series": keys["series"].gather(rows),
-            "day": [first + dt.timedelta(days=int(d)) for d in days],
-        }
-    ).cast({"day": pl.Date})
+    return rows.tolist(), [first + dt.timedelta(days=int(d)) for d in days]
 
 
 def detect(
@@ -279,4 +313,5 @@ __all__ = [
     "detect",
     "may_be_anomalous",
     "screen",
+    "screen_array",
 ]

@@ -33,12 +33,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import polars as pl
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from .. import figures, goals, registry, templates
@@ -110,9 +109,18 @@ class _Read:
     refreshed: dict[str, list[dt.datetime | None]]
     #: tenant -> first day of data, per connection (all its facts, not only the window's)
     history: dict[str, dict[str, dt.date]]
-    names: dict[str, str] = field(default_factory=dict)
+    #: tenant -> its name, encrypted (``name``)
+    names: dict[str, bytes] = field(default_factory=dict)
     brands: dict[str, BrandInfo] = field(default_factory=dict)
     links: dict[str, str | None] = field(default_factory=dict)
+    keys: object = None
+
+    def name(self, tenant_id: str) -> str:
+        """The tenant's name as its messages show it; a name that does not decrypt fails
+        this tenant's messages only."""
+        return self.keys.decrypt_text(
+            self.names[tenant_id], Binding(tenant_id, None, "tenant.name")
+        )
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -126,7 +134,7 @@ def _read(
     connections: dict[str, list] = {t: [] for t in tenant_ids}
     refreshed: dict[str, list] = {t: [] for t in tenant_ids}
     with_goals: set[str] = set()
-    names: dict[str, str] = {}
+    names: dict[str, bytes] = {}
     rules: dict[str, list[AlertRule]] = {t: [] for t in tenant_ids}
     for chunk in _chunks(tenant_ids):
         tenant_settings.update(
@@ -151,7 +159,7 @@ def _read(
         for tenant_id, name_ct in session.execute(
             select(Tenant.id, Tenant.name_ct).where(Tenant.id.in_(chunk))
         ):
-            names[tenant_id] = keys.decrypt_text(name_ct, Binding(tenant_id, None, "tenant.name"))
+            names[tenant_id] = name_ct  # decrypted when a message needs it (``_Read.name``)
         for rule in session.scalars(
             select(AlertRule)
             .where(AlertRule.tenant_id.in_(chunk))
@@ -184,6 +192,7 @@ def _read(
         refreshed=refreshed,
         history=_history(session, connections),
         names=names,
+        keys=keys,
     )
     read.brands = _brands(session, tenant_ids)
     for tenant_id, row in tenant_settings.items():
@@ -391,64 +400,74 @@ def simple_series(
     return found
 
 
+@dataclass
+class Merged:
+    """The merged series of a batch: ``values[series, day]`` from ``start`` (NaN where
+    ``valid`` is False: no data)."""
+
+    start: dt.date
+    values: object  # numpy array (series, days)
+    valid: object  # numpy array of bool, the same shape
+
+    def days_of(self, index: int, first: dt.date, last: dt.date) -> list[float | None]:
+        """Series ``index`` from ``first`` to ``last``, None on days without data."""
+        begin = (first - self.start).days
+        end = begin + (last - first).days + 1
+        values = self.values[index, begin:end].tolist()
+        valid = self.valid[index, begin:end].tolist()
+        return [v if ok else None for v, ok in zip(values, valid, strict=True)]
+
+
 def merge(
     facts: pl.DataFrame,
     series: Sequence[Series],
     windows: dict[str, tuple[dt.date, dt.date]],
     history: dict[str, dict[str, dt.date]],
-) -> pl.DataFrame:
-    """Each series' value on every day of its tenant's window (``series`` index, ``day``,
-    ``value``, ``min_spread``, in day order), as ``figures.Figures.daily`` merges a
-    metric of one connection and one dimension: a counter is 0 on a day without a row
-    from the connection's first day of data on, a ratio is no data then, and a gauge
-    keeps its last level (from the first day read); none before its first day."""
+) -> Merged:
+    """Each series' value on every day of its tenant's window, as ``figures.Figures.daily``
+    merges a metric of one connection and one dimension: a counter is 0 on a day without
+    a row from the connection's first day of data on, a ratio is no data then, and a gauge
+    keeps its last level (from the first day read); none before the first day of data."""
+    import numpy as np
+
     if not series:
-        return pl.DataFrame(
-            schema={
-                "series": pl.Int64,
-                "day": pl.Date,
-                "value": pl.Float64,
-                "min_spread": pl.Float64,
-            }
-        )
-    table = pl.DataFrame(
+        empty = np.zeros((0, 0))
+        return Merged(dt.date(2000, 1, 1), empty, empty.astype(bool))
+    start = min(windows[s.tenant_id][0] for s in series)
+    end = max(windows[s.tenant_id][1] for s in series)
+    span = (end - start).days + 1
+    keys = pl.DataFrame(
         {
-            "series": range(len(series)),
             "tenant_id": [s.tenant_id for s in series],
             "connection_id": [s.connection_id for s in series],
             "metric": [s.ref.split(".", 1)[1] for s in series],
-            "kind": [_KIND_CODES.get(s.kind, 0) for s in series],
-            "min_spread": [s.min_spread for s in series],
-            "first": [windows[s.tenant_id][0] for s in series],
-            "last": [windows[s.tenant_id][1] for s in series],
-            "start": [history[s.tenant_id][s.connection_id] for s in series],
+            "_row": range(len(series)),
         },
-        schema_overrides={"series": pl.Int64, "kind": pl.Int8},
+        schema_overrides={"_row": pl.Int64},
     )
-    grid = (
-        table.lazy()
-        .with_columns(pl.date_ranges("first", "last").alias("day"))
-        .explode("day")
-        .join(
-            facts.lazy().select("connection_id", "metric", "day", "value"),
-            on=["connection_id", "metric", "day"],
-            how="left",
-        )
-        .sort("series", "day")
+    found = facts.join(keys, on=["tenant_id", "connection_id", "metric"]).select(
+        "_row", (pl.col("day") - pl.lit(start)).dt.total_days().alias("_at"), "value"
     )
-    value = pl.col("value")
-    before = pl.col("day") < pl.col("start")
-    filled = (
-        pl.when(pl.col("kind") == 1)
-        .then(value.forward_fill().over("series"))
-        .when(before)
-        .then(None)
-        .when(pl.col("kind") == 2)
-        .then(value)
-        .otherwise(value.fill_null(0.0))
+    rows, at = found["_row"].to_numpy(), found["_at"].to_numpy()
+    values = np.full((len(series), span), np.nan)
+    present = np.zeros((len(series), span), dtype=bool)
+    values[rows, at] = found["value"].to_numpy()
+    present[rows, at] = True
+    column = np.arange(span)
+    # from its connection's first day of data on (a gauge is carried from the first day read)
+    begun = (
+        column[None, :]
+        >= np.array([(history[s.tenant_id][s.connection_id] - start).days for s in series])[:, None]
     )
+    kinds = np.array([s.kind for s in series])
+    gauge, ratio = (kinds == "gauge")[:, None], (kinds == "ratio")[:, None]
+    # a gauge: the last level reported on or before each day
+    last_seen = np.maximum.accumulate(np.where(present, column[None, :], -1), axis=1)
+    carried = np.take_along_axis(values, np.maximum(last_seen, 0), axis=1)
+    merged = np.where(gauge, carried, np.where(present, values, 0.0))
+    valid = np.where(gauge, last_seen >= 0, begun & (present | ~ratio))
     # merged as a sum of the one connection's value: -0.0 reads 0.0, as sum() gives it
-    return grid.select("series", "day", (filled + 0.0).alias("value"), "min_spread").collect()
+    return Merged(start, np.where(valid, merged + 0.0, np.nan), valid)
 
 
 def prefilled_figures(
@@ -509,8 +528,6 @@ def evaluate_batch(
             len(judged),
             type(exc).__name__,
         )
-        if os.environ.get("WRITEVUE_NOTIFY_BATCH_STRICT"):  # the tests: no silent fallback
-            raise
         # read or written as a whole, it failed (and nothing was written): one tenant at a
         # time, so that the one in trouble is named and the others go on
         fallback(judged, scorecards)
@@ -534,7 +551,9 @@ def _windows(
     found: dict[str, tuple[dt.date, dt.date]] = {}
     last_judged = today - DAY
     for tenant_id in judged:
-        first = evaluate._history_start(today, days) - evaluate.SHARED_MARGIN
+        # the judged days and the eight weeks before them (no margin: what alerts and
+        # scorecards need besides is added below)
+        first = evaluate._history_start(today, days)
         widest = max((r.window_days or 1 for r in read.rules[tenant_id]), default=1)
         first = min(first, evaluate._history_start(today, 1, widest) - 7 * widest * DAY)
         found[tenant_id] = (first, last_judged)
@@ -578,23 +597,29 @@ def _compute(
     facts = _facts(session, read, windows)
     series = simple_series(facts, read.tenants, read.history)
     merged = merge(facts, series, windows, read.history)
-    values = merged["value"].to_list()
     # each series' values, by tenant: ref -> (dimension, values)
     prefilled: dict[str, dict[str, tuple[str, list]]] = {}
-    offset = 0
     by_ref: dict[tuple[str, str], int] = {}
     for index, found in enumerate(series):
         first, last = windows[found.tenant_id]
-        length = (last - first).days + 1
         prefilled.setdefault(found.tenant_id, {})[found.ref] = (
             found.dimension,
-            values[offset : offset + length],
+            merged.days_of(index, first, last),
         )
         by_ref[(found.tenant_id, found.ref)] = index
-        offset += length
     flagged: dict[int, list[dt.date]] = {}
-    for index, day in anomaly.screen(merged, first_judged, last_judged).iter_rows():
-        flagged.setdefault(index, []).append(day)
+    if series:
+        import numpy as np
+
+        rows, days = anomaly.screen_array(
+            merged.values,
+            merged.start,
+            np.array([s.min_spread for s in series]),
+            first_judged,
+            last_judged,
+        )
+        for index, day in zip(rows, days, strict=True):
+            flagged.setdefault(index, []).append(day)
     # the facts of every other series, merged by ``Figures`` itself
     merged_keys = pl.DataFrame(
         {
@@ -652,7 +677,7 @@ def _compute(
                         scheduled_for=scheduled_for,
                         base_url_link=read.links.get(tenant_id),
                         today=None,
-                        tenant_name=read.names[tenant_id],
+                        tenant_name=read.name(tenant_id),
                         brand=read.brands.get(tenant_id, BrandInfo()),
                     ),
                 )
@@ -767,13 +792,25 @@ def _alerts(
                 day,
                 value,
                 sentence,
-                tenant_name=read.names[tenant.id],
+                tenant_name=read.name(tenant.id),
                 brand=read.brands.get(tenant.id, BrandInfo()),
             )
         outcome.verdicts[rule.id] = (holds, value, content)
 
 
 # -- writing ----------------------------------------------------------------------------------
+
+
+def _update_many(session: Session, model, rows: list[dict]) -> None:
+    """UPDATE by id, one statement executed for many rows (the same columns each)."""
+    table = model.__table__
+    columns = [name for name in rows[0] if name != "id"]
+    statement = (
+        update(table)
+        .where(table.c.id == bindparam("_id"))
+        .values({name: bindparam(f"_{name}") for name in columns})
+    )
+    session.execute(statement, [{f"_{k}": v for k, v in row.items()} for row in rows])
 
 
 def _write(
@@ -850,9 +887,7 @@ def _write(
             changes.append(change)
         if changes:
             for shape in {tuple(sorted(c)) for c in changes}:
-                session.execute(
-                    update(AlertRule), [c for c in changes if tuple(sorted(c)) == shape]
-                )
+                _update_many(session, AlertRule, [c for c in changes if tuple(sorted(c)) == shape])
         # the scorecards: those an earlier run has not moved on meanwhile
         moved: dict[str, dt.datetime] = {}
         for chunk in _chunks(outcome.cards):
@@ -891,10 +926,18 @@ def _write(
             )
             counts["scorecards"] += 1
         if advances:
-            session.execute(update(Scorecard), advances)
+            _update_many(session, Scorecard, advances)
         counts["queued"] = delivery.enqueue_many(session, runtime.keys, queued, runtime.settings)
     counts["tenants"] = len(outcome.anomalies)
     return counts
 
 
-__all__ = ["Series", "Target", "evaluate_batch", "merge", "prefilled_figures", "simple_series"]
+__all__ = [
+    "Merged",
+    "Series",
+    "Target",
+    "evaluate_batch",
+    "merge",
+    "prefilled_figures",
+    "simple_series",
+]

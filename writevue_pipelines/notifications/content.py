@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 from dataclasses import dataclass, field, fields
 
 
@@ -119,8 +120,13 @@ def _brand_of(data: dict) -> BrandInfo:
     )
 
 
+@functools.cache
+def _names(kind: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(kind))
+
+
 def _fields(item) -> dict:
-    return {f.name: getattr(item, f.name) for f in fields(item)}
+    return {name: getattr(item, name) for name in _names(type(item))}
 
 
 def to_json(content: ScorecardContent | AlertContent) -> dict:

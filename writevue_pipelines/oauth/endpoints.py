@@ -103,6 +103,11 @@ def _endpoints(source: Source, options: Mapping[str, Any], spec: OAuthSpec | Non
 # -- WriteVue's client at the provider ----------------------------------------------------
 
 
+class NoOAuthClient(InvalidInput):
+    """WriteVue's OAuth client at a source is not configured here: the message names the
+    variables to set (no secret, no host), so it may be shown wherever the failure is."""
+
+
 @dataclass(frozen=True)
 class ClientCredentials:
     client_id: str
@@ -126,7 +131,7 @@ def client_credentials(source_name: str) -> ClientCredentials:
     client_secret = os.environ.get(secret_variable, "").strip()
     if client_id and client_secret:
         return ClientCredentials(client_id, client_secret)
-    raise InvalidInput(
+    raise NoOAuthClient(
         f"WriteVue has no OAuth client for {source_name}; set {id_variable} and "
         f"{secret_variable} to the app registered with the provider."
     )

@@ -482,6 +482,10 @@ def revoke_grants(runtime: Runtime, scope: _Scope) -> None:
 
 def _reason(exc: BaseException) -> str:
     """Why a revocation failed, in words that name no host, id or token."""
+    from ..oauth.endpoints import NoOAuthClient
+
+    if isinstance(exc, NoOAuthClient):  # names the variables to set, nothing more
+        return str(exc).rstrip(".")
     status = getattr(exc, "status", None)
     if isinstance(exc, SourceError) and status:
         return f"the provider answered HTTP {status}"

@@ -129,6 +129,8 @@ class GA4Source(Source):
         rows: list[dict] = []
         requests = 0
         started = time.perf_counter()
+        # One row per day: a report that keeps paging past the window's days is looping.
+        days = (dt.datetime.now(dt.UTC).date() - request.window_start).days + 2
         while True:
             body = await _post_report(client, path, query, connection=connection, auth=request.auth)
             requests += 1
@@ -138,6 +140,12 @@ class GA4Source(Source):
             query["offset"] += len(page)
             if not page or query["offset"] >= total:
                 break
+            if query["offset"] > days:
+                raise _drift(
+                    connection.id,
+                    f"kept paging past the {days} days asked for (rowCount {total}); "
+                    "its pagination does not advance",
+                )
         records = pl.DataFrame(rows, schema=RAW_SCHEMA, orient="row")
         newest = records["day"].max() if records.height else None
         return FetchResult(

@@ -48,7 +48,7 @@ from ..warehouse import FACT_SCHEMA
 from .auth import ApiKeyPlacement, OAuthSpec
 from .base import Dimension, FetchRequest, FetchResult, MetricKind, Polarity, Source
 from .http import get_json
-from .paginators import HeaderLinkPaginator
+from .paginators import HeaderLinkPaginator, PagesSeen
 from .urls import LeavesOrigin, same_origin_url
 
 API_HEADERS = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
@@ -251,7 +251,10 @@ class _Walk:
         items: list[dict] = []
         page = PAGES.first(path, {**(params or {}), "per_page": PAGE_SIZE})
         url = page.url
+        seen = PagesSeen()
         while True:
+            if not seen.advances(url, page.params):
+                raise self.error(f"{path} pagination does not advance (the same page again)")
             body, response = await self.get(url, page.params)
             if not isinstance(body, list) or not all(isinstance(item, dict) for item in body):
                 raise self.error(f"{path} answered something other than a list of objects")

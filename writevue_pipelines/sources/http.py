@@ -624,7 +624,7 @@ async def request_json(
     if status >= 400 and error_for_status is not None:
         try:
             document = json.loads(bytes(body))
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             document = None
         custom = error_for_status(status, document)
         if custom is not None:
@@ -652,7 +652,8 @@ async def request_json(
         )
     try:
         return json.loads(bytes(body)), response
-    except (ValueError, UnicodeDecodeError):
+    # RecursionError: nesting deeper than the parser descends ("[[[[…"), which no API sends
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise SourceError.of_connection(
             connection_id,
             f"{endpoint} answered HTTP {status} with a body that is not JSON",

@@ -223,6 +223,29 @@ class StartingAfterPaginator(Paginator):
         )
 
 
+#: the most pages one walk of one list reads; a provider that keeps handing out new
+#: cursors past it is treated as a pagination loop
+MAX_PAGES = 10_000
+
+
+class PagesSeen:
+    """The pages one walk has asked for. A page asked for again (a loop, a cursor that
+    never advances, a next link back to an earlier page) or a walk past ``MAX_PAGES``
+    means the provider's pagination does not advance: ``advances`` says False, and the
+    connector fails that connection instead of walking for ever."""
+
+    def __init__(self, limit: int = MAX_PAGES):
+        self.limit = limit
+        self._keys: set[str] = set()
+
+    def advances(self, url: str, params: Mapping[str, Any] | None) -> bool:
+        key = repr((url, sorted((params or {}).items())))
+        if key in self._keys or len(self._keys) >= self.limit:
+            return False
+        self._keys.add(key)
+        return True
+
+
 def _whole_number(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
@@ -247,6 +270,7 @@ PAGINATORS: dict[str, type[Paginator]] = {
 }
 
 __all__ = [
+    "MAX_PAGES",
     "PAGINATORS",
     "CursorPaginator",
     "HeaderLinkPaginator",
@@ -254,6 +278,7 @@ __all__ = [
     "OffsetPaginator",
     "PageNumberPaginator",
     "PageRequest",
+    "PagesSeen",
     "Paginator",
     "StartingAfterPaginator",
     "dig",

@@ -27,11 +27,9 @@ from ..warehouse import FACT_SCHEMA
 from .auth import OAuthSpec, TokenSource, build_auth
 from .base import FactRules, FetchRequest, FetchResult, MetricMeta, Source
 from .http import get_json
-from .paginators import dig
+from .paginators import PagesSeen, dig
 from .rest_spec import RestSpec, SpecError, load_spec
 from .urls import LeavesOrigin, same_origin_url
-
-MAX_PAGES = 10_000
 
 #: the minimised raw records: one row per (record, metric), with what aggregation needs
 RAW_SCHEMA = {
@@ -187,17 +185,15 @@ class RestSource(Source):
         url, page_params = (page.url, page.params) if page else (spec.endpoint, params)
         columns = _Columns(spec, request.window_start, connection.id)
         newest: dt.datetime | None = None
-        seen_pages: set[str] = set()
+        seen = PagesSeen()
         requests = 0
         started = time.perf_counter()
         while True:
-            key = repr((url, sorted((page_params or {}).items())))
-            if key in seen_pages or requests >= MAX_PAGES:
+            if not seen.advances(url, page_params):
                 raise SourceError.of_connection(
                     connection.id,
                     f"{spec.endpoint} pagination does not advance; check the spec's paginator",
                 )
-            seen_pages.add(key)
             body, response = await get_json(
                 client,
                 url,

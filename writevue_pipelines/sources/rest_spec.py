@@ -401,7 +401,7 @@ def paginator_from_spec(table: Any, where: str = "spec.paginator") -> Paginator:
     kind = table.get("type")
     if kind is None:
         raise field_error(f"{where}.type", f"is required; expected one of {', '.join(PAGINATORS)}")
-    if kind not in PAGINATORS:
+    if not isinstance(kind, str) or kind not in PAGINATORS:  # a list or table is no name
         raise field_error(
             f"{where}.type", f"unknown paginator {kind!r}; expected one of {', '.join(PAGINATORS)}"
         )
@@ -416,7 +416,7 @@ def paginator_from_spec(table: Any, where: str = "spec.paginator") -> Paginator:
 def auth_from_spec(table: Any, where: str = "spec.auth") -> AuthConfig:
     table = as_table(table, where)
     kind = table.get("type")
-    if kind not in AUTHS:
+    if not isinstance(kind, str) or kind not in AUTHS:  # a list or table is no name
         problem = "is required" if kind is None else f"unknown auth {kind!r}"
         raise field_error(f"{where}.type", f"{problem}; expected one of {', '.join(AUTHS)}")
     if kind == "api_key":

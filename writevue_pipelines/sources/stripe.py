@@ -22,7 +22,7 @@ from ..warehouse import FACT_SCHEMA
 from .auth import ApiKeyPlacement
 from .base import Dimension, FetchRequest, FetchResult, MetricKind, Polarity, Source, Unit
 from .http import get_json
-from .paginators import Paginator, StartingAfterPaginator
+from .paginators import PagesSeen, Paginator, StartingAfterPaginator
 
 # Stripe amounts are in the currency's smallest unit, except for these.
 ZERO_DECIMAL = frozenset("bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split())
@@ -91,7 +91,12 @@ class StripeSource(Source):
         page = self.pages.first(path, {"created[gte]": since})
         rows: list[dict] = []
         requests = 0
+        seen = PagesSeen()
         while page is not None:
+            if not seen.advances(page.url, page.params):
+                raise SourceError.of_connection(
+                    connection_id, f"{path} pagination does not advance (the same page again)"
+                )
             body, response = await get_json(
                 client, page.url, connection_id=connection_id, params=page.params, auth=request.auth
             )
