@@ -54,6 +54,8 @@ FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
 _CLOCK = os.sysconf("SC_CLK_TCK")
 DAEMON = str(Path(sys.executable).parent / "dagster-daemon")
 DAGSTER = str(Path(sys.executable).parent / "dagster")
+#: seconds allowed for a separate code server to load the code, before the daemon starts
+CODE_SERVER_START_S = 45
 
 
 def _parents() -> dict[int, int]:
@@ -106,6 +108,8 @@ def kind_of(pid: int) -> str:
 
 
 _KINDS = (
+    # The code server starts each run in a process of its own (multiprocessing, spawn).
+    ("multiprocessing", "run workers"),
     ("execute_run", "run workers"),
     ("execute_step", "run workers"),
     ("api grpc", "code server"),
@@ -346,6 +350,13 @@ def run_dagster(
 ) -> Scheduled:
     from dagster import AssetKey, DagsterInstance, RunsFilter
 
+    # The schedule fires at the first whole minute that leaves the daemon (and a separate
+    # code server, which reads the cadence when it loads the code) time to start.
+    lead = args.tick_lead + (CODE_SERVER_START_S if args.code_server == "separate" else 0)
+    tick = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=lead + 59)).replace(
+        second=0, microsecond=0
+    )
+    env["WRITEVUE_REFRESH_CRON_STRIPE"] = f"{tick.minute} {tick.hour} * * *"
     code_server = None
     if args.code_server == "separate":
         code_server, port = start_code_server(workdir, env)
@@ -358,11 +369,6 @@ def run_dagster(
             "load_from:\n  - python_module:\n      module_name: writevue_pipelines.defs\n"
             f"      location_name: writevue\n      working_directory: {REPO}\n"
         )
-    # The schedule fires at the first whole minute that leaves the daemon time to start.
-    tick = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=args.tick_lead + 59)).replace(
-        second=0, microsecond=0
-    )
-    env["WRITEVUE_REFRESH_CRON_STRIPE"] = f"{tick.minute} {tick.hour} * * *"
     daemon = None
     dagster_pids = {code_server.process.pid} if code_server is not None else set()
     with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
@@ -376,6 +382,8 @@ def run_dagster(
                 cwd=workdir,
             )
             dagster_pids.add(daemon.process.pid)
+            if time.time() > tick.timestamp() - 5:
+                raise SystemExit("the daemon started too close to the tick; raise --tick-lead")
             expected = math.ceil(len(ids) / settings.refresh_batch)
             peak_rss = 0.0
             cpu_at_tick = None

@@ -24,6 +24,7 @@ from tornado.ioloop import IOLoop
 
 from writevue_pipelines import invites, registry
 from writevue_pipelines.errors import InvalidInput, WriteVueError
+from writevue_pipelines.oauth.endpoints import NoOAuthClient
 from writevue_pipelines.runtime import Runtime
 from writevue_pipelines.sources import get_source
 
@@ -215,12 +216,29 @@ class ConnectHandler(SessionCookies):
             self.set_status(400)
             with self.runtime.db.session() as session:
                 live = invites.resolve_invite(session, token)
+            text = client_message(exc)
             if live is None:  # spent meanwhile: nothing left to retry on this page
-                message = brand_text(str(exc), self.brand)
+                message = brand_text(text, self.brand)
                 body = f"<p>{html.escape(message)}</p>"
                 self.finish(page("Not connected", body, brand=self.brand))
             else:  # the form again, saying what was wrong; the invite still works
-                self.finish(self._form_page(live, str(exc)))
+                self.finish(self._form_page(live, text))
+
+
+#: what a client reads when WriteVue's OAuth client at the provider is not configured
+NOT_SET_UP = (
+    "Signing in with this provider is not set up yet, so nothing was connected. "
+    "Tell whoever sent you this link; they can fix it and send it again."
+)
+
+
+def client_message(exc: WriteVueError) -> str:
+    """The failure as the client should read it. The server's own configuration (which
+    variables to set) is the operator's business: logged for them, not shown."""
+    if isinstance(exc, NoOAuthClient):
+        logging.getLogger("writevue.connect").warning("%s", exc)
+        return NOT_SET_UP
+    return str(exc)
 
 
 def connected_page(brand: BrandView | None = None) -> str:
@@ -261,7 +279,7 @@ class OAuthCallbackHandler(SessionCookies):
         except WriteVueError as exc:
             self.set_status(400)
             brand = _brand_of(self.runtime, None)
-            message = brand_text(str(exc), brand)
+            message = brand_text(client_message(exc), brand)
             self.finish(page("Not connected", f"<p>{html.escape(message)}</p>", brand=brand))
             return
         self.finish(connected_page(_brand_of(self.runtime, self._tenant_of(connection_id))))

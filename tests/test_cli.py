@@ -171,7 +171,9 @@ def test_connection_add_checks_the_key_with_the_source_before_saving(cli_home, s
         "Check the key and its permissions, then run this again."
     )
     (line,) = unreachable.stderr.strip().splitlines()
-    assert line.startswith("writevue: error: Could not check the key with Stripe (no answer)")
+    assert line.startswith(
+        "writevue: error: Could not check the key with Stripe at http://127.0.0.1:9 (no answer)"
+    )
     assert "--no-verify" in line
     assert "refused" not in line
     for result in (refused, unreachable):

@@ -834,3 +834,21 @@ def test_the_ticker_ends_views_whose_link_the_sweep_reports_gone():
     assert not documents[0].queued and len(documents[1].queued) == 1
     documents[1].queued[0]()
     assert views[1].ended_with == "gone page" and len(ticker) == 1
+
+
+def test_a_provider_not_set_up_tells_the_client_plainly_and_the_operator_what_to_set(
+    world, sandbox
+):
+    # The server has WriteVue's OAuth client for GA4 only: GitHub's sign-in cannot start.
+    options = {"base_url": sandbox.url, "auth_base_url": sandbox.url, "owner": "acme"}
+    token = _invite(world, sources=["github"], options={"github": options})
+    url = f"{world.base}/connect/{token}"
+    with _own_page(world) as client:
+        xsrf, _page = _form(client, url)
+        answer = client.post(url, data={"action": "oauth", "source": "github", "_xsrf": xsrf})
+    assert answer.status_code == 400
+    # the client is told it is not set up and whom to ask, not the server's variables
+    assert "not set up" in answer.text
+    assert "WRITEVUE_OAUTH" not in answer.text and "CLIENT_ID" not in answer.text
+    # the operator reads what to set in the server's log
+    assert "WRITEVUE_OAUTH_GITHUB_CLIENT_ID" in world.log.read_text()

@@ -67,8 +67,9 @@ def _series(draw):
 @given(st.lists(_series(), min_size=1, max_size=5), st.sampled_from([3.5, 2.0, 5.0]))
 def test_the_vectorised_screen_never_hides_an_anomalous_day(many, threshold):
     """Every day ``detect`` calls anomalous is among the days ``screen`` passes on to it,
-    for many series in one frame (gaps, zeros, non-finite values, floors), and hardly any
-    other: the screen is ``detect``'s method, vectorised, with a hair of slack."""
+    for many series in one frame (gaps, zeros, non-finite values, floors), and any other
+    it passes on lies on the very edge of ``detect``'s limits: the screen is ``detect``'s
+    method, vectorised, with a hair of slack."""
     days = [START + dt.timedelta(days=i) for i in range(DAYS)]
     frame = pl.DataFrame(
         {
@@ -81,18 +82,15 @@ def test_the_vectorised_screen_never_hides_an_anomalous_day(many, threshold):
     )
     first, last = days[-15], days[-1]
     passed = set(anomaly.screen(frame, first, last, threshold=threshold).iter_rows())
-    flagged = set()
     for index, (values, spread) in enumerate(many):
         by_day = dict(zip(days, values, strict=True))
         for day in days[-15:]:
             verdict = anomaly.detect(by_day, day, threshold=threshold, min_spread=spread)
             if verdict is not None and verdict.anomalous:
-                flagged.add((index, day))
                 assert (index, day) in passed, (index, day, verdict)
             elif (index, day) in passed:
                 # only a day on the very edge of detect's limits is passed on besides
                 assert verdict is not None and abs(verdict.score) >= threshold * (1 - 1e-6)
-    assert len(passed - flagged) <= 1 + len(flagged) // 10
 
 
 def test_the_screen_passes_on_few_days_of_steady_series():

@@ -27,6 +27,7 @@ import re
 import signal
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -163,11 +164,15 @@ def test_a_daemon_killed_before_a_tick_runs_it_once_restarted(home, sandbox, tmp
         )
 
     def scheduled_runs(instance) -> dict[str, DagsterRunStatus]:
-        """The schedule's runs: their tick (UTC, to the second) and status."""
+        """The schedule's runs: their tick (UTC, to the second) and status; one run a tick
+        (the batch is one connection), and a tick launched twice would be counted."""
         runs = instance.get_runs(
             filters=RunsFilter(tags={"dagster/schedule_name": "stripe_refresh"})
         )
-        return {r.tags.get("dagster/scheduled_execution_time", "")[:19]: r.status for r in runs}
+        ticks = [r.tags.get(".dagster/scheduled_execution_time", "")[:19] for r in runs]
+        twice = [t for t, n in Counter(ticks).items() if n > 1]
+        assert not twice, f"ticks launched twice: {twice}"
+        return {t: r.status for t, r in zip(ticks, runs, strict=True)}
 
     def tick(at: float) -> str:
         return dt.datetime.fromtimestamp(at, dt.UTC).isoformat()[:19]

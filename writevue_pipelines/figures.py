@@ -140,7 +140,7 @@ class Figures:
     ) -> Figures:
         """Figures whose daily values of some refs were merged elsewhere, as ``daily`` would
         merge them: a notifications run merges every tenant's series of a metric with one
-        connection and one dimension at once, in polars (``notifications.batch``, held to
+        connection and one dimension at once, in numpy (``notifications.batch``, held to
         this class by a test). ``daily``: ref -> (its one dimension, its value on each day
         from ``first_day`` to ``last_day``), the same list for the dimension and the total;
         ``facts`` holds the other refs' rows, merged here as usual."""

@@ -20,7 +20,7 @@ def accounts_help() -> str:
         [
             "accounts and keys (every key is its own account, with seeded data derived from it):",
             f"  stripe   an API key starting {' or '.join(stripe.KEY_PREFIXES)} "
-            "(e.g. rk_test_writevue_demo_account, the demo's); anything else is refused (401)",
+            "(e.g. sk_test_acme); anything else is refused (401)",
             f"  github   a token starting {' or '.join(github.PAT_PREFIXES)}, any owner; "
             "an owner whose login starts with 'missing' does not exist (404)",
             "  rest     a bearer key starting rest_, or basic auth with a password starting pw_",

@@ -11,7 +11,7 @@ together:
    for the whole batch; then their facts, one statement per connection, into one polars
    frame.
 2. **Figures**: every series of a metric with one connection and one dimension (most of
-   them) is merged for all tenants at once in polars, exactly as ``figures.Figures``
+   them) is merged for all tenants at once in numpy, exactly as ``figures.Figures``
    merges it (a test holds the two equal); the rest are merged by ``Figures`` itself.
    Each tenant's figures are then the dashboard's ``Resolver`` over those values, so a
    scorecard's figures and an alert's sentence are computed by the same code as before.
@@ -351,7 +351,7 @@ def _facts(
 
 @dataclass(frozen=True)
 class Series:
-    """A metric of one tenant with one connection and one dimension: merged in polars."""
+    """A metric of one tenant with one connection and one dimension: merged in numpy."""
 
     tenant_id: str
     ref: str
@@ -478,7 +478,7 @@ def prefilled_figures(
     daily: dict[str, tuple[str, list[float | None]]],
 ) -> figures.Resolver:
     """The tenant's ``Resolver`` as ``evaluate._Tenant._resolver`` builds it, with the
-    series merged in polars handed in (``daily``) and the rest from ``facts``."""
+    series merged in numpy handed in (``daily``) and the rest from ``facts``."""
     sources = {c.id: c.source for c in tenant.connections}
     found = figures.Figures.prefilled(
         facts, sources, tenant.metas, history, window[0], window[1], daily

@@ -4,15 +4,17 @@
    (``evaluate.detect_anomalies``) and evaluate their alert rules
    (``evaluate.evaluate_alerts``); an alert that starts an episode is queued for each
    of its recipients.
-2. Render each due scorecard for the time it was due and queue it for each recipient,
-   then move the scorecard on to its next send.
+2. Compute each due scorecard's figures for the time it was due and queue it for each
+   recipient (rendered when sent), then move the scorecard on to its next send.
 3. Send what is due (``delivery.send_due``): the new messages, and earlier failures
    whose retry time has come.
 
-Queuing is idempotent (one row per scorecard or alert episode and recipient), so a
-run that is retried, or a scheduler that asks twice, sends each message once. A
-tenant whose evaluation fails is reported by id and exception kind and does not stop
-the others. The Dagster job ``notifications`` and ``writevue scorecard send-now`` both
+Steps 1 and 2 run for a batch of tenants together (``batch``: a few statements and one
+numpy pass for all of them); what the batch cannot do goes one tenant at a time
+(``evaluate_each``). Queuing is idempotent (one row per scorecard or alert episode and
+recipient), so a run that is retried, or a scheduler that asks twice, sends each message
+once. A tenant whose evaluation fails is reported by id and exception kind and does not
+stop the others. The Dagster job ``notifications`` and ``writevue scorecard send-now`` both
 call ``run``.
 """
 
