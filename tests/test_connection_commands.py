@@ -96,7 +96,9 @@ def test_remove_erases_the_connection_and_leaves_the_tenants_others(
     )
 
     assert code == 0, err
-    assert f"removed stripe connection {gone}" in out
+    # one outcome, said once ("removed and verified", not "removed …: removed and verified")
+    assert f"stripe connection {gone} of tenant" in out
+    assert out.count("removed and verified") == 1 and "removed stripe" not in out
     assert "nothing of the connection left" in out
     assert "revoke the API key" in out  # a key only the client can revoke
     # Not the command's own word: every table, file, raw byte searched again here.

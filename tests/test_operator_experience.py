@@ -250,6 +250,8 @@ def test_a_revoked_key_fails_its_run_in_one_line_with_advice(runtime, sandbox):
         f"re-enter the credential with `writevue connection rekey {connection_id}`"
     )
     assert metadata["http_status"].value == 401
+    # `writevue refresh` prints the same advice on the connection's line
+    assert outcome.line().endswith(f"what to do: {metadata['what_to_do'].value}")
     assert run.job_name == "refresh_stripe"
     # Our own log lines: the one-line error, no stack of our code.
     log = "\n".join(messages)
@@ -271,6 +273,7 @@ def test_a_github_owner_that_does_not_exist_fails_in_one_line(runtime, sandbox):
         run = instance.get_run_by_id(outcome.run_id)
     assert failure.user_failure_data.description == outcome.error
     assert "connection test" in failure.user_failure_data.metadata["what_to_do"].value
+    assert "what to do:" in outcome.line() and "connection test" in outcome.line()
     assert run.job_name == "refresh_github"
     assert "Traceback" not in "\n".join(messages) and 'File "' not in "\n".join(messages)
 

@@ -21,7 +21,7 @@ from ..errors import NotFound
 from ..refresh import RefreshOutcome, safe_error
 from ..registry import ConnectionInfo
 from ..runtime import Runtime
-from .assets import REFRESH_JOBS, SOURCE_ASSETS, listening
+from .assets import REFRESH_JOBS, SOURCE_ASSETS, advice, listening
 from .batches import (
     RANGE_END_TAG,
     RANGE_START_TAG,
@@ -55,6 +55,8 @@ class ConnectionRefresh:
     facts: int = 0
     rows_written: int = 0
     rows_removed: int = 0
+    #: what the operator can do about a failure (the run's ``what_to_do``): one line, ids only
+    advice: str | None = None
 
     def line(self) -> str:
         """One line for a terminal: ids, counts and the safe error only."""
@@ -63,7 +65,8 @@ class ConnectionRefresh:
                 f"ok      {self.source:<8} {self.connection_id}  {self.records} records, "
                 f"{self.facts} facts ({self.rows_written} changed, {self.rows_removed} removed)"
             )
-        return f"failed  {self.source:<8} {self.connection_id}  {self.error}"
+        line = f"failed  {self.source:<8} {self.connection_id}  {self.error}"
+        return f"{line}; what to do: {self.advice}" if self.advice else line
 
 
 @dataclass(frozen=True)
@@ -214,8 +217,15 @@ def _from_refresh(connection: ConnectionInfo, result: RefreshOutcome, run_id: st
             "rows_removed": result.loaded.removed,
         }
     if result.error is not None or result.loaded is None:
-        error = safe_error(result.error) if result.error is not None else "not refreshed"
-        return _outcome(connection, run_id=run_id, error=error, **counts)
+        if result.error is None:
+            return _outcome(connection, run_id=run_id, error="not refreshed", **counts)
+        return _outcome(
+            connection,
+            run_id=run_id,
+            error=safe_error(result.error),
+            advice=advice(result.error, connection.id, connection.auth_kind),
+            **counts,
+        )
     return _outcome(connection, ok=True, run_id=run_id, **counts)
 
 

@@ -103,8 +103,8 @@ class RemovalReport:
     def lines(self) -> list[str]:
         rows = sum(v for k, v in self.removed.items() if k != "staging_files")
         lines = [
-            f"removed {self.source} connection {self.connection_id} of tenant "
-            f"{self.tenant_id}: {self.outcome}"
+            f"{self.source} connection {self.connection_id} of tenant {self.tenant_id}: "
+            f"{self.outcome}"
         ]
         lines += [f"  {table}: {count} removed" for table, count in sorted(self.removed.items())]
         lines.append(f"  {rows} rows in all")
