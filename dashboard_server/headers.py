@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import re
+
 from tornado.httputil import HTTPHeaders, HTTPServerRequest
 from tornado.web import OutputTransform, RequestHandler
 
 _COOKIE_FLAGS = frozenset({"expires", "max-age", "httponly", "samesite", "secure"})
+#: a bundle named by its version (Bokeh's and Panel's ``/static/…?v=<hash>``): public
+#: library code, never a tenant's, so a browser may keep it and a repeat view loads only
+#: the page; the page itself (it carries the session) and anything unversioned stay no-store
+VERSIONED_STATIC = re.compile(r"(?:^|&)v=[0-9a-f]{32,}(?:&|$)")
+IMMUTABLE = "public, max-age=31536000, immutable"
+
 #: what a handler may set for itself on a response it marks ``request.writevue_immutable``
 #: (``branding.BrandLogoHandler``: a year of caching, a CSP stricter than the site's)
 _OWN_HEADERS = frozenset({"Cache-Control", "Content-Security-Policy"})
@@ -94,6 +102,13 @@ def security_transform(headers_to_set: dict[str, str]) -> type[OutputTransform]:
             for name, value in headers_to_set.items():
                 if not (own and name in _OWN_HEADERS and name in headers):
                     headers[name] = value
+            if (
+                status_code == 200
+                and self.request.method in ("GET", "HEAD")
+                and self.request.path.startswith("/static/")
+                and VERSIONED_STATIC.search(self.request.query)
+            ):
+                headers["Cache-Control"] = IMMUTABLE
             headers.pop("Server", None)
             headers.pop("Etag", None)
             cookies = headers.get_list("Set-Cookie")

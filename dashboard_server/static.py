@@ -22,9 +22,10 @@ class RobotsHandler(RequestHandler):
 class StaticGzip(GZipContentEncoding):
     """Compress static files only (pages carry a session token: BREACH caution), each once.
 
-    Every response is ``no-store``, so a browser fetches Bokeh's and Panel's bundles
-    (about 3 MB) on every page load, and compressing them anew each time cost the
-    server more than the page itself. A static file's compressed bytes are kept,
+    A browser keeps the bundles a page names by version (``headers.VERSIONED_STATIC``),
+    but every new visitor, and any request for an unversioned file, still fetches them
+    (about 3 MB), and compressing them anew each time cost the server more than the page
+    itself. A static file's compressed bytes are kept,
     keyed by its URL (Bokeh's carry a version hash), Last-Modified and length.
     """
 

@@ -230,3 +230,33 @@ def test_the_dashboard_server_loads_no_dagster_sandbox_or_cli():
         for name in loaded
         if any(name == banned or name.startswith((banned + ".", banned + "_")) for banned in BANNED)
     ]
+
+
+def test_a_repeat_view_fetches_no_bundle_again_and_the_page_is_never_stored(surface):
+    """Bokeh's and Panel's bundles are public library code named by their version (``?v=``):
+    a browser may keep them (a repeat view then loads ~30 KB, not ~1 MB); the page, which
+    carries the session, and anything unversioned stay ``no-store``."""
+    import re
+
+    page = httpx.get(f"{surface.base}/d/{surface.token}")
+    assert page.status_code == 200 and page.headers["cache-control"] == "no-store"
+    bundles = [  # relative to /d/<token>: ../static/… is /static/…
+        "/" + url.replace("&amp;", "&").removeprefix("../").lstrip("/")
+        for url in re.findall(r'(?:src|href)="([^"]+)"', page.text)
+        if url.removeprefix("../").lstrip("/").startswith("static/")
+    ]
+    versioned = [url for url in bundles if re.search(r"[?&]v=[0-9a-f]{6,}", url)]
+    assert versioned, bundles  # the page names its bundles by version
+    for url in versioned:
+        response = httpx.get(surface.base + url)
+        assert response.status_code == 200, url
+        cache = response.headers["cache-control"]
+        assert "immutable" in cache and "max-age=31536000" in cache, (url, cache)
+        for name, value in REQUIRED_HEADERS.items():  # everything else as on every response
+            if name != "cache-control":
+                assert response.headers.get(name) == value, (url, name)
+    # the same file without its version, or under a made-up one, is not kept
+    plain = httpx.get(f"{surface.base}/static/js/bokeh.min.js")
+    assert plain.headers["cache-control"] == "no-store"
+    wrong = httpx.get(f"{surface.base}/static/js/bokeh.min.js?v=0000000000")
+    assert wrong.headers["cache-control"] == "no-store"
