@@ -14,6 +14,7 @@ Real SQLite homes, the sandbox over HTTP, the real Dagster sensors.
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -116,6 +117,9 @@ def test_remove_erases_the_connection_and_leaves_the_tenants_others(
     assert other.status == "active" and _facts(runtime, kept) == kept_facts
     # audited by the tenant, never by the removed connection's id
     (event,) = [e for e in list_events(runtime, tenant_id) if e.action == "connection.remove"]
+    (started,) = [e for e in list_events(runtime, tenant_id) if e.action.endswith(".started")]
+    assert started.at <= event.at and started.details["removal"] == event.details["removal"]
+    assert gone not in json.dumps(started.details) and started.reason == "T-2"
     assert event.reason == "T-2" and event.details["verified"] is True
     assert event.details["source"] == "stripe" and event.details["removed"]["facts"] > 0
     tested = [e for e in list_events(runtime, tenant_id) if e.action == "connection.test"]
@@ -593,3 +597,186 @@ def test_audit_keeps_no_trace_of_a_removed_connection(runtime, sandbox, monkeypa
         events = session.scalars(select(AuditEvent)).all()
     dumped = json.dumps([[e.details, e.reason] for e in events])
     assert connection_id not in dumped and "(removed connection)" in dumped
+
+
+# -- review of issue 16 ---------------------------------------------------------------------
+
+
+def test_remove_with_staging_files_on_either_database(any_runtime, sandbox, monkeypatch, capsys):
+    runtime = any_runtime
+    key = new_stripe_key()
+    _, (connection_id,) = _refreshed(runtime, sandbox, key)
+    fetch_to_staging(runtime, connection_id)
+    assert (runtime.settings.staging_dir / connection_id).exists()
+
+    code, out, err = cli(monkeypatch, capsys, "connection", "remove", connection_id, "--yes")
+
+    assert code == 0, err
+    assert "  staging_files: " in out  # counted, and no VACUUM of a table by that name
+    assert "nothing of the connection left" in out
+    assert not (runtime.settings.staging_dir / connection_id).exists()
+    again = verify_erasure(runtime, Identifiers("", (connection_id,), credentials=(key,)))
+    assert again.ok, again.lines("connection")
+
+
+def test_an_unverified_removal_is_finished_by_running_it_again(
+    any_runtime, sandbox, monkeypatch, capsys
+):
+    runtime = any_runtime
+    tenant_id, (connection_id,) = _refreshed(runtime, sandbox, new_stripe_key())
+    # something of the connection that the removal does not delete: an operator's note
+    note = runtime.settings.home / "notes.txt"
+    note.write_text(f"ticket about {connection_id}\n")
+
+    code, out, err = cli(monkeypatch, capsys, "connection", "remove", connection_id, "--yes")
+
+    assert code == 2 and "not verified" in out and "notes.txt" in out
+    outcomes = [e for e in list_events(runtime, tenant_id) if e.action == "connection.remove"]
+    assert outcomes[-1].details["verified"] is False  # its outcome is recorded
+    note.unlink()
+    fetch_to_staging_dir = runtime.settings.staging_dir / connection_id
+    fetch_to_staging_dir.mkdir(parents=True)  # a late fetch left records behind
+    (fetch_to_staging_dir / "records.jsonl").write_text("{}\n")
+
+    code, out, err = cli(monkeypatch, capsys, "connection", "remove", connection_id, "--yes")
+
+    assert code == 0, err
+    assert "nothing of the connection left" in out and "No connection" not in err
+    assert not fetch_to_staging_dir.exists()
+    outcomes = [e for e in list_events(runtime, tenant_id) if e.action == "connection.remove"]
+    assert outcomes[-1].details["verified"] is True
+    # an id that was never removed here is still unknown
+    unknown = "0123abcd-0000-4000-8000-000000000000"
+    code, _, err = cli(monkeypatch, capsys, "connection", "remove", unknown, "--yes")
+    assert code == 2 and "No connection" in err
+
+
+@pytest.mark.parametrize("status", ["paused", "erasing", "disabled"])
+def test_a_connection_not_refreshed_is_not_fetched_even_when_asked(runtime, sandbox, status):
+    _, (connection_id,) = _refreshed(runtime, sandbox, new_stripe_key())
+    with runtime.db.session() as session:
+        row = session.get(Connection, connection_id)
+        row.status = status
+        before = (row.last_refreshed_at, row.last_error)
+    calls = sum(sandbox.counters.values())
+    facts = _facts(runtime, connection_id)
+
+    # a run requested before the pause or the removal began
+    outcomes = refresh.refresh_connections(runtime, [connection_id])
+
+    assert isinstance(outcomes[connection_id].error, refresh.NotRefreshed)
+    assert sum(sandbox.counters.values()) == calls  # no request with its credential
+    refresh.record_failure(runtime, connection_id, outcomes[connection_id].error)
+    with runtime.db.session() as session:
+        row = session.get(Connection, connection_id)
+        assert (row.status, (row.last_refreshed_at, row.last_error)) == (status, before)
+        listed = registry.list_connections(session, active_only=True)
+    assert connection_id not in [c.id for c in listed] and _facts(runtime, connection_id) == facts
+
+
+@pytest.mark.parametrize("status", ["active", "failing", "needs_reauth", "unverified"])
+def test_pause_then_resume_restores_the_status_it_had(
+    runtime, sandbox, monkeypatch, capsys, status
+):
+    _, (connection_id,) = _refreshed(runtime, sandbox, new_stripe_key())
+    with runtime.db.session() as session:
+        row = session.get(Connection, connection_id)
+        row.status, row.last_error = status, "the source said no"
+        options = dict(row.options)
+
+    assert cli(monkeypatch, capsys, "connection", "pause", connection_id)[0] == 0
+    code, _, err = cli(monkeypatch, capsys, "connection", "resume", connection_id)
+
+    assert code == 0, err
+    with runtime.db.session() as session:
+        row = session.get(Connection, connection_id)
+        assert (row.status, row.options) == (status, options)
+
+
+@pytest.mark.parametrize("status", ["disabled", "erasing"])
+def test_a_disabled_or_erasing_connection_cannot_be_paused(
+    runtime, sandbox, monkeypatch, capsys, status
+):
+    _, (connection_id,) = _refreshed(runtime, sandbox, new_stripe_key())
+    with runtime.db.session() as session:
+        session.get(Connection, connection_id).status = status
+
+    code, out, err = cli(monkeypatch, capsys, "connection", "pause", connection_id)
+
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert status in err.strip().splitlines()[0] or "erased" in err
+    with runtime.db.session() as session:
+        assert session.get(Connection, connection_id).status == status
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_an_audited_command_asks_for_its_reason_before_looking_up_an_id_prefix(
+    runtime, monkeypatch, capsys
+):
+    from writevue_pipelines import cli as cli_module
+
+    monkeypatch.setattr(sys, "stdin", _Terminal(""))
+    monkeypatch.delenv("WRITEVUE_AUDIT_REASON", raising=False)
+    for prefix in ("ffff", "abcd"):
+        code = cli_module.main(["tenant", "show", prefix])
+        _, err = capsys.readouterr()
+        assert code == 2
+        assert err.strip().startswith("writevue: error: `tenant.show` is recorded"), err
+        assert len(err.strip().splitlines()) == 1
+
+
+def test_removing_one_of_two_connections_of_a_source_keeps_the_tenants_anomaly_marks(
+    runtime, sandbox, monkeypatch, capsys
+):
+    import datetime as dt
+
+    from writevue_pipelines.models import MetricAnomaly
+
+    tenant_id, (gone, kept) = _refreshed(runtime, sandbox, new_stripe_key(), new_stripe_key())
+    with runtime.db.session() as session:
+        session.add(
+            MetricAnomaly(
+                tenant_id=tenant_id,
+                metric="stripe.revenue",
+                day=dt.date(2026, 11, 1),
+                value=9.0,
+                expected=1.0,
+                low=0.0,
+                high=2.0,
+            )
+        )
+
+    code, _, err = cli(monkeypatch, capsys, "connection", "remove", gone, "--yes")
+    assert code == 0, err
+    count = select(func.count()).select_from(MetricAnomaly)
+    with runtime.db.session() as session:
+        assert session.scalar(count) == 1  # the other Stripe connection's figures stay
+
+    code, _, err = cli(monkeypatch, capsys, "connection", "remove", kept, "--yes")
+    assert code == 0, err
+    with runtime.db.session() as session:
+        assert session.scalar(count) == 0  # nothing of the source left to mark
+
+
+def test_a_run_requested_before_the_pause_succeeds_without_refreshing_it(
+    runtime, sandbox, instance
+):
+    from test_dagster_assets import materialize_stripe
+
+    _, (connection_id,) = _refreshed(runtime, sandbox, new_stripe_key())
+    with runtime.db.session() as session:
+        registry.set_paused(session, connection_id, True)
+        before = registry.get_connection(session, connection_id)
+    calls = sum(sandbox.counters.values())
+
+    result = materialize_stripe(instance, connection_id)
+
+    # skipped, as a connection that no longer exists is: not a failed partition
+    assert result.success and not result.get_step_failure_events()
+    assert sum(sandbox.counters.values()) == calls
+    with runtime.db.session() as session:
+        assert registry.get_connection(session, connection_id) == before

@@ -52,6 +52,10 @@ POOL_SHARDS = max(1, DEFAULT_MAX_IN_FLIGHT // POOL_SIZE)
 POOL_LIMITS = httpx.Limits(max_connections=POOL_SIZE, max_keepalive_connections=POOL_SIZE)
 
 
+class NotRefreshed(SourceError):
+    """The connection is paused, disabled or being removed: nothing was fetched for it."""
+
+
 @dataclass(frozen=True)
 class FetchSummary:
     connection_id: str
@@ -198,6 +202,15 @@ async def fetch_connections(
         work = []
         for connection_id in connection_ids:
             connection = registry.get_connection(session, connection_id)
+            if connection.status in registry.NOT_REFRESHED:
+                # A run requested before a pause or a removal: no request with a credential
+                # being revoked, no figures over the ones a paused connection shows.
+                results[connection.id] = exc = NotRefreshed.of_connection(
+                    connection.id, f"{connection.status}; not refreshed"
+                )
+                if on_failed is not None:
+                    on_failed(connection.id, exc)
+                continue
             try:
                 secrets = stored_secrets(session, runtime, connection)
             except CredentialRejected as exc:
@@ -524,6 +537,8 @@ def record_failure(runtime: Runtime, connection_id: str, exc: BaseException) -> 
     sensor (the same credential would be refused again); the dashboard asks the client
     to reconnect and `writevue connection list` shows it to the operator.
     """
+    if isinstance(exc, NotRefreshed):
+        return  # nothing was tried: the connection keeps its status and last outcome
     with runtime.db.session() as session:
         registry.record_refresh_result(session, connection_id, error=safe_error(exc))
         row = session.get(Connection, connection_id)

@@ -21,8 +21,12 @@ _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 PAUSED = "paused"
 #: a connection saved with ``--no-verify``: refreshed; its first refresh decides
 UNVERIFIED = "unverified"
+#: the status an erasure gives a tenant's connections, in its own commit, before it deletes
+ERASING = "erasing"
 #: statuses whose connections no schedule, sensor or `writevue refresh` refreshes
-NOT_REFRESHED = ("disabled", PAUSED)
+NOT_REFRESHED = ("disabled", PAUSED, ERASING)
+#: where a paused connection keeps the status it had, in its (non-secret) options
+PAUSED_FROM = "paused_from"
 #: the fewest characters of an id that name it by prefix (as git does)
 MIN_ID_PREFIX = 4
 
@@ -175,7 +179,8 @@ def _connection_info(row: Connection) -> ConnectionInfo:
         tenant_id=row.tenant_id,
         source=row.source,
         auth_kind=row.auth_kind,
-        options=dict(row.options or {}),
+        # what a paused connection keeps for its resume is no option of its source
+        options={k: v for k, v in (row.options or {}).items() if k != PAUSED_FROM},
         status=row.status,
         last_error=row.last_error,
         last_refreshed_at=row.last_refreshed_at,
@@ -241,18 +246,31 @@ def record_refresh_result(
 def set_paused(session: Session, connection_id: str, paused: bool) -> tuple[ConnectionInfo, bool]:
     """Pause or resume a connection: (the connection now, whether it changed).
 
-    A resumed connection is ``active``, or ``failing`` if its last refresh failed (the
-    failing-connections sensor then retries it; a refused credential shows again as
-    needing reconnecting after that retry). A connection being erased is refused.
+    A resumed connection gets back the status it had when it was paused (kept in its
+    options while paused: no column for it), so a connection that needed
+    reconnecting, or whose first refresh is still to decide, says so again. One paused
+    before that was kept is ``active``, or ``failing`` if its last refresh failed. A
+    disabled connection, or one being erased, is refused.
     """
     row = session.get(Connection, parse_uuid(connection_id, "Connection"))
     if row is None:
         raise NotFound(f"No connection with id {connection_id}.")
     if row.status == ERASING:
         raise InvalidInput(f"Connection {row.id} is being erased; it cannot be paused or resumed.")
+    if row.status == "disabled":
+        raise InvalidInput(
+            f"Connection {row.id} is disabled; it is not refreshed, nothing to pause."
+        )
     changed = (row.status == PAUSED) != paused
     if changed:
-        row.status = PAUSED if paused else ("failing" if row.last_error else "active")
+        options = dict(row.options or {})
+        if paused:
+            options[PAUSED_FROM] = row.status
+            row.status = PAUSED
+        else:
+            before = options.pop(PAUSED_FROM, None)
+            row.status = before or ("failing" if row.last_error else "active")
+        row.options = options  # a new dict: the JSON column sees the change
         session.flush()
     return _connection_info(row), changed
 
@@ -337,9 +355,6 @@ def list_audit(
 
 
 # -- erasure guard ------------------------------------------------------------
-
-#: the status an erasure gives a tenant's connections, in its own commit, before it deletes
-ERASING = "erasing"
 
 
 class ConnectionErased(SourceError):

@@ -260,8 +260,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if passed is not None:
             return passed.handler(passed) or 0
         args = build_parser().parse_args(argv)
-        from .inputs import resolve_ids  # inputs imports this module
+        from .inputs import resolve_ids, staff_access  # inputs imports this module
 
+        if args.audit_action and hasattr(args, "reason") and hasattr(args, "actor"):
+            # Asked before an id prefix is looked up: its answer ("No tenant …", "2
+            # tenants have ids beginning …") already tells something about the data.
+            staff_access(args)
         resolve_ids(args)  # id prefixes, as git takes them, become the ids they name
         status = args.handler(args)  # None, or an exit status (`writevue doctor`)
     except _GroupHelp as shown:

@@ -599,15 +599,27 @@ def _set_paused(connection_id: str, *, paused: bool) -> None:
     example="writevue connection remove 1a2b3c4d --reason TICKET-12 --yes",
 )
 def remove(args) -> None:
+    from ..errors import NotFound
+    from ..privacy.audit import record_access
     from ..privacy.erasure_connection import (
+        STARTED,
         RevocationFailed,
         check_removable,
+        removal_key,
+        removal_started,
         remove_connection,
     )
 
     access = staff_access(args)
     runtime = ready_runtime()
-    connection = check_removable(runtime, args.connection_id)
+    try:
+        connection = check_removable(runtime, args.connection_id)
+    except NotFound:
+        started = removal_started(runtime, args.connection_id)
+        if started is None:
+            raise
+        _finish_removal(runtime, access, args.connection_id, started)
+        return
     if connection.auth_kind == "oauth2" and not args.confirm_revoked:
         _require_oauth_client(connection)
     if not args.yes:
@@ -620,19 +632,59 @@ def remove(args) -> None:
         )
         if answer.strip() != "remove":
             raise CliError("Not confirmed; nothing was removed.")
+    # By the tenant's id and a hash of the connection's, never the id itself (which the
+    # verification searches for); its own commit, so a rerun knows what it was removing.
+    what = {
+        "source": connection.source,
+        "auth_kind": connection.auth_kind,
+        "removal": removal_key(connection.id),
+    }
+    record_access(
+        runtime, access.actor, STARTED, connection.tenant_id, reason=access.reason, **what
+    )
+    outcome = {**what, "verified": False}
     try:
         report = remove_connection(runtime, connection.id, confirm_revoked=args.confirm_revoked)
+        outcome.update(report.audit_details())
     except RevocationFailed:
-        access.record(runtime, connection.tenant_id, source=connection.source, grant="failed")
+        outcome["grant"] = "failed"
         raise
-    # By the tenant's id; never the connection's, which the verification searches for.
-    access.record(runtime, connection.tenant_id, **report.audit_details())
+    except BaseException as exc:
+        outcome["error"] = type(exc).__name__
+        raise
+    finally:
+        access.record(runtime, connection.tenant_id, **outcome)
+    _say(report)
+
+
+def _finish_removal(runtime, access, connection_id: str, started) -> None:
+    """Rerun of a removal whose rows are gone: its staging and the verification again."""
+    from ..privacy.erasure_connection import finish_removal, removal_key
+
+    what = {
+        "source": started.source,
+        "auth_kind": started.auth_kind,
+        "removal": removal_key(connection_id),
+    }
+    outcome = {**what, "verified": False}
+    try:
+        report = finish_removal(runtime, connection_id, started)
+        outcome.update(report.audit_details())
+    except BaseException as exc:
+        outcome["error"] = type(exc).__name__
+        raise
+    finally:
+        access.record(runtime, started.tenant_id, **outcome)
+    _say(report)
+
+
+def _say(report) -> None:
     for line in report.lines():
         print(line)
     if not report.ok:
         raise CliError(
             "The removal ran but is not verified: what remains of the connection, or could "
-            "not be checked, is listed above; remove it by hand (nothing else searches for it)."
+            "not be checked, is listed above; remove it by hand and run this again to verify."
         )
 
 

@@ -208,6 +208,10 @@ def build_source_assets(source: Source, *, batch: int | None = None) -> SourceAs
                 )
                 continue
             outcome = outcomes[connection_id]
+            if isinstance(outcome.error, refresh.NotRefreshed):
+                # requested before a pause or a removal: skipped, not a failed partition
+                context.log.info(refresh.safe_error(outcome.error))
+                continue
             fetched, loaded = outcome.fetched, outcome.loaded
             if fetched is not None:
                 yield AssetMaterialization(

@@ -4,6 +4,13 @@ A tenant's erasure, for one connection of a tenant that stays (`writevue connect
 remove`), built from the erasure's own parts (``erasure``, ``scope``, ``verification``).
 In the order it happens; an interrupted removal is finished by running it again:
 
+0. ``started``: the command records the removal in the staff audit (``STARTED``), in
+   its own commit,
+   by a hash of the connection's id (``removal_key``; never the id, which
+   verification searches for). Once the connection's row is gone, that is how a
+   rerun by the same id knows it was being removed: it removes what staging a late
+   fetch left and runs the verification again (``finish_removal``).
+
 1. ``marked``: the connection turns ``erasing`` in its own commit. From then on no
    refresh writes for it (``registry.writable_connection``).
 2. ``revoked``: an OAuth2 grant is revoked at the provider (``erasure.revoke_grants``).
@@ -13,21 +20,25 @@ In the order it happens; an interrupted removal is finished by running it again:
 3. ``deleted``: one transaction deletes the connection's rows from every table that can
    hold them, worked out from the schema (``scope.connection_clause``: the connection,
    its credentials, cursor, facts, pending OAuth states, the invite it came from), drops
-   the tenant's anomaly marks on its source's metrics (derived from its facts; the next
-   evaluation recomputes them from what is left), takes its id out of the staff audit's
-   details, and removes its staging folder before the commit.
+   the tenant's anomaly marks on its source's metrics when no other connection of the
+   tenant feeds them (marks have no connection; with another connection of the source
+   they stay, being about the tenant's combined figures, until the next evaluation
+   replaces them), takes its id out of the staff audit's details, and removes its
+   staging folder before the commit.
 4. ``bytes``: the database lets go of the deleted bytes, as an erasure does.
 5. ``verified``: ``verification`` searches every table, file, raw database byte and
    Dagster's storage for its id and for the plaintext of its stored secrets.
 
 Nothing of the tenant's other connections is touched. The record kept is the staff
-audit event the command writes (source, auth kind, counts, outcomes, by tenant id),
-never the connection's id, which verification would find. Its Dagster partition goes
-with the next tick of the source's partitions sensor.
+audit events the command writes (started; then source, auth kind, counts, outcomes,
+even when it failed), by tenant id and removal key, never the connection's id, which
+verification would find. Its Dagster partition goes with the next tick of the source's
+partitions sensor. The tenant's pending notification deliveries are not touched.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -59,6 +70,11 @@ log = logging.getLogger(__name__)
 SECRET_FIELDS = ("api_key", "password", "access_token", "refresh_token")
 #: what a staff-audit reason naming the removed connection says instead of its id
 REMOVED = "(removed connection)"
+#: the staging-file count among ``RemovalReport.removed`` (no table)
+STAGING_FILES = "staging_files"
+#: the staff-audit actions of a removal: its start (its own commit), then its outcome
+STARTED = "connection.remove.started"
+ACTION = "connection.remove"
 
 
 class RevocationFailed(WriteVueError):
@@ -71,7 +87,7 @@ class RemovalReport:
     tenant_id: str
     source: str
     auth_kind: str
-    #: table -> rows removed, and "staging_files"
+    #: table -> rows removed, and ``STAGING_FILES``
     removed: dict[str, int] = field(default_factory=dict)
     grant: GrantOutcome | None = None
     #: what is left for the operator (``erasure.actions_for``)
@@ -101,7 +117,7 @@ class RemovalReport:
         }
 
     def lines(self) -> list[str]:
-        rows = sum(v for k, v in self.removed.items() if k != "staging_files")
+        rows = sum(v for k, v in self.removed.items() if k != STAGING_FILES)
         lines = [
             f"{self.source} connection {self.connection_id} of tenant {self.tenant_id}: "
             f"{self.outcome}"
@@ -156,16 +172,85 @@ def remove_connection(
     # a key another connection still uses must not be revoked at the provider
     report.actions = [] if shared else actions_for("", [report.grant], [])
     report.removed = _delete(runtime, info)
-    _drop_deleted_bytes(runtime, list(report.removed) or _touched_tables())
+    tables = [name for name in report.removed if name != STAGING_FILES]
+    _drop_deleted_bytes(runtime, tables or _touched_tables())
     ids = verification.Identifiers("", (info.id,), credentials=tuple(secrets))
+    report.verification = _verify(runtime, ids, dagster)
+    return report
+
+
+def _verify(
+    runtime: Runtime, ids: verification.Identifiers, dagster: verification.DagsterStorage | None
+) -> verification.VerificationReport:
+    """Step 5, and the whole of a rerun's work once the connection's rows are gone."""
     result = verification.verify_erasure(runtime, ids, dagster=dagster)
     if result.database_bytes and not result.rows:
         # secure_delete zeroes deleted cells; a VACUUM rewrites whatever still lingers.
         _drop_deleted_bytes(runtime, _touched_tables(), full=True)
         result = verification.verify_erasure(runtime, ids, dagster=dagster)
-    report.verification = result
     if not result.ok:
         log.error("connection removal: verification found connection data left")
+    return result
+
+
+def removal_key(connection_id: str) -> str:
+    """What the staff audit keeps to know a removal by its connection's id: a hash,
+    since the id itself is what verification searches for."""
+    digest = hashlib.sha256(f"writevue connection removal {connection_id}".encode())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Started:
+    """A removal recorded as started whose connection's row is gone."""
+
+    tenant_id: str
+    source: str
+    auth_kind: str
+
+
+def removal_started(runtime: Runtime, connection_id: str) -> Started | None:
+    """The removal of this connection recorded in the staff audit, if there was one."""
+    try:
+        connection_id = registry.parse_uuid(connection_id, "Connection")
+    except InvalidInput:
+        return None
+    key = removal_key(connection_id)
+    with runtime.db.session() as session:
+        events = session.scalars(
+            select(AuditEvent)
+            .where(
+                AuditEvent.action.in_((STARTED, ACTION)),
+                cast(AuditEvent.details, String).contains(key, autoescape=True),
+            )
+            .order_by(AuditEvent.at, AuditEvent.id)
+        ).all()
+        for event in events:
+            details = dict(event.details or {})
+            if details.get("removal") == key and event.tenant_id:
+                return Started(
+                    event.tenant_id, details.get("source", ""), details.get("auth_kind", "")
+                )
+    return None
+
+
+def finish_removal(
+    runtime: Runtime,
+    connection_id: str,
+    started: Started,
+    *,
+    dagster: verification.DagsterStorage | None = None,
+) -> RemovalReport:
+    """A removal whose rows are already deleted (interrupted after its delete, or not
+    verified): remove what staging is left and verify again, by its id only (its
+    secrets went with its credentials)."""
+    connection_id = registry.parse_uuid(connection_id, "Connection")
+    report = RemovalReport(connection_id, started.tenant_id, started.source, started.auth_kind)
+    staged = _remove_staging(runtime, [connection_id])
+    if staged:
+        report.removed[STAGING_FILES] = staged
+    ids = verification.Identifiers("", (connection_id,))
+    report.verification = _verify(runtime, ids, dagster)
     return report
 
 
@@ -229,19 +314,34 @@ def _delete(runtime: Runtime, info: _Marked) -> dict[str, int]:
             count = session.execute(delete(table).where(clause)).rowcount or 0
             if count:
                 removed[table.name] = count
-        marks = session.execute(
-            delete(MetricAnomaly).where(
-                MetricAnomaly.tenant_id == info.tenant_id,
-                MetricAnomaly.metric.startswith(f"{info.source}.", autoescape=True),
-            )
-        ).rowcount
-        if marks:
-            removed[MetricAnomaly.__tablename__] = marks
+        if not _other_of_source(session, info):
+            marks = session.execute(
+                delete(MetricAnomaly).where(
+                    MetricAnomaly.tenant_id == info.tenant_id,
+                    MetricAnomaly.metric.startswith(f"{info.source}.", autoescape=True),
+                )
+            ).rowcount
+            if marks:
+                removed[MetricAnomaly.__tablename__] = marks
         _forget_in_audit(session, info)
         staged = _remove_staging(runtime, ids)
         if staged:
-            removed["staging_files"] = staged
+            removed[STAGING_FILES] = staged
     return removed
+
+
+def _other_of_source(session, info: _Marked) -> bool:
+    """Whether another connection of the tenant (not being erased) feeds the same
+    source's metrics: its anomaly marks are then about figures that stay."""
+    other = session.scalar(
+        select(Connection.id).where(
+            Connection.tenant_id == info.tenant_id,
+            Connection.source == info.source,
+            Connection.id != info.id,
+            Connection.status != registry.ERASING,
+        )
+    )
+    return other is not None
 
 
 def _forget_in_audit(session, info: _Marked) -> None:
@@ -286,4 +386,13 @@ def _tenant_erasing(runtime: Runtime, tenant_id: str) -> bool:
         return _open_request(session, tenant_id) is not None
 
 
-__all__ = ["RemovalReport", "RevocationFailed", "check_removable", "remove_connection"]
+__all__ = [
+    "RemovalReport",
+    "RevocationFailed",
+    "Started",
+    "check_removable",
+    "finish_removal",
+    "removal_key",
+    "removal_started",
+    "remove_connection",
+]
