@@ -3,7 +3,9 @@
  * Served from /assets by the dashboard server itself. The dashboard's HTML lives in
  * Panel's shadow roots, so elements are looked up through them. Nothing here talks to
  * the server: the TV's pages rotate on the wall clock (every screen showing the same
- * dashboard turns its page together) and the clock is the viewer's local time.
+ * dashboard turns its page together) and the clock is the viewer's local time. When
+ * the page's connection to the server is lost (the server restarted), a banner says so
+ * while Bokeh reconnects, and says to reload if it gives up.
  */
 (function () {
   "use strict";
@@ -87,6 +89,48 @@
     findAll(document, ".wv-tip", []).forEach(function (t) { if (t !== box) t.remove(); });
   }
 
+  // -- the connection to the server: lost, back, or given up on ---------------------------
+
+  var LOST = "The connection to the dashboard was lost.";
+  var banner = null;
+
+  function say(text, reload) {
+    if (!banner) {
+      banner = document.createElement("div");
+      banner.className = "wv-connection";
+      banner.setAttribute("role", "alert");
+    }
+    banner.textContent = text;
+    if (reload) {
+      var button = document.createElement("button");
+      button.type = "button";
+      button.textContent = "Reload";
+      button.addEventListener("click", function () { location.reload(); });
+      banner.appendChild(document.createTextNode(" "));
+      banner.appendChild(button);
+    }
+    if (!banner.isConnected) document.body.appendChild(banner);
+  }
+
+  function watch(doc) {
+    // Bokeh tries again at once, then after 2, 4, 8 and 16 s (timeout null: no more tries);
+    // a reconnected page pulls a new session's document, so its figures and buttons work.
+    doc.on_event("connection_lost", function (_, event) {
+      if (event.timeout == null) say(LOST + " Reload the page.", true);
+      else say(LOST + " Reconnecting\u2026", false);
+    });
+    doc.on_event("client_reconnected", function () {
+      if (banner) banner.remove();
+    });
+  }
+
+  function whenLoaded(tries) {
+    var docs = window.Bokeh && window.Bokeh.documents;
+    if (docs && docs.length) docs.forEach(watch);
+    else if (tries > 0) window.setTimeout(function () { whenLoaded(tries - 1); }, 250);
+  }
+
+  whenLoaded(240);  // the document arrives over the socket after this script runs
   document.addEventListener("click", tip, true);
   if (/(^|[?&])tv=(1|true|yes)(&|$)/i.test(location.search.slice(1))) {
     window.setInterval(tv, 250);

@@ -17,6 +17,9 @@ from urllib.parse import urlsplit
 
 import jinja2
 import panel as pn
+from bokeh.application.handlers.handler import Handler
+from panel.io.resources import LOCAL_DIST, patch_model_css
+from panel.io.state import set_curdoc, state
 from tornado.web import Application
 
 from writevue_pipelines import links
@@ -144,6 +147,33 @@ def make_app(
     return dashboard
 
 
+class ReconnectingPage(Handler):
+    """Each session's page reconnects after its server restarted, with its own styles.
+
+    Runs after the app (a server's handlers run in order), so after Panel has set the
+    document's config (``reconnect_session`` off, as ``pn.config.reconnect`` is: that
+    switch would also keep every closed page's session alive 15-32 s, see ``tuning``).
+
+    - ``reconnect_session``: a page whose socket closed opens a new one with its signed
+      session token, Bokeh's 5 tries over ~30 s; the server (this process or a restarted
+      one) makes a new session from the token, the page pulls its document, and the
+      figures and period buttons work again. ``assets/screens.js`` shows a banner
+      meanwhile, and "Reload the page" if every try failed.
+    - Panel points its models' stylesheets at this server's copies only when it renders
+      the page (``server_html_page_for_session``). A session made by a websocket alone
+      (the reconnect) would keep the CDN's URLs, which the page's CSP refuses: Panel's
+      styles would be lost. On a page's session this changes nothing (the page patches
+      the same URLs the same way).
+    """
+
+    def modify_document(self, doc) -> None:
+        doc.config.reconnect_session = True
+        with set_curdoc(doc):
+            dist_url = f"{state.rel_path}/{LOCAL_DIST}" if state.rel_path else LOCAL_DIST
+        for root in doc.roots:
+            patch_model_css(root, dist_url=dist_url)
+
+
 def tornado_settings(
     frame_ancestors: str | None = None,
     extra_patterns: list | None = None,
@@ -266,6 +296,7 @@ def build_server(
     remove_module_import_route(app)
     for context in app.applications.values():
         context.application.add(LinkBinding(server.prefix))
+        context.application.add(ReconnectingPage())
     guard.install(app)
     TICKER.sweep = guard.sweep
     TICKER.start()
