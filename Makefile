@@ -7,25 +7,35 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.writevue-installed
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: demo test lint format venv chromium lock bench clean production-check soak
+.PHONY: demo test lint format venv chromium nginx lock bench clean production-check soak
 
 demo: $(STAMP)
 	$(VENV)/bin/writevue demo
 
-test: $(STAMP) chromium
+test: $(STAMP) chromium nginx
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The production layout in deploy/ started on this machine (its own PostgreSQL databases,
 # code server, webserver, one daemon, two dashboard processes, nginx with TLS) and checked
 # end to end, then stopped: about 2-3 minutes. CI runs it after the tests (.ci/run).
-production-check: $(STAMP)
+production-check: $(STAMP) nginx
 	$(PY) -m writevue_devtools.production_check
+
+# The production check (and the soak behind nginx) run Debian's nginx; install it where we can.
+NGINX := /usr/sbin/nginx
+nginx:
+	@if [ -x $(NGINX) ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing nginx for the production check (apt-get)"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null) \
+		|| echo "!! could not install nginx: the production check will fail"; \
+	else echo "!! nginx not found at $(NGINX): the production check will fail"; fi
 
 # The long forms of the reliability tests (pytest marker `soak`): kills of refreshes,
 # erasures and key rotations, fuzzing of every connector. WRITEVUE_SOAK_KILLS (50) kills
 # per scenario and database; WRITEVUE_SOAK_FUZZ_EXAMPLES (500) answers per connector.
 # The normal `make test` runs their short forms and skips these (tests/conftest.py).
-soak: $(STAMP)
+soak: $(STAMP) chromium nginx
 	$(PY) -m pytest -m soak -p no:cacheprovider -rs $(PYTEST_ARGS)
 
 lint: $(STAMP)
