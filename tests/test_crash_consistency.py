@@ -389,6 +389,7 @@ def test_a_killed_refresh_leaves_old_or_new_aggregates_and_the_rerun_completes(
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(3 * 3600)  # grows with WRITEVUE_SOAK_KILLS / examples
 @pytest.mark.parametrize("how", ["cli", "dagster"])
 def test_soak_refresh_killed_many_times(any_runtime, sandbox, tmp_path, how, record):
     _refresh_case(any_runtime, sandbox, tmp_path, how, SOAK_KILLS, record)
@@ -465,6 +466,7 @@ def test_a_killed_erasure_is_finished_and_verified_by_its_rerun(any_runtime, rec
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(3 * 3600)  # grows with WRITEVUE_SOAK_KILLS / examples
 def test_soak_erasure_killed_many_times(any_runtime, record):
     _erasure_case(any_runtime, SOAK_KILLS, record)
 
@@ -530,5 +532,6 @@ def test_a_killed_key_rotation_resumes_and_every_credential_decrypts(any_runtime
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(3 * 3600)  # grows with WRITEVUE_SOAK_KILLS / examples
 def test_soak_key_rotation_killed_many_times(any_runtime, sandbox, record):
     _rotation_case(any_runtime, sandbox.url, SOAK_KILLS, record)

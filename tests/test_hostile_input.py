@@ -484,6 +484,7 @@ def test_malformed_answers_end_in_success_or_a_source_error(runtime, provider, t
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(3 * 3600)  # grows with WRITEVUE_SOAK_KILLS / examples
 @pytest.mark.parametrize("connector", CONNECTORS, ids=lambda c: c.source)
 def test_soak_malformed_answers(runtime, provider, tmp_path, connector):
     _fuzz(runtime, provider, tmp_path, connector, SOAK_EXAMPLES)
@@ -548,5 +549,6 @@ def test_a_fuzzed_spec_is_valid_or_refused_by_a_message_naming_the_field():
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(3 * 3600)  # grows with WRITEVUE_SOAK_KILLS / examples
 def test_soak_fuzzed_specs():
     _spec_fuzz(SOAK_EXAMPLES * 8)
