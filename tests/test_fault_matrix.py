@@ -111,9 +111,11 @@ def test_every_fault_ends_in_retried_success_or_a_clean_failure_of_one_connectio
     runtime.close()
 
 
-def test_a_load_that_fails_in_a_batch_leaves_the_others_loaded(home, faulty_sandbox):
-    """A connection whose fetch succeeds but whose load is refused (it is being erased)
-    fails alone: its staged records go, nothing of it is written, the others load."""
+def test_a_connection_being_erased_in_a_batch_is_not_read_and_the_others_load(home, faulty_sandbox):
+    """A connection being erased (its grant about to be revoked) is not read at all, not
+    even by a run requested before the erasure began: no request, nothing staged, nothing
+    written; the batch's others load. (The load still refuses an erasing connection, for
+    an erasure that begins between a fetch and its load.)"""
     from writevue_pipelines.home import init_home
     from writevue_pipelines.models import Connection
     from writevue_pipelines.runtime import Runtime
@@ -133,8 +135,8 @@ def test_a_load_that_fails_in_a_batch_leaves_the_others_loaded(home, faulty_sand
     assert list(outcomes) == [erasing, kept]
     assert outcomes[kept].error is None and outcomes[kept].loaded.facts > 0
     failed = outcomes[erasing]
-    assert failed.fetched is not None and failed.fetched.records > 0  # the fetch worked
-    assert isinstance(failed.error, registry.ConnectionErased) and failed.loaded is None
+    assert failed.fetched is None and failed.loaded is None  # never read
+    assert isinstance(failed.error, refresh.NotRefreshed)
     assert not (runtime.settings.staging_dir / erasing).exists()
     with runtime.db.session() as session:
         assert warehouse.connection_fact_count(session, erasing) == 0

@@ -260,11 +260,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if passed is not None:
             return passed.handler(passed) or 0
         args = build_parser().parse_args(argv)
-        from .inputs import resolve_ids, staff_access  # inputs imports this module
+        from .inputs import has_id_prefixes, resolve_ids, staff_access  # imports this module
 
-        if args.audit_action and hasattr(args, "reason") and hasattr(args, "actor"):
+        audited = args.audit_action and hasattr(args, "reason") and hasattr(args, "actor")
+        if audited and has_id_prefixes(args):
             # Asked before an id prefix is looked up: its answer ("No tenant …", "2
             # tenants have ids beginning …") already tells something about the data.
+            # (Without a prefix the command asks itself, when it reveals something:
+            # `writevue refresh` of every tenant asks nothing.)
             staff_access(args)
         resolve_ids(args)  # id prefixes, as git takes them, become the ids they name
         status = args.handler(args)  # None, or an exit status (`writevue doctor`)

@@ -201,6 +201,16 @@ _FULL_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f
 _ID_PREFIX = re.compile(r"^[0-9a-fA-F][0-9a-fA-F-]*$")
 
 
+def has_id_prefixes(args) -> bool:
+    """Whether any id argument is a prefix that ``resolve_ids`` would look up."""
+    for dest in ID_ARGUMENTS:
+        value = getattr(args, dest, None)
+        values = value if isinstance(value, list) else [value]
+        if any(_is_prefix(v) for v in values):
+            return True
+    return False
+
+
 def resolve_ids(args) -> None:
     """Replace every id prefix among a command's parsed arguments by the full id it names.
 
