@@ -510,3 +510,35 @@ def test_a_second_demo_names_the_taken_port_and_the_option_before_touching_anyth
     assert f"port {ports[1]} (the Dagster UI) is already in use" in line
     assert "--ui-port" in line
     assert not home.exists()  # nothing touched
+
+
+def test_a_demo_signalled_twice_still_stops_every_child(tmp_path):
+    """`timeout make demo`, or Ctrl-C pressed twice: the second signal arrives while the
+    demo is stopping its children; none may be left running."""
+    from writevue_pipelines.processes import free_port
+
+    home = tmp_path / "home"
+    ports = [free_port() for _ in range(4)]
+    sandbox_port = ports[2]
+    log = tmp_path / "demo.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "writevue_pipelines.cli", "demo"),
+                *("--dashboard-port", str(ports[0]), "--ui-port", str(ports[1])),
+                *("--sandbox-port", str(sandbox_port), "--mail-port", str(ports[3])),
+            ],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env=_writevue_env(home),
+        )
+    _wait_for(f"http://127.0.0.1:{sandbox_port}/_sandbox/health", process)
+    deadline = time.monotonic() + 120
+    while b"Press Ctrl-C" not in log.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.5)  # everything started: the stop has children to stop
+
+    process.send_signal(signal.SIGTERM)
+    time.sleep(0.3)  # the demo is stopping its children now
+    _stops_on_sigterm(process)
+
+    assert not _demo_processes(home), "the demo left processes running"

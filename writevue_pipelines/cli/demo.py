@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -67,6 +68,11 @@ class Supervisor:
         return child
 
     def stop_all(self) -> None:
+        # A second Ctrl-C, or `timeout make demo` (which signals make and the demo both),
+        # must not cut the stop short and leave children running: each is stopped within
+        # its own bound (SIGKILL after it), so the stop ends whatever is pressed.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
         for child in reversed(self.children):
             child.stop()
 
