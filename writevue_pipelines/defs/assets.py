@@ -130,6 +130,28 @@ def advice(exc: BaseException, connection_id: str, auth_kind: str | None = None)
     return "an unexpected error: the run's log shows where it broke"
 
 
+def fetch_metadata(fetched: refresh.FetchSummary) -> dict[str, MetadataValue]:
+    """A connection's fetch materialisation: counts and timings only."""
+    return {
+        "records": MetadataValue.int(fetched.records),
+        "requests": MetadataValue.int(fetched.requests),
+        "source_latency_s": MetadataValue.float(fetched.latency_s),
+        "window_start": MetadataValue.text(fetched.window_start),
+    }
+
+
+def load_metadata(loaded: refresh.LoadSummary) -> dict[str, MetadataValue]:
+    """A connection's daily-metrics materialisation: counts and days only."""
+    return {
+        "facts": MetadataValue.int(loaded.facts),
+        "rows_written": MetadataValue.int(loaded.written),
+        "rows_removed": MetadataValue.int(loaded.removed),
+        "days_touched": MetadataValue.int(loaded.days),
+        "first_day": MetadataValue.text(loaded.first_day or ""),
+        "last_day": MetadataValue.text(loaded.last_day or ""),
+    }
+
+
 def pool_name(source: str) -> str:
     """The concurrency pool that keeps a provider's concurrent runs within its rate limit."""
     return f"{source}_api"
@@ -217,12 +239,7 @@ def build_source_assets(source: Source, *, batch: int | None = None) -> SourceAs
                 yield AssetMaterialization(
                     fetch_key,
                     partition=connection_id,
-                    metadata={
-                        "records": MetadataValue.int(fetched.records),
-                        "requests": MetadataValue.int(fetched.requests),
-                        "source_latency_s": MetadataValue.float(fetched.latency_s),
-                        "window_start": MetadataValue.text(fetched.window_start),
-                    },
+                    metadata=fetch_metadata(fetched),
                 )
             if loaded is None:  # then outcome.error says why
                 failures[connection_id] = outcome.error
@@ -230,14 +247,7 @@ def build_source_assets(source: Source, *, batch: int | None = None) -> SourceAs
             yield AssetMaterialization(
                 metrics_key,
                 partition=connection_id,
-                metadata={
-                    "facts": MetadataValue.int(loaded.facts),
-                    "rows_written": MetadataValue.int(loaded.written),
-                    "rows_removed": MetadataValue.int(loaded.removed),
-                    "days_touched": MetadataValue.int(loaded.days),
-                    "first_day": MetadataValue.text(loaded.first_day or ""),
-                    "last_day": MetadataValue.text(loaded.last_day or ""),
-                },
+                metadata=load_metadata(loaded),
             )
         for connection_id, exc in failures.items():
             _record_failure(context, writevue, connection_id, exc)

@@ -48,7 +48,6 @@ from dagster import (
     InputContext,
     IOManager,
     JobDefinition,
-    MetadataValue,
     OpExecutionContext,
     OutputContext,
     RunRequest,
@@ -72,6 +71,8 @@ from .assets import (
     SourceAssets,
     _failure_metadata,
     _record_failure,
+    fetch_metadata,
+    load_metadata,
     pool_name,
 )
 from .batches import SOURCE_TAG, TRIGGER_TAG, chunks
@@ -156,25 +157,13 @@ def _materializations(pair: SourceAssets, outcome: refresh.RefreshOutcome) -> It
         yield AssetMaterialization(
             pair.fetch_key,
             partition=outcome.connection_id,
-            metadata={
-                "records": MetadataValue.int(fetched.records),
-                "requests": MetadataValue.int(fetched.requests),
-                "source_latency_s": MetadataValue.float(fetched.latency_s),
-                "window_start": MetadataValue.text(fetched.window_start),
-            },
+            metadata=fetch_metadata(fetched),
         )
     if loaded is not None:
         yield AssetMaterialization(
             pair.daily_metrics_key,
             partition=outcome.connection_id,
-            metadata={
-                "facts": MetadataValue.int(loaded.facts),
-                "rows_written": MetadataValue.int(loaded.written),
-                "rows_removed": MetadataValue.int(loaded.removed),
-                "days_touched": MetadataValue.int(loaded.days),
-                "first_day": MetadataValue.text(loaded.first_day or ""),
-                "last_day": MetadataValue.text(loaded.last_day or ""),
-            },
+            metadata=load_metadata(loaded),
         )
 
 
