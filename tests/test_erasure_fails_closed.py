@@ -139,14 +139,14 @@ def test_a_file_the_verification_cannot_read_fails_it_and_is_named(runtime, sand
     stray = runtime.settings.home / "notes" / "handover.txt"
     stray.parent.mkdir()
     stray.write_text("nothing about anyone")
-    real_chunks = verification._chunks
+    real_count = verification._count_in_files
 
-    def unreadable(path):  # as an EIO or a permission error would
-        if path.name == "handover.txt":
-            raise PermissionError(13, "Permission denied")
-        return real_chunks(path)
+    def unreadable(paths, needles):  # as an EIO or a permission error would (we are root)
+        answers = real_count(paths, needles)
+        pairs = zip(paths, answers, strict=True)
+        return ["PermissionError" if p.name == "handover.txt" else a for p, a in pairs]
 
-    monkeypatch.setattr(verification, "_chunks", unreadable)
+    monkeypatch.setattr(verification, "_count_in_files", unreadable)
     report = run_erasure(runtime, made["tenant"])
     assert not report.ok
     assert report.verification.unchecked == ["file notes/handover.txt (PermissionError)"]
@@ -154,7 +154,7 @@ def test_a_file_the_verification_cannot_read_fails_it_and_is_named(runtime, sand
     request = _request(runtime)
     assert request.status == "failed" and request.verified is False
     # Once the file can be read, running the same request again proves the erasure.
-    monkeypatch.setattr(verification, "_chunks", real_chunks)
+    monkeypatch.setattr(verification, "_count_in_files", real_count)
     assert run_erasure(runtime, request.id).ok
     _assert_erased(runtime, made)
 

@@ -18,9 +18,12 @@ else of the tenant found there fails the verification.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from collections.abc import Iterable, Iterator
+import subprocess
+import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -205,32 +208,35 @@ def _table_hits(
     return kinds, rows, len(tables)
 
 
-def _chunks(path: Path) -> Iterator[bytes]:
-    """A file's bytes in chunks; OSError propagates (an unreadable file is not clean)."""
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            yield chunk
+_COUNTER = Path(__file__).with_name("rawcount.py")
 
 
-def _occurrences(path: Path, needles: list[bytes]) -> dict[bytes, int]:
-    """How often each needle occurs in a file, read in chunks that overlap.
+def _count_in_files(paths: list[Path], needles: list[bytes]) -> list[dict[bytes, int] | str]:
+    """Per path, how often each needle occurs in its raw bytes, or the name of the error
+    that stopped the read (the caller counts that file as unchecked).
 
-    Raises OSError when the file cannot be read: the caller counts it as unchecked.
-    """
-    counts = dict.fromkeys(needles, 0)
-    overlap = max((len(n) for n in needles), default=1) - 1
-    tail = b""
-    for chunk in _chunks(path):
-        window = tail + chunk
-        for needle in needles:
-            # count occurrences that end inside the new chunk only
-            start = 0
-            while (at := window.find(needle, start)) != -1:
-                if at + len(needle) > len(tail):
-                    counts[needle] += 1
-                start = at + 1
-        tail = window[-overlap:] if overlap else b""
-    return counts
+    Read by a child process (``rawcount``): closing a descriptor of a SQLite file in this
+    process would drop this process's SQLite locks on it. A child that fails leaves every
+    file unchecked (OSError)."""
+    if not paths:
+        return []
+    request = {"paths": [str(p) for p in paths], "needles": [n.hex() for n in needles]}
+    request["chunk"] = _CHUNK
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", str(_COUNTER)],
+        input=json.dumps(request).encode(),
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise OSError(f"the raw-byte reader exited with {done.returncode}")
+    answers = json.loads(done.stdout)
+    if len(answers) != len(paths):
+        raise OSError("the raw-byte reader answered for other files than asked")
+    return [
+        dict(zip(needles, answer, strict=True)) if isinstance(answer, list) else answer
+        for answer in answers
+    ]
 
 
 def database_files(runtime: Runtime) -> list[Path]:
@@ -294,31 +300,35 @@ def scan_files(
     extra_folders = [Path(f).resolve() for f in extra_folders]
     dagster_homes = [runtime.settings.dagster_home.resolve(), *extra_folders]
     result = FileScan()
+    candidates: list[tuple[Path, Path]] = []  # (root, path)
     for root in [*searched_folders(runtime), *extra_folders]:
         if not root.exists():
             continue
-        paths = _walk(runtime, root, result.unreadable)
-        for path in paths:
+        for path in _walk(runtime, root, result.unreadable):
             if path.is_symlink() or not path.is_file() or path.resolve() in skipped:
                 continue
-            result.scanned += 1
-            name = _shown(runtime, path)
-            relative = str(path.relative_to(root))
-            kinds = {kind for needle, kind in needles.items() if needle in relative}
-            try:
-                counts = _occurrences(path, list(encoded))
-            except OSError as exc:
-                result.unreadable.append(f"file {name} ({type(exc).__name__})")
-                continue
-            kinds |= {encoded[n] for n, count in counts.items() if count}
-            if not kinds:
-                continue
-            described = f"{name} ({', '.join(sorted(kinds))})"
-            if any(path.resolve().is_relative_to(d) for d in dagster_homes):
-                target = result.dagster_notes if kinds <= OPAQUE else result.dagster_found
-                target.append(described)
-            else:
-                result.hits.append(described)
+            candidates.append((root, path))
+    try:
+        answers = _count_in_files([path for _, path in candidates], list(encoded))
+    except OSError as exc:
+        answers = [str(exc)] * len(candidates)
+    for (root, path), counts in zip(candidates, answers, strict=True):
+        result.scanned += 1
+        name = _shown(runtime, path)
+        relative = str(path.relative_to(root))
+        kinds = {kind for needle, kind in needles.items() if needle in relative}
+        if isinstance(counts, str):
+            result.unreadable.append(f"file {name} ({counts})")
+            continue
+        kinds |= {encoded[n] for n, count in counts.items() if count}
+        if not kinds:
+            continue
+        described = f"{name} ({', '.join(sorted(kinds))})"
+        if any(path.resolve().is_relative_to(d) for d in dagster_homes):
+            target = result.dagster_notes if kinds <= OPAQUE else result.dagster_found
+            target.append(described)
+        else:
+            result.hits.append(described)
     return result
 
 
@@ -369,13 +379,21 @@ def scan_database_bytes(runtime: Runtime, ids: Identifiers) -> tuple[dict[str, i
     needles = {n.encode(): kind for n, kind in ids.needles().items()}
     totals = dict.fromkeys(needles, 0)
     scanned, unreadable = 0, []
-    for path in files:
+    try:
+        answers = _count_in_files(files, list(needles))
+    except OSError as exc:
+        answers = [str(exc)] * len(files)
+    for path, counts in zip(files, answers, strict=True):
+        if isinstance(counts, str):
+            unreadable.append(f"database file {path.name} ({counts})")
+            continue
         try:
             scanned += path.stat().st_size
-            for needle, count in _occurrences(path, list(needles)).items():
-                totals[needle] += count
         except OSError as exc:
             unreadable.append(f"database file {path.name} ({type(exc).__name__})")
+            continue
+        for needle, count in counts.items():
+            totals[needle] += count
     if ids.tenant_id:  # a connection's removal searches no tenant id
         totals[ids.tenant_id.encode()] -= _kept_occurrences(runtime.db.engine, ids.tenant_id)
     found: dict[str, int] = {}
