@@ -18,16 +18,25 @@ from .redaction import truncate_ip
 
 _CONNECT_PATH = re.compile(r"^/connect/([^/]*)(/.*)?$")
 _UNSUBSCRIBE_PATH = re.compile(r"^/unsubscribe/[^/]*(/.*)?$")
+#: a token elsewhere in a path than its place (a link pasted twice, its ``/d/`` mistyped):
+#: 32 or more URL-safe characters in a row (a token has 43); a UUID (a link's id, a
+#: brand's) is kept
+_TOKEN_RUN = re.compile(r"[A-Za-z0-9_-]{32,}")
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _access_log = logging.getLogger("tornado.access")
 #: a path is logged up to this long: a refused 8 KiB one must not make an 8 KiB log line
 LOGGED_PATH_MAX = 200
 
 
 def redacted_path(request: HTTPServerRequest) -> str:
-    """The path as logged: ``/d/<link:ID>…`` or ``/connect/<invite:ID>…``, never a token,
-    and never more than ``LOGGED_PATH_MAX`` characters."""
+    """The path as logged: ``/d/<link:ID>…`` or ``/connect/<invite:ID>…``, never a token
+    (wherever in the path it is), and never more than ``LOGGED_PATH_MAX`` characters."""
     path = _redacted_path(request)
     return path if len(path) <= LOGGED_PATH_MAX else path[: LOGGED_PATH_MAX - 1] + "…"
+
+
+def _without_tokens(path: str) -> str:
+    return _TOKEN_RUN.sub(lambda run: run[0] if _UUID.fullmatch(run[0]) else "<token>", path)
 
 
 def _redacted_path(request: HTTPServerRequest) -> str:
@@ -36,13 +45,14 @@ def _redacted_path(request: HTTPServerRequest) -> str:
         invite = _CONNECT_PATH.match(request.path)
         if invite:
             invite_id = getattr(request, "writevue_invite_id", None)
-            tail = invite.group(2) or ""
+            tail = _without_tokens(invite.group(2) or "")
             return "/connect/" + (f"<invite:{invite_id}>" if invite_id else "<invite>") + tail
         if _UNSUBSCRIBE_PATH.match(request.path):
             return "/unsubscribe/<token>"
-        return request.path
+        return _without_tokens(request.path)
     link_id = getattr(request, "writevue_link_id", None)
-    return GATE_PREFIX + (f"<link:{link_id}>" if link_id else "<invalid>") + (found.group(2) or "")
+    tail = _without_tokens(found.group(2) or "")
+    return GATE_PREFIX + (f"<link:{link_id}>" if link_id else "<invalid>") + tail
 
 
 def page_event(request: HTTPServerRequest, status: int) -> str | None:
