@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from secrets import token_hex
 
@@ -24,14 +28,42 @@ from writevue_pipelines.sources.auth import OAuthSpec
 from writevue_pipelines.sources.base import FetchRequest, FetchResult, Source
 from writevue_sandbox.oauth import SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET
 
-# Every secret the suite has seen; conftest fails the run if one reaches a log or an error.
+# Every secret the suite has seen; conftest fails the run if one reaches a log, an error,
+# a child's output or a database table.
 SECRETS: set[str] = set()
+#: secrets that are bytes, not text (the key ring's raw keys): searched in databases only
+SECRET_BYTES: set[bytes] = set()
+#: the shortest value worth searching for: anything shorter would match by chance
+MIN_SECRET_CHARS = 8
+
+
+#: values a test stores in plaintext on purpose, to prove that a check of the product
+#: finds them (``planted``): the database sweep leaves these out
+PLANTED: set[str] = set()
 
 
 def remember_secret(value: str) -> str:
-    """Add a secret a test made up itself; the session fails if it is ever logged."""
-    if value and len(value) >= 8:
+    """Add a secret a test made up itself; the session fails if it is ever logged.
+
+    A value of fewer than 4 distinct characters (a test's throwaway ``"x" * 9``) is not
+    worth searching for: it is found in any long run of the same character."""
+    if value and len(value) >= MIN_SECRET_CHARS and len(set(value)) >= 4:
         SECRETS.add(value)
+    return value
+
+
+def planted(value: str) -> str:
+    """A value (a tenant's email, say) a test writes in plaintext where the product must
+    find it (Dagster's run history, for erasure's verification); the database sweep does
+    not report it."""
+    PLANTED.add(value)
+    return value
+
+
+def remember_secret_bytes(value: bytes) -> bytes:
+    """Add raw secret bytes (a key); the session fails if a database holds them."""
+    if value and len(value) >= MIN_SECRET_CHARS:
+        SECRET_BYTES.add(value)
     return value
 
 
@@ -95,6 +127,422 @@ def describe_argv(argv) -> str:
     if words and words[0] == sys.executable:
         words[0] = "python"
     return " ".join(words)[:120]
+
+
+# -- every database the run made, searched for every secret ---------------------------------------
+
+#: the first bytes of every SQLite database file, whatever it is called
+SQLITE_HEADER = b"SQLite format 3\x00"
+#: the files beside a SQLite database that hold pages of it too
+SQLITE_SIDE_FILES = ("-wal", "-journal")
+#: a PostgreSQL database's tables, as ``dump_postgres`` writes them before it is dropped
+POSTGRES_DUMP_SUFFIX = ".pgdump"
+#: anchors checked per numpy pass (bounds the memory one pass takes)
+_CHUNK = 1 << 22
+
+
+def _patterns(secret: str | bytes) -> set[bytes]:
+    """The bytes a secret is searched as: itself (UTF-8), and as it is written escaped in
+    JSON (Dagster's event log, a JSON column) and in a URL's path or query."""
+    if isinstance(secret, bytes):
+        return {secret}
+    from urllib.parse import quote, quote_plus
+
+    texts = {
+        secret,
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        quote(secret, safe=""),
+        quote_plus(secret),
+    }
+    return {text.encode("utf-8", "surrogatepass") for text in texts}
+
+
+def _anchor_start(pattern: bytes, width: int) -> int:
+    """Where a pattern's ``width`` anchors start: the stretch of ``2 * width - 1`` bytes
+    with the most distinct bytes (the random part of a token, not its ``http://127.0.0.``),
+    so that ordinary data rarely matches an anchor and needs checking."""
+    span = 2 * width - 1
+    last = len(pattern) - span
+    starts = {*range(0, last, max(3, last // 16)), last}  # a few, for a long message
+    return max(starts, key=lambda start: (len(set(pattern[start : start + span])), start))
+
+
+class SecretMatcher:
+    """Which of any number of secrets occur in some bytes, in one numpy pass over them.
+
+    A pattern of ``n >= 2w - 1`` bytes that occurs at offset ``q`` covers exactly one
+    offset ``p`` that is a multiple of ``w`` within ``q + s .. q + s + w - 1`` (``s`` its
+    anchors' start), and the ``w`` bytes at ``p`` are one of its ``w`` anchors. So the
+    data is read as an array of ``w``-byte words (no copy); a hash of each word indexes a
+    table of bits set for the anchors, and only the few words whose bit is set (the
+    anchors, and one word in several hundred by chance) are checked in Python. Patterns
+    of 15 bytes or more use 8-byte words; shorter ones (8 to 14) 4-byte words.
+    """
+
+    _HASH_BITS = 22  # a 4 MB table: ~0.7 % of words pass by chance with 30,000 anchors
+    _MULTIPLIER = 0x9E3779B97F4A7C15  # Fibonacci hashing
+
+    def __init__(self, secrets: Iterable[str | bytes]):
+        import numpy as np
+
+        self._owner: dict[bytes, str | bytes] = {}
+        for secret in secrets:
+            for pattern in _patterns(secret):
+                if len(pattern) >= MIN_SECRET_CHARS:
+                    self._owner.setdefault(pattern, secret)
+        self._tables = []
+        for width, fits in ((8, lambda n: n >= 15), (4, lambda n: n < 15)):
+            anchors: dict[int, list[tuple[bytes, int]]] = {}
+            for pattern in self._owner:
+                if not fits(len(pattern)):
+                    continue
+                start = _anchor_start(pattern, width)
+                for offset in range(start, start + width):
+                    word = int.from_bytes(pattern[offset : offset + width], "little")
+                    anchors.setdefault(word, []).append((pattern, offset))
+            if anchors:
+                dtype = np.dtype(f"<u{width}")
+                bits = np.zeros(1 << self._HASH_BITS, dtype=bool)
+                bits[self._hash(np.array(list(anchors), dtype=dtype))] = True
+                self._tables.append((width, dtype, bits, anchors))
+
+    @classmethod
+    def _hash(cls, words):
+        import numpy as np
+
+        with np.errstate(over="ignore"):
+            mixed = np.multiply(words, np.uint64(cls._MULTIPLIER), dtype=np.uint64)
+        np.right_shift(mixed, np.uint64(64 - cls._HASH_BITS), out=mixed)
+        return mixed.view(np.int64)  # below 2**22: the same numbers, usable as indices
+
+    def __len__(self) -> int:
+        return len(self._owner)
+
+    def search(self, data: bytes, *, places: int = 1) -> dict[str | bytes, list[int]]:
+        """Every secret found in ``data``, with up to ``places`` offsets where it is."""
+        import numpy as np
+
+        found: dict[str | bytes, list[int]] = {}
+        for width, dtype, bits, anchors in self._tables:
+            count = len(data) // width
+            view = np.frombuffer(data, dtype=dtype, count=count)
+            for first in range(0, count, _CHUNK):
+                chunk = view[first : first + _CHUNK]
+                for hit in np.flatnonzero(bits[self._hash(chunk)]).tolist():
+                    for pattern, offset in anchors.get(int(chunk[hit]), ()):
+                        start = (first + hit) * width - offset
+                        if start >= 0 and data.startswith(pattern, start):
+                            where = found.setdefault(self._owner[pattern], [])
+                            if len(where) < places:
+                                where.append(start)
+        return found
+
+
+@dataclass
+class DatabaseSweep:
+    """What ``sweep_databases`` searched and found."""
+
+    sqlite_files: int = 0
+    postgres_databases: int = 0
+    tables: int = 0
+    rows: int = 0
+    bytes_searched: int = 0
+    secrets: int = 0
+    seconds: float = 0.0
+    #: databases or tables that could not be read as tables (their raw bytes still were)
+    unreadable: list[str] = field(default_factory=list)
+    #: one line per secret and place, as ``find_leaks`` writes them
+    leaks: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"{self.sqlite_files} SQLite files and {self.postgres_databases} PostgreSQL "
+            f"databases ({self.tables} tables, {self.rows} rows, "
+            f"{self.bytes_searched / 1e6:.1f} MB searched in {self.seconds:.1f} s)"
+        )
+
+
+def _leak_line(secret: str | bytes, where: str) -> str:
+    if isinstance(secret, bytes):
+        return f"{len(secret)} bytes of key material appeared in {where}"
+    return f"{secret[:4]}… ({len(secret)} chars) appeared in {where}"
+
+
+def _search_segments(
+    matcher: SecretMatcher, sweep: DatabaseSweep, segments: list[tuple[str, bytes]]
+) -> None:
+    """Search a database's columns (each its values joined by NUL) in one pass: one line
+    per secret and column it is in (up to 20 places per secret)."""
+    import bisect
+
+    data = b"\0".join(values for _, values in segments)
+    sweep.bytes_searched += len(data)
+    if not data:
+        return
+    starts, at = [], 0
+    for _, values in segments:
+        starts.append(at)
+        at += len(values) + 1
+    for secret, positions in matcher.search(data, places=20).items():
+        wheres = dict.fromkeys(segments[bisect.bisect_right(starts, p) - 1][0] for p in positions)
+        sweep.leaks += [_leak_line(secret, where) for where in wheres]
+
+
+def _search_raw(matcher: SecretMatcher, sweep: DatabaseSweep, where: str, data: bytes) -> None:
+    sweep.bytes_searched += len(data)
+    for secret in matcher.search(data):
+        sweep.leaks.append(_leak_line(secret, where))
+
+
+def _sqlite_tables(path: Path) -> tuple[sqlite3.Connection | None, str | None]:
+    """A read-only connection to a SQLite file (it sees what its WAL holds), or why not."""
+    for options in ("mode=ro", "immutable=1"):  # immutable: no -shm could be made
+        try:
+            con = sqlite3.connect(f"{path.as_uri()}?{options}", uri=True)
+            con.text_factory = bytes  # text as stored, even when it is not UTF-8
+            con.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
+            return con, None
+        except sqlite3.Error as exc:
+            error = f"{type(exc).__name__}: {exc}"
+    return None, error
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _sqlite_columns(con: sqlite3.Connection, name: str, sweep: DatabaseSweep):
+    """(table, row count, [(column, its values joined by NUL)]) for every table: SQLite
+    joins each column's values (text as its UTF-8 bytes, blobs as they are), all tables
+    in one query, or one query per table if that fails (naming the unreadable one)."""
+    tables: dict[str, list[str]] = {}
+    listing = """SELECT m.name, p.name FROM sqlite_master m, pragma_table_info(m.name) p
+                  WHERE m.type = 'table' ORDER BY m.name, p.cid"""
+    for table, column in con.execute(listing):
+        tables.setdefault(table.decode(), []).append(column.decode())
+
+    def query(table: str, columns: list[str], width: int = 0) -> str:
+        literal = "'" + table.replace("'", "''") + "'"
+        joined = "".join(f", group_concat(CAST({_quoted(c)} AS BLOB), x'00')" for c in columns)
+        padding = ", NULL" * (width - len(columns))
+        return f"SELECT {literal}, count(*){joined}{padding} FROM {_quoted(table)}"  # noqa: S608
+
+    def result(row) -> tuple:
+        table, rows, *values = row
+        table = table.decode()
+        columns = tables[table]
+        return table, rows, [(c, bytes(v)) for c, v in zip(columns, values, strict=False) if v]
+
+    try:  # one statement: as many columns as the widest table, NULL-padded
+        width = max((len(c) for c in tables.values()), default=0)
+        union = " UNION ALL ".join(query(t, c, width) for t, c in tables.items())
+        return [result(row) for row in con.execute(union).fetchall()] if union else []
+    except sqlite3.Error:
+        found = []
+        for table, columns in tables.items():
+            try:
+                found.append(result(con.execute(query(table, columns)).fetchone()))
+            except sqlite3.Error as exc:
+                sweep.unreadable.append(f"table {table} of SQLite database {name} ({exc})")
+        return found
+
+
+def _sweep_sqlite(matcher: SecretMatcher, sweep: DatabaseSweep, path: Path, name: str) -> None:
+    """One SQLite database: every table's every value, then its file's and its WAL's or
+    journal's raw bytes (a free page or an old WAL frame may still hold a deleted row)."""
+    sweep.sqlite_files += 1
+    segments: list[tuple[str, bytes]] = []
+    con, error = _sqlite_tables(path)
+    if con is None:
+        sweep.unreadable.append(f"SQLite database {name} ({error})")
+    else:
+        try:
+            for table, rows, columns in _sqlite_columns(con, name, sweep):
+                sweep.tables += 1
+                sweep.rows += rows
+                segments += [
+                    (f"table {table} (column {column}) of SQLite database {name}", values)
+                    for column, values in columns
+                ]
+        except sqlite3.Error as exc:
+            sweep.unreadable.append(f"SQLite database {name} ({exc})")
+        finally:
+            con.close()
+    _search_segments(matcher, sweep, segments)
+    for side in ("", *SQLITE_SIDE_FILES):
+        raw = path.with_name(path.name + side)
+        try:
+            data = raw.read_bytes()
+        except OSError:
+            continue
+        _search_raw(matcher, sweep, f"raw bytes of SQLite file {name}{side}", data)
+
+
+_CATALOG = """SELECT n.nspname, c.relname,
+       array_agg(a.attname::text ORDER BY a.attnum) FILTER (WHERE a.attnum > 0),
+       array_agg(a.atttypid = 'bytea'::regtype ORDER BY a.attnum) FILTER (WHERE a.attnum > 0)
+  FROM pg_class c
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+  LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+ WHERE c.relkind IN ('r', 'm')
+   AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
+ GROUP BY n.nspname, c.relname
+ ORDER BY n.nspname, c.relname"""
+
+
+def _table_query(schema: str, table: str, columns: list[tuple[str, bool]]):
+    """One row for one table: its name, its row count and each column's values joined by
+    NUL (text as the server writes it, in UTF-8; ``bytea`` as its bytes)."""
+    from psycopg import sql
+
+    separator = sql.SQL("'\\x00'::bytea")
+    values = [
+        sql.SQL("string_agg({}, {})").format(
+            sql.Identifier(name)
+            if raw
+            else sql.SQL("convert_to({}::text, 'UTF8')").format(sql.Identifier(name)),
+            separator,
+        )
+        for name, raw in columns
+    ]
+    return sql.SQL("SELECT {}::text, count(*), ARRAY[{}]::bytea[] FROM {}.{}").format(
+        sql.Literal(f"{schema}.{table}"),
+        sql.SQL(", ").join(values),
+        sql.Identifier(schema),
+        sql.Identifier(table),
+    )
+
+
+def dump_postgres(url: str, folder: Path) -> Path:
+    """Every table of every schema of one PostgreSQL database (Dagster's too, when its
+    storage is there), written to ``folder/<database>.pgdump`` for ``sweep_databases``.
+    The server joins each column's values; every table in one query (one per table if
+    that fails, so one unreadable table is named and the rest still dumped)."""
+    import psycopg
+    from psycopg import sql
+
+    database = url.rsplit("/", 1)[1].split("?", 1)[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{database}{POSTGRES_DUMP_SUFFIX}"
+    with psycopg.connect(url, autocommit=True) as conn, path.open("wb") as out:
+        tables = [
+            (schema, table, list(zip(names or [], raws or [], strict=True)))
+            for schema, table, names, raws in conn.execute(_CATALOG).fetchall()
+        ]
+        queries = [_table_query(*table) for table in tables]
+        results: list[tuple[dict, list[bytes]]] = []
+        try:
+            rows = conn.execute(sql.SQL(" UNION ALL ").join(queries)).fetchall() if queries else []
+            results = [
+                ({"table": name, "rows": count}, [bytes(v or b"") for v in values])
+                for name, count, values in rows
+            ]
+        except psycopg.Error:
+            for (schema, table, _), query in zip(tables, queries, strict=True):
+                try:
+                    name, count, values = conn.execute(query).fetchone()
+                    results.append(
+                        ({"table": name, "rows": count}, [bytes(v or b"") for v in values])
+                    )
+                except psycopg.Error as exc:
+                    error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                    results.append(({"table": f"{schema}.{table}", "error": error}, []))
+        names = {f"{schema}.{table}": columns for schema, table, columns in tables}
+        for header, blobs in results:
+            header["columns"] = [name for name, _ in names[header["table"]]] if blobs else []
+            header["sizes"] = [len(blob) for blob in blobs]
+            encoded = json.dumps(header).encode()
+            out.write(len(encoded).to_bytes(4, "big") + encoded)
+            for blob in blobs:
+                out.write(blob)
+    return path
+
+
+def _sweep_postgres_dump(matcher: SecretMatcher, sweep: DatabaseSweep, path: Path) -> None:
+    database = path.name.removesuffix(POSTGRES_DUMP_SUFFIX)
+    sweep.postgres_databases += 1
+    data = path.read_bytes()
+    segments: list[tuple[str, bytes]] = []
+    at = 0
+    while at < len(data):
+        size = int.from_bytes(data[at : at + 4], "big")
+        header = json.loads(data[at + 4 : at + 4 + size])
+        at += 4 + size
+        table = header["table"]
+        for name, length in zip(header.get("columns", []), header["sizes"], strict=True):
+            where = f"table {table} (column {name}) of PostgreSQL database {database}"
+            segments.append((where, data[at : at + length]))
+            at += length
+        if "error" in header:
+            sweep.unreadable.append(
+                f"table {table} of PostgreSQL database {database} ({header['error']})"
+            )
+            continue
+        sweep.tables += 1
+        sweep.rows += header.get("rows", 0)
+    _search_segments(matcher, sweep, segments)
+
+
+def _database_files(root: Path) -> tuple[list[Path], list[Path], list[Path]]:
+    """(SQLite databases found by their header, PostgreSQL dumps, WAL or journal files
+    whose database is gone) under ``root``. Only a file whose size is a whole number of
+    pages (512 bytes or a multiple) can be a database; only those are opened."""
+    sqlite, dumps, orphans = [], [], []
+    folders = [root]
+    while folders:
+        with os.scandir(folders.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append(Path(entry.path))
+                    continue
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                path, name = Path(entry.path), entry.name
+                if name.endswith(POSTGRES_DUMP_SUFFIX):
+                    dumps.append(path)
+                    continue
+                side = next((s for s in SQLITE_SIDE_FILES if name.endswith(s)), None)
+                if side is not None:
+                    if not path.with_name(name.removesuffix(side)).exists():
+                        orphans.append(path)
+                    continue
+                size = entry.stat(follow_symlinks=False).st_size
+                if size < 512 or size % 512:
+                    continue
+                try:
+                    with path.open("rb") as handle:
+                        if handle.read(len(SQLITE_HEADER)) == SQLITE_HEADER:
+                            sqlite.append(path)
+                except OSError:
+                    continue
+    return sorted(sqlite), sorted(dumps), sorted(orphans)
+
+
+def sweep_databases(root: Path, secrets: Iterable[str | bytes]) -> DatabaseSweep:
+    """Search every database under ``root`` for every secret: each SQLite file (found by
+    its header, whatever its name) table by table and as raw bytes with its WAL or
+    journal, and each PostgreSQL database ``dump_postgres`` wrote there.
+
+    A value is searched as stored: text as UTF-8, a blob as its bytes (a text secret is
+    looked for as UTF-8 bytes, so a blob holding it is found however the rest of the blob
+    decodes), each secret also as JSON and URL escapes write it."""
+    import time
+
+    started = time.monotonic()
+    matcher = SecretMatcher(secrets)
+    sweep = DatabaseSweep(secrets=len(matcher))
+    if root.exists():
+        sqlite, dumps, orphans = _database_files(root)
+        for path in sqlite:
+            _sweep_sqlite(matcher, sweep, path, str(path.relative_to(root)))
+        for path in dumps:
+            _sweep_postgres_dump(matcher, sweep, path)
+        for path in orphans:
+            name = str(path.relative_to(root))
+            _search_raw(matcher, sweep, f"raw bytes of SQLite file {name}", path.read_bytes())
+    sweep.seconds = time.monotonic() - started
+    return sweep
 
 
 def add_tenant(runtime: Runtime, name: str = "Acme Ltd", email: str = "ops@acme.test") -> str:

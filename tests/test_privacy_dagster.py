@@ -30,6 +30,7 @@ from support import (
     add_tenant,
     deploy_dagster_home,
     new_stripe_key,
+    planted,
     register_oauth_source,
     remember_secret,
 )
@@ -346,7 +347,11 @@ def test_on_postgres_the_dagster_run_history_is_searched_too(
 
         # A run tag that copied the client's email: found in Dagster's storage, not verified.
         other, _ = add_stripe_connection(
-            runtime, sandbox.url, new_stripe_key(), name="Other Co", email="leak@other.example"
+            runtime,
+            sandbox.url,
+            new_stripe_key(),
+            name="Other Co",
+            email=planted("leak@other.example"),  # copied into a run tag below, on purpose
         )
         instance.add_run_tags(run.run_id, {"note": "for leak@other.example"})
         request_erasure(runtime, other, "ops")
