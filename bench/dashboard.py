@@ -18,10 +18,8 @@ on SQLite and on PostgreSQL, then measures in one run:
 - time until the Bokeh document is idle with the charts drawn in headless Chromium,
   one viewer at a time, cold (new browser context; a tenant the server has not shown
   yet) and warm (the same page again), against the bare page, and the bytes each load
-  transferred, counted by a relay between the browser and each server: what crossed
-  the network (HTTP headers and bodies as sent, websocket frames compressed as sent;
-  what the browser's cache served is not transferred), and beside it what DevTools
-  shows (websocket messages decompressed);
+  transferred (HTTP bodies as sent, compressed, plus websocket frames received; what
+  the browser's cache served is not transferred);
 - the dashboard server's RSS growth after N sessions opened and closed.
 
 Prints a table; the last line is the machine-readable summary.
@@ -31,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
 import itertools
 import json
@@ -39,11 +36,9 @@ import os
 import re
 import statistics
 import sys
-import threading
 import time
 import uuid
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -82,20 +77,15 @@ def _p95(values: list[float]) -> float:
 # -- the servers under test -----------------------------------------------------------------
 
 
-def start_server(kind: str, env: dict[str, str], public: str | None = None) -> tuple[Child, str]:
-    """The dashboard (``writevue serve``) or a baseline on a free port: (child, base URL).
-
-    ``public``: another address the browser reaches it by (a ``WireCounter``'s), whose
-    pages' websockets it must accept too."""
+def start_server(kind: str, env: dict[str, str]) -> tuple[Child, str]:
+    """The dashboard (``writevue serve``) or a baseline on a free port: (child, base URL)."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     if kind == "dashboard":  # the production entry point, its logging included
         command = ["-m", "writevue_pipelines.cli", "serve", "--port", str(port)]
-        env = {**env, "WRITEVUE_DASHBOARD_URL": public or base}
+        env = {**env, "WRITEVUE_DASHBOARD_URL": base}
     else:
         command = ["-m", "bench.dashboard_baselines", kind, "--port", str(port)]
-        if public:
-            command += ["--origin", urlsplit(public).netloc]
     child = spawn_and_wait(
         f"the {kind} server",
         [sys.executable, *command],
@@ -109,8 +99,6 @@ def start_server(kind: str, env: dict[str, str], public: str | None = None) -> t
 # -- the protocol-level viewer ----------------------------------------------------------------
 
 _TOKEN = re.compile(r'"token":\s*"([^"]+)"')
-#: what a browser offers on a websocket: per-message deflate, the server's choice of level
-VIEWER_COMPRESSION: dict = {}
 
 
 async def view_once(client: httpx.AsyncClient, url: str) -> float:
@@ -123,12 +111,8 @@ async def view_once(client: httpx.AsyncClient, url: str) -> float:
     page.raise_for_status()
     token = _TOKEN.search(page.text).group(1)
     ws_url = url.replace("http", "ws", 1).split("?")[0] + "/ws"
-    request = HTTPRequest(ws_url, connect_timeout=600, request_timeout=600)
-    # Offering per-message deflate, as every browser does: a server that compresses its
-    # messages pays for it here too.
-    socket = await websocket_connect(
-        request, subprotocols=["bokeh", token], compression_options=VIEWER_COMPRESSION
-    )
+    request = HTTPRequest(ws_url, connect_timeout=120, request_timeout=120)
+    socket = await websocket_connect(request, subprotocols=["bokeh", token])
     # Browsers send without Nagle's delay (Chromium sets TCP_NODELAY on every socket);
     # without it, each multi-frame request here would wait ~40 ms for the server's ACK.
     socket.protocol.set_nodelay(True)
@@ -161,7 +145,7 @@ async def throughput(
     deadline = time.perf_counter() + seconds
     limits = httpx.Limits(max_connections=concurrency * 2)
     turn = itertools.count()
-    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
 
         async def viewer(n: int) -> None:
             while time.perf_counter() < deadline:
@@ -183,20 +167,15 @@ _IDLE = "() => window.Bokeh && Bokeh.documents.length > 0 && Bokeh.documents[0].
 
 @dataclass
 class Render:
-    """Median seconds until idle with charts drawn, and KB transferred (on the network,
-    and as DevTools shows them), cold and warm."""
+    """Median seconds until idle with charts drawn, and KB transferred, cold and warm."""
 
     cold_s: float
     warm_s: float
     cold_kb: float
     warm_kb: float
-    cold_decoded_kb: float = float("nan")
-    warm_decoded_kb: float = float("nan")
 
 
-def render_times(
-    pages: dict[str, list[str]], rounds: int, wires: dict[str, WireCounter]
-) -> dict[str, Render]:
+def render_times(pages: dict[str, list[str]], rounds: int) -> dict[str, Render]:
     """Per page: median (cold, warm) seconds until the document is idle and charts drawn,
     and the bytes each load transferred.
 
@@ -204,15 +183,12 @@ def render_times(
     (it warms the servers' code paths and their static files). Cold: a new browser
     context (empty browser cache) opening that round's URL; for the dashboard, a
     tenant the server has not shown yet, so its facts and page are not cached either.
-    Warm: the same URL again in the same context. Bytes: what each kind's server sent
-    through its ``wires`` relay, as on the network (compressed websocket frames
-    compressed); beside them what DevTools shows (websocket messages decompressed).
+    Warm: the same URL again in the same context.
     """
     from playwright.sync_api import sync_playwright
 
     results: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in pages}
     transferred: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in pages}
-    decoded: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in pages}
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
@@ -223,7 +199,6 @@ def render_times(
                     counter = ByteCounter(context.new_cdp_session(page))
                     for temperature in (0, 1):  # cold (empty cache), then warm
                         counter.bytes = 0
-                        wires[kind].reset()
                         started = time.perf_counter()
                         page.goto(urls[round_ % len(urls)])
                         page.wait_for_function(_IDLE, timeout=60_000)
@@ -232,8 +207,7 @@ def render_times(
                         if round_:
                             results[kind][temperature].append(time.perf_counter() - started)
                             page.wait_for_timeout(200)  # the last events' byte counts
-                            transferred[kind][temperature].append(wires[kind].received / 1024)
-                            decoded[kind][temperature].append(counter.bytes / 1024)
+                            transferred[kind][temperature].append(counter.bytes / 1024)
                     context.close()
         finally:
             browser.close()
@@ -243,81 +217,15 @@ def render_times(
             statistics.median(results[k][1]),
             statistics.median(transferred[k][0]),
             statistics.median(transferred[k][1]),
-            statistics.median(decoded[k][0]),
-            statistics.median(decoded[k][1]),
         )
         for k in pages
     }
 
 
-class WireCounter:
-    """A TCP relay in front of a server, counting the bytes the server sends through it:
-    what a browser downloads as it crosses the network (HTTP headers and bodies as sent,
-    websocket frames as sent, compressed when both ends agreed to deflate; nothing for
-    what the browser's cache served). Runs its own event loop in a thread."""
-
-    def __init__(self, port: int | None = None):
-        self.port = port or free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.target: int | None = None
-        self.received = 0
-        self._loop = asyncio.new_event_loop()
-        self._server = None
-        started = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(started,), daemon=True)
-        self._thread.start()
-        started.wait(10)
-
-    def _run(self, started: threading.Event) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._server = self._loop.run_until_complete(
-            asyncio.start_server(self._relay, "127.0.0.1", self.port)
-        )
-        started.set()
-        self._loop.run_forever()
-
-    def reset(self) -> None:
-        self.received = 0
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            upstream_reader, upstream_writer = await asyncio.open_connection(
-                "127.0.0.1", self.target
-            )
-        except OSError:
-            writer.close()
-            return
-
-        async def pipe(source, sink, count: bool) -> None:
-            try:
-                while data := await source.read(65536):
-                    if count:
-                        self.received += len(data)
-                    sink.write(data)
-                    await sink.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                sink.close()
-
-        await asyncio.gather(
-            pipe(reader, upstream_writer, False), pipe(upstream_reader, writer, True)
-        )
-
-    def close(self) -> None:
-        def stop() -> None:
-            if self._server is not None:
-                self._server.close()
-            self._loop.stop()
-
-        self._loop.call_soon_threadsafe(stop)
-        self._thread.join(10)
-
-
 class ByteCounter:
-    """Bytes a page received as DevTools reports them: each HTTP response as sent
-    (headers and compressed body; nothing for what the cache served) and each websocket
-    message's payload, decompressed."""
+    """Bytes a page received over the network, from Chromium's DevTools protocol: each
+    HTTP response as sent (headers and compressed body; nothing for what the cache
+    served) and each websocket frame's payload."""
 
     def __init__(self, cdp):
         self.bytes = 0
@@ -508,28 +416,20 @@ def measure_uncached_views(
 
 
 def measure_renders(
-    dashboard_base: str, dashboard_wire: WireCounter, env: dict[str, str], links: Links, rounds: int
+    dashboard_base: str, env: dict[str, str], links: Links, rounds: int
 ) -> dict[str, Render]:
-    """Chromium loads of the dashboard (fresh tenants) against a bare page, served beside it,
-    each through a ``WireCounter`` (the browser loads the pages by the relays' addresses)."""
-    bare_wire = WireCounter()
-    try:
-        bare, bare_base = start_server("bare", env, public=bare_wire.base)
-        bare_wire.target = urlsplit(bare_base).port
-        dashboard_wire.target = urlsplit(dashboard_base).port
-        with bare:
-            bare_urls = [f"{bare_base}/d/{token}" for token in links.hot]
-            asyncio.run(throughput(bare_urls[:2], 1, 2.0))  # warm up, as in measure_views
-            return render_times(
-                {
-                    "bare": [f"{bare_wire.base}/d/{token}" for token in links.hot[:1]],
-                    "dashboard": [f"{dashboard_wire.base}/d/{token}" for token in links.fresh],
-                },
-                rounds,
-                {"bare": bare_wire, "dashboard": dashboard_wire},
-            )
-    finally:
-        bare_wire.close()
+    """Chromium loads of the dashboard (fresh tenants) against a bare page, served beside it."""
+    bare, bare_base = start_server("bare", env)
+    with bare:
+        bare_urls = [f"{bare_base}/d/{token}" for token in links.hot]
+        asyncio.run(throughput(bare_urls[:2], 1, 2.0))  # warm up, as in measure_views
+        return render_times(
+            {
+                "bare": bare_urls[:1],
+                "dashboard": [f"{dashboard_base}/d/{token}" for token in links.fresh],
+            },
+            rounds,
+        )
 
 
 @dataclass
@@ -547,18 +447,15 @@ def measure_servers(args, env: dict[str, str], links: Links, rows: Rows) -> Meas
         child, base = start_server(kind, env)
         with child:
             views[kind] = measure_views(child, base, kind, links.hot, args.seconds, rows)
-    wire = WireCounter()  # the browser's way in, for the renders below
-    child, base = start_server("dashboard", env, public=wire.base)
-    with child, contextlib.closing(wire):
+    child, base = start_server("dashboard", env)
+    with child:
         views["dashboard"] = measure_views(child, base, "dashboard", links.hot, args.seconds, rows)
         uncached = None
         if links.cold:
             uncached = measure_uncached_views(child, base, links.cold, args.seconds, rows)
         urls = [f"{base}/d/{token}" for token in links.hot]
         growth = rss_growth(child.process.pid, urls, args.sessions, rows, args.settle)
-        renders = None
-        if not args.no_browser:
-            renders = measure_renders(base, wire, env, links, args.rounds)
+        renders = None if args.no_browser else measure_renders(base, env, links, args.rounds)
     return Measured(views, growth, renders, uncached)
 
 
@@ -612,9 +509,7 @@ def add_ratios(measured: Measured, links: Links, rows: Rows) -> dict[str, float]
             rows.append(
                 (
                     f"{kind}: transferred, cold / warm (repeat view)",
-                    f"{r.cold_kb:.0f} KB / {r.warm_kb:.0f} KB on the network  "
-                    f"(DevTools, websocket decompressed: {r.cold_decoded_kb:.0f} KB / "
-                    f"{r.warm_decoded_kb:.0f} KB)",
+                    f"{r.cold_kb:.0f} KB / {r.warm_kb:.0f} KB",
                 )
             )
         rows.append(("dashboard: cold loads' tenants", fresh))
