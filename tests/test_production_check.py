@@ -198,7 +198,12 @@ def test_nginx_limits_each_address_under_a_token_and_nothing_else(tmp_path):
             assert set(burst[:400]) == {502}  # a TV wall or an office's burst passes
             assert burst[-1] == 429  # a flood does not
             for path in ("/connect/x", "/unsubscribe/x"):  # the same budget
-                assert client.get(f"{base}{path}").status_code == 429
+                # The bucket drains one request every 50 ms, so on a loaded machine a request
+                # or two may pass again; a budget of their own would let 400 through.
+                tries = []
+                while 429 not in tries and len(tries) < 100:
+                    tries.append(client.get(f"{base}{path}").status_code)
+                assert tries[-1] == 429, (path, len(tries))
             assert client.get(f"{base}/static/app.js").status_code == 502  # never counted
     finally:
         nginx.stop()
