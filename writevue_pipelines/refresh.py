@@ -8,11 +8,12 @@
    commit; the staged raw records are then deleted.
 
 Staged raw records never sit readable on disk: ``records.parquet`` holds the records'
-parquet bytes sealed with AES-256-GCM under a key made when this process starts and
-held only in its memory (``_RUN_KEY``). Fetch and load run in the same process (one
-Dagster step, one CLI command), so the run reads back what it staged; a run that dies
-in between leaves ciphertext whose key died with it, which nobody can read (the load
-of a later run refuses it: fetch again), and the retention sweep removes it.
+Arrow IPC stream (zstd; the file keeps its first name) sealed with AES-256-GCM under a
+key made when this process starts and held only in its memory (``_RUN_KEY``). Fetch
+and load run in the same process (one Dagster step, one CLI command), so the run reads
+back what it staged; a run that dies in between leaves ciphertext whose key died with
+it, which nobody can read (the load of a later run refuses it: fetch again), and the
+retention sweep removes it.
 """
 
 from __future__ import annotations
@@ -35,18 +36,19 @@ import httpx
 import polars as pl
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import select
 
 from . import registry, warehouse
 from .aggregates_only import AggregatesRefused, check_facts
 from .errors import CredentialRejected, SourceError, WriteVueError
-from .models import Connection
+from .models import Connection, SyncCursor
 from .registry import ConnectionInfo
 from .runtime import Runtime
 from .sources import FetchRequest, get_source
 from .sources.http import DEFAULT_MAX_IN_FLIGHT, open_client
 from .vault import VaultError
 
-RECORDS_FILE = "records.parquet"  # sealed parquet bytes (see the module docstring)
+RECORDS_FILE = "records.parquet"  # a sealed Arrow IPC stream (see the module docstring)
 POOL_SIZE = 2
 POOL_SHARDS = max(1, DEFAULT_MAX_IN_FLIGHT // POOL_SIZE)
 POOL_LIMITS = httpx.Limits(max_connections=POOL_SIZE, max_keepalive_connections=POOL_SIZE)
@@ -113,7 +115,9 @@ def write_staged_records(runtime: Runtime, connection_id: str, records: pl.DataF
     """Stage a connection's raw records: serialised in memory and sealed under this run's
     key before a byte reaches the disk."""
     buffer = io.BytesIO()
-    records.write_parquet(buffer)
+    # An Arrow IPC stream: written and read back in under half the CPU of parquet (or
+    # of the IPC file format), and as small with zstd.
+    records.write_ipc_stream(buffer, compression="zstd")
     sealed = _seal(connection_id, RECORDS_FILE, buffer.getbuffer().tobytes())
     _write_private(_staging_dir(runtime, connection_id) / RECORDS_FILE, sealed)
 
@@ -122,7 +126,7 @@ def read_staged_records(runtime: Runtime, connection_id: str) -> pl.DataFrame:
     """A connection's staged raw records, which only the run that staged them can read
     (a ``SourceError`` saying to fetch again otherwise)."""
     sealed = (_staging_dir(runtime, connection_id) / RECORDS_FILE).read_bytes()
-    return pl.read_parquet(io.BytesIO(_unseal(connection_id, RECORDS_FILE, sealed)))
+    return pl.read_ipc_stream(io.BytesIO(_unseal(connection_id, RECORDS_FILE, sealed)))
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -199,9 +203,12 @@ async def fetch_connections(
     """
     results: dict[str, FetchSummary | BaseException] = {}
     with runtime.db.session() as session:
+        # Each connection's row and cursors in one query per batch, not one per connection.
+        rows, cursors = _batch_rows(session, connection_ids)
+        loaded = {row.id for row in rows}
         work = []
         for connection_id in connection_ids:
-            connection = registry.get_connection(session, connection_id)
+            connection = registry.get_connection(session, connection_id)  # a row of `rows`
             if connection.status in registry.NOT_REFRESHED:
                 # A run requested before a pause or a removal: no request with a credential
                 # being revoked, no figures over the ones a paused connection shows.
@@ -218,9 +225,11 @@ async def fetch_connections(
                 if on_failed is not None:
                     on_failed(connection.id, exc)
                 continue
-            cursor = registry.get_cursor(
-                session, connection.id, get_source(connection.source).stream
-            )
+            stream = get_source(connection.source).stream
+            if connection.id in loaded:
+                cursor = cursors.get((connection.id, stream))
+            else:  # asked for by an id spelled otherwise than stored
+                cursor = registry.get_cursor(session, connection.id, stream)
             work.append((connection, secrets, cursor))
 
     async with _Clients(runtime) as clients:
@@ -242,6 +251,28 @@ async def fetch_connections(
 
         await asyncio.gather(*(one(index, *item) for index, item in enumerate(work)))
     return results
+
+
+def _batch_rows(session, connection_ids: list[str]) -> tuple[list, dict[tuple[str, str], str]]:
+    """The batch's connection rows, loaded into ``session`` (so ``registry.get_connection``
+    reads them from it; held by the list returned, as the session keeps them only while
+    referenced), and every cursor of theirs: ``(connection id, stream) -> value``."""
+    rows: list = []
+    cursors: dict[tuple[str, str], str] = {}
+    for start in range(0, len(connection_ids), _BATCH_QUERY_IDS):
+        ids = connection_ids[start : start + _BATCH_QUERY_IDS]
+        rows += session.scalars(select(Connection).where(Connection.id.in_(ids))).all()
+        found = session.execute(
+            select(SyncCursor.connection_id, SyncCursor.stream, SyncCursor.value).where(
+                SyncCursor.connection_id.in_(ids)
+            )
+        )
+        cursors.update(((connection, stream), value) for connection, stream, value in found)
+    return rows, cursors
+
+
+#: ids per query of ``_batch_rows`` (well under SQLite's limit on bound parameters)
+_BATCH_QUERY_IDS = 500
 
 
 class _Clients:

@@ -1,22 +1,29 @@
 """The one HTTP layer every connector uses: read-only, patient, bounded and discreet.
 
-Behaviour is added by wrapping httpx transports, so connectors only ever call
-``open_client`` and ``get_json``. From the outside in:
+Behaviour lives in one httpx transport (``GuardedTransport``) around httpx's own, so
+connectors only ever call ``open_client`` and ``get_json``. For each request, in order:
 
-- ``ReadOnlyTransport`` refuses any request but GET and HEAD before it leaves the
-  process, except an explicit allow-list of (method, host, path).
-- ``RetryTransport`` retries connect errors, timeouts, 429 and 5xx with exponential
-  backoff and full jitter, honouring ``Retry-After`` (seconds or an HTTP date), and
-  retries GitHub-style secondary rate limits (403/429 with ``Retry-After``, or a 403
-  whose body names a "secondary rate limit"). A write (an allow-listed POST) is only
-  retried when the provider cannot have acted on it: a failed connect or a 429.
-- ``ProviderTransport`` caps requests in flight per provider (one limit shared by every
-  client of that provider in the process) and reads ``x-ratelimit-remaining`` /
-  ``x-ratelimit-reset``: once a credential's budget is spent, its further requests wait
-  for the reset, up to ``RateLimitPolicy.max_pause_s``; a longer wait fails the request
-  with a ``SourceError`` instead of stalling a run for an hour.
-- ``get_json`` caps the response size and turns anything unusable into a
-  ``SourceError`` that names the connection, endpoint and status, never a secret.
+- the read-only guard refuses any request but GET and HEAD before it leaves the
+  process, except an explicit allow-list of (method, host, path);
+- retries: connect errors, timeouts, 429 and 5xx are retried with exponential backoff
+  and full jitter, honouring ``Retry-After`` (seconds or an HTTP date), and so are
+  GitHub-style secondary rate limits (403/429 with ``Retry-After``, or a 403 whose body
+  names a "secondary rate limit"). A write (an allow-listed POST) is only retried when
+  the provider cannot have acted on it: a failed connect or a 429;
+- each attempt first waits out its credential's rate-limit pause and then holds one of
+  the provider's in-flight slots (one limit shared by every client of that provider in
+  the process) until its answer has been read. ``x-ratelimit-remaining`` /
+  ``x-ratelimit-reset`` are read from every answer: once a credential's budget is
+  spent, its further requests wait for the reset, up to ``RateLimitPolicy.max_pause_s``;
+  a longer wait fails the request with a ``SourceError`` instead of stalling a run for
+  an hour;
+- each exchange (the request sent, its whole answer read) has a deadline,
+  ``EXCHANGE_DEADLINE_FACTOR`` times the read timeout by default: httpx's read timeout
+  bounds each wait for a chunk, so a provider dripping bytes just under it could
+  otherwise hold a refresh for ever.
+
+``get_json`` caps the response size and turns anything unusable into a ``SourceError``
+that names the connection, endpoint and status, never a secret.
 
 Nothing here puts a query string, header or response body into an exception text (API
 keys may travel as query parameters) and this module logs nothing; httpx's own request
@@ -33,6 +40,8 @@ import hashlib
 import http.cookiejar
 import json
 import random
+import re
+import select
 import ssl
 import threading
 import time
@@ -53,7 +62,15 @@ DEFAULT_LIMITS = httpx.Limits(max_connections=50, max_keepalive_connections=50)
 #: connection pool, so the shared limit only tightens when a provider asks for it
 DEFAULT_MAX_IN_FLIGHT = DEFAULT_LIMITS.max_connections or 50
 MAX_RESPONSE_BYTES = 20 * 1024 * 1024
+#: the longest one exchange may take, as a multiple of the read timeout (see the module
+#: docstring): 30 s reads give each exchange 120 s
+EXCHANGE_DEADLINE_FACTOR = 4
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+#: statuses that make the layer look at an answer before handing it back
+_RETRY_OR_403 = RETRY_STATUSES | {403}
+#: where an answer carries its exchange's deadline to the body's reader: (event loop time,
+#: seconds allowed), or (None, None) for none
+_DEADLINE = "writevue.deadline"
 USER_AGENT = "WriteVue/0.1 (read-only dashboard sync)"
 READ_METHODS = frozenset({"GET", "HEAD"})
 # A 403 body is only read to look for a secondary-rate-limit notice; it is small.
@@ -147,29 +164,6 @@ def redact_url(url: httpx.URL | str) -> str:
     return f"{parsed.scheme}://{parsed.host}{port}{parsed.path}"
 
 
-# -- read-only guard -----------------------------------------------------------------------
-
-
-class ReadOnlyTransport(httpx.AsyncBaseTransport):
-    def __init__(self, inner: httpx.AsyncBaseTransport, allow: Iterable[AllowedWrite] = ()):
-        self._inner = inner
-        self._allow = frozenset((a.method.upper(), a.host.lower(), a.path) for a in allow)
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        method = request.method.upper()
-        if method not in READ_METHODS:
-            key = (method, request.url.host.lower(), request.url.path)
-            if key not in self._allow:
-                raise WriteRefused(
-                    f"refused {method} {request.url.host}{request.url.path}: "
-                    "WriteVue only reads from sources"
-                )
-        return await self._inner.handle_async_request(request)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
 # -- per-provider concurrency and rate-limit state ---------------------------------------------
 
 
@@ -225,18 +219,6 @@ _pauses_lock = threading.Lock()
 _configured_limits: dict[str, int] = {}
 
 
-def in_flight_limit(provider: str) -> _InFlightLimit:
-    """The running loop's in-flight limit for a provider, at its configured size."""
-    size = _configured_limits.get(provider, DEFAULT_MAX_IN_FLIGHT)
-    per_loop = _limits.setdefault(asyncio.get_running_loop(), {})
-    limit = per_loop.get(provider)
-    if limit is None:
-        limit = per_loop[provider] = _InFlightLimit(size)
-    elif limit.limit != size:
-        limit.resize(size)
-    return limit
-
-
 def _credential_digest(request: httpx.Request) -> str:
     # Providers count rate limits per credential, so one tenant's spent budget must not
     # stall another's. Only a one-way digest of the header is kept, never the header.
@@ -259,105 +241,48 @@ def paused_for(bucket: tuple[str, str]) -> float:
         return max(0.0, _pauses.get(bucket, 0.0) - time.time())
 
 
-class ProviderTransport(httpx.AsyncBaseTransport):
-    """Waits out a credential's rate-limit pause, then holds a provider slot per request."""
+class GuardedTransport(httpx.AsyncBaseTransport):
+    """The read-only guard, retries, rate-limit pauses, the provider's in-flight limit and
+    each exchange's deadline, around httpx's own transport (see the module docstring)."""
 
     def __init__(
         self,
         inner: httpx.AsyncBaseTransport,
         *,
         provider: str,
-        rate_limit: RateLimitPolicy,
-        sleep: Callable[[float], Any],
+        allow: Iterable[AllowedWrite] = (),
+        retry: RetryPolicy | None = None,
+        rate_limit: RateLimitPolicy | None = None,
+        deadline_s: float | None = None,
     ):
         self._inner = inner
         self.provider = provider
-        self.rate_limit = rate_limit
-        self._sleep = sleep
+        self._allow = frozenset((a.method.upper(), a.host.lower(), a.path) for a in allow)
+        self.policy = retry or RetryPolicy()
+        self.rate_limit = rate_limit or RateLimitPolicy()
+        self.deadline_s = deadline_s
+        # the running loop's limits, looked up once per loop rather than per request
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_limits: dict[str, _InFlightLimit] = {}
 
     def bucket(self, request: httpx.Request) -> tuple[str, str]:
         return (self.provider, _credential_digest(request))
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        bucket = self.bucket(request)
-        wait = paused_for(bucket)
-        if wait > 0:
-            if wait > self.rate_limit.max_pause_s:
-                raise RateLimited(
-                    f"{request.url.host} rate limit is spent for another {wait:.0f} s, longer "
-                    f"than the {self.rate_limit.max_pause_s:.0f} s WriteVue waits",
-                    wait_s=wait,
+        method = request.method.upper()
+        is_read = method in READ_METHODS
+        if not is_read:
+            url = request.url
+            if (method, url.host.lower(), url.path) not in self._allow:
+                raise WriteRefused(
+                    f"refused {method} {url.host}{url.path}: WriteVue only reads from sources"
                 )
-            # One sleep, not a loop: a later signal that extends the pause is seen by the
-            # provider answering 429 again, which the retry layer handles.
-            await self._sleep(wait)
-        limit = in_flight_limit(self.provider)
-        await limit.acquire()
-        try:
-            response = await self._inner.handle_async_request(request)
-        except BaseException:
-            limit.release()
-            raise
-        self._observe(bucket, response)
-        # The slot is held until the body has been read, so the cap counts whole exchanges.
-        response.stream = _ReleaseOnClose(response.stream, limit.release)
-        return response
-
-    def _observe(self, bucket: tuple[str, str], response: httpx.Response) -> None:
-        remaining = response.headers.get("x-ratelimit-remaining", "").strip()
-        if not remaining.lstrip("-").isdigit() or int(remaining) > self.rate_limit.reserve:
-            return
-        reset_at = rate_limit_reset_at(response.headers.get("x-ratelimit-reset"))
-        if reset_at is not None:
-            pause_until(bucket, reset_at)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
-class _ReleaseOnClose(httpx.AsyncByteStream):
-    def __init__(self, stream: Any, release: Callable[[], None]):
-        self._stream = stream
-        self._release: Callable[[], None] | None = release
-
-    async def __aiter__(self):
-        async for chunk in self._stream:
-            yield chunk
-
-    async def aclose(self) -> None:
-        try:
-            if hasattr(self._stream, "aclose"):
-                await self._stream.aclose()
-        finally:
-            release, self._release = self._release, None
-            if release is not None:
-                release()
-
-
-# -- retries -------------------------------------------------------------------------------
-
-
-class RetryTransport(httpx.AsyncBaseTransport):
-    def __init__(
-        self,
-        inner: httpx.AsyncBaseTransport,
-        policy: RetryPolicy | None = None,
-        *,
-        rate_limit: RateLimitPolicy | None = None,
-        provider: ProviderTransport | None = None,
-    ):
-        self._inner = inner
-        self.policy = policy or RetryPolicy()
-        self.rate_limit = rate_limit or RateLimitPolicy()
-        self._provider = provider
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         policy = self.policy
-        is_read = request.method.upper() in READ_METHODS
+        bucket = self.bucket(request)
         for attempt in range(policy.attempts):
             last = attempt == policy.attempts - 1
             try:
-                response = await self._inner.handle_async_request(request)
+                response = await self._exchange(request, bucket)
             except (httpx.ConnectError, httpx.ConnectTimeout):
                 # Nothing reached the provider, so even a write may be sent again.
                 if last:
@@ -370,7 +295,7 @@ class RetryTransport(httpx.AsyncBaseTransport):
                     raise
                 await policy.sleep(policy.backoff(attempt))
                 continue
-            if response.status_code not in (*RETRY_STATUSES, 403):
+            if response.status_code not in _RETRY_OR_403:
                 return response
             response, server_wait = await self._server_wait(request, response)
             if server_wait is None or last or (not is_read and response.status_code != 429):
@@ -387,20 +312,81 @@ class RetryTransport(httpx.AsyncBaseTransport):
                     wait_s=wait,
                     status=response.status_code,
                 )
-            if self._provider is not None:
-                # Every request of this credential waits, not just this one.
-                pause_until(self._provider.bucket(request), time.time() + wait)
-            else:
-                await policy.sleep(wait)
+            # Every request of this credential waits, not just this one.
+            pause_until(bucket, time.time() + wait)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _exchange(self, request: httpx.Request, bucket: tuple[str, str]) -> httpx.Response:
+        """One attempt: wait out the credential's pause, take a provider slot (held until
+        the answer's body is closed), send within the exchange's deadline."""
+        if _pauses:  # no lock needed to see that nobody is paused at all
+            wait = paused_for(bucket)
+            if wait > 0:
+                if wait > self.rate_limit.max_pause_s:
+                    raise RateLimited(
+                        f"{request.url.host} rate limit is spent for another {wait:.0f} s, "
+                        f"longer than the {self.rate_limit.max_pause_s:.0f} s WriteVue waits",
+                        wait_s=wait,
+                    )
+                # One sleep, not a loop: a later signal that extends the pause is seen by
+                # the provider answering 429 again, which the retries handle.
+                await self.policy.sleep(wait)
+        limit = self._limit()
+        await limit.acquire()
+        try:
+            if self.deadline_s is None:
+                deadline = None
+                response = await self._inner.handle_async_request(request)
+            else:
+                deadline = asyncio.get_running_loop().time() + self.deadline_s
+                within = asyncio.timeout_at(deadline)
+                try:
+                    async with within:
+                        response = await self._inner.handle_async_request(request)
+                except TimeoutError:
+                    if not within.expired():
+                        raise
+                    # Retried like any other timeout; the message names no URL.
+                    raise httpx.ReadTimeout(
+                        f"no answer within the {self.deadline_s:g} s deadline", request=request
+                    ) from None
+        except BaseException:
+            limit.release()
+            raise
+        self._observe(bucket, response)
+        response.extensions[_DEADLINE] = (deadline, self.deadline_s)
+        # The slot is held until the body has been read, so the cap counts whole exchanges.
+        response.stream = _ReleaseOnClose(response.stream, limit.release)
+        return response
+
+    def _limit(self) -> _InFlightLimit:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._loop = loop
+            self._loop_limits = _limits.setdefault(loop, {})
+        size = _configured_limits.get(self.provider, DEFAULT_MAX_IN_FLIGHT)
+        limit = self._loop_limits.get(self.provider)
+        if limit is None:
+            limit = self._loop_limits[self.provider] = _InFlightLimit(size)
+        elif limit.limit != size:
+            limit.resize(size)
+        return limit
+
+    def _observe(self, bucket: tuple[str, str], response: httpx.Response) -> None:
+        remaining = response.headers.get("x-ratelimit-remaining", "").strip()
+        if not remaining.lstrip("-").isdigit() or int(remaining) > self.rate_limit.reserve:
+            return
+        reset_at = rate_limit_reset_at(response.headers.get("x-ratelimit-reset"))
+        if reset_at is not None:
+            pause_until(bucket, reset_at)
 
     async def _server_wait(
         self, request: httpx.Request, response: httpx.Response
     ) -> tuple[httpx.Response, float | None]:
         """(response, seconds the provider asks for): 0 means plain backoff, None no retry.
 
-        A spent primary budget (remaining 0) waits in ``ProviderTransport``, which has
-        already recorded the reset; this layer then only backs off briefly.
+        A spent primary budget (remaining 0) waits in ``_exchange``, which ``_observe``
+        has already told the reset; the retry then only backs off briefly.
         """
         status = response.status_code
         headers = response.headers
@@ -411,7 +397,19 @@ class RetryTransport(httpx.AsyncBaseTransport):
         if status == 403:
             if spent and headers.get("x-ratelimit-reset"):
                 return response, 0.0
-            response, body = await _peek(request, response)
+            # Its body is read within what is left of the exchange's deadline.
+            deadline, deadline_s = response.extensions.get(_DEADLINE, (None, None))
+            within = asyncio.timeout_at(deadline)
+            try:
+                async with within:
+                    response, body = await _peek(request, response)
+            except TimeoutError:
+                if not within.expired():
+                    raise
+                await response.aclose()
+                raise httpx.ReadTimeout(
+                    f"no answer within the {deadline_s:g} s deadline", request=request
+                ) from None
             if b"secondary rate limit" in body.lower():
                 return response, self.rate_limit.secondary_wait_s
             return response, None
@@ -419,6 +417,25 @@ class RetryTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+class _ReleaseOnClose(httpx.AsyncByteStream):
+    def __init__(self, stream: Any, release: Callable[[], None]):
+        self._stream = stream
+        self._release: Callable[[], None] | None = release
+
+    def __aiter__(self):
+        # The wrapped stream's own iterator: no extra step per chunk.
+        return self._stream.__aiter__()
+
+    async def aclose(self) -> None:
+        try:
+            if hasattr(self._stream, "aclose"):
+                await self._stream.aclose()
+        finally:
+            release, self._release = self._release, None
+            if release is not None:
+                release()
 
 
 async def _peek(request: httpx.Request, response: httpx.Response) -> tuple[httpx.Response, bytes]:
@@ -456,6 +473,97 @@ def shared_ssl_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
+class SocketStream:
+    """A connection as httpcore's own backend makes it, but which keeps its socket.
+
+    httpcore asks every pooled connection, before each request, whether its socket is
+    readable (an idle connection the provider closed is); anyio answers by rebuilding
+    a table of the socket's attributes with a ``getpeername`` call each time, which cost
+    more CPU than the rest of the request's bookkeeping. This asks the kernel the same
+    question about the socket it kept. Reading, writing and TLS are the wrapped stream's.
+    """
+
+    def __init__(self, stream: Any):
+        self._stream = stream
+        self._socket = stream.get_extra_info("socket")
+        # The wrapped stream's own methods, so a read or write costs no extra call.
+        self.read = stream.read  # type: ignore[method-assign]
+        self.write = stream.write  # type: ignore[method-assign]
+        self.aclose = stream.aclose  # type: ignore[method-assign]
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> SocketStream:
+        return SocketStream(await self._stream.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable":
+            return _socket_readable(self._socket)
+        return self._stream.get_extra_info(info)
+
+
+def _socket_readable(sock: Any) -> bool:
+    """Whether a read would not wait (data, or the end a closed connection gives), as
+    httpcore decides it; a socket that is gone reads as readable (at its end)."""
+    fileno = -1 if sock is None else sock.fileno()
+    if fileno < 0:
+        return True
+    poll = select.poll()
+    poll.register(fileno, select.POLLIN)
+    return bool(poll.poll(0))
+
+
+class SocketStreamBackend:
+    """httpcore's network backend (``backend``), its connections wrapped as
+    ``SocketStream``; httpcore's pools take any object with these methods."""
+
+    def __init__(self, backend: Any):
+        self._backend = backend
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> SocketStream:
+        stream = await self._backend.connect_tcp(
+            host,
+            port,
+            timeout=timeout,
+            local_address=local_address,
+            socket_options=socket_options,
+        )
+        return SocketStream(stream)
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Any = None
+    ) -> SocketStream:
+        stream = await self._backend.connect_unix_socket(
+            path, timeout=timeout, socket_options=socket_options
+        )
+        return SocketStream(stream)
+
+    async def sleep(self, seconds: float) -> None:
+        await self._backend.sleep(seconds)
+
+
+def _transport(limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
+    """httpx's transport, its connection pool on ``SocketStreamBackend``.
+
+    httpx takes no network backend, so the pool it made gets one wrapped around its own
+    (httpx and httpcore are pinned; ``tests/test_http_connections.py`` checks this holds).
+    """
+    transport = httpx.AsyncHTTPTransport(limits=limits, retries=0, verify=shared_ssl_context())
+    pool = transport._pool
+    pool._network_backend = SocketStreamBackend(pool._network_backend)
+    return transport
+
+
 class _NoCookies(http.cookiejar.CookieJar):
     """A cookie jar that keeps nothing.
 
@@ -470,6 +578,40 @@ class _NoCookies(http.cookiejar.CookieJar):
         return None
 
 
+class _Cookieless(httpx.Cookies):
+    """The client's cookies: the jar that keeps nothing, not even asked (httpx would build
+    a ``urllib`` request for every answer only for the jar to drop its cookies)."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+
+class SourceClient(httpx.AsyncClient):
+    """The async client ``open_client`` makes: an ``httpx.AsyncClient`` that keeps no cookie."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._cookies = _Cookieless(_NoCookies())
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._cookies
+
+    @cookies.setter
+    def cookies(self, cookies: Any) -> None:
+        return None  # nothing is kept, whatever is set
+
+
+def exchange_deadline_s(timeout: httpx.Timeout) -> float | None:
+    """The default deadline of one exchange for a client with this timeout (None: none)."""
+    if timeout.read is None:
+        return None
+    return timeout.read * EXCHANGE_DEADLINE_FACTOR
+
+
+_FROM_TIMEOUT: Any = object()
+
+
 def open_client(
     *,
     base_url: str,
@@ -481,15 +623,16 @@ def open_client(
     provider: str | None = None,
     max_in_flight: int | None = None,
     rate_limit: RateLimitPolicy | None = None,
+    deadline_s: float | None = _FROM_TIMEOUT,
 ) -> httpx.AsyncClient:
     """An async client for one provider; share it across a batch of connections.
 
     ``provider`` names the concurrency limit and rate-limit state this client shares
     with every other client of the same provider (default: the base URL's host and
     port); ``max_in_flight`` sets that limit (default ``DEFAULT_MAX_IN_FLIGHT``).
+    ``deadline_s`` bounds each exchange, request sent and answer read (default
+    ``exchange_deadline_s(timeout)``; None for no deadline).
     """
-    retry = retry or RetryPolicy()
-    rate_limit = rate_limit or RateLimitPolicy()
     if provider is None:
         parsed = httpx.URL(base_url)
         provider = f"{parsed.host}:{parsed.port}" if parsed.port else parsed.host
@@ -498,24 +641,45 @@ def open_client(
             raise ValueError("max_in_flight must be at least 1")
         # The last client to name a provider's limit sets it for every client of it.
         _configured_limits[provider] = max_in_flight
-    inner = httpx.AsyncHTTPTransport(limits=limits, retries=0, verify=shared_ssl_context())
-    gate = ProviderTransport(
+    if deadline_s is _FROM_TIMEOUT:
+        deadline_s = exchange_deadline_s(timeout)
+    inner = _transport(limits)
+    transport = GuardedTransport(
         inner,
         provider=provider,
+        allow=allow,
+        retry=retry,
         rate_limit=rate_limit,
-        sleep=retry.sleep,
+        deadline_s=deadline_s,
     )
-    transport = ReadOnlyTransport(
-        RetryTransport(gate, retry, rate_limit=rate_limit, provider=gate), allow
-    )
-    return httpx.AsyncClient(
+    return SourceClient(
         base_url=base_url,
         headers={"User-Agent": USER_AGENT, "Accept": "application/json", **(headers or {})},
         transport=transport,
         timeout=timeout,
         follow_redirects=False,
-        cookies=_NoCookies(),
     )
+
+
+#: a request path that is the same whether httpx or ``_request_url`` joins it to the base
+#: URL: unreserved characters only, one leading slash
+_PLAIN_PATH = re.compile(r"/(?:[A-Za-z0-9._~-]+/?)*")
+
+
+def _request_url(
+    client: httpx.AsyncClient, path: str, params: dict[str, Any] | None
+) -> tuple[httpx.URL | str, dict[str, Any] | None]:
+    """(url, params) to send: a plain path and its parameters joined to the client's base
+    URL in one parse, which is what httpx makes of them in three; anything else as given."""
+    if params is None or client.params or not _PLAIN_PATH.fullmatch(path):
+        return path, params
+    base = client.base_url
+    if not base.is_absolute_url:
+        return path, params
+    root = str(base)  # a base URL without a path prints without its "/"
+    if not root.endswith("/"):
+        root += "/"
+    return httpx.URL(root + path[1:], params=params), None
 
 
 def endpoint_of(path: str) -> str:
@@ -569,11 +733,16 @@ async def request_json(
     refuses it otherwise). ``error_for_status(status, document)`` lets a connector turn
     a provider's error document into its own sentence for statuses of 400 and above.
     """
-    endpoint = endpoint or endpoint_of(path)
+
+    # What errors name (path and host, never the query), worked out only for an error.
+    def named() -> str:
+        return endpoint or endpoint_of(path)
+
+    url, params = _request_url(client, path, params)
     try:
         async with client.stream(
             method,
-            path,
+            url,
             params=params,
             headers=headers,
             json=json_body,
@@ -583,79 +752,98 @@ async def request_json(
             if declared and declared.isdigit() and int(declared) > max_bytes:
                 raise SourceError.of_connection(
                     connection_id,
-                    f"{endpoint} answered {response.status_code} with {declared} bytes, "
+                    f"{named()} answered {response.status_code} with {declared} bytes, "
                     f"over the {max_bytes}-byte cap",
                     status=response.status_code,
                 )
+            # The rest of the exchange's deadline, set when the request was sent.
+            deadline, deadline_s = response.extensions.get(_DEADLINE, (None, None))
+            within = asyncio.timeout_at(deadline)
             body = bytearray()
-            async for chunk in response.aiter_bytes():
-                body.extend(chunk)
-                if len(body) > max_bytes:
-                    raise SourceError.of_connection(
-                        connection_id,
-                        f"{endpoint} sent more than {max_bytes} bytes",
-                        status=response.status_code,
-                    )
+            try:
+                async with within:
+                    async for chunk in response.aiter_bytes():
+                        body.extend(chunk)
+                        if len(body) > max_bytes:
+                            raise SourceError.of_connection(
+                                connection_id,
+                                f"{named()} sent more than {max_bytes} bytes",
+                                status=response.status_code,
+                            )
+            except TimeoutError:
+                if not within.expired():
+                    raise
+                # Not retried, like a read that timed out: the next refresh tries again.
+                raise SourceError.of_connection(
+                    connection_id,
+                    f"{named()} did not finish answering within {deadline_s:g} s",
+                    status=response.status_code,
+                ) from None
     except WriteRefused:
         raise
     except RateLimited as exc:
         raise SourceError.of_connection(
             connection_id,
-            f"{endpoint} is rate limited ({exc}); the next refresh carries on",
+            f"{named()} is rate limited ({exc}); the next refresh carries on",
             status=exc.status or 429,
         ) from None
     except SourceError as exc:
         if exc.connection_id is None:
             # Raised below this call (an auth flow, say) without naming the connection.
             raise type(exc).of_connection(
-                connection_id, f"{endpoint}: {exc}", status=exc.status
+                connection_id, f"{named()}: {exc}", status=exc.status
             ) from None
         raise
     except httpx.TimeoutException:
         raise SourceError.of_connection(
-            connection_id, f"{endpoint} timed out after retries"
+            connection_id, f"{named()} timed out after retries"
         ) from None
     except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, UnicodeError) as exc:
         # Only the type: httpx's messages may quote the URL with its query string.
         raise SourceError.of_connection(
-            connection_id, f"{endpoint} could not be reached ({type(exc).__name__})"
+            connection_id, f"{named()} could not be reached ({type(exc).__name__})"
         ) from None
     status = response.status_code
-    if status >= 400 and error_for_status is not None:
+    if status < 400:
         try:
-            document = json.loads(bytes(body))
+            return json.loads(body), response
+        # RecursionError: nesting deeper than the parser descends ("[[[[…"), which no API
+        # sends
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise SourceError.of_connection(
+                connection_id,
+                f"{named()} answered HTTP {status} with a body that is not JSON",
+                status=status,
+            ) from None
+    if error_for_status is not None:
+        try:
+            document = json.loads(body)
         except (ValueError, UnicodeDecodeError, RecursionError):
             document = None
         custom = error_for_status(status, document)
         if custom is not None:
             raise custom
-    spent = response.headers.get("x-ratelimit-remaining", "").strip() == "0"
     # A 403 that asked for a wait (a secondary rate limit, retried until given up) is
     # not a refused credential: the next refresh carries on without the client.
-    limited = spent or "Retry-After" in response.headers or b"rate limit" in bytes(body).lower()
-    if status == 429 or (status == 403 and limited):
+    if status == 429 or (status == 403 and _asked_to_wait(response, body)):
         raise SourceError.of_connection(
             connection_id,
-            f"{endpoint} is rate limited (HTTP {status}) after retries; "
-            "the next refresh carries on",
+            f"{named()} is rate limited (HTTP {status}) after retries; the next refresh carries on",
             status=status,
         )
     if status in (401, 403):
         raise CredentialRejected.of_connection(
             connection_id,
-            f"{endpoint} refused the credentials (HTTP {status}); reconnect the source",
+            f"{named()} refused the credentials (HTTP {status}); reconnect the source",
             status=status,
         )
-    if status >= 400:
-        raise SourceError.of_connection(
-            connection_id, f"{endpoint} answered HTTP {status}", status=status
-        )
-    try:
-        return json.loads(bytes(body)), response
-    # RecursionError: nesting deeper than the parser descends ("[[[[…"), which no API sends
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise SourceError.of_connection(
-            connection_id,
-            f"{endpoint} answered HTTP {status} with a body that is not JSON",
-            status=status,
-        ) from None
+    raise SourceError.of_connection(
+        connection_id, f"{named()} answered HTTP {status}", status=status
+    )
+
+
+def _asked_to_wait(response: httpx.Response, body: bytearray) -> bool:
+    """Whether an error answer says it is a rate limit: a spent budget, a ``Retry-After``
+    or the words in its body."""
+    spent = response.headers.get("x-ratelimit-remaining", "").strip() == "0"
+    return spent or "Retry-After" in response.headers or b"rate limit" in body.lower()
