@@ -93,6 +93,19 @@ def test_the_vectorised_screen_never_hides_an_anomalous_day(many, threshold):
                 assert verdict is not None and abs(verdict.score) >= threshold * (1 - 1e-6)
 
 
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_series())
+def test_whether_a_day_has_a_verdict_is_known_without_judging_it(one):
+    """``has_verdict`` (what a batch asks of an anomaly rule whose day its screen found
+    usual) says exactly when ``detect`` gives a verdict."""
+    values, spread = one
+    days = [START + dt.timedelta(days=i) for i in range(DAYS)]
+    by_day = dict(zip(days, values, strict=True))
+    for day in days[-15:]:
+        verdict = anomaly.detect(by_day, day, min_spread=spread)
+        assert anomaly.has_verdict(by_day, day) == (verdict is not None), day
+
+
 def test_the_screen_passes_on_few_days_of_steady_series():
     days = [START + dt.timedelta(days=i) for i in range(DAYS)]
     frame = pl.DataFrame(
@@ -159,9 +172,11 @@ def _facts(draw):
         )
     )
     rows = []
+    # now and then every metric every day: what a refresh usually leaves (``_grid``)
+    full = draw(st.booleans())
     for index, (_, dimension) in enumerate(metrics):
         for offset in range((last - first).days + 1):
-            if draw(st.booleans()):
+            if full or draw(st.booleans()):
                 value = draw(_value.filter(lambda v: v is not None))
                 rows.append((f"m{index}", dimension, first + dt.timedelta(days=offset), value))
     start = first - dt.timedelta(days=draw(st.integers(-3, 10)))
@@ -172,9 +187,10 @@ def _facts(draw):
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_facts())
-def test_series_merged_in_polars_equal_the_dashboards(found):
-    """``batch.merge`` (every tenant's one-connection, one-dimension series at once) gives
-    each day exactly the value ``figures.Figures.daily`` gives it."""
+def test_series_merged_in_numpy_equal_the_dashboards(found):
+    """``batch.gather`` (every tenant's one-connection, one-dimension series at once) gives
+    each day exactly the value ``figures.Figures.daily`` gives it, and hands every other
+    series' facts on as they are."""
     import math
     from types import SimpleNamespace
 
@@ -198,25 +214,98 @@ def test_series_merged_in_polars_equal_the_dashboards(found):
     )
     history = {tenant_id: {cid: start}}
     windows = {tenant_id: (first, last)}
-    series = batch.simple_series(facts, {tenant_id: tenant}, history)
-    merged = batch.merge(facts, series, windows, history)
     expected = figures.Figures(
         facts.drop("tenant_id"), {cid: "rest"}, metas, {cid: start}, first, last
     )
-    assert {s.ref for s in series} == set(expected.refs())
-    for index, one in enumerate(series):
-        mine = merged.days_of(index, first, last)
-        for dimension in (None, one.dimension):
-            theirs = list(expected.daily(one.ref, dimension, one.kind).values())
-            assert len(mine) == len(theirs)
-            for a, b in zip(mine, theirs, strict=True):
-                same = (a is None and b is None) or (
-                    a is not None
-                    and b is not None
-                    and (a == b or (math.isnan(a) and math.isnan(b)))
-                    and math.copysign(1, a) == math.copysign(1, b)
-                )
-                assert same, (one, a, b)
+    # as the driver gives them (a day as its ISO text), in the order of the facts' key (a
+    # grid when every day has every metric) and in another
+    driven = [(m, d, day.isoformat(), v) for m, d, day, v in rows]
+    for ordered in (sorted(driven, key=lambda r: (r[2], r[0], r[1])), driven):
+        fetched = [(tenant_id, cid, ordered)]
+        series, merged, rest = batch.gather(fetched, {tenant_id: tenant}, history, windows)
+        assert {s.ref for s in series} == set(expected.refs())
+        assert rest.height == 0  # one dimension per metric: all merged
+        for index, one in enumerate(series):
+            mine = merged.days_of(index, first, last)
+            for dimension in (None, one.dimension):
+                theirs = list(expected.daily(one.ref, dimension, one.kind).values())
+                assert len(mine) == len(theirs)
+                for a, b in zip(mine, theirs, strict=True):
+                    same = (a is None and b is None) or (
+                        a is not None
+                        and b is not None
+                        and (a == b or (math.isnan(a) and math.isnan(b)))
+                        and math.copysign(1, a) == math.copysign(1, b)
+                    )
+                    assert same, (one, a, b)
+
+
+def test_gather_hands_every_other_series_on_as_its_facts():
+    """A metric with two dimensions, or of a source with two connections holding data, is
+    not merged in numpy: its facts go on to ``Figures`` as they were read."""
+    from types import SimpleNamespace
+
+    from writevue_pipelines.notifications import batch, evaluate
+    from writevue_pipelines.sources.base import MetricMeta
+
+    day = START
+    shop = [SimpleNamespace(id="c-1", source="rest", last_refreshed_at=None)]
+    two = [SimpleNamespace(id=c, source="stripe", last_refreshed_at=None) for c in ("c-2", "c-3")]
+    metas = {"rest": {"m": MetricMeta("M", "counter", "up_good", "count")}}
+    tenants = {
+        "t-1": evaluate._Tenant("t-1", "en", "UTC", {}, None, [], shop, metas),
+        "t-2": evaluate._Tenant("t-2", "en", "UTC", {}, None, [], two, {}),
+    }
+    history = {"t-1": {"c-1": day}, "t-2": {"c-2": day, "c-3": day}}
+    windows = {"t-1": (day, day + dt.timedelta(days=2)), "t-2": (day, day)}
+    fetched = [
+        (
+            "t-1",
+            "c-1",
+            [
+                ("m", "", day.isoformat(), 1.0),
+                ("split", "usd", day.isoformat(), 2.0),
+                ("split", "eur", day.isoformat(), 3.0),
+                ("m", "", (day + dt.timedelta(days=2)).isoformat(), 4.0),
+            ],
+        ),
+        ("t-2", "c-2", [("charges", "", day.isoformat(), 5.0)]),
+        ("t-2", "c-3", [("charges", "", day.isoformat(), 6.0)]),
+    ]
+    series, merged, rest = batch.gather(fetched, tenants, history, windows)
+    assert [(s.tenant_id, s.ref, s.kind) for s in series] == [("t-1", "rest.m", "counter")]
+    assert merged.days_of(0, *windows["t-1"]) == [1.0, 0.0, 4.0]
+    assert sorted(rest.rows()) == sorted(
+        [
+            ("t-1", "c-1", "split", "usd", day, 2.0),
+            ("t-1", "c-1", "split", "eur", day, 3.0),
+            ("t-2", "c-2", "charges", "", day, 5.0),
+            ("t-2", "c-3", "charges", "", day, 6.0),
+        ]
+    )
+    assert rest.schema == pl.Schema(batch.FACT_SCHEMA)
+
+
+def test_rows_with_every_metric_every_day_are_read_as_a_grid():
+    """``_grid`` takes rows in the order of the facts' key as days of the same metrics only
+    when they are: a missing or an extra row, or a day out of order, is read row by row."""
+    from writevue_pipelines.notifications import batch
+
+    days = ["2026-01-05", "2026-01-06", "2026-01-07"]
+    keys = [("a", ""), ("b", "eur"), ("b", "usd")]
+    rows = [(m, d, day, 1.0) for day in days for m, d in keys]
+
+    def grid(found):
+        return batch._grid(*list(zip(*found, strict=True))[:3])
+
+    assert grid(rows) == (tuple(days), 3)
+    assert grid(rows[:-1]) is None  # the last day lacks a key
+    assert grid([*rows[:3], ("c", "", days[1], 1.0), *rows[3:]]) is None  # an extra key
+    assert grid(rows[3:6] + rows[:3] + rows[6:]) == ((days[1], days[0], days[2]), 3)
+    swapped = [rows[1], rows[0], *rows[2:]]
+    assert grid(swapped) is None  # the keys of a day in another order than the first's
+    two_days = [("a", "", days[0], 1.0), ("b", "", days[1], 1.0)]
+    assert grid(two_days) is None  # a day without the first day's key
 
 
 def test_a_batch_judges_and_renders_as_one_tenant_at_a_time_does(any_runtime, caplog):

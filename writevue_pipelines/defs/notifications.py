@@ -43,7 +43,6 @@ from dagster import (
     sensor,
 )
 
-from ..notifications import config, runner
 from .assets import SOURCE_ASSETS
 from .batches import SOURCE_TAG, TRIGGER_TAG, chunks
 from .resources import WriteVueResource
@@ -84,6 +83,10 @@ def _due(pairs: list[list[str]]) -> list[tuple[str, dt.datetime]]:
     retry_policy=RetryPolicy(max_retries=2, delay=30, backoff=Backoff.EXPONENTIAL),
 )
 def notify(context: OpExecutionContext, config: NotifyConfig, writevue: WriteVueResource):
+    # Imported here, not when the code location loads: every run's process loads the code
+    # location, and a refresh run never needs the notification modules.
+    from ..notifications import runner
+
     report = runner.run(
         writevue.runtime,
         tenant_ids=config.tenants,
@@ -189,6 +192,8 @@ def _request(
 def notifications_sensor(
     context: SensorEvaluationContext, writevue: WriteVueResource
 ) -> SensorResult | SkipReason:
+    from ..notifications import config, runner
+
     runtime = writevue.runtime
     state = json.loads(context.cursor) if context.cursor else {}
     after = state.get("after", {})

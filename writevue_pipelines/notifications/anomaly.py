@@ -97,6 +97,27 @@ def may_be_anomalous(
     return floor <= 0 or abs(value - median) > threshold * floor
 
 
+def has_verdict(
+    values: Mapping[dt.date, float | None],
+    day: dt.date,
+    *,
+    weeks: int = WEEKS,
+    min_points: int = MIN_POINTS,
+) -> bool:
+    """Whether ``detect`` gives ``day`` a verdict at all (it has a finite value and its
+    weekday at least ``min_points`` finite values in the ``weeks`` weeks before), without
+    judging it."""
+    value = values.get(day)
+    if value is None or not math.isfinite(value):
+        return False
+    found = 0
+    for back in range(1, weeks + 1):
+        earlier = values.get(day - dt.timedelta(days=7 * back))
+        if earlier is not None and math.isfinite(earlier):
+            found += 1
+    return found >= max(min_points, 1)
+
+
 #: the screen's margin: it passes on days this close to ``detect``'s limits too, so that
 #: no rounding of its own can hide a day ``detect`` flags
 _SCREEN_SLACK = 1e-9
@@ -232,25 +253,39 @@ def screen_array(
         pad = np.full((values.shape[0], span - block.shape[1]), np.nan)
         block = np.concatenate([block, pad], axis=1)
     block = np.where(np.isfinite(block), block, np.nan)
-    passed = (
-        np.concatenate(
-            [
-                _passed(
-                    block[row : row + 2000],
-                    min_spread[row : row + 2000],
-                    window,
-                    weeks,
-                    threshold,
-                    min_points,
-                )
-                for row in range(0, block.shape[0], 2000)
-            ]
-        )
-        if block.shape[0]
-        else np.zeros((0, span - window), dtype=bool)
+    min_spread = np.asarray(min_spread, dtype=np.float64)
+    # the whole method only for the series with a day that may stray: one beyond the
+    # smallest spread the method could use (its floors) of its weekday's median
+    candidates = np.flatnonzero(
+        _beyond_floor(block, min_spread, window, weeks, threshold, min_points).any(axis=1)
     )
+    passed = np.zeros((block.shape[0], span - window), dtype=bool)
+    for at in range(0, len(candidates), 2000):
+        rows = candidates[at : at + 2000]
+        passed[rows] = _passed(block[rows], min_spread[rows], window, weeks, threshold, min_points)
     rows, days = np.nonzero(passed)
     return rows.tolist(), [first + dt.timedelta(days=int(d)) for d in days]
+
+
+def _beyond_floor(values, min_spread, window: int, weeks: int, threshold: float, min_points: int):
+    """What ``_passed`` passes on, and more, for a fraction of its cost (the weekday's own
+    median only): (series, judged day) -> a finite value with enough history, at least
+    ``threshold`` times the spread's floors from the median (the spread is never less)."""
+    import numpy as np
+
+    span = values.shape[1]
+    at = np.arange(window, span)  # the judged days' columns
+    same = values[:, at[:, None] - 7 * np.arange(1, weeks + 1)[None, :]]  # (series, days, weeks)
+    median, count = _medians(same, weeks)
+    today = values[:, at]
+    with np.errstate(invalid="ignore"):
+        # (a floor of 0 passes every such day on: the method's spread may then be tiny)
+        floor = np.maximum(RELATIVE_FLOOR * np.abs(median), min_spread[:, None])
+        return (
+            np.isfinite(today)
+            & (count >= max(min_points, 1))
+            & (np.abs(today - median) >= threshold * floor * (1 - _SCREEN_SLACK))
+        )
 
 
 def detect(
@@ -311,6 +346,7 @@ __all__ = [
     "WEEKS",
     "Verdict",
     "detect",
+    "has_verdict",
     "may_be_anomalous",
     "screen",
     "screen_array",

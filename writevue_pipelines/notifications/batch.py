@@ -4,24 +4,32 @@ The per-tenant path (``evaluate``) reads a tenant's settings, facts, rules, scor
 and recipients and writes its rule states, unusual days and outbox in about eighteen
 statements, and builds its figures in Python, day by day: some 20 ms a tenant, a third
 of what refreshing the tenant costs. This module does the same work for a run's tenants
-together:
+together, in some 8 ms a tenant (``bench/notifications.py``):
 
 1. **Read** (no write lock): the tenants' settings, connections, goals, names, brands,
    message links, alert rules, due scorecards and active recipients, a few statements
-   for the whole batch; then their facts, one statement per connection, into one polars
-   frame.
-2. **Figures**: every series of a metric with one connection and one dimension (most of
-   them) is merged for all tenants at once in numpy, exactly as ``figures.Figures``
-   merges it (a test holds the two equal); the rest are merged by ``Figures`` itself.
-   Each tenant's figures are then the dashboard's ``Resolver`` over those values, so a
-   scorecard's figures and an alert's sentence are computed by the same code as before.
-3. **Unusual days**: ``anomaly.screen`` passes on, for every series of the batch at once,
-   the days that may be unusual; ``anomaly.detect`` judges only those (a property test
-   proves the screen never hides a day ``detect`` would flag).
+   for the whole batch, as rows (no ORM objects); then their facts, one statement per
+   connection straight from the driver on SQLite (reading them is a third of the
+   batch's time).
+2. **Figures** (``gather``): every series of a metric with one connection and one
+   dimension (most of them) is merged for all tenants at once in numpy, exactly as
+   ``figures.Figures`` merges it (a property test holds the two equal); a connection
+   whose rows hold the same metrics every day is read as a grid, without looking at its
+   rows one by one. The rest are merged by ``Figures`` itself. Each tenant's figures are
+   then the dashboard's ``Resolver`` over those values (the merged ones kept as lists,
+   a period's value a slice), so a scorecard's figures and an alert's sentence are
+   computed by the same code as before.
+3. **Unusual days**: ``anomaly.screen_array`` passes on, for every series of the batch at
+   once, the days that may be unusual; ``anomaly.detect`` judges only those (a property
+   test proves the screen never hides a day ``detect`` would flag), and an anomaly rule
+   whose day the screen found usual only asks whether it has a verdict at all.
 4. **Write** (one transaction, SQLite's write lock held only for it): the unusual days,
    the alert rules' episodes (their states read again under the lock, so two runs never
    fire one episode twice), the outbox (``delivery.enqueue_many``: contents, rendered
    when sent) and the scorecards' next sends, in bulk statements.
+
+Python's cycle collector is paused meanwhile (``_no_cycle_collection``): the batch's
+objects form no cycles, and each full collection would walk them all again.
 
 A tenant or scorecard whose evaluation fails here, or a batch whose writes fail, is
 handed to the per-tenant path, which names what fails (by id and exception kind) and
@@ -32,9 +40,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import gc
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import chain, repeat
 
 import polars as pl
 from sqlalchemy import bindparam, delete, func, insert, select, update
@@ -139,12 +150,12 @@ def _read(
     for chunk in _chunks(tenant_ids):
         tenant_settings.update(
             (row.tenant_id, row)
-            for row in session.scalars(
-                select(TenantSettings).where(TenantSettings.tenant_id.in_(chunk))
+            for row in session.execute(
+                select(TenantSettings.__table__).where(TenantSettings.tenant_id.in_(chunk))
             )
         )
-        for row in session.scalars(
-            select(Connection)
+        for row in session.execute(
+            select(Connection.__table__)
             .where(Connection.tenant_id.in_(chunk), Connection.status != "disabled")
             .order_by(Connection.created_at, Connection.id)
         ):
@@ -160,8 +171,8 @@ def _read(
             select(Tenant.id, Tenant.name_ct).where(Tenant.id.in_(chunk))
         ):
             names[tenant_id] = name_ct  # decrypted when a message needs it (``_Read.name``)
-        for rule in session.scalars(
-            select(AlertRule)
+        for rule in session.execute(
+            select(*_RULE_COLUMNS)
             .where(AlertRule.tenant_id.in_(chunk))
             .order_by(AlertRule.created_at, AlertRule.id)
         ):
@@ -182,7 +193,7 @@ def _read(
     for chunk in _chunks(card_ids):
         cards.update(
             (row.id, row)
-            for row in session.scalars(select(Scorecard).where(Scorecard.id.in_(chunk)))
+            for row in session.execute(select(Scorecard.__table__).where(Scorecard.id.in_(chunk)))
         )
     read = _Read(
         tenants=tenants,
@@ -217,6 +228,29 @@ def _brands(session: Session, tenant_ids: Sequence[str]) -> dict[str, BrandInfo]
     return {tenant_id: evaluate._brand(session, tenant_id) for tenant_id in branded}
 
 
+_RECIPIENT_COLUMNS = (
+    NotificationRecipient.id,
+    NotificationRecipient.tenant_id,
+    NotificationRecipient.scorecard_id,
+    NotificationRecipient.alert_id,
+    NotificationRecipient.channel,
+    NotificationRecipient.address_ct,
+    NotificationRecipient.address_sha256,
+)
+#: what the batch reads of an alert rule (in the order of their making)
+_RULE_COLUMNS = (
+    AlertRule.id,
+    AlertRule.tenant_id,
+    AlertRule.metric,
+    AlertRule.dimension,
+    AlertRule.condition,
+    AlertRule.threshold,
+    AlertRule.window_days,
+    AlertRule.state,
+    AlertRule.paused_at,
+)
+
+
 def _recipients(
     session: Session, keys, rules: dict[str, list[AlertRule]], cards: dict[str, Scorecard]
 ) -> dict[tuple[str, str], list[Target]]:
@@ -230,10 +264,11 @@ def _recipients(
         (NotificationRecipient.alert_id, alert_ids),
     ):
         for chunk in _chunks(ids):
-            rows += session.scalars(
-                select(NotificationRecipient).where(
-                    column.in_(chunk), NotificationRecipient.unsubscribed_at.is_(None)
-                )
+            # oldest first: every recipient of one scorecard or rule is in one chunk
+            rows += session.execute(
+                select(*_RECIPIENT_COLUMNS)
+                .where(column.in_(chunk), NotificationRecipient.unsubscribed_at.is_(None))
+                .order_by(NotificationRecipient.created_at, NotificationRecipient.id)
             )
     if not rows:
         return found
@@ -249,7 +284,6 @@ def _recipients(
                 ).where(NotificationSuppression.tenant_id.in_(chunk))
             )
         )
-    rows.sort(key=lambda row: (row.created_at, row.id))
     for row in rows:
         digest = row.address_sha256
         if digest is None:  # made before migration 0012: the address gives it
@@ -300,13 +334,13 @@ FACT_SCHEMA = {
 }
 
 
-def _facts(
+def _fetch(
     session: Session, read: _Read, windows: dict[str, tuple[dt.date, dt.date]]
-) -> pl.DataFrame:
-    """Every fact of the batch's tenants' connections within each tenant's window, one
+) -> Iterator[tuple[str, str, list[tuple]]]:
+    """(tenant, connection, its facts as (metric, dimension, day, value)) for every
+    connection with data of the batch's tenants, within each tenant's window: one
     statement per connection (a range of the facts' key); on SQLite straight from the
-    driver, which is most of what reading them costs."""
-    columns: dict[str, list] = {name: [] for name in FACT_SCHEMA}
+    driver (a day as its ISO text), which is most of what reading them costs."""
     sqlite = session.get_bind().dialect.name == "sqlite"
     raw = session.connection().connection.driver_connection if sqlite else None
     for tenant_id, (first, last) in windows.items():
@@ -315,35 +349,30 @@ def _facts(
                 continue  # no facts at all
             if raw is not None:
                 rows = raw.execute(
-                    "SELECT metric, dimension, day, value FROM facts WHERE tenant_id = ? "
-                    "AND connection_id = ? AND day >= ? AND day <= ?",
-                    (tenant_id, connection.id, first.isoformat(), last.isoformat()),
+                    _FACTS_SQL, (tenant_id, connection.id, first.isoformat(), last.isoformat())
                 ).fetchall()
             else:
-                rows = session.execute(
-                    select(Fact.metric, Fact.dimension, Fact.day, Fact.value).where(
-                        Fact.tenant_id == tenant_id,
-                        Fact.connection_id == connection.id,
-                        Fact.day >= first,
-                        Fact.day <= last,
+                rows = [
+                    tuple(row)
+                    for row in session.execute(
+                        select(Fact.metric, Fact.dimension, Fact.day, Fact.value)
+                        .where(
+                            Fact.tenant_id == tenant_id,
+                            Fact.connection_id == connection.id,
+                            Fact.day >= first,
+                            Fact.day <= last,
+                        )
+                        .order_by(Fact.day, Fact.metric, Fact.dimension)
                     )
-                ).all()
-            if not rows:
-                continue
-            metric, dimension, day, value = zip(*rows, strict=True)
-            columns["tenant_id"] += [tenant_id] * len(rows)
-            columns["connection_id"] += [connection.id] * len(rows)
-            columns["metric"] += metric
-            columns["dimension"] += dimension
-            columns["day"] += day
-            columns["value"] += value
-    schema = dict(FACT_SCHEMA)
-    if raw is not None:
-        schema["day"] = pl.String
-    frame = pl.DataFrame(columns, schema=schema)
-    if raw is not None:
-        frame = frame.with_columns(pl.col("day").str.to_date("%Y-%m-%d"))
-    return frame
+                ]
+            yield tenant_id, connection.id, rows
+
+
+#: in the order of the facts' key (what ``_grid`` reads; no sort: the key's own order)
+_FACTS_SQL = (
+    "SELECT metric, dimension, day, value FROM facts WHERE tenant_id = ? "
+    "AND connection_id = ? AND day >= ? AND day <= ? ORDER BY day, metric, dimension"
+)
 
 
 # -- figures -------------------------------------------------------------------------------
@@ -361,45 +390,6 @@ class Series:
     min_spread: float
 
 
-def simple_series(
-    facts: pl.DataFrame,
-    tenants: dict[str, evaluate._Tenant],
-    history: dict[str, dict[str, dt.date]],
-) -> list[Series]:
-    """The series ``merge`` computes: a metric whose source has one connection with data at
-    the tenant, and one dimension in the days read."""
-    if facts.height == 0:
-        return []
-    keys = (
-        facts.group_by("tenant_id", "connection_id", "metric")
-        .agg(pl.col("dimension").n_unique().alias("dims"), pl.col("dimension").first())
-        .filter(pl.col("dims") == 1)
-    )
-    found = []
-    for tenant_id, cid, metric, _, dimension in keys.iter_rows():
-        tenant = tenants[tenant_id]
-        source = next((c.source for c in tenant.connections if c.id == cid), None)
-        with_data = [
-            c for c in tenant.connections if c.source == source and c.id in history[tenant_id]
-        ]
-        if source is None or len(with_data) != 1:
-            continue
-        meta = tenant.metas.get(source, {}).get(metric)
-        kind = meta.kind if meta is not None else "counter"
-        unit = meta.unit if meta is not None else "count"
-        found.append(
-            Series(
-                tenant_id,
-                f"{source}.{metric}",
-                cid,
-                dimension,
-                kind,
-                evaluate._min_spread(unit),
-            )
-        )
-    return found
-
-
 @dataclass
 class Merged:
     """The merged series of a batch: ``values[series, day]`` from ``start`` (NaN where
@@ -411,47 +401,163 @@ class Merged:
 
     def days_of(self, index: int, first: dt.date, last: dt.date) -> list[float | None]:
         """Series ``index`` from ``first`` to ``last``, None on days without data."""
+        return self.rows_of([index], first, last)[0]
+
+    def rows_of(
+        self, indices: list[int], first: dt.date, last: dt.date
+    ) -> list[list[float | None]]:
+        """``days_of`` of several series at once."""
+        import numpy as np
+
         begin = (first - self.start).days
         end = begin + (last - first).days + 1
-        values = self.values[index, begin:end].tolist()
-        valid = self.valid[index, begin:end].tolist()
-        return [v if ok else None for v, ok in zip(values, valid, strict=True)]
+        values = self.values[indices, begin:end]
+        return np.where(self.valid[indices, begin:end], values, None).tolist()
 
 
-def merge(
-    facts: pl.DataFrame,
-    series: Sequence[Series],
-    windows: dict[str, tuple[dt.date, dt.date]],
+def gather(
+    fetched: Iterable[tuple[str, str, Sequence[tuple]]],
+    tenants: dict[str, evaluate._Tenant],
     history: dict[str, dict[str, dt.date]],
-) -> Merged:
-    """Each series' value on every day of its tenant's window, as ``figures.Figures.daily``
-    merges a metric of one connection and one dimension: a counter is 0 on a day without
-    a row from the connection's first day of data on, a ratio is no data then, and a gauge
-    keeps its last level (from the first day read); none before the first day of data."""
+    windows: dict[str, tuple[dt.date, dt.date]],
+) -> tuple[list[Series], Merged, pl.DataFrame]:
+    """The batch's facts (``fetched``: tenant, connection, its rows as (metric, dimension,
+    day, value)) as (simple series, their values merged, the facts of every other series).
+
+    A series is simple, and merged here for all tenants at once, when its metric has one
+    dimension in the connection's rows and its source one connection with data at the
+    tenant (most series); its values are merged exactly as ``figures.Figures.daily``
+    merges them (a property test holds the two equal). The rows of the other series are
+    returned as facts (``FACT_SCHEMA``), for ``Figures`` to merge as usual."""
+    import numpy as np
+
+    start = min((first for first, _ in windows.values()), default=dt.date(2000, 1, 1))
+    span = (max((last for _, last in windows.values()), default=start) - start).days + 1
+    day_at: dict = {}
+    for offset in range(span):
+        day = start + offset * DAY
+        day_at[day] = day_at[day.isoformat()] = offset
+    series: list[Series] = []
+    rows_of, at_of, value_of = [], [], []
+    rest: list[tuple] = []
+    sources: dict[str, dict[str, int]] = {}
+    for tenant_id, connection_id, rows in fetched:
+        if not rows:
+            continue
+        tenant = tenants[tenant_id]
+        counted = sources.get(tenant_id)
+        if counted is None:
+            counted = sources[tenant_id] = {}
+            for c in tenant.connections:
+                if c.id in history[tenant_id]:
+                    counted[c.source] = counted.get(c.source, 0) + 1
+        source = next((c.source for c in tenant.connections if c.id == connection_id), None)
+        metric, dimension, day, value = zip(*rows, strict=True)
+        grid = _grid(metric, dimension, day)
+        keys: dict[tuple[str, str], int] = {}
+        if grid is not None:
+            # every day the same keys: key k of day j is row j * width + k
+            days, width = grid
+            keys = {
+                key: k for k, key in enumerate(zip(metric[:width], dimension[:width], strict=True))
+            }
+            local = np.tile(np.arange(width, dtype=np.int64), len(days))
+            at = np.repeat(np.array([day_at[d] for d in days], dtype=np.int64), width)
+        else:
+            local = np.asarray(
+                [keys.setdefault(key, len(keys)) for key in zip(metric, dimension, strict=True)],
+                dtype=np.int64,
+            )
+            at = np.fromiter((day_at[d] for d in day), np.int64, len(day))
+        dimensions: dict[str, int] = {}
+        for name, _ in keys:
+            dimensions[name] = dimensions.get(name, 0) + 1
+        single = source is not None and counted.get(source) == 1
+        metas = tenant.metas.get(source, {}) if source is not None else {}
+        target = []
+        for name, one in keys:
+            if not single or dimensions[name] != 1:
+                target.append(-1)
+                continue
+            meta = metas.get(name)
+            target.append(len(series))
+            series.append(
+                Series(
+                    tenant_id,
+                    f"{source}.{name}",
+                    connection_id,
+                    one,
+                    meta.kind if meta is not None else "counter",
+                    evaluate._min_spread(meta.unit if meta is not None else "count"),
+                )
+            )
+        index = np.asarray(target, dtype=np.int64)[local]
+        values = np.fromiter(value, np.float64, len(value))
+        if min(target) >= 0:
+            rows_of.append(index)
+            at_of.append(at)
+            value_of.append(values)
+            continue
+        simple = index >= 0
+        rows_of.append(index[simple])
+        at_of.append(at[simple])
+        value_of.append(values[simple])
+        rest += [(tenant_id, connection_id, *rows[i]) for i in np.flatnonzero(~simple).tolist()]
+    merged = _merge(
+        series,
+        np.concatenate(rows_of) if rows_of else np.zeros(0, np.int64),
+        np.concatenate(at_of) if at_of else np.zeros(0, np.int64),
+        np.concatenate(value_of) if value_of else np.zeros(0),
+        start,
+        span,
+        history,
+    )
+    return series, merged, _rest(rest)
+
+
+def _grid(metric: tuple, dimension: tuple, day: tuple) -> tuple[tuple, int] | None:
+    """(the days, the keys a day) when a connection's rows (in the order of the facts' key:
+    day, metric, dimension) hold the same metrics and dimensions every day, as a refresh
+    usually leaves them; None otherwise. Whole columns compared at once: a block of rows
+    that are all one day and hold the first day's keys, in order, is that day's keys."""
+    width = day.count(day[0])  # the first day's rows, sorted, each key once
+    if len(day) % width:
+        return None
+    days = day[::width]
+    if (
+        metric != metric[:width] * len(days)
+        or dimension != dimension[:width] * len(days)
+        or day != tuple(chain.from_iterable(repeat(d, width) for d in days))
+    ):
+        return None
+    return days, width
+
+
+def _rest(rows: list[tuple]) -> pl.DataFrame:
+    """Facts (``FACT_SCHEMA``) from rows of (tenant, connection, metric, dimension, day,
+    value), a day a date or its ISO text."""
+    if rows and isinstance(rows[0][4], str):
+        schema = {**FACT_SCHEMA, "day": pl.String}
+        frame = pl.DataFrame(rows, schema=schema, orient="row")
+        return frame.with_columns(pl.col("day").str.to_date("%Y-%m-%d"))
+    return pl.DataFrame(rows, schema=FACT_SCHEMA, orient="row")
+
+
+def _merge(series: Sequence[Series], rows, at, found, start: dt.date, span: int, history) -> Merged:
+    """Each series' value on every day from ``start`` (``span`` days), from its facts
+    (``found[i]`` is series ``rows[i]`` on day ``start + at[i]``), as
+    ``figures.Figures.daily`` merges a metric of one connection and one dimension: a
+    counter is 0 on a day without a row from the connection's first day of data on, a
+    ratio is no data then, and a gauge keeps its last level (from the first day read);
+    none before the first day of data."""
     import numpy as np
 
     if not series:
         empty = np.zeros((0, 0))
         return Merged(dt.date(2000, 1, 1), empty, empty.astype(bool))
-    start = min(windows[s.tenant_id][0] for s in series)
-    end = max(windows[s.tenant_id][1] for s in series)
-    span = (end - start).days + 1
-    keys = pl.DataFrame(
-        {
-            "tenant_id": [s.tenant_id for s in series],
-            "connection_id": [s.connection_id for s in series],
-            "metric": [s.ref.split(".", 1)[1] for s in series],
-            "_row": range(len(series)),
-        },
-        schema_overrides={"_row": pl.Int64},
-    )
-    found = facts.join(keys, on=["tenant_id", "connection_id", "metric"]).select(
-        "_row", (pl.col("day") - pl.lit(start)).dt.total_days().alias("_at"), "value"
-    )
-    rows, at = found["_row"].to_numpy(), found["_at"].to_numpy()
     values = np.full((len(series), span), np.nan)
     present = np.zeros((len(series), span), dtype=bool)
-    values[rows, at] = found["value"].to_numpy()
+    values[rows, at] = found
     present[rows, at] = True
     column = np.arange(span)
     # from its connection's first day of data on (a gauge is carried from the first day read)
@@ -480,10 +586,85 @@ def prefilled_figures(
     """The tenant's ``Resolver`` as ``evaluate._Tenant._resolver`` builds it, with the
     series merged in numpy handed in (``daily``) and the rest from ``facts``."""
     sources = {c.id: c.source for c in tenant.connections}
-    found = figures.Figures.prefilled(
-        facts, sources, tenant.metas, history, window[0], window[1], daily
-    )
-    return figures.Resolver(found, figures.calculated_defs(tenant.template), tenant.polarity)
+    found = _Figures.listed(facts, sources, tenant.metas, history, window[0], window[1], daily)
+    resolver = _Resolver(found, figures.calculated_defs(tenant.template), tenant.polarity)
+    resolver._defined = {}
+    return resolver
+
+
+class _Figures(figures.Figures):
+    """``figures.Figures`` with the series merged in numpy kept as lists (one value a day
+    from ``first_day``): a period's value is a slice of the list, combined as ``Figures``
+    combines a window; the dict of days ``daily`` returns is built only when asked."""
+
+    @classmethod
+    def listed(cls, facts, sources, metas, history, first_day, last_day, daily) -> _Figures:
+        found = cls(facts, sources, metas, history, first_day, last_day)
+        found._lists = {}
+        found._covers = {}
+        for ref, (dimension, values) in daily.items():
+            found._raw[ref] = {dimension: {}}
+            found._lists[ref] = (dimension, values)
+        return found
+
+    def daily(self, ref: str, dimension: str | None, kind: str) -> figures.Values:
+        found = self._daily.get((ref, dimension))
+        if found is not None:
+            return found
+        listed = self._lists.get(ref)
+        if listed is None or dimension not in (None, listed[0]):
+            return super().daily(ref, dimension, kind)
+        found = dict(zip(self._days(), listed[1], strict=True))
+        self._daily[(ref, None)] = self._daily[(ref, listed[0])] = found
+        return found
+
+    def aggregate(
+        self, ref: str, dimension: str | None, kind: str, start: dt.date, end: dt.date
+    ) -> float | None:
+        listed = self._lists.get(ref)
+        if listed is None or dimension not in (None, listed[0]):
+            return super().aggregate(ref, dimension, kind, start, end)
+        values = listed[1]
+        begin = (start - self.first_day).days
+        stop = (end - self.first_day).days + 1
+        if 0 <= begin and stop <= len(values):
+            return figures.combine(kind, values[begin:stop])
+        # days outside the loaded ones have no data, as ``Figures.window`` reads them
+        inside = range(len(values))
+        return figures.combine(
+            kind, [values[i] if i in inside else None for i in range(begin, stop)]
+        )
+
+    def coverage(self, ref: str) -> dt.date | None:
+        if ref not in self._covers:
+            self._covers[ref] = super().coverage(ref)
+        return self._covers[ref]
+
+
+class _Resolver(figures.Resolver):
+    """``figures.Resolver`` that defines each ref once (a tenant's figures, alerts and
+    anomalies ask for the same few refs' definitions hundreds of times)."""
+
+    def define(self, ref: str) -> figures.MetricDef | None:
+        defined = self._defined
+        if ref in defined:
+            return defined[ref]
+        found = defined[ref] = super().define(ref)
+        return found
+
+    def series(self, ref: str, dimension: str | None, days: list[dt.date]) -> list[float | None]:
+        listed = self.figures._lists.get(ref)
+        definition = self.define(ref)
+        if (
+            listed is None
+            or dimension not in (None, listed[0])
+            or definition is None
+            or definition.formula is not None
+        ):
+            return super().series(ref, dimension, days)
+        values, first = listed[1], self.figures.first_day
+        inside = range(len(values))
+        return [values[at] if (at := (day - first).days) in inside else None for day in days]
 
 
 # -- the batch -----------------------------------------------------------------------------------
@@ -506,7 +687,7 @@ def evaluate_batch(
     days = runtime.settings.lookback_days + 1
     first_judged, last_judged = today - days * DAY, today - DAY
     try:
-        with runtime.db.session() as session:
+        with _no_cycle_collection(), runtime.db.session() as session:
             owners = {}
             for chunk in _chunks([card for card, _ in scorecards]):
                 owners.update(
@@ -521,7 +702,8 @@ def evaluate_batch(
                 session, read, judged, scorecards, owners, today, first_judged, last_judged
             )
         # the batch's writes, in one transaction
-        counts = _write(runtime, read, outcome, first_judged, last_judged)
+        with _no_cycle_collection():
+            counts = _write(runtime, read, outcome, first_judged, last_judged)
     except Exception as exc:
         _log.warning(
             "notifications: the batch of %d tenants is judged one at a time (%s)",
@@ -537,6 +719,21 @@ def evaluate_batch(
     report.held += outcome.held
     if failed_tenants or failed_cards:
         fallback(sorted(failed_tenants), [d for d in scorecards if d[0] in failed_cards])
+
+
+@contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    """Python's cycle collector paused: a batch makes a few million objects that all live
+    until it ends and form no cycles, and each full collection would walk all of them
+    (and every object the process imported) again, a tenth of the batch's time. Resumed
+    as it was; what the batch leaves is collected later as usual."""
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            gc.enable()
 
 
 def _windows(
@@ -594,19 +791,23 @@ def _compute(
             continue
         due.append((card_id, scheduled_for))
     windows = _windows(read, judged, due, today, (today - first_judged).days)
-    facts = _facts(session, read, windows)
-    series = simple_series(facts, read.tenants, read.history)
-    merged = merge(facts, series, windows, read.history)
+    series, merged, rest = gather(
+        _fetch(session, read, windows), read.tenants, read.history, windows
+    )
     # each series' values, by tenant: ref -> (dimension, values)
     prefilled: dict[str, dict[str, tuple[str, list]]] = {}
     by_ref: dict[tuple[str, str], int] = {}
+    of_tenant: dict[str, list[int]] = {}
     for index, found in enumerate(series):
-        first, last = windows[found.tenant_id]
-        prefilled.setdefault(found.tenant_id, {})[found.ref] = (
-            found.dimension,
-            merged.days_of(index, first, last),
-        )
+        of_tenant.setdefault(found.tenant_id, []).append(index)
         by_ref[(found.tenant_id, found.ref)] = index
+    for tenant_id, indices in of_tenant.items():
+        first, last = windows[tenant_id]
+        lists = merged.rows_of(indices, first, last)
+        prefilled[tenant_id] = {
+            series[index].ref: (series[index].dimension, values)
+            for index, values in zip(indices, lists, strict=True)
+        }
     flagged: dict[int, list[dt.date]] = {}
     if series:
         import numpy as np
@@ -620,20 +821,12 @@ def _compute(
         )
         for index, day in zip(rows, days, strict=True):
             flagged.setdefault(index, []).append(day)
+    screened = _Screened(series, by_ref, flagged, first_judged, last_judged)
     # the facts of every other series, merged by ``Figures`` itself
-    merged_keys = pl.DataFrame(
-        {
-            "tenant_id": [s.tenant_id for s in series],
-            "connection_id": [s.connection_id for s in series],
-            "metric": [s.ref.split(".", 1)[1] for s in series],
-        },
-        schema={"tenant_id": pl.String, "connection_id": pl.String, "metric": pl.String},
-    )
-    rest = facts.join(merged_keys, on=["tenant_id", "connection_id", "metric"], how="anti")
     rest_by_tenant = (
         rest.partition_by("tenant_id", as_dict=True, include_key=False) if rest.height else {}
     )
-    empty = facts.drop("tenant_id").clear()
+    empty = rest.drop("tenant_id").clear()
     cards_by_tenant: dict[str, list[tuple[str, dt.datetime]]] = {}
     for card_id, scheduled_for in due:
         cards_by_tenant.setdefault(read.cards[card_id].tenant_id, []).append(
@@ -660,7 +853,7 @@ def _compute(
                     last_judged,
                     today,
                 )
-                _alerts(read, tenant, resolver, today, outcome)
+                _alerts(read, tenant, resolver, today, outcome, screened)
         except Exception:  # the per-tenant path names it
             failed_tenants.add(tenant_id)
             failed_cards.update(card for card, _ in cards_by_tenant.get(tenant_id, []))
@@ -724,7 +917,13 @@ def _anomalies(
     batch's screen; any other series is screened here, day by day."""
     found: list[evaluate.Anomaly] = []
     history_start = evaluate._history_start(today, (today - first_judged).days)
-    keys = evaluate._judged(resolver, ((r.metric, r.dimension or "") for r in rules))
+    # a merged series the batch's screen passed no day of has nothing to judge
+    quiet = set()
+    for ref in resolver.figures.refs():
+        index = by_ref.get((tenant.id, ref))
+        if index is not None and not flagged.get(index):
+            quiet.update((ref, d) for d in ("", *resolver.figures.dimensions(ref)))
+    keys = evaluate._judged(resolver, ((r.metric, r.dimension or "") for r in rules), quiet)
     for ref, dimension in keys:
         definition = resolver.define(ref)
         through = tenant.complete_through(resolver, ref)
@@ -735,7 +934,8 @@ def _anomalies(
         one = resolver.figures.dimensions(ref) if index is not None else []
         if index is not None and dimension in ("", *one):
             days = flagged.get(index, [])
-            values = resolver.figures.daily(ref, None, definition.kind)
+            # the dict of days only for a series with days to judge (most have none)
+            values = resolver.figures.daily(ref, None, definition.kind) if days else {}
         else:
             needed = [d for d in resolver.figures.days() if d >= history_start]
             values = dict(zip(needed, resolver.series(ref, dimension or None, needed), strict=True))
@@ -772,19 +972,24 @@ def _alerts(
     resolver: figures.Resolver,
     today: dt.date,
     outcome: Outcome,
+    screened: _Screened | None = None,
 ) -> None:
     """Each unpaused rule's verdict on the last whole day (``evaluate.evaluate_alerts``);
-    its message when it holds (sent only if it starts an episode, decided under the lock)."""
+    its message when it holds (sent only if it starts an episode, decided under the lock).
+    An anomaly rule whose day the batch's screen found usual is not judged in full
+    (``screened``); the sentence is written only for a rule that holds."""
     day = today - DAY
     for rule in read.rules[tenant.id]:
         if rule.paused_at is not None:
             continue
-        verdict = evaluate._judge(tenant, resolver, rule, day)
+        usual = screened is not None and screened.usual(tenant.id, rule, day)
+        verdict = evaluate._judge(tenant, resolver, rule, day, say=False, usual=usual)
         if verdict is None:
             continue  # no data: the episode stays as it is
-        holds, value, sentence = verdict
+        holds, value, _ = verdict
         content = None
         if holds and rule.state != "firing":
+            _, _, sentence = evaluate._judge(tenant, resolver, rule, day)
             content = evaluate.build_alert(
                 tenant,
                 resolver,
@@ -796,6 +1001,33 @@ def _alerts(
                 brand=read.brands.get(tenant.id, BrandInfo()),
             )
         outcome.verdicts[rule.id] = (holds, value, content)
+
+
+@dataclass
+class _Screened:
+    """What the batch's screen (``anomaly.screen_array``, at the default threshold) found of
+    the merged series: the days each may be unusual on, of the days judged."""
+
+    series: Sequence[Series]
+    by_ref: dict[tuple[str, str], int]
+    flagged: dict[int, list[dt.date]]
+    first: dt.date
+    last: dt.date
+
+    def usual(self, tenant_id: str, rule: AlertRule, day: dt.date) -> bool:
+        """Whether an anomaly rule's day is proven usual: a daily rule at the default
+        threshold on a merged series, a day the screen judged and did not pass on."""
+        if (
+            rule.condition != "anomaly"
+            or (rule.window_days or 1) != 1
+            or (rule.threshold or anomaly.DEFAULT_THRESHOLD) != anomaly.DEFAULT_THRESHOLD
+            or not self.first <= day <= self.last
+        ):
+            return False
+        index = self.by_ref.get((tenant_id, rule.metric))
+        if index is None or (rule.dimension or "") not in ("", self.series[index].dimension):
+            return False
+        return day not in self.flagged.get(index, ())
 
 
 # -- writing ----------------------------------------------------------------------------------
@@ -937,7 +1169,6 @@ __all__ = [
     "Series",
     "Target",
     "evaluate_batch",
-    "merge",
+    "gather",
     "prefilled_figures",
-    "simple_series",
 ]

@@ -126,6 +126,10 @@ def _names(kind: type) -> tuple[str, ...]:
 
 
 def _fields(item) -> dict:
+    """The dataclass's fields by name, in order (its ``__dict__`` holds exactly them)."""
+    found = vars(item)
+    if len(found) == len(_names(type(item))):
+        return dict(found)
     return {name: getattr(item, name) for name in _names(type(item))}
 
 

@@ -25,9 +25,13 @@ and its outcome recorded in its own commit with an audit event:
 A row left ``sending`` by a run that was killed goes back to ``retrying`` after 15
 minutes: a claim is stamped with the clock when it is made (not the run's start, which
 may be long before), so a long run's fresh claim is never taken for an abandoned one.
-One SMTP connection serves a run; once the server cannot be reached (refused,
-timeout, TLS, credentials), the run's other mail is recorded with the same error without
-trying each (a hanging server costs one timeout per run, not one per message).
+A run sends over a few SMTP connections at once (``CONNECTIONS``, a thread each; every
+message to one address on the same one, in order), each kept for the run; once the
+server cannot be reached (refused, timeout, TLS, credentials), the run's other mail is
+recorded with the same error without trying each (a hanging server costs one timeout
+per connection and run, not one per message). An email goes out as the bytes
+``messages.email_bytes`` writes; a claim and an outcome are each one short transaction
+of prepared statements, without ORM objects.
 
 Errors are kinds ("smtp 451", "http 503", "timeout"), never an address, a URL or a
 server's text. A webhook URL is a secret: httpx's request log line is kept from naming it.
@@ -35,7 +39,9 @@ server's text. A webhook URL is a secret: httpx's request log line is kept from 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import json
 import logging
@@ -44,26 +50,36 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from email.message import EmailMessage
-from email.parser import Parser
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-from sqlalchemy import insert, select, update
+from sqlalchemy import Boolean, bindparam, case, func, insert, null, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from .. import registry
 from ..errors import InvalidInput
 from ..links import hash_token
-from ..models import NotificationDelivery, NotificationRecipient
+from ..models import (
+    AuditEvent,
+    NotificationDelivery,
+    NotificationRecipient,
+    NotificationSuppression,
+    utcnow,
+)
 from ..runtime import Runtime
 from ..settings import ConfigError, Settings
 from ..vault import Binding, KeyRing
 from . import content as contents
-from . import messages, smtp, suppression
+from . import suppression
 from .content import AlertContent, ScorecardContent
+
+if TYPE_CHECKING:  # an evaluation queues messages; only a send needs email and SMTP
+    from email.message import EmailMessage
+
+    from . import smtp
 
 KINDS = ("scorecard", "alert", "test")
 CHANNELS = ("email", "webhook")
@@ -233,6 +249,26 @@ def render(stored: dict, address: str, settings: Settings, message_key: str) -> 
     """A stored message as it goes to ``address``: ``{"message": EmailMessage}`` or
     ``{"payload": dict}``. A message queued before contents were stored (it holds its
     rendering) is sent as it was rendered."""
+    from email.message import EmailMessage
+    from email.parser import BytesParser
+
+    from . import messages
+
+    built = _render(stored, address, settings, message_key)
+    if "raw" in built:
+        parser = BytesParser(_class=EmailMessage, policy=messages.POLICY)
+        return {"message": parser.parsebytes(built["raw"])}
+    return built
+
+
+def _render(stored: dict, address: str, settings: Settings, message_key: str) -> dict:
+    """``render`` as it is sent: an email as its bytes on the wire (``{"raw": bytes}``),
+    except one queued before contents were stored (``{"message": EmailMessage}``)."""
+    from email.message import EmailMessage
+    from email.parser import Parser
+
+    from . import messages
+
     if "content" not in stored:
         if stored["channel"] == "email":
             parser = Parser(_class=EmailMessage, policy=messages.POLICY)
@@ -241,14 +277,14 @@ def render(stored: dict, address: str, settings: Settings, message_key: str) -> 
     content = contents.from_json(stored["content"])
     unsubscribe = stored["unsubscribe_url"]
     if stored["channel"] == "email":
-        message = messages.email(
+        raw = messages.email_bytes(
             content,
             sender=settings.mail_from,
             to=address,
             unsubscribe_url=unsubscribe,
             message_id=message_key,
         )
-        return {"message": message}
+        return {"raw": raw}
     return {"payload": messages.webhook_payload(content, unsubscribe_url=unsubscribe)}
 
 
@@ -302,7 +338,12 @@ def send_due(
     limit: int | None = None,
 ) -> DeliveryReport:
     """Send every pending or retrying message whose time has come (of ``tenant_ids`` only,
-    when given; at most ``limit``), each outcome in its own commit."""
+    when given; at most ``limit``), each outcome in its own commit.
+
+    Over up to ``CONNECTIONS`` SMTP connections at once (one thread each): a server's
+    replies are waited for on one while the next message is claimed and rendered on
+    another. Every message to one address goes on the same connection, in order, so a
+    bounce or an unsubscribe still stops that address's later messages of the run."""
     now = now or dt.datetime.now(dt.UTC)
     settings = runtime.settings
     tenants = None if tenant_ids is None else sorted(set(tenant_ids))
@@ -310,7 +351,7 @@ def send_due(
     report.recovered = _recover_stuck(runtime, now, tenants, settings.notify_attempts)
     with runtime.db.session() as session:
         query = (
-            select(NotificationDelivery.id)
+            select(NotificationDelivery.id, NotificationDelivery.address_sha256)
             .where(
                 NotificationDelivery.status.in_(OPEN),
                 NotificationDelivery.next_attempt_at <= now,
@@ -321,14 +362,50 @@ def send_due(
             query = query.where(NotificationDelivery.tenant_id.in_(tenants))
         if limit is not None:
             query = query.limit(limit)
-        due = list(session.scalars(query))
+        due = session.execute(query).all()
     if not due:
         return report
-    mailer: smtp.SmtpSender | None = None
-    client: httpx.Client | None = None
+    # one lane a connection; an address (its hash; a row without one: by its id) one lane
+    lanes: list[list[str]] = [[] for _ in range(min(CONNECTIONS, len(due)))]
+    for delivery_id, digest in due:
+        lanes[
+            int(hashlib.sha256((digest or delivery_id).encode()).hexdigest()[:8], 16) % len(lanes)
+        ].append(delivery_id)
+    sender = _Sender(runtime, now, run_id, report)
     try:
-        for delivery_id in due:
-            row = _claim(runtime, delivery_id, now, run_id)
+        if len(lanes) == 1:
+            sender.lane(lanes[0])
+        else:
+            with ThreadPoolExecutor(len(lanes), thread_name_prefix="writevue-send") as pool:
+                for done in [pool.submit(sender.lane, lane) for lane in lanes if lane]:
+                    done.result()  # a lane that failed as a whole fails the run, as before
+    finally:
+        sender.close()
+    return report
+
+
+#: SMTP connections (and threads) a run sends over at once
+CONNECTIONS = 4
+
+
+class _Sender:
+    """What the lanes of one ``send_due`` share: the report, the webhook client, and the
+    SMTP server's failure, once one lane finds it cannot be used (refused, timeout, TLS,
+    credentials): every lane then records its mail with that error without trying it."""
+
+    def __init__(self, runtime: Runtime, now: dt.datetime, run_id: str | None, report):
+        self.runtime, self.now, self.run_id, self.report = runtime, now, run_id, report
+        self.lock = threading.Lock()
+        self.down: smtp.SendError | None = None
+        self.mailers: list[smtp.SmtpSender] = []
+        self.client: httpx.Client | None = None
+
+    def lane(self, delivery_ids: Sequence[str]) -> None:
+        """Send these messages in order on one SMTP connection, each outcome recorded."""
+        runtime, settings = self.runtime, self.runtime.settings
+        mailer: smtp.SmtpSender | None = None
+        for delivery_id in delivery_ids:
+            row = _claim(runtime, delivery_id, self.now, self.run_id)
             if row is None:
                 continue  # another run has it
             digest = row.address_sha256
@@ -342,34 +419,53 @@ def send_due(
                     outcome = _Outcome("cancelled")
                 elif row.channel == "email":
                     if mailer is None:
-                        mailer = _mailer(settings)
-                    built = render(stored, recipient.address, settings, row.idempotency_key)
-                    outcome = _send_email(mailer, built["message"], recipient.address)
+                        mailer = self._mailer()
+                    if mailer.down is None and self.down is not None:
+                        mailer.down = self.down
+                    built = _render(stored, recipient.address, settings, row.idempotency_key)
+                    message = built["raw"] if "raw" in built else built["message"]
+                    outcome = _send_email(mailer, message, recipient.address)
+                    if mailer.down is not None and self.down is None:
+                        self.down = mailer.down
                 else:
-                    if client is None:
-                        client = httpx.Client(
-                            timeout=settings.notify_timeout_s,
-                            follow_redirects=False,
-                            headers={"User-Agent": "WriteVue notifications"},
-                        )
-                    built = render(stored, recipient.address, settings, row.idempotency_key)
+                    built = _render(stored, recipient.address, settings, row.idempotency_key)
                     outcome = _send_webhook(
-                        client, built["payload"], recipient.address, row.idempotency_key
+                        self._client(), built["payload"], recipient.address, row.idempotency_key
                     )
             except Exception as exc:  # one message's trouble never stops the others
                 _log.warning("delivery %s not sent (%s)", row.id, type(exc).__name__)
                 outcome = _Outcome("retrying", f"internal {type(exc).__name__}"[:200])
-            status = _record(runtime, row, outcome, now, settings.notify_attempts, digest)
-            report.add(row.tenant_id, status)
-    finally:
-        if mailer is not None:
+            status = _record(runtime, row, outcome, self.now, settings.notify_attempts, digest)
+            with self.lock:
+                self.report.add(row.tenant_id, status)
+
+    def _mailer(self) -> smtp.SmtpSender:
+        mailer = _mailer(self.runtime.settings)
+        with self.lock:
+            self.mailers.append(mailer)
+        return mailer
+
+    def _client(self) -> httpx.Client:
+        with self.lock:
+            if self.client is None:
+                settings = self.runtime.settings
+                self.client = httpx.Client(
+                    timeout=settings.notify_timeout_s,
+                    follow_redirects=False,
+                    headers={"User-Agent": "WriteVue notifications"},
+                )
+            return self.client
+
+    def close(self) -> None:
+        for mailer in self.mailers:
             mailer.close()
-        if client is not None:
-            client.close()
-    return report
+        if self.client is not None:
+            self.client.close()
 
 
 def _mailer(settings: Settings) -> smtp.SmtpSender:
+    from . import smtp
+
     try:
         return smtp.SmtpSender(smtp.SmtpConfig.from_settings(settings))
     except ConfigError as exc:
@@ -387,55 +483,126 @@ class _Address:
     suppressed: str | None
 
 
+@dataclass(frozen=True)
+class _Claimed:
+    """A row claimed for sending (its columns as the claim left them), with what its
+    recipient row said in the claim's transaction."""
+
+    id: str
+    tenant_id: str
+    kind: str
+    channel: str
+    recipient_id: str
+    attempts: int
+    idempotency_key: str
+    address_sha256: str | None
+    next_attempt_at: dt.datetime
+    message_ct: bytes | None = field(repr=False)
+    #: the recipient row (None: removed): tenant, encrypted address, unsubscribed at
+    recipient: tuple | None = field(default=None, repr=False)
+    #: why the row's address hash is suppressed at the tenant (or None)
+    suppressed: str | None = None
+
+
+_table = NotificationDelivery.__table__
+_recipients = NotificationRecipient.__table__
+_suppressions = NotificationSuppression.__table__
+_CLAIMED = (
+    _table.c.id,
+    _table.c.tenant_id,
+    _table.c.kind,
+    _table.c.channel,
+    _table.c.recipient_id,
+    _table.c.attempts,
+    _table.c.idempotency_key,
+    _table.c.address_sha256,
+    _table.c.next_attempt_at,
+    _table.c.message_ct,
+)
+
+
 def _claim(
     runtime: Runtime, delivery_id: str, now: dt.datetime, run_id: str | None
-) -> NotificationDelivery | None:
-    """Move one due row to ``sending`` (in its own commit); the row, or None when another
-    run claimed it first. The claim is stamped with the clock now (``next_attempt_at``,
-    which ``_recover_stuck`` reads), not with the run's ``now``: a run that began long
-    ago and claims a row this moment holds a fresh claim."""
+) -> _Claimed | None:
+    """Move one due row to ``sending`` (in its own commit) and read its recipient in the
+    same transaction; the row, or None when another run claimed it first. The claim is
+    stamped with the clock now (``next_attempt_at``, which ``_recover_stuck`` reads), not
+    with the run's ``now``: a run that began long ago and claims a row this moment holds
+    a fresh claim. One statement each (``UPDATE … RETURNING``), no ORM objects: a run
+    sending a thousand messages makes two thousand of these transactions."""
     stamp = max(now, dt.datetime.now(dt.UTC))
-    with runtime.db.session() as session:
-        claimed = session.execute(
-            update(NotificationDelivery)
-            .where(
-                NotificationDelivery.id == delivery_id,
-                NotificationDelivery.status.in_(OPEN),
-                NotificationDelivery.next_attempt_at <= now,
-            )
-            .values(
-                status="sending",
-                attempts=NotificationDelivery.attempts + 1,
-                next_attempt_at=stamp,
-                run_id=run_id,
-            )
-            .execution_options(synchronize_session=False)
-        )
-        if claimed.rowcount != 1:
+    claim, recipient_of, reason_of = _statements()
+    with runtime.db.engine.begin() as connection:
+        found = connection.execute(
+            claim, {"_id": delivery_id, "_now": now, "_stamp": stamp, "_run": run_id}
+        ).first()
+        if found is None:
             return None
-        row = session.get(NotificationDelivery, delivery_id)
-        session.expunge(row)
-    return row
+        row = _Claimed(*found)
+        recipient = connection.execute(recipient_of, {"_id": row.recipient_id}).first()
+        reason = None
+        if row.address_sha256:
+            reason = connection.scalar(
+                reason_of,
+                {"_tenant": row.tenant_id, "_channel": row.channel, "_hash": row.address_sha256},
+            )
+    return dataclasses.replace(
+        row, recipient=None if recipient is None else tuple(recipient), suppressed=reason
+    )
 
 
-def _load(runtime: Runtime, row: NotificationDelivery) -> tuple[_Address | None, dict]:
+@functools.cache
+def _statements():
+    """The claim's statements, built once (building one costs more than running it)."""
+    date = _table.c.next_attempt_at.type
+    claim = (
+        update(_table)
+        .where(
+            _table.c.id == bindparam("_id"),
+            _table.c.status.in_(OPEN),
+            _table.c.next_attempt_at <= bindparam("_now", type_=date),
+        )
+        .values(
+            status="sending",
+            attempts=_table.c.attempts + 1,
+            next_attempt_at=bindparam("_stamp", type_=date),
+            run_id=bindparam("_run", type_=_table.c.run_id.type),
+        )
+        .returning(*_CLAIMED)
+    )
+    recipient_of = select(
+        _recipients.c.tenant_id, _recipients.c.address_ct, _recipients.c.unsubscribed_at
+    ).where(_recipients.c.id == bindparam("_id"))
+    reason_of = select(_suppressions.c.reason).where(
+        _suppressions.c.tenant_id == bindparam("_tenant"),
+        _suppressions.c.channel == bindparam("_channel"),
+        _suppressions.c.address_sha256 == bindparam("_hash"),
+    )
+    return claim, recipient_of, reason_of
+
+
+def _load(runtime: Runtime, row: _Claimed) -> tuple[_Address | None, dict]:
     """(recipient, or None when it was removed; the stored message), decrypted."""
     keys = runtime.keys
     stored = json.loads(keys.decrypt(row.message_ct, _binding(row.tenant_id, row.id)))
+    if row.recipient is None:
+        return None, stored
+    tenant_id, address_ct, unsubscribed_at = row.recipient
+    address = keys.decrypt(
+        address_ct, Binding(tenant_id, None, f"recipient.{row.recipient_id}")
+    ).decode()
+    if row.address_sha256:
+        return _Address(address, unsubscribed_at, row.address_sha256, row.suppressed), stored
+    # a row queued before migration 0012 has no hash: the address gives it
+    digest = suppression.address_hash(row.tenant_id, row.channel, address)
     with runtime.db.session() as session:
-        found = session.get(NotificationRecipient, row.recipient_id)
-        if found is None:
-            return None, stored
-        address = keys.decrypt(
-            found.address_ct, Binding(found.tenant_id, None, f"recipient.{found.id}")
-        ).decode()
-        # a row queued before migration 0012 has no hash: the address gives it
-        digest = row.address_sha256 or suppression.address_hash(row.tenant_id, row.channel, address)
         reason = suppression.reason_of(session, row.tenant_id, row.channel, digest)
-        return _Address(address, found.unsubscribed_at, digest, reason), stored
+    return _Address(address, unsubscribed_at, digest, reason), stored
 
 
-def _send_email(mailer: smtp.SmtpSender, message: EmailMessage, to: str) -> _Outcome:
+def _send_email(mailer: smtp.SmtpSender, message: EmailMessage | bytes, to: str) -> _Outcome:
+    from . import smtp
+
     try:
         mailer.send(message, to)
     except smtp.SendError as exc:
@@ -508,7 +675,7 @@ def _send_webhook(client: httpx.Client, payload: dict, url: str, key: str) -> _O
 
 def _record(
     runtime: Runtime,
-    row: NotificationDelivery,
+    row: _Claimed,
     outcome: _Outcome,
     now: dt.datetime,
     most: int,
@@ -519,35 +686,85 @@ def _record(
     status = outcome.status
     if status == "retrying" and row.attempts >= most:
         status = "failed"
-    with runtime.db.session() as session:
-        values: dict[str, Any] = {"status": status, "error": outcome.error}
-        if status == "retrying":
-            values["next_attempt_at"] = now + dt.timedelta(minutes=2**row.attempts)
-        else:
-            values["next_attempt_at"] = None
-            values["message_ct"] = None
-        if status == "sent":
-            values["sent_at"] = now
-        recorded = session.execute(
-            update(NotificationDelivery)
-            .where(NotificationDelivery.id == row.id, NotificationDelivery.status == "sending")
-            .values(**values)
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        if status == "bounced" and digest and recorded:
-            suppression.suppress(session, row.tenant_id, row.channel, digest, "bounced", now=now)
-        registry.audit(
-            session,
-            ACTOR,
-            ACTION,
-            row.tenant_id,
-            delivery=row.id,
-            kind=row.kind,
-            channel=row.channel,
-            status=status,
-            attempt=row.attempts,
+    values: dict[str, Any] = {"status": status, "error": outcome.error}
+    if status == "retrying":
+        values["next_attempt_at"] = now + dt.timedelta(minutes=2**row.attempts)
+    else:
+        values["next_attempt_at"] = None
+        values["message_ct"] = None
+    if status == "sent":
+        values["sent_at"] = now
+    details = {
+        "delivery": row.id,
+        "kind": row.kind,
+        "channel": row.channel,
+        "status": status,
+        "attempt": row.attempts,
+    }
+    if status == "bounced" and digest:
+        # the suppression (and the cancelling of the address's queued messages) in the
+        # same commit
+        with runtime.db.session() as session:
+            recorded = session.execute(
+                update(NotificationDelivery)
+                .where(NotificationDelivery.id == row.id, NotificationDelivery.status == "sending")
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            ).rowcount
+            if recorded:
+                suppression.suppress(
+                    session, row.tenant_id, row.channel, digest, "bounced", now=now
+                )
+            registry.audit(session, ACTOR, ACTION, row.tenant_id, **details)
+        return status
+    # the common case without ORM objects: the outcome, and its audit event as
+    # ``registry.audit`` records it, by statements built once
+    recorded, audited = _record_statements()
+    with runtime.db.engine.begin() as connection:
+        connection.execute(
+            recorded,
+            {
+                "_id": row.id,
+                "_status": status,
+                "_error": outcome.error,
+                "_next": values["next_attempt_at"],
+                "_clear": "message_ct" in values,
+                "_sent": values.get("sent_at"),
+            },
+        )
+        connection.execute(
+            audited, {"_at": utcnow(), "_tenant": row.tenant_id, "_details": details}
         )
     return status
+
+
+@functools.cache
+def _record_statements():
+    date = _table.c.next_attempt_at.type
+    recorded = (
+        update(_table)
+        .where(_table.c.id == bindparam("_id"), _table.c.status == "sending")
+        .values(
+            status=bindparam("_status", type_=_table.c.status.type),
+            error=bindparam("_error", type_=_table.c.error.type),
+            next_attempt_at=bindparam("_next", type_=date),
+            # cleared once nothing is left to send (kept for a retry)
+            message_ct=case(
+                (bindparam("_clear", type_=Boolean()), null()), else_=_table.c.message_ct
+            ),
+            sent_at=func.coalesce(bindparam("_sent", type_=date), _table.c.sent_at),
+        )
+    )
+    events = AuditEvent.__table__
+    audited = insert(events).values(
+        at=bindparam("_at", type_=events.c.at.type),
+        actor=ACTOR,
+        action=ACTION,
+        tenant_id=bindparam("_tenant", type_=events.c.tenant_id.type),
+        details=bindparam("_details", type_=events.c.details.type),
+        reason=None,
+    )
+    return recorded, audited
 
 
 def _recover_stuck(runtime: Runtime, now: dt.datetime, tenants: list[str] | None, most: int) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -153,7 +153,14 @@ class _Tenant:
         return figures.Resolver(found, figures.calculated_defs(self.template), self.polarity)
 
     def complete_through(self, resolver: figures.Resolver, ref: str) -> dt.date | None:
-        """The last day every connection behind ``ref`` has been refreshed past."""
+        """The last day every connection behind ``ref`` has been refreshed past (asked
+        once per ref of a resolver)."""
+        known = resolver.__dict__.setdefault("_complete_through", {})
+        if ref not in known:
+            known[ref] = self._complete_through(resolver, ref)
+        return known[ref]
+
+    def _complete_through(self, resolver: figures.Resolver, ref: str) -> dt.date | None:
         definition = resolver.define(ref)
         if definition is None:
             return None
@@ -401,7 +408,10 @@ def _figure(
         change_text = figures.change_text(
             found.previous,
             found.change,
-            previous_text=formatting.exact(found.previous, definition.unit, currency, locale),
+            # read only when there is no percentage to show
+            previous_text=""
+            if found.change is not None
+            else formatting.exact(found.previous, definition.unit, currency, locale),
             label=label,
             reason=found.reason,
             locale=locale,
@@ -444,12 +454,18 @@ class Anomaly:
     score: float
 
 
-def _judged(resolver: figures.Resolver, extra: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+def _judged(
+    resolver: figures.Resolver,
+    extra: Iterable[tuple[str, str]],
+    skip: Collection[tuple[str, str]] = (),
+) -> list[tuple[str, str]]:
     """The series worth judging: each stored metric as its chart shows it by default (the
     total; a line per currency for money, per dimension for a stored ratio) and the series
-    alert rules name."""
+    alert rules name; but those in ``skip`` (series a caller knows have no day to judge)."""
     found: list[tuple[str, str]] = []
     for ref in resolver.figures.refs():
+        if (ref, "") in skip and all((ref, d) in skip for d in resolver.figures.dimensions(ref)):
+            continue
         definition = resolver.define(ref)
         if definition is None:
             continue
@@ -459,9 +475,9 @@ def _judged(resolver: figures.Resolver, extra: Iterable[tuple[str, str]]) -> lis
         )
         found += [(ref, d) for d in dims] if split else [(ref, "")]
     for key in extra:
-        if key not in found and resolver.define(key[0]) is not None:
+        if key not in found and key not in skip and resolver.define(key[0]) is not None:
             found.append(key)
-    return found
+    return [key for key in found if key not in skip]
 
 
 def _history_start(today: dt.date, days: int, window: int = 1) -> dt.date:
@@ -680,9 +696,21 @@ def alert_test_content(
 
 
 def _judge(
-    tenant: _Tenant, resolver: figures.Resolver, rule: AlertRule, day: dt.date
+    tenant: _Tenant,
+    resolver: figures.Resolver,
+    rule: AlertRule,
+    day: dt.date,
+    *,
+    say: bool = True,
+    usual: bool = False,
 ) -> tuple[bool, float, str] | None:
-    """(holds, the value judged, the sentence) or None without data."""
+    """(holds, the value judged, the sentence) or None without data.
+
+    ``say=False``: the sentence is left empty (a rule that does not fire says nothing;
+    ``batch`` asks again for the sentence of one that does). ``usual``: the caller's
+    screen (``anomaly.screen`` over the rule's series, at its threshold) found the day
+    cannot be anomalous, so an anomaly rule only asks whether there is a verdict at all
+    (``anomaly.has_verdict``) and does not hold; its sentence is empty too."""
     definition = resolver.define(rule.metric)
     through = tenant.complete_through(resolver, rule.metric)
     if definition is None or through is None or through < day:
@@ -697,35 +725,46 @@ def _judge(
     def text(number: float) -> str:
         return _text(number, definition.unit, currency, tenant.locale)
 
-    label = figures.card_label(definition, dimension)
-    start = f"{label} was {text(value)} {_when(day, window)}"
+    def opening() -> str:
+        label = figures.card_label(definition, dimension)
+        return f"{label} was {text(value)} {_when(day, window)}" if say else ""
+
     condition, threshold = rule.condition, rule.threshold
     if condition in ("above", "below"):
         if threshold is None:
             return None
         holds = value > threshold if condition == "above" else value < threshold
-        return holds, value, f"{start}, {condition} your threshold of {text(threshold)}."
+        said = f"{opening()}, {condition} your threshold of {text(threshold)}." if say else ""
+        return holds, value, said
     if condition == "change":
         previous = _window_value(resolver, rule.metric, dimension, day - window * DAY, window)
         fraction = figures.change(value, previous)
         if fraction is None or threshold is None:
             return None
         holds = abs(fraction) * 100 > threshold
+        if not say:
+            return holds, value, ""
         before = "the day before" if window == 1 else f"the {window} days before"
         limit = _text(threshold, "number", None, tenant.locale)
         return (
             holds,
             value,
-            f"{start}, {formatting.change(fraction, tenant.locale)} against {before} "
+            f"{opening()}, {formatting.change(fraction, tenant.locale)} against {before} "
             f"({text(previous)}); your alert is set at ±{limit}%.",
         )
     if condition == "anomaly":
-        days = [day - i * DAY for i in range(7 * anomaly.WEEKS + 1)]
+        if usual:
+            # the day and its weekday's weeks before: all ``has_verdict`` reads
+            days = [day - 7 * i * DAY for i in range(anomaly.WEEKS + 1)]
+        else:
+            days = [day - i * DAY for i in range(7 * anomaly.WEEKS + 1)]
         if window == 1:
             # a day's value is its daily value: the same figures, read in one go
             values = dict(zip(days, resolver.series(rule.metric, dimension, days), strict=True))
         else:
             values = {d: _window_value(resolver, rule.metric, dimension, d, window) for d in days}
+        if usual:
+            return (False, value, "") if anomaly.has_verdict(values, day) else None
         verdict = anomaly.detect(
             values,
             day,
@@ -734,12 +773,14 @@ def _judge(
         )
         if verdict is None:
             return None
-        usual = f"{text(verdict.low)} to {text(verdict.high)}"
+        if not say:
+            return verdict.anomalous, value, ""
+        usual_range = f"{text(verdict.low)} to {text(verdict.high)}"
         what = f"a {_WEEKDAYS[day.weekday()]}" if window == 1 else "a week"
         return (
             verdict.anomalous,
             value,
-            f"{start}, outside its usual range for {what} ({usual}).",
+            f"{opening()}, outside its usual range for {what} ({usual_range}).",
         )
     return None
 

@@ -130,21 +130,26 @@ class SmtpSender:
 
     def __init__(self, config: SmtpConfig | None):
         self.config = config
+        self._sender = parseaddr(config.mail_from)[1] if config is not None else ""
         self._client: smtplib.SMTP | None = None
         #: the connection failure that ends this run's mail (see ``SendError.connection``)
         self.down: SendError | None = None if config is not None else _not_configured()
 
-    def send(self, message: EmailMessage, to: str) -> None:
+    def send(self, message: EmailMessage | bytes, to: str) -> None:
+        """Send one message to ``to``: an ``EmailMessage``, or the bytes of one as they go
+        on the wire (CRLF line ends, 7-bit; ``messages.email_bytes``)."""
         if self.down is not None:
             raise self.down
         config = self.config
         assert config is not None
+        sender = self._sender
         try:
             if self._client is None:
                 self._client = self._connect(config)
-            self._client.send_message(
-                message, from_addr=parseaddr(config.mail_from)[1], to_addrs=[to]
-            )
+            if isinstance(message, bytes):
+                self._client.sendmail(sender, [to], message)
+            else:
+                self._client.send_message(message, from_addr=sender, to_addrs=[to])
         except smtplib.SMTPRecipientsRefused as exc:
             self._drop()
             code = next(iter(exc.recipients.values()))[0] if exc.recipients else 550
