@@ -1,6 +1,6 @@
 """Benchmark: a scheduled refresh of N connections through a real Dagster daemon.
 
-    python -m bench.orchestration --connections 1000
+    python -m bench.orchestration --connections 1000 [--instance postgres]
 
 A fresh WRITEVUE_HOME (``writevue init``: SQLite warehouse, queued run coordinator, the
 default run launcher) gets N Stripe connections on the sandbox (its own process). The
@@ -10,8 +10,14 @@ allows one provider (its pool limit, within ``max_concurrent_runs``). wall_s run
 the scheduled tick to the end of the last run. The code location is served as in
 production (deploy/: ``dagster code-server start``, the daemon's workspace pointing at
 it); ``--code-server daemon`` lets the daemon start it from a ``python_module``
-workspace instead, as ``dagster dev`` does, where the daemon replaces it every 60 s
-(Dagster's ``RELOAD_WORKSPACE_INTERVAL``), each new one importing the code again.
+workspace instead, as the repository's workspace.yaml does, where the daemon replaces it
+every 60 s (Dagster's ``RELOAD_WORKSPACE_INTERVAL``, not configurable), each new one
+importing the code again.
+
+The instance is ``writevue init``'s embedded one (SQLite files under DAGSTER_HOME) by
+default; ``--instance postgres`` uses deploy/dagster.yaml, the production instance, on a
+PostgreSQL server of the benchmark's own (``initdb`` in its folder), so that the server's
+CPU (its backends included) is known and counted as Dagster's.
 
 The baseline is the same work without Dagster, on the same connections after Dagster
 is done (their cursors and facts reset, so it reads and writes exactly what the runs
@@ -19,14 +25,22 @@ did; the sandbox serves the same accounts, already warm), at the same concurrenc
 many worker processes as the instance runs at once, each taking the same batches one
 after another and doing what a run's step does: ``refresh.refresh_connections`` and then
 the in-run data checks (``checks.evaluate``), whose time is reported apart. The checks
-are WriteVue's work, not Dagster's overhead; storing their results is Dagster's.
+are WriteVue's work, not Dagster's overhead; storing their results is Dagster's, and is
+reported apart too: the check results the runs stored, times the CPU one stored result
+costs this instance (measured after the runs, in this process and, with PostgreSQL, its
+server).
 
 CPU is read from /proc for every process of the daemon's tree (daemon, code server, run
-workers; ended ones through their parents' children times) from the tick to the last
-run's end, and for the baseline's workers with ``RUSAGE_CHILDREN`` (the work only, not
-their interpreters' start: Dagster's imports in each run are its overhead).
-``cpu_per_run_s`` is Dagster's CPU less the baseline's, per run. peak_rss_mb is the
-largest summed RSS of the daemon's process tree.
+workers, PostgreSQL; ended ones through their parents' children times) from the tick to
+the last run's end, and for the baseline's workers with ``RUSAGE_CHILDREN`` (the work
+only, not their interpreters' start: Dagster's imports in each run are its overhead).
+``cpu_per_run_s`` is Dagster's CPU less the baseline's, per run. Its background, what the
+daemon and the code server spend while no run is under way (sensor ticks, the run queue,
+workspace refreshes), is measured before the tick and shown as a rate. Every Dagster
+process imports compiled bytecode, as an installed release does (a cache folder of the
+benchmark's own, filled before the tick), not the checkout's sources compiled again in
+each run (PYTHONDONTWRITEBYTECODE). peak_rss_mb is the largest summed RSS of the daemon's
+process tree (with the code server and PostgreSQL).
 """
 
 from __future__ import annotations
@@ -37,17 +51,20 @@ import datetime as dt
 import json
 import math
 import os
+import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.procfs import rss_mb, stat_fields
 from bench.sandbox_process import start_sandbox
 from bench.workers import run_workers
-from writevue_pipelines.processes import spawn
+from writevue_pipelines.processes import Child, free_port, spawn
 
 REPO = Path(__file__).resolve().parents[1]
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
@@ -56,6 +73,12 @@ DAEMON = str(Path(sys.executable).parent / "dagster-daemon")
 DAGSTER = str(Path(sys.executable).parent / "dagster")
 #: seconds allowed for a separate code server to load the code, before the daemon starts
 CODE_SERVER_START_S = 45
+#: seconds after the daemon starts before its background CPU is measured (until the tick)
+SETTLE_S = 20
+#: check results stored (after the runs) to measure what storing one costs
+CALIBRATION_RESULTS = 100
+#: where Debian-style packages put PostgreSQL's server binaries, one folder per version
+POSTGRES_BINARIES = Path("/usr/lib/postgresql")
 
 
 def _parents() -> dict[int, int]:
@@ -115,7 +138,16 @@ _KINDS = (
     ("api grpc", "code server"),
     ("code-server", "code server"),
     ("dagster-daemon", "daemon"),
+    ("postgres", "PostgreSQL (Dagster's storage)"),
 )
+
+
+def _exited(pid: int) -> bool:
+    """Whether this process has ended (a zombie, or gone)."""
+    try:
+        return not Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
 
 
 def tree_cpu_by_kind(roots: set[int]) -> dict[str, float]:
@@ -134,6 +166,10 @@ def tree_cpu_by_kind(roots: set[int]) -> dict[str, float]:
         except (OSError, IndexError):
             continue
         kind = kind_of(pid)
+        if kind == "other" and _exited(pid):
+            # An ended process not yet reaped (no command line any more) counts as what
+            # started it, whose ended children it will be counted with once reaped.
+            kind = kind_of(parents.get(pid, 0))
         own = (int(fields[11]) + int(fields[12])) / _CLOCK
         ended = (int(fields[13]) + int(fields[14])) / _CLOCK
         totals[kind] = totals.get(kind, 0.0) + own
@@ -196,6 +232,83 @@ def start_code_server(workdir: Path, env: dict[str, str]):
         time.sleep(1)
     child.stop()
     raise SystemExit(f"the code server did not load in 180 s; see {workdir}")
+
+
+# -- the instance's storage and the code's bytecode ----------------------------------------
+
+
+def _as_postgres_user(argv: list[str]) -> list[str]:
+    """PostgreSQL will not run as root: as root, run it as the ``postgres`` user."""
+    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
+
+
+def start_private_postgres(workdir: Path) -> tuple[Child, dict[str, str], Path]:
+    """A PostgreSQL server of the benchmark's own, so that all of its CPU is Dagster's:
+    (child, the ``DAGSTER_PG_*`` variables deploy/dagster.yaml reads, its folder)."""
+    import psycopg
+
+    versions = sorted(
+        (path for path in POSTGRES_BINARIES.glob("*/bin") if (path / "initdb").exists()),
+        key=lambda path: int(path.parent.name) if path.parent.name.isdigit() else 0,
+    )
+    if not versions:
+        raise SystemExit(f"--instance postgres needs PostgreSQL's server in {POSTGRES_BINARIES}")
+    # A folder of its own in the temporary folder, which the postgres user can reach
+    # (the benchmark's own is its owner's alone: it holds the key ring).
+    binaries = versions[-1]
+    folder = Path(tempfile.mkdtemp(prefix="writevue-bench-postgres-"))
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres")
+    data = folder / "data"
+    subprocess.run(
+        _as_postgres_user(
+            [str(binaries / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
+             "-E", "UTF8", "--no-sync"]
+        ),
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    port = free_port()
+    server = spawn(
+        "PostgreSQL",
+        _as_postgres_user(
+            [str(binaries / "postgres"), "-D", str(data), "-p", str(port), "-k", str(folder),
+             "-c", "listen_addresses=127.0.0.1"]
+        ),
+        log_path=workdir / "postgres.log",
+    )  # fmt: skip
+    dsn = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
+    deadline = time.time() + 60
+    while True:
+        try:
+            with psycopg.connect(dsn, autocommit=True) as connection:
+                connection.execute("CREATE DATABASE dagster")
+            break
+        except psycopg.OperationalError:
+            if time.time() > deadline or not server.alive():
+                server.stop()
+                log = workdir / "postgres.log"
+                raise SystemExit(f"PostgreSQL did not start; see {log}") from None
+            time.sleep(0.5)
+    pg_env = {
+        "DAGSTER_PG_HOST": "127.0.0.1",
+        "DAGSTER_PG_PORT": str(port),
+        "DAGSTER_PG_DB": "dagster",
+        "DAGSTER_PG_USERNAME": "postgres",
+        "DAGSTER_PG_PASSWORD": "",
+    }
+    return server, pg_env, folder
+
+
+def warm_bytecode(env: dict[str, str]) -> None:
+    """Compile what a run imports into the benchmark's bytecode cache (``PYTHONPYCACHEPREFIX``
+    in ``env``), as installing a release does, before anything is measured."""
+    subprocess.run(
+        [sys.executable, "-c",
+         "import writevue_pipelines.defs, dagster._cli, dagster._grpc.impl, "
+         "dagster._core.execution.api"],
+        check=True, cwd=REPO, env=os.environ | env, capture_output=True,
+    )  # fmt: skip
 
 
 def add_connections(runtime, url: str, n: int, prefix: str) -> list[str]:
@@ -343,10 +456,87 @@ class Scheduled:
     first_queued_s: float
     first_started_s: float
     mean_run_s: float
+    #: CPU seconds per minute the daemon and the code server spent before the tick, settled
+    background_cpu_per_min: float | None = None
+    #: the events the runs stored (the daemon's planned events included), by type
+    events: Counter = field(default_factory=Counter)
+    #: CPU seconds one stored check result cost, measured after the runs
+    check_result_cpu_s: float = 0.0
+    #: the largest summed RSS of the PostgreSQL server's processes (MB), when it is ours
+    postgres_peak_rss_mb: float | None = None
+
+    @property
+    def check_results(self) -> int:
+        return self.events.get("ASSET_CHECK_EVALUATION", 0)
+
+
+def events_by_type(instance, run_ids: list[str]) -> Counter:
+    """The events stored for these runs, by Dagster event type ("log" for plain lines)."""
+    counts: Counter = Counter()
+    for run_id in run_ids:
+        for record in instance.get_records_for_run(run_id, limit=1_000_000).records:
+            event = record.event_log_entry.dagster_event
+            counts[event.event_type_value if event is not None else "log"] += 1
+    return counts
+
+
+def check_result_cpu_s(instance, partitions: list[str], server_pids: set[int]) -> float:
+    """CPU seconds one stored check result costs this instance (this process, and the
+    PostgreSQL server when it is ours): results of a run of the benchmark's own, planned
+    then reported per partition as a refresh step stores them."""
+    from dagster import AssetCheckEvaluation, AssetKey
+    from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+        AssetCheckEvaluationPlanned,
+    )
+    from dagster._core.definitions.partitions.subset import DefaultPartitionsSubset
+    from dagster._core.events import DagsterEvent, DagsterEventType
+    from dagster._core.storage.dagster_run import DagsterRun, make_new_run_id
+
+    key, step = AssetKey("stripe_daily_metrics"), "stripe_refresh"
+    run = instance.add_run(DagsterRun(job_name="bench_calibration", run_id=make_new_run_id()))
+    instance.report_dagster_event(
+        DagsterEvent(
+            DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED.value,
+            run.job_name,
+            event_specific_data=AssetCheckEvaluationPlanned(
+                asset_key=key,
+                check_name="refreshed",
+                partitions_subset=DefaultPartitionsSubset(set(partitions)),
+            ),
+            step_key=step,
+        ),
+        run.run_id,
+    )
+    started = time.process_time() + tree_cpu_s(server_pids)
+    for partition in partitions:
+        evaluation = AssetCheckEvaluation(
+            asset_key=key,
+            check_name="refreshed",
+            passed=True,
+            partition=partition,
+            description="refreshed",
+            metadata={"facts": 60, "duplicates": 0},
+        )
+        instance.report_dagster_event(
+            DagsterEvent(
+                DagsterEventType.ASSET_CHECK_EVALUATION.value,
+                run.job_name,
+                event_specific_data=evaluation,
+                step_key=step,
+            ),
+            run.run_id,
+        )
+    return (time.process_time() + tree_cpu_s(server_pids) - started) / len(partitions)
 
 
 def run_dagster(
-    settings, workdir: Path, env: dict[str, str], ids: list[str], sandbox_pid: int, args
+    settings,
+    workdir: Path,
+    env: dict[str, str],
+    ids: list[str],
+    sandbox_pid: int,
+    args,
+    server: Child | None = None,
 ) -> Scheduled:
     from dagster import AssetKey, DagsterInstance, RunsFilter
 
@@ -371,6 +561,7 @@ def run_dagster(
         )
     daemon = None
     dagster_pids = {code_server.process.pid} if code_server is not None else set()
+    server_pids = {server.process.pid} if server is not None else set()
     with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
         instance.add_dynamic_partitions("stripe_connections", ids)
         try:
@@ -381,20 +572,29 @@ def run_dagster(
                 env=os.environ | env,
                 cwd=workdir,
             )
+            daemon_started = time.time()
             dagster_pids.add(daemon.process.pid)
             if time.time() > tick.timestamp() - 5:
                 raise SystemExit("the daemon started too close to the tick; raise --tick-lead")
             expected = math.ceil(len(ids) / settings.refresh_batch)
-            peak_rss = 0.0
-            cpu_at_tick = None
+            peak_rss = peak_server_rss = 0.0
+            cpu_at_tick = settled = None
             deadline = time.time() + args.timeout + args.tick_lead + 60
             records = []
             while time.time() < deadline:
+                roots = dagster_roots(dagster_pids, sandbox_pid) | server_pids
+                if settled is None and time.time() >= daemon_started + SETTLE_S:
+                    settled = (time.time(), tree_cpu_s(roots))
                 if cpu_at_tick is None and time.time() >= tick.timestamp():
                     # Before the tick: the daemon's and code server's start (reported
                     # apart); from it, what the scheduled refresh costs.
-                    cpu_at_tick = tree_cpu_by_kind(dagster_roots(dagster_pids, sandbox_pid))
+                    cpu_at_tick = tree_cpu_by_kind(roots)
+                    tick_seen = time.time()
                 peak_rss = max(peak_rss, sum(tree_rss_mb(pid) for pid in dagster_pids))
+                if server_pids:
+                    peak_server_rss = max(
+                        peak_server_rss, sum(tree_rss_mb(pid) for pid in server_pids)
+                    )
                 records = instance.get_run_records(
                     filters=RunsFilter(tags={"dagster/schedule_name": "stripe_refresh"})
                 )
@@ -407,7 +607,7 @@ def run_dagster(
                 time.sleep(0.5)
             else:
                 raise SystemExit(f"the runs did not finish in time; see {workdir}")
-            cpu_at_end = tree_cpu_by_kind(dagster_roots(dagster_pids, sandbox_pid))
+            cpu_at_end = tree_cpu_by_kind(dagster_roots(dagster_pids, sandbox_pid) | server_pids)
             end = max(r.end_time for r in records)
             by_kind = {
                 kind: cpu - (cpu_at_tick or {}).get(kind, 0.0) for kind, cpu in cpu_at_end.items()
@@ -422,6 +622,11 @@ def run_dagster(
                 daemon.stop(timeout=15)
             if code_server is not None:  # and so do a separate one and its runs
                 code_server.stop(timeout=15)
+        events = events_by_type(instance, [r.dagster_run.run_id for r in records])
+        per_result = check_result_cpu_s(instance, ids[:CALIBRATION_RESULTS], server_pids)
+    background = None
+    if settled is not None and cpu_at_tick is not None and tick_seen - settled[0] >= 10:
+        background = (sum(cpu_at_tick.values()) - settled[1]) / (tick_seen - settled[0]) * 60
     return Scheduled(
         runs=len(records),
         succeeded=sum(r.dagster_run.status.value == "SUCCESS" for r in records),
@@ -434,6 +639,10 @@ def run_dagster(
         first_queued_s=min(r.create_timestamp.timestamp() for r in records) - tick.timestamp(),
         first_started_s=min(r.start_time for r in records) - tick.timestamp(),
         mean_run_s=sum(r.end_time - r.start_time for r in records) / len(records),
+        background_cpu_per_min=background,
+        events=events,
+        check_result_cpu_s=per_result,
+        postgres_peak_rss_mb=peak_server_rss if server_pids else None,
     )
 
 
@@ -455,6 +664,13 @@ def main(argv: list[str] | None = None) -> None:
         help="a code server of its own as in production (default), or one the daemon starts",
     )
     parser.add_argument(
+        "--instance",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help="writevue init's embedded instance (default), or deploy/dagster.yaml on a "
+        "PostgreSQL server of the benchmark's own",
+    )
+    parser.add_argument(
         "--baseline-worker", nargs=2, metavar=("HOME", "BATCHES"), help=argparse.SUPPRESS
     )
     args = parser.parse_args(argv)
@@ -469,39 +685,65 @@ def main(argv: list[str] | None = None) -> None:
         "WRITEVUE_HOME": str(home),
         "DAGSTER_HOME": str(home / "dagster"),
         "WRITEVUE_HISTORY_DAYS": str(args.history_days),
+        # bytecode as an installed release has it, in a cache of the benchmark's own
+        "PYTHONPYCACHEPREFIX": str(workdir / "bytecode"),
     }
     # A kill of the bench still stops the daemon tree and the sandbox (see finally).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     os.environ.update(env)
     os.environ.pop("WRITEVUE_DATABASE_URL", None)
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     become_subreaper()
 
     from writevue_pipelines.home import init_home
     from writevue_pipelines.runtime import Runtime
     from writevue_pipelines.settings import Settings
 
-    settings = Settings.from_env()
-    init_home(settings)
-    runtime = Runtime(settings)
-    batch = settings.refresh_batch
-    concurrency = instance_concurrency(settings.dagster_home)
-    sandbox, url = start_sandbox()
+    server = pg_folder = None
+    if args.instance == "postgres":
+        server, pg_env, pg_folder = start_private_postgres(workdir)
+        env |= pg_env
+        os.environ.update(pg_env)
+        (home / "dagster").mkdir(parents=True)
+        shutil.copy(REPO / "deploy" / "dagster.yaml", home / "dagster" / "dagster.yaml")
     try:
-        ids = add_connections(runtime, url, n, "bench")
-        ran = run_dagster(settings, workdir, env, ids, sandbox.process.pid, args)
-        reset_connections(runtime, ids)
-        base = run_baseline(home, workdir, ids, batch, concurrency)
+        settings = Settings.from_env()
+        init_home(settings)  # leaves an existing dagster.yaml alone
+        warm_bytecode(env)
+        runtime = Runtime(settings)
+        batch = settings.refresh_batch
+        concurrency = instance_concurrency(settings.dagster_home)
+        sandbox, url = start_sandbox()
+        try:
+            ids = add_connections(runtime, url, n, "bench")
+            ran = run_dagster(settings, workdir, env, ids, sandbox.process.pid, args, server)
+            reset_connections(runtime, ids)
+            base = run_baseline(home, workdir, ids, batch, concurrency)
+        finally:
+            sandbox.stop()
+            runtime.close()
     finally:
-        sandbox.stop()
-        runtime.close()
+        if server is not None:
+            server.stop(timeout=30)
+            shutil.rmtree(pg_folder, ignore_errors=True)
+    report(n, batch, concurrency, args, ran, base)
 
+
+def report(n: int, batch: int, concurrency: int, args, ran: Scheduled, base: Baseline) -> None:
     runs = max(ran.runs, 1)
     wall_ratio = ran.wall_s / base.wall_s
     overhead_cpu = (ran.cpu_s - base.cpu_s) / runs
+    storing_checks = ran.check_results * ran.check_result_cpu_s / runs
+    background = ran.background_cpu_per_min
+    stored = sum(ran.events.values())
     rows = [
         ("connections", f"{n}"),
         ("batch (connections per run)", f"{batch}"),
         ("runs at once (instance's limit)", f"{concurrency}"),
+        (
+            "instance",
+            "writevue init (SQLite)" if args.instance == "sqlite" else "deploy (PostgreSQL)",
+        ),
         ("code server", args.code_server),
         ("history days", f"{args.history_days}"),
         ("runs launched by the schedule", f"{ran.runs} (succeeded {ran.succeeded})"),
@@ -521,20 +763,36 @@ def main(argv: list[str] | None = None) -> None:
             for kind, cpu in sorted(ran.cpu_by_kind.items(), key=lambda item: -item[1])
         ),
         ("  daemon and code server start, before the tick (s)", f"{ran.startup_cpu_s:.1f}"),
+        (
+            "  background before the tick (CPU s per minute)",
+            f"{background:.2f}" if background is not None else "not measured",
+        ),
+        ("events stored per run (the daemon's included)", f"{stored / runs:.0f}"),
+        *(
+            (f"  {kind} per run", f"{count / runs:.0f}")
+            for kind, count in ran.events.most_common(4)
+        ),
+        ("  CPU per stored check result (ms)", f"{ran.check_result_cpu_s * 1000:.1f}"),
         ("baseline CPU, work only (s)", f"{base.cpu_s:.1f}"),
         ("  of which the in-run checks (s)", f"{base.checks_cpu_s:.1f}"),
         ("Dagster CPU overhead per run (s; target <= 1.5)", f"{overhead_cpu:.2f}"),
+        ("  of which storing check results (s, estimated)", f"{storing_checks:.2f}"),
         ("peak RSS, daemon + code server + runs (MB)", f"{ran.peak_rss_mb:.0f}"),
     ]
+    if ran.postgres_peak_rss_mb is not None:
+        rows.append(
+            ("peak RSS, PostgreSQL (MB, shared buffers in each)", f"{ran.postgres_peak_rss_mb:.0f}")
+        )
     if base.failed:
         rows.append(("baseline: connections failed", f"{base.failed}"))
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
-        print(f"{name:<{width}}  {value:>16}")
+        print(f"{name:<{width}}  {value:>22}")
     print(
         f"connections={n} runs={ran.runs} wall_s={ran.wall_s:.1f} "
         f"baseline_s={base.wall_s:.1f} wall_ratio={wall_ratio:.2f} checks_s={base.checks_s:.1f} "
-        f"cpu_per_run_s={overhead_cpu:.2f} peak_rss_mb={ran.peak_rss_mb:.0f}"
+        f"cpu_per_run_s={overhead_cpu:.2f} check_store_s={storing_checks:.2f} "
+        f"peak_rss_mb={ran.peak_rss_mb:.0f}"
     )
 
 

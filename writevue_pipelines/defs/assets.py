@@ -251,6 +251,8 @@ def build_source_assets(source: Source, *, batch: int | None = None) -> SourceAs
             )
         for connection_id, exc in failures.items():
             _record_failure(context, writevue, connection_id, exc)
+        # After the materialisations above are stored: each result judges its latest one.
+        targets = checks.latest_materializations(context.instance, metrics_key, list(before))
         yield from checks.evaluate(
             runtime,
             source,
@@ -258,6 +260,7 @@ def build_source_assets(source: Source, *, batch: int | None = None) -> SourceAs
             before,
             failures,
             report_passes=runtime.settings.check_passes,
+            targets=targets,
         )
         if failures and len(connection_ids) > 1:
             context.log.warning(

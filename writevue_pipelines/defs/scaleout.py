@@ -232,6 +232,9 @@ def build_refresh_steps_job(pair: SourceAssets, executor: ExecutorDefinition) ->
             before,
             failures,
             report_passes=runtime.settings.check_passes,
+            targets=checks.latest_materializations(
+                context.instance, pair.daily_metrics_key, [connection_id]
+            ),
         )
         if failures:
             # The step is the connection's refresh: it fails with it, alone, as a run of

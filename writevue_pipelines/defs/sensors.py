@@ -32,7 +32,7 @@ from . import checks
 from .assets import REFRESH_JOBS, SOURCE_ASSETS, SourceAssets
 from .batches import SOURCE_TAG, TENANT_TAG, TRIGGER_TAG, batch_run_requests
 from .partitions import CONNECTION_PARTITIONS
-from .resources import WriteVueResource
+from .resources import tick_runtime
 
 ATTEMPT_TAG = "writevue/attempt"
 #: At most this many single-connection retries start per tick; the rest wait their turn.
@@ -65,10 +65,9 @@ def build_connection_partitions_sensor(source: str, assets: SourceAssets) -> Sen
         minimum_interval_seconds=30,
         default_status=DefaultSensorStatus.RUNNING,
     )
-    def connection_partitions(
-        context: SensorEvaluationContext, writevue: WriteVueResource
-    ) -> SensorResult | SkipReason:
-        with writevue.runtime.db.session() as session:
+    def connection_partitions(context: SensorEvaluationContext) -> SensorResult | SkipReason:
+        with tick_runtime() as runtime, runtime.db.session() as session:
+            batch = runtime.settings.refresh_batch
             tenant_of = {
                 c.id: c.tenant_id
                 for c in registry.list_connections(session, source=source, active_only=True)
@@ -92,7 +91,7 @@ def build_connection_partitions_sensor(source: str, assets: SourceAssets) -> Sen
             run_requests=batch_run_requests(
                 assets,
                 added,
-                batch=writevue.runtime.settings.refresh_batch,
+                batch=batch,
                 trigger="new_connection",
                 tenant_of=tenant_of,
             ),
@@ -115,11 +114,9 @@ def build_failing_connections_sensor(source: str, assets: SourceAssets) -> Senso
         minimum_interval_seconds=60,
         default_status=DefaultSensorStatus.RUNNING,
     )
-    def failing_connections(
-        context: SensorEvaluationContext, writevue: WriteVueResource
-    ) -> SensorResult | SkipReason:
-        settings = writevue.runtime.settings
-        with writevue.runtime.db.session() as session:
+    def failing_connections(context: SensorEvaluationContext) -> SensorResult | SkipReason:
+        with tick_runtime() as runtime, runtime.db.session() as session:
+            settings = runtime.settings
             tenant_of = {
                 c.id: c.tenant_id
                 for c in registry.list_connections(session, source=source, status="failing")
@@ -129,7 +126,7 @@ def build_failing_connections_sensor(source: str, assets: SourceAssets) -> Senso
         before = json.loads(context.cursor) if context.cursor else {}
         now = _now()
         wait = settings.retry_base_minutes * 60
-        state, requests, events = {}, [], []
+        state, requests, flagged_now = {}, [], {}
         for connection_id in failing:
             attempts, not_before, flagged = before.get(connection_id, [0, now + wait, 0])
             due = now >= not_before
@@ -155,20 +152,32 @@ def build_failing_connections_sensor(source: str, assets: SourceAssets) -> Senso
                     f"connection {connection_id} still fails after {attempts} retries; "
                     "retries stopped until it refreshes (fix or reconnect it)"
                 )
-                events.append(
-                    AssetCheckEvaluation(
-                        asset_key=assets.daily_metrics_key,
-                        check_name=checks.REFRESHED,
-                        passed=False,
-                        partition=connection_id,
-                        description=(
-                            f"still failing after {attempts} retries; retries stopped until "
-                            "a refresh succeeds"
-                        ),
-                        metadata={"retries": attempts},
-                    )
-                )
+                flagged_now[connection_id] = attempts
             state[connection_id] = [attempts, not_before, flagged]
+        # Against each flagged connection's latest materialisation, as a run's results are:
+        # else the flag would count for none, and hide the failure it repeats.
+        targets = (
+            checks.latest_materializations(
+                context.instance, assets.daily_metrics_key, list(flagged_now)
+            )
+            if flagged_now
+            else {}
+        )
+        events = [
+            AssetCheckEvaluation(
+                asset_key=assets.daily_metrics_key,
+                check_name=checks.REFRESHED,
+                passed=False,
+                partition=connection_id,
+                description=(
+                    f"still failing after {attempts} retries; retries stopped until "
+                    "a refresh succeeds"
+                ),
+                metadata={"retries": attempts},
+                target_materialization_data=targets.get(connection_id),
+            )
+            for connection_id, attempts in flagged_now.items()
+        ]
         cursor = json.dumps(state, sort_keys=True)
         if not requests and not events:
             return SensorResult(

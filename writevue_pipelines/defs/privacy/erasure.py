@@ -44,7 +44,7 @@ from ...privacy import erasure
 from ...privacy.verification import DagsterStorage
 from ..batches import TRIGGER_TAG
 from ..partitions import partitions_name
-from ..resources import WriteVueResource
+from ..resources import WriteVueResource, tick_runtime
 from .constants import KIND_TAG
 
 REQUEST_TAG = "writevue/erasure_request"
@@ -268,10 +268,9 @@ def erasure_run_request(request: erasure.PendingRequest) -> RunRequest:
     minimum_interval_seconds=30,
     default_status=DefaultSensorStatus.RUNNING,
 )
-def erasure_requests(
-    context: SensorEvaluationContext, writevue: WriteVueResource
-) -> SensorResult | SkipReason:
-    pending = erasure.pending_requests(writevue.runtime)
+def erasure_requests(context: SensorEvaluationContext) -> SensorResult | SkipReason:
+    with tick_runtime() as runtime:  # no resource: see resources.tick_runtime
+        pending = erasure.pending_requests(runtime)
     if not pending:
         return SkipReason("no erasure requests")
     requests, waiting = [], 0

@@ -1,0 +1,63 @@
+"""bench.orchestration's measuring helpers: what its report says it counts is counted.
+
+Fast and without timing thresholds: CPU that the benchmark's own PostgreSQL server burned
+for Dagster must be found in its process tree, and the check results it stores to price
+one must be real, counted results.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+
+import pytest
+from dagster import AssetCheckKey, AssetKey
+
+from bench import orchestration
+
+
+def test_storing_check_results_is_priced_on_real_stored_results(instance):
+    partitions = [str(uuid.uuid4()) for _ in range(5)]
+
+    per_result = orchestration.check_result_cpu_s(instance, partitions, set())
+
+    assert per_result > 0
+    runs = instance.get_runs()
+    assert orchestration.events_by_type(instance, [r.run_id for r in runs]) == {
+        "ASSET_CHECK_EVALUATION_PLANNED": 1,
+        "ASSET_CHECK_EVALUATION": 5,
+    }
+    key = AssetCheckKey(AssetKey("stripe_daily_metrics"), "refreshed")
+    infos = instance.event_log_storage.get_asset_check_partition_info([key])
+    assert {i.partition_key: i.latest_execution_status.value for i in infos} == dict.fromkeys(
+        partitions, "SUCCEEDED"
+    )
+
+
+@pytest.mark.skipif(
+    not any(orchestration.POSTGRES_BINARIES.glob("*/bin/initdb")) or not shutil.which("runuser"),
+    reason="no PostgreSQL server binaries here",
+)
+def test_the_private_postgres_server_s_cpu_is_in_its_process_tree(tmp_path):
+    import psycopg
+
+    server, env, folder = orchestration.start_private_postgres(tmp_path)
+    try:
+        dsn = (
+            f"host={env['DAGSTER_PG_HOST']} port={env['DAGSTER_PG_PORT']} "
+            f"user={env['DAGSTER_PG_USERNAME']} dbname={env['DAGSTER_PG_DB']}"
+        )
+        before = orchestration.tree_cpu_s({server.process.pid})
+        for _ in range(30):  # a connection each, as Dagster's storage opens them
+            with psycopg.connect(dsn) as connection:
+                connection.execute("SELECT count(*) FROM pg_class").fetchone()
+        by_kind = orchestration.tree_cpu_by_kind({server.process.pid})
+        assert sum(by_kind.values()) > before
+        assert set(by_kind) <= {
+            "PostgreSQL (Dagster's storage)",
+            "ended, started by PostgreSQL (Dagster's storage)",
+        }
+    finally:
+        server.stop(timeout=30)
+        shutil.rmtree(folder, ignore_errors=True)
+    assert not server.alive()

@@ -1,0 +1,51 @@
+"""What loading the code location imports.
+
+Every Dagster run's process imports ``writevue_pipelines.defs`` before it starts (and the
+code server once): a module that definitions do not need is CPU that every refresh run
+pays again (``bench.orchestration`` counts it as Dagster's overhead). The notification
+modules are needed only by the ``notifications`` job's op and sensor, which import them
+when they run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+#: what the data checks use from the notifications package (its anomaly detector)
+CHECKS_USE = {"writevue_pipelines.notifications", "writevue_pipelines.notifications.anomaly"}
+
+
+def modules_after(code: str) -> set[str]:
+    """The modules a fresh interpreter holds after running ``code``."""
+    env = {k: v for k, v in os.environ.items() if k != "WRITEVUE_DATABASE_URL"}
+    out = subprocess.run(
+        [sys.executable, "-c", f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        check=True,
+    )
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def test_loading_the_code_location_leaves_the_notification_modules_out():
+    loaded = modules_after("import writevue_pipelines.defs")
+
+    notification_modules = {m for m in loaded if m.startswith("writevue_pipelines.notifications")}
+    assert notification_modules <= CHECKS_USE
+
+
+def test_the_notifications_job_and_sensor_are_still_defined():
+    loaded = modules_after(
+        "from writevue_pipelines.defs import defs\n"
+        "assert defs.resolve_job_def('notifications') is not None\n"
+        "assert defs.resolve_sensor_def('notifications') is not None"
+    )
+
+    assert "writevue_pipelines.defs.notifications" in loaded
