@@ -7,19 +7,24 @@ on SQLite and on PostgreSQL, then measures in one run:
 
 - the per-view warehouse query (p95) on both databases;
 - server views per second per process with a protocol-level viewer (the page's GET,
-  then the Bokeh document pulled over the websocket) at 1 and 20 concurrent viewers,
-  for the dashboard (run as in production: ``writevue serve``), a bare Panel page (the
-  floor, with the product's server tuning) and a naive Panel dashboard (both in
-  ``bench.dashboard_baselines``); the ratios use the 20-viewer figures, when the server
-  process is saturated; the dashboard also on tenants it has not cached yet;
+  then the Bokeh document pulled over the websocket, offering per-message deflate as
+  browsers do) at 1 and 20 concurrent viewers, for the dashboard (run as in production:
+  ``writevue serve``), a bare Panel page (the floor, with the product's server tuning)
+  and a naive Panel dashboard (both in ``bench.dashboard_baselines``); the ratios use
+  the 20-viewer figures, when the server process is saturated. The floor and the
+  dashboard run side by side and take turns (``WINDOWS`` windows each), so that on a
+  shared machine both see the same load; each has shown every tenant once before its
+  views are counted; the dashboard also on tenants it has not cached yet;
 - each server's CPU per view at 20 viewers, read from /proc: unlike views per second,
   it does not depend on what else the machine runs (the viewers included), so
   ``cpu_per_view_ratio`` (dashboard ÷ bare page) carries the target on a busy machine;
 - time until the Bokeh document is idle with the charts drawn in headless Chromium,
   one viewer at a time, cold (new browser context; a tenant the server has not shown
   yet) and warm (the same page again), against the bare page, and the bytes each load
-  transferred (HTTP bodies as sent, compressed, plus websocket frames received; what
-  the browser's cache served is not transferred);
+  transferred, counted by a relay between the browser and each server: what crossed
+  the network (HTTP headers and bodies as sent, websocket frames compressed as sent;
+  what the browser's cache served is not transferred), and beside it what DevTools
+  shows (websocket messages decompressed);
 - the dashboard server's RSS growth after N sessions opened and closed.
 
 Prints a table; the last line is the machine-readable summary.
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import itertools
 import json
@@ -36,9 +42,11 @@ import os
 import re
 import statistics
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -77,15 +85,20 @@ def _p95(values: list[float]) -> float:
 # -- the servers under test -----------------------------------------------------------------
 
 
-def start_server(kind: str, env: dict[str, str]) -> tuple[Child, str]:
-    """The dashboard (``writevue serve``) or a baseline on a free port: (child, base URL)."""
+def start_server(kind: str, env: dict[str, str], public: str | None = None) -> tuple[Child, str]:
+    """The dashboard (``writevue serve``) or a baseline on a free port: (child, base URL).
+
+    ``public``: another address the browser reaches it by (a ``WireCounter``'s), whose
+    pages' websockets it must accept too."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     if kind == "dashboard":  # the production entry point, its logging included
         command = ["-m", "writevue_pipelines.cli", "serve", "--port", str(port)]
-        env = {**env, "WRITEVUE_DASHBOARD_URL": base}
+        env = {**env, "WRITEVUE_DASHBOARD_URL": public or base}
     else:
         command = ["-m", "bench.dashboard_baselines", kind, "--port", str(port)]
+        if public:
+            command += ["--origin", urlsplit(public).netloc]
     child = spawn_and_wait(
         f"the {kind} server",
         [sys.executable, *command],
@@ -99,6 +112,8 @@ def start_server(kind: str, env: dict[str, str]) -> tuple[Child, str]:
 # -- the protocol-level viewer ----------------------------------------------------------------
 
 _TOKEN = re.compile(r'"token":\s*"([^"]+)"')
+#: what a browser offers on a websocket: per-message deflate, the server's choice of level
+VIEWER_COMPRESSION: dict = {}
 
 
 async def view_once(client: httpx.AsyncClient, url: str) -> float:
@@ -111,8 +126,12 @@ async def view_once(client: httpx.AsyncClient, url: str) -> float:
     page.raise_for_status()
     token = _TOKEN.search(page.text).group(1)
     ws_url = url.replace("http", "ws", 1).split("?")[0] + "/ws"
-    request = HTTPRequest(ws_url, connect_timeout=120, request_timeout=120)
-    socket = await websocket_connect(request, subprotocols=["bokeh", token])
+    request = HTTPRequest(ws_url, connect_timeout=600, request_timeout=600)
+    # Offering per-message deflate, as every browser does: a server that compresses its
+    # messages pays for it here too.
+    socket = await websocket_connect(
+        request, subprotocols=["bokeh", token], compression_options=VIEWER_COMPRESSION
+    )
     # Browsers send without Nagle's delay (Chromium sets TCP_NODELAY on every socket);
     # without it, each multi-frame request here would wait ~40 ms for the server's ACK.
     socket.protocol.set_nodelay(True)
@@ -141,11 +160,19 @@ async def throughput(
     The viewers take the URLs in turn, round and round; with ``once``, each URL is
     viewed at most once (the run ends early when they are used up).
     """
+    latencies, elapsed = await viewing(urls, concurrency, seconds, once=once)
+    return len(latencies) / elapsed, _p95(latencies), len(latencies)
+
+
+async def viewing(
+    urls: list[str], concurrency: int, seconds: float, *, once: bool = False
+) -> tuple[list[float], float]:
+    """``throughput``'s views: (seconds each view took, seconds they all took)."""
     latencies: list[float] = []
     deadline = time.perf_counter() + seconds
     limits = httpx.Limits(max_connections=concurrency * 2)
     turn = itertools.count()
-    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
 
         async def viewer(n: int) -> None:
             while time.perf_counter() < deadline:
@@ -157,7 +184,7 @@ async def throughput(
         started = time.perf_counter()
         await asyncio.gather(*(viewer(n) for n in range(concurrency)))
         elapsed = time.perf_counter() - started
-    return len(latencies) / elapsed, _p95(latencies), len(latencies)
+    return latencies, elapsed
 
 
 # -- the browser ---------------------------------------------------------------------------
@@ -167,15 +194,20 @@ _IDLE = "() => window.Bokeh && Bokeh.documents.length > 0 && Bokeh.documents[0].
 
 @dataclass
 class Render:
-    """Median seconds until idle with charts drawn, and KB transferred, cold and warm."""
+    """Median seconds until idle with charts drawn, and KB transferred (on the network,
+    and as DevTools shows them), cold and warm."""
 
     cold_s: float
     warm_s: float
     cold_kb: float
     warm_kb: float
+    cold_decoded_kb: float = float("nan")
+    warm_decoded_kb: float = float("nan")
 
 
-def render_times(pages: dict[str, list[str]], rounds: int) -> dict[str, Render]:
+def render_times(
+    pages: dict[str, list[str]], rounds: int, wires: dict[str, WireCounter]
+) -> dict[str, Render]:
     """Per page: median (cold, warm) seconds until the document is idle and charts drawn,
     and the bytes each load transferred.
 
@@ -183,12 +215,15 @@ def render_times(pages: dict[str, list[str]], rounds: int) -> dict[str, Render]:
     (it warms the servers' code paths and their static files). Cold: a new browser
     context (empty browser cache) opening that round's URL; for the dashboard, a
     tenant the server has not shown yet, so its facts and page are not cached either.
-    Warm: the same URL again in the same context.
+    Warm: the same URL again in the same context. Bytes: what each kind's server sent
+    through its ``wires`` relay, as on the network (compressed websocket frames
+    compressed); beside them what DevTools shows (websocket messages decompressed).
     """
     from playwright.sync_api import sync_playwright
 
     results: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in pages}
     transferred: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in pages}
+    decoded: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in pages}
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
@@ -199,6 +234,7 @@ def render_times(pages: dict[str, list[str]], rounds: int) -> dict[str, Render]:
                     counter = ByteCounter(context.new_cdp_session(page))
                     for temperature in (0, 1):  # cold (empty cache), then warm
                         counter.bytes = 0
+                        wires[kind].reset()
                         started = time.perf_counter()
                         page.goto(urls[round_ % len(urls)])
                         page.wait_for_function(_IDLE, timeout=60_000)
@@ -207,7 +243,8 @@ def render_times(pages: dict[str, list[str]], rounds: int) -> dict[str, Render]:
                         if round_:
                             results[kind][temperature].append(time.perf_counter() - started)
                             page.wait_for_timeout(200)  # the last events' byte counts
-                            transferred[kind][temperature].append(counter.bytes / 1024)
+                            transferred[kind][temperature].append(wires[kind].received / 1024)
+                            decoded[kind][temperature].append(counter.bytes / 1024)
                     context.close()
         finally:
             browser.close()
@@ -217,15 +254,81 @@ def render_times(pages: dict[str, list[str]], rounds: int) -> dict[str, Render]:
             statistics.median(results[k][1]),
             statistics.median(transferred[k][0]),
             statistics.median(transferred[k][1]),
+            statistics.median(decoded[k][0]),
+            statistics.median(decoded[k][1]),
         )
         for k in pages
     }
 
 
+class WireCounter:
+    """A TCP relay in front of a server, counting the bytes the server sends through it:
+    what a browser downloads as it crosses the network (HTTP headers and bodies as sent,
+    websocket frames as sent, compressed when both ends agreed to deflate; nothing for
+    what the browser's cache served). Runs its own event loop in a thread."""
+
+    def __init__(self, port: int | None = None):
+        self.port = port or free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.target: int | None = None
+        self.received = 0
+        self._loop = asyncio.new_event_loop()
+        self._server = None
+        started = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(started,), daemon=True)
+        self._thread.start()
+        started.wait(10)
+
+    def _run(self, started: threading.Event) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._server = self._loop.run_until_complete(
+            asyncio.start_server(self._relay, "127.0.0.1", self.port)
+        )
+        started.set()
+        self._loop.run_forever()
+
+    def reset(self) -> None:
+        self.received = 0
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(
+                "127.0.0.1", self.target
+            )
+        except OSError:
+            writer.close()
+            return
+
+        async def pipe(source, sink, count: bool) -> None:
+            try:
+                while data := await source.read(65536):
+                    if count:
+                        self.received += len(data)
+                    sink.write(data)
+                    await sink.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                sink.close()
+
+        await asyncio.gather(
+            pipe(reader, upstream_writer, False), pipe(upstream_reader, writer, True)
+        )
+
+    def close(self) -> None:
+        def stop() -> None:
+            if self._server is not None:
+                self._server.close()
+            self._loop.stop()
+
+        self._loop.call_soon_threadsafe(stop)
+        self._thread.join(10)
+
+
 class ByteCounter:
-    """Bytes a page received over the network, from Chromium's DevTools protocol: each
-    HTTP response as sent (headers and compressed body; nothing for what the cache
-    served) and each websocket frame's payload."""
+    """Bytes a page received as DevTools reports them: each HTTP response as sent
+    (headers and compressed body; nothing for what the cache served) and each websocket
+    message's payload, decompressed."""
 
     def __init__(self, cdp):
         self.bytes = 0
@@ -386,7 +489,67 @@ def measure_views(
     asyncio.run(throughput(urls[:2], 1, 2.0))  # warm up
     one, _, _ = asyncio.run(throughput(urls, 1, seconds))
     figures = {"one": one, **viewed(child.process.pid, urls, seconds)}
-    rows.append((f"{kind}: views/s at 1 viewer", f"{one:.1f}"))
+    _view_rows(kind, figures, rows)
+    return figures
+
+
+#: windows each of the floor and the dashboard gets, taking turns, per measurement
+WINDOWS = 4
+
+
+@dataclass
+class Tally:
+    """Views of one server over its windows: how many, how long, and the CPU they took."""
+
+    latencies: list[float]
+    seconds: float = 0.0
+    server_cpu_s: float = 0.0
+    viewer_cpu_s: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) / self.seconds if self.seconds else float("nan")
+
+
+def measure_side_by_side(
+    servers: dict[str, tuple[Child, str]], tokens: list[str], seconds: float, rows: Rows
+) -> dict[str, dict]:
+    """``measure_views`` for servers running side by side, which take turns: each gets
+    ``WINDOWS`` windows of ``seconds / WINDOWS`` at 1 viewer, then at 20, one after the
+    other's, so that on a shared machine both see the same load (the figures are the
+    windows' totals). Each server has first shown every URL once: the views measured
+    are of tenants it has shown before, as returning clients' are."""
+    urls = {kind: [f"{base}/d/{token}" for token in tokens] for kind, (_, base) in servers.items()}
+    for kind in servers:
+        asyncio.run(viewing(urls[kind], 5, 600, once=True))
+    tallies = {(kind, n): Tally([]) for kind in servers for n in (1, VIEWERS)}
+    for viewers in (1, VIEWERS):
+        for _ in range(WINDOWS):
+            for kind, (child, _) in servers.items():
+                tally = tallies[kind, viewers]
+                server, client = cpu_s(child.process.pid), time.process_time()
+                latencies, elapsed = asyncio.run(viewing(urls[kind], viewers, seconds / WINDOWS))
+                tally.server_cpu_s += cpu_s(child.process.pid) - server
+                tally.viewer_cpu_s += time.process_time() - client
+                tally.latencies += latencies
+                tally.seconds += elapsed
+    figures = {}
+    for kind in servers:
+        one, twenty = tallies[kind, 1], tallies[kind, VIEWERS]
+        views = max(len(twenty.latencies), 1)
+        figures[kind] = {
+            "one": one.rate,
+            "twenty": twenty.rate,
+            "p95_20": _p95(twenty.latencies),
+            "cpu_ms": twenty.server_cpu_s / views * 1000,
+            "viewer_cpu_ms": twenty.viewer_cpu_s / views * 1000,
+        }
+        _view_rows(kind, figures[kind], rows)
+    return figures
+
+
+def _view_rows(kind: str, figures: dict, rows: Rows) -> None:
+    rows.append((f"{kind}: views/s at 1 viewer", f"{figures['one']:.1f}"))
     rows.append((f"{kind}: views/s at {VIEWERS} viewers", f"{figures['twenty']:.1f}"))
     rows.append((f"{kind}: view p95 at {VIEWERS} viewers", f"{figures['p95_20'] * 1000:.0f} ms"))
     rows.append(
@@ -395,7 +558,6 @@ def measure_views(
             f"{figures['cpu_ms']:.1f} ms  (the viewers' own: {figures['viewer_cpu_ms']:.1f} ms)",
         )
     )
-    return figures
 
 
 def measure_uncached_views(
@@ -416,20 +578,20 @@ def measure_uncached_views(
 
 
 def measure_renders(
-    dashboard_base: str, env: dict[str, str], links: Links, rounds: int
+    bases: dict[str, str], wires: dict[str, WireCounter], links: Links, rounds: int
 ) -> dict[str, Render]:
-    """Chromium loads of the dashboard (fresh tenants) against a bare page, served beside it."""
-    bare, bare_base = start_server("bare", env)
-    with bare:
-        bare_urls = [f"{bare_base}/d/{token}" for token in links.hot]
-        asyncio.run(throughput(bare_urls[:2], 1, 2.0))  # warm up, as in measure_views
-        return render_times(
-            {
-                "bare": bare_urls[:1],
-                "dashboard": [f"{dashboard_base}/d/{token}" for token in links.fresh],
-            },
-            rounds,
-        )
+    """Chromium loads of the dashboard (fresh tenants) against the bare page, each through
+    its server's ``WireCounter`` (the browser loads the pages by the relays' addresses)."""
+    for kind, base in bases.items():
+        wires[kind].target = urlsplit(base).port
+    return render_times(
+        {
+            "bare": [f"{wires['bare'].base}/d/{token}" for token in links.hot[:1]],
+            "dashboard": [f"{wires['dashboard'].base}/d/{token}" for token in links.fresh],
+        },
+        rounds,
+        wires,
+    )
 
 
 @dataclass
@@ -441,21 +603,31 @@ class Measured:
 
 
 def measure_servers(args, env: dict[str, str], links: Links, rows: Rows) -> Measured:
-    """The baselines' views, then the dashboard's: views, uncached views, RSS, renders."""
+    """The naive dashboard's views alone; then the bare page's and the dashboard's side by
+    side (``measure_side_by_side``); the dashboard's uncached views and RSS; the renders."""
     views: dict[str, dict[str, float]] = {}
-    for kind in ("bare", "naive"):
-        child, base = start_server(kind, env)
-        with child:
-            views[kind] = measure_views(child, base, kind, links.hot, args.seconds, rows)
-    child, base = start_server("dashboard", env)
+    child, base = start_server("naive", env)
     with child:
-        views["dashboard"] = measure_views(child, base, "dashboard", links.hot, args.seconds, rows)
+        views["naive"] = measure_views(child, base, "naive", links.hot, args.seconds, rows)
+    wires = {kind: WireCounter() for kind in ("bare", "dashboard")}  # the browser's way in
+    with contextlib.ExitStack() as stack:
+        for wire in wires.values():
+            stack.enter_context(contextlib.closing(wire))
+        servers = {}
+        for kind in ("bare", "dashboard"):
+            servers[kind] = start_server(kind, env, public=wires[kind].base)
+            stack.enter_context(servers[kind][0])
+        views.update(measure_side_by_side(servers, links.hot, args.seconds, rows))
+        child, base = servers["dashboard"]
         uncached = None
         if links.cold:
             uncached = measure_uncached_views(child, base, links.cold, args.seconds, rows)
         urls = [f"{base}/d/{token}" for token in links.hot]
         growth = rss_growth(child.process.pid, urls, args.sessions, rows, args.settle)
-        renders = None if args.no_browser else measure_renders(base, env, links, args.rounds)
+        renders = None
+        if not args.no_browser:
+            bases = {kind: base for kind, (_, base) in servers.items()}
+            renders = measure_renders(bases, wires, links, args.rounds)
     return Measured(views, growth, renders, uncached)
 
 
@@ -509,7 +681,9 @@ def add_ratios(measured: Measured, links: Links, rows: Rows) -> dict[str, float]
             rows.append(
                 (
                     f"{kind}: transferred, cold / warm (repeat view)",
-                    f"{r.cold_kb:.0f} KB / {r.warm_kb:.0f} KB",
+                    f"{r.cold_kb:.0f} KB / {r.warm_kb:.0f} KB on the network  "
+                    f"(DevTools, websocket decompressed: {r.cold_decoded_kb:.0f} KB / "
+                    f"{r.warm_decoded_kb:.0f} KB)",
                 )
             )
         rows.append(("dashboard: cold loads' tenants", fresh))

@@ -6,10 +6,10 @@ Each is served at ``/d/{token}`` like the dashboard, on the warehouse WRITEVUE_H
 names; the dashboard itself is run as in production, by ``writevue serve``.
 
 The bare page gets the product's server tuning (``dashboard_server.tuning``): websockets
-that send without Nagle's delay and let a closed page's session go at once, Bokeh's
-unused-session check every second, no per-page ``location`` model, the startup objects
-frozen out of the garbage collector and freed heap handed back after sessions end. A
-floor without them would flatter the dashboard. The naive dashboard stays a plain
+that are compressed, send without Nagle's delay and let a closed page's session go at
+once, Bokeh's unused-session check every second, no per-page ``location`` model, the
+startup objects frozen out of the garbage collector and freed heap handed back after
+sessions end. A floor without them would flatter the dashboard. The naive dashboard stays a plain
 ``pn.serve``, as someone building it naively would run it: a reference, not a floor.
 """
 
@@ -20,8 +20,9 @@ import argparse
 KINDS = ("bare", "naive")
 
 
-def serve(kind: str, port: int) -> None:
-    """Run a baseline server in this process until it is stopped."""
+def serve(kind: str, port: int, origins: list[str] | None = None) -> None:
+    """Run a baseline server in this process until it is stopped; its websockets accept
+    pages from ``127.0.0.1:port`` and ``origins`` (``host:port``)."""
     import logging
 
     import panel as pn
@@ -36,10 +37,14 @@ def serve(kind: str, port: int) -> None:
     tuned = kind == "bare"
     tuning = {}
     if tuned:
-        from dashboard_server.tuning import SESSION_CHECK_MS, release_memory
+        from dashboard_server.tuning import SESSION_CHECK_MS, WEBSOCKET_COMPRESSION, release_memory
 
         pn.state.on_session_destroyed(release_memory)
-        tuning = {"location": False, "check_unused_sessions_milliseconds": SESSION_CHECK_MS}
+        tuning = {
+            "location": False,
+            "check_unused_sessions_milliseconds": SESSION_CHECK_MS,
+            **WEBSOCKET_COMPRESSION,
+        }
     server = pn.serve(
         {"/d/{token}": app},
         port=port,
@@ -48,7 +53,7 @@ def serve(kind: str, port: int) -> None:
         start=False,
         threaded=False,
         verbose=False,
-        websocket_origin=[f"127.0.0.1:{port}"],
+        websocket_origin=[f"127.0.0.1:{port}", *(origins or [])],
         **tuning,
     )
     if tuned:
@@ -105,8 +110,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.dashboard_baselines")
     parser.add_argument("kind", choices=KINDS)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument(
+        "--origin", action="append", default=[], help="another host:port pages come from"
+    )
     args = parser.parse_args(argv)
-    serve(args.kind, args.port)
+    serve(args.kind, args.port, args.origin)
 
 
 if __name__ == "__main__":

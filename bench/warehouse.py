@@ -3,26 +3,34 @@
     python -m bench.warehouse --rows 1000000 [--big-rows 10000000] [--repeat 3]
 
 For each database, the same ``rows`` facts (one connection, metrics x dimensions x
-days) are written in the same session, ``--repeat`` times (the median is reported):
+days, a polars frame as a source returns it) are written in the same session,
+``--repeat`` times (the median is reported):
 
-- baseline: the fastest plain load of the same rows (tenant and connection UUIDs
-  included) into a fresh table of the same columns with no index (PostgreSQL ``COPY``;
-  SQLite ``executemany`` of a plain ``INSERT``);
+- baseline: the fastest plain bulk load of the same frame into the same ``facts`` table
+  (the same primary key, the same connection settings and durability: on SQLite WAL
+  with synchronous=NORMAL, on PostgreSQL the same server and table), for a connection id
+  of its own: the frame sorted in the key's order (inserting in key order is what makes
+  a keyed load fast), then SQLite ``executemany`` of a plain ``INSERT`` or PostgreSQL
+  ``COPY`` of polars' CSV, then the commit. Timed from the frame to the commit, as the
+  upsert is;
+- heap (a reference, not the target): the same rows into a fresh table with no index at
+  all (the former baseline): the cost of keeping a key is in its ratio;
 - upsert: ``warehouse.upsert_facts`` into the real ``facts`` table, for a new
-  connection (its primary key maintained);
+  connection: it reads what is stored, compares, and writes the difference;
 - rerun: the same upsert again, which must change no row;
 - update-all: an upsert changing every value.
 
 Then the facts table is filled with ``--big-rows`` rows of other connections (10M by
 default: where the primary key's depth, page splits and the cache matter) and the
-baseline and upsert are measured again, ``--repeat`` times. The baseline's table stays
-an unindexed heap, whose appends do not depend on what it holds.
+baseline, the heap and the upsert are measured again, ``--repeat`` times, the baseline
+into that same big table.
 
 ratio = baseline time / upsert time, per repetition, median reported (1.0: as fast as
 the plain load). CPU is this process's (the client; SQLite's work is all here) plus, on
 PostgreSQL, the server backend's serving the connection (from /proc), so ``cpu ratio``
 compares the CPU per row of both ways; the server's background writers are not counted
-for either. PostgreSQL is skipped when the server (WRITEVUE_TEST_POSTGRES_URL, default
+for either. On this shared machine the CPU ratios carry the targets. PostgreSQL is
+skipped when the server (WRITEVUE_TEST_POSTGRES_URL, default
 postgresql://postgres@127.0.0.1:5432/postgres) does not answer.
 """
 
@@ -38,6 +46,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 
 import polars as pl
@@ -99,10 +108,10 @@ def timed(run: Callable[[], int], server_pid: int | None = None) -> Timed:
     return Timed(seconds, cpu, changed)
 
 
-# -- the baselines: plain bulk loads into an unindexed table ---------------------------------
+# -- the heap reference: plain bulk loads into an unindexed table -----------------------------
 
 
-def sqlite_baseline(path: Path, facts: pl.DataFrame, table: str) -> Timed:
+def sqlite_heap(path: Path, facts: pl.DataFrame, table: str) -> Timed:
     rows = facts.select(
         pl.lit(BASELINE_TENANT).alias("tenant_id"),
         pl.lit(BASELINE_CONNECTION).alias("connection_id"),
@@ -114,6 +123,7 @@ def sqlite_baseline(path: Path, facts: pl.DataFrame, table: str) -> Timed:
     ).rows()
     with sqlite3.connect(path) as conn:
         conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")  # as the warehouse's connections
         conn.execute(
             f"CREATE TABLE {table} (tenant_id TEXT, connection_id TEXT, metric TEXT, "
             "dimension TEXT, day TEXT, value REAL, updated_at TEXT)"
@@ -128,7 +138,7 @@ def sqlite_baseline(path: Path, facts: pl.DataFrame, table: str) -> Timed:
         return timed(load)
 
 
-def postgres_baseline(url: str, facts: pl.DataFrame, table: str) -> Timed:
+def postgres_heap(url: str, facts: pl.DataFrame, table: str) -> Timed:
     import psycopg
 
     with psycopg.connect(url) as conn, conn.cursor() as cursor:
@@ -151,6 +161,62 @@ def postgres_baseline(url: str, facts: pl.DataFrame, table: str) -> Timed:
             return facts.height
 
         return timed(load, conn.info.backend_pid)
+
+
+# -- the baseline: a plain bulk load into the facts table itself -------------------------------
+
+_FACT_COLUMNS = "tenant_id, connection_id, day, metric, dimension, value, updated_at"
+
+
+def _keyed(facts: pl.DataFrame, stamp: str) -> pl.DataFrame:
+    """The frame's rows for a connection of their own, in the key's order, every column."""
+    return facts.sort("day", "metric", "dimension").select(
+        pl.lit(str(uuid.uuid4())).alias("tenant_id"),
+        pl.lit(str(uuid.uuid4())).alias("connection_id"),
+        pl.col("day").dt.strftime("%Y-%m-%d"),
+        "metric",
+        "dimension",
+        "value",
+        pl.lit(stamp).alias("updated_at"),
+    )
+
+
+def sqlite_load(raw, facts: pl.DataFrame) -> int:
+    keyed = facts.sort("day", "metric", "dimension")
+    # Column by column into tuples, the same values repeated (cheaper than
+    # ``DataFrame.rows()``), as the upsert makes its parameters.
+    stamp = dt.datetime.now(dt.UTC).strftime(SQLITE_STAMP)
+    rows = zip(
+        repeat(str(uuid.uuid4())),
+        repeat(str(uuid.uuid4())),
+        keyed["day"].dt.strftime("%Y-%m-%d").to_list(),
+        keyed["metric"].to_list(),
+        keyed["dimension"].to_list(),
+        keyed["value"].to_list(),
+        repeat(stamp),
+        strict=False,
+    )
+    cursor = raw.cursor()
+    try:
+        cursor.executemany(
+            f"INSERT INTO facts ({_FACT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+            rows,
+        )
+    finally:
+        cursor.close()
+    return keyed.height
+
+
+def postgres_load(raw, facts: pl.DataFrame) -> int:
+    data = _keyed(facts, dt.datetime.now(dt.UTC).isoformat()).write_csv(
+        include_header=False, quote_style="non_numeric"
+    )
+    with (
+        raw.cursor() as cursor,
+        cursor.copy(f"COPY facts ({_FACT_COLUMNS}) FROM STDIN (FORMAT csv)") as copy,
+    ):
+        copy.write(data.encode())
+    return facts.height
 
 
 # -- filling the facts table with other connections' rows, fast ------------------------------
@@ -243,30 +309,51 @@ class Warehouse:
             )
             return registry.get_connection(session, connection_id)
 
-    def upsert(self, connection, frame: pl.DataFrame) -> Timed:
+    def timed(self, work: Callable) -> Timed:
+        """``work(session)`` (its count of rows changed) and the commit, in one of the
+        warehouse's own sessions: wall and CPU seconds, the backend's CPU included."""
         from sqlalchemy import text
 
-        from writevue_pipelines import warehouse
-
-        window = frame["day"].min()
         with self.runtime.db.session() as session:
             backend = None
             if self.postgres:
                 backend = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
             server = cpu_s(backend) if backend else 0.0
             cpu, start = time.process_time(), time.perf_counter()
-            summary = warehouse.upsert_facts(session, connection, frame, window_start=window)
+            changed = work(session)
             session.commit()
             seconds = time.perf_counter() - start
             cpu = time.process_time() - cpu + (cpu_s(backend) - server if backend else 0.0)
-        return Timed(seconds, cpu, summary.written + summary.removed)
+        return Timed(seconds, cpu, changed)
+
+    def upsert(self, connection, frame: pl.DataFrame) -> Timed:
+        from writevue_pipelines import warehouse
+
+        window = frame["day"].min()
+
+        def upsert(session) -> int:
+            summary = warehouse.upsert_facts(session, connection, frame, window_start=window)
+            return summary.written + summary.removed
+
+        return self.timed(upsert)
+
+    def baseline(self, frame: pl.DataFrame) -> Timed:
+        """The plain bulk load of ``frame`` into the same table (``sqlite_load``,
+        ``postgres_load``), in a session like the upsert's."""
+        load = postgres_load if self.postgres else sqlite_load
+        return self.timed(lambda session: load(_driver(session), frame))
+
+
+def _driver(session):
+    return session.connection().connection.driver_connection
 
 
 @dataclass
 class Round:
-    """One repetition: the baseline and the upserts measured beside it."""
+    """One repetition: the baseline, the heap reference and the upserts measured beside it."""
 
     baseline: Timed
+    heap: Timed
     upsert: Timed
     rerun: Timed | None = None
     update: Timed | None = None
@@ -278,6 +365,10 @@ class Round:
     @property
     def cpu_ratio(self) -> float:
         return self.baseline.cpu_s / self.upsert.cpu_s
+
+    @property
+    def heap_cpu_ratio(self) -> float:
+        return self.heap.cpu_s / self.upsert.cpu_s
 
 
 @dataclass
@@ -291,19 +382,21 @@ class Results:
 
 def measure(
     target: Warehouse,
-    baseline: Callable[[str], Timed],
+    heap: Callable[[str], Timed],
     fill: Callable[[], int],
     facts: pl.DataFrame,
     args,
 ) -> Results:
     results = Results()
     for index in range(args.repeat):
-        base = baseline(f"baseline_{index}")
+        # The first baseline goes into an empty table, as the first upsert does.
+        base = target.baseline(facts)
+        reference = heap(f"heap_{index}")
         connection = target.new_connection()
         first = target.upsert(connection, facts)
         rerun = target.upsert(connection, facts)
         update = target.upsert(connection, facts.with_columns(pl.col("value") + 1))
-        results.empty.append(Round(base, first, rerun, update))
+        results.empty.append(Round(base, reference, first, rerun, update))
         if (first.changed, rerun.changed, update.changed) != (facts.height, 0, facts.height):
             results.problems.append(
                 f"wrote {first.changed}, rerun changed {rerun.changed}, "
@@ -314,9 +407,10 @@ def measure(
         results.big_rows = fill()
         results.fill_s = time.perf_counter() - started
         for index in range(args.repeat):
-            base = baseline(f"baseline_big_{index}")
+            base = target.baseline(facts)
+            reference = heap(f"heap_big_{index}")
             connection = target.new_connection()
-            results.big.append(Round(base, target.upsert(connection, facts)))
+            results.big.append(Round(base, reference, target.upsert(connection, facts)))
     return results
 
 
@@ -326,7 +420,7 @@ def run_sqlite(workdir: Path, facts: pl.DataFrame, args) -> Results:
     try:
         return measure(
             target,
-            lambda table: sqlite_baseline(workdir / "baseline.db", facts, table),
+            lambda table: sqlite_heap(workdir / "heap.db", facts, table),
             lambda: fill_sqlite(home / "warehouse.db", args.big_rows),
             facts,
             args,
@@ -340,7 +434,7 @@ def run_postgres(url: str, workdir: Path, facts: pl.DataFrame, args) -> Results:
     try:
         return measure(
             target,
-            lambda table: postgres_baseline(url, facts, table),
+            lambda table: postgres_heap(url, facts, table),
             lambda: fill_postgres(url, args.big_rows),
             facts,
             args,
@@ -358,7 +452,8 @@ def _median(values) -> float:
 
 def print_report(rows: int, results: dict[str, Results]) -> dict[str, float]:
     columns = ("database", "table", "baseline s", "upsert s", "rows/s", "ratio")
-    columns += ("base cpu s", "upsert cpu s", "cpu ratio", "rerun s", "update s")
+    columns += ("base cpu s", "upsert cpu s", "cpu ratio", "heap cpu s", "heap cpu rt")
+    columns += ("rerun s", "update s")
     print(" ".join(f"{c:>12}" for c in columns))
     summary: dict[str, float] = {}
     for name, result in results.items():
@@ -377,6 +472,8 @@ def print_report(rows: int, results: dict[str, Results]) -> dict[str, float]:
             values += (f"{upsert:.2f}", f"{rows / upsert:.0f}", f"{ratio:.2f}")
             values += (f"{_median(r.baseline.cpu_s for r in rounds):.2f}",)
             values += (f"{_median(r.upsert.cpu_s for r in rounds):.2f}", f"{cpu_ratio:.2f}")
+            values += (f"{_median(r.heap.cpu_s for r in rounds):.2f}",)
+            values += (f"{_median(r.heap_cpu_ratio for r in rounds):.2f}",)
             reruns = [r.rerun.seconds for r in rounds if r.rerun]
             updates = [r.update.seconds for r in rounds if r.update]
             values += (f"{_median(reruns):.2f}" if reruns else "-",)
@@ -417,7 +514,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"PostgreSQL skipped: {type(exc).__name__}")
     summary = print_report(args.rows, results)
     keys = ["sqlite_ratio", "postgres_ratio", "sqlite_ratio_10m", "postgres_ratio_10m"]
-    keys += ["sqlite_cpu_ratio", "postgres_cpu_ratio"]
+    keys += ["sqlite_cpu_ratio", "postgres_cpu_ratio", "sqlite_cpu_ratio_10m"]
+    keys += ["postgres_cpu_ratio_10m"]
     print(
         f"rows={args.rows} repeat={args.repeat} "
         + " ".join(f"{key}={summary.get(key, float('nan')):.2f}" for key in keys)

@@ -3,8 +3,9 @@
 The view never touches tokens or SQL: the server hands it a ``DashboardSource``
 (load a period, is the link still alive, where the CSV is). To stay cheap per
 view (a few Bokeh models, not hundreds), the header, KPI cards, the charts and the
-breakdown table are one HTML pane (``render``); only the date-range picker is made
-of widgets.
+breakdown table are one HTML pane (``render``); only the period and comparison
+buttons (and the custom-range picker, when asked for) are widgets: Bokeh's own, not
+Panel's, which would cost the server more per page load than the rest of the view.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Protocol
 
 import panel as pn
 import param
+from bokeh.models import DateRangePicker, ImportedStyleSheet, RadioButtonGroup, Row
+from panel.io.resources import JS_VERSION
 
 from .data import PRESET_DAYS, Period, PeriodError
 from .render import GONE_HTML, RELOAD_HTML, RENDERING_CSS, dashboard_html
@@ -138,31 +141,26 @@ class Dashboard(pn.viewable.Viewer):
         self._content = pn.pane.HTML(
             sizing_mode="stretch_width", margin=0, stylesheets=[RENDERING_CSS]
         )
-        picker = pn.widgets.RadioButtonGroup.from_param(
-            self.param.range,
-            options=RANGE_OPTIONS,
-            name="",
-            button_type="light",
-            css_classes=["wv-range"],
-        )
-        # The custom-range picker is made when first asked for: most views never use it,
-        # and every widget is Bokeh models to build, send and draw on each page load.
-        self._custom_picker: pn.widgets.DateRangePicker | None = None
-        comparison = pn.widgets.RadioButtonGroup.from_param(
-            self.param.compare,
-            options=COMPARE_OPTIONS,
-            name="",
-            button_type="light",
-            css_classes=["wv-compare"],
-        )
+        # The period and comparison buttons are Bokeh's own models (the class Panel's
+        # widgets make), not Panel widgets: Panel's layer cost some 15 ms of the server's
+        # CPU per page load, about as much as the rest of the view's own work, for nothing
+        # a pair of button groups needs. Both share one stylesheet model per URL (each is
+        # a model to build and send). The custom-range picker is made when first asked
+        # for: most views never use it.
+        styles = control_stylesheets(*BUTTON_CSS)
+        self._range_buttons = _buttons(RANGE_OPTIONS, self.range, "wv-range", styles)
+        self._compare_buttons = _buttons(COMPARE_OPTIONS, self.compare, "wv-compare", styles)
+        self._range_buttons.on_change("active", self._range_clicked)
+        self._compare_buttons.on_change("active", self._compare_clicked)
+        self._custom_picker: DateRangePicker | None = None
         # On a phone the comparison goes below the period: the row wraps.
-        self._controls = pn.Row(
-            picker,
-            comparison,
+        self._controls_row = Row(
+            children=[self._range_buttons, self._compare_buttons],
             css_classes=["wv-controls"],
             visible=not self.tv,
             styles={"flex-wrap": "wrap", "row-gap": "8px"},
         )
+        self._controls = pn.pane.Bokeh(self._controls_row, margin=0)
         self._layout = pn.Column(
             self._controls,
             self._content,
@@ -172,6 +170,7 @@ class Dashboard(pn.viewable.Viewer):
             margin=0,
         )
         self.param.watch(self._changed, ["range", "custom", "compare"])
+        self.param.watch(self._show_choice, ["range", "compare", "custom"])
         self._draw()  # the server has just checked the link: no second check
 
     @property
@@ -196,12 +195,47 @@ class Dashboard(pn.viewable.Viewer):
 
     def _show_custom_picker(self) -> None:
         if self.range == "custom" and self._custom_picker is None:
-            self._custom_picker = pn.widgets.DateRangePicker.from_param(
-                self.param.custom, name="", width=260, css_classes=["wv-date-picker"]
+            self._custom_picker = DateRangePicker(
+                value=_iso_range(self.custom),
+                width=260,
+                css_classes=["wv-date-picker"],
+                stylesheets=control_stylesheets(*PICKER_CSS),
+                margin=(5, 10),
             )
-            self._controls.append(self._custom_picker)
+            self._custom_picker.on_change("value", self._custom_picked)
+            self._controls_row.children = [*self._controls_row.children, self._custom_picker]
         elif self._custom_picker is not None:
             self._custom_picker.visible = self.range == "custom"
+
+    # -- the controls: what the client picked, and what is shown as picked ---------------
+
+    def _range_clicked(self, _attr, _old, index) -> None:
+        chosen = _option(RANGE_OPTIONS, index)
+        if chosen is None:  # not one of the buttons: show the period as it is
+            self._show_choice()
+        else:
+            self.range = chosen
+
+    def _compare_clicked(self, _attr, _old, index) -> None:
+        chosen = _option(COMPARE_OPTIONS, index)
+        if chosen is None:
+            self._show_choice()
+        else:
+            self.compare = chosen
+
+    def _custom_picked(self, _attr, _old, value) -> None:
+        days = _days(value)
+        if days is None:  # not two days: show the period as it is
+            self._show_choice()
+        else:
+            self.custom = days
+
+    def _show_choice(self, *_events) -> None:
+        """The buttons (and the picker) show the parameters, however they were set."""
+        self._range_buttons.active = _index(RANGE_OPTIONS, self.range)
+        self._compare_buttons.active = _index(COMPARE_OPTIONS, self.compare)
+        if self._custom_picker is not None:
+            self._custom_picker.value = _iso_range(self.custom)
 
     def _changed(self, *events: param.parameterized.Event) -> None:
         """The client changed the period: draw it, if the link still opens this dashboard.
@@ -254,7 +288,7 @@ class Dashboard(pn.viewable.Viewer):
         A link that no longer works says so in the tenant's own brand, when it has one
         (the source knows it; the server's sweep only knows the default)."""
         self.gone = True
-        self._controls.visible = False
+        self._controls_row.visible = False
         branded = getattr(self._source, "gone_page", None)
         if page != RELOAD_HTML and branded is not None:
             page = branded() or page
@@ -262,3 +296,65 @@ class Dashboard(pn.viewable.Viewer):
 
     def __panel__(self) -> pn.viewable.Viewable:
         return self._layout
+
+
+def control_stylesheets(*panel_files: str) -> list[ImportedStyleSheet]:
+    """The stylesheets a control needs, by URL: ours (``theme.css``: the buttons' colours,
+    a brand's included) and those of Panel's design that it uses."""
+    ours = [url for url in pn.config.css_files if "/theme.css" in url]
+    panel = [f"/static/extensions/panel/{name}?v={JS_VERSION}" for name in panel_files]
+    return [ImportedStyleSheet(url=url) for url in ours + panel]
+
+
+#: what the period and comparison buttons use of Panel's design
+BUTTON_CSS = ("css/button.css",)
+#: what the custom-range picker (its field and calendar) uses of Panel's design
+PICKER_CSS = ("bundled/theme/default.css", "bundled/theme/native.css")
+
+
+def _buttons(
+    options: Mapping[str, str], value: str | None, css_class: str, styles: list
+) -> RadioButtonGroup:
+    return RadioButtonGroup(
+        labels=list(options),
+        active=_index(options, value),
+        button_type="light",
+        css_classes=["solid", css_class],
+        margin=(5, 10),
+        stylesheets=styles,
+    )
+
+
+def _index(options: Mapping[str, str], value: str | None) -> int | None:
+    values = list(options.values())
+    return values.index(value) if value in values else None
+
+
+def _option(options: Mapping[str, str], index) -> str | None:
+    values = list(options.values())
+    if isinstance(index, int) and not isinstance(index, bool) and 0 <= index < len(values):
+        return values[index]
+    return None
+
+
+def _iso_range(days) -> tuple[str, str] | None:
+    return None if not days else (days[0].isoformat(), days[1].isoformat())
+
+
+def _days(value) -> tuple[dt.date, dt.date] | None:
+    """Two days from what a browser's date-range picker sends, else None."""
+    try:
+        start, end = value
+        return _day(start), _day(end)
+    except (TypeError, ValueError):
+        return None
+
+
+def _day(value) -> dt.date:
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    if isinstance(value, str):
+        return dt.date.fromisoformat(value[:10])
+    raise ValueError(f"not a day: {type(value).__name__}")

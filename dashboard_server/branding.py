@@ -30,6 +30,8 @@ from writevue_pipelines.errors import InvalidInput, NotFound
 from writevue_pipelines.models import Brand
 from writevue_pipelines.runtime import Runtime
 
+from .static import asset_url
+
 #: the logo route (Tornado anchors it at the end)
 LOGO_ROUTE = r"/brand/([0-9a-f-]{36})/([0-9a-f]{16})\.(svg|png)"
 LOGO_CACHE_CONTROL = "public, max-age=31536000, immutable"
@@ -155,7 +157,7 @@ def logo_html(brand: BrandView | None, *, css_class: str = "wv-logo") -> str:
     """The header's logo: the brand's (alt: its name), else its name as a wordmark, else
     WriteVue's."""
     if brand is None:
-        return f'<img class="{css_class}" src="/assets/logo.svg" alt="WriteVue">'
+        return f'<img class="{css_class}" src="{asset_url("logo.svg")}" alt="WriteVue">'
     name = html.escape(brand.display_name)
     mark = f'<span class="wv-brand-name">{name}</span>'
     if brand.logo_url is None:
@@ -167,7 +169,7 @@ def logo_html(brand: BrandView | None, *, css_class: str = "wv-logo") -> str:
 
 
 def favicon_url(brand: BrandView | None) -> str:
-    return (brand.logo_url if brand is not None else None) or "/assets/favicon.svg"
+    return (brand.logo_url if brand is not None else None) or asset_url("favicon.svg")
 
 
 def brand_style(brand: BrandView | None, *, tv: bool = False, scope: str = ".wv-dashboard") -> str:

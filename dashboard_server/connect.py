@@ -41,6 +41,7 @@ from .branding import (
 from .gate import reject
 from .headers import SessionCookies
 from .limiter import FailureLimiter
+from .static import asset_url
 
 
 def page(title: str, body: str, *, head: str = "", brand: BrandView | None = None) -> str:
@@ -52,7 +53,7 @@ def page(title: str, body: str, *, head: str = "", brand: BrandView | None = Non
         f'<meta name="robots" content="noindex, nofollow">{head}'
         f"<title>{html.escape(title)} · {html.escape(brand_name(brand))}</title>"
         f'<link rel="icon" href="{html.escape(favicon_url(brand))}">'
-        '<link rel="stylesheet" href="/assets/theme.css">'
+        f'<link rel="stylesheet" href="{asset_url("theme.css")}">'
         f"{brand_style(brand, scope='.wv-page')}</head>"
         '<body><main class="wv-page"><header class="wv-header">'
         f"{logo_html(brand)}<h1>{html.escape(title)}</h1></header>{body}</main></body></html>"

@@ -3,16 +3,50 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import parse_qs
 
+from panel.io.resources import JS_VERSION
 from tornado.httputil import HTTPHeaders, HTTPServerRequest
 from tornado.web import OutputTransform, RequestHandler
+
+from .static import asset_version
 
 _COOKIE_FLAGS = frozenset({"expires", "max-age", "httponly", "samesite", "secure"})
 #: a bundle named by its version (Bokeh's and Panel's ``/static/…?v=<hash>``): public
 #: library code, never a tenant's, so a browser may keep it and a repeat view loads only
 #: the page; the page itself (it carries the session) and anything unversioned stay no-store
 VERSIONED_STATIC = re.compile(r"(?:^|&)v=[0-9a-f]{32,}(?:&|$)")
+#: Panel's own files (its stylesheets) are named by Panel's release: ``?v=1.9.4``
+PANEL_FILES = "/static/extensions/panel/"
 IMMUTABLE = "public, max-age=31536000, immutable"
+
+
+def versioned(path: str, query: str) -> bool:
+    """Is this URL a file named by its version, which a browser may keep for good?
+
+    - Bokeh's and Panel's bundles, ``/static/…?v=<hash>`` (``VERSIONED_STATIC``);
+    - Panel's stylesheets, ``/static/extensions/panel/…?v=<Panel's release>``, exactly the
+      release this server runs;
+    - WriteVue's own ``/assets/<file>?v=<its content hash>`` (``static.asset_url``), only
+      while the file has that content: an older page's URL gets today's file, not kept.
+    Public files all: nothing of any tenant is ever served under these paths.
+    """
+    if path.startswith("/static/"):
+        if VERSIONED_STATIC.search(query):
+            return True
+        return path.startswith(PANEL_FILES) and _version(query) == JS_VERSION
+    if path.startswith("/assets/"):
+        version = _version(query)
+        return version is not None and version == asset_version(path.removeprefix("/assets/"))
+    return False
+
+
+def _version(query: str) -> str | None:
+    values = parse_qs(query, keep_blank_values=True)
+    if set(values) != {"v"} or len(values["v"]) != 1:
+        return None
+    return values["v"][0]
+
 
 #: what a handler may set for itself on a response it marks ``request.writevue_immutable``
 #: (``branding.BrandLogoHandler``: a year of caching, a CSP stricter than the site's)
@@ -105,8 +139,7 @@ def security_transform(headers_to_set: dict[str, str]) -> type[OutputTransform]:
             if (
                 status_code == 200
                 and self.request.method in ("GET", "HEAD")
-                and self.request.path.startswith("/static/")
-                and VERSIONED_STATIC.search(self.request.query)
+                and versioned(self.request.path, self.request.query)
             ):
                 headers["Cache-Control"] = IMMUTABLE
             headers.pop("Server", None)

@@ -57,19 +57,31 @@ class DocumentSocket:
         self._connection = connection
 
     @classmethod
-    async def open(cls, ws_url: str, token: str, *, timeout: float = 60.0) -> DocumentSocket:
-        """Connect and wait for the server's ACK; a refused handshake raises ``HTTPClientError``."""
+    async def open(
+        cls, ws_url: str, token: str, *, timeout: float = 60.0, deflate: bool = False
+    ) -> DocumentSocket:
+        """Connect and wait for the server's ACK; a refused handshake raises ``HTTPClientError``.
+
+        ``deflate``: offer per-message compression, as browsers do (``extensions`` then
+        says whether the server agreed)."""
         from tornado.httpclient import HTTPRequest
         from tornado.websocket import websocket_connect
 
         request = HTTPRequest(ws_url, connect_timeout=timeout, request_timeout=timeout)
-        connection = await websocket_connect(request, subprotocols=["bokeh", token])
+        connection = await websocket_connect(
+            request, subprotocols=["bokeh", token], compression_options={} if deflate else None
+        )
         socket = cls(connection)
         ack = await socket.receive(timeout)
         if ack is None or ack.type != "ACK":
             socket.close()
             raise ConnectionError("the server closed the socket before its ACK")
         return socket
+
+    @property
+    def extensions(self) -> str:
+        """The extensions the server agreed to (``Sec-WebSocket-Extensions``), or ""."""
+        return self._connection.headers.get("Sec-WebSocket-Extensions", "")
 
     async def receive(self, timeout: float = 60.0) -> Message | None:
         """The next whole message, or None once the server has closed the socket."""

@@ -40,6 +40,12 @@ RENDERING_CSS = """
 """
 
 
+def _n(value: float) -> str:
+    """A coordinate to a tenth of a unit, without a trailing ".0" (a page draws hundreds)."""
+    text = f"{value:.1f}"
+    return text[:-2] if text.endswith(".0") else text
+
+
 def csv_href(period: Period) -> str:
     """Relative to the page itself, so the view needs no token to link to its export."""
     return "?" + urlencode({"format": "csv", "from": period.start, "to": period.end})
@@ -65,7 +71,7 @@ def _sparkline(values: tuple[float | None, ...], partial: bool) -> str:
     last = max(len(values) - 1, 1)
 
     def xy(i: int, v: float) -> str:
-        return f"{width * i / last:.1f},{height - 2 - (height - 4) * (v - low) / span:.1f}"
+        return f"{_n(width * i / last)},{_n(height - 2 - (height - 4) * (v - low) / span)}"
 
     runs, run, previous = [], [], None
     for i, v in points:
@@ -193,16 +199,20 @@ def _chart_svg(chart: Chart) -> str:
     for index, (dimension, values) in enumerate(chart.lines):
         css = f"wv-s{index % 6}"
         if chart.style == "bar":
+            # One path of rectangles per series (a <rect> per day would be three times
+            # the bytes): each bar from its value to zero, at least half a unit tall.
             bar = max(plot_w / max(len(days), 1) * 0.8 / max(len(chart.lines), 1), 1.0)
+            width_text = _n(bar)
+            bars = []
             for i, v in enumerate(values):
                 if v is None:
                     continue
                 x = xs[i] - bar * len(chart.lines) / 2 + bar * index
                 top_y, base = sorted((y(v), y(0.0)))
-                parts.append(
-                    f'<rect class="wv-bar {css}" x="{x:.1f}" y="{top_y:.1f}" '
-                    f'width="{bar:.1f}" height="{max(base - top_y, 0.5):.1f}"/>'
-                )
+                tall = _n(max(base - top_y, 0.5))
+                bars.append(f"M{_n(x)} {_n(top_y)}h{width_text}v{tall}h-{width_text}z")
+            if bars:
+                parts.append(f'<path class="wv-bar {css}" d="{"".join(bars)}"/>')
             continue
         runs, run = [], []
         for i, v in enumerate(values):
@@ -219,16 +229,16 @@ def _chart_svg(chart: Chart) -> str:
             if len(whole) == 1 and len(run) == 1:
                 i, v = whole[0]
                 parts.append(
-                    f'<circle class="wv-dot {css}" cx="{xs[i]:.1f}" cy="{y(v):.1f}" r="2"/>'
+                    f'<circle class="wv-dot {css}" cx="{_n(xs[i])}" cy="{_n(y(v))}" r="2"/>'
                 )
             elif len(whole) > 1:
-                points = " ".join(f"{xs[i]:.1f},{y(v):.1f}" for i, v in whole)
+                points = " ".join(f"{_n(xs[i])},{_n(y(v))}" for i, v in whole)
                 parts.append(
                     f'<polyline class="wv-line {css}" points="{points}" '
                     f'data-dimension="{html.escape(dimension)}"/>'
                 )
             if len(whole) < len(run):
-                points = " ".join(f"{xs[i]:.1f},{y(v):.1f}" for i, v in run[-2:])
+                points = " ".join(f"{_n(xs[i])},{_n(y(v))}" for i, v in run[-2:])
                 parts.append(f'<polyline class="wv-line wv-line-partial {css}" points="{points}"/>')
     parts += _marks_svg(chart, xs, y)
     parts.append("</svg>")

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 import jinja2
 import panel as pn
 from bokeh.application.handlers.handler import Handler
-from panel.io.resources import LOCAL_DIST, patch_model_css
+from bokeh.models import ImportedStyleSheet
+from panel.io.resources import JS_VERSION, LOCAL_DIST, patch_model_css
 from panel.io.state import set_curdoc, state
 from tornado.web import Application
 
@@ -31,7 +33,14 @@ from .branding import LOGO_ROUTE, BrandLogoHandler, DefaultBrandPages, brand_sty
 from .client_address import install_client_address
 from .connect import ConnectHandler, OAuthCallbackHandler
 from .export import csv_export_rule
-from .gate import LinkResolver, NotFoundPage, RejectHandler, install_gate, set_not_found_page
+from .gate import (
+    GATED_PATH,
+    LinkResolver,
+    NotFoundPage,
+    RejectHandler,
+    install_gate,
+    set_not_found_page,
+)
 from .headers import XSRF_COOKIE_KWARGS, security_headers, security_transform
 from .limiter import FailureLimiter, shared_limiters
 from .redaction import announce, install_log_scrubber
@@ -46,11 +55,12 @@ from .sessions import (
     session_binding,
     session_choice_rule,
 )
-from .static import ASSETS_DIR, RobotsHandler, StaticGzip
+from .static import ASSETS_DIR, RobotsHandler, StaticGzip, asset_url
 from .tenant_data import TenantData, fact_cache
 from .ticker import Ticker
 from .tuning import (
     SESSION_CHECK_MS,
+    WEBSOCKET_COMPRESSION,
     freeze_startup_objects,
     install_dashboard_socket,
     release_memory,
@@ -58,15 +68,42 @@ from .tuning import (
 from .unsubscribe import ROUTE as UNSUBSCRIBE_ROUTE
 from .unsubscribe import UnsubscribeHandler
 
-THEME = "/assets/theme.css"
+# Named by their content (``?v=``): a browser keeps them, and a repeat view fetches none.
+THEME = asset_url("theme.css")
 #: cards, groups, sparklines, goals (render.py)
-CARDS_CSS = "/assets/cards.css"
-FAVICON = "/assets/favicon.svg"
-SCREENS = "/assets/screens.js"
+CARDS_CSS = asset_url("cards.css")
+FAVICON = asset_url("favicon.svg")
+SCREENS = asset_url("screens.js")
+#: scripts Panel's page names that a dashboard never runs: ES-module shims (for Panel's
+#: ESM components) and Bokeh's WebGL bundle (no WebGL plot here). Each is bytes to fetch
+#: and code to compile before the document can show (the shims load, unversioned, ahead
+#: of Bokeh itself). Bokeh's table bundle stays, though no table is drawn: Panel's own
+#: bundle does not load without it.
+UNUSED_SCRIPTS = ("es-module-shims", "/bokeh-gl.")
+_SCRIPT_TAG = re.compile(r'<script type="(?:esms-options|text/javascript)"[^>]*>[^<]*</script>\s*')
+
+
+def without_unused_scripts(resources: str) -> str:
+    """Panel's ``bokeh_js`` (the page's script tags, Panel's own text) without
+    ``UNUSED_SCRIPTS``."""
+
+    def keep(tag: re.Match) -> str:
+        text = tag.group(0)
+        if "esms-options" in text or ("src=" in text and any(n in text for n in UNUSED_SCRIPTS)):
+            return ""
+        return text
+
+    return _SCRIPT_TAG.sub(keep, str(resources))
+
+
+_PAGES = jinja2.Environment(autoescape=True)
+_PAGES.filters["without_unused_scripts"] = without_unused_scripts
 #: Panel's page (``{% extends base %}``) with what a phone needs to lay it out at its own
 #: width, and the script that keeps the TV pages and clock and shows tooltips on a tap
-PAGE_TEMPLATE = jinja2.Environment(autoescape=True).from_string(
-    "{% extends base %}{% block postamble %}"
+PAGE_TEMPLATE = _PAGES.from_string(
+    "{% extends base %}"
+    "{% block js_resources %}{{ bokeh_js | without_unused_scripts | safe }}{% endblock %}"
+    "{% block postamble %}"
     '<meta name="viewport" content="width=device-width, initial-scale=1">'
     f'<script src="{SCREENS}" defer></script>'
     # a tenant's brand colours for the whole page (background, period buttons, the date
@@ -99,7 +136,12 @@ def make_app(
         document.template_variables["app_favicon"] = FAVICON
         document.template_variables["apple_icon"] = FAVICON
         token = pn.state.route_params.get("token", "")
-        link = guard.live_link(token) if token else None
+        # The gate looked this request's link up as it let the request in (a live link,
+        # no cache); only a request that did not pass it is looked up here.
+        request = document.session_context.request
+        link = getattr(request, "writevue_link", None)
+        if link is None and token:
+            link = guard.live_link(token)
         bound = link is not None and session_binding(document.session_context) == {
             "link": link.id,
             "key": link_key(token),
@@ -118,7 +160,6 @@ def make_app(
         if access_log is not None:
             # The page request that opened this session: its client, anonymised once
             # (``LinkBinding`` keeps it on the request; the session token carries no headers).
-            request = document.session_context.request
             visitor = getattr(request, "writevue_visitor", None) or Visitor.from_request(
                 getattr(request, "remote_ip", None), request.headers
             )
@@ -162,16 +203,35 @@ class ReconnectingPage(Handler):
     - Panel points its models' stylesheets at this server's copies only when it renders
       the page (``server_html_page_for_session``). A session made by a websocket alone
       (the reconnect) would keep the CDN's URLs, which the page's CSP refuses: Panel's
-      styles would be lost. On a page's session this changes nothing (the page patches
-      the same URLs the same way).
+      styles would be lost. A page's own session is left to the page (the same URLs).
+    - Panel names its loading stylesheet without a version, so a browser would fetch it
+      again on every view: named by Panel's release, like Panel's other stylesheets, it
+      is kept (``headers.versioned``).
     """
 
     def modify_document(self, doc) -> None:
         doc.config.reconnect_session = True
+        for root in doc.roots:
+            for sheet in getattr(root, "stylesheets", ()):
+                # One stylesheet model per URL and document: every model shares this one.
+                if isinstance(sheet, ImportedStyleSheet) and sheet.url.endswith(_LOADING_CSS):
+                    sheet.url += f"?v={JS_VERSION}"
+        if _made_by_its_page(doc):
+            return
         with set_curdoc(doc):
             dist_url = f"{state.rel_path}/{LOCAL_DIST}" if state.rel_path else LOCAL_DIST
         for root in doc.roots:
             patch_model_css(root, dist_url=dist_url)
+
+
+_LOADING_CSS = "/css/loading.css"
+
+
+def _made_by_its_page(doc) -> bool:
+    """Was this session made for its page (``/d/<token>``), not by a websocket or script?"""
+    request = getattr(doc.session_context, "request", None)
+    found = GATED_PATH.match(getattr(request, "path", "") or "")
+    return found is not None and found.group(2) in (None, "/")
 
 
 def tornado_settings(
@@ -264,6 +324,7 @@ def build_server(
         static_dirs={"assets": str(ASSETS_DIR)},
         ico_path="none",  # no Panel icon at /favicon.ico; pages link /assets/favicon.svg
         check_unused_sessions_milliseconds=SESSION_CHECK_MS,
+        **WEBSOCKET_COMPRESSION,
         location=False,  # the view reads its query once; no URL-syncing model per page
         # Sessions: signed, ids only ever the server's, tokens carrying no request header
         # or cookie (``sessions`` binds each to its link).

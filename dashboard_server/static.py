@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import ClassVar
 
@@ -9,6 +10,38 @@ from tornado.httputil import HTTPHeaders, HTTPServerRequest
 from tornado.web import GZipContentEncoding, RequestHandler
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+_versions: dict[str, tuple[tuple[int, int], str]] = {}
+
+
+def asset_version(name: str) -> str | None:
+    """The content hash that names ``assets/<name>`` as it is now (32 hex digits), or None
+    for a name that is not a file there.
+
+    A page names each asset by it (``asset_url``), so a browser may keep the file for
+    good (``headers``): once the file changes, pages name another URL. Read again only
+    when the file's size or modification time changed."""
+    path = ASSETS_DIR / name
+    if "/" in name or "\\" in name or name.startswith("."):
+        return None
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    key = (stat.st_mtime_ns, stat.st_size)
+    known = _versions.get(name)
+    if known is None or known[0] != key:
+        try:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()[:32]
+        except OSError:
+            return None
+        known = _versions[name] = (key, digest)
+    return known[1]
+
+
+def asset_url(name: str) -> str:
+    """``/assets/<name>?v=<its content hash>``: the URL a page names an asset by."""
+    version = asset_version(name)
+    return f"/assets/{name}" + (f"?v={version}" if version else "")
 
 
 class RobotsHandler(RequestHandler):

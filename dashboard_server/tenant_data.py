@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import panel as pn
 
@@ -12,6 +13,7 @@ from .data import (
     FactCache,
     LruCache,
     Period,
+    TenantHeader,
     comparison_mode,
     first_day_needed,
     load_facts,
@@ -23,6 +25,8 @@ from .render import dashboard_html
 CACHE_KEY = "writevue.facts"
 PAGES_KEY = "writevue.pages"
 PAGE_CACHE_BYTES = 32 * 1024 * 1024
+#: how long the read that opened a session may serve its first page (drawn at once)
+OPENING_READ_S = 2.0
 
 
 class TenantData:
@@ -33,6 +37,16 @@ class TenantData:
         #: the tenant's name as the last page showed it (the browser tab's title)
         self.tenant_name = ""
         self.brand = None
+        #: the registry read that opened the session (``default_comparison``) and when, kept
+        #: for its first page only, drawn at once: a session's first page costs one read, as
+        #: every later one does
+        self._opening: tuple[float, TenantHeader] | None = None
+
+    def _header(self) -> TenantHeader:
+        opening, self._opening = self._opening, None
+        if opening is not None and time.monotonic() - opening[0] < OPENING_READ_S:
+            return opening[1]
+        return load_header(self._runtime, self._tenant_id)
 
     def page(self, period: Period, *, tv: bool, compare: str | None = None) -> str:
         """The dashboard's HTML: one registry read, then the cached page or one facts query.
@@ -41,7 +55,7 @@ class TenantData:
         each source's state, which also ages from fresh to stale, the tenant's template,
         goals and settings) and the facts' version.
         """
-        header = load_header(self._runtime, self._tenant_id)
+        header = self._header()
         self.tenant_name = header.tenant_name
         self.brand = header.brand  # for the page's favicon
         mode = comparison_mode(header, compare)
@@ -72,7 +86,11 @@ class TenantData:
         return gone_html(brand) if brand is not None else None
 
     def default_comparison(self) -> str:
-        return comparison_mode(load_header(self._runtime, self._tenant_id))
+        """Asked as the session opens, just before its first page: that page uses the same
+        read."""
+        header = load_header(self._runtime, self._tenant_id)
+        self._opening = (time.monotonic(), header)
+        return comparison_mode(header)
 
     def alive(self) -> bool:
         return self._alive()
