@@ -286,6 +286,13 @@ class WireCounter:
         )
         started.set()
         self._loop.run_forever()
+        # Stopped (``close``): end the relays still open before the loop closes, so none
+        # is left to be finalised against a closed loop.
+        pending = asyncio.all_tasks(self._loop)
+        for task in pending:
+            task.cancel()
+        self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self._loop.close()
 
     def reset(self) -> None:
         self.received = 0
