@@ -18,7 +18,9 @@ from pathlib import Path
 import writevue_pipelines
 
 ROOT = Path(__file__).resolve().parents[1]
-ON_TOP = {"cli", "defs"}  # the command line and the Dagster code location
+#: the command line, the Dagster code location, and the Dagster instance's storage class
+#: (loaded by the webserver and the daemon from dagster.yaml, without the code location)
+ON_TOP = {"cli", "defs", "dagster_storage"}
 FORBIDDEN_IN_CORE = (
     "dagster",
     "panel",

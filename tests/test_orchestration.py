@@ -22,6 +22,7 @@ from dagster import (
     materialize,
     serialize_value,
 )
+from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
 from sqlalchemy import delete
 from support import (
     apply_partition_requests,
@@ -369,8 +370,10 @@ def test_a_schedule_tick_and_its_runs_on_the_postgres_instance_of_deploy(
     connection_ids = add_connections(runtime, sandbox.url, [new_stripe_key() for _ in range(3)])
 
     with DagsterInstance.from_config(str(dagster_home)) as instance:
-        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
-        assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+        # dagster-postgres' storage, each part keeping its connections (dagster_storage)
+        assert isinstance(instance.run_storage, PostgresRunStorage)
+        assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
+        assert type(instance.event_log_storage).__name__ == "PooledPostgresEventLogStorage"
         with build_sensor_context(instance=instance, resources=RESOURCES) as context:
             apply_partition_requests(instance, CONNECTION_SENSORS["stripe"](context))
         requests = schedule_tick(instance)

@@ -422,7 +422,11 @@ def check_dagster_instance(settings: Settings) -> Finding:
     try:
         with DagsterInstance.from_config(str(dagster_home)) as instance:
             instance.get_runs_count()  # the storage answers
-            postgres = type(instance.run_storage).__module__.startswith("dagster_postgres")
+            # dagster-postgres' run storage, or WriteVue's pooled one (dagster_storage)
+            postgres = any(
+                cls.__module__.startswith("dagster_postgres")
+                for cls in type(instance.run_storage).__mro__
+            )
             coordinator = type(instance.run_coordinator).__name__
     except Exception as exc:  # whatever the storage raises: it cannot be used
         return Finding(
