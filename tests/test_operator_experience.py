@@ -21,6 +21,7 @@ import uuid
 from pathlib import Path
 
 import polars as pl
+import pytest
 from dagster import DagsterEventType, DagsterInstance
 from support import (
     add_connection,
@@ -542,3 +543,40 @@ def test_a_demo_signalled_twice_still_stops_every_child(tmp_path):
     _stops_on_sigterm(process)
 
     assert not _demo_processes(home), "the demo left processes running"
+
+
+def test_a_signal_while_the_demo_starts_a_child_still_stops_that_child(tmp_path, monkeypatch):
+    """SIGTERM that lands just after a child process exists but before the demo has
+    recorded it (the window `test_demo_started_ignoring_interrupts…` hit in CI): the stop
+    still reaches that child."""
+    from writevue_pipelines.cli import demo
+    from writevue_pipelines.processes import restore_signals
+    from writevue_pipelines.settings import Settings
+
+    spawned = []
+    real_spawn = demo.spawn
+
+    def spawn_then_signal(*args, **kwargs):
+        child = real_spawn(*args, **kwargs)
+        spawned.append(child)
+        os.kill(os.getpid(), signal.SIGTERM)  # handled before spawn's caller goes on
+        return child
+
+    monkeypatch.setattr(demo, "spawn", spawn_then_signal)
+    settings = Settings.from_env({"WRITEVUE_HOME": str(tmp_path / "home")})
+    settings.log_dir.mkdir(parents=True, exist_ok=True)
+    supervisor = demo.Supervisor(settings, dict(os.environ))
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        restore_signals()
+        with pytest.raises(SystemExit):
+            supervisor.start("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"])
+        supervisor.stop_all()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for child in spawned:
+            child.stop(timeout=5)
+    (child,) = spawned
+    assert child in supervisor.children
+    assert child.process.poll() is not None  # stopped by stop_all, not left running

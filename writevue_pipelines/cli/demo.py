@@ -63,8 +63,21 @@ class Supervisor:
 
     def start(self, name: str, argv: list[str], cwd: Path | None = None) -> Child:
         log_path = self.settings.log_dir / f"demo-{name}.log"
-        child = spawn(name, argv, log_path=log_path, env=self.env, cwd=cwd)
-        self.children.append(child)
+        # A Ctrl-C or SIGTERM that lands once the child exists but before it is recorded
+        # would stop the demo and leave that child running: signals wait until it is.
+        pending: list[int] = []
+        held = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        previous = {
+            signum: signal.signal(signum, lambda n, _: pending.append(n)) for signum in held
+        }
+        try:
+            child = spawn(name, argv, log_path=log_path, env=self.env, cwd=cwd)
+            self.children.append(child)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            if pending:
+                signal.raise_signal(pending[0])  # now handled as it would have been
         return child
 
     def stop_all(self) -> None:
