@@ -635,6 +635,16 @@ def stripe_connection(session, runtime: Runtime, tenant_id: str, base_url: str, 
     )
 
 
+def stripe_connections(
+    runtime: Runtime, sandbox_url: str, keys: list[str], name: str, email: str
+) -> list[str]:
+    """One tenant (``name``, ``email``) with a Stripe connection per key, in one
+    transaction; the connections' ids."""
+    with runtime.db.session() as session:
+        tenant_id = registry.add_tenant(session, runtime.keys, name, email)
+        return [stripe_connection(session, runtime, tenant_id, sandbox_url, key) for key in keys]
+
+
 def add_tenant_with_facts(
     runtime: Runtime, name: str, facts, *, refreshed_at=None
 ) -> tuple[str, str]:

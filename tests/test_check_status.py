@@ -22,7 +22,7 @@ from dagster import (
     materialize,
 )
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
-from support import new_stripe_key, stripe_connection
+from support import new_stripe_key, stripe_connections
 
 from writevue_pipelines import registry
 from writevue_pipelines.defs import defs
@@ -53,6 +53,18 @@ def sandbox():
 @pytest.fixture(autouse=True)
 def short_history(monkeypatch):
     monkeypatch.setenv("WRITEVUE_HISTORY_DAYS", "3")
+
+
+def poisoned_key() -> str:
+    """A Stripe key whose every answer the sandbox garbles: that connection's refresh fails."""
+    return new_stripe_key() + "__f_malformed"
+
+
+def connections(runtime, instance: DagsterInstance, sandbox, keys: list[str]) -> list[str]:
+    """One tenant's Stripe connection per key, each a partition of the instance; their ids."""
+    ids = stripe_connections(runtime, sandbox.url, keys, "Check Status Ltd", "a@b.example")
+    instance.add_dynamic_partitions(STRIPE_PARTITIONS.name, ids)
+    return ids
 
 
 def scheduled_batch(instance: DagsterInstance):
@@ -88,16 +100,9 @@ def shown(instance: DagsterInstance, check: str) -> dict[str, AssetCheckExecutio
 
 
 def test_each_connection_s_checks_count_for_its_latest_materialization(runtime, sandbox, instance):
-    with runtime.db.session() as session:
-        tenant = registry.add_tenant(session, runtime.keys, "Check Status Ltd", "a@b.example")
-        healthy = [
-            stripe_connection(session, runtime, tenant, sandbox.url, new_stripe_key())
-            for _ in range(2)
-        ]
-        poisoned = stripe_connection(
-            session, runtime, tenant, sandbox.url, new_stripe_key() + "__f_malformed"
-        )
-    instance.add_dynamic_partitions(STRIPE_PARTITIONS.name, [*healthy, poisoned])
+    *healthy, poisoned = connections(
+        runtime, instance, sandbox, [new_stripe_key(), new_stripe_key(), poisoned_key()]
+    )
 
     for _ in range(2):  # and again: the second run's results replace the first's
         assert scheduled_batch(instance).success
@@ -116,13 +121,7 @@ def test_each_connection_s_checks_count_for_its_latest_materialization(runtime, 
 
 def test_a_step_per_connection_counts_its_checks_too(runtime, sandbox, instance):
     # The scale-out job (``stripe_refresh_steps``): one op step per connection.
-    with runtime.db.session() as session:
-        tenant = registry.add_tenant(session, runtime.keys, "Check Status Ltd", "a@b.example")
-        healthy = stripe_connection(session, runtime, tenant, sandbox.url, new_stripe_key())
-        poisoned = stripe_connection(
-            session, runtime, tenant, sandbox.url, new_stripe_key() + "__f_malformed"
-        )
-    instance.add_dynamic_partitions(STRIPE_PARTITIONS.name, [healthy, poisoned])
+    healthy, poisoned = connections(runtime, instance, sandbox, [new_stripe_key(), poisoned_key()])
 
     for _ in range(2):
         result = defs.get_job_def("stripe_refresh_steps").execute_in_process(
@@ -142,10 +141,7 @@ def test_with_problems_only_a_healthy_connection_s_checks_show_no_pass(
 ):
     # Why "all" is the default: a result a run plans and does not report is "skipped".
     monkeypatch.setenv("WRITEVUE_CHECK_RESULTS", "problems")
-    with runtime.db.session() as session:
-        tenant = registry.add_tenant(session, runtime.keys, "Check Status Ltd", "a@b.example")
-        healthy = stripe_connection(session, runtime, tenant, sandbox.url, new_stripe_key())
-    instance.add_dynamic_partitions(STRIPE_PARTITIONS.name, [healthy])
+    connections(runtime, instance, sandbox, [new_stripe_key()])  # a healthy one
 
     assert scheduled_batch(instance).success
 
@@ -156,10 +152,7 @@ def test_a_connection_flagged_by_the_retry_sensor_still_shows_failed(
     runtime, sandbox, instance, monkeypatch
 ):
     monkeypatch.setenv("WRITEVUE_RETRY_ATTEMPTS", "1")
-    with runtime.db.session() as session:
-        tenant = registry.add_tenant(session, runtime.keys, "Check Status Ltd", "a@b.example")
-        connection_id = stripe_connection(session, runtime, tenant, sandbox.url, new_stripe_key())
-    instance.add_dynamic_partitions(STRIPE_PARTITIONS.name, [connection_id])
+    (connection_id,) = connections(runtime, instance, sandbox, [new_stripe_key()])
     assert scheduled_batch(instance).success  # refreshed once: the partition has data
     with runtime.db.session() as session:
         registry.record_refresh_result(session, connection_id, error="the source said no")

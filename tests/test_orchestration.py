@@ -30,7 +30,7 @@ from support import (
     deploy_dagster_home,
     new_stripe_key,
     remember_secret,
-    stripe_connection,
+    stripe_connections,
 )
 
 from writevue_pipelines import registry
@@ -77,9 +77,7 @@ def short_history(monkeypatch):
 
 def add_connections(runtime: Runtime, sandbox_url: str, keys: list[str]) -> list[str]:
     """One tenant with a Stripe connection per key, in one transaction."""
-    with runtime.db.session() as session:
-        tenant_id = registry.add_tenant(session, runtime.keys, TENANT_NAME, TENANT_EMAIL)
-        return [stripe_connection(session, runtime, tenant_id, sandbox_url, key) for key in keys]
+    return stripe_connections(runtime, sandbox_url, keys, TENANT_NAME, TENANT_EMAIL)
 
 
 def run(instance: DagsterInstance, request):

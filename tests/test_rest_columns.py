@@ -72,39 +72,52 @@ def _record(draw, fmt: str, odd: bool) -> object:
     return record
 
 
-def _spec(draw) -> dict:
-    nested = draw(st.booleans())
+def _orders_spec(
+    date_format: str,
+    *,
+    nested: bool,
+    rating_agg: str = "mean",
+    dimension: bool = True,
+    incremental: str | None = None,
+) -> dict:
+    """A declarative spec over /orders: revenue, orders, rated and rating, by status when
+    ``dimension``, the fields nested under ``nested`` when asked, incremental on
+    ``updated_at`` in the given format."""
+    field = "nested.{}".format if nested else "{}".format
     spec = {
         "base_url": "https://api.example.com",
         "endpoint": "/orders",
         "auth": {"type": "bearer"},
         "mapping": {
             "date_field": "created_at",
-            "date_format": draw(st.sampled_from(["iso_datetime", "iso_date", "unix", "unix_ms"])),
+            "date_format": date_format,
             "metrics": [
-                {"name": "revenue", "field": "nested.amount" if nested else "amount", "agg": "sum"},
+                {"name": "revenue", "field": field("amount"), "agg": "sum"},
                 {"name": "orders", "agg": "count"},
                 {"name": "rated", "field": "rating", "agg": "count"},
-                {
-                    "name": "rating",
-                    "field": "rating",
-                    "agg": draw(st.sampled_from(["mean", "sum"])),
-                },
+                {"name": "rating", "field": "rating", "agg": rating_agg},
             ],
         },
     }
-    if draw(st.booleans()):
-        spec["mapping"]["dimension"] = {
-            "field": "nested.status" if nested else "status",
-            "categorical": True,
-        }
-    if draw(st.booleans()):
-        spec["incremental"] = {
-            "param": "since",
-            "format": draw(st.sampled_from(["iso_datetime", "iso_date", "unix"])),
-            "field": "updated_at",
-        }
+    if dimension:
+        spec["mapping"]["dimension"] = {"field": field("status"), "categorical": True}
+    if incremental:
+        spec["incremental"] = {"param": "since", "format": incremental, "field": "updated_at"}
     return spec
+
+
+def _spec(draw) -> dict:
+    return _orders_spec(
+        draw(st.sampled_from(["iso_datetime", "iso_date", "unix", "unix_ms"])),
+        nested=draw(st.booleans()),
+        rating_agg=draw(st.sampled_from(["mean", "sum"])),
+        dimension=draw(st.booleans()),
+        incremental=(
+            draw(st.sampled_from(["iso_datetime", "iso_date", "unix"]))
+            if draw(st.booleans())
+            else None
+        ),
+    )
 
 
 def _take(spec, pages, *, one_by_one: bool, never_one_by_one: bool = False):
@@ -177,24 +190,7 @@ PLAIN_DIMENSIONS = ["paid", "", None, 3, 2.5, True, {"a": 1}, ["x"]]
 @pytest.mark.parametrize("incremental", [None, "iso_datetime", "unix"])
 @pytest.mark.parametrize("nested", [False, True])
 def test_plain_pages_give_the_same_columns_either_way(fmt, incremental, nested):
-    spec = {
-        "base_url": "https://api.example.com",
-        "endpoint": "/orders",
-        "auth": {"type": "bearer"},
-        "mapping": {
-            "date_field": "created_at",
-            "date_format": fmt,
-            "dimension": {"field": "nested.status" if nested else "status", "categorical": True},
-            "metrics": [
-                {"name": "revenue", "field": "nested.amount" if nested else "amount", "agg": "sum"},
-                {"name": "orders", "agg": "count"},
-                {"name": "rated", "field": "rating", "agg": "count"},
-                {"name": "rating", "field": "rating", "agg": "mean"},
-            ],
-        },
-    }
-    if incremental:
-        spec["incremental"] = {"param": "since", "format": incremental, "field": "updated_at"}
+    spec = _orders_spec(fmt, nested=nested, incremental=incremental)
     dates, updated = PLAIN_DATES[fmt], PLAIN_DATES[incremental or "iso_datetime"]
     records = []
     for index in range(24):

@@ -25,11 +25,11 @@ from support import (
     deploy_dagster_home,
     new_stripe_key,
     remember_secret,
-    stripe_connection,
+    stripe_connections,
 )
 
 from writevue_devtools.production_check import unit_command
-from writevue_pipelines import registry, warehouse
+from writevue_pipelines import warehouse
 from writevue_pipelines.defs import defs
 from writevue_pipelines.defs.assets import SOURCE_ASSETS
 from writevue_pipelines.defs.partitions import CONNECTION_PARTITIONS
@@ -62,9 +62,7 @@ def short_history(monkeypatch):
 
 
 def add_connections(runtime: Runtime, sandbox_url: str, keys: list[str]) -> list[str]:
-    with runtime.db.session() as session:
-        tenant_id = registry.add_tenant(session, runtime.keys, "Scale Co", "ops@scale.test")
-        return [stripe_connection(session, runtime, tenant_id, sandbox_url, key) for key in keys]
+    return stripe_connections(runtime, sandbox_url, keys, "Scale Co", "ops@scale.test")
 
 
 def fact_count(runtime: Runtime, connection_id: str) -> int:
