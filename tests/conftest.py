@@ -273,7 +273,8 @@ def _watch_secrets_and_errors() -> None:
     encrypt = KeyRing.encrypt
 
     def recording_encrypt(self, plaintext, binding):
-        text = plaintext if isinstance(plaintext, str) else plaintext.decode()
+        # a queued message is compressed before it is encrypted: what it says is recorded
+        text = plaintext if isinstance(plaintext, str) else delivery.unpack(plaintext).decode()
         if binding.field in _NOT_SECRET_FIELDS:
             _PERSONAL.add(text)
         else:

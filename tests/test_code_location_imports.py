@@ -49,3 +49,18 @@ def test_the_notifications_job_and_sensor_are_still_defined():
     )
 
     assert "writevue_pipelines.defs.notifications" in loaded
+
+
+def test_a_notifications_run_on_sqlite_loads_neither_psycopg_nor_httpx_command_line():
+    """A run's start-up is paid by every batch (``bench.notifications`` counts it): on
+    SQLite it has no use for PostgreSQL's driver, and nothing of WriteVue runs httpx's
+    command-line client (which would bring rich and click along)."""
+    loaded = modules_after(
+        "from writevue_pipelines.notifications import runner, delivery\n"
+        "from writevue_pipelines import refresh, warehouse\n"
+        "import httpx\n"
+        "assert callable(httpx.main)"
+    )
+
+    assert "httpx" in loaded and "writevue_pipelines.warehouse" in loaded
+    assert not {m for m in loaded if m.split(".")[0] in {"psycopg", "rich", "click"}}

@@ -436,9 +436,7 @@ def test_a_queued_message_is_rendered_when_sent_and_an_older_rendered_one_goes_a
         queue(runtime, tenant_id, card, scorecard(tenant_id, card), people)
         fresh, old = rows(runtime, tenant_id)
         binding = Binding(tenant_id, None, f"delivery.{old.id}")
-        stored = json.loads(
-            runtime.keys.decrypt(fresh.message_ct, Binding(tenant_id, None, f"delivery.{fresh.id}"))
-        )
+        stored = delivery.stored_message(runtime.keys, tenant_id, fresh.id, fresh.message_ct)
         assert set(stored) == {"channel", "content", "unsubscribe_url"}  # no address in it
         rendered = messages.email(
             scorecard(tenant_id, card, title="Rendered before"),

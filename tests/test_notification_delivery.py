@@ -232,6 +232,34 @@ def test_a_message_is_queued_once_per_recipient_and_stored_encrypted(world, hook
     assert first.scheduled_for == NOW
 
 
+def test_a_queued_message_is_stored_compressed_and_one_stored_plain_still_sends(world, mail):
+    """A scorecard's stored content (its figures with their series, some 5 KB of JSON)
+    is compressed before it is encrypted: a run queuing a thousand writes a fifth of the
+    pages. A message queued before that, its JSON encrypted as it is, is still sent."""
+    runtime, tenant_id, card = world
+    people = [add_recipient(runtime, tenant_id, "email", email_address()) for _ in range(2)]
+    queue(runtime, tenant_id, card, scorecard(tenant_id, card), people)
+    plain = None
+    with runtime.db.session() as session:
+        first, second = session.scalars(
+            select(NotificationDelivery).order_by(NotificationDelivery.id)
+        ).all()
+        for row in (first, second):
+            binding = Binding(tenant_id, None, f"delivery.{row.id}")
+            stored = runtime.keys.decrypt(row.message_ct, binding)
+            text = delivery.unpack(stored)
+            assert json.loads(text)["content"]["title"] == "Monday summary"
+            assert len(stored) < len(text) * 3 / 4  # this small one; a 15-figure one fivefold
+        # the second as an earlier version stored it: the JSON itself, encrypted
+        binding = Binding(tenant_id, None, f"delivery.{second.id}")
+        plain = delivery.unpack(runtime.keys.decrypt(second.message_ct, binding))
+        second.message_ct = runtime.keys.encrypt(plain, binding)
+    assert plain is not None and plain.startswith(b"{")
+    assert delivery.send_due(runtime, now=NOW).counts == {"sent": 2}
+    texts = [received.part("text/plain") for received in mail.messages]
+    assert len(texts) == 2 and all("Gross volume (EUR): €12.9k" in t for t in texts)
+
+
 def test_an_unknown_kind_or_channel_is_refused(world):
     runtime, tenant_id, card = world
     people = [delivery.Recipient(str(uuid.uuid4()), "pigeon", "x")]

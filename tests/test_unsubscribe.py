@@ -38,7 +38,6 @@ from test_notification_delivery import (
 from writevue_pipelines.models import NotificationDelivery, NotificationRecipient
 from writevue_pipelines.notifications import config, delivery, suppression
 from writevue_pipelines.notifications.unsubscribe import unsubscribe
-from writevue_pipelines.vault import Binding
 
 ONE_CLICK = urlencode({"List-Unsubscribe": "One-Click"})
 DONE = "You will no longer receive"
@@ -145,9 +144,7 @@ def queued_token(runtime) -> tuple[str, str]:
     person = add_recipient(runtime, tenant_id, "email", email_address(), scorecard_id=card)
     queue(runtime, tenant_id, card, scorecard(tenant_id, card), [person])
     (row,) = rows(runtime, tenant_id)
-    stored = json.loads(
-        runtime.keys.decrypt(row.message_ct, Binding(tenant_id, None, f"delivery.{row.id}"))
-    )
+    stored = delivery.stored_message(runtime.keys, tenant_id, row.id, row.message_ct)
     # rendered as it is sent: the content is stored, the message built when it goes out
     message = delivery.render(stored, "person@example.test", runtime.settings, row.idempotency_key)
     url = message["message"]["List-Unsubscribe"].strip("<>")
@@ -343,9 +340,7 @@ def test_the_export_lists_suppressions_as_hashes(any_runtime, tmp_path):
     card = add_card(runtime, acme, [address])
     queue_card(runtime, acme, card)
     (row,) = rows(runtime, acme)
-    stored = json.loads(
-        runtime.keys.decrypt(row.message_ct, Binding(acme, None, f"delivery.{row.id}"))
-    )
+    stored = delivery.stored_message(runtime.keys, acme, row.id, row.message_ct)
     message = delivery.render(stored, address, runtime.settings, row.idempotency_key)["message"]
     token = remember_secret(message["List-Unsubscribe"].strip("<>").rsplit("/unsubscribe/", 1)[1])
     with runtime.db.session() as session:

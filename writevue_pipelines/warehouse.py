@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from itertools import repeat
 
 import polars as pl
-from psycopg import sql
 from sqlalchemy import Float, String, func, literal, select, union_all
 from sqlalchemy.orm import Session
 
@@ -160,6 +159,8 @@ def _stored_sqlite(raw, connection, since: dt.date, until: dt.date | None) -> pl
 def _stored_postgres(raw, connection, since: dt.date, until: dt.date | None) -> pl.DataFrame:
     # COPY's text out is the cheapest way to bring many rows back; PostgreSQL prints
     # doubles in their shortest exact form, so they read back bit for bit.
+    from psycopg import sql  # here: a SQLite process need not load psycopg
+
     buffer = bytearray()
     with raw.cursor() as cursor:
         query = sql.SQL(
