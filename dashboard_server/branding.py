@@ -124,7 +124,16 @@ def load_brand_view(
 ) -> BrandView | None:
     """The tenant's brand (its own, else its template's), else the server's default brand,
     else None (WriteVue's look)."""
-    stamp = branding.brand_stamp_for_tenant(session, tenant_id)
+    return brand_view_of(
+        session, branding.brand_stamp_for_tenant(session, tenant_id), default_brand
+    )
+
+
+def brand_view_of(
+    session: Session, stamp: tuple[str, object] | None, default_brand: str | None = None
+) -> BrandView | None:
+    """``load_brand_view`` from the tenant's brand stamp (``brand_stamp_for_tenant``), read
+    by the caller."""
     if stamp is None and default_brand:
         stamp = VIEWS.default_stamp(session, default_brand)
     return None if stamp is None else VIEWS.view(session, stamp)
