@@ -64,3 +64,20 @@ def test_a_notifications_run_on_sqlite_loads_neither_psycopg_nor_httpx_command_l
 
     assert "httpx" in loaded and "writevue_pipelines.warehouse" in loaded
     assert not {m for m in loaded if m.split(".")[0] in {"psycopg", "rich", "click"}}
+
+
+def test_polars_runs_on_one_thread_unless_the_operator_says_otherwise():
+    """Every WriteVue process that works (a refresh or notifications run, a refresh worker,
+    the dashboard server) is one of as many as there are cores, and its polars queries are
+    small: a second thread of polars' pool only spins, about 15% more CPU for the same
+    query on this machine. ``POLARS_MAX_THREADS`` set by the operator wins."""
+    code = "import writevue_pipelines, polars\nassert polars.thread_pool_size() == {}"
+    env = {k: v for k, v in os.environ.items() if k != "POLARS_MAX_THREADS"}
+
+    subprocess.run([sys.executable, "-c", code.format(1)], cwd=REPO, env=env, check=True)
+    subprocess.run(
+        [sys.executable, "-c", code.format(2)],
+        cwd=REPO,
+        env={**env, "POLARS_MAX_THREADS": "2"},
+        check=True,
+    )
