@@ -472,7 +472,7 @@ def _header_statements() -> tuple:
     )
     goals, anomalies = Goal.__table__.c, MetricAnomaly.__table__.c
     # as ``registry.list_connections(active_only=True, with_paused=True)``
-    hidden = [s for s in registry.NOT_REFRESHED if s != registry.PAUSED]
+    hidden = registry.hidden_statuses(with_paused=True)
     return (
         select(tenants.name_ct).where(tenants.id == tenant),
         select(Connection.__table__)
@@ -493,7 +493,7 @@ def _header_statements() -> tuple:
         .outerjoin(DashboardTemplate.__table__, template.id == chosen.template_id)
         .outerjoin(Brand.__table__, brand.id == func.coalesce(chosen.brand_id, template.brand_id))
         .where(chosen.tenant_id == tenant),
-        # ``goals.list_goals``: in ``GoalInfo``'s order
+        # ``goals.list_goals``: ``GoalInfo``'s fields, by name
         select(
             goals.id,
             goals.tenant_id,
@@ -538,7 +538,9 @@ def load_header(runtime: Runtime, tenant_id: str) -> TenantHeader:
             registry._connection_info(row) for row in connection.execute(connections_of, params)
         ]
         row = connection.execute(settings_of, params).first()
-        tenant_goals = tuple(GoalInfo(*found) for found in connection.execute(goals_of, params))
+        tenant_goals = tuple(
+            GoalInfo(**found._mapping) for found in connection.execute(goals_of, params)
+        )
         settings = _view_settings(session, tenant_id, row, tenant_goals)
         stamp = None
         if row is not None and row.brand_id is not None:

@@ -27,6 +27,15 @@ ERASING = "erasing"
 NOT_REFRESHED = ("disabled", PAUSED, ERASING)
 #: where a paused connection keeps the status it had, in its (non-secret) options
 PAUSED_FROM = "paused_from"
+
+
+def hidden_statuses(*, with_paused: bool) -> list[str]:
+    """The statuses ``list_connections(active_only=True)`` leaves out: every one not
+    refreshed, but ``paused`` when ``with_paused`` (a client's dashboard shows a paused
+    connection's figures, as of its pause)."""
+    return [s for s in NOT_REFRESHED if not (with_paused and s == PAUSED)]
+
+
 #: the fewest characters of an id that name it by prefix (as git does)
 MIN_ID_PREFIX = 4
 
@@ -218,8 +227,7 @@ def list_connections(
     if source is not None:
         query = query.where(Connection.source == source)
     if active_only:
-        hidden = [s for s in NOT_REFRESHED if not (with_paused and s == PAUSED)]
-        query = query.where(Connection.status.not_in(hidden))
+        query = query.where(Connection.status.not_in(hidden_statuses(with_paused=with_paused)))
     return [_connection_info(row) for row in session.scalars(query)]
 
 
