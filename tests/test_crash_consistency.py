@@ -94,12 +94,17 @@ class Tally:
         return f"{sum(self.killed.values())} kills ({landed}); {early} runs finished first"
 
 
-def start(argv: list[str]) -> subprocess.Popen:
-    """A command in a process group of its own (so the kill takes any child with it)."""
+def start(argv: list[str], *, staged_on_disk: bool = False) -> subprocess.Popen:
+    """A command in a process group of its own (so the kill takes any child with it).
+
+    ``staged_on_disk``: every fetched connection's records wait for their load on disk,
+    as they do once a run's loads fall behind (``WRITEVUE_STAGING_MEMORY_MB``), so a kill
+    can land between the two with records staged."""
+    memory = {"WRITEVUE_STAGING_MEMORY_MB": "0"} if staged_on_disk else {}
     return subprocess.Popen(
         argv,
         cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={**os.environ, "PYTHONPATH": str(REPO), **memory},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,
@@ -317,7 +322,7 @@ def kill_refreshes(
                 return time.monotonic() - started[0] >= delay
 
         try:
-            killed = kill_when(start(argv), ready)
+            killed = kill_when(start(argv, staged_on_disk=phase == "staged"), ready)
         finally:
             getattr(ready, "close", lambda: None)()
         (tally.killed if killed else tally.finished)[phase] += 1

@@ -59,6 +59,15 @@ def test_the_staging_age_limit_is_a_setting():
         Settings.from_env({"WRITEVUE_STAGING_MAX_AGE_HOURS": "soon"})
 
 
+def test_the_memory_a_refresh_holds_records_in_is_a_setting():
+    assert Settings.from_env({}).staging_memory_mb == 64
+    assert Settings.from_env({"WRITEVUE_STAGING_MEMORY_MB": "0"}).staging_memory_mb == 0
+    with pytest.raises(ConfigError, match="WRITEVUE_STAGING_MEMORY_MB must be 0 or more"):
+        Settings.from_env({"WRITEVUE_STAGING_MEMORY_MB": "-1"})
+    with pytest.raises(ConfigError, match="WRITEVUE_STAGING_MEMORY_MB must be a whole number"):
+        Settings.from_env({"WRITEVUE_STAGING_MEMORY_MB": "lots"})
+
+
 def test_reading_a_tenant_is_audited_and_listed(runtime, capsys):
     with runtime.db.session() as session:
         tenant_id = registry.add_tenant(session, runtime.keys, "Watched Co", "ops@watched.test")

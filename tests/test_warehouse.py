@@ -11,6 +11,9 @@ from support import add_stripe_connection, fetch_to_staging
 
 from writevue_pipelines import refresh, registry, warehouse
 from writevue_pipelines.errors import SourceError
+from writevue_pipelines.home import init_home
+from writevue_pipelines.runtime import Runtime
+from writevue_pipelines.settings import Settings
 from writevue_pipelines.sources import get_source
 
 
@@ -102,18 +105,81 @@ def test_failed_load_leaves_facts_and_cursor_untouched(any_runtime, sandbox, mon
 
     inside: list[tuple[int, str | None]] = []
 
-    def fail_once_written(session, connection_id, **_kwargs):
+    record_load = registry.record_load
+
+    def fail_once_written(session, *args, **kwargs):
         # The load's last step, in its transaction: facts and cursor are already written.
+        record_load(session, *args, **kwargs)
         inside.append(state(session))
         raise RuntimeError("the database went away in the middle of the load")
 
-    monkeypatch.setattr(registry, "record_refresh_result", fail_once_written)
+    monkeypatch.setattr(registry, "record_load", fail_once_written)
     with pytest.raises(RuntimeError, match="went away"):
         refresh.load_connection(rt, connection)
     (written,) = inside
     assert written[0] != before[0] and written[1] == "cursor-of-the-failed-load"
     with rt.db.session() as session:
         assert state(session) == before
+
+
+def _staging_unwritable(rt) -> None:
+    """A file where the staging folder goes: anything staged on disk fails (for root too)."""
+    staging = rt.settings.staging_dir
+    if staging.exists():
+        staging.rmdir()
+    staging.write_text("not a folder")
+
+
+def test_a_refresh_hands_records_to_their_load_in_memory_and_stages_nothing_on_disk(
+    any_runtime, sandbox
+):
+    """A refresh run's fetch hands each connection's records to its load in memory: with
+    no staging folder to write to, it still refreshes, and no raw record touches disk."""
+    rt = any_runtime
+    _tenant, connection = _connection(rt, sandbox.url)
+    _staging_unwritable(rt)
+    outcome = refresh.refresh_connections(rt, [connection])[connection]
+    assert outcome.error is None, outcome.error
+    assert outcome.loaded.facts == outcome.loaded.written > 0
+    with rt.db.session() as session:
+        assert registry.get_cursor(session, connection, "balance_transactions") is not None
+        assert registry.get_connection(session, connection).last_refreshed_at is not None
+
+
+def test_records_past_the_memory_budget_wait_for_their_load_on_disk(home, sandbox, monkeypatch):
+    """Past WRITEVUE_STAGING_MEMORY_MB (0: at once) a fetched connection's records are
+    staged on disk: without a folder to stage in, its refresh fails, saying why."""
+    monkeypatch.setenv("WRITEVUE_STAGING_MEMORY_MB", "0")
+    settings = Settings.from_env()
+    init_home(settings)
+    rt = Runtime(settings)
+    try:
+        _tenant, connection = _connection(rt, sandbox.url)
+        _staging_unwritable(rt)
+        outcome = refresh.refresh_connections(rt, [connection])[connection]
+        assert isinstance(outcome.error, NotADirectoryError), outcome.error
+        assert outcome.loaded is None
+    finally:
+        rt.close()
+
+
+def test_the_handoff_holds_records_within_its_budget_and_gives_them_back_once():
+    records = pl.DataFrame({"metric": ["m"] * 500, "day": [dt.date(2026, 1, 1)] * 500})
+    manifest = {"window_start": "2026-01-01"}
+    probe = refresh.Handoff(10**9)
+    assert probe.keep("probe", records, manifest)
+    size = probe.held_bytes
+    assert 0 < size < records.estimated_size()  # held compressed
+
+    handoff = refresh.Handoff(2 * size)
+    assert handoff.keep("a", records, manifest) and handoff.keep("b", records, manifest)
+    assert not handoff.keep("c", records, manifest)  # past the budget: the caller stages it
+    assert handoff.held_bytes == 2 * size
+    taken, taken_manifest = handoff.take("a")
+    assert taken.equals(records) and taken_manifest == manifest
+    assert handoff.take("a") is None and handoff.take("c") is None
+    assert handoff.held_bytes == size
+    assert handoff.keep("c", records, manifest)  # room again
 
 
 def test_staged_raw_records_are_deleted_once_aggregated(runtime, sandbox):

@@ -63,6 +63,11 @@ class Database:
         self.url = normalise_url(url)
         self.engine = make_engine(self.url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite's BEGIN IMMEDIATE, for ``locked_session`` (made once: a load takes one
+        # per connection)
+        self._locked_sessions = sessionmaker(
+            self.engine.execution_options(sqlite_begin="IMMEDIATE"), expire_on_commit=False
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
@@ -84,8 +89,7 @@ class Database:
     def locked_session(self) -> Iterator[Session]:
         """Like ``session`` but takes SQLite's write lock at BEGIN (BEGIN IMMEDIATE)."""
         if self.is_sqlite:
-            engine = self.engine.execution_options(sqlite_begin="IMMEDIATE")
-            with Session(engine, expire_on_commit=False) as session, session.begin():
+            with self._locked_sessions() as session, session.begin():
                 yield session
         else:
             with self.session() as session:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, case, select, update
 from sqlalchemy.orm import Session
 
 from .errors import InvalidInput, NotFound, SourceError
@@ -231,6 +232,12 @@ def list_connections(
     return [_connection_info(row) for row in session.scalars(query)]
 
 
+#: statuses a refresh that read its source turns back to active: it proves the credential
+#: works again (a key re-entered); an OAuth2 connection that needs re-authorising never
+#: gets that far
+RECOVERED_BY_A_REFRESH = ("failing", "needs_reauth", UNVERIFIED)
+
+
 def record_refresh_result(
     session: Session, connection_id: str, *, error: str | None, at: dt.datetime | None = None
 ) -> None:
@@ -240,9 +247,7 @@ def record_refresh_result(
     if error is None:
         row.last_refreshed_at = at or utcnow()
         row.last_error = None
-        # A refresh that reads the source proves its credential works again (a key
-        # re-entered); an OAuth2 connection that needs re-authorising never gets this far.
-        if row.status in ("failing", "needs_reauth", UNVERIFIED):
+        if row.status in RECOVERED_BY_A_REFRESH:
             row.status = "active"
     else:
         row.last_error = error[:500]
@@ -301,6 +306,64 @@ def ids_with_prefix(session: Session, prefix: str, columns, *, limit: int = 1000
 def get_cursor(session: Session, connection_id: str, stream: str) -> str | None:
     row = session.get(SyncCursor, (connection_id, stream))
     return None if row is None else row.value
+
+
+def record_load(
+    session: Session,
+    connection: ConnectionInfo,
+    cursor: tuple[str, str] | None,
+    *,
+    at: dt.datetime | None = None,
+) -> None:
+    """A load's bookkeeping, in the load's transaction: ``set_cursor`` for ``cursor``
+    (stream, value) when the fetch found one, then ``record_refresh_result(error=None)``.
+
+    Two statements built once (an upsert of the cursor and an update of the connection),
+    no ORM object: for a session that holds none of the connection or of its cursors,
+    as the load's own does (an object held would not see these writes).
+    """
+    upsert_cursor, refreshed = _load_statements(session.get_bind().dialect.name)
+    now = at or utcnow()
+    if cursor is not None:
+        stream, value = cursor
+        session.execute(
+            upsert_cursor,
+            {
+                "connection_id": connection.id,
+                "stream": stream,
+                "tenant_id": connection.tenant_id,
+                "value": value,
+                "updated_at": now,
+            },
+        )
+    session.execute(refreshed, {"connection": connection.id, "at": now})
+
+
+@functools.cache
+def _load_statements(dialect: str) -> tuple[Any, Any]:
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    cursors, connections = SyncCursor.__table__, Connection.__table__
+    inserted = insert(cursors)
+    upsert_cursor = inserted.on_conflict_do_update(
+        index_elements=[cursors.c.connection_id, cursors.c.stream],
+        set_={"value": inserted.excluded.value, "updated_at": inserted.excluded.updated_at},
+    )
+    refreshed = (
+        update(connections)
+        .where(connections.c.id == bindparam("connection"))
+        .values(
+            last_refreshed_at=bindparam("at"),
+            last_error=None,
+            status=case(
+                (connections.c.status.in_(RECOVERED_BY_A_REFRESH), "active"),
+                else_=connections.c.status,
+            ),
+        )
+    )
+    return upsert_cursor, refreshed
 
 
 def set_cursor(session: Session, connection: ConnectionInfo, stream: str, value: str) -> None:
@@ -377,10 +440,8 @@ def writable_connection(session: Session, connection_id: str) -> ConnectionInfo:
     row is locked FOR SHARE (the erasure's status update waits for this transaction,
     then deletes what it wrote); on SQLite the caller's BEGIN IMMEDIATE serialises.
     """
-    query = select(Connection).where(Connection.id == connection_id)
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(read=True)
-    row = session.scalars(query.execution_options(populate_existing=True)).first()
+    query = _writable_query(session.get_bind().dialect.name)
+    row = session.execute(query, {"id": connection_id}).first()
     if row is None or row.status == ERASING:
         raise ConnectionErased(
             f"connection {connection_id} has been erased (or is being erased); "
@@ -388,3 +449,12 @@ def writable_connection(session: Session, connection_id: str) -> ConnectionInfo:
             connection_id=connection_id,
         )
     return _connection_info(row)
+
+
+@functools.cache
+def _writable_query(dialect: str):
+    """The connection's row, read fresh (a Core statement: no stale ORM object), built
+    once; on PostgreSQL locked FOR SHARE."""
+    table = Connection.__table__
+    query = select(table).where(table.c.id == bindparam("id"))
+    return query.with_for_update(read=True) if dialect == "postgresql" else query

@@ -58,6 +58,10 @@ class Settings:
     check_passes: bool = True
     #: staged raw records older than this are swept away (a load deletes them at once)
     staging_max_age_hours: int = 24
+    #: a refresh run hands fetched records to their load in memory, up to this many MB
+    #: waiting at once; past it (the loads fall behind) they are staged, sealed, on disk.
+    #: 0: every connection's records go through the disk
+    staging_memory_mb: int = 64
     #: raw dashboard access logs older than this many days go, once rolled up into trends
     access_log_retention_days: int = 30
     #: a referrer domain seen on fewer views than this in a day is counted as "(other)"
@@ -142,6 +146,7 @@ class Settings:
             freshness_hours=_positive_int(env, "WRITEVUE_FRESHNESS_HOURS", 36),
             check_passes=_check_results(env),
             staging_max_age_hours=_positive_int(env, "WRITEVUE_STAGING_MAX_AGE_HOURS", 24),
+            staging_memory_mb=_positive_int(env, "WRITEVUE_STAGING_MEMORY_MB", 64, minimum=0),
             access_log_retention_days=_positive_int(env, "WRITEVUE_ACCESS_LOG_RETENTION_DAYS", 30),
             trend_min_referrer_views=_positive_int(env, "WRITEVUE_TREND_MIN_REFERRER_VIEWS", 5),
             run_retention_days=_positive_int(env, "WRITEVUE_RUN_RETENTION_DAYS", 30),
@@ -234,7 +239,7 @@ class Settings:
         return f"{self.dashboard_base_url}/connect/{token}"
 
 
-def _positive_int(env, name: str, default: int) -> int:
+def _positive_int(env, name: str, default: int, *, minimum: int = 1) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -242,8 +247,9 @@ def _positive_int(env, name: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a whole number, not {raw!r}.") from None
-    if value <= 0:
-        raise ConfigError(f"{name} must be greater than zero.")
+    if value < minimum:
+        at_least = "greater than zero" if minimum == 1 else f"{minimum} or more"
+        raise ConfigError(f"{name} must be {at_least}.")
     return value
 
 
