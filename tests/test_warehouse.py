@@ -172,7 +172,9 @@ def test_the_handoff_holds_records_within_its_budget_and_gives_them_back_once():
     assert 0 < size < records.estimated_size()  # held compressed
 
     handoff = refresh.Handoff(2 * size)
-    assert handoff.keep("a", records, manifest) and handoff.keep("b", records, manifest)
+    assert handoff.keep("a", records, manifest) and handoff.keep("a", records, manifest)
+    assert handoff.held_bytes == size  # held again in place of the first, counted once
+    assert handoff.keep("b", records, manifest)
     assert not handoff.keep("c", records, manifest)  # past the budget: the caller stages it
     assert handoff.held_bytes == 2 * size
     taken, taken_manifest = handoff.take("a")

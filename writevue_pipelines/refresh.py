@@ -416,13 +416,20 @@ class Handoff:
         self._lock = threading.Lock()
 
     def keep(self, connection_id: str, records: pl.DataFrame, manifest: dict) -> bool:
-        """Hold a connection's records and manifest if they fit; False if they do not."""
-        # Held as an lz4 Arrow IPC stream: some 1/8 of the frame's memory (a frame held
-        # as it is made each worker's RSS grow by tens of MB), for ~0.1 ms a connection.
+        """Hold a connection's records and manifest if they fit (in place of any held for
+        it already); False if they do not."""
+        if self.held_bytes >= self.budget_bytes:
+            return False  # full: not worth compressing
+        # Held as an lz4 Arrow IPC stream, a fraction of the frame's memory (1/8 of the
+        # benchmark's; frames held as they are made grew each worker's RSS by tens of MB),
+        # for ~0.1 ms a connection.
         buffer = io.BytesIO()
         records.write_ipc_stream(buffer, compression="lz4")
         packed = buffer.getvalue()
         with self._lock:
+            replaced = self._waiting.pop(connection_id, None)
+            if replaced is not None:
+                self.held_bytes -= len(replaced[0])
             if self.held_bytes + len(packed) > self.budget_bytes:
                 return False
             self.held_bytes += len(packed)

@@ -6,9 +6,10 @@ records a materialisation per connection partition for each asset it completed. 
 connection that fails is recorded as failing (registry and the ``refreshed`` check)
 and never stops the others; only a run of that one connection fails.
 
-Nothing passes through an IO manager: staging files under ``WRITEVUE_HOME/staging``
-are the handoff, and the assets report only counts, timings and days as metadata —
-never names, emails, credentials or URLs.
+Nothing passes through an IO manager: the step hands each connection's fetched records
+to its load itself (in memory, or sealed staging files under ``WRITEVUE_HOME/staging``
+once its loads fall behind; ``refresh``), and the assets report only counts, timings and
+days as metadata — never names, emails, credentials or URLs.
 
 Each source's pair is refreshed by the asset job ``refresh_{source}``, which the
 schedule, the sensors and ``writevue refresh`` all launch, so the runs of a source are
@@ -172,7 +173,9 @@ def build_source_assets(source: Source, *, batch: int | None = None) -> SourceAs
                 group_name=source.name,
                 description=(
                     f"{source.title}: read each connection incrementally from its cursor into "
-                    "transient staging. The records never leave WRITEVUE_HOME/staging."
+                    "transient staging: the run's memory, or sealed files under "
+                    "WRITEVUE_HOME/staging while its loads fall behind. Raw records go nowhere "
+                    "else."
                 ),
                 kinds={source.name},
                 tags=tags,
@@ -185,7 +188,7 @@ def build_source_assets(source: Source, *, batch: int | None = None) -> SourceAs
                 description=(
                     f"{source.title}: aggregate the staged records with polars into daily "
                     f"facts ({', '.join(source.metrics) or 'from the spec'}), upsert them into "
-                    "the warehouse and advance the cursor in the same commit, then delete "
+                    "the warehouse and advance the cursor in the same commit, then drop "
                     "the staged records."
                 ),
                 kinds={"polars"},
