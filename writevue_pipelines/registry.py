@@ -309,38 +309,38 @@ def get_cursor(session: Session, connection_id: str, stream: str) -> str | None:
 
 
 def record_load(
-    session: Session,
-    connection: ConnectionInfo,
-    cursor: tuple[str, str] | None,
-    *,
-    at: dt.datetime | None = None,
+    session: Session, connection: ConnectionInfo, cursor: tuple[str, str] | None
 ) -> None:
     """A load's bookkeeping, in the load's transaction: ``set_cursor`` for ``cursor``
-    (stream, value) when the fetch found one, then ``record_refresh_result(error=None)``.
-
-    Two statements built once (an upsert of the cursor and an update of the connection),
-    no ORM object: for a session that holds none of the connection or of its cursors,
-    as the load's own does (an object held would not see these writes).
-    """
-    upsert_cursor, refreshed = _load_statements(session.get_bind().dialect.name)
-    now = at or utcnow()
+    (stream, value) when the fetch found one, then ``record_refresh_result(error=None)``
+    as one statement built once, without the ORM (the load's session holds no object of
+    the connection, which would not see the update)."""
     if cursor is not None:
-        stream, value = cursor
-        session.execute(
-            upsert_cursor,
-            {
-                "connection_id": connection.id,
-                "stream": stream,
-                "tenant_id": connection.tenant_id,
-                "value": value,
-                "updated_at": now,
-            },
-        )
-    session.execute(refreshed, {"connection": connection.id, "at": now})
+        set_cursor(session, connection, *cursor)
+    session.execute(
+        _load_statements(session.get_bind().dialect.name)[1],
+        {"connection": connection.id, "at": utcnow()},
+    )
+
+
+def set_cursor(session: Session, connection: ConnectionInfo, stream: str, value: str) -> None:
+    """Move a connection's cursor for ``stream`` to ``value``: one upsert built once,
+    without the ORM (a ``SyncCursor`` the session holds would not see it)."""
+    session.execute(
+        _load_statements(session.get_bind().dialect.name)[0],
+        {
+            "connection_id": connection.id,
+            "stream": stream,
+            "tenant_id": connection.tenant_id,
+            "value": value,
+            "updated_at": utcnow(),
+        },
+    )
 
 
 @functools.cache
 def _load_statements(dialect: str) -> tuple[Any, Any]:
+    """(the cursor's upsert, the successful refresh's update of the connection)."""
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
@@ -364,21 +364,6 @@ def _load_statements(dialect: str) -> tuple[Any, Any]:
         )
     )
     return upsert_cursor, refreshed
-
-
-def set_cursor(session: Session, connection: ConnectionInfo, stream: str, value: str) -> None:
-    row = session.get(SyncCursor, (connection.id, stream))
-    if row is None:
-        session.add(
-            SyncCursor(
-                connection_id=connection.id,
-                stream=stream,
-                tenant_id=connection.tenant_id,
-                value=value,
-            )
-        )
-    else:
-        row.value, row.updated_at = value, utcnow()
 
 
 # -- audit ------------------------------------------------------------------
