@@ -8,11 +8,15 @@ default run launcher) gets N Stripe connections on the sandbox (its own process)
 evaluates it and launches the batched runs, at most as many at once as the instance
 allows one provider (its pool limit, within ``max_concurrent_runs``). wall_s runs from
 the scheduled tick to the end of the last run. The code location is served as in
-production (deploy/: ``dagster code-server start``, the daemon's workspace pointing at
-it); ``--code-server daemon`` lets the daemon start it from a ``python_module``
-workspace instead, as the repository's workspace.yaml does, where the daemon replaces it
-every 60 s (Dagster's ``RELOAD_WORKSPACE_INTERVAL``, not configurable), each new one
-importing the code again.
+production (deploy/: ``writevue code-server``, Dagster's ``dagster api grpc`` whose runs
+are forked from a forkserver that imported the code once, the daemon's workspace pointing
+at it); ``--code-server dagster`` uses Dagster's own ``dagster code-server start`` instead
+(each run a new interpreter, importing everything again); ``--code-server daemon`` lets
+the daemon start one from a ``python_module`` workspace instead, as the repository's
+workspace.yaml does, where the daemon replaces it every 60 s (Dagster's
+``RELOAD_WORKSPACE_INTERVAL``, not configurable), each new one importing the code again.
+The embedded instance's storage is ``writevue init``'s: Dagster's SQLite files, kept open
+(``dagster_storage.PooledSqliteStorage``).
 
 The instance is ``writevue init``'s embedded one (SQLite files under DAGSTER_HOME) by
 default; ``--instance postgres`` uses deploy/dagster.yaml, the production instance, on a
@@ -71,6 +75,7 @@ FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
 _CLOCK = os.sysconf("SC_CLK_TCK")
 DAEMON = str(Path(sys.executable).parent / "dagster-daemon")
 DAGSTER = str(Path(sys.executable).parent / "dagster")
+WRITEVUE = str(Path(sys.executable).parent / "writevue")
 #: seconds allowed for a separate code server to load the code, before the daemon starts
 CODE_SERVER_START_S = 45
 #: seconds after the daemon starts before its background CPU is measured (until the tick)
@@ -136,6 +141,7 @@ _KINDS = (
     ("execute_run", "run workers"),
     ("execute_step", "run workers"),
     ("api grpc", "code server"),
+    ("writevue_pipelines.code_server", "code server"),
     ("code-server", "code server"),
     ("dagster-daemon", "daemon"),
     ("postgres", "PostgreSQL (Dagster's storage)"),
@@ -207,16 +213,22 @@ def _loaded(client) -> bool:
         return False
 
 
-def start_code_server(workdir: Path, env: dict[str, str]):
-    """``dagster code-server start`` as deploy/ runs it, once its code is loaded: (child, port)."""
+def start_code_server(workdir: Path, env: dict[str, str], kind: str = "separate"):
+    """The code server as deploy/ runs it (``writevue code-server``), or with ``kind`` "dagster"
+    Dagster's own ``dagster code-server start``, once its code is loaded: (child, port)."""
     from dagster._grpc.client import DagsterGrpcClient
 
     from writevue_pipelines.processes import free_port
 
     port = free_port()
+    command = (
+        [str(DAGSTER), "code-server", "start"]
+        if kind == "dagster"
+        else [str(WRITEVUE), "code-server"]
+    )
     child = spawn(
         "the code server",
-        [str(DAGSTER), "code-server", "start", "-m", "writevue_pipelines.defs",
+        [*command, "-m", "writevue_pipelines.defs",
          "--location-name", "writevue", "-h", "127.0.0.1", "-p", str(port), "-d", str(REPO)],
         log_path=workdir / "code-server.log",
         env=os.environ | env,
@@ -542,14 +554,14 @@ def run_dagster(
 
     # The schedule fires at the first whole minute that leaves the daemon (and a separate
     # code server, which reads the cadence when it loads the code) time to start.
-    lead = args.tick_lead + (CODE_SERVER_START_S if args.code_server == "separate" else 0)
+    lead = args.tick_lead + (CODE_SERVER_START_S if args.code_server != "daemon" else 0)
     tick = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=lead + 59)).replace(
         second=0, microsecond=0
     )
     env["WRITEVUE_REFRESH_CRON_STRIPE"] = f"{tick.minute} {tick.hour} * * *"
     code_server = None
-    if args.code_server == "separate":
-        code_server, port = start_code_server(workdir, env)
+    if args.code_server != "daemon":
+        code_server, port = start_code_server(workdir, env, args.code_server)
         (workdir / "workspace.yaml").write_text(
             "load_from:\n  - grpc_server:\n      host: 127.0.0.1\n"
             f"      port: {port}\n      location_name: writevue\n"
@@ -659,9 +671,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--code-server",
-        choices=("separate", "daemon"),
+        choices=("separate", "dagster", "daemon"),
         default="separate",
-        help="a code server of its own as in production (default), or one the daemon starts",
+        help="a code server of its own as in production (`writevue code-server`, runs "
+        "forked already imported; the default), Dagster's `dagster code-server start` (each "
+        "run a new interpreter), or one the daemon starts",
     )
     parser.add_argument(
         "--instance",

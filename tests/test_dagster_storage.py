@@ -1,17 +1,22 @@
-"""The production Dagster instance (deploy/dagster.yaml) keeps its PostgreSQL connections.
+"""Dagster's instances keep their database connections: the production one
+(deploy/dagster.yaml, PostgreSQL) and the embedded one ``writevue init`` writes (SQLite).
 
 dagster-postgres opens a new connection for every event it stores (SQLAlchemy's
 ``NullPool``), and every new connection is a PostgreSQL backend forked for it: a batch
 run's 520 events cost more CPU in forks than the run's own work (docs/operations.md).
-WriteVue's storage class keeps one connection per process for the event log.
+Dagster's SQLite storages do the same with files: an engine, a connection and, on its
+close, a WAL checkpoint for every statement, two or three per event. WriteVue's storage
+classes keep one connection per process and database.
 """
 
 from __future__ import annotations
 
+import threading
 from urllib.parse import urlsplit
 
 import psycopg
-from dagster import DagsterInstance
+import pytest
+from dagster import AssetKey, AssetMaterialization, DagsterInstance
 from dagster._core.storage.dagster_run import DagsterRun, make_new_run_id
 from support import deploy_dagster_home
 
@@ -19,7 +24,12 @@ from writevue_pipelines.dagster_storage import (
     PooledPostgresEventLogStorage,
     PooledPostgresRunStorage,
     PooledPostgresScheduleStorage,
+    PooledSqliteEventLogStorage,
+    PooledSqliteRunStorage,
+    PooledSqliteScheduleStorage,
 )
+from writevue_pipelines.home import init_home
+from writevue_pipelines.settings import Settings
 
 EVENTS = 40
 
@@ -98,3 +108,103 @@ def test_the_storage_class_loads_nothing_of_writevue_but_the_package():
         "writevue_pipelines.dagster_storage",
         "writevue_pipelines.redaction",
     ]
+
+
+# -- the embedded instance (writevue init) ------------------------------------------------------
+
+
+@pytest.fixture
+def embedded_instance(home):
+    """The Dagster instance of a home ``writevue init`` laid out, and a count of the SQLite
+    connections opened from then on (SQLAlchemy's ``connect`` event, every engine)."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    settings = Settings.from_env()
+    init_home(settings)
+    opened: list[str] = []
+
+    def count(dbapi_connection, record):
+        opened.append(threading.current_thread().name)
+
+    instance = DagsterInstance.from_config(str(settings.dagster_home))
+    event.listen(Engine, "connect", count)
+    try:
+        yield instance, opened
+    finally:
+        event.remove(Engine, "connect", count)
+        instance.dispose()
+
+
+def test_the_embedded_instance_stores_and_reads_over_kept_connections(embedded_instance):
+    instance, opened = embedded_instance
+    assert isinstance(instance.event_log_storage, PooledSqliteEventLogStorage)
+    assert isinstance(instance.run_storage, PooledSqliteRunStorage)
+    assert isinstance(instance.schedule_storage, PooledSqliteScheduleStorage)
+    run = instance.add_run(DagsterRun(job_name="storage_test", run_id=make_new_run_id()))
+    instance.report_engine_event("warm-up", run)
+    instance.report_runless_asset_event(AssetMaterialization(AssetKey("warm_up")))
+    instance.all_instigator_state()
+    before = len(opened)
+    for index in range(EVENTS):
+        instance.report_engine_event(f"event {index}", run)  # the run's own file
+        # an asset event: the run's file and the index, and the asset's tables
+        instance.report_runless_asset_event(AssetMaterialization(AssetKey(f"asset_{index}")))
+        instance.get_runs_count()  # the daemon polls the runs every second
+        instance.all_instigator_state()  # and its schedules and sensors
+    made = len(opened) - before
+    stored = [e for e in instance.all_logs(run.run_id) if e.message.startswith("event ")]
+    assert len(stored) == EVENTS
+    assert instance.get_latest_materialization_event(AssetKey(f"asset_{EVENTS - 1}"))
+    assert made == 0, f"{made} connections opened for {2 * EVENTS} events and {2 * EVENTS} reads"
+
+
+def test_the_embedded_instance_keeps_a_few_run_files_open_and_forgets_wiped_ones(
+    embedded_instance,
+):
+    """The daemon and the webserver move from run to run: they keep the last few runs'
+    files open, not every run's; a wipe deletes the files, and a run stored after it is
+    written to a new file, not to a deleted one still held open."""
+    from writevue_pipelines.dagster_storage import SQLITE_SHARDS_KEPT
+
+    instance, _opened = embedded_instance
+    storage = instance.event_log_storage
+    runs = [
+        instance.add_run(DagsterRun(job_name="storage_test", run_id=make_new_run_id()))
+        for _ in range(SQLITE_SHARDS_KEPT + 3)
+    ]
+    for run in runs:
+        instance.report_engine_event("stored", run)
+    assert len(storage._engines) == SQLITE_SHARDS_KEPT + 1  # and the index
+    assert all(e.message == "stored" for e in instance.all_logs(runs[0].run_id)[-1:])
+    instance.wipe()
+    run = instance.add_run(DagsterRun(job_name="storage_test", run_id=make_new_run_id()))
+    instance.report_engine_event("after the wipe", run)
+    again = DagsterInstance.from_config(instance.root_directory)  # another process's view
+    try:
+        messages = [e.message for e in again.all_logs(run.run_id)]
+    finally:
+        again.dispose()
+    assert "after the wipe" in messages
+
+
+def test_the_embedded_run_storage_serves_threads_at_once(embedded_instance):
+    """The daemon's threads (schedules, sensors, the run queue) use the run storage at once."""
+    instance, _opened = embedded_instance
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(20):
+                instance.add_run(DagsterRun(job_name="storage_test", run_id=make_new_run_id()))
+                instance.get_runs_count()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+    assert instance.get_runs_count() == 80

@@ -27,9 +27,28 @@ imports this module, so it imports nothing of WriteVue but the package itself.
 """
 
 # Dagster reads annotations of configurable classes at runtime: no postponed annotations.
+import os
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import yaml
 from dagster._core.storage.base_storage import DagsterStorage
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
+    INDEX_SHARD_NAME,
+    SqliteEventLogStorage,
+)
+from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
+from dagster._core.storage.schedules.sqlite.sqlite_schedule_storage import SqliteScheduleStorage
+from dagster._core.storage.sql import create_engine
+from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
+from dagster._core.storage.sqlite_storage import (
+    DagsterSqliteStorage,
+    _event_logs_directory,
+    _runs_directory,
+    _schedule_directory,
+)
 from dagster._serdes import ConfigurableClassData
 from dagster_postgres import (
     DagsterPostgresStorage,
@@ -42,6 +61,7 @@ from dagster_postgres.utils import (
     get_token_provider_from_config,
     pg_url_from_config,
 )
+from sqlalchemy import event
 
 #: connections an event log keeps open per process (each process is one run, or the
 #: daemon), and how many more it may open while its threads write at once
@@ -166,3 +186,173 @@ class PooledPostgresStorage(DagsterPostgresStorage):
     @property
     def schedule_storage_data(self) -> ConfigurableClassData | None:
         return self._part(PooledPostgresScheduleStorage)
+
+
+# -- the embedded instance: SQLite files under DAGSTER_HOME ---------------------------------
+
+#: run shards (one SQLite file per run) whose connection an event log keeps at once: a run
+#: writes its own and the index; the daemon and the webserver move from run to run
+SQLITE_SHARDS_KEPT = 4
+
+
+def _sqlite_engine(conn_string: str, timeout: float | None = None) -> Any:
+    """An engine over one SQLite file that keeps one connection (more while threads of one
+    process use it at once), instead of opening, and on closing checkpointing, one per
+    statement as Dagster's SQLite storages do."""
+    from sqlalchemy.pool import QueuePool
+
+    connect_args: dict[str, Any] = {"check_same_thread": False}
+    if timeout is not None:
+        connect_args["timeout"] = timeout
+    engine = create_engine(
+        conn_string,
+        poolclass=QueuePool,
+        pool_size=POOL_SIZE,
+        max_overflow=MAX_OVERFLOW,
+        connect_args=connect_args,
+    )
+    event.listen(engine, "connect", _synchronous_normal)
+    return engine
+
+
+def _synchronous_normal(dbapi_connection: Any, _record: Any) -> None:
+    # Dagster's SQLite files are in WAL mode, where NORMAL never corrupts them: a commit is
+    # not flushed to the disk until a checkpoint, so a power cut (not a crash) may undo the
+    # newest events, as it may the newest commits of WriteVue's own SQLite warehouse
+    # (writevue_pipelines.database). FULL waited for the disk on each of a run's events.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+class PooledSqliteEventLogStorage(SqliteEventLogStorage):
+    """Dagster's SQLite event log (an index file and one file per run), keeping a connection
+    to the index and to the last ``SQLITE_SHARDS_KEPT`` run files it wrote or read."""
+
+    def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None):
+        self._engines: OrderedDict[str, Any] = OrderedDict()
+        super().__init__(base_dir, inst_data=inst_data)
+
+    @classmethod
+    def from_config_value(
+        cls, inst_data: ConfigurableClassData | None, config_value: Any
+    ) -> "PooledSqliteEventLogStorage":
+        return cls(inst_data=inst_data, **config_value)
+
+    def _engine(self, shard: str) -> Any:
+        # Called under self._db_lock, as SqliteEventLogStorage._connect holds it throughout.
+        engine = self._engines.get(shard)
+        if engine is not None:
+            self._engines.move_to_end(shard)
+            return engine
+        engine = _sqlite_engine(self.conn_string_for_shard(shard), SQLITE_BUSY_TIMEOUT_SECONDS)
+        self._engines[shard] = engine
+        runs = [name for name in self._engines if name != INDEX_SHARD_NAME]
+        if len(runs) > SQLITE_SHARDS_KEPT:
+            self._engines.pop(runs[0]).dispose()
+        return engine
+
+    @contextmanager
+    def _connect(self, shard: str) -> Iterator[Any]:
+        with self._db_lock:
+            engine = self._engine(shard)
+            if shard not in self._initialized_dbs:
+                self._initdb(engine)
+                self._initialized_dbs.add(shard)
+            with engine.connect() as conn, conn.begin():
+                yield conn
+
+    def _forget_connections(self) -> None:
+        with self._db_lock:
+            while self._engines:
+                self._engines.popitem()[1].dispose()
+
+    def wipe(self) -> None:
+        # Its run files are deleted: a kept connection would go on writing the deleted file.
+        self._forget_connections()
+        super().wipe()
+
+    def dispose(self) -> None:
+        self._forget_connections()
+        super().dispose()
+
+
+class _KeepsSqliteConnection:
+    """A Dagster SQLite storage of one file (the class after this one in the bases) that
+    keeps its connection; configured as that storage is."""
+
+    def __init__(self, conn_string: str, inst_data: ConfigurableClassData | None = None):
+        super().__init__(conn_string, inst_data=inst_data)  # type: ignore[call-arg]
+        self._pooled = _sqlite_engine(conn_string)
+
+    @classmethod
+    def from_config_value(cls, inst_data: ConfigurableClassData | None, config_value: Any):
+        return cls.from_local(inst_data=inst_data, **config_value)  # type: ignore[attr-defined]
+
+    @contextmanager
+    def connect(self) -> Iterator[Any]:
+        with self._pooled.connect() as conn, conn.begin():
+            yield conn
+
+    def dispose(self) -> None:
+        self._pooled.dispose()
+        super().dispose()  # type: ignore[misc]
+
+
+class PooledSqliteRunStorage(_KeepsSqliteConnection, SqliteRunStorage):
+    """Dagster's SQLite run storage (the daemon polls it every second), keeping its
+    connection."""
+
+
+class PooledSqliteScheduleStorage(_KeepsSqliteConnection, SqliteScheduleStorage):
+    """Dagster's SQLite schedule and sensor storage (ticks, cursors), keeping its
+    connection."""
+
+
+class PooledSqliteStorage(DagsterSqliteStorage):
+    """The embedded instance's storage (``writevue init``'s dagster.yaml names it): Dagster's
+    SQLite storage under ``base_dir`` (the same files, schema and migrations) whose three
+    parts keep their connections.
+
+        storage:
+          custom:
+            module: writevue_pipelines.dagster_storage
+            class: PooledSqliteStorage
+            config:
+              base_dir: /path/to/dagster_home/storage
+    """
+
+    def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None):
+        # DagsterSqliteStorage.__init__ with the pooled parts in place of its own.
+        self.base_dir = base_dir
+        self._run_storage = PooledSqliteRunStorage.from_local(_runs_directory(base_dir))
+        self._event_log_storage = PooledSqliteEventLogStorage(_event_logs_directory(base_dir))
+        self._schedule_storage = PooledSqliteScheduleStorage.from_local(
+            _schedule_directory(base_dir)
+        )
+        self._inst_data = inst_data
+        DagsterStorage.__init__(self)
+
+    @classmethod
+    def from_config_value(
+        cls, inst_data: ConfigurableClassData | None, config_value: Any
+    ) -> "PooledSqliteStorage":
+        os.makedirs(config_value["base_dir"], exist_ok=True)
+        return cls(inst_data=inst_data, **config_value)
+
+    # An instance made from the parts (not from this class) gets the pooled ones too.
+    def _part(self, storage: type, base_dir: str) -> ConfigurableClassData:
+        config = yaml.dump({"base_dir": base_dir}, default_flow_style=False)
+        return ConfigurableClassData(__name__, storage.__name__, config)
+
+    @property
+    def event_storage_data(self) -> ConfigurableClassData | None:
+        return self._part(PooledSqliteEventLogStorage, _event_logs_directory(self.base_dir))
+
+    @property
+    def run_storage_data(self) -> ConfigurableClassData | None:
+        return self._part(PooledSqliteRunStorage, _runs_directory(self.base_dir))
+
+    @property
+    def schedule_storage_data(self) -> ConfigurableClassData | None:
+        return self._part(PooledSqliteScheduleStorage, _schedule_directory(self.base_dir))

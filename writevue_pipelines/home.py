@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 
@@ -15,6 +16,15 @@ DAGSTER_YAML = """\
 # For PostgreSQL (production) see deploy/dagster.yaml and docs/operations.md.
 telemetry:
   enabled: false
+storage:
+  # Dagster's SQLite storage (runs, their events, schedules) under this folder, each part
+  # keeping its connection instead of opening one per statement
+  # (writevue_pipelines.dagster_storage).
+  custom:
+    module: writevue_pipelines.dagster_storage
+    class: PooledSqliteStorage
+    config:
+      base_dir: "@STORAGE@"
 run_coordinator:
   module: dagster.core.run_coordinator
   class: QueuedRunCoordinator
@@ -71,7 +81,8 @@ def init_home(settings: Settings) -> InitReport:
     migrate(settings.database_url)
     dagster_yaml = settings.dagster_home / "dagster.yaml"
     if not dagster_yaml.exists():
-        dagster_yaml.write_text(DAGSTER_YAML)
+        storage = json.dumps(str((settings.dagster_home / "storage").resolve()))[1:-1]
+        dagster_yaml.write_text(DAGSTER_YAML.replace("@STORAGE@", storage))
     return InitReport(
         home=str(settings.home),
         key_file_created=created,

@@ -1,7 +1,9 @@
-"""``writevue refresh`` and ``writevue serve``: run the product's two halves from the shell."""
+"""``writevue refresh``, ``writevue serve`` and ``writevue code-server``: run the product's
+parts from the shell."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import sys
@@ -76,3 +78,22 @@ def serve(args) -> None:
     except SystemExit as exc:  # SIGTERM: a clean stop, not an error
         if exc.code != 128 + signal.SIGTERM:
             raise
+
+
+@command(
+    "code-server",
+    "run the Dagster code server (as `dagster api grpc`, its runs forked already imported); "
+    "`writevue code-server --help` lists its options",
+    arg("rest", nargs=argparse.REMAINDER, help="passed to dagster api grpc"),
+    audit=False,  # it serves the code location; runs record their own access
+    add_help=False,  # --help is Dagster's, which knows its options
+)
+def code_server(args) -> None:
+    from ..processes import restore_signals
+
+    restore_signals()  # stops on SIGTERM and Ctrl-C even when started by a background job
+    # Replaced by the server's own process, so that its runs' main module is the server's
+    # (a forked run would otherwise import this command line again).
+    argv = [sys.executable, "-m", "writevue_pipelines.code_server", *args.rest]
+    sys.stdout.flush()
+    os.execv(sys.executable, argv)  # noqa: S606 -- a fixed program, the operator's arguments

@@ -1,0 +1,194 @@
+"""``writevue code-server``: Dagster's code server, its runs forked from a preloaded forkserver.
+
+A real ``writevue code-server`` process serves the code location on loopback; runs are
+launched against it as the daemon launches them (the instance's run launcher, over gRPC)
+and refresh a connection on the sandbox over real HTTP. The tests watch ``/proc`` while a
+run is under way: the run's process (its pid is in its own event log) is a child of the
+forkserver, not of the server, and the forkserver imported the code before any run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from support import add_stripe_connection, new_stripe_key
+
+from writevue_pipelines import registry, warehouse
+from writevue_pipelines.defs.assets import job_name
+from writevue_pipelines.defs.partitions import CONNECTION_PARTITIONS
+from writevue_pipelines.processes import free_port, spawn, wait_until
+from writevue_sandbox.server import SandboxServer
+
+REPO = Path(__file__).resolve().parents[1]
+WRITEVUE = str(Path(sys.executable).with_name("writevue"))
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def _command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and _parent(int(entry)) == pid:
+            found.add(int(entry))
+    return found
+
+
+class ParentWatch:
+    """Every process seen below ``root`` while it runs, with the parent it was seen with."""
+
+    def __init__(self, root: int):
+        self.root = root
+        self.seen: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            frontier = [self.root]
+            while frontier:
+                parent = frontier.pop()
+                for child in _children(parent):
+                    self.seen.setdefault(child, parent)
+                    frontier.append(child)
+            time.sleep(0.02)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(5)
+
+
+@pytest.fixture
+def code_server(home, tmp_path):
+    """``writevue code-server`` on a loopback port, once its code is loaded: (child, port)."""
+    from dagster._grpc.client import DagsterGrpcClient
+
+    port = free_port()
+    child = spawn(
+        "writevue code-server",
+        [WRITEVUE, "code-server", "-m", "writevue_pipelines.defs", "--location-name",
+         "writevue", "-h", "127.0.0.1", "-p", str(port), "-d", str(REPO)],
+        log_path=tmp_path / "code-server.log",
+        env=dict(os.environ),
+        cwd=REPO,
+    )  # fmt: skip
+    client = DagsterGrpcClient(port=port, host="127.0.0.1")
+
+    def loaded() -> bool:
+        try:
+            return "ListRepositoriesResponse" in client.list_repositories()
+        except Exception:  # not listening yet
+            return False
+
+    try:
+        wait_until(loaded, timeout=120, what="the code server", child=child)
+        yield child, port
+    finally:
+        child.stop()
+
+
+def _launch_refresh(instance, port: int, connection_id: str) -> str:
+    """Create and launch the Stripe refresh of one connection as the daemon would: the
+    instance's run launcher, asking the code server over gRPC. Returns the run's id."""
+    from dagster._core.workspace.context import WorkspaceProcessContext
+    from dagster._core.workspace.load_target import GrpcServerTarget
+
+    target = GrpcServerTarget(host="127.0.0.1", port=port, socket=None, location_name="writevue")
+    with WorkspaceProcessContext(instance, target) as workspace:
+        context = workspace.create_request_context()
+        location = context.get_code_location("writevue")
+        (repository,) = location.get_repositories().values()
+        job = repository.get_full_job(job_name("stripe"))
+        plan = location.get_execution_plan(
+            remote_job=job,
+            run_config={},
+            step_keys_to_execute=None,
+            known_state=None,
+            instance=instance,
+        )
+        run = instance.create_run(
+            job_name=job.name,
+            run_id=None,
+            run_config={},
+            resolved_op_selection=None,
+            step_keys_to_execute=None,
+            status=None,
+            tags={"dagster/partition": connection_id},
+            root_run_id=None,
+            parent_run_id=None,
+            job_snapshot=job.job_snapshot,
+            execution_plan_snapshot=plan.execution_plan_snapshot,
+            parent_job_snapshot=job.parent_job_snapshot,
+            remote_job_origin=job.get_remote_origin(),
+            job_code_origin=job.get_python_origin(),
+            asset_selection=None,
+            asset_check_selection=None,
+            op_selection=None,
+            asset_graph=context.asset_graph,
+        )
+        instance.launch_run(run.run_id, context)
+    return run.run_id
+
+
+def _run_pid(instance, run_id: str) -> int:
+    """The run's process, as its own event log gives it ("Started process for run (pid: …)")."""
+    import re
+
+    for record in instance.all_logs(run_id):
+        found = re.search(r"\(pid: (\d+)\)", record.user_message or "")
+        if found:
+            return int(found.group(1))
+    raise AssertionError(f"no pid in the log of run {run_id}")
+
+
+@pytest.mark.timeout(300)
+def test_the_code_server_forks_each_run_from_a_preloaded_forkserver(home, code_server, runtime):
+    from dagster import DagsterInstance, DagsterRunStatus
+
+    child, port = code_server
+    with SandboxServer(latency_s=0.05) as sandbox:
+        _, connection = add_stripe_connection(runtime, sandbox.url, new_stripe_key())
+        with DagsterInstance.get() as instance:
+            instance.add_dynamic_partitions(CONNECTION_PARTITIONS["stripe"].name, [connection])
+            forkservers = [
+                pid for pid in _children(child.process.pid) if "forkserver" in _command(pid)
+            ]
+            assert len(forkservers) == 1, "the server starts its forkserver before any run"
+            (forkserver,) = forkservers
+            with ParentWatch(child.process.pid) as watch:
+                run_id = _launch_refresh(instance, port, connection)
+
+                def finished() -> bool:
+                    return instance.get_run_by_id(run_id).is_finished
+
+                wait_until(finished, timeout=240, what="the run", child=child)
+            assert instance.get_run_by_id(run_id).status == DagsterRunStatus.SUCCESS
+            pid = _run_pid(instance, run_id)
+    assert watch.seen.get(pid) == forkserver, (
+        f"run process {pid} was seen with parent {watch.seen.get(pid)}, "
+        f"not the forkserver {forkserver} (the server is {child.process.pid})"
+    )
+    with runtime.db.session() as session:
+        assert warehouse.connection_fact_count(session, connection) > 0
+        assert registry.get_connection(session, connection).last_refreshed_at is not None
