@@ -208,3 +208,47 @@ def test_the_embedded_run_storage_serves_threads_at_once(embedded_instance):
         thread.join(60)
     assert not errors, errors
     assert instance.get_runs_count() == 80
+
+
+PLANNED = 30
+
+
+def test_the_embedded_instance_stores_a_runs_planned_events_in_one_batch(embedded_instance):
+    """Creating a run stores a planned event per asset (per partition, for a batch run);
+    Dagster hands them over as one batch, stored in one transaction per file, with what
+    one by one would have stored: each in the run's log and in the asset's index."""
+    from dagster import AssetSpec, DagsterEventType, Definitions, define_asset_job, multi_asset
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    @multi_asset(specs=[AssetSpec(f"planned_{index}") for index in range(PLANNED)])
+    def many():
+        return None
+
+    job = Definitions(assets=[many], jobs=[define_asset_job("many_job")]).resolve_job_def(
+        "many_job"
+    )
+    instance, _opened = embedded_instance
+    commits: list[int] = []
+
+    def count(conn) -> None:
+        if "/history/runs/" in str(conn.engine.url):  # the event log's files, not the runs'
+            commits.append(1)
+
+    event.listen(Engine, "commit", count)
+    try:
+        run = instance.create_run_for_job(job)
+    finally:
+        event.remove(Engine, "commit", count)
+    planned = instance.get_records_for_run(
+        run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION_PLANNED
+    ).records
+    assert sorted(r.asset_key.path[0] for r in planned) == sorted(
+        f"planned_{index}" for index in range(PLANNED)
+    )
+    for index in range(PLANNED):  # the cross-run index has each asset's planned run
+        info = instance.get_latest_planned_materialization_info(AssetKey(f"planned_{index}"))
+        assert info is not None and info.run_id == run.run_id
+    # the run's new file laid out, then one transaction in it and one in the index
+    # (one by one: two per event)
+    assert len(commits) <= 5, f"{len(commits)} event log commits for {PLANNED} planned events"

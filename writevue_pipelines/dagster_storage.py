@@ -1,11 +1,13 @@
-"""Dagster's PostgreSQL storage, keeping a connection per process instead of one per statement.
+"""Dagster's storages, keeping a connection per process instead of one per statement.
 
 dagster-postgres opens a new database connection for every event it stores (SQLAlchemy's
 ``NullPool``, so that an instance holds no idle connection), and every new connection is
 a PostgreSQL backend forked and torn down again. A batch run stores some 520 events (a
 materialisation, its planned event and six check results per connection); on the
 benchmark's 1,000 connections those forks cost more server CPU than all the runs' own
-work (docs/operations.md, "bench.orchestration").
+work (docs/operations.md, "bench.orchestration"). Dagster's SQLite storages do the same
+with files: an engine and a connection for every statement, two or three per event, each
+commit waiting for the disk and each close checkpointing the file.
 
 ``PooledPostgresStorage`` is dagster-postgres' storage (the same tables, configuration
 and migrations) whose three parts (the event log; the runs, which the daemon polls every
@@ -22,6 +24,11 @@ before, while several threads of one process (the daemon's) use one part at once
         config:
           postgres_db: ...
 
+``PooledSqliteStorage`` is the same for the embedded instance (``writevue init``'s
+dagster.yaml names it): Dagster's SQLite files under ``base_dir``, each kept open (the
+index and the last few runs' files for the event log), with ``synchronous=NORMAL``, and a
+batch of events stored in one transaction per file.
+
 Every process that loads the instance (webserver, daemon, code server, run workers)
 imports this module, so it imports nothing of WriteVue but the package itself.
 """
@@ -29,11 +36,14 @@ imports this module, so it imports nothing of WriteVue but the package itself.
 # Dagster reads annotations of configurable classes at runtime: no postponed annotations.
 import os
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import yaml
+from dagster._core.errors import DagsterInvariantViolationError
+from dagster._core.events import ASSET_CHECK_EVENTS, ASSET_EVENTS, EVENT_TYPE_TO_PIPELINE_RUN_STATUS
+from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.base_storage import DagsterStorage
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     INDEX_SHARD_NAME,
@@ -62,6 +72,15 @@ from dagster_postgres.utils import (
     pg_url_from_config,
 )
 from sqlalchemy import event
+
+#: Where Dagster hands the instance events as a batch (a run's planned materialisations,
+#: which the daemon stores when it creates the run: two per connection), it stores up to
+#: this many at once (``store_event_batch``, one transaction per file on SQLite) instead
+#: of one by one. Dagster reads ``DAGSTER_EVENT_BATCH_SIZE`` at each event and batches
+#: nothing without it; every process that loads these storages imports this module
+#: first. An operator's own value wins.
+EVENT_BATCH_SIZE = 500
+os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", str(EVENT_BATCH_SIZE))
 
 #: connections an event log keeps open per process (each process is one run, or the
 #: daemon), and how many more it may open while its threads write at once
@@ -261,6 +280,49 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
                 self._initialized_dbs.add(shard)
             with engine.connect() as conn, conn.begin():
                 yield conn
+
+    def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
+        """``store_event`` for each event, in one transaction per file instead of two or
+        three per event: a run's planned materialisations (two per connection), which the
+        daemon stores as one batch when it creates the run (``EVENT_BATCH_SIZE``)."""
+        if len(events) < 2:
+            for entry in events:
+                self.store_event(entry)
+            return
+        statements = [self.prepare_insert_event(entry) for entry in events]
+        by_run: dict[str, list[Any]] = {}
+        for entry, statement in zip(events, statements, strict=True):
+            by_run.setdefault(entry.run_id, []).append(statement)
+        for run_id, inserts in by_run.items():
+            with self.run_connection(run_id) as conn:
+                for statement in inserts:
+                    conn.execute(statement)
+        assets = [
+            (entry, statement)
+            for entry, statement in zip(events, statements, strict=True)
+            if entry.is_dagster_event and entry.dagster_event_type in ASSET_EVENTS
+        ]
+        if assets:
+            # mirrored in the cross-run index, as store_event does, in one transaction
+            with self.index_transaction() as conn:
+                ids = [conn.execute(statement).inserted_primary_key[0] for _, statement in assets]
+                if any(event_id is None for event_id in ids):
+                    raise DagsterInvariantViolationError(
+                        "Cannot store asset event tags for null event id."
+                    )
+                self._store_asset_event_tags(conn, [entry for entry, _ in assets], ids)
+                for (entry, _), event_id in zip(assets, ids, strict=True):
+                    self._store_asset_event(conn, entry, event_id)
+        for entry, statement in zip(events, statements, strict=True):
+            if not entry.is_dagster_event:
+                continue
+            if entry.dagster_event_type in ASSET_CHECK_EVENTS:
+                with self.index_connection() as conn:
+                    event_id = conn.execute(statement).inserted_primary_key[0]
+                self.store_asset_check_event(entry, event_id)
+            if entry.dagster_event_type in EVENT_TYPE_TO_PIPELINE_RUN_STATUS:
+                with self.index_connection() as conn:
+                    conn.execute(statement)
 
     def _forget_connections(self) -> None:
         with self._db_lock:
