@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import psycopg
 import pytest
-from dagster import AssetKey, AssetMaterialization, DagsterInstance
+from dagster import AssetCheckEvaluation, AssetKey, AssetMaterialization, DagsterInstance
 from dagster._core.storage.dagster_run import DagsterRun, make_new_run_id
 from support import deploy_dagster_home
 
@@ -144,19 +144,26 @@ def test_the_embedded_instance_stores_and_reads_over_kept_connections(embedded_i
     run = instance.add_run(DagsterRun(job_name="storage_test", run_id=make_new_run_id()))
     instance.report_engine_event("warm-up", run)
     instance.report_runless_asset_event(AssetMaterialization(AssetKey("warm_up")))
+    instance.report_runless_asset_event(
+        AssetCheckEvaluation(asset_key=AssetKey("warm_up"), check_name="ok", passed=True)
+    )
     instance.all_instigator_state()
     before = len(opened)
     for index in range(EVENTS):
         instance.report_engine_event(f"event {index}", run)  # the run's own file
         # an asset event: the run's file and the index, and the asset's tables
         instance.report_runless_asset_event(AssetMaterialization(AssetKey(f"asset_{index}")))
+        # a check result: Dagster asks whether the checks' table exists before each
+        instance.report_runless_asset_event(
+            AssetCheckEvaluation(asset_key=AssetKey(f"asset_{index}"), check_name="ok", passed=True)
+        )
         instance.get_runs_count()  # the daemon polls the runs every second
         instance.all_instigator_state()  # and its schedules and sensors
     made = len(opened) - before
     stored = [e for e in instance.all_logs(run.run_id) if e.message.startswith("event ")]
     assert len(stored) == EVENTS
     assert instance.get_latest_materialization_event(AssetKey(f"asset_{EVENTS - 1}"))
-    assert made == 0, f"{made} connections opened for {2 * EVENTS} events and {2 * EVENTS} reads"
+    assert made == 0, f"{made} connections opened for {3 * EVENTS} events and {2 * EVENTS} reads"
 
 
 def test_the_embedded_instance_keeps_a_few_run_files_open_and_forgets_wiped_ones(

@@ -250,7 +250,19 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
 
     def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None):
         self._engines: OrderedDict[str, Any] = OrderedDict()
+        self._tables: set[str] = set()
         super().__init__(base_dir, inst_data=inst_data)
+
+    def has_table(self, table_name: str) -> bool:
+        # Dagster asks before every check result and every materialisation's tags (an
+        # engine and a schema query each time, a quarter of a check result's cost). A
+        # table, once there, stays: only a migration adds one, and it is then found here.
+        if table_name in self._tables:
+            return True
+        found = super().has_table(table_name)
+        if found:
+            self._tables.add(table_name)
+        return found
 
     @classmethod
     def from_config_value(
