@@ -472,6 +472,8 @@ class Scheduled:
     background_cpu_per_min: float | None = None
     #: the events the runs stored (the daemon's planned events included), by type
     events: Counter = field(default_factory=Counter)
+    #: mean seconds of a run's phases (``PHASES``) and of a freed slot's wait
+    phases: dict[str, float] = field(default_factory=dict)
     #: CPU seconds one stored check result cost, measured after the runs
     check_result_cpu_s: float = 0.0
     #: the largest summed RSS of the PostgreSQL server's processes (MB), when it is ours
@@ -482,14 +484,49 @@ class Scheduled:
         return self.events.get("ASSET_CHECK_EVALUATION", 0)
 
 
-def events_by_type(instance, run_ids: list[str]) -> Counter:
-    """The events stored for these runs, by Dagster event type ("log" for plain lines)."""
+#: a run's phases, from its events: (name, the event it starts with, the one it ends with)
+#: (Dagster's run events keep their old names: a run is a "pipeline" in its event types.)
+PHASES = (
+    ("launched: run starting to its process started", "PIPELINE_STARTING", "PIPELINE_START"),
+    ("set up: process started to step started", "PIPELINE_START", "STEP_START"),
+    ("the step (refresh, checks, their events)", "STEP_START", "STEP_SUCCESS"),
+    ("wound up: step ended to run ended", "STEP_SUCCESS", "PIPELINE_SUCCESS"),
+)
+
+
+def events_by_type(instance, run_ids: list[str]) -> tuple[Counter, dict[str, float]]:
+    """The events stored for these runs, by Dagster event type ("log" for plain lines),
+    and the mean seconds of each of a run's ``PHASES`` and of a slot's wait: from a run's
+    end to the next run's start in the slot it freed (the run queue's dequeue interval and
+    the launch), over the runs that waited for one."""
     counts: Counter = Counter()
+    spans: dict[str, list[float]] = {name: [] for name, _, _ in PHASES}
+    starts, ends = [], []
     for run_id in run_ids:
+        first: dict[str, float] = {}
         for record in instance.get_records_for_run(run_id, limit=1_000_000).records:
-            event = record.event_log_entry.dagster_event
-            counts[event.event_type_value if event is not None else "log"] += 1
-    return counts
+            entry = record.event_log_entry
+            event = entry.dagster_event
+            kind = event.event_type_value if event is not None else "log"
+            counts[kind] += 1
+            first.setdefault(kind, entry.timestamp)
+        for name, begin, end in PHASES:
+            if begin in first and end in first:
+                spans[name].append(first[end] - first[begin])
+        if "PIPELINE_STARTING" in first:
+            starts.append(first["PIPELINE_STARTING"])
+        ended = first.get("PIPELINE_SUCCESS", first.get("PIPELINE_FAILURE"))
+        if ended is not None:
+            ends.append(ended)
+    waits = []
+    for start in sorted(starts):
+        before = [end for end in ends if end <= start]
+        if before:
+            waits.append(start - max(before))
+    phases = {name: sum(v) / len(v) for name, v in spans.items() if v}
+    if waits:
+        phases["a freed slot's wait for the next run"] = sum(waits) / len(waits)
+    return counts, phases
 
 
 def check_result_cpu_s(instance, partitions: list[str], server_pids: set[int]) -> float:
@@ -634,7 +671,7 @@ def run_dagster(
                 daemon.stop(timeout=15)
             if code_server is not None:  # and so do a separate one and its runs
                 code_server.stop(timeout=15)
-        events = events_by_type(instance, [r.dagster_run.run_id for r in records])
+        events, phases = events_by_type(instance, [r.dagster_run.run_id for r in records])
         per_result = check_result_cpu_s(instance, ids[:CALIBRATION_RESULTS], server_pids)
     background = None
     if settled is not None and cpu_at_tick is not None and tick_seen - settled[0] >= 10:
@@ -653,6 +690,7 @@ def run_dagster(
         mean_run_s=sum(r.end_time - r.start_time for r in records) / len(records),
         background_cpu_per_min=background,
         events=events,
+        phases=phases,
         check_result_cpu_s=per_result,
         postgres_peak_rss_mb=peak_server_rss if server_pids else None,
     )
@@ -768,6 +806,7 @@ def report(n: int, batch: int, concurrency: int, args, ran: Scheduled, base: Bas
             f"{ran.first_queued_s:.1f}, {ran.first_started_s:.1f}",
         ),
         ("  a run's length, start to end, mean (s)", f"{ran.mean_run_s:.1f}"),
+        *((f"    {name} (s)", f"{seconds:.2f}") for name, seconds in ran.phases.items()),
         ("baseline: same batches, same concurrency (s)", f"{base.wall_s:.1f}"),
         ("  of which the in-run checks (s, slowest worker)", f"{base.checks_s:.1f}"),
         ("wall_ratio (Dagster / baseline; target <= 2)", f"{wall_ratio:.2f}"),
