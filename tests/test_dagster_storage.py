@@ -67,6 +67,38 @@ def test_a_process_stores_and_reads_over_kept_connections(monkeypatch, postgres_
     assert made <= 3, f"{made} connections made for {EVENTS} events and {2 * EVENTS} reads"
 
 
+def test_the_production_event_log_asks_for_its_tables_once(monkeypatch, postgres_url, tmp_path):
+    """Dagster asks whether the checks' table exists before storing each check result; the
+    answer is remembered, not asked of the server's catalog each time."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    home = deploy_dagster_home(monkeypatch, postgres_url, tmp_path / "dagster")
+    instance = DagsterInstance.from_config(str(home))
+    asked: list[str] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany) -> None:
+        if "pg_catalog" in statement:
+            asked.append(statement)
+
+    try:
+        check = AssetCheckEvaluation(asset_key=AssetKey("warm_up"), check_name="ok", passed=True)
+        instance.report_runless_asset_event(check)
+        event.listen(Engine, "before_cursor_execute", count)
+        try:
+            for index in range(EVENTS):
+                instance.report_runless_asset_event(
+                    AssetCheckEvaluation(
+                        asset_key=AssetKey(f"asset_{index}"), check_name="ok", passed=True
+                    )
+                )
+        finally:
+            event.remove(Engine, "before_cursor_execute", count)
+    finally:
+        instance.dispose()
+    assert asked == [], f"{len(asked)} catalog queries for {EVENTS} check results"
+
+
 def test_a_kept_connection_the_server_dropped_is_replaced(monkeypatch, postgres_url, tmp_path):
     """A server restart or an idle timeout ends the kept connection: the next event is
     stored over a new one, not lost to an error."""

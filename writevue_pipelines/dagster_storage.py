@@ -107,6 +107,23 @@ def _keep_connections(storage: Any) -> None:
     )
 
 
+class _RemembersTables:
+    """An event log (the class after this one in the bases) that remembers the tables it
+    has found. Dagster asks whether a table exists before every check result and every
+    materialisation's tags: on SQLite an engine and a schema query each time, a quarter
+    of a stored check result's cost; on PostgreSQL a catalog query. A table, once there,
+    stays (only a migration adds one, and it is then found by the next question)."""
+
+    def has_table(self, table_name: str) -> bool:
+        tables = self.__dict__.setdefault("_tables_found", set())
+        if table_name in tables:
+            return True
+        found = super().has_table(table_name)  # type: ignore[misc]
+        if found:
+            tables.add(table_name)
+        return found
+
+
 class _KeepsConnections:
     """A dagster-postgres storage (the class after this one in the bases) over a small pool
     instead of a connection per statement; configured as that storage is."""
@@ -142,8 +159,8 @@ def _from_config(cls: type, inst_data: ConfigurableClassData | None, config_valu
     )
 
 
-class PooledPostgresEventLogStorage(_KeepsConnections, PostgresEventLogStorage):
-    """dagster-postgres' event log, keeping its connections."""
+class PooledPostgresEventLogStorage(_RemembersTables, _KeepsConnections, PostgresEventLogStorage):
+    """dagster-postgres' event log, keeping its connections and the tables it found."""
 
 
 class PooledPostgresRunStorage(_KeepsConnections, PostgresRunStorage):
@@ -244,25 +261,13 @@ def _synchronous_normal(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-class PooledSqliteEventLogStorage(SqliteEventLogStorage):
+class PooledSqliteEventLogStorage(_RemembersTables, SqliteEventLogStorage):
     """Dagster's SQLite event log (an index file and one file per run), keeping a connection
     to the index and to the last ``SQLITE_SHARDS_KEPT`` run files it wrote or read."""
 
     def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None):
         self._engines: OrderedDict[str, Any] = OrderedDict()
-        self._tables: set[str] = set()
         super().__init__(base_dir, inst_data=inst_data)
-
-    def has_table(self, table_name: str) -> bool:
-        # Dagster asks before every check result and every materialisation's tags (an
-        # engine and a schema query each time, a quarter of a check result's cost). A
-        # table, once there, stays: only a migration adds one, and it is then found here.
-        if table_name in self._tables:
-            return True
-        found = super().has_table(table_name)
-        if found:
-            self._tables.add(table_name)
-        return found
 
     @classmethod
     def from_config_value(
