@@ -192,3 +192,43 @@ def test_the_code_server_forks_each_run_from_a_preloaded_forkserver(home, code_s
     with runtime.db.session() as session:
         assert warehouse.connection_fact_count(session, connection) > 0
         assert registry.get_connection(session, connection).last_refreshed_at is not None
+
+
+@pytest.mark.timeout(300)
+def test_a_forked_run_told_to_stop_stops(home, code_server, runtime):
+    """A run forked from the forkserver still answers Dagster's termination (the UI's
+    "Terminate"): the server tells the run's process, which stops its step and ends as
+    canceled, long before its slow fetch would have finished."""
+    from dagster import DagsterInstance, DagsterRunStatus
+
+    child, port = code_server
+    with SandboxServer() as sandbox:
+        # every request to this account waits 3 s: the fetch takes far longer than the test
+        _, connection = add_stripe_connection(
+            runtime, sandbox.url, new_stripe_key() + "__f_latency3000"
+        )
+        with DagsterInstance.get() as instance:
+            instance.add_dynamic_partitions(CONNECTION_PARTITIONS["stripe"].name, [connection])
+            run_id = _launch_refresh(instance, port, connection)
+
+            def step_started() -> bool:
+                return any(
+                    record.dagster_event is not None
+                    and record.dagster_event.event_type_value == "STEP_START"
+                    for record in instance.all_logs(run_id)
+                )
+
+            wait_until(step_started, timeout=120, what="the run's step", child=child)
+            started = time.monotonic()
+            assert instance.run_launcher.terminate(run_id)
+
+            def finished() -> bool:
+                return instance.get_run_by_id(run_id).is_finished
+
+            wait_until(finished, timeout=60, what="the run to stop", child=child)
+            status = instance.get_run_by_id(run_id).status
+            took = time.monotonic() - started
+            pid = _run_pid(instance, run_id)
+    assert status == DagsterRunStatus.CANCELED
+    assert took < 30, f"the run took {took:.0f} s to stop"
+    assert _parent(pid) is None or not _command(pid), "the run's process is gone"
