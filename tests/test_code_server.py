@@ -171,11 +171,15 @@ def test_the_code_server_forks_each_run_from_a_preloaded_forkserver(home, code_s
         _, connection = add_stripe_connection(runtime, sandbox.url, new_stripe_key())
         with DagsterInstance.get() as instance:
             instance.add_dynamic_partitions(CONNECTION_PARTITIONS["stripe"].name, [connection])
-            forkservers = [
-                pid for pid in _children(child.process.pid) if "forkserver" in _command(pid)
-            ]
-            assert len(forkservers) == 1, "the server starts its forkserver before any run"
-            (forkserver,) = forkservers
+
+            def forkservers() -> list[int]:
+                return [
+                    pid for pid in _children(child.process.pid) if "forkserver" in _command(pid)
+                ]
+
+            # started with the server, before any run (in the background: give it a moment)
+            wait_until(lambda: bool(forkservers()), timeout=30, what="the forkserver", child=child)
+            (forkserver,) = forkservers()
             with ParentWatch(child.process.pid) as watch:
                 run_id = _launch_refresh(instance, port, connection)
 
