@@ -45,6 +45,7 @@ from dagster import (
 from dagster._core.definitions.unresolved_asset_job_definition import (
     UnresolvedAssetJobDefinition,
 )
+from dagster._core.errors import DagsterExecutionInterruptedError
 
 from .. import refresh
 from ..errors import CredentialRejected, SourceError, WriteVueError
@@ -217,6 +218,12 @@ def build_source_assets(source: Source, *, batch: int | None = None) -> SourceAs
         # each connection is loaded as soon as its records are staged.
         try:
             outcomes = refresh.refresh_connections(runtime, existing, on_done=_tell)
+        except DagsterExecutionInterruptedError:
+            # Told to stop (the UI's "Terminate"). Dagster retries an interrupted step under
+            # its retry policy, so the run would go on a minute later: stop it for good.
+            raise Failure(
+                description="stopped: the run was told to stop", allow_retries=False
+            ) from None
         except Exception as exc:
             outcomes = {cid: refresh.RefreshOutcome(cid, error=exc) for cid in existing}
             for outcome in outcomes.values():
