@@ -9,9 +9,10 @@ batch a schedule launches. This server is Dagster's own (every option of ``dagst
 grpc``, the same gRPC API, the same run process and events) except that its runs are
 forked from a **forkserver**: one process, started with the server, that imports Dagster's
 run machinery and WriteVue's definitions once and then forks a run process for each run
-it is asked for. The forkserver is single-threaded (it never runs gRPC, a database
-connection or polars' thread pool), which is what makes forking it safe; each run
-process is a child of it, with its own database connections, opened as the run starts.
+it is asked for. The forkserver is single-threaded and has only imported (no gRPC, no
+database connection, nothing run on polars' thread pool), which is what makes forking it
+safe; each run process is a child of it, with its own database connections, opened as
+the run starts.
 
 A new release still needs a restart of this server (the forkserver holds the code it
 imported), as deploy/README.md says for the code server.
@@ -19,7 +20,6 @@ imported), as deploy/README.md says for the code server.
 
 from __future__ import annotations
 
-import logging
 import multiprocessing
 import multiprocessing.forkserver
 import sys
@@ -28,8 +28,6 @@ from collections.abc import Sequence
 
 #: what the forkserver imports before forking runs (see ``writevue_pipelines.run_preload``)
 RUN_PRELOAD = "writevue_pipelines.run_preload"
-
-log = logging.getLogger("writevue.code_server")
 
 
 def run_context() -> multiprocessing.context.ForkServerContext:
