@@ -86,7 +86,8 @@ CALIBRATION_RESULTS = 100
 POSTGRES_BINARIES = Path("/usr/lib/postgresql")
 
 
-def _parents() -> dict[int, int]:
+def process_parents() -> dict[int, int]:
+    """Every process's parent, from /proc: {pid: parent pid}."""
     parents: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -99,7 +100,7 @@ def _parents() -> dict[int, int]:
 
 def descendants(root: int, parents: dict[int, int] | None = None) -> set[int]:
     """A process and its descendants (live or not yet reaped), from /proc."""
-    parents = _parents() if parents is None else parents
+    parents = process_parents() if parents is None else parents
     children: dict[int, list[int]] = {}
     for child, parent in parents.items():
         children.setdefault(parent, []).append(child)
@@ -163,7 +164,7 @@ def tree_cpu_by_kind(roots: set[int]) -> dict[str, float]:
     (cutime, cstime) count as "ended, started by <its kind>", so a run worker that has
     ended and been reaped by the code server still counts, once.
     """
-    parents = _parents()
+    parents = process_parents()
     pids = set().union(*(descendants(root, parents) for root in roots)) if roots else set()
     totals: dict[str, float] = {}
     for pid in pids:
@@ -201,7 +202,7 @@ def dagster_roots(dagster_pids: set[int], sandbox_pid: int) -> set[int]:
     """The daemon, the code server and any descendant adopted by this process (never the
     sandbox)."""
     me = os.getpid()
-    adopted = {pid for pid, parent in _parents().items() if parent == me}
+    adopted = {pid for pid, parent in process_parents().items() if parent == me}
     return (adopted - {sandbox_pid}) | dagster_pids
 
 

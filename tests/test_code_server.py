@@ -9,8 +9,6 @@ forkserver, not of the server, and the forkserver imported the code before any r
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,22 +16,12 @@ from pathlib import Path
 import pytest
 from support import add_stripe_connection, new_stripe_key
 
+from bench.orchestration import descendants, process_parents, start_code_server
 from writevue_pipelines import registry, warehouse
 from writevue_pipelines.defs.assets import job_name
 from writevue_pipelines.defs.partitions import CONNECTION_PARTITIONS
-from writevue_pipelines.processes import free_port, spawn, wait_until
+from writevue_pipelines.processes import wait_until
 from writevue_sandbox.server import SandboxServer
-
-REPO = Path(__file__).resolve().parents[1]
-WRITEVUE = str(Path(sys.executable).with_name("writevue"))
-
-
-def _parent(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[1])
 
 
 def _command(pid: int) -> str:
@@ -44,11 +32,7 @@ def _command(pid: int) -> str:
 
 
 def _children(pid: int) -> set[int]:
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and _parent(int(entry)) == pid:
-            found.add(int(entry))
-    return found
+    return {child for child, parent in process_parents().items() if parent == pid}
 
 
 class ParentWatch:
@@ -62,12 +46,9 @@ class ParentWatch:
 
     def _watch(self) -> None:
         while not self._stop.is_set():
-            frontier = [self.root]
-            while frontier:
-                parent = frontier.pop()
-                for child in _children(parent):
-                    self.seen.setdefault(child, parent)
-                    frontier.append(child)
+            parents = process_parents()
+            for pid in descendants(self.root, parents) - {self.root}:
+                self.seen.setdefault(pid, parents[pid])
             time.sleep(0.02)
 
     def __enter__(self):
@@ -81,28 +62,10 @@ class ParentWatch:
 
 @pytest.fixture
 def code_server(home, tmp_path):
-    """``writevue code-server`` on a loopback port, once its code is loaded: (child, port)."""
-    from dagster._grpc.client import DagsterGrpcClient
-
-    port = free_port()
-    child = spawn(
-        "writevue code-server",
-        [WRITEVUE, "code-server", "-m", "writevue_pipelines.defs", "--location-name",
-         "writevue", "-h", "127.0.0.1", "-p", str(port), "-d", str(REPO)],
-        log_path=tmp_path / "code-server.log",
-        env=dict(os.environ),
-        cwd=REPO,
-    )  # fmt: skip
-    client = DagsterGrpcClient(port=port, host="127.0.0.1")
-
-    def loaded() -> bool:
-        try:
-            return "ListRepositoriesResponse" in client.list_repositories()
-        except Exception:  # not listening yet
-            return False
-
+    """``writevue code-server`` on a loopback port as deploy/ runs it (the benchmark's
+    ``start_code_server``), once its code is loaded: (child, port)."""
+    child, port = start_code_server(tmp_path, {})
     try:
-        wait_until(loaded, timeout=120, what="the code server", child=child)
         yield child, port
     finally:
         child.stop()
@@ -233,4 +196,4 @@ def test_a_forked_run_told_to_stop_stops(home, code_server, runtime):
             pid = _run_pid(instance, run_id)
     assert status == DagsterRunStatus.CANCELED
     assert took < 30, f"the run took {took:.0f} s to stop"
-    assert _parent(pid) is None or not _command(pid), "the run's process is gone"
+    assert pid not in process_parents() or not _command(pid), "the run's process is gone"
