@@ -368,8 +368,10 @@ def test_tv_fits_the_screen_without_wrapping(screens, playwright_and_browser, wi
         assert one_line(page, ".wv-card-value") == []
         for card in boxes(page, ".wv-card"):
             assert card["y"] + card["height"] <= height
-        clock = page.locator(".wv-clock")
-        assert clock.is_visible() and clock.inner_text().strip()
+        # the page's script sets the viewer's time within a quarter second of the screen
+        # showing (an empty clock has no box, so it is not visible until then)
+        page.locator(".wv-clock").wait_for(state="visible", timeout=5_000)
+        assert page.locator(".wv-clock").inner_text().strip(), "the clock shows no time"
         assert boxes(page, ".wv-clock")[0]["height"] >= height * 0.04
         assert page.locator(".wv-updated").is_visible()
         shoot(page, f"tv-{width}x{height}")
@@ -392,19 +394,8 @@ def test_tv_with_more_metrics_than_fit_rotates_pages(screens, playwright_and_bro
                 )
             )
 
-        time.sleep(1)
-        print(
-            "DEBUG",
-            page.locator(".wv-tv-screen").evaluate(
-                "e => [e.dataset.pages, e.dataset.page, e.dataset.rotate, e.outerHTML.length]"
-            ),
-        )
-        print(
-            "DEBUG2",
-            page.locator(".wv-card").evaluate_all(
-                "els => els.slice(0,3).map(e => [e.className, e.getBoundingClientRect().bottom])"
-            ),
-        )
+        # the page's script has measured what fits and numbered the pages
+        page.locator(".wv-tv-screen[data-pages]").wait_for(state="attached", timeout=5_000)
         first = shown()
         assert 4 <= len(first) < len(MANY), first
         assert page.evaluate("document.scrollingElement.scrollHeight") <= 720
