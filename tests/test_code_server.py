@@ -9,6 +9,7 @@ forkserver, not of the server, and the forkserver imported the code before any r
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -197,3 +198,29 @@ def test_a_forked_run_told_to_stop_stops(home, code_server, runtime):
     assert status == DagsterRunStatus.CANCELED
     assert took < 30, f"the run took {took:.0f} s to stop"
     assert pid not in process_parents() or not _command(pid), "the run's process is gone"
+
+
+def test_the_forkserver_preloads_what_a_notifications_run_imports(tmp_path):
+    """A notifications run imports its modules (and numpy, for its merged series) only
+    when it starts; forked from the forkserver, it finds them already imported, as a
+    refresh run finds the refresh's."""
+    import subprocess
+    import sys
+
+    wanted = [
+        "writevue_pipelines.notifications.runner",
+        "writevue_pipelines.notifications.smtp",
+        "writevue_pipelines.notifications.batch",
+        "numpy",
+        "writevue_pipelines.refresh",
+    ]
+    probe = (
+        "import sys, writevue_pipelines.run_preload\n"
+        f"print(' '.join(m for m in {wanted!r} if m not in sys.modules))\n"
+    )
+    env = {**os.environ, "WRITEVUE_HOME": str(tmp_path / "home")}
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "", f"not preloaded: {done.stdout.strip()}"

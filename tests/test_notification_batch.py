@@ -308,6 +308,84 @@ def test_rows_with_every_metric_every_day_are_read_as_a_grid():
     assert grid(two_days) is None  # a day without the first day's key
 
 
+@st.composite
+def _stored_facts(draw):
+    """A connection's facts as a refresh leaves them (every key every day, some days
+    missing) or not: a key missing on a day, a day holding another key instead of one of
+    the first day's (as many facts every day), a key only on a later day."""
+    keys = draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["a", "b", "m\u00e9", "Z"]), st.sampled_from(["", "eur", "usd"])
+            ),
+            min_size=1,
+            max_size=4,
+            unique=True,
+        )
+    )
+    days = sorted(draw(st.sets(st.integers(0, 20), min_size=1, max_size=8)))
+    cells = {(day, key) for day in days for key in keys}
+    change = draw(st.sampled_from(["none", "drop", "swap", "extra"]))
+    other = ("c", "other")
+    if change != "none":
+        day = draw(st.sampled_from(days))
+        if change in ("drop", "swap"):
+            cells.discard((day, draw(st.sampled_from(keys))))
+        if change in ("swap", "extra"):
+            cells.add((day, other))
+    values = {cell: float(i) + 0.5 for i, cell in enumerate(sorted(cells))}
+    return values
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(found=_stored_facts())
+def test_a_connections_facts_read_as_a_grid_only_when_they_are_one(found, tmp_path_factory):
+    """On SQLite, ``batch._sqlite_rows`` reads a connection's facts as a ``Grid`` (only the
+    values, after the days and one day's keys) when every day holds the same keys, and row
+    by row otherwise; either way, fact by fact, what the plain ordered query reads."""
+    import sqlite3
+
+    from sqlalchemy import create_engine
+
+    from writevue_pipelines.models import Fact
+    from writevue_pipelines.notifications import batch
+
+    path = tmp_path_factory.getbasetemp() / "grid-facts.db"
+    if not path.exists():
+        engine = create_engine(f"sqlite:///{path}")
+        Fact.__table__.create(engine)
+        engine.dispose()
+    raw = sqlite3.connect(path, isolation_level=None)
+    try:
+        raw.execute("DELETE FROM facts")
+        stored = [
+            ("t-1", "c-1", (START + dt.timedelta(days=day)).isoformat(), m, d, value)
+            for (day, (m, d)), value in found.items()
+        ]
+        # a neighbour's facts on either side of the key's range must not be read
+        stored += [
+            (t, c, START.isoformat(), "a", "", 9.0) for t, c in (("t-0", "c-9"), ("t-1", "c-2"))
+        ]
+        raw.executemany(
+            "INSERT INTO facts (tenant_id, connection_id, day, metric, dimension, value, "
+            "updated_at) VALUES (?, ?, ?, ?, ?, ?, '2026-01-01 00:00:00')",
+            stored,
+        )
+        window = ("t-1", "c-1", START.isoformat(), (START + dt.timedelta(days=20)).isoformat())
+        expected = raw.execute(batch._FACTS_SQL, window).fetchall()
+        read = batch._sqlite_rows(raw, window)
+    finally:
+        raw.close()
+    every_day = {key for _, key in found} == {key for day0, key in found if day0 == min(found)[0]}
+    counts = {}
+    for day, _ in found:
+        counts[day] = counts.get(day, 0) + 1
+    is_grid = every_day and len(set(counts.values())) == 1
+    assert isinstance(read, batch.Grid) == is_grid, (found, read)
+    rows = [read.row(i) for i in range(len(read.values))] if is_grid else list(read)
+    assert rows == expected
+
+
 def test_a_batch_judges_and_renders_as_one_tenant_at_a_time_does(any_runtime, caplog):
     """Tenants whose metrics are merged in polars (one connection, one dimension), one
     whose are not (two connections of a source, money per currency), alert rules and a

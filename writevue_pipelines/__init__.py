@@ -15,6 +15,11 @@ from . import redaction as _redaction
 if "polars" not in _sys.modules:
     _os.environ.setdefault("POLARS_MAX_THREADS", "1")
     _os.environ.setdefault("POLARS_ENGINE_AFFINITY", "in-memory")
+# numpy (a notifications run's merged series: element-wise, never a matrix product) starts
+# OpenBLAS's thread pool when imported; one thread is all it needs, and the code server's
+# forkserver, which imports it for the runs it forks, then starts no thread for it.
+if "numpy" not in _sys.modules:
+    _os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 # httpx imports its command-line client, and with it rich and click (some 45 ms, in every
 # process that fetches or evaluates), whenever they are installed, as Dagster installs

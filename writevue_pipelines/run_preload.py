@@ -1,9 +1,11 @@
 """What a run process needs, imported once by the code server's forkserver (``code_server``).
 
-Importing this module loads Dagster's run machinery, the storages an instance may name
-and WriteVue's definitions, and resolves the definitions into their repository, so that
-a run forked from the forkserver starts with all of it in memory. Nothing here opens a
-file, a connection or a thread: the forkserver forks every run from this state.
+Importing this module loads Dagster's run machinery, the storages an instance may name,
+WriteVue's definitions and what its runs import when they start, and resolves the
+definitions into their repository, so that a run forked from the forkserver starts with
+all of it in memory. Nothing here opens a file or a connection: the forkserver forks
+every run from this state. (polars starts its allocator's and spill cleaner's threads
+when imported; a forked run has only the thread that forked, and polars works in it.)
 
 If anything here fails, the forkserver still starts (it ignores a failed preload) and
 each run imports what it needs itself, as a spawned run would, and reports any error
@@ -25,6 +27,15 @@ DAGSTER_MODULES = (
     "writevue_pipelines.dagster_storage",
 )
 
+#: what a run imports when it starts rather than when the code location loads (a
+#: notifications run's modules, numpy for its merged series, the mail client): imported
+#: here once, a run forked from the forkserver starts without importing them itself
+RUN_MODULES = (
+    "numpy",
+    "writevue_pipelines.notifications.runner",
+    "writevue_pipelines.notifications.smtp",
+)
+
 
 def _preload() -> None:
     for name in DAGSTER_MODULES:
@@ -32,6 +43,8 @@ def _preload() -> None:
     from .defs import defs
 
     defs.get_repository_def()
+    for name in RUN_MODULES:
+        importlib.import_module(name)
 
 
 # See the docstring: if this fails, each run does it again and its log says why.

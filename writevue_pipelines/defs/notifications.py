@@ -84,7 +84,8 @@ def _due(pairs: list[list[str]]) -> list[tuple[str, dt.datetime]]:
 )
 def notify(context: OpExecutionContext, config: NotifyConfig, writevue: WriteVueResource):
     # Imported here, not when the code location loads: every run's process loads the code
-    # location, and a refresh run never needs the notification modules.
+    # location, and a refresh run never needs the notification modules. (A run forked from
+    # ``writevue code-server``'s forkserver finds them imported: ``run_preload``.)
     from ..notifications import runner
 
     report = runner.run(

@@ -336,11 +336,11 @@ FACT_SCHEMA = {
 
 def _fetch(
     session: Session, read: _Read, windows: dict[str, tuple[dt.date, dt.date]]
-) -> Iterator[tuple[str, str, list[tuple]]]:
+) -> Iterator[tuple[str, str, list[tuple] | Grid]]:
     """(tenant, connection, its facts as (metric, dimension, day, value)) for every
-    connection with data of the batch's tenants, within each tenant's window: one
-    statement per connection (a range of the facts' key); on SQLite straight from the
-    driver (a day as its ISO text), which is most of what reading them costs."""
+    connection with data of the batch's tenants, within each tenant's window: a range of
+    the facts' key per connection; on SQLite straight from the driver (a day as its ISO
+    text), which is most of what reading them costs, and as a ``Grid`` when it is one."""
     sqlite = session.get_bind().dialect.name == "sqlite"
     raw = session.connection().connection.driver_connection if sqlite else None
     for tenant_id, (first, last) in windows.items():
@@ -348,9 +348,9 @@ def _fetch(
             if connection.id not in read.history[tenant_id]:
                 continue  # no facts at all
             if raw is not None:
-                rows = raw.execute(
-                    _FACTS_SQL, (tenant_id, connection.id, first.isoformat(), last.isoformat())
-                ).fetchall()
+                rows = _sqlite_rows(
+                    raw, (tenant_id, connection.id, first.isoformat(), last.isoformat())
+                )
             else:
                 rows = [
                     tuple(row)
@@ -373,6 +373,61 @@ _FACTS_SQL = (
     "SELECT metric, dimension, day, value FROM facts WHERE tenant_id = ? "
     "AND connection_id = ? AND day >= ? AND day <= ? ORDER BY day, metric, dimension"
 )
+#: the days with facts, in order; how many keys there are; the keys of a day; the values
+_DAYS_SQL = (
+    "SELECT DISTINCT day FROM facts WHERE tenant_id = ? AND connection_id = ? "
+    "AND day >= ? AND day <= ? ORDER BY day"
+)
+_KEY_COUNT_SQL = (
+    "SELECT count(*) FROM (SELECT DISTINCT metric, dimension FROM facts WHERE tenant_id = ? "
+    "AND connection_id = ? AND day >= ? AND day <= ?)"
+)
+_DAY_KEYS_SQL = (
+    "SELECT metric, dimension FROM facts WHERE tenant_id = ? AND connection_id = ? "
+    "AND day = ? ORDER BY metric, dimension"
+)
+_VALUES_SQL = (
+    "SELECT value FROM facts WHERE tenant_id = ? AND connection_id = ? "
+    "AND day >= ? AND day <= ? ORDER BY day, metric, dimension"
+)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A connection's facts when every day holds the same keys (as a refresh usually
+    leaves them): fact ``i`` is ``keys[i % len(keys)]`` on ``days[i // len(keys)]``."""
+
+    days: Sequence[str]
+    keys: Sequence[tuple[str, str]]
+    values: Sequence[float]
+
+    def row(self, index: int) -> tuple[str, str, str, float]:
+        """Fact ``index`` as (metric, dimension, day, value)."""
+        metric, dimension = self.keys[index % len(self.keys)]
+        return metric, dimension, self.days[index // len(self.keys)], self.values[index]
+
+
+def _sqlite_rows(raw, args: tuple) -> Grid | list[tuple]:
+    """A connection's facts in a window (``args``: tenant, connection, first and last day
+    as ISO text) from the SQLite driver: as a ``Grid`` when every day holds the same keys,
+    otherwise as rows of (metric, dimension, day, value) in the order of the facts' key.
+
+    A grid reads only the values (and the days and one day's keys), not four columns of
+    every fact: about a quarter less to read for what a refresh leaves. It is one when no
+    key but the first day's occurs in the window and there are as many facts as days
+    times keys: a key is on a day once (the facts' key), so each day then holds exactly
+    the first day's keys, which its values follow in the key's order. Read in the
+    caller's transaction, the statements see one snapshot of the warehouse."""
+    days = [day for (day,) in raw.execute(_DAYS_SQL, args).fetchall()]
+    if not days:
+        return []
+    keys = raw.execute(_DAY_KEYS_SQL, (args[0], args[1], days[0])).fetchall()
+    (distinct,) = raw.execute(_KEY_COUNT_SQL, args).fetchone()
+    if distinct == len(keys):
+        values = [value for (value,) in raw.execute(_VALUES_SQL, args).fetchall()]
+        if len(values) == len(days) * len(keys):
+            return Grid(days, keys, values)
+    return raw.execute(_FACTS_SQL, args).fetchall()
 
 
 # -- figures -------------------------------------------------------------------------------
@@ -416,13 +471,14 @@ class Merged:
 
 
 def gather(
-    fetched: Iterable[tuple[str, str, Sequence[tuple]]],
+    fetched: Iterable[tuple[str, str, Sequence[tuple] | Grid]],
     tenants: dict[str, evaluate._Tenant],
     history: dict[str, dict[str, dt.date]],
     windows: dict[str, tuple[dt.date, dt.date]],
 ) -> tuple[list[Series], Merged, pl.DataFrame]:
     """The batch's facts (``fetched``: tenant, connection, its rows as (metric, dimension,
-    day, value)) as (simple series, their values merged, the facts of every other series).
+    day, value) or its ``Grid``) as (simple series, their values merged, the facts of
+    every other series).
 
     A series is simple, and merged here for all tenants at once, when its metric has one
     dimension in the connection's rows and its source one connection with data at the
@@ -452,23 +508,28 @@ def gather(
                 if c.id in history[tenant_id]:
                     counted[c.source] = counted.get(c.source, 0) + 1
         source = next((c.source for c in tenant.connections if c.id == connection_id), None)
-        metric, dimension, day, value = zip(*rows, strict=True)
-        grid = _grid(metric, dimension, day)
         keys: dict[tuple[str, str], int] = {}
-        if grid is not None:
+        if not isinstance(rows, Grid):
+            metric, dimension, day, value = zip(*rows, strict=True)
+            grid = _grid(metric, dimension, day)
+            if grid is not None:
+                days, width = grid
+                keys_of_day = list(zip(metric[:width], dimension[:width], strict=True))
+                rows = Grid(days, keys_of_day, value)
+        if isinstance(rows, Grid):
             # every day the same keys: key k of day j is row j * width + k
-            days, width = grid
-            keys = {
-                key: k for k, key in enumerate(zip(metric[:width], dimension[:width], strict=True))
-            }
+            days, width, value = rows.days, len(rows.keys), rows.values
+            keys = {key: k for k, key in enumerate(rows.keys)}
             local = np.tile(np.arange(width, dtype=np.int64), len(days))
             at = np.repeat(np.array([day_at[d] for d in days], dtype=np.int64), width)
+            row_at = rows.row
         else:
             local = np.asarray(
                 [keys.setdefault(key, len(keys)) for key in zip(metric, dimension, strict=True)],
                 dtype=np.int64,
             )
             at = np.fromiter((day_at[d] for d in day), np.int64, len(day))
+            row_at = rows.__getitem__
         dimensions: dict[str, int] = {}
         for name, _ in keys:
             dimensions[name] = dimensions.get(name, 0) + 1
@@ -502,7 +563,7 @@ def gather(
         rows_of.append(index[simple])
         at_of.append(at[simple])
         value_of.append(values[simple])
-        rest += [(tenant_id, connection_id, *rows[i]) for i in np.flatnonzero(~simple).tolist()]
+        rest += [(tenant_id, connection_id, *row_at(i)) for i in np.flatnonzero(~simple).tolist()]
     merged = _merge(
         series,
         np.concatenate(rows_of) if rows_of else np.zeros(0, np.int64),
