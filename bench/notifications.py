@@ -20,14 +20,23 @@ Targets: evaluation ≤ 10% of the refresh (eval_ratio, wall time; CPU beside it
 ≥ 50 messages/s sent. The last line is machine-readable.
 
 Fair to both sides: the same tenants and connections, each side in as many processes as
-there are cores, every CPU second of those processes counted (interpreter start and
-imports included; the sandbox, which plays the data's provider, counted for neither).
-Both start from compiled bytecode, as an installed WriteVue does (a ``PYTHONPYCACHEPREFIX``
-in the work directory, filled before anything is timed), not from source each time as a
-shell with ``PYTHONDONTWRITEBYTECODE`` would make them. The machine's load (1-minute
-average) is shown for each step: on a shared machine the wall times move with it (an
-evaluation, all CPU, more than a refresh that mostly waits for pages), the CPU ratio far
-less.
+there are cores, every CPU second of those processes counted (the sandbox, which plays
+the data's provider, counted for neither). Each process starts as the product's runs
+start (``--start``): by default forked from a process that imported what ``writevue
+code-server``'s forkserver imports (``writevue_pipelines.run_preload``: Dagster, the
+definitions, and the modules a run imports when it starts), its CPU counted from the
+fork; the preload, paid once per code server, is shown apart and counted for neither.
+``--start spawn`` starts each as a new interpreter that imports everything itself (as
+runs started before the code server forked them), its CPU counted from the interpreter's
+start. Both start from compiled bytecode, as an installed WriteVue does (a
+``PYTHONPYCACHEPREFIX`` in the work directory, filled before anything is timed), not from
+source each time as a shell with ``PYTHONDONTWRITEBYTECODE`` would make them.
+
+The evaluation takes seconds, all of them CPU, and a busy neighbour on a shared machine
+moves such a figure by a fifth or more: it runs ``--repeat`` times (5) from the same
+warehouse (copied before the first and put back before each other) and the medians of
+its wall and CPU times are reported, each trial's beside them. The refresh, minutes of
+mostly waiting, runs once. The machine's load (1-minute average) is shown for each step.
 """
 
 from __future__ import annotations
@@ -44,7 +53,7 @@ import time
 from pathlib import Path
 
 from bench.procfs import cpu_s
-from bench.workers import children_usage, run_workers
+from bench.workers import Forkserver, children_usage, run_workers
 
 # ``bench.refresh`` and the sandbox's process helpers (httpx, Tornado) are imported where
 # they are used: an evaluation worker is this module too, and a notifications run imports
@@ -193,20 +202,31 @@ def configure(tenants: list[str]) -> None:
     runtime.close()
 
 
-def refresh(home: str, connections: list[str], workdir: str, processes: int) -> dict:
+def refresh(
+    home: str, connections: list[str], workdir: str, processes: int, forkserver: Forkserver | None
+) -> dict:
     files = []
     for index in range(processes):
         path = Path(workdir) / f"ids-{index}.json"
         path.write_text(json.dumps(connections[index::processes]))
         files.append(path)
     started, cpu = time.perf_counter(), children_usage()
-    reports = run_workers(
-        "bench.refresh", [["--worker", home, str(path)] for path in files], "refresh"
-    )
+    if forkserver is not None:
+        from bench import refresh as refresh_bench
+
+        reports = forkserver.run(
+            [(refresh_bench.worker, (home, str(path))) for path in files], "refresh"
+        )
+        cpu_s = sum(r["cpu_s"] for r in reports)
+    else:
+        reports = run_workers(
+            "bench.refresh", [["--worker", home, str(path)] for path in files], "refresh"
+        )
+        cpu_s = children_usage() - cpu
     return {
         "wall_s": time.perf_counter() - started,
-        # every CPU second the workers used, interpreter start and imports included
-        "cpu_s": children_usage() - cpu,
+        # every CPU second the workers used, from their fork (or interpreter start) on
+        "cpu_s": cpu_s,
         # the refresh itself (``refresh.refresh_connections``), summed over the workers
         "work_cpu_s": sum(r["work_cpu_s"] for r in reports),
         "facts": sum(r["facts"] for r in reports),
@@ -255,7 +275,9 @@ def evaluate_worker(home: str, ids_file: str) -> dict:
     }
 
 
-def evaluate(home: str, tenants: list[str], workdir: str, processes: int) -> dict:
+def evaluate(
+    home: str, tenants: list[str], workdir: str, processes: int, forkserver: Forkserver | None
+) -> dict:
     """Evaluation as the sensor requests it: one ``notifications`` run per
     ``WRITEVUE_NOTIFY_BATCH`` (500) tenants, at most one per core at once (the refresh
     above had as many workers), each in its own process, start-up included."""
@@ -279,6 +301,12 @@ def evaluate(home: str, tenants: list[str], workdir: str, processes: int) -> dic
     started, cpu = time.perf_counter(), children_usage()
     reports = []
     for wave in range(0, runs, processes):
+        if forkserver is not None:
+            reports += forkserver.run(
+                [(evaluate_worker, (home, str(path))) for path in files[wave : wave + processes]],
+                "evaluation",
+            )
+            continue
         reports += run_workers(
             "bench.notifications",
             [["--eval-worker", home, str(path)] for path in files[wave : wave + processes]],
@@ -291,12 +319,50 @@ def evaluate(home: str, tenants: list[str], workdir: str, processes: int) -> dic
         # the evaluation itself (``runner.evaluate_batch``), summed over the runs
         "work_cpu_s": sum(r["work_cpu_s"] for r in reports),
         # as the refresh's: every CPU second of the runs' processes, start-up included
-        "cpu_s": children_usage() - cpu,
+        "cpu_s": (
+            sum(r["cpu_s"] for r in reports) if forkserver is not None else children_usage() - cpu
+        ),
         **{
             key: sum(r[key] for r in reports)
             for key in ("scorecards", "queued", "alerts", "anomalies")
         },
     }
+
+
+def _save_warehouse(home: str, workdir: str) -> Path:
+    """A copy of the warehouse (no process has it open) to evaluate again from."""
+    import shutil
+
+    saved = Path(workdir) / "warehouse-before-evaluation"
+    saved.mkdir()
+    for path in Path(home).glob("warehouse.db*"):
+        shutil.copy2(path, saved / path.name)
+    return saved
+
+
+def _restore_warehouse(home: str, saved: Path) -> None:
+    import shutil
+
+    for path in Path(home).glob("warehouse.db*"):
+        path.unlink()
+    for path in saved.iterdir():
+        shutil.copy2(path, Path(home) / path.name)
+
+
+def _median_trial(trials: list[dict]) -> dict:
+    """The trials' median wall and CPU times (each its own median), the rest as the
+    first trial found it (every trial judges the same warehouse the same way)."""
+    import statistics
+
+    for trial in trials[1:]:
+        for key in ("scorecards", "queued", "alerts", "anomalies"):
+            if trial[key] != trials[0][key]:
+                raise SystemExit(f"evaluations differ in {key}: {trial[key]} != {trials[0][key]}")
+    median = dict(trials[0])
+    for key in ("wall_s", "cpu_s", "work_cpu_s", "startup_s"):
+        median[key] = statistics.median(t[key] for t in trials)
+    median["trials"] = [(t["wall_s"], t["cpu_s"]) for t in trials]
+    return median
 
 
 def send(mail_dir: str) -> dict:
@@ -375,6 +441,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tenants", type=int, default=100)
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--start",
+        choices=("fork", "spawn"),
+        default="fork",
+        help="how a run's process starts: forked from a process that imported what the "
+        "code server's forkserver imports, as the product's runs are (default), or spawned "
+        "as a new interpreter that imports everything itself",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=5, help="evaluations, the median reported (default 5)"
+    )
     parser.add_argument("--eval-worker", nargs=2, metavar=("HOME", "IDS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.eval_worker:
@@ -393,14 +470,26 @@ def main(argv: list[str] | None = None) -> None:
             warm_bytecode(workdir)
             home = str(Path(workdir) / "home")
             tenants, connections = prepare(base_url, n, home)
+            forkserver, preload_cpu = None, 0.0
+            if args.start == "fork":
+                forkserver = Forkserver(["writevue_pipelines.run_preload"])
+                preload_cpu = forkserver.start()
             before = load()
-            refreshed = refresh(home, connections, workdir, max(1, args.processes))
+            refreshed = refresh(home, connections, workdir, max(1, args.processes), forkserver)
             loads["refresh"] = (before, load())
             add_history(connections)
             configure(tenants)
+            # the evaluation is short (seconds, all CPU) and a busy neighbour moves it by a
+            # fifth or more: evaluated --repeat times from the same warehouse, the median taken
+            saved = _save_warehouse(home, workdir)
+            trials = []
             before = load()
-            judged = evaluate(home, tenants, workdir, max(1, args.processes))
+            for trial in range(max(1, args.repeat)):
+                if trial:
+                    _restore_warehouse(home, saved)
+                trials.append(evaluate(home, tenants, workdir, max(1, args.processes), forkserver))
             loads["evaluation"] = (before, load())
+            judged = _median_trial(trials)
             before = load()
             sent = send(str(Path(workdir) / "mail"))
             loads["send"] = (before, load())
@@ -415,6 +504,16 @@ def main(argv: list[str] | None = None) -> None:
 
     rows = [
         ("tenants", f"{n}", f"1 connection each, {METRICS} metrics, {PAGES}x{PER_PAGE} records"),
+        (
+            "runs start",
+            args.start,
+            (
+                f"forked from a process that imported run_preload ({preload_cpu:.2f} s of "
+                "CPU, once per code server, counted for neither side)"
+                if args.start == "fork"
+                else "a new interpreter each, importing everything itself"
+            ),
+        ),
         (
             "refresh wall",
             f"{refreshed['wall_s']:.2f} s",
@@ -432,12 +531,16 @@ def main(argv: list[str] | None = None) -> None:
             f"{judged['anomalies']} unusual days, {judged['alerts']} alerts, "
             f"{judged['scorecards']} scorecards, {judged['queued']} messages queued; "
             f"{judged['runs']} runs of <= {BATCH} tenants, "
-            f"slowest start {judged['startup_s']:.2f} s; {during('evaluation')}",
+            f"slowest start {judged['startup_s']:.2f} s; median of "
+            + ", ".join(f"{wall:.2f}" for wall, _ in judged["trials"])
+            + f"; {during('evaluation')}",
         ),
         (
             "evaluation CPU",
             f"{judged['cpu_s']:.2f} s",
-            f"all runs; {1000 * judged['cpu_s'] / n:.1f} ms a tenant, "
+            "all runs, median of "
+            + ", ".join(f"{cpu:.2f}" for _, cpu in judged["trials"])
+            + f"; {1000 * judged['cpu_s'] / n:.1f} ms a tenant, "
             f"{judged['work_cpu_s']:.2f} s of it evaluating (work ratio "
             f"{judged['work_cpu_s'] / refreshed['work_cpu_s']:.3f}); cpu ratio {cpu_ratio:.3f}",
         ),

@@ -38,6 +38,50 @@ def test_children_usage_counts_what_a_waited_for_child_burned():
     assert children_usage() - before >= 0.1
 
 
+def _burn_in_fork(module: str) -> dict:
+    """A forked worker: burns a fifth of a second, says whether ``module`` was imported
+    before it started and what ``BENCH_SPAWNED_AT`` it was given."""
+    import os
+    import time
+
+    preloaded = module in sys.modules
+    end = time.process_time() + 0.2
+    while time.process_time() < end:
+        pass
+    return {"preloaded": preloaded, "pid": os.getpid(), "spawned": os.environ["BENCH_SPAWNED_AT"]}
+
+
+def test_a_forked_worker_reports_its_cpu_from_the_fork_and_finds_the_preload():
+    """``bench.workers.Forkserver`` (workers forked as the code server forks its runs):
+    each worker's own CPU is counted (what it burned, not the preload it was forked
+    with), and the preload was imported before it, once, in another process."""
+    import os
+
+    from bench.workers import Forkserver
+
+    server = Forkserver(["xml.dom.minidom"])
+    assert server.start() > 0  # the preload's CPU, apart
+    reports = server.run([(_burn_in_fork, ("xml.dom.minidom",))] * 2, "the probe")
+    assert [r["preloaded"] for r in reports] == [True, True]
+    assert len({r["pid"] for r in reports} | {os.getpid()}) == 3
+    assert all(0.15 <= r["cpu_s"] < 2 for r in reports), reports
+    assert all(float(r["spawned"]) > 0 for r in reports)
+
+
+def _fail_in_fork() -> dict:
+    raise ValueError("the probe's own failure")
+
+
+def test_a_forked_worker_that_fails_stops_the_benchmark_with_its_error():
+    import pytest
+
+    from bench.workers import Forkserver
+
+    server = Forkserver([])
+    with pytest.raises(SystemExit, match="the probe's own failure"):
+        server.run([(_fail_in_fork, ())], "the probe")
+
+
 def test_tree_cpu_counts_a_grandchild_that_has_ended_and_been_reaped():
     # As a run worker started and reaped by the code server: gone from /proc, but its
     # CPU is in its parent's children times.
