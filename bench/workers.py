@@ -63,8 +63,8 @@ class Forkserver:
     A worker is a module-level function called with its arguments and this process's
     environment at the call (``BENCH_SPAWNED_AT`` set); its report (a dict) gains
     ``cpu_s``, the CPU seconds of its process from the fork to its return, threads and
-    waited-for children included. The preload's own CPU (``preload_cpu_s``), paid once per
-    code server, is apart.
+    waited-for children included. The preload's own CPU, paid once per code server, is
+    apart: what ``start`` returns.
     """
 
     def __init__(self, preload: Sequence[str]):

@@ -224,3 +224,24 @@ def test_the_forkserver_preloads_what_a_notifications_run_imports(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "", f"not preloaded: {done.stdout.strip()}"
+
+
+def test_the_preload_starts_no_numpy_thread(tmp_path):
+    """numpy's OpenBLAS starts a thread per core when imported (named as the process is);
+    a process that imports WriteVue first (the forkserver's preload) keeps it to one."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import os, writevue_pipelines.run_preload\n"
+        "names = [open(f'/proc/self/task/{t}/comm').read().strip()\n"
+        "         for t in os.listdir('/proc/self/task')]\n"
+        "print(names.count(open('/proc/self/comm').read().strip()))\n"
+    )
+    env = {**os.environ, "WRITEVUE_HOME": str(tmp_path / "home")}
+    env.pop("OPENBLAS_NUM_THREADS", None)
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "1", f"threads named as the process: {done.stdout.strip()}"
