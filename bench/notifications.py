@@ -205,24 +205,18 @@ def configure(tenants: list[str]) -> None:
 def refresh(
     home: str, connections: list[str], workdir: str, processes: int, forkserver: Forkserver | None
 ) -> dict:
+    from bench import refresh as refresh_bench
+
     files = []
     for index in range(processes):
         path = Path(workdir) / f"ids-{index}.json"
         path.write_text(json.dumps(connections[index::processes]))
         files.append(path)
-    started, cpu = time.perf_counter(), children_usage()
-    if forkserver is not None:
-        from bench import refresh as refresh_bench
-
-        reports = forkserver.run(
-            [(refresh_bench.worker, (home, str(path))) for path in files], "refresh"
-        )
-        cpu_s = sum(r["cpu_s"] for r in reports)
-    else:
-        reports = run_workers(
-            "bench.refresh", [["--worker", home, str(path)] for path in files], "refresh"
-        )
-        cpu_s = children_usage() - cpu
+    started = time.perf_counter()
+    shares = [(home, str(path)) for path in files]
+    reports, cpu_s = _workers(
+        forkserver, refresh_bench.worker, ("bench.refresh", "--worker"), shares, "refresh"
+    )
     return {
         "wall_s": time.perf_counter() - started,
         # every CPU second the workers used, from their fork (or interpreter start) on
@@ -280,7 +274,7 @@ def evaluate(
 ) -> dict:
     """Evaluation as the sensor requests it: one ``notifications`` run per
     ``WRITEVUE_NOTIFY_BATCH`` (500) tenants, at most one per core at once (the refresh
-    above had as many workers), each in its own process, start-up included."""
+    above had as many workers), each in its own process (``_workers``)."""
     from sqlalchemy import update
 
     from writevue_pipelines.models import Scorecard
@@ -298,35 +292,53 @@ def evaluate(
         path = Path(workdir) / f"eval-{index}.json"
         path.write_text(json.dumps([tenants[index::runs], due_at.isoformat()]))
         files.append(path)
-    started, cpu = time.perf_counter(), children_usage()
+    started, cpu_s = time.perf_counter(), 0.0
     reports = []
     for wave in range(0, runs, processes):
-        if forkserver is not None:
-            reports += forkserver.run(
-                [(evaluate_worker, (home, str(path))) for path in files[wave : wave + processes]],
-                "evaluation",
-            )
-            continue
-        reports += run_workers(
-            "bench.notifications",
-            [["--eval-worker", home, str(path)] for path in files[wave : wave + processes]],
+        shares = [(home, str(path)) for path in files[wave : wave + processes]]
+        done, cpu = _workers(
+            forkserver,
+            evaluate_worker,
+            ("bench.notifications", "--eval-worker"),
+            shares,
             "evaluation",
         )
+        reports += done
+        cpu_s += cpu
     return {
         "wall_s": time.perf_counter() - started,
         "runs": runs,
         "startup_s": max(r["startup_s"] for r in reports),
         # the evaluation itself (``runner.evaluate_batch``), summed over the runs
         "work_cpu_s": sum(r["work_cpu_s"] for r in reports),
-        # as the refresh's: every CPU second of the runs' processes, start-up included
-        "cpu_s": (
-            sum(r["cpu_s"] for r in reports) if forkserver is not None else children_usage() - cpu
-        ),
+        # as the refresh's: every CPU second of the runs' processes
+        "cpu_s": cpu_s,
         **{
             key: sum(r[key] for r in reports)
             for key in ("scorecards", "queued", "alerts", "anomalies")
         },
     }
+
+
+def _workers(
+    forkserver: Forkserver | None,
+    function,
+    command: tuple[str, str],
+    shares: list[tuple[str, ...]],
+    what: str,
+) -> tuple[list[dict], float]:
+    """``function(*share)`` for each share at once, each in its own process: forked from
+    ``forkserver``, or (None) spawned as ``python -m <module> <flag> *share`` (``command``:
+    the module and flag whose command line calls ``function``);
+    their reports, and every CPU second their processes used (from the fork, or from the
+    interpreter's start)."""
+    if forkserver is not None:
+        reports = forkserver.run([(function, share) for share in shares], what)
+        return reports, sum(r["cpu_s"] for r in reports)
+    before = children_usage()
+    module, flag = command
+    reports = run_workers(module, [[flag, *share] for share in shares], what)
+    return reports, children_usage() - before
 
 
 def _save_warehouse(home: str, workdir: str) -> Path:
