@@ -200,48 +200,54 @@ def test_a_forked_run_told_to_stop_stops(home, code_server, runtime):
     assert pid not in process_parents() or not _command(pid), "the run's process is gone"
 
 
-def test_the_forkserver_preloads_what_a_notifications_run_imports(tmp_path):
-    """A notifications run imports its modules (and numpy, for its merged series) only
-    when it starts; forked from the forkserver, it finds them already imported, as a
-    refresh run finds the refresh's."""
-    import subprocess
-    import sys
-
-    wanted = [
-        "writevue_pipelines.notifications.runner",
-        "writevue_pipelines.notifications.smtp",
-        "writevue_pipelines.notifications.batch",
-        "numpy",
-        "writevue_pipelines.refresh",
-    ]
-    probe = (
-        "import sys, writevue_pipelines.run_preload\n"
-        f"print(' '.join(m for m in {wanted!r} if m not in sys.modules))\n"
-    )
-    env = {**os.environ, "WRITEVUE_HOME": str(tmp_path / "home")}
-    done = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "", f"not preloaded: {done.stdout.strip()}"
+#: what a run imports only when it starts (a notifications run's modules, numpy for its
+#: merged series) and what the code location loads (the refresh)
+RUN_MODULES = [
+    "writevue_pipelines.notifications.runner",
+    "writevue_pipelines.notifications.smtp",
+    "writevue_pipelines.notifications.batch",
+    "numpy",
+    "writevue_pipelines.refresh",
+]
 
 
-def test_the_preload_starts_no_numpy_thread(tmp_path):
-    """numpy's OpenBLAS starts a thread per core when imported (named as the process is);
-    a process that imports WriteVue first (the forkserver's preload) keeps it to one."""
+@pytest.fixture(scope="module")
+def preloaded(tmp_path_factory) -> dict:
+    """What a process that imported ``run_preload`` (as the forkserver does) holds, with
+    no OPENBLAS_NUM_THREADS of its own: the modules of RUN_MODULES it lacks, and how many
+    of its threads are named as the process (numpy's OpenBLAS names its threads so). One
+    process for the tests that read it: the preload takes seconds."""
+    import json
     import subprocess
     import sys
 
     probe = (
-        "import os, writevue_pipelines.run_preload\n"
+        "import json, os, sys, writevue_pipelines.run_preload\n"
         "names = [open(f'/proc/self/task/{t}/comm').read().strip()\n"
         "         for t in os.listdir('/proc/self/task')]\n"
-        "print(names.count(open('/proc/self/comm').read().strip()))\n"
+        f"missing = [m for m in {RUN_MODULES!r} if m not in sys.modules]\n"
+        "same = names.count(open('/proc/self/comm').read().strip())\n"
+        "print(json.dumps({'missing': missing, 'same_named_threads': same}))\n"
     )
-    env = {**os.environ, "WRITEVUE_HOME": str(tmp_path / "home")}
+    env = {**os.environ, "WRITEVUE_HOME": str(tmp_path_factory.mktemp("preload") / "home")}
     env.pop("OPENBLAS_NUM_THREADS", None)
     done = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "1", f"threads named as the process: {done.stdout.strip()}"
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_forkserver_preloads_what_a_notifications_run_imports(preloaded):
+    """A notifications run imports its modules (and numpy, for its merged series) only
+    when it starts; forked from the forkserver, it finds them already imported, as a
+    refresh run finds the refresh's."""
+    missing = " ".join(preloaded["missing"])
+    assert missing == "", f"not preloaded: {missing}"
+
+
+def test_the_preload_starts_no_numpy_thread(preloaded):
+    """numpy's OpenBLAS starts a thread per core when imported (named as the process is);
+    a process that imports WriteVue first (the forkserver's preload) keeps it to one."""
+    same = str(preloaded["same_named_threads"])
+    assert same == "1", f"threads named as the process: {same}"
