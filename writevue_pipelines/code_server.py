@@ -9,10 +9,11 @@ batch a schedule launches. This server is Dagster's own (every option of ``dagst
 grpc``, the same gRPC API, the same run process and events) except that its runs are
 forked from a **forkserver**: one process, started with the server, that imports Dagster's
 run machinery and WriteVue's definitions once and then forks a run process for each run
-it is asked for. The forkserver is single-threaded and has only imported (no gRPC, no
-database connection, nothing run on polars' thread pool), which is what makes forking it
-safe; each run process is a child of it, with its own database connections, opened as
-the run starts.
+it is asked for. The forkserver has only imported (no gRPC, no database connection,
+nothing run on polars' thread pool; polars' allocator and spill-cleaner threads, started
+by its import, are not carried into a fork), which is what makes forking it safe; each
+run process is a child of it, with its own database connections, opened as the run
+starts.
 
 A new release still needs a restart of this server (the forkserver holds the code it
 imported), as deploy/README.md says for the code server.
