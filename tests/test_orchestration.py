@@ -16,6 +16,7 @@ import pytest
 from dagster import (
     AssetCheckSeverity,
     DagsterInstance,
+    DagsterRunStatus,
     build_schedule_context,
     build_sensor_context,
     instance_for_test,
@@ -355,8 +356,48 @@ def test_writevue_init_writes_a_queued_instance_with_provider_pools(home):
         assert config.pool_config.pool_granularity.value == "run"
         assert config.run_queue_config.max_concurrent_runs == 4
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+        assert instance.run_coordinator.dequeue_interval_seconds == 0.5
         assert instance.get_settings("telemetry") == {"enabled": False}
         assert Path(instance.root_directory) == settings.dagster_home
+
+
+def test_queueing_a_run_stores_its_pools_default_limit_and_keeps_an_operators(home):
+    """The first run of a provider queued on a fresh instance brings its pool's default limit
+    with it (tests/test_code_server.py watches the daemon's pass keep to it); a limit the
+    operator set is left as it was."""
+    from dagster._core.definitions.reconstruct import ReconstructableRepository
+    from dagster._core.remote_origin import (
+        InProcessCodeLocationOrigin,
+        RemoteJobOrigin,
+        RemoteRepositoryOrigin,
+    )
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+
+    from writevue_pipelines.defs.assets import REFRESH_JOBS, pool_name
+
+    location = InProcessCodeLocationOrigin(
+        LoadableTargetOrigin(module_name="writevue_pipelines.defs"), location_name="writevue"
+    )
+    repository = ReconstructableRepository.for_module("writevue_pipelines.defs", "defs")
+    settings = Settings.from_env()
+    init_home(settings)
+    with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+        storage = instance.event_log_storage
+        storage.set_concurrency_slots(pool_name("github"), 1)  # the operator's
+        for source in ("stripe", "github"):
+            job = defs.resolve_job_def(REFRESH_JOBS[source].name)
+            origin = RemoteJobOrigin(RemoteRepositoryOrigin(location, "__repository__"), job.name)
+            run = instance.create_run_for_job(
+                job_def=job,
+                remote_job_origin=origin,
+                job_code_origin=repository.get_reconstructable_job(job.name).get_python_origin(),
+            )
+            instance.submit_run(run.run_id, workspace=None)
+            assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.QUEUED
+        limits = {
+            limit.name: (limit.limit, limit.from_default) for limit in storage.get_pool_limits()
+        }
+    assert limits == {pool_name("stripe"): (2, True), pool_name("github"): (1, False)}
 
 
 def test_a_schedule_tick_and_its_runs_on_the_postgres_instance_of_deploy(

@@ -10,11 +10,15 @@ when imported; a forked run has only the thread that forked, and polars works in
 If anything here fails, the forkserver still starts (it ignores a failed preload) and
 each run imports what it needs itself, as a spawned run would, and reports any error
 in its own log.
+
+What it imported is then frozen (``gc.freeze``): a forked run shares those pages with
+the forkserver instead of copying them when its garbage collector runs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 
 #: Dagster's run entry point and execution, and the storages an instance may name
@@ -50,3 +54,8 @@ def _preload() -> None:
 # See the docstring: if this fails, each run does it again and its log says why.
 with contextlib.suppress(Exception):
     _preload()
+# What was imported is kept out of the collector's reach: a forked run's collections would
+# otherwise walk (and so copy) every page of it, and a run would own about 35 MB more of
+# the forkserver's memory (measured with bench.orchestration's runs: 112 MB against 78 MB
+# of private memory each).
+gc.freeze()
