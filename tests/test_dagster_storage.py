@@ -291,3 +291,78 @@ def test_the_embedded_instance_stores_a_runs_planned_events_in_one_batch(embedde
     # the run's new file laid out, then one transaction in it and one in the index
     # (one by one: two per event)
     assert len(commits) <= 5, f"{len(commits)} event log commits for {PLANNED} planned events"
+
+
+CHECKS = 100
+
+
+def test_the_embedded_instance_stores_a_runs_check_results_together(embedded_instance):
+    """A batch run reports its check results in a row (six per connection): they are
+    stored together when the run's next event comes, a transaction per file instead of
+    three per result, each as Dagster would have stored it (the check's latest execution,
+    passed or failed, for the run); and a read in the meantime finds them stored."""
+    from dagster import (
+        AssetCheckKey,
+        AssetCheckSpec,
+        AssetSpec,
+        materialize,
+        multi_asset,
+    )
+    from dagster._core.storage.asset_check_execution_record import (
+        AssetCheckExecutionRecordStatus,
+    )
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    key = AssetKey("checked")
+    read_meanwhile = []
+
+    # as WriteVue's refresh is declared (defs.assets): materialisations and check results
+    # reported as events, no output required
+    @multi_asset(
+        specs=[AssetSpec(key, skippable=True)],
+        check_specs=[AssetCheckSpec(f"c{i}", asset=key) for i in range(CHECKS)],
+        can_subset=True,
+    )
+    def checked(context):
+        yield AssetMaterialization(key)
+        for i in range(CHECKS):
+            # as a batch run reports them (writevue_pipelines.defs.checks.evaluate)
+            yield AssetCheckEvaluation(
+                asset_key=key, check_name=f"c{i}", passed=i % 3 != 0, metadata={"i": i}
+            )
+        latest = context.instance.event_log_storage.get_latest_asset_check_execution_by_key(
+            [AssetCheckKey(key, f"c{CHECKS - 1}")]
+        )
+        read_meanwhile.append(latest.get(AssetCheckKey(key, f"c{CHECKS - 1}")))
+
+    instance, _opened = embedded_instance
+    commits: list[int] = []
+
+    def count(conn) -> None:
+        if "/history/runs/" in str(conn.engine.url):
+            commits.append(1)
+
+    event.listen(Engine, "commit", count)
+    try:
+        result = materialize([checked], instance=instance)
+    finally:
+        event.remove(Engine, "commit", count)
+    assert result.success
+    assert read_meanwhile[0] is not None and read_meanwhile[0].run_id == result.run_id
+    storage = instance.event_log_storage
+    latest = storage.get_latest_asset_check_execution_by_key(
+        [AssetCheckKey(key, f"c{i}") for i in range(CHECKS)]
+    )
+    statuses = {check.name: record.status for check, record in latest.items()}
+    assert statuses == {
+        f"c{i}": AssetCheckExecutionRecordStatus.SUCCEEDED
+        if i % 3
+        else AssetCheckExecutionRecordStatus.FAILED
+        for i in range(CHECKS)
+    }
+    assert {record.run_id for record in latest.values()} == {result.run_id}
+    evaluations = result.get_asset_check_evaluations()
+    assert len(evaluations) == CHECKS
+    # one by one: three commits per result, 300 for these alone
+    assert len(commits) < CHECKS, f"{len(commits)} event log commits for {CHECKS} check results"

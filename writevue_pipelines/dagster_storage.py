@@ -27,7 +27,9 @@ before, while several threads of one process (the daemon's) use one part at once
 ``PooledSqliteStorage`` is the same for the embedded instance (``writevue init``'s
 dagster.yaml names it): Dagster's SQLite files under ``base_dir``, each kept open (the
 index and the last few runs' files for the event log), with ``synchronous=NORMAL``, and a
-batch of events stored in one transaction per file.
+batch of events stored in one transaction per file; a run's check results, which a batch
+run reports in a row (300 for 50 connections), are kept until its next event and stored
+as such a batch.
 
 Every process that loads the instance (webserver, daemon, code server, run workers)
 imports this module, so it imports nothing of WriteVue but the package itself.
@@ -35,6 +37,7 @@ imports this module, so it imports nothing of WriteVue but the package itself.
 
 # Dagster reads annotations of configurable classes at runtime: no postponed annotations.
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -42,7 +45,12 @@ from typing import Any
 
 import yaml
 from dagster._core.errors import DagsterInvariantViolationError
-from dagster._core.events import ASSET_CHECK_EVENTS, ASSET_EVENTS, EVENT_TYPE_TO_PIPELINE_RUN_STATUS
+from dagster._core.events import (
+    ASSET_CHECK_EVENTS,
+    ASSET_EVENTS,
+    EVENT_TYPE_TO_PIPELINE_RUN_STATUS,
+    DagsterEventType,
+)
 from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.base_storage import DagsterStorage
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
@@ -229,6 +237,17 @@ class PooledPostgresStorage(DagsterPostgresStorage):
 #: run shards (one SQLite file per run) whose connection an event log keeps at once: a run
 #: writes its own and the index; the daemon and the webserver move from run to run
 SQLITE_SHARDS_KEPT = 4
+#: a run's check results kept at most before they are stored together (a batch run of 50
+#: connections reports 300 in a row)
+CHECK_RESULTS_KEPT = 500
+
+
+def _is_run_check_result(event: EventLogEntry) -> bool:
+    return bool(
+        event.run_id
+        and event.is_dagster_event
+        and event.dagster_event_type == DagsterEventType.ASSET_CHECK_EVALUATION
+    )
 
 
 def _sqlite_engine(conn_string: str, timeout: float | None = None) -> Any:
@@ -267,6 +286,11 @@ class PooledSqliteEventLogStorage(_RemembersTables, SqliteEventLogStorage):
 
     def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None):
         self._engines: OrderedDict[str, Any] = OrderedDict()
+        #: a thread's open transaction per shard, which its nested statements join
+        self._held = threading.local()
+        #: check results of runs not yet stored (see store_event)
+        self._pending: list[EventLogEntry] = []
+        self._pending_lock = threading.Lock()
         super().__init__(base_dir, inst_data=inst_data)
 
     @classmethod
@@ -290,6 +314,10 @@ class PooledSqliteEventLogStorage(_RemembersTables, SqliteEventLogStorage):
 
     @contextmanager
     def _connect(self, shard: str) -> Iterator[Any]:
+        held = getattr(self._held, shard, None)
+        if held is not None:  # inside _one_transaction: join it
+            yield held
+            return
         with self._db_lock:
             engine = self._engine(shard)
             if shard not in self._initialized_dbs:
@@ -298,14 +326,53 @@ class PooledSqliteEventLogStorage(_RemembersTables, SqliteEventLogStorage):
             with engine.connect() as conn, conn.begin():
                 yield conn
 
+    @contextmanager
+    def _one_transaction(self, shard: str) -> Iterator[Any]:
+        """One transaction on ``shard`` that every statement this thread sends to it
+        meanwhile joins, Dagster's own methods' included (each opens a connection)."""
+        with self._connect(shard) as conn:
+            setattr(self._held, shard, conn)
+            try:
+                yield conn
+            finally:
+                delattr(self._held, shard)
+
+    def store_event(self, event: EventLogEntry) -> None:
+        """As Dagster stores an event, except a run's check results: kept until the run's
+        next other event (its step's output or end, right after a batch run reports its
+        checks), then stored together by ``store_event_batch``, as up to
+        ``CHECK_RESULTS_KEPT`` of them at once. Anything that reads events or checks from
+        this storage stores them first. A run killed in between loses the results not yet
+        stored; it is then a failed run, whose checks its retry reports."""
+        if _is_run_check_result(event):
+            with self._pending_lock:
+                self._pending.append(event)
+                if len(self._pending) < CHECK_RESULTS_KEPT:
+                    return
+            self._store_pending()
+            return
+        self._store_pending()
+        super().store_event(event)
+
+    def _store_pending(self) -> None:
+        with self._pending_lock:
+            pending, self._pending = self._pending, []
+        if pending:
+            self._store_batch(pending)
+
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
         """``store_event`` for each event, in one transaction per file instead of two or
         three per event: a run's planned materialisations (two per connection), which the
-        daemon stores as one batch when it creates the run (``EVENT_BATCH_SIZE``)."""
+        daemon stores as one batch when it creates the run (``EVENT_BATCH_SIZE``), and a
+        batch run's check results (``store_event``)."""
+        self._store_pending()
         if len(events) < 2:
             for entry in events:
                 self.store_event(entry)
             return
+        self._store_batch(events)
+
+    def _store_batch(self, events: Sequence[EventLogEntry]) -> None:
         statements = [self.prepare_insert_event(entry) for entry in events]
         by_run: dict[str, list[Any]] = {}
         for entry, statement in zip(events, statements, strict=True):
@@ -319,9 +386,21 @@ class PooledSqliteEventLogStorage(_RemembersTables, SqliteEventLogStorage):
             for entry, statement in zip(events, statements, strict=True)
             if entry.is_dagster_event and entry.dagster_event_type in ASSET_EVENTS
         ]
-        if assets:
-            # mirrored in the cross-run index, as store_event does, in one transaction
-            with self.index_transaction() as conn:
+        mirrored = [
+            (entry, statement)
+            for entry, statement in zip(events, statements, strict=True)
+            if entry.is_dagster_event
+            and (
+                entry.dagster_event_type in ASSET_CHECK_EVENTS
+                or entry.dagster_event_type in EVENT_TYPE_TO_PIPELINE_RUN_STATUS
+            )
+        ]
+        if not (assets or mirrored):
+            return
+        # Mirrored in the cross-run index, as store_event does, in one transaction (which
+        # Dagster's store_asset_check_event joins).
+        with self._one_transaction(INDEX_SHARD_NAME) as conn:
+            if assets:
                 ids = [conn.execute(statement).inserted_primary_key[0] for _, statement in assets]
                 if any(event_id is None for event_id in ids):
                     raise DagsterInvariantViolationError(
@@ -330,15 +409,11 @@ class PooledSqliteEventLogStorage(_RemembersTables, SqliteEventLogStorage):
                 self._store_asset_event_tags(conn, [entry for entry, _ in assets], ids)
                 for (entry, _), event_id in zip(assets, ids, strict=True):
                     self._store_asset_event(conn, entry, event_id)
-        for entry, statement in zip(events, statements, strict=True):
-            if not entry.is_dagster_event:
-                continue
-            if entry.dagster_event_type in ASSET_CHECK_EVENTS:
-                with self.index_connection() as conn:
+            for entry, statement in mirrored:
+                if entry.dagster_event_type in ASSET_CHECK_EVENTS:
                     event_id = conn.execute(statement).inserted_primary_key[0]
-                self.store_asset_check_event(entry, event_id)
-            if entry.dagster_event_type in EVENT_TYPE_TO_PIPELINE_RUN_STATUS:
-                with self.index_connection() as conn:
+                    self.store_asset_check_event(entry, event_id)
+                else:
                     conn.execute(statement)
 
     def _forget_connections(self) -> None:
@@ -348,12 +423,44 @@ class PooledSqliteEventLogStorage(_RemembersTables, SqliteEventLogStorage):
 
     def wipe(self) -> None:
         # Its run files are deleted: a kept connection would go on writing the deleted file.
+        with self._pending_lock:
+            self._pending = []
         self._forget_connections()
         super().wipe()
 
+    def delete_events(self, run_id: str) -> None:
+        self._store_pending()
+        super().delete_events(run_id)
+
     def dispose(self) -> None:
+        self._store_pending()
         self._forget_connections()
         super().dispose()
+
+
+def _stores_pending_first(name: str) -> Any:
+    def read(self: PooledSqliteEventLogStorage, *args: Any, **kwargs: Any) -> Any:
+        self._store_pending()
+        return getattr(super(PooledSqliteEventLogStorage, self), name)(*args, **kwargs)
+
+    read.__name__ = name
+    read.__doc__ = f"{name}, after storing the check results kept (``store_event``)."
+    return read
+
+
+#: what reads a run's events or the checks' results: each stores the kept results first
+_READS = (
+    "get_records_for_run",
+    "get_event_records",
+    "get_asset_check_summary_records",
+    "get_asset_check_execution_history",
+    "get_latest_asset_check_execution_by_key",
+    "get_asset_check_partition_info",
+    "get_checkpointed_asset_check_state",
+    "get_asset_check_state",
+)
+for _name in _READS:
+    setattr(PooledSqliteEventLogStorage, _name, _stores_pending_first(_name))
 
 
 class _KeepsSqliteConnection:
