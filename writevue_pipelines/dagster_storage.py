@@ -40,7 +40,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import yaml
@@ -132,6 +132,91 @@ class _RemembersTables:
         return found
 
 
+#: a run's check results kept at most before they are stored together (a batch run of 50
+#: connections reports 300 in a row)
+CHECK_RESULTS_KEPT = 500
+
+
+def _is_run_check_result(event: EventLogEntry) -> bool:
+    return bool(
+        event.run_id
+        and event.is_dagster_event
+        and event.dagster_event_type == DagsterEventType.ASSET_CHECK_EVALUATION
+    )
+
+
+class _KeepsCheckResults:
+    """An event log (the classes after this one in the bases) that keeps a run's check
+    results until the run's next other event, then stores them together (``_store_batch``,
+    the storage's own: one transaction instead of two or three per result).
+
+    A batch run reports its connections' check results in a row (300 for 50 connections),
+    right before its step's output or end; Dagster stores each event as it comes, and a
+    check result was the largest part of what Dagster added to a refresh's CPU. Results
+    are kept at most ``CHECK_RESULTS_KEPT`` at a time; anything that reads a run's events
+    or the checks' results from this storage stores them first, and so does disposing of
+    it. A run killed in between loses the results not yet stored; it is then a failed run,
+    whose connections' checks its retry reports."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        self._pending: list[EventLogEntry] = []
+        self._pending_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def store_event(self, event: EventLogEntry) -> None:
+        if _is_run_check_result(event):
+            with self._pending_lock:
+                self._pending.append(event)
+                if len(self._pending) < CHECK_RESULTS_KEPT:
+                    return
+            self._store_pending()
+            return
+        self._store_pending()
+        super().store_event(event)  # type: ignore[misc]
+
+    def _store_pending(self) -> None:
+        with self._pending_lock:
+            pending, self._pending = self._pending, []
+        if pending:
+            self._store_batch(pending)
+
+    def _discard_pending(self) -> None:
+        with self._pending_lock:
+            self._pending = []
+
+    def _store_batch(self, events: Sequence[EventLogEntry]) -> None:
+        raise NotImplementedError
+
+    def delete_events(self, run_id: str) -> None:
+        self._store_pending()
+        super().delete_events(run_id)  # type: ignore[misc]
+
+
+def _stores_kept_results_first(name: str) -> Any:
+    def read(self: _KeepsCheckResults, *args: Any, **kwargs: Any) -> Any:
+        self._store_pending()
+        return getattr(super(_KeepsCheckResults, self), name)(*args, **kwargs)
+
+    read.__name__ = name
+    read.__doc__ = f"{name}, after storing the check results kept."
+    return read
+
+
+#: what reads a run's events or the checks' results: each stores the kept results first
+_READS = (
+    "get_records_for_run",
+    "get_event_records",
+    "get_asset_check_summary_records",
+    "get_asset_check_execution_history",
+    "get_latest_asset_check_execution_by_key",
+    "get_asset_check_partition_info",
+    "get_checkpointed_asset_check_state",
+    "get_asset_check_state",
+)
+for _name in _READS:
+    setattr(_KeepsCheckResults, _name, _stores_kept_results_first(_name))
+
+
 class _KeepsConnections:
     """A dagster-postgres storage (the class after this one in the bases) over a small pool
     instead of a connection per statement; configured as that storage is."""
@@ -167,8 +252,50 @@ def _from_config(cls: type, inst_data: ConfigurableClassData | None, config_valu
     )
 
 
-class PooledPostgresEventLogStorage(_RemembersTables, _KeepsConnections, PostgresEventLogStorage):
-    """dagster-postgres' event log, keeping its connections and the tables it found."""
+class PooledPostgresEventLogStorage(
+    _KeepsCheckResults, _RemembersTables, _KeepsConnections, PostgresEventLogStorage
+):
+    """dagster-postgres' event log, keeping its connections and the tables it found, and
+    storing a run's check results together."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        #: a thread's open transaction, which its nested statements join
+        self._held = threading.local()
+        super().__init__(*args, **kwargs)
+
+    def _connect(self) -> Any:
+        held = getattr(self._held, "conn", None)
+        if held is not None:  # inside _store_batch's transaction: join it
+            return nullcontext(held)
+        return super()._connect()
+
+    def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
+        """Dagster's own batch for materialisations and observations; any other batch (a
+        run's planned checks, which the daemon stores as it creates the run) in one
+        transaction instead of one per statement."""
+        self._store_pending()
+        kinds = {entry.dagster_event_type for entry in events}
+        if kinds <= {DagsterEventType.ASSET_MATERIALIZATION, DagsterEventType.ASSET_OBSERVATION}:
+            super().store_event_batch(events)
+        else:
+            self._store_batch(events)
+
+    def _store_batch(self, events: Sequence[EventLogEntry]) -> None:
+        """Each event as dagster-postgres' ``store_event`` stores it, all in one
+        transaction, which its statements join (``_connect``)."""
+        with super()._connect() as conn:
+            conn = conn.execution_options(isolation_level="READ COMMITTED")
+            with conn.begin():
+                self._held.conn = conn
+                try:
+                    for entry in events:
+                        PostgresEventLogStorage.store_event(self, entry)
+                finally:
+                    del self._held.conn
+
+    def dispose(self) -> None:
+        self._store_pending()
+        super().dispose()
 
 
 class PooledPostgresRunStorage(_KeepsConnections, PostgresRunStorage):
@@ -237,17 +364,6 @@ class PooledPostgresStorage(DagsterPostgresStorage):
 #: run shards (one SQLite file per run) whose connection an event log keeps at once: a run
 #: writes its own and the index; the daemon and the webserver move from run to run
 SQLITE_SHARDS_KEPT = 4
-#: a run's check results kept at most before they are stored together (a batch run of 50
-#: connections reports 300 in a row)
-CHECK_RESULTS_KEPT = 500
-
-
-def _is_run_check_result(event: EventLogEntry) -> bool:
-    return bool(
-        event.run_id
-        and event.is_dagster_event
-        and event.dagster_event_type == DagsterEventType.ASSET_CHECK_EVALUATION
-    )
 
 
 def _sqlite_engine(conn_string: str, timeout: float | None = None) -> Any:
@@ -280,7 +396,7 @@ def _synchronous_normal(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-class PooledSqliteEventLogStorage(_RemembersTables, SqliteEventLogStorage):
+class PooledSqliteEventLogStorage(_KeepsCheckResults, _RemembersTables, SqliteEventLogStorage):
     """Dagster's SQLite event log (an index file and one file per run), keeping a connection
     to the index and to the last ``SQLITE_SHARDS_KEPT`` run files it wrote or read."""
 
@@ -288,9 +404,6 @@ class PooledSqliteEventLogStorage(_RemembersTables, SqliteEventLogStorage):
         self._engines: OrderedDict[str, Any] = OrderedDict()
         #: a thread's open transaction per shard, which its nested statements join
         self._held = threading.local()
-        #: check results of runs not yet stored (see store_event)
-        self._pending: list[EventLogEntry] = []
-        self._pending_lock = threading.Lock()
         super().__init__(base_dir, inst_data=inst_data)
 
     @classmethod
@@ -336,29 +449,6 @@ class PooledSqliteEventLogStorage(_RemembersTables, SqliteEventLogStorage):
                 yield conn
             finally:
                 delattr(self._held, shard)
-
-    def store_event(self, event: EventLogEntry) -> None:
-        """As Dagster stores an event, except a run's check results: kept until the run's
-        next other event (its step's output or end, right after a batch run reports its
-        checks), then stored together by ``store_event_batch``, as up to
-        ``CHECK_RESULTS_KEPT`` of them at once. Anything that reads events or checks from
-        this storage stores them first. A run killed in between loses the results not yet
-        stored; it is then a failed run, whose checks its retry reports."""
-        if _is_run_check_result(event):
-            with self._pending_lock:
-                self._pending.append(event)
-                if len(self._pending) < CHECK_RESULTS_KEPT:
-                    return
-            self._store_pending()
-            return
-        self._store_pending()
-        super().store_event(event)
-
-    def _store_pending(self) -> None:
-        with self._pending_lock:
-            pending, self._pending = self._pending, []
-        if pending:
-            self._store_batch(pending)
 
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
         """``store_event`` for each event, in one transaction per file instead of two or
@@ -423,44 +513,14 @@ class PooledSqliteEventLogStorage(_RemembersTables, SqliteEventLogStorage):
 
     def wipe(self) -> None:
         # Its run files are deleted: a kept connection would go on writing the deleted file.
-        with self._pending_lock:
-            self._pending = []
+        self._discard_pending()
         self._forget_connections()
         super().wipe()
-
-    def delete_events(self, run_id: str) -> None:
-        self._store_pending()
-        super().delete_events(run_id)
 
     def dispose(self) -> None:
         self._store_pending()
         self._forget_connections()
         super().dispose()
-
-
-def _stores_pending_first(name: str) -> Any:
-    def read(self: PooledSqliteEventLogStorage, *args: Any, **kwargs: Any) -> Any:
-        self._store_pending()
-        return getattr(super(PooledSqliteEventLogStorage, self), name)(*args, **kwargs)
-
-    read.__name__ = name
-    read.__doc__ = f"{name}, after storing the check results kept (``store_event``)."
-    return read
-
-
-#: what reads a run's events or the checks' results: each stores the kept results first
-_READS = (
-    "get_records_for_run",
-    "get_event_records",
-    "get_asset_check_summary_records",
-    "get_asset_check_execution_history",
-    "get_latest_asset_check_execution_by_key",
-    "get_asset_check_partition_info",
-    "get_checkpointed_asset_check_state",
-    "get_asset_check_state",
-)
-for _name in _READS:
-    setattr(PooledSqliteEventLogStorage, _name, _stores_pending_first(_name))
 
 
 class _KeepsSqliteConnection:
