@@ -18,10 +18,11 @@ from pathlib import Path
 import writevue_pipelines
 
 ROOT = Path(__file__).resolve().parents[1]
-#: the command line, the Dagster code location, the Dagster instance's storage class
-#: (loaded by the webserver and the daemon from dagster.yaml, without the code location),
-#: and the code server with what its forkserver preloads (Dagster and the code location)
-ON_TOP = {"cli", "defs", "dagster_storage", "code_server", "run_preload"}
+#: the command line, the Dagster code location, the Dagster instance's storage and run
+#: queue classes (loaded by the webserver and the daemon from dagster.yaml, without the
+#: code location), and the code server with what its forkserver preloads (Dagster and the
+#: code location)
+ON_TOP = {"cli", "defs", "dagster_storage", "dagster_coordinator", "code_server", "run_preload"}
 FORBIDDEN_IN_CORE = (
     "dagster",
     "panel",

@@ -122,21 +122,23 @@ def test_a_kept_connection_the_server_dropped_is_replaced(monkeypatch, postgres_
     assert "before" in messages and "after" in messages
 
 
-def test_the_storage_class_loads_nothing_of_writevue_but_the_package():
-    """The webserver and the daemon import it from dagster.yaml; neither loads the code
-    location (a code server does), and neither should for its storage."""
+def test_the_storage_and_queue_classes_load_nothing_of_writevue_but_the_package():
+    """The webserver and the daemon import them from dagster.yaml; neither loads the code
+    location (a code server does), and neither should for its storage or run queue."""
     import json
     import subprocess
     import sys
 
     code = (
         "import json, sys, writevue_pipelines.dagster_storage\n"
+        "import writevue_pipelines.dagster_coordinator\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.startswith('writevue'))))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout) == [
         "writevue_pipelines",
+        "writevue_pipelines.dagster_coordinator",
         "writevue_pipelines.dagster_storage",
         "writevue_pipelines.redaction",
     ]
