@@ -270,26 +270,34 @@ class PooledPostgresEventLogStorage(
         return super()._connect()
 
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
-        """Dagster's own batch for materialisations and observations; any other batch (a
-        run's planned checks, which the daemon stores as it creates the run) in one
-        transaction instead of one per statement."""
+        """dagster-postgres' own batch; one that it stores event by event (a run's planned
+        checks, which the daemon stores as it creates the run) in one transaction instead
+        of one per statement."""
         self._store_pending()
         kinds = {entry.dagster_event_type for entry in events}
         if kinds <= {DagsterEventType.ASSET_MATERIALIZATION, DagsterEventType.ASSET_OBSERVATION}:
             super().store_event_batch(events)
-        else:
-            self._store_batch(events)
+            return
+        with self._one_transaction():
+            super().store_event_batch(events)
 
     def _store_batch(self, events: Sequence[EventLogEntry]) -> None:
-        """Each event as dagster-postgres' ``store_event`` stores it, all in one
-        transaction, which its statements join (``_connect``)."""
+        """Kept check results, each as dagster-postgres' ``store_event`` stores it, all in
+        one transaction."""
+        with self._one_transaction():
+            for entry in events:
+                PostgresEventLogStorage.store_event(self, entry)
+
+    @contextmanager
+    def _one_transaction(self) -> Iterator[Any]:
+        """One transaction that every statement this thread sends meanwhile joins
+        (``_connect``), dagster-postgres' own methods' included."""
         with super()._connect() as conn:
             conn = conn.execution_options(isolation_level="READ COMMITTED")
             with conn.begin():
                 self._held.conn = conn
                 try:
-                    for entry in events:
-                        PostgresEventLogStorage.store_event(self, entry)
+                    yield conn
                 finally:
                     del self._held.conn
 
