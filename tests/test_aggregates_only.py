@@ -330,13 +330,13 @@ def _stripe_connection(runtime, sandbox):
 @pytest.mark.parametrize("make", [_stripe_connection, _github_connection, _ga4_connection])
 def test_built_in_sources_pass_the_rule_on_the_sandbox(runtime, sandbox, make, monkeypatch):
     checked = []
-    real = refresh.check_facts
+    real = refresh.check_profile
 
-    def spy(facts, **kwargs):
-        checked.append(facts.height)
-        return real(facts, **kwargs)
+    def spy(profile, **kwargs):
+        checked.append(len(profile.metrics))
+        return real(profile, **kwargs)
 
-    monkeypatch.setattr(refresh, "check_facts", spy)
+    monkeypatch.setattr(refresh, "check_profile", spy)
     _tenant, connection = make(runtime, sandbox)
     outcome = refresh.refresh_connections(runtime, [connection])[connection]
     assert outcome.error is None, outcome.error
@@ -446,3 +446,37 @@ def test_rest_raw_records_of_the_sandbox_hold_emails_only_in_memory(runtime, san
     )
     for path in (runtime.settings.staging_dir / connection).rglob("*"):
         assert b"@example.test" not in path.read_bytes(), path.name
+
+
+def _seal_in_a_fork(queue) -> None:
+    queue.put(refresh._seal("c0ffee", refresh.RECORDS_FILE, b"raw records of a run"))
+
+
+def _unseal_in_a_fork(sealed: bytes, queue) -> None:
+    try:
+        queue.put(refresh._unseal("c0ffee", refresh.RECORDS_FILE, sealed))
+    except SourceError as exc:
+        queue.put(str(exc))
+
+
+def test_runs_forked_from_one_process_seal_their_staging_under_keys_of_their_own():
+    """The code server forks every run from one preloaded process, which has imported
+    this module: a run's staging key must be made in the run, not inherited, so that a
+    later run (or the forkserver) cannot read what a run that died left behind."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    sealer = context.Process(target=_seal_in_a_fork, args=(queue,))
+    sealer.start()
+    sealed = queue.get(timeout=30)
+    sealer.join(30)
+    assert sealed.startswith(b"WVSEAL1\n")
+    reader = context.Process(target=_unseal_in_a_fork, args=(sealed, queue))
+    reader.start()
+    answer = queue.get(timeout=30)
+    reader.join(30)
+    assert answer != b"raw records of a run"
+    assert "sealed by another run" in answer and "fetch it again" in answer
+    with pytest.raises(SourceError, match="sealed by another run"):
+        refresh._unseal("c0ffee", refresh.RECORDS_FILE, sealed)  # nor the process forked from

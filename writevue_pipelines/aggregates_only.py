@@ -21,12 +21,14 @@ refused connection keeps what it had stored, and its staged records are deleted.
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import itertools
 import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import polars as pl
@@ -140,22 +142,83 @@ def check_facts(
     ``dimension`` is the source's declared breakdown (None: it has none); ``kinds`` maps
     every metric it may report to its declared kind.
     """
+    check_profile(
+        profile_facts([facts])[0], connection_id=connection_id, dimension=dimension, kinds=kinds
+    )
+
+
+@dataclass(frozen=True)
+class FactsProfile:
+    """What ``check_facts`` reads of one connection's facts (``profile_facts``)."""
+
+    #: every metric named
+    metrics: frozenset
+    #: (distinct values, metric, day) of the widest breakdown; None when none is broken down
+    widest: tuple[int, str, dt.date] | None
+    #: the distinct non-empty dimension values
+    dimensions: tuple[str, ...]
+
+
+def profile_facts(frames: list[pl.DataFrame]) -> list[FactsProfile]:
+    """Each frame's ``FactsProfile``, in a few queries over all of them together (a load
+    checks every connection staged with it at once)."""
+    plans = [
+        frame.lazy().select(
+            pl.lit(index, pl.UInt32).alias("_k"),
+            pl.col("metric").cast(pl.String),
+            pl.col("day"),
+            pl.col("dimension").cast(pl.String).fill_null(""),
+        )
+        for index, frame in enumerate(frames)
+        if frame.height
+    ]
+    if not plans:
+        return [FactsProfile(frozenset(), None, ()) for _ in frames]
+    together = (pl.concat(plans, how="vertical") if len(plans) > 1 else plans[0]).collect()
+    metrics = dict(together.group_by("_k").agg(pl.col("metric").unique()).iter_rows())
+    broken_down = together.filter(pl.col("dimension") != "")
+    widest = {
+        row[0]: row[1:]
+        for row in broken_down.group_by("_k", "metric", "day")
+        .agg(pl.col("dimension").n_unique().alias("values"))
+        .sort(["_k", "values", "metric", "day"], descending=[False, True, False, False])
+        .group_by("_k", maintain_order=True)
+        .first()
+        .select("_k", "values", "metric", "day")
+        .iter_rows()
+    }
+    values = dict(
+        broken_down.group_by("_k").agg(pl.col("dimension").unique(maintain_order=True)).iter_rows()
+    )
+    return [
+        FactsProfile(
+            frozenset(metrics.get(index, ())),
+            widest.get(index),
+            tuple(values.get(index, ())),
+        )
+        for index in range(len(frames))
+    ]
+
+
+def check_profile(
+    profile: FactsProfile,
+    *,
+    connection_id: str,
+    dimension: Dimension | None,
+    kinds: Mapping[str, str],
+) -> None:
+    """``check_facts`` of facts already profiled (``profile_facts``)."""
 
     def refused(message: str) -> AggregatesRefused:
         return AggregatesRefused.of_connection(connection_id, message)
 
-    if facts.height == 0:
-        return
-    undeclared = sorted(set(facts["metric"].unique().to_list()) - set(kinds))
+    undeclared = sorted(profile.metrics - set(kinds), key=str)
     if undeclared:
         raise refused(
             f"metric {undeclared[0]!r} is not declared by its source, so its kind is unknown; "
             "nothing was stored"
         )
-    broken_down = facts.filter(
-        pl.col("dimension").is_not_null() & (pl.col("dimension").cast(pl.String) != "")
-    )
-    if broken_down.height == 0:
+    if profile.widest is None:
         return
     if dimension is None:
         raise refused(
@@ -164,22 +227,17 @@ def check_facts(
             "in a built-in source: dimension = Dimension(…)); nothing was stored"
         )
     field = dimension.described()
-    widest = (
-        broken_down.group_by("metric", "day")
-        .agg(pl.col("dimension").n_unique().alias("values"))
-        .sort("values", "metric", descending=[True, False])
-        .row(0, named=True)
-    )
-    if widest["values"] > dimension.max_values:
+    values, metric, day = profile.widest
+    if values > dimension.max_values:
         raise refused(
-            f"{field} has {widest['values']} distinct values on {widest['day']} for metric "
-            f"{widest['metric']!r}, more than its cap of {dimension.max_values}; WriteVue keeps "
+            f"{field} has {values} distinct values on {day} for metric "
+            f"{metric!r}, more than its cap of {dimension.max_values}; WriteVue keeps "
             "aggregates only, so a breakdown must be a small category (raise max_values, up "
             f"to {MAX_VALUES_LIMIT}, only if it really is one); nothing was stored"
         )
     if dimension.code:
         return
-    kind = first_personal_identifier(broken_down["dimension"].unique().to_list())
+    kind = first_personal_identifier(profile.dimensions)
     if kind is not None:
         raise refused(
             f"{field} holds values that look like {kind}; WriteVue keeps aggregates only and "
@@ -192,7 +250,10 @@ __all__ = [
     "DEFAULT_MAX_VALUES",
     "MAX_VALUES_LIMIT",
     "AggregatesRefused",
+    "FactsProfile",
     "check_facts",
+    "check_profile",
     "first_personal_identifier",
     "personal_identifier_kind",
+    "profile_facts",
 ]

@@ -15,11 +15,12 @@ under ``WRITEVUE_HOME/staging``.
 
 Staged raw records never sit readable on disk: ``records.parquet`` holds the records'
 Arrow IPC stream (zstd; the file keeps its first name) sealed with AES-256-GCM under a
-key made when this process starts and held only in its memory (``_RUN_KEY``). Fetch
-and load run in the same process (one Dagster step, one CLI command), so the run reads
-back what it staged; a run that dies in between leaves ciphertext whose key died with
-it, which nobody can read (the load of a later run refuses it: fetch again), and the
-retention sweep removes it. Records handed over in memory die with the run.
+key made when the run's process starts (or is forked) and held only in its memory
+(``_RUN_KEY``). Fetch and load run in the same process (one Dagster step, one CLI
+command), so the run reads back what it staged; a run that dies in between leaves
+ciphertext whose key died with it, which nobody can read (the load of a later run
+refuses it: fetch again), and the retention sweep removes it. Records handed over in
+memory die with the run.
 """
 
 from __future__ import annotations
@@ -47,12 +48,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import select
 
 from . import registry, warehouse
-from .aggregates_only import AggregatesRefused, check_facts
+from .aggregates_only import AggregatesRefused, FactsProfile, check_profile, profile_facts
 from .errors import CredentialRejected, SourceError, WriteVueError
 from .models import Connection, SyncCursor
 from .registry import ConnectionInfo
 from .runtime import Runtime
 from .sources import FetchRequest, get_source
+from .sources.base import Source
 from .sources.http import DEFAULT_MAX_IN_FLIGHT, open_client
 from .vault import VaultError
 
@@ -93,6 +95,17 @@ def _staging_dir(runtime: Runtime, connection_id: str) -> Path:
 
 #: the key staged records are sealed with: made per process (a run), never written down
 _RUN_KEY = AESGCM(AESGCM.generate_key(bit_length=256))
+
+
+def _new_run_key() -> None:
+    global _RUN_KEY
+    _RUN_KEY = AESGCM(AESGCM.generate_key(bit_length=256))
+
+
+# A run forked from a process that imported this module (the code server's forkserver
+# forks every run from one) makes a key of its own: an inherited one would let a later
+# run read what an earlier run that died left staged.
+os.register_at_fork(after_in_child=_new_run_key)
 _SEALED = b"WVSEAL1\n"  # what a sealed staging file starts with (so no format sniffs it)
 _NONCE_BYTES = 12
 
@@ -497,7 +510,10 @@ def refresh_connections(
     The loads run one at a time on a thread of their own, overlapping the fetches that
     are still waiting on the network, so a batch costs about its fetch time rather than
     fetch plus load, and a load waiting for the database's write lock (another batch
-    is writing) never stalls the fetches. Records reach their load in memory while
+    is writing) never stalls the fetches. Each load takes every connection staged since
+    the previous one began (``load_connections``: one aggregation and one transaction
+    for them all), so the loads keep up with the fetches however many finish together.
+    Records reach their load in memory while
     those waiting fit in ``WRITEVUE_STAGING_MEMORY_MB``, through sealed staging on disk
     past it. A failure is returned for its connection.
     ``on_done`` is called with each connection's outcome as soon as it is known (in the
@@ -514,9 +530,10 @@ async def _refresh_connections(
     loop = asyncio.get_running_loop()
     budget = runtime.settings.staging_memory_mb * 1024 * 1024
     handoff = Handoff(budget) if budget else None
-    load = partial(load_connection, handoff=handoff)
     loads: dict[str, asyncio.Future] = {}
     staged: dict[str, FetchSummary] = {}
+    waiting: list[str] = []  # staged, for the loader's next batch
+    loading = False
 
     def done(outcome: RefreshOutcome) -> None:
         if on_done is not None:
@@ -527,26 +544,48 @@ async def _refresh_connections(
     def fetch_failed(connection_id: str, exc: BaseException) -> None:
         done(RefreshOutcome(connection_id, error=exc))
 
-    def load_finished(connection_id: str, future: asyncio.Future) -> None:
-        summary = staged[connection_id]
-        if future.cancelled():
-            return
-        exc = future.exception()
-        if exc is not None:
-            done(RefreshOutcome(connection_id, fetched=summary, error=exc))
+    def load_finished(connection_id: str, result: LoadSummary | BaseException) -> None:
+        future = loads[connection_id]
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+            done(RefreshOutcome(connection_id, fetched=staged[connection_id], error=result))
         else:
-            done(RefreshOutcome(connection_id, fetched=summary, loaded=future.result()))
+            future.set_result(result)
+            done(RefreshOutcome(connection_id, fetched=staged[connection_id], loaded=result))
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="writevue-load") as loader:
 
+        def load_next() -> None:
+            # One load at a time, of every connection staged since the last one began
+            # (up to LOAD_BATCH): a connection staged while the loader is idle is loaded
+            # at once, and those staged while it works share its next transaction.
+            nonlocal loading
+            if loading or not waiting:
+                return
+            batch = waiting[:LOAD_BATCH]
+            del waiting[:LOAD_BATCH]
+            loading = True
+            future = loop.run_in_executor(loader, partial(_load_batch, runtime, batch, handoff))
+            future.add_done_callback(partial(batch_finished, batch))
+
+        def batch_finished(batch: list[str], future: asyncio.Future) -> None:
+            nonlocal loading
+            loading = False
+            if future.cancelled():
+                for connection_id in batch:
+                    loads[connection_id].cancel()
+            else:
+                failed = future.exception()
+                results = dict.fromkeys(batch, failed) if failed else future.result()
+                for connection_id in batch:
+                    load_finished(connection_id, results[connection_id])
+            load_next()
+
         def load_when_staged(summary: FetchSummary) -> None:
             staged[summary.connection_id] = summary
-            future = loads[summary.connection_id] = loop.run_in_executor(
-                loader, load, runtime, summary.connection_id
-            )
-            future.add_done_callback(
-                lambda f, connection_id=summary.connection_id: load_finished(connection_id, f)
-            )
+            loads[summary.connection_id] = loop.create_future()
+            waiting.append(summary.connection_id)
+            load_next()
 
         try:
             fetched = await fetch_connections(
@@ -574,11 +613,90 @@ async def _refresh_connections(
     return outcomes
 
 
+def _load_batch(
+    runtime: Runtime, connection_ids: list[str], handoff: Handoff | None
+) -> dict[str, LoadSummary | BaseException]:
+    # ``load_connections`` as the module has it when the batch starts
+    return load_connections(runtime, connection_ids, handoff=handoff)
+
+
 def load_connection(
     runtime: Runtime, connection_id: str, *, handoff: Handoff | None = None
 ) -> LoadSummary:
     """Aggregate a connection's staged records into the warehouse, then drop them: those
-    ``handoff`` holds for it, or else those staged on disk."""
+    ``handoff`` holds for it, or else those staged on disk. Raises what stopped it."""
+    outcome = load_connections(runtime, [connection_id], handoff=handoff)[connection_id]
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+#: connections one load takes at most (a run's loader takes those staged meanwhile)
+LOAD_BATCH = 25
+
+
+@dataclass
+class _Staged:
+    """A connection's records taken for its load, with their manifest and source."""
+
+    connection_id: str
+    records: pl.DataFrame
+    manifest: dict
+    source: Source
+    facts: pl.DataFrame | None = None
+    profile: FactsProfile | None = None
+
+
+def load_connections(
+    runtime: Runtime, connection_ids: list[str], *, handoff: Handoff | None = None
+) -> dict[str, LoadSummary | BaseException]:
+    """``load_connection`` for several connections at once: each one's outcome (its
+    ``LoadSummary``, or what stopped it), in the order asked.
+
+    Their records are aggregated together, one query per source, before the write lock
+    is taken; then one transaction writes them all, each connection in a savepoint of
+    its own, so one lock and one commit serve the batch and whatever fails for one
+    connection (erased since its fetch, facts that are not aggregates, a write refused)
+    undoes its own writes only. Should the transaction itself fail (its lock or its
+    commit), every connection it held fails with that error and nothing is stored.
+    """
+    outcomes: dict[str, LoadSummary | BaseException] = {}
+    taken: list[_Staged] = []
+    for connection_id in connection_ids:
+        try:
+            taken.append(_take_staged(runtime, connection_id, handoff))
+        except Exception as exc:
+            outcomes[connection_id] = exc
+    # Aggregated before the write lock is taken: other loads may write meanwhile.
+    ready = _aggregate(taken, outcomes)
+    written: dict[str, LoadSummary] = {}
+    drop = [item.connection_id for item in taken if item.connection_id in outcomes]
+    if ready:
+        try:
+            with runtime.db.locked_session() as session:
+                for item in ready:
+                    try:
+                        with session.begin_nested():
+                            written[item.connection_id] = _write_load(session, item)
+                    except (registry.ConnectionErased, AggregatesRefused) as exc:
+                        # Erased, or not aggregates: either way its raw records go now.
+                        outcomes[item.connection_id] = exc
+                        drop.append(item.connection_id)
+                    except Exception as exc:
+                        outcomes[item.connection_id] = exc
+        except Exception as exc:
+            for connection_id in written:
+                outcomes[connection_id] = exc
+            written = {}
+    outcomes.update(written)
+    # Raw records are transient: once their aggregates are committed they go.
+    for connection_id in [*written, *drop]:
+        shutil.rmtree(_staging_dir(runtime, connection_id), ignore_errors=True)
+    return {connection_id: outcomes[connection_id] for connection_id in connection_ids}
+
+
+def _take_staged(runtime: Runtime, connection_id: str, handoff: Handoff | None) -> _Staged:
+    """A connection's records: those ``handoff`` holds for it, or else those on disk."""
     folder = _staging_dir(runtime, connection_id)
     held = handoff.take(connection_id) if handoff is not None else None
     if held is not None:
@@ -600,37 +718,81 @@ def load_connection(
     if source_name is None:  # staged by a version that did not record it
         with runtime.db.session() as session:
             source_name = registry.get_connection(session, connection_id).source
-    source = get_source(source_name)
-    # Aggregated before the write lock is taken: other loads may write meanwhile.
-    facts = source.aggregate(records)
+    return _Staged(connection_id, records, manifest, get_source(source_name))
+
+
+def _aggregate(taken: list[_Staged], outcomes: dict) -> list[_Staged]:
+    """Each connection's facts, normalised (``warehouse.normalise_facts``), and their
+    profile for the aggregates-only check: one query per source, then a few for all;
+    those that fail get their error in ``outcomes``. The connections whose facts are
+    ready, in their order."""
+    by_source: dict[str, list[_Staged]] = {}
+    for item in taken:
+        by_source.setdefault(item.source.name, []).append(item)
+    for items in by_source.values():
+        source = items[0].source
+        facts = _all_or_each(
+            items, [item.records for item in items], source.aggregate_many, source.aggregate,
+            outcomes,
+        )  # fmt: skip
+        for item, frame in zip(items, facts, strict=True):
+            item.facts, item.records = frame, None  # the raw records are done with
+    ready = [item for item in taken if item.facts is not None]
+    normalised = _all_or_each(
+        ready, [item.facts for item in ready], warehouse.normalise_facts_many,
+        warehouse.normalise_facts, outcomes,
+    )  # fmt: skip
+    for item, frame in zip(ready, normalised, strict=True):
+        item.facts = frame
+    ready = [item for item in ready if item.facts is not None]
+    # What the aggregates-only check reads of them, read once for all.
+    profiles = _all_or_each(
+        ready, [item.facts for item in ready], profile_facts,
+        lambda facts: profile_facts([facts])[0], outcomes,
+    )  # fmt: skip
+    for item, profile in zip(ready, profiles, strict=True):
+        item.profile = profile
+    return [item for item in ready if item.profile is not None]
+
+
+def _all_or_each(items: list[_Staged], inputs: list, many, one, outcomes: dict) -> list:
+    """``many(inputs)``, one result per input; should it fail, ``one(input)`` for each, so
+    that what broke it is the error of its own connection alone (its result None)."""
+    try:
+        return many(inputs)
+    except Exception:
+        results = []
+        for item, value in zip(items, inputs, strict=True):
+            try:
+                results.append(one(value))
+            except Exception as exc:
+                outcomes[item.connection_id] = exc
+                results.append(None)
+        return results
+
+
+def _write_load(session, item: _Staged) -> LoadSummary:
+    """One connection's facts and cursor, in the caller's transaction."""
+    source, manifest, connection_id = item.source, item.manifest, item.connection_id
     # The connection is locked against a concurrent erasure: one erased since its fetch
     # gets nothing written back, and its staged records go.
-    try:
-        with runtime.db.locked_session() as session:
-            connection = registry.writable_connection(session, connection_id)
-            # The one place every source's facts pass before the warehouse: refused
-            # facts leave the connection's stored facts and cursor as they were.
-            rules = source.fact_rules(connection)
-            check_facts(
-                facts, connection_id=connection.id, dimension=rules.dimension, kinds=rules.kinds
-            )
-            summary = warehouse.upsert_facts(
-                session,
-                connection,
-                facts,
-                window_start=dt.date.fromisoformat(manifest["window_start"]),
-                snapshot_metrics=source.snapshot_metrics,
-            )
-            next_cursor = manifest.get("next_cursor")
-            registry.record_load(
-                session, connection, (source.stream, next_cursor) if next_cursor else None
-            )
-    except (registry.ConnectionErased, AggregatesRefused):
-        # Erased, or not aggregates: either way its raw records go now.
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
-    # Raw records are transient: once their aggregates are committed they go.
-    shutil.rmtree(folder, ignore_errors=True)
+    connection = registry.writable_connection(session, connection_id)
+    # The one place every source's facts pass before the warehouse: refused facts leave
+    # the connection's stored facts and cursor as they were.
+    rules = source.fact_rules(connection)
+    check_profile(
+        item.profile, connection_id=connection.id, dimension=rules.dimension, kinds=rules.kinds
+    )
+    summary = warehouse.upsert_facts(
+        session,
+        connection,
+        item.facts,
+        window_start=dt.date.fromisoformat(manifest["window_start"]),
+        snapshot_metrics=source.snapshot_metrics,
+        normalised=True,
+    )
+    next_cursor = manifest.get("next_cursor")
+    registry.record_load(session, connection, (source.stream, next_cursor) if next_cursor else None)
     return LoadSummary(
         connection_id=connection_id,
         facts=summary.rows,

@@ -31,26 +31,45 @@ class UpsertSummary:
 
 def normalise_facts(frame: pl.DataFrame) -> pl.DataFrame:
     """Check a source's output against the long format and sum duplicates."""
-    missing = [name for name in FACT_SCHEMA if name not in frame.columns]
-    if missing:
-        raise ValueError(f"aggregates lack columns {missing}")
-    # Sorted in the fact table's key order (tenant, connection, day, metric, dimension);
-    # one lazy plan, which polars runs in about half the time of the eager steps.
-    return (
-        frame.lazy()
-        .select(
+    return normalise_facts_many([frame])[0]
+
+
+def normalise_facts_many(frames: list[pl.DataFrame]) -> list[pl.DataFrame]:
+    """``normalise_facts`` of several connections' facts, in one query (told apart by
+    their index, ``_k``); a frame that lacks a column raises before anything runs."""
+    for frame in frames:
+        missing = [name for name in FACT_SCHEMA if name not in frame.columns]
+        if missing:
+            raise ValueError(f"aggregates lack columns {missing}")
+    plans = [
+        frame.lazy().select(
+            pl.lit(index, pl.UInt32).alias("_k"),
             pl.col("metric").cast(pl.String),
             pl.col("dimension").cast(pl.String).fill_null(""),
             pl.col("day").cast(pl.Date),
             pl.col("value").cast(pl.Float64),
         )
+        for index, frame in enumerate(frames)
+        if frame.height
+    ]
+    if not plans:
+        return [pl.DataFrame(schema=FACT_SCHEMA) for _ in frames]
+    # Sorted in the fact table's key order (tenant, connection, day, metric, dimension);
+    # one lazy plan, which polars runs in about half the time of the eager steps.
+    together = (
+        (pl.concat(plans, how="vertical") if len(plans) > 1 else plans[0])
         .filter(pl.col("value").is_not_null() & pl.col("value").is_finite())
-        .group_by("day", "metric", "dimension")
+        .group_by("_k", "day", "metric", "dimension")
         .agg(pl.col("value").sum())
-        .sort("day", "metric", "dimension")
-        .select(list(FACT_SCHEMA))
+        .sort("_k", "day", "metric", "dimension")
+        .select("_k", *FACT_SCHEMA)
         .collect()
     )
+    parts = together.partition_by("_k", as_dict=True, include_key=False, maintain_order=True)
+    return [
+        parts[(index,)] if (index,) in parts else pl.DataFrame(schema=FACT_SCHEMA)
+        for index in range(len(frames))
+    ]
 
 
 def upsert_facts(
@@ -60,8 +79,10 @@ def upsert_facts(
     *,
     window_start: dt.date | None,
     snapshot_metrics: frozenset[str] = frozenset(),
+    normalised: bool = False,
 ) -> UpsertSummary:
-    """Make the connection's facts from ``window_start`` on equal ``facts``.
+    """Make the connection's facts from ``window_start`` on equal ``facts``
+    (``normalised``: as ``normalise_facts`` gives them already).
 
     Rows whose value is unchanged are not touched, so rerunning a refresh changes
     nothing; rows inside the window that the source no longer reports are removed,
@@ -76,7 +97,8 @@ def upsert_facts(
     the unique key fails this one whole and the refresh is retried); changed rows go
     through ``INSERT … ON CONFLICT DO UPDATE … WHERE`` the value differs.
     """
-    facts = normalise_facts(facts)  # sorted in the primary key's order
+    if not normalised:
+        facts = normalise_facts(facts)  # sorted in the primary key's order
     days = facts["day"].n_unique() if facts.height else 0
     first_day = facts["day"].min() if facts.height else None
     last_day = facts["day"].max() if facts.height else None
@@ -416,6 +438,7 @@ __all__ = [
     "daily_totals",
     "duplicate_keys",
     "normalise_facts",
+    "normalise_facts_many",
     "tenant_facts",
     "upsert_facts",
     "value_problems",

@@ -246,3 +246,12 @@ class Source(ABC):
     @abstractmethod
     def aggregate(self, records: pl.DataFrame) -> pl.DataFrame:
         """Raw records to the warehouse's long format: metric, dimension, day, value."""
+
+    def aggregate_many(self, records: list[pl.DataFrame]) -> list[pl.DataFrame]:
+        """``aggregate`` of several connections' records, in their order.
+
+        A load aggregates every connection staged together at once; a source whose
+        aggregation can run as one query over all of them overrides this (each polars
+        query has a fixed cost that a connection's thousand records do not dwarf).
+        """
+        return [self.aggregate(frame) for frame in records]
