@@ -29,6 +29,7 @@ from writevue_pipelines.aggregates_only import (
     AggregatesRefused,
     check_facts,
     personal_identifier_kind,
+    profile_facts,
 )
 from writevue_pipelines.errors import SourceError
 from writevue_pipelines.sources import SOURCES, get_source
@@ -110,6 +111,32 @@ def _check(facts, dimension, kinds=None):
     check_facts(
         facts, connection_id="c-1", dimension=dimension, kinds=kinds or {"orders": "counter"}
     )
+
+
+def test_facts_profiled_together_read_as_each_profiled_alone():
+    """A load checks every connection staged with it from one profile of them all: each
+    must read exactly as it would alone (metrics, widest breakdown, values in order)."""
+    wide = pl.concat(
+        [
+            _facts([f"plan{i}" for i in range(9)]),
+            _facts(["a", "b"], metric="refunds"),
+            _facts(["x", "x", "y"]).with_columns(pl.lit(DAY - dt.timedelta(days=1)).alias("day")),
+        ]
+    )
+    frames = [
+        _facts([""] * 3),  # no breakdown
+        wide,
+        _facts([]),  # nothing
+        _facts(["ann@shop.test", "", "bob@shop.test"], metric="visits"),
+        _facts(["eu", "us"]).with_columns(pl.lit(None, pl.String).alias("dimension")),
+    ]
+    together = profile_facts(frames)
+    assert together == [profile_facts([frame])[0] for frame in frames]
+    assert together[1].widest == (9, "orders", DAY)
+    assert together[0].widest is None and together[0].metrics == {"orders"}
+    assert together[3].dimensions == ("ann@shop.test", "bob@shop.test")
+    assert together[4].widest is None  # a null breakdown is none
+    assert together[2].metrics == frozenset() and together[2].widest is None
 
 
 def test_the_cap_is_fifty_distinct_values_per_metric_and_day_by_default():

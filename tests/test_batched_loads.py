@@ -181,3 +181,64 @@ def test_a_refresh_run_loads_what_was_staged_meanwhile_in_one_go(runtime, sandbo
     with runtime.db.session() as session:
         for connection_id in connections:
             assert warehouse.daily_totals(session, connection_id, since)
+
+
+def test_an_erasure_waits_for_a_batch_writing_its_connections_then_deletes_their_rows(
+    any_runtime, sandbox, monkeypatch
+):
+    """A batch holds every connection it writes from its start, locked in one order (the
+    erasure's), so a tenant's erasure that starts mid-batch waits for its commit, then
+    deletes what it wrote: neither waits for the other for ever, nothing is left."""
+    import threading
+    import time
+
+    from writevue_pipelines.privacy import run_erasure, verify_erasure
+
+    runtime = any_runtime
+    other = stripe_connections(runtime, sandbox.url, [new_stripe_key()], "Stays", "s@stays.test")
+    leaving = stripe_connections(
+        runtime, sandbox.url, [new_stripe_key() for _ in range(3)], "Leaving", "l@leaving.test"
+    )
+    with runtime.db.session() as session:
+        tenant = registry.get_connection(session, leaving[0]).tenant_id
+    batch = [leaving[0], *other, *leaving[1:]]
+    _stage(runtime, batch)
+
+    writing, real = threading.Event(), warehouse.upsert_facts
+
+    def slow_first(*args, **kwargs):
+        if not writing.is_set():
+            writing.set()
+            time.sleep(1.0)  # the erasure starts while the batch writes its first
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(warehouse, "upsert_facts", slow_first)
+    loaded: dict = {}
+    loader = threading.Thread(
+        target=lambda: loaded.update(refresh.load_connections(runtime, batch))
+    )
+    loader.start()
+    assert writing.wait(30)
+    erased: dict = {}
+
+    def erase() -> None:
+        try:
+            erased["report"] = run_erasure(runtime, tenant)
+        except Exception as exc:  # a deadlock, say: reported by the assertion below
+            erased["error"] = exc
+
+    eraser = threading.Thread(target=erase)
+    eraser.start()
+    loader.join(60)
+    eraser.join(60)
+    assert not loader.is_alive() and not eraser.is_alive()
+    assert all(isinstance(loaded[c], refresh.LoadSummary) for c in batch), loaded
+    assert "error" not in erased, erased
+    assert erased["report"].ok
+    assert verify_erasure(runtime, tenant, leaving).ok
+    assert _stored(runtime, other[0], "balance_transactions")[0] > 0
+    with runtime.db.session() as session:
+        left = session.scalar(
+            select(func.count()).select_from(Fact).where(Fact.connection_id.in_(leaving))
+        )
+    assert left == 0

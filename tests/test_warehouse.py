@@ -105,15 +105,15 @@ def test_failed_load_leaves_facts_and_cursor_untouched(any_runtime, sandbox, mon
 
     inside: list[tuple[int, str | None]] = []
 
-    record_load = registry.record_load
+    record_loads = registry.record_loads
 
     def fail_once_written(session, *args, **kwargs):
         # The load's last step, in its transaction: facts and cursor are already written.
-        record_load(session, *args, **kwargs)
+        record_loads(session, *args, **kwargs)
         inside.append(state(session))
         raise RuntimeError("the database went away in the middle of the load")
 
-    monkeypatch.setattr(registry, "record_load", fail_once_written)
+    monkeypatch.setattr(registry, "record_loads", fail_once_written)
     with pytest.raises(RuntimeError, match="went away"):
         refresh.load_connection(rt, connection)
     (written,) = inside

@@ -162,18 +162,14 @@ class FactsProfile:
 def profile_facts(frames: list[pl.DataFrame]) -> list[FactsProfile]:
     """Each frame's ``FactsProfile``, in a few queries over all of them together (a load
     checks every connection staged with it at once)."""
+    present = [index for index, frame in enumerate(frames) if frame.height]
+    if len(present) <= 1:  # a load of one connection: no index to tell frames apart
+        nothing = FactsProfile(frozenset(), None, ())
+        return [_profile(frame) if frame.height else nothing for frame in frames]
     plans = [
-        frame.lazy().select(
-            pl.lit(index, pl.UInt32).alias("_k"),
-            pl.col("metric").cast(pl.String),
-            pl.col("day"),
-            pl.col("dimension").cast(pl.String).fill_null(""),
-        )
-        for index, frame in enumerate(frames)
-        if frame.height
+        frames[index].lazy().select(pl.lit(index, pl.UInt32).alias("_k"), *_PROFILED)
+        for index in present
     ]
-    if not plans:
-        return [FactsProfile(frozenset(), None, ()) for _ in frames]
     together = (pl.concat(plans, how="vertical") if len(plans) > 1 else plans[0]).collect()
     metrics = dict(together.group_by("_k").agg(pl.col("metric").unique()).iter_rows())
     broken_down = together.filter(pl.col("dimension") != "")
@@ -198,6 +194,34 @@ def profile_facts(frames: list[pl.DataFrame]) -> list[FactsProfile]:
         )
         for index in range(len(frames))
     ]
+
+
+#: the columns a profile reads, as it reads them
+_PROFILED = (
+    pl.col("metric").cast(pl.String),
+    pl.col("day"),
+    pl.col("dimension").cast(pl.String).fill_null(""),
+)
+
+
+def _profile(facts: pl.DataFrame) -> FactsProfile:
+    """One frame's profile (``profile_facts`` of one)."""
+    facts = facts.select(*_PROFILED)
+    metrics = frozenset(facts.get_column("metric").unique().to_list())
+    broken_down = facts.filter(pl.col("dimension") != "")
+    if broken_down.height == 0:
+        return FactsProfile(metrics, None, ())
+    widest = (
+        broken_down.group_by("metric", "day")
+        .agg(pl.col("dimension").n_unique().alias("values"))
+        .sort(["values", "metric", "day"], descending=[True, False, False])
+        .row(0, named=True)
+    )
+    return FactsProfile(
+        metrics,
+        (widest["values"], widest["metric"], widest["day"]),
+        tuple(broken_down.get_column("dimension").unique(maintain_order=True).to_list()),
+    )
 
 
 def check_profile(

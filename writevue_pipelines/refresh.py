@@ -674,20 +674,13 @@ def load_connections(
     if ready:
         try:
             with runtime.db.locked_session() as session:
-                for item in ready:
-                    try:
-                        with session.begin_nested():
-                            written[item.connection_id] = _write_load(session, item)
-                    except (registry.ConnectionErased, AggregatesRefused) as exc:
-                        # Erased, or not aggregates: either way its raw records go now.
-                        outcomes[item.connection_id] = exc
-                        drop.append(item.connection_id)
-                    except Exception as exc:
-                        outcomes[item.connection_id] = exc
+                written = _write_loads(session, ready, outcomes, drop)
         except Exception as exc:
-            for connection_id in written:
-                outcomes[connection_id] = exc
+            # The transaction failed (its lock, its bookkeeping or its commit): nothing of
+            # it was stored, so every connection it held failed with it.
             written = {}
+            for item in ready:
+                outcomes.setdefault(item.connection_id, exc)
     outcomes.update(written)
     # Raw records are transient: once their aggregates are committed they go.
     for connection_id in [*written, *drop]:
@@ -771,37 +764,67 @@ def _all_or_each(items: list[_Staged], inputs: list, many, one, outcomes: dict) 
         return results
 
 
-def _write_load(session, item: _Staged) -> LoadSummary:
-    """One connection's facts and cursor, in the caller's transaction."""
-    source, manifest, connection_id = item.source, item.manifest, item.connection_id
-    # The connection is locked against a concurrent erasure: one erased since its fetch
-    # gets nothing written back, and its staged records go.
-    connection = registry.writable_connection(session, connection_id)
-    # The one place every source's facts pass before the warehouse: refused facts leave
-    # the connection's stored facts and cursor as they were.
-    rules = source.fact_rules(connection)
-    check_profile(
-        item.profile, connection_id=connection.id, dimension=rules.dimension, kinds=rules.kinds
-    )
-    summary = warehouse.upsert_facts(
-        session,
-        connection,
-        item.facts,
-        window_start=dt.date.fromisoformat(manifest["window_start"]),
-        snapshot_metrics=source.snapshot_metrics,
-        normalised=True,
-    )
-    next_cursor = manifest.get("next_cursor")
-    registry.record_load(session, connection, (source.stream, next_cursor) if next_cursor else None)
-    return LoadSummary(
-        connection_id=connection_id,
-        facts=summary.rows,
-        written=summary.written,
-        removed=summary.removed,
-        days=summary.days,
-        first_day=summary.first_day.isoformat() if summary.first_day else None,
-        last_day=summary.last_day.isoformat() if summary.last_day else None,
-    )
+def _write_loads(
+    session, ready: list[_Staged], outcomes: dict, drop: list[str]
+) -> dict[str, LoadSummary]:
+    """The connections' facts and cursors, in the caller's transaction; what each wrote.
+
+    Those erased since their fetch, or whose facts are refused, get their error in
+    ``outcomes`` and their id in ``drop`` (their raw records go); a write that fails
+    undoes its own connection's writes only (a savepoint each).
+    """
+    # Locked against a concurrent erasure, all at once and in one order: one erased since
+    # its fetch gets nothing written back, and its staged records go.
+    writable = registry.writable_connections(session, [item.connection_id for item in ready])
+    written: dict[str, LoadSummary] = {}
+    loads = []
+    for item in ready:
+        source, connection_id = item.source, item.connection_id
+        connection = writable[connection_id]
+        try:
+            if isinstance(connection, registry.ConnectionErased):
+                raise connection
+            # The one place every source's facts pass before the warehouse: refused facts
+            # leave the connection's stored facts and cursor as they were.
+            rules = source.fact_rules(connection)
+            check_profile(
+                item.profile,
+                connection_id=connection.id,
+                dimension=rules.dimension,
+                kinds=rules.kinds,
+            )
+        except (registry.ConnectionErased, AggregatesRefused) as exc:
+            # Erased, or not aggregates: either way its raw records go now.
+            outcomes[connection_id] = exc
+            drop.append(connection_id)
+            continue
+        try:
+            with session.begin_nested():
+                summary = warehouse.upsert_facts(
+                    session,
+                    connection,
+                    item.facts,
+                    window_start=dt.date.fromisoformat(item.manifest["window_start"]),
+                    snapshot_metrics=source.snapshot_metrics,
+                    normalised=True,
+                )
+        except Exception as exc:
+            outcomes[connection_id] = exc
+            continue
+        next_cursor = item.manifest.get("next_cursor")
+        loads.append((connection, (source.stream, next_cursor) if next_cursor else None))
+        written[connection_id] = LoadSummary(
+            connection_id=connection_id,
+            facts=summary.rows,
+            written=summary.written,
+            removed=summary.removed,
+            days=summary.days,
+            first_day=summary.first_day.isoformat() if summary.first_day else None,
+            last_day=summary.last_day.isoformat() if summary.last_day else None,
+        )
+    # Each cursor moves in the same commit as its facts.
+    registry.record_loads(session, loads)
+    return written
 
 
 def record_failure(runtime: Runtime, connection_id: str, exc: BaseException) -> None:

@@ -308,18 +308,34 @@ def get_cursor(session: Session, connection_id: str, stream: str) -> str | None:
     return None if row is None else row.value
 
 
-def record_load(
-    session: Session, connection: ConnectionInfo, cursor: tuple[str, str] | None
+def record_loads(
+    session: Session, loads: list[tuple[ConnectionInfo, tuple[str, str] | None]]
 ) -> None:
-    """A load's bookkeeping, in the load's transaction: ``set_cursor`` for ``cursor``
-    (stream, value) when the fetch found one, then ``record_refresh_result(error=None)``
-    as one statement built once, without the ORM (the load's session holds no object of
-    the connection, which would not see the update)."""
-    if cursor is not None:
-        set_cursor(session, connection, *cursor)
+    """Loads' bookkeeping, in their transaction, two statements for all of them: each
+    connection's cursor (stream, value) moved where its fetch found one, and each one's
+    refresh recorded as successful (``record_refresh_result(error=None)``), built once
+    and without the ORM (the load's session holds no object of the connections, which
+    would not see the update)."""
+    if not loads:
+        return
+    upsert_cursor = _load_statements(session.get_bind().dialect.name)[0]
+    now = utcnow()
+    cursors = [
+        {
+            "connection_id": connection.id,
+            "stream": cursor[0],
+            "tenant_id": connection.tenant_id,
+            "value": cursor[1],
+            "updated_at": now,
+        }
+        for connection, cursor in loads
+        if cursor is not None
+    ]
+    if cursors:
+        session.execute(upsert_cursor, cursors)
     session.execute(
-        _load_statements(session.get_bind().dialect.name)[1],
-        {"connection": connection.id, "at": utcnow()},
+        _refreshed_many(),
+        {"ids": [connection.id for connection, _ in loads], "at": now},
     )
 
 
@@ -351,9 +367,21 @@ def _load_statements(dialect: str) -> tuple[Any, Any]:
         index_elements=[cursors.c.connection_id, cursors.c.stream],
         set_={"value": inserted.excluded.value, "updated_at": inserted.excluded.updated_at},
     )
-    refreshed = (
+    refreshed = _refreshed(connections.c.id == bindparam("connection"))
+    return upsert_cursor, refreshed
+
+
+@functools.cache
+def _refreshed_many():
+    """The successful refresh's update of the connections ``ids``, built once."""
+    return _refreshed(Connection.__table__.c.id.in_(bindparam("ids", expanding=True)))
+
+
+def _refreshed(which):
+    connections = Connection.__table__
+    return (
         update(connections)
-        .where(connections.c.id == bindparam("connection"))
+        .where(which)
         .values(
             last_refreshed_at=bindparam("at"),
             last_error=None,
@@ -363,7 +391,6 @@ def _load_statements(dialect: str) -> tuple[Any, Any]:
             ),
         )
     )
-    return upsert_cursor, refreshed
 
 
 # -- audit ------------------------------------------------------------------
@@ -436,10 +463,36 @@ def writable_connection(session: Session, connection_id: str) -> ConnectionInfo:
     return _connection_info(row)
 
 
+def writable_connections(
+    session: Session, connection_ids: list[str]
+) -> dict[str, ConnectionInfo | ConnectionErased]:
+    """``writable_connection`` of several in one query: each one's row, or the
+    ``ConnectionErased`` it would raise. On PostgreSQL the rows are locked in the order
+    of their ids, as the erasure locks a tenant's (no deadlock between the two)."""
+    query = _writable_query(session.get_bind().dialect.name, many=True)
+    rows = {row.id: row for row in session.execute(query, {"ids": connection_ids})}
+    found: dict[str, ConnectionInfo | ConnectionErased] = {}
+    for connection_id in connection_ids:
+        row = rows.get(connection_id)
+        if row is None or row.status == ERASING:
+            found[connection_id] = ConnectionErased(
+                f"connection {connection_id} has been erased (or is being erased); "
+                "its refresh wrote nothing",
+                connection_id=connection_id,
+            )
+        else:
+            found[connection_id] = _connection_info(row)
+    return found
+
+
 @functools.cache
-def _writable_query(dialect: str):
+def _writable_query(dialect: str, *, many: bool = False):
     """The connection's row, read fresh (a Core statement: no stale ORM object), built
     once; on PostgreSQL locked FOR SHARE."""
     table = Connection.__table__
-    query = select(table).where(table.c.id == bindparam("id"))
+    if many:
+        ids = bindparam("ids", expanding=True)
+        query = select(table).where(table.c.id.in_(ids)).order_by(table.c.id)
+    else:
+        query = select(table).where(table.c.id == bindparam("id"))
     return query.with_for_update(read=True) if dialect == "postgresql" else query

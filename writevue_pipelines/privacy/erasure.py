@@ -436,6 +436,15 @@ def mark_erasing(runtime: Runtime, request_id: str) -> _Scope:
         request.started_at = request.started_at or utcnow()
         scope = _load_scope(runtime, request)
         _gather(session, runtime, request.tenant_id, scope)
+        # The tenant's rows locked in the order of their ids, as a refresh's load locks
+        # the connections it writes: two transactions that both want several of them
+        # then queue for them instead of each holding one the other waits for.
+        session.execute(
+            select(Connection.id)
+            .where(Connection.tenant_id == request.tenant_id)
+            .order_by(Connection.id)
+            .with_for_update()
+        ).all()
         session.execute(
             update(Connection)
             .where(Connection.tenant_id == request.tenant_id)

@@ -23,7 +23,7 @@ import polars as pl
 
 from ..errors import InvalidInput, SourceError
 from ..registry import ConnectionInfo
-from ..warehouse import FACT_SCHEMA
+from ..warehouse import facts_of_each
 from .auth import OAuthSpec, TokenSource, build_auth
 from .base import FactRules, FetchRequest, FetchResult, MetricMeta, Source
 from .http import get_json
@@ -234,40 +234,28 @@ class RestSource(Source):
     def aggregate_many(self, records: list[pl.DataFrame]) -> list[pl.DataFrame]:
         """Every connection's facts from one query: their records side by side, told
         apart by their index (``_k``), grouped by it as well."""
-        heights = [frame.height for frame in records]
-        if not any(heights):
-            return [pl.DataFrame(schema=FACT_SCHEMA) for _ in records]
-        keys = ["metric", "dimension", "day"]
-        plans = [
-            frame.lazy().with_columns(pl.lit(index, pl.UInt32).alias("_k"))
-            for index, frame in enumerate(records)
-            if frame.height
-        ]
-        together = pl.concat(plans, how="vertical").collect() if len(plans) > 1 else None
-        if together is None:
-            together = plans[0].collect()
+        return facts_of_each(records, _facts)
+
+
+def _facts(records: pl.LazyFrame, by: list[str]) -> pl.DataFrame:
+    """The facts of raw rows (``RAW_SCHEMA``) grouped by ``by`` as well, in key order."""
+    keys = [*by, "metric", "dimension", "day"]
+    # One pass over the groups: a metric has one agg, so (metric, agg, dimension, day)
+    # groups as (metric, dimension, day) does, each taking the value its agg asks for.
+    names = list(_AGGREGATIONS)
+    value = pl.when(pl.col("agg") == names[0]).then(pl.col(names[0]))
+    for agg in names[1:]:
+        value = value.when(pl.col("agg") == agg).then(pl.col(agg))
+    return (
         # In time order (the records' order breaks ties), which "last" and "first" read.
-        ordered = together.sort("at", "seq", multithreaded=False)
-        aggs = set(ordered.get_column("agg").unique().to_list())
-        present = [agg for agg in _AGGREGATIONS if agg in aggs]
-        # One pass over the groups: a metric has one agg, so (metric, agg, dimension, day)
-        # groups as (metric, dimension, day) does, each computing what its agg asks for.
-        grouped = ordered.group_by(["_k", *keys, "agg"]).agg(
-            _AGGREGATIONS[agg].alias(agg) for agg in present
-        )
-        value = pl.when(pl.col("agg") == present[0]).then(pl.col(present[0]))
-        for agg in present[1:]:
-            value = value.when(pl.col("agg") == agg).then(pl.col(agg))
-        facts = (
-            grouped.select("_k", *keys, value.cast(pl.Float64).alias("value"))
-            .filter(pl.col("value").is_not_null())
-            .sort("_k", *keys)
-        )
-        parts = facts.partition_by("_k", as_dict=True, include_key=False, maintain_order=True)
-        return [
-            parts[(index,)] if (index,) in parts else pl.DataFrame(schema=FACT_SCHEMA)
-            for index in range(len(records))
-        ]
+        records.sort("at", "seq", multithreaded=False)
+        .group_by([*keys, "agg"])
+        .agg(expression.alias(agg) for agg, expression in _AGGREGATIONS.items())
+        .select(*keys, value.cast(pl.Float64).alias("value"))
+        .filter(pl.col("value").is_not_null())
+        .sort(keys)
+        .collect()
+    )
 
 
 #: agg -> its value over a group of raw rows in time order
