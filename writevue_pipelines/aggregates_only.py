@@ -15,7 +15,7 @@ only and with one sentence naming the field:
   non-personal code.
 
 The error never quotes a value: the values are what must not be kept. Refresh calls
-this between aggregation and the warehouse write (``refresh.load_connection``), so a
+this between aggregation and the warehouse write (``refresh.load_connections``), so a
 refused connection keeps what it had stored, and its staged records are deleted.
 """
 

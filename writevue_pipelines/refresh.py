@@ -659,6 +659,9 @@ def load_connections(
     connection (erased since its fetch, facts that are not aggregates, a write refused)
     undoes its own writes only. Should the transaction itself fail (its lock or its
     commit), every connection it held fails with that error and nothing is stored.
+    Staged records go once their aggregates are committed, and as soon as their load
+    fails for good (they cannot be aggregated, the connection is erased, its facts are
+    refused); after a failed write they stay for the staging sweep.
     """
     outcomes: dict[str, LoadSummary | BaseException] = {}
     taken: list[_Staged] = []

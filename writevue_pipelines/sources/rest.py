@@ -238,31 +238,37 @@ class RestSource(Source):
 
 
 def _facts(records: pl.LazyFrame, by: list[str]) -> pl.DataFrame:
-    """The facts of raw rows (``RAW_SCHEMA``) grouped by ``by`` as well, in key order."""
-    keys = [*by, "metric", "dimension", "day"]
-    # One pass over the groups: a metric has one agg, so (metric, agg, dimension, day)
-    # groups as (metric, dimension, day) does, each taking the value its agg asks for.
-    names = list(_AGGREGATIONS)
-    value = pl.when(pl.col("agg") == names[0]).then(pl.col(names[0]))
-    for agg in names[1:]:
-        value = value.when(pl.col("agg") == agg).then(pl.col(agg))
-    return (
-        # In time order (the records' order breaks ties), which "last" and "first" read.
-        records.sort("at", "seq", multithreaded=False)
-        .group_by([*keys, "agg"])
-        .agg(expression.alias(agg) for agg, expression in _AGGREGATIONS.items())
-        .select(*keys, value.cast(pl.Float64).alias("value"))
-        .filter(pl.col("value").is_not_null())
-        .sort(keys)
-        .collect()
-    )
+    """The facts of raw rows (``RAW_SCHEMA``) grouped by ``by`` as well, in key order.
 
+    Eager steps, not one lazy plan: polars' lazy grouping sums a group's values in
+    another order (the last bits of a sum differ), and drops a sort before a grouping
+    whose aggregations it deems order-free; a group's rows here are summed in time order.
+    """
+    keys = [*by, "metric", "dimension", "day"]
+    # In time order (the records' order breaks ties), which "last" and "first" read.
+    ordered = records.collect().sort("at", "seq", multithreaded=False)
+    aggs = set(ordered.get_column("agg").unique().to_list())
+    present = [agg for agg in _AGGREGATIONS if agg in aggs]
+    # One pass over the groups: a metric has one agg, so (metric, agg, dimension, day)
+    # groups as (metric, dimension, day) does, each computing what its agg asks for.
+    grouped = ordered.group_by([*keys, "agg"]).agg(_AGGREGATIONS[agg].alias(agg) for agg in present)
+    value = pl.when(pl.col("agg") == present[0]).then(pl.col(present[0]))
+    for agg in present[1:]:
+        value = value.when(pl.col("agg") == agg).then(pl.col(agg))
+    facts = grouped.select(*keys, value.cast(pl.Float64).alias("value"))
+    return facts.filter(pl.col("value").is_not_null()).sort(keys)
+
+
+#: a group's non-null values added one after another, in time order: the same bits
+#: whatever else is grouped beside them or however polars splits the work (its own sum
+#: adds in blocks, whose bounds move with the rows around a group)
+_SUM = pl.col("value").drop_nulls().cum_sum().last()
 
 #: agg -> its value over a group of raw rows in time order
 _AGGREGATIONS = {
-    "sum": pl.col("value").sum(),
+    "sum": _SUM.fill_null(0.0),
     "count": pl.col("value").count().cast(pl.Float64),
-    "mean": pl.col("value").mean(),
+    "mean": _SUM / pl.col("value").count(),
     "last": pl.col("value").drop_nulls().last(),
     "first": pl.col("value").drop_nulls().first(),
 }
