@@ -281,7 +281,7 @@ def test_a_refresh_already_writing_is_waited_for_then_its_rows_are_erased(any_ru
     )
     erased = {}
     with runtime.db.locked_session() as session:  # what load_connection holds while writing
-        connection = registry.writable_connection(session, connection_id)
+        connection = registry.writable_connections(session, [connection_id])[connection_id]
         eraser = threading.Thread(target=lambda: erased.update(r=run_erasure(runtime, tenant_id)))
         eraser.start()
         time.sleep(0.5)

@@ -170,7 +170,7 @@ def profile_facts(frames: list[pl.DataFrame]) -> list[FactsProfile]:
         frames[index].lazy().select(pl.lit(index, pl.UInt32).alias("_k"), *_PROFILED)
         for index in present
     ]
-    together = (pl.concat(plans, how="vertical") if len(plans) > 1 else plans[0]).collect()
+    together = pl.concat(plans, how="vertical").collect()
     metrics = dict(together.group_by("_k").agg(pl.col("metric").unique()).iter_rows())
     broken_down = together.filter(pl.col("dimension") != "")
     widest = {

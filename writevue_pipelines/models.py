@@ -159,7 +159,7 @@ class Fact(Base):
     are deliberately no foreign keys: PostgreSQL checks one with a trigger per inserted
     row, which costs more than loading the row itself; the warehouse writes a
     connection's facts only while it holds that connection (see
-    ``registry.writable_connection``), and erasure finds the rows by ``tenant_id``.
+    ``registry.writable_connections``), and erasure finds the rows by ``tenant_id``.
     """
 
     __tablename__ = "facts"

@@ -565,7 +565,9 @@ async def _refresh_connections(
             batch = waiting[:LOAD_BATCH]
             del waiting[:LOAD_BATCH]
             loading = True
-            future = loop.run_in_executor(loader, partial(_load_batch, runtime, batch, handoff))
+            future = loop.run_in_executor(
+                loader, partial(load_connections, runtime, batch, handoff=handoff)
+            )
             future.add_done_callback(partial(batch_finished, batch))
 
         def batch_finished(batch: list[str], future: asyncio.Future) -> None:
@@ -611,13 +613,6 @@ async def _refresh_connections(
         else:
             outcomes[connection_id] = RefreshOutcome(connection_id, fetched=summary, loaded=result)
     return outcomes
-
-
-def _load_batch(
-    runtime: Runtime, connection_ids: list[str], handoff: Handoff | None
-) -> dict[str, LoadSummary | BaseException]:
-    # ``load_connections`` as the module has it when the batch starts
-    return load_connections(runtime, connection_ids, handoff=handoff)
 
 
 def load_connection(

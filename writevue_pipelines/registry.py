@@ -444,32 +444,19 @@ class ConnectionErased(SourceError):
     """The connection is gone or being erased: a late refresh must write nothing."""
 
 
-def writable_connection(session: Session, connection_id: str) -> ConnectionInfo:
-    """The connection, locked against a concurrent erasure until the transaction ends.
-
-    Refuses a connection that is gone or being erased, so a refresh that fetched
-    before an erasure cannot write its results back afterwards. On PostgreSQL the
-    row is locked FOR SHARE (the erasure's status update waits for this transaction,
-    then deletes what it wrote); on SQLite the caller's BEGIN IMMEDIATE serialises.
-    """
-    query = _writable_query(session.get_bind().dialect.name)
-    row = session.execute(query, {"id": connection_id}).first()
-    if row is None or row.status == ERASING:
-        raise ConnectionErased(
-            f"connection {connection_id} has been erased (or is being erased); "
-            "its refresh wrote nothing",
-            connection_id=connection_id,
-        )
-    return _connection_info(row)
-
-
 def writable_connections(
     session: Session, connection_ids: list[str]
 ) -> dict[str, ConnectionInfo | ConnectionErased]:
-    """``writable_connection`` of several in one query: each one's row, or the
-    ``ConnectionErased`` it would raise. On PostgreSQL the rows are locked in the order
-    of their ids, as the erasure locks a tenant's (no deadlock between the two)."""
-    query = _writable_query(session.get_bind().dialect.name, many=True)
+    """The connections, locked against a concurrent erasure until the transaction ends:
+    each one's row, or the ``ConnectionErased`` to raise for it.
+
+    A connection that is gone or being erased is refused, so a refresh that fetched
+    before an erasure cannot write its results back afterwards. On PostgreSQL the rows
+    are locked FOR SHARE, in the order of their ids, as the erasure locks a tenant's (its
+    status update waits for this transaction, then deletes what it wrote; neither waits
+    for the other for ever); on SQLite the caller's BEGIN IMMEDIATE serialises.
+    """
+    query = _writable_query(session.get_bind().dialect.name)
     rows = {row.id: row for row in session.execute(query, {"ids": connection_ids})}
     found: dict[str, ConnectionInfo | ConnectionErased] = {}
     for connection_id in connection_ids:
@@ -486,13 +473,10 @@ def writable_connections(
 
 
 @functools.cache
-def _writable_query(dialect: str, *, many: bool = False):
-    """The connection's row, read fresh (a Core statement: no stale ORM object), built
-    once; on PostgreSQL locked FOR SHARE."""
+def _writable_query(dialect: str):
+    """The connections' rows, read fresh (a Core statement: no stale ORM object), built
+    once; on PostgreSQL locked FOR SHARE in the order of their ids."""
     table = Connection.__table__
-    if many:
-        ids = bindparam("ids", expanding=True)
-        query = select(table).where(table.c.id.in_(ids)).order_by(table.c.id)
-    else:
-        query = select(table).where(table.c.id == bindparam("id"))
+    ids = bindparam("ids", expanding=True)
+    query = select(table).where(table.c.id.in_(ids)).order_by(table.c.id)
     return query.with_for_update(read=True) if dialect == "postgresql" else query

@@ -7,7 +7,7 @@ crash) and the same request run again finishes it:
    their own commit, with every identifier to search for later (connection, link and
    invite ids, the contact fields' plaintext, its notification recipients' addresses
    and webhook URLs) stored encrypted in the request. From
-   then on a refresh of the tenant writes nothing (``registry.writable_connection``).
+   then on a refresh of the tenant writes nothing (``registry.writable_connections``).
 2. ``revoked``: each OAuth2 grant is revoked at the provider's revocation endpoint.
    A failure does not stop the erasure: the grant's tokens are kept, encrypted, in
    the request alone, for ``writevue tenant revoke-grants`` to retry.

@@ -12,7 +12,7 @@ In the order it happens; an interrupted removal is finished by running it again:
    fetch left and runs the verification again (``finish_removal``).
 
 1. ``marked``: the connection turns ``erasing`` in its own commit. From then on no
-   refresh writes for it (``registry.writable_connection``).
+   refresh writes for it (``registry.writable_connections``).
 2. ``revoked``: an OAuth2 grant is revoked at the provider (``erasure.revoke_grants``).
    If that fails nothing is deleted: the connection stays ``erasing`` (refreshes
    stopped, credential kept for the retry) and running the removal again retries;

@@ -240,9 +240,9 @@ class RestSource(Source):
 def _facts(records: pl.LazyFrame, by: list[str]) -> pl.DataFrame:
     """The facts of raw rows (``RAW_SCHEMA``) grouped by ``by`` as well, in key order.
 
-    Eager steps, not one lazy plan: polars' lazy grouping sums a group's values in
-    another order (the last bits of a sum differ), and drops a sort before a grouping
-    whose aggregations it deems order-free; a group's rows here are summed in time order.
+    The sort is done first, eagerly: a lazy plan may drop a sort before a grouping whose
+    aggregations polars deems order-free, and every one here reads a group's rows in
+    time order (the sums too, ``_SUM``).
     """
     keys = [*by, "metric", "dimension", "day"]
     # In time order (the records' order breaks ties), which "last" and "first" read.
