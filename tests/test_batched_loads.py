@@ -3,10 +3,11 @@ and a connection that fails among them fails alone.
 
 A refresh run's loader takes every connection staged while its last load ran
 (``refresh.load_connections``): their records are aggregated together, source by source,
-and written in one transaction, each connection in a savepoint of its own, so one write
+and written in one transaction, their facts in one statement of each kind, so one write
 lock and one commit serve them all. Whatever one connection's load refuses (an erased
-connection, facts that are not aggregates, nothing staged) is that connection's outcome
-alone: the others' facts and cursors are stored as if each had been loaded by itself.
+connection, facts that are not aggregates, nothing staged, a write the database refuses)
+is that connection's outcome alone: the others' facts and cursors are stored as if each
+had been loaded by itself.
 """
 
 from __future__ import annotations
@@ -204,15 +205,15 @@ def test_an_erasure_waits_for_a_batch_writing_its_connections_then_deletes_their
     batch = [leaving[0], *other, *leaving[1:]]
     _stage(runtime, batch)
 
-    writing, real = threading.Event(), warehouse.upsert_facts
+    writing, real = threading.Event(), warehouse.upsert_facts_many
 
     def slow_first(*args, **kwargs):
         if not writing.is_set():
             writing.set()
-            time.sleep(1.0)  # the erasure starts while the batch writes its first
+            time.sleep(1.0)  # the erasure starts while the batch writes its facts
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(warehouse, "upsert_facts", slow_first)
+    monkeypatch.setattr(warehouse, "upsert_facts_many", slow_first)
     loaded: dict = {}
     loader = threading.Thread(
         target=lambda: loaded.update(refresh.load_connections(runtime, batch))
@@ -242,3 +243,49 @@ def test_an_erasure_waits_for_a_batch_writing_its_connections_then_deletes_their
             select(func.count()).select_from(Fact).where(Fact.connection_id.in_(leaving))
         )
     assert left == 0
+
+
+def _refuse_facts_of(runtime, connection_id: str) -> None:
+    """Make the database itself refuse this connection's facts (a trigger), as a full
+    disk or a broken constraint would refuse one connection's write."""
+    with runtime.db.engine.begin() as connection:
+        if runtime.db.engine.dialect.name == "postgresql":
+            connection.exec_driver_sql(
+                "CREATE FUNCTION refuse_facts() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "RAISE EXCEPTION 'the test refuses these facts'; END $$"
+            )
+            connection.exec_driver_sql(
+                "CREATE TRIGGER refuse_facts BEFORE INSERT ON facts FOR EACH ROW "
+                f"WHEN (NEW.connection_id = '{connection_id}') EXECUTE FUNCTION refuse_facts()"
+            )
+        else:
+            connection.exec_driver_sql(
+                "CREATE TRIGGER refuse_facts BEFORE INSERT ON facts "
+                f"WHEN NEW.connection_id = '{connection_id}' "
+                "BEGIN SELECT RAISE(ABORT, 'the test refuses these facts'); END"
+            )
+
+
+def test_a_connection_whose_write_fails_in_a_batch_fails_alone(any_runtime, sandbox):
+    """The batch's facts go in one statement of each kind; when the database refuses one
+    connection's, that write is undone and each connection is written alone: the refused
+    one fails with the database's error, the others are stored, in the same commit."""
+    runtime = any_runtime
+    batch = stripe_connections(
+        runtime, sandbox.url, [new_stripe_key() for _ in range(3)], "Some", "s@some.test"
+    )
+    _stage(runtime, batch)
+    _refuse_facts_of(runtime, batch[1])
+
+    commits = _commits(runtime)
+    loaded = refresh.load_connections(runtime, batch)
+    assert len(commits) == 1
+    assert "the test refuses these facts" in str(loaded[batch[1]])
+    assert _stored(runtime, batch[1], "balance_transactions") == (0, None)
+    # Its staged records stay for the next try (the staging sweep drops them in time).
+    assert (runtime.settings.staging_dir / batch[1]).exists()
+    for connection_id in (batch[0], batch[2]):
+        summary = loaded[connection_id]
+        assert isinstance(summary, refresh.LoadSummary), summary
+        facts, cursor = _stored(runtime, connection_id, "balance_transactions")
+        assert summary.facts == summary.written == facts > 0 and cursor is not None

@@ -217,3 +217,77 @@ def test_snapshot_history_survives_later_refreshes(runtime, sandbox):
     assert result.removed == 0
     with runtime.db.session() as session:
         assert warehouse.connection_fact_count(session, connection_id) == 2
+
+
+def _facts_frame(*rows) -> pl.DataFrame:
+    return warehouse.normalise_facts(
+        pl.DataFrame(list(rows), schema=warehouse.FACT_SCHEMA, orient="row")
+    )
+
+
+def test_connections_upserted_together_write_what_each_writes_alone(any_runtime, sandbox):
+    """``upsert_facts_many`` compares and writes several connections' facts in one read
+    and one statement of each kind: each connection ends with the rows, and reports the
+    counts, that ``upsert_facts`` of it alone gives, whatever the others bring."""
+    rt = any_runtime
+    d1, d2, d3, d4 = (dt.date(2026, 5, day) for day in (1, 2, 3, 4))
+    cases = [
+        # (stored before, facts brought, window start, snapshot metrics, written, removed)
+        (
+            [("m", "", d1, 1.0), ("m", "", d2, 2.0), ("m", "", d3, 3.0), ("m", "x", d3, 5.0),
+             ("s", "", d2, 7.0)],
+            [("m", "", d2, 2.5), ("m", "", d3, 3.0), ("m", "", d4, 4.0), ("s", "", d4, 8.0)],
+            d2, frozenset({"s"}), 3, 1,
+        ),
+        ([], [("m", "", d1, 1.0), ("n", "eu", d1, 2.0)], None, frozenset(), 2, 0),
+        ([("m", "", d1, 1.0), ("m", "", d2, 2.0)], [], d2, frozenset(), 0, 1),
+        ([("m", "", d1, 1.0)], [], None, frozenset(), 0, 0),
+        ([("m", "", d3, 1.0)], [("m", "", d3, 1.0)], d1, frozenset(), 0, 0),
+    ]  # fmt: skip
+
+    def connections(name: str) -> list:
+        ids = [
+            add_stripe_connection(rt, sandbox.url, f"sk_test_{name}{i}", name=f"{name} {i}")[1]
+            for i in range(len(cases))
+        ]
+        with rt.db.session() as session:
+            found = [registry.get_connection(session, connection_id) for connection_id in ids]
+            for connection, (before, *_rest) in zip(found, cases, strict=True):
+                if before:
+                    warehouse.upsert_facts(
+                        session, connection, _facts_frame(*before), window_start=None
+                    )
+        return found
+
+    together, alone = connections("together"), connections("alone")
+    writes = [
+        warehouse.FactsWrite(connection, _facts_frame(*brought), window, snapshot)
+        for connection, (_before, brought, window, snapshot, *_counts) in zip(
+            together, cases, strict=True
+        )
+    ]
+    with rt.db.session() as session:
+        summaries = warehouse.upsert_facts_many(session, writes)
+    with rt.db.session() as session:
+        each = [
+            warehouse.upsert_facts(
+                session, connection, write.facts, window_start=write.window_start,
+                snapshot_metrics=write.snapshot_metrics,
+            )
+            for connection, write in zip(alone, writes, strict=True)
+        ]  # fmt: skip
+    assert summaries == each
+    assert [(s.written, s.removed) for s in summaries] == [case[-2:] for case in cases]
+    with rt.db.session() as session:
+        for batched, single in zip(together, alone, strict=True):
+            rows = [
+                warehouse.tenant_facts(session, c.tenant_id, d1, d4).sort(["day", "metric"]).rows()
+                for c in (batched, single)
+            ]
+            assert rows[0] == rows[1]
+    with rt.db.session() as session:
+        first = warehouse.tenant_facts(session, together[0].tenant_id, d1, d4)
+    assert sorted(first.select("metric", "dimension", "day", "value").rows()) == [
+        ("m", "", d1, 1.0), ("m", "", d2, 2.5), ("m", "", d3, 3.0), ("m", "", d4, 4.0),
+        ("s", "", d2, 7.0), ("s", "", d4, 8.0),
+    ]  # fmt: skip

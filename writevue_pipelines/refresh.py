@@ -649,10 +649,11 @@ def load_connections(
     ``LoadSummary``, or what stopped it), in the order asked.
 
     Their records are aggregated together, one query per source, before the write lock
-    is taken; then one transaction writes them all, each connection in a savepoint of
-    its own, so one lock and one commit serve the batch and whatever fails for one
-    connection (erased since its fetch, facts that are not aggregates, a write refused)
-    undoes its own writes only. Should the transaction itself fail (its lock or its
+    is taken; then one transaction writes them all, their facts compared and written
+    together (``warehouse.upsert_facts_many``), so one lock and one commit serve the
+    batch, and whatever fails for one connection (erased since its fetch, facts that
+    are not aggregates, a write refused: the batch's write is then undone and each
+    connection written alone) undoes its own writes only. Should the transaction itself fail (its lock or its
     commit), every connection it held fails with that error and nothing is stored.
     Staged records go once their aggregates are committed, and as soon as their load
     fails for good (they cannot be aggregated, the connection is erased, its facts are
@@ -768,14 +769,15 @@ def _write_loads(
     """The connections' facts and cursors, in the caller's transaction; what each wrote.
 
     Those erased since their fetch, or whose facts are refused, get their error in
-    ``outcomes`` and their id in ``drop`` (their raw records go); a write that fails
-    undoes its own connection's writes only (a savepoint each).
+    ``outcomes`` and their id in ``drop`` (their raw records go). The others' facts are
+    written together (``warehouse.upsert_facts_many``); should that fail, it is undone
+    and each connection is written alone, so that a write that fails undoes its own
+    connection's writes only (a savepoint each).
     """
     # Locked against a concurrent erasure, all at once and in one order: one erased since
     # its fetch gets nothing written back, and its staged records go.
     writable = registry.writable_connections(session, [item.connection_id for item in ready])
-    written: dict[str, LoadSummary] = {}
-    loads = []
+    writes: list[tuple[_Staged, warehouse.FactsWrite]] = []
     for item in ready:
         source, connection_id = item.source, item.connection_id
         connection = writable[connection_id]
@@ -796,23 +798,36 @@ def _write_loads(
             outcomes[connection_id] = exc
             drop.append(connection_id)
             continue
-        try:
-            with session.begin_nested():
-                summary = warehouse.upsert_facts(
-                    session,
-                    connection,
-                    item.facts,
-                    window_start=dt.date.fromisoformat(item.manifest["window_start"]),
-                    snapshot_metrics=source.snapshot_metrics,
-                    normalised=True,
-                )
-        except Exception as exc:
-            outcomes[connection_id] = exc
+        write = warehouse.FactsWrite(
+            connection,
+            item.facts,
+            window_start=dt.date.fromisoformat(item.manifest["window_start"]),
+            snapshot_metrics=source.snapshot_metrics,
+        )
+        writes.append((item, write))
+    summaries: dict[str, warehouse.UpsertSummary] = {}
+    try:
+        with session.begin_nested():
+            together = warehouse.upsert_facts_many(session, [write for _, write in writes])
+        summaries = {item.connection_id: s for (item, _), s in zip(writes, together, strict=True)}
+    except Exception:
+        # Undone; each alone now, so that what failed is its own connection's error.
+        for item, write in writes:
+            try:
+                with session.begin_nested():
+                    summaries[item.connection_id] = warehouse.upsert_facts_many(session, [write])[0]
+            except Exception as exc:
+                outcomes[item.connection_id] = exc
+    written: dict[str, LoadSummary] = {}
+    loads = []
+    for item, write in writes:
+        summary = summaries.get(item.connection_id)
+        if summary is None:
             continue
         next_cursor = item.manifest.get("next_cursor")
-        loads.append((connection, (source.stream, next_cursor) if next_cursor else None))
-        written[connection_id] = LoadSummary(
-            connection_id=connection_id,
+        loads.append((write.connection, (item.source.stream, next_cursor) if next_cursor else None))
+        written[item.connection_id] = LoadSummary(
+            connection_id=item.connection_id,
             facts=summary.rows,
             written=summary.written,
             removed=summary.removed,

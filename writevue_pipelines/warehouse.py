@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import io
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from itertools import repeat
+from dataclasses import dataclass, replace
+from itertools import chain, repeat
 
 import polars as pl
 from sqlalchemy import Float, String, func, literal, select, union_all
@@ -94,6 +95,17 @@ def _normalised(facts: pl.LazyFrame, by: list[str]) -> pl.DataFrame:
     )
 
 
+@dataclass(frozen=True)
+class FactsWrite:
+    """One connection's part of ``upsert_facts_many``: its facts, as ``normalise_facts``
+    gives them, and the window and snapshot metrics ``upsert_facts`` takes."""
+
+    connection: ConnectionInfo
+    facts: pl.DataFrame
+    window_start: dt.date | None
+    snapshot_metrics: frozenset[str] = frozenset()
+
+
 def upsert_facts(
     session: Session,
     connection: ConnectionInfo,
@@ -121,99 +133,183 @@ def upsert_facts(
     """
     if not normalised:
         facts = normalise_facts(facts)  # sorted in the primary key's order
-    days = facts["day"].n_unique() if facts.height else 0
-    first_day = facts["day"].min() if facts.height else None
-    last_day = facts["day"].max() if facts.height else None
-    # The stored days this upsert may change: those it brings, and the whole window.
-    bounds = [d for d in (window_start, first_day) if d is not None]
-    since = min(bounds) if bounds else None
-    until = None if window_start is not None else last_day
-    dialect = session.get_bind().dialect.name
+    write = FactsWrite(connection, facts, window_start, snapshot_metrics)
+    return upsert_facts_many(session, [write])[0]
+
+
+def upsert_facts_many(session: Session, writes: Sequence[FactsWrite]) -> list[UpsertSummary]:
+    """``upsert_facts`` of several connections at once, in the caller's transaction: one
+    read of their stored facts, one comparison and one statement of each kind (insert,
+    update, delete) for all of them; what each one wrote, in their order.
+
+    Should any statement fail, it raises and the caller's transaction (or savepoint)
+    holds a part of the writes: roll it back, and write each connection alone to learn
+    whose facts failed (``refresh.load_connections`` does).
+    """
+    summaries: list[UpsertSummary] = []
+    compared: list[tuple[int, dt.date, dt.date | None]] = []  # (index, since, until)
+    for index, write in enumerate(writes):
+        facts = write.facts
+        days = facts["day"].n_unique() if facts.height else 0
+        first_day = facts["day"].min() if facts.height else None
+        last_day = facts["day"].max() if facts.height else None
+        summaries.append(UpsertSummary(facts.height, 0, 0, days, first_day, last_day))
+        # The stored days this upsert may change: those it brings, and the whole window.
+        bounds = [d for d in (write.window_start, first_day) if d is not None]
+        if bounds:
+            until = None if write.window_start is not None else last_day
+            compared.append((index, min(bounds), until))
+    if not compared:
+        return summaries
+    postgres = session.get_bind().dialect.name == "postgresql"
     raw = session.connection().connection.driver_connection
-    written = removed = 0
-    if since is not None:
-        stored = (_stored_postgres if dialect == "postgresql" else _stored_sqlite)(
-            raw, connection, since, until
-        )
-        new, changed, gone = _difference(facts, stored, window_start, snapshot_metrics)
-        if dialect == "postgresql":
-            written, removed = _write_postgres(raw, connection, new, changed, gone)
-        else:
-            written, removed = _write_sqlite(raw, connection, new, changed, gone)
-    return UpsertSummary(
-        rows=facts.height,
-        written=written,
-        removed=removed,
-        days=days,
-        first_day=first_day,
-        last_day=last_day,
-    )
+    stored = (_stored_postgres if postgres else _stored_sqlite)(raw, writes, compared)
+    parts = _difference(writes, [index for index, _, _ in compared], stored)
+    counts = (_write_postgres if postgres else _write_sqlite)(raw, parts)
+    for (index, _part), (written, removed) in zip(parts, counts, strict=True):
+        summaries[index] = replace(summaries[index], written=written, removed=removed)
+    return summaries
 
 
 _KEY = ["day", "metric", "dimension"]
-#: the facts as the stored-rows queries below select them: key columns first
-_STORED_SCHEMA = {name: FACT_SCHEMA[name] for name in (*_KEY, "value")}
+#: the facts as the stored-rows queries below select them: the write's index (``_k``),
+#: then the key columns
+_STORED_SCHEMA = {"_k": pl.UInt32, **{name: FACT_SCHEMA[name] for name in (*_KEY, "value")}}
+#: writes whose stored facts one statement reads at most (SQLite caps a compound SELECT)
+_STORED_PER_QUERY = 100
+
+
+@dataclass(frozen=True)
+class _Difference:
+    """One write's rows not stored yet, rows whose value changed, stored keys to remove."""
+
+    connection: ConnectionInfo
+    new: pl.DataFrame
+    changed: pl.DataFrame
+    gone: pl.DataFrame
 
 
 def _difference(
-    facts: pl.DataFrame,
-    stored: pl.DataFrame,
-    window_start: dt.date | None,
-    snapshot_metrics: frozenset[str],
-) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """(rows not stored yet, rows whose value changed, stored keys to remove)."""
-    if stored.height == 0:
-        return facts, facts.clear(), stored.select(_KEY)
+    writes: Sequence[FactsWrite], indexes: list[int], stored: pl.DataFrame
+) -> list[tuple[int, _Difference]]:
+    """Each compared write's difference with its stored facts (``stored``, told apart by
+    the write's index, ``_k``), in one query for all of them."""
+    keys = pl.DataFrame(schema={name: FACT_SCHEMA[name] for name in _KEY})
+    if stored.height == 0:  # nothing stored yet: every fact is new (a first load)
+        return [
+            (k, _Difference(writes[k].connection, writes[k].facts, writes[k].facts.clear(), keys))
+            for k in indexes
+        ]
+    facts = pl.concat(
+        [
+            writes[k].facts.lazy().select(pl.lit(k, pl.UInt32).alias("_k"), *FACT_SCHEMA)
+            for k in indexes
+        ],
+        how="vertical",
+    )
+    stored_lazy = stored.lazy()
     joined = facts.join(
-        stored.rename({"value": "stored"}), on=_KEY, how="left", maintain_order="left"
+        stored_lazy.rename({"value": "stored"}),
+        on=["_k", *_KEY],
+        how="left",
+        maintain_order="left",
     )
     new = joined.filter(pl.col("stored").is_null()).drop("stored")
     changed = joined.filter(pl.col("stored") != pl.col("value")).drop("stored")
-    if window_start is None:
-        gone = stored.clear().select(_KEY)
-    else:
-        gone = stored.filter(
-            (pl.col("day") >= window_start) & ~pl.col("metric").is_in(sorted(snapshot_metrics))
-        ).join(facts, on=_KEY, how="anti")
-    return new, changed, gone.select(_KEY)
+    # Removed: stored keys inside a write's window that it no longer brings, except its
+    # snapshot metrics' (the days a snapshot no longer covers keep their values).
+    windowed = [k for k in indexes if writes[k].window_start is not None]
+    windows = pl.DataFrame(
+        {"_k": windowed, "window_start": [writes[k].window_start for k in windowed]},
+        schema={"_k": pl.UInt32, "window_start": pl.Date},
+    )
+    snapshots = pl.DataFrame(
+        [(k, metric) for k in indexes for metric in sorted(writes[k].snapshot_metrics)],
+        schema={"_k": pl.UInt32, "metric": pl.String},
+        orient="row",
+    )
+    gone = (
+        stored_lazy.join(windows.lazy(), on="_k", how="inner")
+        .filter(pl.col("day") >= pl.col("window_start"))
+        .join(snapshots.lazy(), on=["_k", "metric"], how="anti")
+        .join(facts, on=["_k", *_KEY], how="anti")
+        .select("_k", *_KEY)
+    )
+    new, changed, gone = pl.collect_all([new, changed, gone])
+    of_new, of_changed, of_gone = (
+        frame.partition_by("_k", as_dict=True, include_key=False) for frame in (new, changed, gone)
+    )
+    empty_facts = writes[indexes[0]].facts.clear()
+    return [
+        (
+            k,
+            _Difference(
+                writes[k].connection,
+                of_new.get((k,), empty_facts),
+                of_changed.get((k,), empty_facts),
+                of_gone.get((k,), keys),
+            ),
+        )
+        for k in indexes
+    ]
 
 
-def _stored_sqlite(raw, connection, since: dt.date, until: dt.date | None) -> pl.DataFrame:
-    query = (
-        "SELECT day, metric, dimension, value FROM facts "
+def _stored_sqlite(raw, writes, compared) -> pl.DataFrame:
+    # One statement per _STORED_PER_QUERY writes: a branch each, each on the key's index.
+    branch = (
+        "SELECT ? AS _k, day, metric, dimension, value FROM facts "
         "WHERE tenant_id = ? AND connection_id = ? AND day >= ? AND day <= ?"
     )
-    cursor = raw.execute(
-        query,
-        (
-            connection.tenant_id,
-            connection.id,
-            since.isoformat(),
-            (until or dt.date.max).isoformat(),
-        ),
-    )
-    try:
-        rows = cursor.fetchall()
-    finally:
-        cursor.close()
+    rows: list = []
+    for start in range(0, len(compared), _STORED_PER_QUERY):
+        chunk = compared[start : start + _STORED_PER_QUERY]
+        parameters = [
+            value
+            for index, since, until in chunk
+            for value in (
+                index,
+                writes[index].connection.tenant_id,
+                writes[index].connection.id,
+                since.isoformat(),
+                (until or dt.date.max).isoformat(),
+            )
+        ]
+        cursor = raw.execute(" UNION ALL ".join([branch] * len(chunk)), parameters)
+        try:
+            rows += cursor.fetchall()
+        finally:
+            cursor.close()
     frame = pl.DataFrame(rows, schema={**_STORED_SCHEMA, "day": pl.String}, orient="row")
     return frame.with_columns(pl.col("day").str.to_date("%Y-%m-%d"))
 
 
-def _stored_postgres(raw, connection, since: dt.date, until: dt.date | None) -> pl.DataFrame:
+def _stored_postgres(raw, writes, compared) -> pl.DataFrame:
     # COPY's text out is the cheapest way to bring many rows back; PostgreSQL prints
     # doubles in their shortest exact form, so they read back bit for bit.
     from psycopg import sql  # here: a SQLite process need not load psycopg
 
+    branch = sql.SQL(
+        "SELECT {}::int AS _k, day, metric, dimension, value FROM facts WHERE tenant_id = {} "
+        "AND connection_id = {} AND day >= {} AND day <= {}"
+    )
     buffer = bytearray()
     with raw.cursor() as cursor:
-        query = sql.SQL(
-            "COPY (SELECT day, metric, dimension, value FROM facts WHERE tenant_id = {} "
-            "AND connection_id = {} AND day >= {} AND day <= {}) TO STDOUT (FORMAT csv)"
-        ).format(connection.tenant_id, connection.id, since, until or dt.date.max)
-        with cursor.copy(query) as copy:
-            for chunk in copy:
-                buffer += chunk
+        for start in range(0, len(compared), _STORED_PER_QUERY):
+            chunk = compared[start : start + _STORED_PER_QUERY]
+            union = sql.SQL(" UNION ALL ").join(
+                branch.format(
+                    index,
+                    writes[index].connection.tenant_id,
+                    writes[index].connection.id,
+                    since,
+                    until or dt.date.max,
+                )
+                for index, since, until in chunk
+            )
+            query = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(union)
+            with cursor.copy(query) as copy:
+                for data in copy:
+                    buffer += data
     if not buffer:
         return pl.DataFrame(schema=_STORED_SCHEMA)
     return pl.read_csv(
@@ -240,40 +336,49 @@ def _sqlite_rows(connection, rows: pl.DataFrame, *extra: object):
     )
 
 
-def _write_sqlite(raw, connection, new, changed, gone) -> tuple[int, int]:
+def _write_sqlite(raw, parts: list[tuple[int, _Difference]]) -> list[tuple[int, int]]:
+    """Every part's difference in one statement of each kind; (written, removed) of each.
+
+    SQLite lets one writer in at a time and this transaction read the stored rows, so
+    each part's rows are exactly what its statements change.
+    """
     now = _sqlite_timestamp(utcnow())
+    differences = [difference for _, difference in parts]
+
+    def rows(kind: str, *extra: object):
+        return chain.from_iterable(
+            _sqlite_rows(d.connection, getattr(d, kind), *extra)
+            for d in differences
+            if getattr(d, kind).height
+        )
+
     cursor = raw.cursor()
     try:
-        before = raw.total_changes
-        if new.height:
-            # SQLite lets one writer in at a time and this transaction read the stored
-            # keys, so these are absent: a plain insert, with no conflict probe per row.
+        if any(d.new.height for d in differences):
+            # Keys the read did not find: a plain insert, with no conflict probe per row.
             cursor.executemany(
                 "INSERT INTO facts (tenant_id, connection_id, day, metric, dimension, value, "
                 "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                _sqlite_rows(connection, new, now),
+                rows("new", now),
             )
-        if changed.height:
+        if any(d.changed.height for d in differences):
             cursor.executemany(
                 "INSERT INTO facts (tenant_id, connection_id, day, metric, dimension, value, "
                 "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (tenant_id, connection_id, day, metric, dimension) DO UPDATE "
                 "SET value = excluded.value, updated_at = excluded.updated_at "
                 "WHERE facts.value IS NOT excluded.value",
-                _sqlite_rows(connection, changed, now),
+                rows("changed", now),
             )
-        written = raw.total_changes - before
-        before = raw.total_changes
-        if gone.height:
+        if any(d.gone.height for d in differences):
             cursor.executemany(
                 "DELETE FROM facts WHERE tenant_id = ? AND connection_id = ? AND day = ? "
                 "AND metric = ? AND dimension = ?",
-                _sqlite_rows(connection, gone),
+                rows("gone"),
             )
-        removed = raw.total_changes - before
     finally:
         cursor.close()
-    return written, removed
+    return [(d.new.height + d.changed.height, d.gone.height) for d in differences]
 
 
 def _csv(connection, rows: pl.DataFrame, now: dt.datetime | None = None) -> bytes:
@@ -292,19 +397,24 @@ def _csv(connection, rows: pl.DataFrame, now: dt.datetime | None = None) -> byte
     return buffer.getvalue()
 
 
-def _write_postgres(raw, connection, new, changed, gone) -> tuple[int, int]:
+def _write_postgres(raw, parts: list[tuple[int, _Difference]]) -> list[tuple[int, int]]:
+    """Every part's difference in one statement of each kind; (written, removed) of each,
+    counted from the rows the statements report changing."""
     now = utcnow()
-    written = removed = 0
+    differences = [difference for _, difference in parts]
+    updated: collections.Counter[str] = collections.Counter()
+    deleted: collections.Counter[str] = collections.Counter()
     with raw.cursor() as cursor:
-        if new.height:
+        if any(d.new.height for d in differences):
             # Keys the bulk read did not find: appended straight into the table.
             with cursor.copy(
                 "COPY facts (tenant_id, connection_id, day, metric, dimension, value, updated_at) "
                 "FROM STDIN (FORMAT csv)"
             ) as copy:
-                copy.write(_csv(connection, new, now))
-            written += max(cursor.rowcount, 0)
-        if changed.height:
+                for d in differences:
+                    if d.new.height:
+                        copy.write(_csv(d.connection, d.new, now))
+        if any(d.changed.height for d in differences):
             cursor.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS writevue_changed_facts "
                 "(LIKE facts INCLUDING DEFAULTS) ON COMMIT DROP"
@@ -313,30 +423,38 @@ def _write_postgres(raw, connection, new, changed, gone) -> tuple[int, int]:
                 "COPY writevue_changed_facts (tenant_id, connection_id, day, metric, dimension, "
                 "value, updated_at) FROM STDIN (FORMAT csv)"
             ) as copy:
-                copy.write(_csv(connection, changed, now))
+                for d in differences:
+                    if d.changed.height:
+                        copy.write(_csv(d.connection, d.changed, now))
             cursor.execute(
                 "INSERT INTO facts SELECT * FROM writevue_changed_facts "
                 "ON CONFLICT (tenant_id, connection_id, day, metric, dimension) DO UPDATE "
                 "SET value = excluded.value, updated_at = excluded.updated_at "
-                "WHERE facts.value IS DISTINCT FROM excluded.value"
+                "WHERE facts.value IS DISTINCT FROM excluded.value RETURNING connection_id"
             )
-            written += max(cursor.rowcount, 0)
+            updated.update(connection_id for (connection_id,) in cursor.fetchall())
             cursor.execute("DROP TABLE writevue_changed_facts")
-        if gone.height:
+        gone = [d for d in differences if d.gone.height]
+        if gone:
             cursor.execute(
-                "DELETE FROM facts f USING unnest(%s::date[], %s::text[], %s::text[]) "
-                "AS g(day, metric, dimension) WHERE f.tenant_id = %s AND f.connection_id = %s "
-                "AND f.day = g.day AND f.metric = g.metric AND f.dimension = g.dimension",
+                "DELETE FROM facts f USING unnest(%s::text[], %s::text[], %s::date[], "
+                "%s::text[], %s::text[]) AS g(tenant_id, connection_id, day, metric, dimension) "
+                "WHERE f.tenant_id = g.tenant_id AND f.connection_id = g.connection_id "
+                "AND f.day = g.day AND f.metric = g.metric AND f.dimension = g.dimension "
+                "RETURNING f.connection_id",
                 (
-                    gone["day"].to_list(),
-                    gone["metric"].to_list(),
-                    gone["dimension"].to_list(),
-                    connection.tenant_id,
-                    connection.id,
+                    [d.connection.tenant_id for d in gone for _ in range(d.gone.height)],
+                    [d.connection.id for d in gone for _ in range(d.gone.height)],
+                    [day for d in gone for day in d.gone["day"].to_list()],
+                    [metric for d in gone for metric in d.gone["metric"].to_list()],
+                    [dimension for d in gone for dimension in d.gone["dimension"].to_list()],
                 ),
             )
-            removed = max(cursor.rowcount, 0)
-    return written, removed
+            deleted.update(connection_id for (connection_id,) in cursor.fetchall())
+    # A connection is one part of a batch (a refresh's loads take each connection once).
+    return [
+        (d.new.height + updated[d.connection.id], deleted[d.connection.id]) for d in differences
+    ]
 
 
 def tenant_facts(session: Session, tenant_id: str, start: dt.date, end: dt.date) -> pl.DataFrame:
@@ -455,6 +573,7 @@ def daily_totals(
 
 __all__ = [
     "FACT_SCHEMA",
+    "FactsWrite",
     "UpsertSummary",
     "connection_fact_count",
     "daily_totals",
@@ -464,5 +583,6 @@ __all__ = [
     "normalise_facts_many",
     "tenant_facts",
     "upsert_facts",
+    "upsert_facts_many",
     "value_problems",
 ]
