@@ -247,3 +247,50 @@ def test_clean_pages_are_taken_a_field_at_a_time(fmt, monkeypatch):
     assert columns.dimension == ["paid", ""]
     assert columns.values == [[12.5, None], [1.0, 1.0]]
     assert columns.seen_fields == {"amount"}
+
+
+@settings(max_examples=100, deadline=None, derandomize=True, database=None)
+@given(
+    st.lists(
+        st.tuples(
+            # instants around day boundaries, fractions of a microsecond and before 1970
+            st.one_of(
+                st.floats(-3 * 86_400, 3 * 86_400, allow_nan=False),
+                st.integers(-3, 3).map(lambda day: day * 86_400 - 5e-7),
+                st.integers(-3, 3).map(lambda day: day * 86_400 + 0.0),
+                st.floats(1.7e9, 1.72e9),
+            ),
+            st.sampled_from(["paid", "open", ""]),
+            *[st.floats(-1e6, 1e6) | st.just(None)] * 4,  # the spec's four metrics
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_the_long_rows_are_the_columns_unfolded_one_metric_after_another(records):
+    """``frame`` unfolds the columns into one row per record and metric, metric after
+    metric in the spec's order, each record's UTC day that of its instant floored to the
+    microsecond, ``seq`` its place among the records."""
+    spec = parse_spec(_orders_spec("unix", nested=False, rating_agg="mean", dimension=True))
+    columns = rest._Columns(spec, dt.date(1960, 1, 1), CONNECTION)
+    columns.at = [at for at, *_ in records]
+    columns.dimension = [dimension for _, dimension, *_ in records]
+    columns.values = [[record[2 + index] for record in records] for index in range(4)]
+    columns.seen_fields = {metric.field for metric in spec.mapping.metrics}
+    epoch = dt.date(1970, 1, 1)
+    expected = [
+        (
+            metric.name,
+            metric.agg,
+            dimension,
+            epoch + dt.timedelta(days=math.floor(at * 1_000_000) // 86_400_000_000),
+            at,
+            seq,
+            values[index],
+        )
+        for index, metric in enumerate(spec.mapping.metrics)
+        for seq, (at, dimension, *values) in enumerate(records)
+    ]
+    frame = columns.frame()
+    assert frame.schema == rest.RAW_SCHEMA
+    assert frame.rows() == expected

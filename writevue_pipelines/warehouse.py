@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import functools
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from itertools import chain, repeat
+from itertools import chain, islice, repeat
 
 import polars as pl
 from sqlalchemy import Float, String, func, literal, select, union_all
@@ -336,8 +337,40 @@ def _sqlite_rows(connection, rows: pl.DataFrame, *extra: object):
     )
 
 
+#: rows one SQLite INSERT carries (7 parameters each: well under SQLite's 32,766)
+_SQLITE_ROWS = 500
+_SQLITE_INSERT = (
+    "INSERT INTO facts (tenant_id, connection_id, day, metric, dimension, value, updated_at) "
+    "VALUES "
+)
+_SQLITE_ON_CONFLICT = (
+    " ON CONFLICT (tenant_id, connection_id, day, metric, dimension) DO UPDATE "
+    "SET value = excluded.value, updated_at = excluded.updated_at "
+    "WHERE facts.value IS NOT excluded.value"
+)
+
+
+@functools.lru_cache(maxsize=8)
+def _sqlite_insert(rows: int, upsert: bool) -> str:
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * rows)
+    return _SQLITE_INSERT + values + (_SQLITE_ON_CONFLICT if upsert else "")
+
+
+def _sqlite_insert_rows(cursor, rows: Iterable[tuple], *, upsert: bool) -> None:
+    """Insert the rows, up to ``_SQLITE_ROWS`` a statement.
+
+    Not ``executemany``: that steps the statement once per row, and the sqlite3 module
+    lets go of the GIL at each step; a load runs on a thread beside the refresh's event
+    loop, and taking the GIL back from it row after row cost up to 10 times the insert's
+    own CPU (a statement of many rows is one step).
+    """
+    rows = iter(rows)
+    while chunk := list(islice(rows, _SQLITE_ROWS)):
+        cursor.execute(_sqlite_insert(len(chunk), upsert), list(chain.from_iterable(chunk)))
+
+
 def _write_sqlite(raw, parts: list[tuple[int, _Difference]]) -> list[tuple[int, int]]:
-    """Every part's difference in one statement of each kind; (written, removed) of each.
+    """Every part's difference in a few statements for all; (written, removed) of each.
 
     SQLite lets one writer in at a time and this transaction read the stored rows, so
     each part's rows are exactly what its statements change.
@@ -354,23 +387,11 @@ def _write_sqlite(raw, parts: list[tuple[int, _Difference]]) -> list[tuple[int, 
 
     cursor = raw.cursor()
     try:
-        if any(d.new.height for d in differences):
-            # Keys the read did not find: a plain insert, with no conflict probe per row.
-            cursor.executemany(
-                "INSERT INTO facts (tenant_id, connection_id, day, metric, dimension, value, "
-                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                rows("new", now),
-            )
-        if any(d.changed.height for d in differences):
-            cursor.executemany(
-                "INSERT INTO facts (tenant_id, connection_id, day, metric, dimension, value, "
-                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (tenant_id, connection_id, day, metric, dimension) DO UPDATE "
-                "SET value = excluded.value, updated_at = excluded.updated_at "
-                "WHERE facts.value IS NOT excluded.value",
-                rows("changed", now),
-            )
+        # Keys the read did not find: a plain insert, with no conflict probe per row.
+        _sqlite_insert_rows(cursor, rows("new", now), upsert=False)
+        _sqlite_insert_rows(cursor, rows("changed", now), upsert=True)
         if any(d.gone.height for d in differences):
+            # Row by row: a DELETE of many keys at once scans the table.
             cursor.executemany(
                 "DELETE FROM facts WHERE tenant_id = ? AND connection_id = ? AND day = ? "
                 "AND metric = ? AND dimension = ?",

@@ -290,7 +290,7 @@ class _Columns:
 
     Each record is checked as it arrives (a missing date or a value that is not a number
     is a ``SourceError`` naming the field); ``frame`` then unfolds the columns into the
-    minimised long rows (one per record and metric, ``RAW_SCHEMA``) in one polars step.
+    minimised long rows (one per record and metric, ``RAW_SCHEMA``).
     """
 
     def __init__(self, spec: RestSpec, window_start: dt.date, connection_id: str):
@@ -480,37 +480,32 @@ class _Columns:
                     f"no record from {spec.endpoint} has the field {metric.field!r} "
                     f"(metric {metric.name!r}); the API may have changed, update the spec"
                 )
-        wide = pl.DataFrame(
-            {
-                "at": self.at,
-                "dimension": self.dimension,
-                **{f"v{index}": column for index, column in enumerate(self.values)},
-            },
-            schema={
-                "at": pl.Float64,
-                "dimension": pl.String,
-                **{f"v{index}": pl.Float64 for index in range(len(self.values))},
-            },
-        ).with_columns(
-            # The records' order, which breaks ties between equal instants for "last".
-            pl.int_range(pl.len(), dtype=pl.Int64).alias("seq"),
-            # Instants are UTC, so the day is the UTC calendar day of the timestamp.
-            pl.from_epoch((pl.col("at") * 1_000_000).floor().cast(pl.Int64), time_unit="us")
-            .dt.date()
-            .alias("day"),
-        )
+        # Built from series, without a query: each polars query costs a fixed ~0.1 ms
+        # of planning, several times what these columns of a thousand rows cost.
+        rows = len(self.at)
+        at = pl.Series("at", self.at, pl.Float64)
+        at_us = at * 1_000_000
+        if at_us.min() < 0:  # truncating to whole microseconds floors only from 0 on
+            at_us = at_us.floor()
+        # Instants are UTC, so the day is the UTC calendar day of the timestamp.
+        day = at_us.cast(pl.Int64).cast(pl.Datetime("us")).cast(pl.Date).alias("day")
+        dimension = pl.Series("dimension", self.dimension, pl.String)
+        # The records' order, which breaks ties between equal instants for "last".
+        seq = pl.Series("seq", range(rows), pl.Int64)
         return pl.concat(
             [
-                wide.select(
-                    pl.lit(metric.name, pl.String).alias("metric"),
-                    pl.lit(metric.agg, pl.String).alias("agg"),
-                    "dimension",
-                    "day",
-                    "at",
-                    "seq",
-                    pl.col(f"v{index}").alias("value"),
+                pl.DataFrame(
+                    [
+                        pl.Series("metric", [metric.name], pl.String).new_from_index(0, rows),
+                        pl.Series("agg", [metric.agg], pl.String).new_from_index(0, rows),
+                        dimension,
+                        day,
+                        at,
+                        seq,
+                        pl.Series("value", values, pl.Float64),
+                    ]
                 )
-                for index, metric in enumerate(spec.mapping.metrics)
+                for metric, values in zip(spec.mapping.metrics, self.values, strict=True)
             ]
         )
 
