@@ -328,7 +328,8 @@ def _sqlite_timestamp(value: dt.datetime) -> str:
 
 def _sqlite_rows(connection, rows: pl.DataFrame, *extra: object):
     """Parameter tuples in the key's column order, built in C rather than row by row."""
-    columns = [rows["day"].dt.strftime("%Y-%m-%d").to_list()]
+    # A Date cast to text is its ISO form (as strftime's "%Y-%m-%d", without a query).
+    columns = [rows["day"].cast(pl.String).to_list()]
     columns += [rows[name].to_list() for name in rows.columns if name != "day"]
     day, metric, dimension, *rest = columns
     tenant, connection_id = repeat(connection.tenant_id), repeat(connection.id)
