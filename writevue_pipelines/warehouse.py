@@ -449,21 +449,23 @@ def _write_postgres(raw, parts: list[tuple[int, _Difference]]) -> list[tuple[int
                     if d.changed.height:
                         copy.write(_csv(d.connection, d.changed, now))
             cursor.execute(
-                "INSERT INTO facts SELECT * FROM writevue_changed_facts "
+                "WITH written AS (INSERT INTO facts SELECT * FROM writevue_changed_facts "
                 "ON CONFLICT (tenant_id, connection_id, day, metric, dimension) DO UPDATE "
                 "SET value = excluded.value, updated_at = excluded.updated_at "
-                "WHERE facts.value IS DISTINCT FROM excluded.value RETURNING connection_id"
+                "WHERE facts.value IS DISTINCT FROM excluded.value RETURNING connection_id) "
+                "SELECT connection_id, count(*) FROM written GROUP BY connection_id"
             )
-            updated.update(connection_id for (connection_id,) in cursor.fetchall())
+            updated.update(dict(cursor.fetchall()))
             cursor.execute("DROP TABLE writevue_changed_facts")
         gone = [d for d in differences if d.gone.height]
         if gone:
             cursor.execute(
-                "DELETE FROM facts f USING unnest(%s::text[], %s::text[], %s::date[], "
-                "%s::text[], %s::text[]) AS g(tenant_id, connection_id, day, metric, dimension) "
-                "WHERE f.tenant_id = g.tenant_id AND f.connection_id = g.connection_id "
+                "WITH removed AS (DELETE FROM facts f USING unnest(%s::text[], %s::text[], "
+                "%s::date[], %s::text[], %s::text[]) AS g(tenant_id, connection_id, day, metric, "
+                "dimension) WHERE f.tenant_id = g.tenant_id AND f.connection_id = g.connection_id "
                 "AND f.day = g.day AND f.metric = g.metric AND f.dimension = g.dimension "
-                "RETURNING f.connection_id",
+                "RETURNING f.connection_id) "
+                "SELECT connection_id, count(*) FROM removed GROUP BY connection_id",
                 (
                     [d.connection.tenant_id for d in gone for _ in range(d.gone.height)],
                     [d.connection.id for d in gone for _ in range(d.gone.height)],
@@ -472,7 +474,7 @@ def _write_postgres(raw, parts: list[tuple[int, _Difference]]) -> list[tuple[int
                     [dimension for d in gone for dimension in d.gone["dimension"].to_list()],
                 ),
             )
-            deleted.update(connection_id for (connection_id,) in cursor.fetchall())
+            deleted.update(dict(cursor.fetchall()))
     # A connection is one part of a batch (a refresh's loads take each connection once).
     return [
         (d.new.height + updated[d.connection.id], deleted[d.connection.id]) for d in differences
