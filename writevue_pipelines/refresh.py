@@ -653,8 +653,9 @@ def load_connections(
     together (``warehouse.upsert_facts_many``), so one lock and one commit serve the
     batch, and whatever fails for one connection (erased since its fetch, facts that
     are not aggregates, a write refused: the batch's write is then undone and each
-    connection written alone) undoes its own writes only. Should the transaction itself fail (its lock or its
-    commit), every connection it held fails with that error and nothing is stored.
+    connection written alone) undoes its own writes only. Should the transaction itself
+    fail (its lock or its commit), every connection it held fails with that error and
+    nothing is stored.
     Staged records go once their aggregates are committed, and as soon as their load
     fails for good (they cannot be aggregated, the connection is erased, its facts are
     refused); after a failed write they stay for the staging sweep.
@@ -805,19 +806,7 @@ def _write_loads(
             snapshot_metrics=source.snapshot_metrics,
         )
         writes.append((item, write))
-    summaries: dict[str, warehouse.UpsertSummary] = {}
-    try:
-        with session.begin_nested():
-            together = warehouse.upsert_facts_many(session, [write for _, write in writes])
-        summaries = {item.connection_id: s for (item, _), s in zip(writes, together, strict=True)}
-    except Exception:
-        # Undone; each alone now, so that what failed is its own connection's error.
-        for item, write in writes:
-            try:
-                with session.begin_nested():
-                    summaries[item.connection_id] = warehouse.upsert_facts_many(session, [write])[0]
-            except Exception as exc:
-                outcomes[item.connection_id] = exc
+    summaries = _upsert_all_or_each(session, writes, outcomes) if writes else {}
     written: dict[str, LoadSummary] = {}
     loads = []
     for item, write in writes:
@@ -838,6 +827,29 @@ def _write_loads(
     # Each cursor moves in the same commit as its facts.
     registry.record_loads(session, loads)
     return written
+
+
+def _upsert_all_or_each(
+    session, writes: list[tuple[_Staged, warehouse.FactsWrite]], outcomes: dict
+) -> dict[str, warehouse.UpsertSummary]:
+    """The facts of all of them written together, in a savepoint; should that fail, it
+    is undone and each is written alone, in a savepoint of its own, so that what failed
+    is its own connection's error (in ``outcomes``). What each one wrote, by connection."""
+    try:
+        with session.begin_nested():
+            together = warehouse.upsert_facts_many(session, [write for _, write in writes])
+    except Exception:  # undone: which connection's facts failed is learnt below
+        together = None
+    if together is not None:
+        return {item.connection_id: s for (item, _), s in zip(writes, together, strict=True)}
+    summaries = {}
+    for item, write in writes:
+        try:
+            with session.begin_nested():
+                summaries[item.connection_id] = warehouse.upsert_facts_many(session, [write])[0]
+        except Exception as exc:
+            outcomes[item.connection_id] = exc
+    return summaries
 
 
 def record_failure(runtime: Runtime, connection_id: str, exc: BaseException) -> None:
