@@ -291,3 +291,30 @@ def test_connections_upserted_together_write_what_each_writes_alone(any_runtime,
         ("m", "", d1, 1.0), ("m", "", d2, 2.5), ("m", "", d3, 3.0), ("m", "", d4, 4.0),
         ("s", "", d2, 7.0), ("s", "", d4, 8.0),
     ]  # fmt: skip
+
+
+def test_an_sqlite_with_fewer_bound_parameters_takes_fewer_rows_a_statement(runtime, sandbox):
+    """Facts go to SQLite in INSERTs of many rows; an SQLite that allows 999 bound
+    parameters (the limit before 3.32) gets statements that fit it."""
+    import sqlite3
+
+    _tenant, connection_id = _connection(runtime, sandbox.url)
+    days = [dt.date(2026, 1, 1) + dt.timedelta(days=n) for n in range(400)]
+    facts = pl.DataFrame(
+        {
+            "metric": ["m"] * 800,
+            "dimension": ["a", "b"] * 400,
+            "day": [day for day in days for _ in range(2)],
+            "value": [float(n) for n in range(800)],
+        }
+    )
+    with runtime.db.session() as session:
+        raw = session.connection().connection.driver_connection
+        raw.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+        connection = registry.get_connection(session, connection_id)
+        assert warehouse.upsert_facts(session, connection, facts, window_start=None).written == 800
+        changed = facts.with_columns(pl.col("value") + 0.5)
+        again = warehouse.upsert_facts(session, connection, changed, window_start=None)
+        assert again.written == 800
+    with runtime.db.session() as session:
+        assert warehouse.connection_fact_count(session, connection_id) == 800

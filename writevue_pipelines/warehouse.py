@@ -6,6 +6,7 @@ import collections
 import datetime as dt
 import functools
 import io
+import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from itertools import chain, islice, repeat
@@ -338,7 +339,8 @@ def _sqlite_rows(connection, rows: pl.DataFrame, *extra: object):
     )
 
 
-#: rows one SQLite INSERT carries (7 parameters each: well under SQLite's 32,766)
+#: rows one SQLite INSERT carries at most (7 parameters each: well under the 32,766 SQLite
+#: allows since 3.32)
 _SQLITE_ROWS = 500
 _SQLITE_INSERT = (
     "INSERT INTO facts (tenant_id, connection_id, day, metric, dimension, value, updated_at) "
@@ -365,8 +367,12 @@ def _sqlite_insert_rows(cursor, rows: Iterable[tuple], *, upsert: bool) -> None:
     loop, and taking the GIL back from it row after row cost up to 10 times the insert's
     own CPU (a statement of many rows is one step).
     """
+    # An SQLite built with fewer bound parameters than usual (999 before 3.32) gets fewer
+    # rows a statement.
+    limit = cursor.connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    per_statement = max(1, min(_SQLITE_ROWS, limit // 7))
     rows = iter(rows)
-    while chunk := list(islice(rows, _SQLITE_ROWS)):
+    while chunk := list(islice(rows, per_statement)):
         cursor.execute(_sqlite_insert(len(chunk), upsert), list(chain.from_iterable(chunk)))
 
 
