@@ -806,11 +806,18 @@ def _write_loads(
             snapshot_metrics=source.snapshot_metrics,
         )
         writes.append((item, write))
-    summaries = _upsert_all_or_each(session, writes, outcomes) if writes else {}
+    # Written together; should that fail, each alone, so that what failed is its own
+    # connection's error (each in a savepoint: what failed is undone).
+    together = partial(_upsert_in_savepoint, session)
+    summaries = []
+    if writes:
+        summaries = _all_or_each(
+            [item for item, _ in writes], [write for _, write in writes],
+            together, lambda write: together([write])[0], outcomes,
+        )  # fmt: skip
     written: dict[str, LoadSummary] = {}
     loads = []
-    for item, write in writes:
-        summary = summaries.get(item.connection_id)
+    for (item, write), summary in zip(writes, summaries, strict=True):
         if summary is None:
             continue
         next_cursor = item.manifest.get("next_cursor")
@@ -829,27 +836,11 @@ def _write_loads(
     return written
 
 
-def _upsert_all_or_each(
-    session, writes: list[tuple[_Staged, warehouse.FactsWrite]], outcomes: dict
-) -> dict[str, warehouse.UpsertSummary]:
-    """The facts of all of them written together, in a savepoint; should that fail, it
-    is undone and each is written alone, in a savepoint of its own, so that what failed
-    is its own connection's error (in ``outcomes``). What each one wrote, by connection."""
-    try:
-        with session.begin_nested():
-            together = warehouse.upsert_facts_many(session, [write for _, write in writes])
-    except Exception:  # undone: which connection's facts failed is learnt below
-        together = None
-    if together is not None:
-        return {item.connection_id: s for (item, _), s in zip(writes, together, strict=True)}
-    summaries = {}
-    for item, write in writes:
-        try:
-            with session.begin_nested():
-                summaries[item.connection_id] = warehouse.upsert_facts_many(session, [write])[0]
-        except Exception as exc:
-            outcomes[item.connection_id] = exc
-    return summaries
+def _upsert_in_savepoint(
+    session, writes: list[warehouse.FactsWrite]
+) -> list[warehouse.UpsertSummary]:
+    with session.begin_nested():
+        return warehouse.upsert_facts_many(session, writes)
 
 
 def record_failure(runtime: Runtime, connection_id: str, exc: BaseException) -> None:

@@ -69,17 +69,24 @@ def facts_of_each(
         index, frame = present[0]
         facts[index] = query(frame.lazy().select(*columns or [pl.all()]), [])
     elif present:
-        plans = [
-            frame.lazy().select(pl.lit(index, pl.UInt32).alias("_k"), *columns or [pl.all()])
-            for index, frame in present
-        ]
-        together = query(pl.concat(plans, how="vertical"), ["_k"])
+        together = query(_side_by_side(present, columns or [pl.all()]), ["_k"])
         parts = together.partition_by("_k", as_dict=True, include_key=False)
         facts = {key[0]: part for key, part in parts.items()}
     return [
         facts[index] if index in facts else pl.DataFrame(schema=FACT_SCHEMA)
         for index in range(len(frames))
     ]
+
+
+def _side_by_side(frames: Iterable[tuple[int, pl.DataFrame]], columns) -> pl.LazyFrame:
+    """The frames' ``columns`` one after another, each row with its frame's index, ``_k``."""
+    return pl.concat(
+        [
+            frame.lazy().select(pl.lit(index, pl.UInt32).alias("_k"), *columns)
+            for index, frame in frames
+        ],
+        how="vertical",
+    )
 
 
 def _normalised(facts: pl.LazyFrame, by: list[str]) -> pl.DataFrame:
@@ -166,9 +173,10 @@ def upsert_facts_many(session: Session, writes: Sequence[FactsWrite]) -> list[Up
     postgres = session.get_bind().dialect.name == "postgresql"
     raw = session.connection().connection.driver_connection
     stored = (_stored_postgres if postgres else _stored_sqlite)(raw, writes, compared)
-    parts = _difference(writes, [index for index, _, _ in compared], stored)
-    counts = (_write_postgres if postgres else _write_sqlite)(raw, parts)
-    for (index, _part), (written, removed) in zip(parts, counts, strict=True):
+    indexes = [index for index, _, _ in compared]
+    differences = _difference(writes, indexes, stored)
+    counts = (_write_postgres if postgres else _write_sqlite)(raw, differences)
+    for index, (written, removed) in zip(indexes, counts, strict=True):
         summaries[index] = replace(summaries[index], written=written, removed=removed)
     return summaries
 
@@ -193,22 +201,16 @@ class _Difference:
 
 def _difference(
     writes: Sequence[FactsWrite], indexes: list[int], stored: pl.DataFrame
-) -> list[tuple[int, _Difference]]:
-    """Each compared write's difference with its stored facts (``stored``, told apart by
-    the write's index, ``_k``), in one query for all of them."""
+) -> list[_Difference]:
+    """The difference of each write of ``indexes`` with its stored facts (``stored``, told
+    apart by the write's index, ``_k``), in one query for all of them; in their order."""
     keys = pl.DataFrame(schema={name: FACT_SCHEMA[name] for name in _KEY})
     if stored.height == 0:  # nothing stored yet: every fact is new (a first load)
         return [
-            (k, _Difference(writes[k].connection, writes[k].facts, writes[k].facts.clear(), keys))
+            _Difference(writes[k].connection, writes[k].facts, writes[k].facts.clear(), keys)
             for k in indexes
         ]
-    facts = pl.concat(
-        [
-            writes[k].facts.lazy().select(pl.lit(k, pl.UInt32).alias("_k"), *FACT_SCHEMA)
-            for k in indexes
-        ],
-        how="vertical",
-    )
+    facts = _side_by_side(((k, writes[k].facts) for k in indexes), FACT_SCHEMA)
     stored_lazy = stored.lazy()
     joined = facts.join(
         stored_lazy.rename({"value": "stored"}),
@@ -243,14 +245,11 @@ def _difference(
     )
     empty_facts = writes[indexes[0]].facts.clear()
     return [
-        (
-            k,
-            _Difference(
-                writes[k].connection,
-                of_new.get((k,), empty_facts),
-                of_changed.get((k,), empty_facts),
-                of_gone.get((k,), keys),
-            ),
+        _Difference(
+            writes[k].connection,
+            of_new.get((k,), empty_facts),
+            of_changed.get((k,), empty_facts),
+            of_gone.get((k,), keys),
         )
         for k in indexes
     ]
@@ -376,14 +375,13 @@ def _sqlite_insert_rows(cursor, rows: Iterable[tuple], *, upsert: bool) -> None:
         cursor.execute(_sqlite_insert(len(chunk), upsert), list(chain.from_iterable(chunk)))
 
 
-def _write_sqlite(raw, parts: list[tuple[int, _Difference]]) -> list[tuple[int, int]]:
-    """Every part's difference in a few statements for all; (written, removed) of each.
+def _write_sqlite(raw, differences: list[_Difference]) -> list[tuple[int, int]]:
+    """Every difference in a few statements for all; (written, removed) of each.
 
     SQLite lets one writer in at a time and this transaction read the stored rows, so
-    each part's rows are exactly what its statements change.
+    each difference's rows are exactly what its statements change.
     """
     now = _sqlite_timestamp(utcnow())
-    differences = [difference for _, difference in parts]
 
     def rows(kind: str, *extra: object):
         return chain.from_iterable(
@@ -425,11 +423,10 @@ def _csv(connection, rows: pl.DataFrame, now: dt.datetime | None = None) -> byte
     return buffer.getvalue()
 
 
-def _write_postgres(raw, parts: list[tuple[int, _Difference]]) -> list[tuple[int, int]]:
-    """Every part's difference in one statement of each kind; (written, removed) of each,
+def _write_postgres(raw, differences: list[_Difference]) -> list[tuple[int, int]]:
+    """Every difference in one statement of each kind; (written, removed) of each,
     counted from the rows the statements report changing."""
     now = utcnow()
-    differences = [difference for _, difference in parts]
     updated: collections.Counter[str] = collections.Counter()
     deleted: collections.Counter[str] = collections.Counter()
     with raw.cursor() as cursor:
@@ -481,7 +478,7 @@ def _write_postgres(raw, parts: list[tuple[int, _Difference]]) -> list[tuple[int
                 ),
             )
             deleted.update(dict(cursor.fetchall()))
-    # A connection is one part of a batch (a refresh's loads take each connection once).
+    # A connection is one write of a batch (a refresh's loads take each connection once).
     return [
         (d.new.height + updated[d.connection.id], deleted[d.connection.id]) for d in differences
     ]
