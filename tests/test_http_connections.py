@@ -1,7 +1,6 @@
-"""The HTTP layer's connections: pooled connections a provider has closed are not reused,
-and HTTPS works, through the network backend the layer gives httpx (``SocketStream``,
-which keeps each connection's socket instead of asking the stream for it per request).
-Against real loopback servers: plain HTTP, and TLS with a certificate made here."""
+"""The HTTP layer's connections (``sources/http11.py`` under every source's client): pooled
+connections a provider has closed are not reused, and HTTPS works and verifies. Against
+real loopback servers: plain HTTP, and TLS with a certificate made here."""
 
 from __future__ import annotations
 
@@ -9,7 +8,6 @@ import asyncio
 import ssl
 import uuid
 
-import httpcore
 import httpx
 import pytest
 
@@ -74,13 +72,6 @@ async def _three_reads(server: OneAnswerServer) -> list:
         return bodies
 
 
-def test_the_layer_gives_httpx_its_network_backend():
-    client = open_client(base_url="http://127.0.0.1:9")
-    pool = client._transport._inner._pool  # what the layer set up
-    assert isinstance(pool._network_backend, layer.SocketStreamBackend)
-    asyncio.run(client.aclose())
-
-
 def test_a_connection_the_provider_closed_is_not_reused():
     server = OneAnswerServer()
     assert asyncio.run(_three_reads(server)) == [{"ok": True}] * 3
@@ -107,30 +98,6 @@ def test_an_untrusted_certificate_is_refused(tmp_path):
     assert "could not be reached (ConnectError)" in str(caught.value)
 
 
-def test_the_backend_stream_reports_what_httpcore_asks():
-    async def ask() -> tuple:
-        async with OneAnswerServer() as url:
-            port = int(url.rsplit(":", 1)[1])
-            stream = await layer.SocketStreamBackend(httpcore.AnyIOBackend()).connect_tcp(
-                "127.0.0.1", port, timeout=5
-            )
-            idle = stream.get_extra_info("is_readable")
-            await stream.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", timeout=5)
-            await asyncio.sleep(0.2)  # answered and closed
-            answered = stream.get_extra_info("is_readable")
-            server_addr = stream.get_extra_info("server_addr")
-            data = await stream.read(65536, timeout=5)
-            await stream.aclose()
-            return idle, answered, server_addr, data, port
-
-    idle, answered, server_addr, data, port = asyncio.run(ask())
-    assert idle is False and answered is True
-    assert server_addr == ("127.0.0.1", port)
-    assert data.startswith(b"HTTP/1.1 200 OK") and data.endswith(BODY)
-
-
 def test_plain_httpx_still_works_beside_the_layer():
-    # The layer changes only its own clients' pools.
-    assert not isinstance(
-        httpx.AsyncHTTPTransport()._pool._network_backend, layer.SocketStreamBackend
-    )
+    # The layer changes only its own clients' transports.
+    assert isinstance(httpx.AsyncClient()._transport, httpx.AsyncHTTPTransport)

@@ -41,7 +41,6 @@ import http.cookiejar
 import json
 import random
 import re
-import select
 import ssl
 import threading
 import time
@@ -53,6 +52,7 @@ from typing import Any
 import httpx
 
 from ..errors import CredentialRejected, SourceError
+from .http11 import Http11Transport
 
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 # Keep every pooled connection alive: closing the ones above a smaller keep-alive
@@ -473,95 +473,9 @@ def shared_ssl_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
-class SocketStream:
-    """A connection as httpcore's own backend makes it, but which keeps its socket.
-
-    httpcore asks every pooled connection, before each request, whether its socket is
-    readable (an idle connection the provider closed is); anyio answers by rebuilding
-    a table of the socket's attributes with a ``getpeername`` call each time, which cost
-    more CPU than the rest of the request's bookkeeping. This asks the kernel the same
-    question about the socket it kept. Reading, writing and TLS are the wrapped stream's.
-    """
-
-    def __init__(self, stream: Any):
-        self._stream = stream
-        self._socket = stream.get_extra_info("socket")
-        # The wrapped stream's own methods, so a read or write costs no extra call.
-        self.read = stream.read  # type: ignore[method-assign]
-        self.write = stream.write  # type: ignore[method-assign]
-        self.aclose = stream.aclose  # type: ignore[method-assign]
-
-    async def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> SocketStream:
-        return SocketStream(await self._stream.start_tls(ssl_context, server_hostname, timeout))
-
-    def get_extra_info(self, info: str) -> Any:
-        if info == "is_readable":
-            return _socket_readable(self._socket)
-        return self._stream.get_extra_info(info)
-
-
-def _socket_readable(sock: Any) -> bool:
-    """Whether a read would not wait (data, or the end a closed connection gives), as
-    httpcore decides it; a socket that is gone reads as readable (at its end)."""
-    fileno = -1 if sock is None else sock.fileno()
-    if fileno < 0:
-        return True
-    poll = select.poll()
-    poll.register(fileno, select.POLLIN)
-    return bool(poll.poll(0))
-
-
-class SocketStreamBackend:
-    """httpcore's network backend (``backend``), its connections wrapped as
-    ``SocketStream``; httpcore's pools take any object with these methods."""
-
-    def __init__(self, backend: Any):
-        self._backend = backend
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Any = None,
-    ) -> SocketStream:
-        stream = await self._backend.connect_tcp(
-            host,
-            port,
-            timeout=timeout,
-            local_address=local_address,
-            socket_options=socket_options,
-        )
-        return SocketStream(stream)
-
-    async def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Any = None
-    ) -> SocketStream:
-        stream = await self._backend.connect_unix_socket(
-            path, timeout=timeout, socket_options=socket_options
-        )
-        return SocketStream(stream)
-
-    async def sleep(self, seconds: float) -> None:
-        await self._backend.sleep(seconds)
-
-
-def _transport(limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
-    """httpx's transport, its connection pool on ``SocketStreamBackend``.
-
-    httpx takes no network backend, so the pool it made gets one wrapped around its own
-    (httpx and httpcore are pinned; ``tests/test_http_connections.py`` checks this holds).
-    """
-    transport = httpx.AsyncHTTPTransport(limits=limits, retries=0, verify=shared_ssl_context())
-    pool = transport._pool
-    pool._network_backend = SocketStreamBackend(pool._network_backend)
-    return transport
+def _transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport:
+    """The connections under a client: HTTP/1.1 spoken by ``http11.Http11Transport``."""
+    return Http11Transport(ssl_context=shared_ssl_context(), limits=limits)
 
 
 class _NoCookies(http.cookiejar.CookieJar):
