@@ -55,13 +55,10 @@ from .registry import ConnectionInfo
 from .runtime import Runtime
 from .sources import FetchRequest, get_source
 from .sources.base import Source
-from .sources.http import DEFAULT_MAX_IN_FLIGHT, open_client
+from .sources.http import open_client
 from .vault import VaultError
 
 RECORDS_FILE = "records.parquet"  # a sealed Arrow IPC stream (see the module docstring)
-POOL_SIZE = 2
-POOL_SHARDS = max(1, DEFAULT_MAX_IN_FLIGHT // POOL_SIZE)
-POOL_LIMITS = httpx.Limits(max_connections=POOL_SIZE, max_keepalive_connections=POOL_SIZE)
 
 
 class NotRefreshed(SourceError):
@@ -258,12 +255,12 @@ async def fetch_connections(
 
     async with _Clients(runtime) as clients:
 
-        async def one(index: int, connection: ConnectionInfo, secrets: dict, cursor: str | None):
+        async def one(connection: ConnectionInfo, secrets: dict, cursor: str | None):
             start = window_start(runtime, cursor)
             try:
                 source = get_source(connection.source)
                 request = _fetch_request(runtime, connection, secrets, start, cursor)
-                result = await source.fetch(clients.client_for(connection, index), request)
+                result = await source.fetch(clients.client_for(connection), request)
                 results[connection.id] = summary = _stage(
                     runtime, connection, start, result, handoff
                 )
@@ -275,7 +272,7 @@ async def fetch_connections(
             if on_staged is not None:
                 on_staged(summary)
 
-        await asyncio.gather(*(one(index, *item) for index, item in enumerate(work)))
+        await asyncio.gather(*(one(*item) for item in work))
     return results
 
 
@@ -308,16 +305,13 @@ class _Clients:
         self.runtime = runtime
         self._clients: dict[tuple, httpx.AsyncClient] = {}
 
-    def client_for(self, connection: ConnectionInfo, index: int) -> httpx.AsyncClient:
+    def client_for(self, connection: ConnectionInfo) -> httpx.AsyncClient:
         source = get_source(connection.source)
         base_url = source.base_url(connection)
         allow = tuple(source.allowed_writes(connection))
-        # Many small connection pools rather than one large one: httpcore matches
-        # queued requests to connections by scanning the pool on every event, which
-        # costs more CPU than the request itself once a pool holds dozens (measured:
-        # 7.6 ms of CPU per request with one pool of 50, 0.95 ms with 25 pools of 2).
-        # The provider's in-flight limit is shared by all of them.
-        key = (source.name, base_url, allow, index % POOL_SHARDS)
+        # One client (one pool) per provider and base URL: the provider's in-flight limit
+        # is shared by every client of it anyway.
+        key = (source.name, base_url, allow)
         client = self._clients.get(key)
         if client is None:
             client = self._clients[key] = open_client(
@@ -325,7 +319,6 @@ class _Clients:
                 allow=allow,
                 provider=source.name,
                 max_in_flight=source.max_in_flight,
-                limits=POOL_LIMITS,
                 timeout=httpx.Timeout(self.runtime.settings.http_timeout_s, connect=10.0),
             )
         return client
