@@ -5,7 +5,8 @@
 Every connection is a declarative REST connection reading the sandbox's fixed-size
 ``/bench/events`` endpoint (10 pages of 100 records, 50 ms injected latency per request;
 served by ``bench.provider``, the sandbox's pages and answers from a lean HTTP/1.1 server
-rather than Tornado, see there) through WriteVue's whole path: fetch, staging, polars
+rather than Tornado, see there; ``--provider sandbox`` serves them from the Tornado
+sandbox instead) through WriteVue's whole path: fetch, staging, polars
 aggregation and the warehouse upsert. WriteVue runs in worker processes (one per core by
 default), each refreshing its share of the connections with
 ``refresh.refresh_connections`` as one of the concurrent batch runs of a scheduled
@@ -54,7 +55,7 @@ import httpx
 
 from bench.procfs import cpu_s
 from bench.sandbox_pages import bench_key
-from bench.sandbox_process import start_provider
+from bench.sandbox_process import start_provider, start_sandbox
 from bench.workers import children_usage, run_workers
 
 LATENCY_S = 0.05
@@ -408,6 +409,12 @@ def main(argv: list[str] | None = None) -> None:
         default=os.cpu_count() or 1,
         help="worker processes (default: one per core, like concurrent batch runs)",
     )
+    parser.add_argument(
+        "--provider",
+        choices=("lean", "sandbox"),
+        default="lean",
+        help="who serves the pages: bench.provider (default) or the Tornado sandbox",
+    )
     parser.add_argument("--worker", nargs=2, metavar=("HOME", "IDS"), help=argparse.SUPPRESS)
     parser.add_argument(
         "--floor", nargs=3, metavar=("URL", "KEYS", "LAYOUT"), help=argparse.SUPPRESS
@@ -422,7 +429,8 @@ def main(argv: list[str] | None = None) -> None:
 
     n, processes = args.connections, max(1, args.processes)
     # The provider makes its accounts' data before it listens, as a provider has it already.
-    sandbox, base_url = start_provider(
+    start = start_provider if args.provider == "lean" else start_sandbox
+    sandbox, base_url = start(
         latency_s=LATENCY_S,
         bench_records=PAGES * PER_PAGE,
         bench_accounts=n + DLT_WARMUP * processes,
