@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import socket
+import struct
 from collections.abc import Awaitable, Callable
 
 import httpx
@@ -191,8 +193,9 @@ def test_an_answer_cut_short_is_an_error_and_its_connection_is_dropped():
         b"NOT HTTP AT ALL\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nabcde",
         b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nabcd" + b"HTTP/1.1 200 OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nabcd" + b"garbage!!\r\n\r\n",
     ],
-    ids=["bad-status", "not-http", "two-lengths", "unasked-answer"],
+    ids=["bad-status", "not-http", "two-lengths", "unasked-answer", "garbage-after"],
 )
 def test_a_malformed_answer_is_a_protocol_error_never_reused(answer):
     async def bad(reader, writer, server):
@@ -211,7 +214,7 @@ def test_a_malformed_answer_is_a_protocol_error_never_reused(answer):
         return outcomes
 
     outcomes, server = run(bad, scenario)
-    if answer.endswith(b"\r\n\r\n") and b"abcd" in answer:
+    if b"Content-Length: 4\r\n" in answer:
         # The first answer is whole; what followed it makes the connection untrusted.
         assert outcomes == [b"abcd", b"abcd"] and server.connections == 2
     else:
@@ -239,6 +242,7 @@ def test_an_endless_head_is_refused_at_the_cap():
         {"X-Key": "abc\r\nX-Injected: 1"},
         {"X-Key": "abc\nX-Injected: 1"},
         {"X-Key": "abc\x00"},
+        {"X-Key": "abc\x1b[2J"},
         {"Bad Name": "x"},
     ],
 )
@@ -460,3 +464,135 @@ def test_a_client_used_again_in_another_event_loop_opens_new_connections():
 
     statuses, connections = asyncio.run(serve_twice())
     assert statuses == [200] * 4 and connections == 2
+
+
+def test_a_waiter_woken_then_cancelled_passes_its_turn_on():
+    async def closing(reader, writer, server):
+        await server.read_request(reader)
+        writer.write(ok(extra=b"Connection: close\r\n"))
+        await writer.drain()
+
+    async def scenario(http):
+        held = await http.send(http.build_request("GET", "/a"), stream=True)  # the one slot
+        second = asyncio.create_task(http.get("/b"))
+        third = asyncio.create_task(http.get("/c", timeout=httpx.Timeout(5, pool=2)))
+        await asyncio.sleep(0.1)
+        await held.aclose()  # frees the slot and wakes the second...
+        second.cancel()  # ...which leaves in the same turn of the loop
+        return (await third).status_code
+
+    status, _ = run(closing, scenario, max_connections=1)
+    assert status == 200
+
+
+def test_a_reset_in_a_body_without_length_is_an_error_not_its_end():
+    async def reset(reader, writer, server):
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n[1,2,3")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    async def scenario(http):
+        with pytest.raises(httpx.ReadError):
+            await http.get("/x")
+
+    run(reset, scenario)
+
+
+@pytest.mark.parametrize("endless", [b"X-Trailer: a\r\n", b"a" * 1000], ids=["many", "one"])
+def test_endless_trailers_are_refused_at_the_cap(endless):
+    async def trailing(reader, writer, server):
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n")
+        if not endless.startswith(b"X-"):
+            writer.write(b"X-Trailer: ")
+        for _ in range(MAX_HEAD_BYTES // len(endless) * 4):
+            writer.write(endless)
+            await writer.drain()
+        await asyncio.sleep(5)
+
+    async def scenario(http):
+        with pytest.raises(httpx.RemoteProtocolError, match="framing over"):
+            await asyncio.wait_for(http.get("/x"), 4)
+
+    run(trailing, scenario)
+
+
+def test_a_body_in_tiny_chunks_is_held_back_as_soon():
+    async def tiny(reader, writer, server):
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        block = b"1\r\na\r\n" * 10_000
+        for _ in range(2_000):
+            writer.write(block)
+            await writer.drain()
+
+    async def scenario(http):
+        async with http.stream("GET", "/x") as response:
+            async for _ in response.aiter_raw():
+                await asyncio.sleep(1)  # a slow reader
+                return len(response.stream._stream._connection.body)  # httpx's wrapper, ours
+
+    pieces, _ = run(tiny, scenario)
+    # Without counting what each piece costs, a quarter of a million would wait.
+    assert pieces < 100_000
+
+
+def test_closing_the_client_closes_answers_being_read_and_fails_waiters():
+    async def scenario(http):
+        transport = http._transport
+        streamed = await http.send(http.build_request("GET", "/a"), stream=True)
+        waiting = asyncio.create_task(
+            transport.handle_async_request(http.build_request("GET", "/b"))
+        )
+        await asyncio.sleep(0.1)
+        await transport.aclose()
+        with pytest.raises(httpx.ReadError):
+            await streamed.aread()
+        with pytest.raises(RuntimeError, match="closed"):
+            await waiting
+        return transport._open
+
+    async def slow(reader, writer, server):
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        await writer.drain()
+        await asyncio.sleep(5)
+
+    still_open, _ = run(slow, scenario, max_connections=1)
+    assert still_open == 0
+
+
+def test_answers_as_lenient_as_h11_where_framing_is_not_at_stake():
+    async def quirky(reader, writer, server):
+        while (head := await server.read_request(reader)) is not None:
+            if head.startswith(b"HEAD"):
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")  # body: wrong
+            elif b"/old" in head:
+                writer.write(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n[]")
+            else:
+                writer.write(b"HTTP/1.1 200 OK\nContent-Length: 2\nX-A: b\n\n{}")  # bare LFs
+            await writer.drain()
+
+    async def scenario(http):
+        lf = await http.get("/x")
+        head = await http.head("/x")
+        old = await http.get("/old")
+        return lf, head, old
+
+    (lf, head, old), _ = run(quirky, scenario)
+    assert (lf.json(), lf.headers["x-a"]) == ({}, "b")
+    assert head.content == b""
+    assert (old.http_version, old.json()) == ("HTTP/1.0", [])
+
+
+def test_a_request_that_says_close_is_not_kept():
+    async def scenario(http):
+        await http.get("/x", headers={"Connection": "close"})
+        await http.get("/x")
+
+    _, server = run(answer_each, scenario)
+    assert server.connections == 2

@@ -402,7 +402,7 @@ def _check(
         async with _Clients(runtime) as clients:
             request = _fetch_request(runtime, connection, secrets, start, None)
             source = get_source(connection.source)
-            result = await source.fetch(clients.client_for(connection, 0), request)
+            result = await source.fetch(clients.client_for(connection), request)
         return CheckResult(
             connection.id, result.records.height, result.requests, round(result.latency_s, 3)
         )

@@ -33,6 +33,7 @@ import asyncio
 import collections
 import os
 import re
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -46,11 +47,16 @@ import httpx
 MAX_HEAD_BYTES = 100 * 1024
 #: unread body bytes past which the socket is not read until the caller catches up
 _HIGH_WATER = 256 * 1024
+#: what each unread piece of a body is counted as besides its bytes (a piece costs memory of
+#: its own, so a body sent in tiny chunks reaches the high-water mark as soon)
+_PIECE_COST = 64
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 #: what a method or header name may be (RFC 9110's token)
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-#: what would end a request target or header value early
+#: what would end a request target early
 _SPLITS = re.compile(rb"[\r\n\x00]")
+#: what a header value may not hold: control characters but the tab (as h11 refuses them)
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 Origin = tuple[str, str, int]
 
@@ -63,6 +69,8 @@ class _Connection(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
+        # Lines ended by a bare LF, as h11 reads them (no framing hangs on it).
+        self.parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
         #: set by the answer's reader while it waits, woken by whatever arrives
         self.waiter: asyncio.Future | None = None
         self.idle_since = 0.0
@@ -76,6 +84,8 @@ class _Connection(asyncio.Protocol):
     def _reset(self) -> None:
         self.expecting = False  # a request was sent and its answer is not complete
         self.head_bytes = 0
+        #: bytes received since the body last grew: framing, chunk extensions, trailers
+        self.unread_framing = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.status = 0
         self.reason = b""
@@ -111,6 +121,7 @@ class _Connection(asyncio.Protocol):
             return
         if not self.head_done:
             self.head_bytes += len(data)
+        buffered = self.buffered
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -125,6 +136,12 @@ class _Connection(asyncio.Protocol):
         if not self.head_done and self.head_bytes > MAX_HEAD_BYTES:
             self._fail(httpx.RemoteProtocolError(f"answer head over {MAX_HEAD_BYTES} bytes"))
             return
+        if self.head_done and not self.complete:
+            # Endless trailers or chunk extensions: bytes that never become body.
+            self.unread_framing = 0 if self.buffered > buffered else self.unread_framing + len(data)
+            if self.unread_framing > MAX_HEAD_BYTES:
+                self._fail(httpx.RemoteProtocolError(f"answer framing over {MAX_HEAD_BYTES} bytes"))
+                return
         if self.buffered > _HIGH_WATER and not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
@@ -142,8 +159,8 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         self.reusable = False
         if self.expecting and not self.complete and self.error is None:
-            if self.head_done and not self.framed:
-                # An answer without a length ends when its connection does.
+            if self.head_done and not self.framed and exc is None:
+                # An answer without a length ends when its connection does (cleanly).
                 self.complete = True
             elif exc is not None:
                 self.error = httpx.ReadError(f"connection lost ({type(exc).__name__})")
@@ -163,7 +180,7 @@ class _Connection(asyncio.Protocol):
         self.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self.complete:
+        if not self.head_done:  # trailers are not kept (httpx has no place for them)
             self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -186,10 +203,10 @@ class _Connection(asyncio.Protocol):
             self.framed = True
 
     def on_body(self, chunk: bytes) -> None:
-        if self.complete:
-            return
+        if self.complete or self.skip_body:
+            return  # past the answer, or a body sent (wrongly) with an answer to HEAD
         self.body.append(chunk)
-        self.buffered += len(chunk)
+        self.buffered += len(chunk) + _PIECE_COST
 
     def on_message_complete(self) -> None:
         if not self.head_done or self.complete:
@@ -280,9 +297,9 @@ class _Body(httpx.AsyncByteStream):
                 if connection.body:
                     yield connection.take_body()
                     continue
-                connection.raise_error()
                 if connection.complete:
-                    break
+                    break  # whole, whatever came after it (that connection is not reused)
+                connection.raise_error()
                 if connection.closed:
                     raise httpx.ReadError("connection closed")
                 await connection.wait(self._read_timeout, "reading the body")
@@ -315,6 +332,8 @@ class Http11Transport(httpx.AsyncBaseTransport):
         self._idle_count = 0
         self._open = 0
         self._slot_waiters: collections.deque[asyncio.Future] = collections.deque()
+        #: connections whose exchange is under way (closed with the transport)
+        self._active: set[_Connection] = set()
         self._swept = time.monotonic()
         self._closed = False
 
@@ -329,35 +348,48 @@ class Http11Transport(httpx.AsyncBaseTransport):
         if now - self._swept > 1.0:
             self._sweep(now)
         while True:
+            if self._closed:
+                raise RuntimeError("the transport is closed")
             idle = self._idle.get(origin)
             while idle:
                 connection = idle.pop()
                 self._idle_count -= 1
                 if self._fresh(connection):
+                    self._active.add(connection)
                     return connection
                 self._drop(connection)
             limit = self._max_connections
             if limit is None or self._open < limit:
                 self._open += 1
                 try:
-                    return await self._connect(origin, timeouts.get("connect"))
+                    connection = await self._connect(origin, timeouts.get("connect"))
                 except BaseException:
                     self._open -= 1
                     self._wake_one()
                     raise
+                if self._closed:  # closed while connecting
+                    connection.close()
+                    self._open -= 1
+                    raise RuntimeError("the transport is closed")
+                self._active.add(connection)
+                return connection
             if self._idle_count:
                 self._evict_one()  # an idle connection to another provider makes room
                 continue
             waiter = loop.create_future()
             self._slot_waiters.append(waiter)
+            within = asyncio.timeout_at(deadline)
             try:
-                async with asyncio.timeout_at(deadline):
+                async with within:
                     await waiter
-            except TimeoutError:
-                raise httpx.PoolTimeout(f"no free connection within {timeout:g} s") from None
-            finally:
-                if not waiter.done():
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()  # woken, but leaving: the turn goes to the next
+                else:
                     waiter.cancel()  # _wake_one passes over it
+                if within.expired():
+                    raise httpx.PoolTimeout(f"no free connection within {timeout:g} s") from None
+                raise
 
     def _fresh(self, connection: _Connection) -> bool:
         if connection.closed or not connection.reusable:
@@ -406,6 +438,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
 
     def _release(self, connection: _Connection) -> None:
         """A connection whose exchange is over: kept idle if it can be reused, else closed."""
+        self._active.discard(connection)
         connection.expecting = False
         if (
             self._closed
@@ -431,8 +464,9 @@ class Http11Transport(httpx.AsyncBaseTransport):
         scheme, host, port = origin
         tls = self._ssl_context if scheme == "https" else None
         loop = asyncio.get_running_loop()
+        within = asyncio.timeout(timeout)
         try:
-            async with asyncio.timeout(timeout):
+            async with within:
                 _, connection = await loop.create_connection(
                     lambda: _Connection(origin),
                     host,
@@ -440,14 +474,14 @@ class Http11Transport(httpx.AsyncBaseTransport):
                     ssl=tls,
                     server_hostname=host if tls is not None else None,
                 )
-        except TimeoutError:
-            raise httpx.ConnectTimeout(f"no connection within {timeout:g} s") from None
+        except TimeoutError as exc:
+            if within.expired():
+                raise httpx.ConnectTimeout(f"no connection within {timeout:g} s") from None
+            raise httpx.ConnectTimeout(f"no connection ({_reason(exc)})") from None  # the OS's
         except ssl.SSLError as exc:
             raise httpx.ConnectError(f"TLS failed ({exc.reason or type(exc).__name__})") from None
         except OSError as exc:
-            # Its own text names the address; the errno's does not.
-            reason = os.strerror(exc.errno) if exc.errno else type(exc).__name__
-            raise httpx.ConnectError(f"could not connect ({reason})") from None
+            raise httpx.ConnectError(f"could not connect ({_reason(exc)})") from None
         return connection
 
     # -- an exchange ----------------------------------------------------------------------------
@@ -482,6 +516,8 @@ class Http11Transport(httpx.AsyncBaseTransport):
                 # llhttp cannot be told an answer to HEAD has no body; it is not reused.
                 connection.complete = True
                 connection.reusable = False
+            if request.headers.get("Connection", "").lower() == "close":
+                connection.reusable = False  # as the request said
         except BaseException:
             connection.close()
             self._release(connection)
@@ -490,7 +526,10 @@ class Http11Transport(httpx.AsyncBaseTransport):
             connection.status,
             headers=connection.headers,
             stream=_Body(self, connection, read_timeout),
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": connection.reason},
+            extensions={
+                "http_version": b"HTTP/" + connection.parser.get_http_version().encode(),
+                "reason_phrase": connection.reason,
+            },
         )
 
     async def _send(
@@ -528,6 +567,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
             raise httpx.WriteError("connection closed")
 
     async def aclose(self) -> None:
+        """Close every connection, idle or answering; whoever waits for one gets an error."""
         self._closed = True
         for connections in self._idle.values():
             for connection in connections:
@@ -535,6 +575,22 @@ class Http11Transport(httpx.AsyncBaseTransport):
                 self._open -= 1
         self._idle.clear()
         self._idle_count = 0
+        for connection in list(self._active):
+            connection.close()  # its reader sees it closed, and releases it
+            connection._wake()
+        while self._slot_waiters:
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # to find the transport closed
+
+
+def _reason(exc: OSError) -> str:
+    """An OS error in words that name no address (its own text may quote one)."""
+    if isinstance(exc, socket.gaierror):
+        return "the host name did not resolve"
+    if exc.errno and exc.errno > 0:
+        return os.strerror(exc.errno)
+    return type(exc).__name__
 
 
 def _head(request: httpx.Request) -> bytes:
@@ -546,9 +602,12 @@ def _head(request: httpx.Request) -> bytes:
         not _TOKEN.fullmatch(method)
         or _SPLITS.search(target)
         or b" " in target
-        or any(not _TOKEN.fullmatch(name) or _SPLITS.search(value) for name, value in raw)
+        or any(not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value) for name, value in raw)
     ):
         raise httpx.LocalProtocolError("a request method, target or header would split it")
+    headers = request.headers
+    if "Transfer-Encoding" in headers and "Content-Length" in headers:
+        raise httpx.LocalProtocolError("a request with a length and chunks")
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
     for name, value in raw:
         parts += (name, b": ", value, b"\r\n")
