@@ -473,6 +473,10 @@ class Http11Transport(httpx.AsyncBaseTransport):
                     port,
                     ssl=tls,
                     server_hostname=host if tls is not None else None,
+                    # Each of a host's addresses tried 250 ms after the one before, as
+                    # anyio (httpcore's) did: an address that drops packets does not cost
+                    # the whole connect timeout while the next one would answer.
+                    happy_eyeballs_delay=0.25,
                 )
         except TimeoutError as exc:
             if within.expired():
