@@ -550,20 +550,23 @@ def test_closing_the_client_closes_answers_being_read_and_fails_waiters():
         )
         await asyncio.sleep(0.1)
         await transport.aclose()
+        await asyncio.sleep(0.05)  # asyncio has reported the connections closed
         with pytest.raises(httpx.ReadError):
             await streamed.aread()
         with pytest.raises(RuntimeError, match="closed"):
             await waiting
         return transport._open
 
-    async def slow(reader, writer, server):
-        await server.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
-        await writer.drain()
-        await asyncio.sleep(5)
+    for framing in (b"Content-Length: 10\r\n", b""):  # a length, or none (until close)
 
-    still_open, _ = run(slow, scenario, max_connections=1)
-    assert still_open == 0
+        async def slow(reader, writer, server, framing=framing):
+            await server.read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\n%s\r\nabc" % framing)
+            await writer.drain()
+            await asyncio.sleep(5)
+
+        still_open, _ = run(slow, scenario, max_connections=1)
+        assert still_open == 0
 
 
 def test_answers_as_lenient_as_h11_where_framing_is_not_at_stake():

@@ -229,6 +229,9 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def close(self) -> None:
+        if self.expecting and not self.complete and self.error is None:
+            # Closed by this side mid-answer: not the end an answer without length has.
+            self.error = httpx.ReadError("connection closed")
         self.reusable = False
         self.closed = True
         if self.transport is not None:
