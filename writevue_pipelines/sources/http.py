@@ -1,7 +1,8 @@
 """The one HTTP layer every connector uses: read-only, patient, bounded and discreet.
 
-Behaviour lives in one httpx transport (``GuardedTransport``) around httpx's own, so
-connectors only ever call ``open_client`` and ``get_json``. For each request, in order:
+Behaviour lives in one httpx transport (``GuardedTransport``) around the HTTP/1.1 of
+``http11.Http11Transport``, so connectors only ever call ``open_client`` and
+``get_json``. For each request, in order:
 
 - the read-only guard refuses any request but GET and HEAD before it leaves the
   process, except an explicit allow-list of (method, host, path);
@@ -243,7 +244,7 @@ def paused_for(bucket: tuple[str, str]) -> float:
 
 class GuardedTransport(httpx.AsyncBaseTransport):
     """The read-only guard, retries, rate-limit pauses, the provider's in-flight limit and
-    each exchange's deadline, around httpx's own transport (see the module docstring)."""
+    each exchange's deadline, around the connections' transport (see the module docstring)."""
 
     def __init__(
         self,
