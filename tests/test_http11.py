@@ -271,12 +271,20 @@ def test_a_provider_that_never_answers_times_out_and_its_connection_is_dropped()
     assert took < 2 and still_open == 0
 
 
-def test_a_body_that_stalls_times_out():
+def stalling(answer_begun: bytes) -> Handler:
+    """A server that begins an answer (``answer_begun``) and then sends nothing more."""
+
     async def stalls(reader, writer, server):
         await server.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        writer.write(answer_begun)
         await writer.drain()
         await asyncio.sleep(5)
+
+    return stalls
+
+
+def test_a_body_that_stalls_times_out():
+    stalls = stalling(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
 
     async def scenario(http):
         with pytest.raises(httpx.ReadTimeout):
@@ -558,13 +566,7 @@ def test_closing_the_client_closes_answers_being_read_and_fails_waiters():
         return transport._open
 
     for framing in (b"Content-Length: 10\r\n", b""):  # a length, or none (until close)
-
-        async def slow(reader, writer, server, framing=framing):
-            await server.read_request(reader)
-            writer.write(b"HTTP/1.1 200 OK\r\n%s\r\nabc" % framing)
-            await writer.drain()
-            await asyncio.sleep(5)
-
+        slow = stalling(b"HTTP/1.1 200 OK\r\n%s\r\nabc" % framing)
         still_open, _ = run(slow, scenario, max_connections=1)
         assert still_open == 0
 

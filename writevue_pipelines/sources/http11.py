@@ -451,9 +451,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
             or connection.error is not None
             or (self._max_idle is not None and self._idle_count >= self._max_idle)
         ):
-            connection.close()
-            self._open -= 1
-            self._wake_one()
+            self._drop(connection)
             return
         connection._reset()
         connection.idle_since = time.monotonic()
