@@ -125,6 +125,21 @@ def _launch_refresh(instance, port: int, connection_id: str) -> str:
     return run.run_id
 
 
+def _queue_refreshes(instance, context, runtime, sandbox_url: str, count: int) -> list[str]:
+    """``count`` Stripe connections on the sandbox, each one's refresh created and queued
+    (submitted to the instance's queue, as a schedule's runs are). Returns the runs' ids."""
+    connections = [
+        add_stripe_connection(runtime, sandbox_url, new_stripe_key())[1] for _ in range(count)
+    ]
+    instance.add_dynamic_partitions(CONNECTION_PARTITIONS["stripe"].name, connections)
+    run_ids = []
+    for connection in connections:
+        run = _create_refresh(instance, context, connection)
+        instance.submit_run(run.run_id, context)
+        run_ids.append(run.run_id)
+    return run_ids
+
+
 def _run_pid(instance, run_id: str) -> int:
     """The run's process, as its own event log gives it ("Started process for run (pid: …)")."""
     import re
@@ -223,18 +238,10 @@ def test_the_first_pass_of_the_queue_keeps_a_new_pool_to_its_limit(home, code_se
 
     child, port = code_server
     with SandboxServer(latency_s=0.05) as sandbox, DagsterInstance.get() as instance:
-        connections = [
-            add_stripe_connection(runtime, sandbox.url, new_stripe_key())[1] for _ in range(3)
-        ]
-        instance.add_dynamic_partitions(CONNECTION_PARTITIONS["stripe"].name, connections)
         assert instance.get_concurrency_config().pool_config.default_pool_limit == 2
         with _workspace(instance, port) as workspace:
             context = workspace.create_request_context()
-            run_ids = []
-            for connection in connections:
-                run = _create_refresh(instance, context, connection)
-                instance.submit_run(run.run_id, context)
-                run_ids.append(run.run_id)
+            run_ids = _queue_refreshes(instance, context, runtime, sandbox.url, 3)
             assert {instance.get_run_by_id(r).status for r in run_ids} == {DagsterRunStatus.QUEUED}
 
             daemon = QueuedRunCoordinatorDaemon(
@@ -318,3 +325,54 @@ def test_the_preload_starts_no_numpy_thread(preloaded):
     a process that imports WriteVue first (the forkserver's preload) keeps it to one."""
     same = str(preloaded["same_named_threads"])
     assert same == "1", f"threads named as the process: {same}"
+
+
+@pytest.mark.timeout(300)
+def test_the_queue_starts_a_waiting_run_as_soon_as_a_slot_is_freed(home, code_server, runtime):
+    """Three refreshes of one provider queued, its pool's limit two: the daemon's queue
+    loop (Dagster's queue daemon as the daemon process builds it, here told to look at the
+    queue only once a minute) starts two, and the third as soon as one of them has ended,
+    not at its next look a minute later (Dagster's loop left a freed slot empty until
+    then: half a second on average at the configured 0.5 s)."""
+    from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
+    from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import (
+        QueuedRunCoordinatorDaemon,
+    )
+
+    child, port = code_server
+    with SandboxServer(latency_s=0.05) as sandbox, DagsterInstance.get() as instance:
+        # read as the daemon process reads it to build its queue daemon (here built below)
+        assert instance.run_coordinator.dequeue_interval_seconds == 0.5
+        stop = threading.Event()
+        with _workspace(instance, port) as workspace:
+            context = workspace.create_request_context()
+            run_ids = _queue_refreshes(instance, context, runtime, sandbox.url, 3)
+            with QueuedRunCoordinatorDaemon(interval_seconds=60) as daemon:
+
+                def loop() -> None:
+                    for _ in daemon.core_loop(workspace, stop):
+                        if stop.is_set():
+                            return
+
+                looping = threading.Thread(target=loop, daemon=True)
+                looping.start()
+                try:
+
+                    def finished() -> bool:
+                        return all(instance.get_run_by_id(r).is_finished for r in run_ids)
+
+                    wait_until(finished, timeout=240, what="the three runs", child=child)
+                finally:
+                    stop.set()
+                    looping.join(30)
+        records = {r: instance.get_run_record_by_id(r) for r in run_ids}
+        starting = {
+            r: instance.all_logs(r, of_type=DagsterEventType.PIPELINE_STARTING)[0].timestamp
+            for r in run_ids
+        }
+    assert {record.dagster_run.status for record in records.values()} == {DagsterRunStatus.SUCCESS}
+    first, second, third = sorted(run_ids, key=starting.get)
+    freed = min(records[first].end_time, records[second].end_time)
+    assert starting[third] > freed - 1, "the third run started before a slot was free"
+    waited = starting[third] - freed
+    assert waited < 20, f"the third run started {waited:.1f} s after a slot was freed"

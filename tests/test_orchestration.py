@@ -361,6 +361,92 @@ def test_writevue_init_writes_a_queued_instance_with_provider_pools(home):
         assert Path(instance.root_directory) == settings.dagster_home
 
 
+def _queue_wait(instance: DagsterInstance, deadline_s: float, end_a_run=None) -> float:
+    """How long the queue daemon's wait between passes lasted (seconds), with a run ended
+    (``end_a_run``) while it waits."""
+    import logging
+    import threading
+    import time
+
+    from writevue_pipelines.dagster_coordinator import _until_next_pass
+
+    started = time.monotonic()
+    waiting = _until_next_pass(
+        instance, threading.Event(), time.time() + deadline_s, logging.getLogger("queue")
+    )
+    next(waiting)  # its first sleep
+    if end_a_run is not None:
+        end_a_run()
+    for _ in waiting:
+        pass
+    return time.monotonic() - started
+
+
+def _runs(instance: DagsterInstance, *statuses):
+    """Runs of the Stripe refresh in these states, as the queue stores them."""
+    from dagster._core.remote_origin import (
+        InProcessCodeLocationOrigin,
+        RemoteJobOrigin,
+        RemoteRepositoryOrigin,
+    )
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+
+    location = InProcessCodeLocationOrigin(
+        LoadableTargetOrigin(module_name="writevue_pipelines.defs"), location_name="writevue"
+    )
+    origin = RemoteJobOrigin(RemoteRepositoryOrigin(location, "__repository__"), "refresh_stripe")
+    job = defs.resolve_job_def("refresh_stripe")
+    return [
+        instance.create_run_for_job(job_def=job, status=status, remote_job_origin=origin)
+        for status in statuses
+    ]
+
+
+def test_the_queue_daemon_looks_again_once_a_run_ends_while_others_wait(home):
+    """Between two passes of the run queue, the daemon waits its interval, unless runs are
+    queued and one under way ends: then it looks at once (tests/test_code_server.py
+    watches the real daemon start the run waiting for that slot)."""
+    settings = Settings.from_env()
+    init_home(settings)
+    with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+        running, _queued = _runs(instance, DagsterRunStatus.STARTED, DagsterRunStatus.QUEUED)
+        waited = _queue_wait(instance, 60, lambda: instance.report_run_canceled(running))
+    assert waited < 10, f"the daemon waited {waited:.1f} s after a slot was freed"
+
+
+def test_with_nothing_queued_the_queue_daemon_waits_its_interval(home):
+    """No run waits: a run that ends frees no slot anyone needs, and the daemon sleeps until
+    its next pass, as Dagster's does (no counting meanwhile)."""
+    settings = Settings.from_env()
+    init_home(settings)
+    with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+        (running,) = _runs(instance, DagsterRunStatus.STARTED)
+        waited = _queue_wait(instance, 1.5, lambda: instance.report_run_canceled(running))
+    assert waited >= 1.4, f"the daemon looked again after {waited:.2f} s, not at its interval"
+
+
+def test_the_queue_daemon_sleeps_its_interval_when_it_cannot_count_the_runs(home, caplog):
+    """The run storage failing while runs wait (here its table gone): the daemon's wait is
+    its interval, as Dagster's, with one warning; its next pass reports the storage's
+    error as Dagster's does."""
+    import sqlite3
+
+    settings = Settings.from_env()
+    init_home(settings)
+    with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+        _runs(instance, DagsterRunStatus.STARTED, DagsterRunStatus.QUEUED)
+        runs_db = Path(instance.root_directory) / "storage" / "history" / "runs.db"
+
+        def break_the_storage() -> None:
+            with sqlite3.connect(runs_db) as db:
+                db.execute("ALTER TABLE runs RENAME TO runs_gone")
+
+        waited = _queue_wait(instance, 1.5, break_the_storage)
+    assert waited >= 1.4, f"the daemon looked again after {waited:.2f} s"
+    warnings = [r.getMessage() for r in caplog.records if r.name == "queue"]
+    assert warnings == ["could not count the runs under way; looking again later"]
+
+
 def test_queueing_a_run_stores_its_pools_default_limit_and_keeps_an_operators(home):
     """The first run of a provider queued on a fresh instance brings its pool's default limit
     with it (tests/test_code_server.py watches the daemon's pass keep to it); a limit the

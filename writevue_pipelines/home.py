@@ -31,8 +31,9 @@ run_coordinator:
   module: writevue_pipelines.dagster_coordinator
   class: QueuedRunCoordinator
   config:
-    # How often the daemon looks for a queued run to start in a freed slot (seconds;
-    # fractions allowed: the daemon's loop wakes every half second).
+    # How often the daemon looks for a queued run to start (seconds; fractions allowed).
+    # While runs wait for a slot it also counts the runs under way every 0.05 s and
+    # starts the next as soon as one has ended.
     dequeue_interval_seconds: 0.5
 concurrency:
   runs:
