@@ -398,3 +398,80 @@ def test_a_runs_check_results_are_stored_together(either_instance):
     assert len(evaluations) == CHECKS
     # one by one: two or three transactions per result, 200-300 for these alone
     assert len(transactions) < CHECKS, f"{len(transactions)} transactions for {CHECKS} results"
+
+
+MATERIALISATIONS = 60
+
+
+def test_a_runs_materialisations_are_stored_together_and_read_back_meanwhile(either_instance):
+    """A batch run reports a materialisation per connection in a row: they are stored
+    together when the run's next other event comes, in one transaction (per file on SQLite)
+    instead of two or three each, each as Dagster would have stored it (the partition's
+    latest materialisation, its metadata, the asset's last run); and a read in the
+    meantime (the checks' targets: the latest per partition) finds them all, in order."""
+    from dagster import (
+        AssetSpec,
+        DagsterEventType,
+        DynamicPartitionsDefinition,
+        materialize,
+        multi_asset,
+    )
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    key = AssetKey("kept")
+    partitions = DynamicPartitionsDefinition(name="kept_partitions")
+    keys = [f"p{index:03d}" for index in range(MATERIALISATIONS)]
+    read_meanwhile: dict[str, int] = {}
+
+    # as WriteVue's refresh reports its connections (defs.assets)
+    @multi_asset(specs=[AssetSpec(key, skippable=True)], partitions_def=partitions, can_subset=True)
+    def kept(context):
+        for partition in context.partition_keys:
+            yield AssetMaterialization(key, partition=partition, metadata={"n": int(partition[1:])})
+        read_meanwhile.update(
+            context.instance.get_latest_storage_id_by_partition(
+                key, DagsterEventType.ASSET_MATERIALIZATION, partitions=set(keys)
+            )
+        )
+
+    instance = either_instance
+    instance.add_dynamic_partitions(partitions.name, keys)
+    sqlite = isinstance(instance.event_log_storage, PooledSqliteEventLogStorage)
+    transactions: list[int] = []
+
+    def committed(conn) -> None:
+        if "/history/runs/" in str(conn.engine.url):  # the event log's files
+            transactions.append(1)
+
+    def executed(conn, cursor, statement, parameters, context, executemany) -> None:
+        if _own_transaction(conn):
+            transactions.append(1)
+
+    name, count = ("commit", committed) if sqlite else ("before_cursor_execute", executed)
+    event.listen(Engine, name, count)
+    try:
+        result = materialize(
+            [kept],
+            instance=instance,
+            tags={
+                "dagster/asset_partition_range_start": keys[0],
+                "dagster/asset_partition_range_end": keys[-1],
+            },
+        )
+    finally:
+        event.remove(Engine, name, count)
+    assert result.success
+    assert sorted(read_meanwhile, key=read_meanwhile.__getitem__) == keys
+    records = instance.fetch_materializations(key, limit=MATERIALISATIONS + 1).records
+    assert {
+        record.partition_key: record.asset_materialization.metadata["n"].value for record in records
+    } == {partition: int(partition[1:]) for partition in keys}
+    assert {record.run_id for record in records} == {result.run_id}
+    assert instance.get_materialized_partitions(key) == set(keys)
+    (asset,) = instance.get_asset_records([key])
+    assert asset.asset_entry.last_materialization_record.run_id == result.run_id
+    # one by one: two or three transactions per materialisation, 120-180 for these alone
+    assert len(transactions) < MATERIALISATIONS, (
+        f"{len(transactions)} transactions for {MATERIALISATIONS} materialisations"
+    )

@@ -27,15 +27,16 @@ before, while several threads of one process (the daemon's) use one part at once
 ``PooledSqliteStorage`` is the same for the embedded instance (``writevue init``'s
 dagster.yaml names it): Dagster's SQLite files under ``base_dir``, each kept open (the
 index and the last few runs' files for the event log), with ``synchronous=NORMAL``, and a
-batch of events stored in one transaction per file; a run's check results, which a batch
-run reports in a row (300 for 50 connections), are kept until its next event and stored
-as such a batch.
+batch of events stored in one transaction per file; a run's materialisations and check
+results, which a batch run reports in a row (100 and 300 for 50 connections), are kept
+until its next other event and stored as such a batch.
 
 Every process that loads the instance (webserver, daemon, code server, run workers)
 imports this module, so it imports nothing of WriteVue but the package itself.
 """
 
 # Dagster reads annotations of configurable classes at runtime: no postponed annotations.
+import inspect
 import os
 import threading
 from collections import OrderedDict
@@ -53,6 +54,7 @@ from dagster._core.events import (
 )
 from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.base_storage import DagsterStorage
+from dagster._core.storage.event_log.base import EventLogStorage
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     INDEX_SHARD_NAME,
     SqliteEventLogStorage,
@@ -132,42 +134,50 @@ class _RemembersTables:
         return found
 
 
-#: a run's check results kept at most before they are stored together (a batch run of 50
-#: connections reports 300 in a row)
-CHECK_RESULTS_KEPT = 500
+#: a run's events kept at most before they are stored together (a batch run of 50
+#: connections reports 100 materialisations, then 300 check results, in a row)
+EVENTS_KEPT = 500
+#: what a run reports in a row, one per connection and asset or check: kept to be stored
+#: together
+KEPT_EVENT_TYPES = frozenset(
+    {DagsterEventType.ASSET_MATERIALIZATION, DagsterEventType.ASSET_CHECK_EVALUATION}
+)
 
 
-def _is_run_check_result(event: EventLogEntry) -> bool:
+def _is_kept(event: EventLogEntry) -> bool:
     return bool(
-        event.run_id
-        and event.is_dagster_event
-        and event.dagster_event_type == DagsterEventType.ASSET_CHECK_EVALUATION
+        event.run_id and event.is_dagster_event and event.dagster_event_type in KEPT_EVENT_TYPES
     )
 
 
-class _KeepsCheckResults:
-    """An event log (the classes after this one in the bases) that keeps a run's check
-    results until the run's next other event, then stores them together (``_store_batch``,
-    the storage's own: one transaction instead of two or three per result).
+class _KeepsAssetEvents:
+    """An event log (the classes after this one in the bases) that keeps a run's
+    materialisations and check results until the run's next other event, then stores them
+    together (``_store_batch``, the storage's own: one transaction instead of two or three
+    per event).
 
-    A batch run reports its connections' check results in a row (300 for 50 connections),
-    right before its step's output or end; Dagster stores each event as it comes, and a
-    check result was the largest part of what Dagster added to a refresh's CPU. Results
-    are kept at most ``CHECK_RESULTS_KEPT`` at a time; anything that reads a run's events
-    or the checks' results from this storage stores them first, and so does disposing of
-    it. A run killed in between loses the results not yet stored; it is then a failed run,
-    whose connections' checks its retry reports."""
+    A batch run reports a materialisation of each asset for each connection in a row (100
+    for 50 connections), then their check results (300), right before its step's output or
+    end; Dagster stores each event as it comes, and these events were the largest part of
+    what Dagster added to a refresh's CPU. Events are kept at most ``EVENTS_KEPT`` at a
+    time; every other use of this storage (any read, any other write, disposing of it)
+    stores them first, so this process never reads without them and the order of a run's
+    events is kept. Other processes (the UI, sensors) see them when they are stored, by the
+    end of the step. A run killed in between loses the events not yet stored; it is then a
+    failed run, whose retry refreshes its connections again and reports them."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         self._pending: list[EventLogEntry] = []
         self._pending_lock = threading.Lock()
+        #: set on a thread while it stores the kept events (what that calls stores nothing)
+        self._storing = threading.local()
         super().__init__(*args, **kwargs)
 
     def store_event(self, event: EventLogEntry) -> None:
-        if _is_run_check_result(event):
+        if _is_kept(event):
             with self._pending_lock:
                 self._pending.append(event)
-                if len(self._pending) < CHECK_RESULTS_KEPT:
+                if len(self._pending) < EVENTS_KEPT:
                     return
             self._store_pending()
             return
@@ -175,10 +185,16 @@ class _KeepsCheckResults:
         super().store_event(event)  # type: ignore[misc]
 
     def _store_pending(self) -> None:
+        if getattr(self._storing, "active", False):
+            return  # called by _store_batch itself: its events are on their way
         with self._pending_lock:
             pending, self._pending = self._pending, []
         if pending:
-            self._store_batch(pending)
+            self._storing.active = True
+            try:
+                self._store_batch(pending)
+            finally:
+                self._storing.active = False
 
     def _discard_pending(self) -> None:
         with self._pending_lock:
@@ -192,29 +208,27 @@ class _KeepsCheckResults:
         super().delete_events(run_id)  # type: ignore[misc]
 
 
-def _stores_kept_results_first(name: str) -> Any:
-    def read(self: _KeepsCheckResults, *args: Any, **kwargs: Any) -> Any:
+def _stores_kept_events_first(name: str) -> Any:
+    def use(self: _KeepsAssetEvents, *args: Any, **kwargs: Any) -> Any:
         self._store_pending()
-        return getattr(super(_KeepsCheckResults, self), name)(*args, **kwargs)
+        return getattr(super(_KeepsAssetEvents, self), name)(*args, **kwargs)
 
-    read.__name__ = name
-    read.__doc__ = f"{name}, after storing the check results kept."
-    return read
+    use.__name__ = name
+    use.__doc__ = f"{name}, after storing the events kept."
+    return use
 
 
-#: what reads a run's events or the checks' results: each stores the kept results first
-_READS = (
-    "get_records_for_run",
-    "get_event_records",
-    "get_asset_check_summary_records",
-    "get_asset_check_execution_history",
-    "get_latest_asset_check_execution_by_key",
-    "get_asset_check_partition_info",
-    "get_checkpointed_asset_check_state",
-    "get_asset_check_state",
+#: every other public method of an event log (Dagster's ``EventLogStorage``), reads and
+#: writes alike: each stores the kept events first (``store_event`` and
+#: ``store_event_batch`` handle them; ``wipe`` drops them with everything else)
+_USES = tuple(
+    name
+    for name, member in inspect.getmembers(EventLogStorage, inspect.isfunction)
+    if not name.startswith("_")
+    and name not in {"store_event", "store_event_batch", "delete_events", "dispose", "wipe"}
 )
-for _name in _READS:
-    setattr(_KeepsCheckResults, _name, _stores_kept_results_first(_name))
+for _name in _USES:
+    setattr(_KeepsAssetEvents, _name, _stores_kept_events_first(_name))
 
 
 class _KeepsConnections:
@@ -253,10 +267,10 @@ def _from_config(cls: type, inst_data: ConfigurableClassData | None, config_valu
 
 
 class PooledPostgresEventLogStorage(
-    _KeepsCheckResults, _RemembersTables, _KeepsConnections, PostgresEventLogStorage
+    _KeepsAssetEvents, _RemembersTables, _KeepsConnections, PostgresEventLogStorage
 ):
     """dagster-postgres' event log, keeping its connections and the tables it found, and
-    storing a run's check results together."""
+    storing a run's materialisations and check results together."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         #: a thread's open transaction, which its nested statements join
@@ -282,7 +296,7 @@ class PooledPostgresEventLogStorage(
             super().store_event_batch(events)
 
     def _store_batch(self, events: Sequence[EventLogEntry]) -> None:
-        """Kept check results, each as dagster-postgres' ``store_event`` stores it, all in
+        """Kept events, each as dagster-postgres' ``store_event`` stores it, all in
         one transaction."""
         with self._one_transaction():
             for entry in events:
@@ -404,7 +418,7 @@ def _synchronous_normal(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-class PooledSqliteEventLogStorage(_KeepsCheckResults, _RemembersTables, SqliteEventLogStorage):
+class PooledSqliteEventLogStorage(_KeepsAssetEvents, _RemembersTables, SqliteEventLogStorage):
     """Dagster's SQLite event log (an index file and one file per run), keeping a connection
     to the index and to the last ``SQLITE_SHARDS_KEPT`` run files it wrote or read."""
 
@@ -462,7 +476,7 @@ class PooledSqliteEventLogStorage(_KeepsCheckResults, _RemembersTables, SqliteEv
         """``store_event`` for each event, in one transaction per file instead of two or
         three per event: a run's planned materialisations (two per connection), which the
         daemon stores as one batch when it creates the run (``EVENT_BATCH_SIZE``), and a
-        batch run's check results (``store_event``)."""
+        batch run's materialisations and check results (``store_event``)."""
         self._store_pending()
         if len(events) < 2:
             for entry in events:
