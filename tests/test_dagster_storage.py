@@ -12,6 +12,7 @@ classes keep one connection per process and database.
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 import psycopg
@@ -321,6 +322,32 @@ def _own_transaction(conn) -> bool:
     return bool(getattr(conn.connection.dbapi_connection, "autocommit", False))
 
 
+@contextmanager
+def _event_log_transactions(instance):
+    """The event log's transactions meanwhile (a list, one item each): on SQLite its
+    files' commits, on PostgreSQL the statements sent outside a transaction."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    transactions: list[int] = []
+
+    def committed(conn) -> None:
+        if "/history/runs/" in str(conn.engine.url):  # the event log's files
+            transactions.append(1)
+
+    def executed(conn, cursor, statement, parameters, context, executemany) -> None:
+        if _own_transaction(conn):
+            transactions.append(1)
+
+    sqlite = isinstance(instance.event_log_storage, PooledSqliteEventLogStorage)
+    name, count = ("commit", committed) if sqlite else ("before_cursor_execute", executed)
+    event.listen(Engine, name, count)
+    try:
+        yield transactions
+    finally:
+        event.remove(Engine, name, count)
+
+
 def test_a_runs_check_results_are_stored_together(either_instance):
     """A batch run reports its check results in a row (six per connection): they are
     stored together when the run's next event comes, in one transaction (per file on
@@ -337,8 +364,6 @@ def test_a_runs_check_results_are_stored_together(either_instance):
     from dagster._core.storage.asset_check_execution_record import (
         AssetCheckExecutionRecordStatus,
     )
-    from sqlalchemy import event
-    from sqlalchemy.engine import Engine
 
     key = AssetKey("checked")
     read_meanwhile = []
@@ -363,23 +388,8 @@ def test_a_runs_check_results_are_stored_together(either_instance):
         read_meanwhile.append(latest.get(AssetCheckKey(key, f"c{CHECKS - 1}")))
 
     instance = either_instance
-    sqlite = isinstance(instance.event_log_storage, PooledSqliteEventLogStorage)
-    transactions: list[int] = []
-
-    def committed(conn) -> None:
-        if "/history/runs/" in str(conn.engine.url):  # the event log's files
-            transactions.append(1)
-
-    def executed(conn, cursor, statement, parameters, context, executemany) -> None:
-        if _own_transaction(conn):
-            transactions.append(1)
-
-    name, count = ("commit", committed) if sqlite else ("before_cursor_execute", executed)
-    event.listen(Engine, name, count)
-    try:
+    with _event_log_transactions(instance) as transactions:
         result = materialize([checked], instance=instance)
-    finally:
-        event.remove(Engine, name, count)
     assert result.success
     assert read_meanwhile[0] is not None and read_meanwhile[0].run_id == result.run_id
     storage = instance.event_log_storage
@@ -416,8 +426,6 @@ def test_a_runs_materialisations_are_stored_together_and_read_back_meanwhile(eit
         materialize,
         multi_asset,
     )
-    from sqlalchemy import event
-    from sqlalchemy.engine import Engine
 
     key = AssetKey("kept")
     partitions = DynamicPartitionsDefinition(name="kept_partitions")
@@ -437,20 +445,7 @@ def test_a_runs_materialisations_are_stored_together_and_read_back_meanwhile(eit
 
     instance = either_instance
     instance.add_dynamic_partitions(partitions.name, keys)
-    sqlite = isinstance(instance.event_log_storage, PooledSqliteEventLogStorage)
-    transactions: list[int] = []
-
-    def committed(conn) -> None:
-        if "/history/runs/" in str(conn.engine.url):  # the event log's files
-            transactions.append(1)
-
-    def executed(conn, cursor, statement, parameters, context, executemany) -> None:
-        if _own_transaction(conn):
-            transactions.append(1)
-
-    name, count = ("commit", committed) if sqlite else ("before_cursor_execute", executed)
-    event.listen(Engine, name, count)
-    try:
+    with _event_log_transactions(instance) as transactions:
         result = materialize(
             [kept],
             instance=instance,
@@ -459,8 +454,6 @@ def test_a_runs_materialisations_are_stored_together_and_read_back_meanwhile(eit
                 "dagster/asset_partition_range_end": keys[-1],
             },
         )
-    finally:
-        event.remove(Engine, name, count)
     assert result.success
     assert sorted(read_meanwhile, key=read_meanwhile.__getitem__) == keys
     records = instance.fetch_materializations(key, limit=MATERIALISATIONS + 1).records
