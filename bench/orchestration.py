@@ -479,6 +479,9 @@ class Scheduled:
     check_result_cpu_s: float = 0.0
     #: the largest summed RSS of the PostgreSQL server's processes (MB), when it is ours
     postgres_peak_rss_mb: float | None = None
+    #: the most runs under way at once, from their start and end (the instance's limit
+    #: holds them to ``concurrency``)
+    most_at_once: int = 0
 
     @property
     def check_results(self) -> int:
@@ -493,6 +496,17 @@ PHASES = (
     ("the step (refresh, checks, their events)", "STEP_START", "STEP_SUCCESS"),
     ("wound up: step ended to run ended", "STEP_SUCCESS", "PIPELINE_SUCCESS"),
 )
+
+
+def most_at_once(spans: list[tuple[float, float]]) -> int:
+    """The most of these (start, end) spans that overlap at any moment (one that ends as
+    another starts does not overlap it)."""
+    edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    most = under_way = 0
+    for _, step in edges:
+        under_way += step
+        most = max(most, under_way)
+    return most
 
 
 def events_by_type(instance, run_ids: list[str]) -> tuple[Counter, dict[str, float]]:
@@ -697,6 +711,7 @@ def run_dagster(
         phases=phases,
         check_result_cpu_s=per_result,
         postgres_peak_rss_mb=peak_server_rss if server_pids else None,
+        most_at_once=most_at_once([(r.start_time, r.end_time) for r in records]),
     )
 
 
@@ -810,6 +825,7 @@ def report(n: int, batch: int, concurrency: int, args, ran: Scheduled, base: Bas
             f"{ran.first_queued_s:.1f}, {ran.first_started_s:.1f}",
         ),
         ("  a run's length, start to end, mean (s)", f"{ran.mean_run_s:.1f}"),
+        ("  runs under way at once, most (start to end)", f"{ran.most_at_once}"),
         *((f"    {name} (s)", f"{seconds:.2f}") for name, seconds in ran.phases.items()),
         ("baseline: same batches, same concurrency (s)", f"{base.wall_s:.1f}"),
         ("  of which the in-run checks (s, slowest worker)", f"{base.checks_s:.1f}"),

@@ -65,3 +65,12 @@ def test_the_private_postgres_server_s_cpu_is_in_its_process_tree(tmp_path):
         server.stop(timeout=30)
         shutil.rmtree(folder, ignore_errors=True)
     assert not server.alive()
+
+
+def test_runs_at_once_counts_overlapping_spans_only():
+    """The report's "runs under way at once": two runs back to back are one at a time (the
+    next starts as the first ends); a third starting before either ends makes three."""
+    assert orchestration.most_at_once([]) == 0
+    assert orchestration.most_at_once([(0.0, 2.0), (2.0, 4.0)]) == 1
+    assert orchestration.most_at_once([(0.0, 2.0), (1.0, 3.0), (2.5, 4.0)]) == 2
+    assert orchestration.most_at_once([(0.0, 3.0), (1.0, 4.0), (2.0, 5.0), (4.5, 6.0)]) == 3
