@@ -382,8 +382,8 @@ def _queue_wait(instance: DagsterInstance, deadline_s: float, end_a_run=None) ->
     return time.monotonic() - started
 
 
-def _runs(instance: DagsterInstance, *statuses):
-    """Runs of the Stripe refresh in these states, as the queue stores them."""
+def _remote_origin(job_name: str):
+    """Where the queue finds a job of the code location, as a queued run names it."""
     from dagster._core.remote_origin import (
         InProcessCodeLocationOrigin,
         RemoteJobOrigin,
@@ -394,8 +394,13 @@ def _runs(instance: DagsterInstance, *statuses):
     location = InProcessCodeLocationOrigin(
         LoadableTargetOrigin(module_name="writevue_pipelines.defs"), location_name="writevue"
     )
-    origin = RemoteJobOrigin(RemoteRepositoryOrigin(location, "__repository__"), "refresh_stripe")
+    return RemoteJobOrigin(RemoteRepositoryOrigin(location, "__repository__"), job_name)
+
+
+def _runs(instance: DagsterInstance, *statuses):
+    """Runs of the Stripe refresh in these states, as the queue stores them."""
     job = defs.resolve_job_def("refresh_stripe")
+    origin = _remote_origin(job.name)
     return [
         instance.create_run_for_job(job_def=job, status=status, remote_job_origin=origin)
         for status in statuses
@@ -452,18 +457,9 @@ def test_queueing_a_run_stores_its_pools_default_limit_and_keeps_an_operators(ho
     with it (tests/test_code_server.py watches the daemon's pass keep to it); a limit the
     operator set is left as it was."""
     from dagster._core.definitions.reconstruct import ReconstructableRepository
-    from dagster._core.remote_origin import (
-        InProcessCodeLocationOrigin,
-        RemoteJobOrigin,
-        RemoteRepositoryOrigin,
-    )
-    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
     from writevue_pipelines.defs.assets import REFRESH_JOBS, pool_name
 
-    location = InProcessCodeLocationOrigin(
-        LoadableTargetOrigin(module_name="writevue_pipelines.defs"), location_name="writevue"
-    )
     repository = ReconstructableRepository.for_module("writevue_pipelines.defs", "defs")
     settings = Settings.from_env()
     init_home(settings)
@@ -472,10 +468,9 @@ def test_queueing_a_run_stores_its_pools_default_limit_and_keeps_an_operators(ho
         storage.set_concurrency_slots(pool_name("github"), 1)  # the operator's
         for source in ("stripe", "github"):
             job = defs.resolve_job_def(REFRESH_JOBS[source].name)
-            origin = RemoteJobOrigin(RemoteRepositoryOrigin(location, "__repository__"), job.name)
             run = instance.create_run_for_job(
                 job_def=job,
-                remote_job_origin=origin,
+                remote_job_origin=_remote_origin(job.name),
                 job_code_origin=repository.get_reconstructable_job(job.name).get_python_origin(),
             )
             instance.submit_run(run.run_id, workspace=None)

@@ -28,6 +28,7 @@ from support import (
     stripe_connections,
 )
 
+from bench.orchestration import most_at_once
 from writevue_devtools.production_check import unit_command
 from writevue_pipelines import warehouse
 from writevue_pipelines.defs import defs
@@ -217,15 +218,6 @@ def step_intervals(instance: DagsterInstance, run_id: str) -> dict[str, tuple[fl
     return {key: (starts[key], ends[key]) for key in starts}
 
 
-def most_at_once(intervals) -> int:
-    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
-    running = peak = 0
-    for _, change in edges:
-        running += change
-        peak = max(peak, running)
-    return peak
-
-
 def test_two_celery_workers_refresh_a_runs_connections_step_by_step(
     runtime, sandbox, celery_layout, tmp_path
 ):
@@ -299,7 +291,7 @@ def test_two_celery_workers_refresh_a_runs_connections_step_by_step(
         ]
         assert len(submitted) == len(ids)
         assert sum(1 for at in submitted if at < first_end) == 2
-        assert most_at_once(intervals.values()) <= 2
+        assert most_at_once(list(intervals.values())) <= 2
 
         # With the pool at one slot, the two workers take its connections one at a time.
         instance.event_log_storage.set_concurrency_slots("stripe_api", 1)
@@ -307,7 +299,7 @@ def test_two_celery_workers_refresh_a_runs_connections_step_by_step(
         assert again.returncode == 0, again.stderr[-2000:]
         latest = instance.get_runs(RunsFilter(job_name=JOB), limit=1)[0]
         intervals = step_intervals(instance, latest.run_id)
-        assert len(intervals) == 3 and most_at_once(intervals.values()) == 1
+        assert len(intervals) == 3 and most_at_once(list(intervals.values())) == 1
 
     # Nothing secret reached the run's process or the workers' output.
     for text in (finished.stdout, finished.stderr, *(w.tail(10_000) for w in workers)):
