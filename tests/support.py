@@ -796,6 +796,24 @@ def register_oauth_source(monkeypatch, source) -> None:
     use_sandbox_oauth_client(monkeypatch, source.name)
 
 
+#: Python source for a probe process: from here on, ``reads`` lists each time alembic reads
+#: a folder of migration scripts (Dagster's among them)
+COUNT_MIGRATION_READS = """
+from alembic.script import base
+
+reads = []
+read = base.ScriptDirectory._load_revisions
+
+
+def counted(self):
+    reads.append(str(self.dir))
+    yield from read(self)
+
+
+base.ScriptDirectory._load_revisions = counted
+"""
+
+
 def deploy_dagster_home(monkeypatch, postgres_url: str, folder: Path) -> Path:
     """A DAGSTER_HOME holding deploy/dagster.yaml (every store in PostgreSQL), its
     DAGSTER_PG_* variables pointing at ``postgres_url``, for the rest of one test."""

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import add_stripe_connection, new_stripe_key
+from support import COUNT_MIGRATION_READS, add_stripe_connection, new_stripe_key
 
 from bench.orchestration import descendants, process_parents, start_code_server
 from writevue_pipelines import registry, warehouse
@@ -376,3 +376,83 @@ def test_the_queue_starts_a_waiting_run_as_soon_as_a_slot_is_freed(home, code_se
     assert starting[third] > freed - 1, "the third run started before a slot was free"
     waited = starting[third] - freed
     assert waited < 20, f"the third run started {waited:.1f} s after a slot was freed"
+
+
+#: a run forked from the forkserver, as near as a test can watch one: this process imports
+#: ``run_preload`` (the forkserver's preload), builds what the code server hands a run
+#: (the job, reconstructable from the code location; the run's arguments, serialised),
+#: and then does what the forked process does (``start_run_in_subprocess``: the instance
+#: opened from its reference, the run executed), printing what that imported and how
+#: often it read Dagster's migration scripts
+_FORKED_RUN = (
+    """
+import json, multiprocessing, os, sys
+import writevue_pipelines.run_preload
+from dagster._core.definitions.reconstruct import ReconstructableRepository
+from dagster._core.instance.ref import InstanceRef
+from dagster._core.remote_origin import (
+    GrpcServerCodeLocationOrigin,
+    RemoteJobOrigin,
+    RemoteRepositoryOrigin,
+)
+from dagster._grpc.impl import start_run_in_subprocess
+from dagster._grpc.types import ExecuteExternalJobArgs
+from dagster_shared.serdes import serialize_value
+
+run_id, job = sys.argv[1:]
+recon_job = ReconstructableRepository.for_module(
+    "writevue_pipelines.defs", "defs"
+).get_reconstructable_job(job)
+location = GrpcServerCodeLocationOrigin(host="127.0.0.1", port=4266, location_name="writevue")
+origin = RemoteJobOrigin(RemoteRepositoryOrigin(location, "__repository__"), job)
+ref = InstanceRef.from_dir(os.environ["DAGSTER_HOME"])
+arguments = serialize_value(
+    ExecuteExternalJobArgs(job_origin=origin, run_id=run_id, instance_ref=ref)
+)
+status, stop = multiprocessing.Queue(), multiprocessing.Event()
+"""
+    + COUNT_MIGRATION_READS
+    + """
+before = set(sys.modules)
+start_run_in_subprocess(arguments, recon_job, status, stop)
+imported = sorted(set(sys.modules) - before)
+print(json.dumps({"imported": imported, "reads": reads}))
+"""
+)
+
+
+@pytest.mark.timeout(300)
+def test_a_forked_run_imports_nothing_and_reads_no_migration_script(home, runtime):
+    """Whatever a run imports or reads when it starts, it pays for in every run; forked
+    from the forkserver, it should find all of it done. (Found undone: the file-system
+    paths Dagster's instance loads for its definitions' state (``upath``, with fsspec), its
+    secrets loader, its compute logs, and Dagster's ~90 migration scripts, read three
+    times: about 0.1 s of CPU a run.)"""
+    import json
+    import subprocess
+    import sys
+
+    from dagster import DagsterInstance, DagsterRunStatus
+
+    from writevue_pipelines.defs import defs
+
+    with SandboxServer(latency_s=0.01) as sandbox:
+        _, connection = add_stripe_connection(runtime, sandbox.url, new_stripe_key())
+        with DagsterInstance.get() as instance:
+            instance.add_dynamic_partitions(CONNECTION_PARTITIONS["stripe"].name, [connection])
+            job = defs.get_job_def(job_name("stripe"))
+            run = instance.create_run_for_job(job, tags={"dagster/partition": connection})
+            done = subprocess.run(
+                [sys.executable, "-c", _FORKED_RUN, run.run_id, job.name],
+                capture_output=True,
+                text=True,
+                timeout=240,
+            )
+            assert done.returncode == 0, done.stderr[-3000:]
+            assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.SUCCESS
+    with runtime.db.session() as session:
+        assert warehouse.connection_fact_count(session, connection) > 0
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (out["imported"], out["reads"]) == ([], []), (
+        f"imported by the run: {' '.join(out['imported'])}; migration scripts read: {out['reads']}"
+    )

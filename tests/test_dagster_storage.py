@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from dagster import AssetCheckEvaluation, AssetKey, AssetMaterialization, DagsterInstance
 from dagster._core.storage.dagster_run import DagsterRun, make_new_run_id
-from support import deploy_dagster_home
+from support import COUNT_MIGRATION_READS, deploy_dagster_home
 
 from writevue_pipelines.dagster_storage import (
     PooledPostgresEventLogStorage,
@@ -481,3 +481,58 @@ def test_a_runs_materialisations_are_stored_together_and_read_back_meanwhile(eit
         )
     else:
         assert seen_elsewhere == [MATERIALISATIONS]
+
+
+# -- Dagster's migration scripts -------------------------------------------------------------
+
+#: in a process of its own (nothing read yet): opens the instance of DAGSTER_HOME three
+#: times, each storing an event of a new run (SQLite: a new file of the run's, created and
+#: stamped), and prints how often Dagster's migration scripts were read and each store's
+#: (stored, newest) migration
+_READS_MIGRATIONS = (
+    COUNT_MIGRATION_READS
+    + """
+import json
+from dagster import DagsterInstance
+from dagster._core.storage.dagster_run import DagsterRun, make_new_run_id
+
+versions = []
+for _ in range(3):
+    instance = DagsterInstance.get()
+    run = instance.add_run(DagsterRun(job_name="migrations", run_id=make_new_run_id()))
+    instance.report_engine_event("stored", run)
+    assert [e.message for e in instance.all_logs(run.run_id)] == ["stored"]
+    for store in (instance.run_storage, instance.event_log_storage, instance.schedule_storage):
+        versions.append(list(store.alembic_version()))
+    instance.dispose()
+print(json.dumps({"reads": reads, "versions": versions}))
+"""
+)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_a_process_reads_dagsters_migration_scripts_once(kind, request, monkeypatch, tmp_path):
+    """Dagster checks each store's migration against the newest of its ~90 scripts, which
+    it reads (executing each file) at every check: three or four times for every run, in
+    the daemon that launches it and in the run itself, about 35 ms of CPU each time. The
+    scripts of an installed Dagster do not change while a process runs: read once."""
+    import json
+    import subprocess
+    import sys
+
+    if kind == "sqlite":
+        request.getfixturevalue("home")
+        init_home(Settings.from_env())
+    else:
+        home = deploy_dagster_home(monkeypatch, request.getfixturevalue("postgres_url"), tmp_path)
+        monkeypatch.setenv("DAGSTER_HOME", str(home))
+    result = subprocess.run(
+        [sys.executable, "-c", _READS_MIGRATIONS], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.splitlines()[-1])
+    assert len(out["reads"]) == 1, out["reads"]
+    # every store is at Dagster's newest migration, the new runs' files included
+    assert len(out["versions"]) == 9
+    for stored, newest in out["versions"]:
+        assert stored and stored == newest

@@ -31,6 +31,9 @@ batch of events stored in one transaction per file; a run's materialisations and
 results, which a batch run reports in a row (100 and 300 for 50 connections), are kept
 until its next other event and stored as such a batch.
 
+Dagster's migration scripts are read once per process (``read_dagster_migrations``)
+rather than at every check of a store's migration.
+
 Every process that loads the instance (webserver, daemon, code server, run workers)
 imports this module, so it imports nothing of WriteVue but the package itself.
 """
@@ -45,6 +48,7 @@ from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import yaml
+from alembic.script import ScriptDirectory
 from dagster._core.errors import DagsterInvariantViolationError
 from dagster._core.events import (
     ASSET_CHECK_EVENTS,
@@ -61,7 +65,7 @@ from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
 )
 from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
 from dagster._core.storage.schedules.sqlite.sqlite_schedule_storage import SqliteScheduleStorage
-from dagster._core.storage.sql import create_engine
+from dagster._core.storage.sql import ALEMBIC_SCRIPTS_LOCATION, create_engine, get_alembic_config
 from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
 from dagster._core.storage.sqlite_storage import (
     DagsterSqliteStorage,
@@ -91,6 +95,41 @@ from sqlalchemy import event
 #: first. An operator's own value wins.
 EVENT_BATCH_SIZE = 500
 os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", str(EVENT_BATCH_SIZE))
+
+#: Dagster checks a store's migration against the newest of its migration scripts (about
+#: 90 files, each executed by alembic to read it) every time it opens the store, and
+#: stamps a new SQLite file of a run's the same way: three or four times for every run,
+#: in the daemon that creates and launches it and in the run's own process, about 35 ms of
+#: CPU each (bench.orchestration, py-spy). An installed Dagster's scripts do not change
+#: while a process runs: alembic's ``ScriptDirectory.from_config`` gives Dagster's the
+#: one folder object per process, which reads them once; every other folder (WriteVue's
+#: own migrations among them) is alembic's own, read as before.
+_dagster_scripts: dict[str, ScriptDirectory] = {}
+_dagster_scripts_lock = threading.Lock()
+_scripts_from_config = ScriptDirectory.from_config.__func__
+
+
+def _dagster_scripts_read_once(cls: type[ScriptDirectory], config: Any) -> ScriptDirectory:
+    location = config.get_alembic_option("script_location")
+    if cls is not ScriptDirectory or location != ALEMBIC_SCRIPTS_LOCATION:
+        return _scripts_from_config(cls, config)
+    with _dagster_scripts_lock:
+        scripts = _dagster_scripts.get(location)
+        if scripts is None:
+            scripts = _dagster_scripts[location] = _scripts_from_config(cls, config)
+        return scripts
+
+
+ScriptDirectory.from_config = classmethod(_dagster_scripts_read_once)
+
+
+def read_dagster_migrations() -> None:
+    """Read Dagster's migration scripts now (the code server's forkserver, so that every
+    run forked from it starts with them read)."""
+    import dagster._core.storage.runs.sqlite.sqlite_run_storage as runs
+
+    ScriptDirectory.from_config(get_alembic_config(runs.__file__)).as_revision_number("head")
+
 
 #: connections an event log keeps open per process (each process is one run, or the
 #: daemon), and how many more it may open while its threads write at once

@@ -3,9 +3,10 @@
 Importing this module loads Dagster's run machinery, the storages an instance may name,
 WriteVue's definitions and what its runs import when they start, and resolves the
 definitions into their repository, so that a run forked from the forkserver starts with
-all of it in memory. Nothing here opens a file or a connection: the forkserver forks
-every run from this state. (polars starts its allocator's and spill cleaner's threads
-when imported; a forked run has only the thread that forked, and polars works in it.)
+all of it in memory, Dagster's migration scripts read. Nothing here opens a connection
+or keeps a file open: the forkserver forks every run from this state. (polars starts its
+allocator's and spill cleaner's threads when imported; a forked run has only the thread
+that forked, and polars works in it.)
 
 If anything here fails, the forkserver still starts (it ignores a failed preload) and
 each run imports what it needs itself, as a spawned run would, and reports any error
@@ -29,6 +30,36 @@ DAGSTER_MODULES = (
     "dagster._core.storage.runs.sqlite.sqlite_run_storage",
     "dagster._core.storage.schedules.sqlite.sqlite_schedule_storage",
     "writevue_pipelines.dagster_storage",
+    "writevue_pipelines.dagster_coordinator",
+)
+
+#: what Dagster imports only when a run opens its instance and executes (the instance's
+#: factory, secrets loader (dotenv), compute logs and storage of its definitions' state
+#: (``upath``, which imports fsspec), the execution plan's and executor's modules, the
+#: code pointer's loader) and httpx's certificates: each run imported them itself,
+#: about 0.05 s of CPU a run (tests/test_code_server.py watches a run for imports)
+RUN_START_MODULES = (
+    "dagster._core.instance.factory",
+    "dagster._core.secrets.env_file",
+    "dagster._core.secrets.loader",
+    "dagster._core.storage.local_compute_log_manager",
+    "dagster._core.storage.root",
+    "dagster._core.storage.migration.utils",
+    "dagster._core.storage.defs_state.blob_storage_state_storage",
+    "dagster._core.execution.plan.active",
+    "dagster._core.executor.in_process",
+    "dagster._core.system_config.composite_descent",
+    "dagster._core.utility_ops",
+    "dagster._core.workspace.autodiscovery",
+    "dagster._utils.temp_file",
+    "dagster._utils.test",
+    "dagster._utils.test.definitions",
+    "upath.core",
+    "upath.implementations.local",
+    "watchdog.observers.polling",
+    "certifi",
+    "importlib.readers",
+    "importlib.resources.readers",
 )
 
 #: what a run imports when it starts rather than when the code location loads (a
@@ -42,8 +73,12 @@ RUN_MODULES = (
 
 
 def _preload() -> None:
-    for name in DAGSTER_MODULES:
+    for name in (*DAGSTER_MODULES, *RUN_START_MODULES):
         importlib.import_module(name)
+    from .dagster_storage import read_dagster_migrations
+
+    # Dagster checks every store's migration when a run opens its instance
+    read_dagster_migrations()
     from .defs import defs
 
     defs.get_repository_def()
