@@ -1,6 +1,6 @@
 """Benchmark: a scheduled refresh of N connections through a real Dagster daemon.
 
-    python -m bench.orchestration --connections 1000 [--instance postgres]
+    python -m bench.orchestration --connections 1000 [--instance postgres] [--repeat 3]
 
 A fresh WRITEVUE_HOME (``writevue init``: SQLite warehouse, queued run coordinator, the
 default run launcher) gets N Stripe connections on the sandbox (its own process). The
@@ -45,6 +45,11 @@ process imports compiled bytecode, as an installed release does (a cache folder 
 benchmark's own, filled before the tick), not the checkout's sources compiled again in
 each run (PYTHONDONTWRITEBYTECODE). peak_rss_mb is the largest summed RSS of the daemon's
 process tree (with the code server and PostgreSQL).
+
+The two phases run one after the other, and on a shared machine each may run 15-20%
+faster or slower than the other for reasons of the machine's own. ``--repeat N`` takes N
+measurements, each Dagster's and then its baseline's from a new home, prints each one's
+report, and ends with the median of each figure (and every measurement's ``wall_ratio``).
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ import math
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -742,14 +748,32 @@ def main(argv: list[str] | None = None) -> None:
         "PostgreSQL server of the benchmark's own",
     )
     parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="measurements (each Dagster's and then the baseline's, from a new home) to take; "
+        "with more than one, the last line gives the medians",
+    )
+    parser.add_argument(
         "--baseline-worker", nargs=2, metavar=("HOME", "BATCHES"), help=argparse.SUPPRESS
     )
     args = parser.parse_args(argv)
     if args.baseline_worker:
         print(json.dumps(baseline_worker(*args.baseline_worker)))
         return
-    n = args.connections
+    figures = []
+    for repeat in range(args.repeat):
+        if args.repeat > 1:
+            print(f"-- measurement {repeat + 1} of {args.repeat}", flush=True)
+        figures.append(measure(args))
+    if args.repeat > 1:
+        summarise(args.connections, figures)
 
+
+def measure(args) -> dict[str, float]:
+    """One measurement, Dagster's and then the baseline's, in a WRITEVUE_HOME of its own:
+    prints its report and returns its key figures."""
+    n = args.connections
     workdir = Path(tempfile.mkdtemp(prefix="writevue-bench-orchestration-"))
     home = workdir / "home"
     env = {
@@ -797,10 +821,32 @@ def main(argv: list[str] | None = None) -> None:
         if server is not None:
             server.stop(timeout=30)
             shutil.rmtree(pg_folder, ignore_errors=True)
-    report(n, batch, concurrency, args, ran, base)
+    return report(n, batch, concurrency, args, ran, base)
 
 
-def report(n: int, batch: int, concurrency: int, args, ran: Scheduled, base: Baseline) -> None:
+def summarise(n: int, figures: list[dict[str, float]]) -> None:
+    """The median of each key figure over the measurements, and every measurement's
+    ratios: each ratio is Dagster's against the baseline measured right after it, so
+    that a machine slower or faster for a minute moves both sides of one ratio."""
+    print(f"-- {len(figures)} measurements: medians")
+    middle = {key: statistics.median(f[key] for f in figures) for key in figures[0]}
+    for key in ("wall_ratio", "cpu_per_run_s"):
+        each = ", ".join(f"{f[key]:.2f}" for f in figures)
+        print(f"{key}: median {middle[key]:.2f} ({each})")
+    ratios = ",".join(f"{f['wall_ratio']:.2f}" for f in figures)
+    print(
+        f"connections={n} repeats={len(figures)} runs={middle['runs']:.0f} "
+        f"wall_s={middle['wall_s']:.1f} baseline_s={middle['baseline_s']:.1f} "
+        f"wall_ratio={middle['wall_ratio']:.2f} "
+        f"wall_ratios={ratios} "
+        f"cpu_per_run_s={middle['cpu_per_run_s']:.2f} "
+        f"peak_rss_mb={max(f['peak_rss_mb'] for f in figures):.0f}"
+    )
+
+
+def report(
+    n: int, batch: int, concurrency: int, args, ran: Scheduled, base: Baseline
+) -> dict[str, float]:
     runs = max(ran.runs, 1)
     wall_ratio = ran.wall_s / base.wall_s
     overhead_cpu = (ran.cpu_s - base.cpu_s) / runs
@@ -867,6 +913,14 @@ def report(n: int, batch: int, concurrency: int, args, ran: Scheduled, base: Bas
         f"cpu_per_run_s={overhead_cpu:.2f} check_store_s={storing_checks:.2f} "
         f"peak_rss_mb={ran.peak_rss_mb:.0f}"
     )
+    return {
+        "runs": ran.runs,
+        "wall_s": ran.wall_s,
+        "baseline_s": base.wall_s,
+        "wall_ratio": wall_ratio,
+        "cpu_per_run_s": overhead_cpu,
+        "peak_rss_mb": ran.peak_rss_mb,
+    }
 
 
 if __name__ == "__main__":

@@ -74,3 +74,28 @@ def test_runs_at_once_counts_overlapping_spans_only():
     assert orchestration.most_at_once([(0.0, 2.0), (2.0, 4.0)]) == 1
     assert orchestration.most_at_once([(0.0, 2.0), (1.0, 3.0), (2.5, 4.0)]) == 2
     assert orchestration.most_at_once([(0.0, 3.0), (1.0, 4.0), (2.0, 5.0), (4.5, 6.0)]) == 3
+
+
+def test_repeated_measurements_end_with_each_figures_median(capsys):
+    """``--repeat``: the last line gives each figure's median over the measurements (not
+    the best, not the mean a single slow minute drags), every measurement's ratio, and the
+    largest peak RSS."""
+    figures = [
+        {
+            "runs": 20,
+            "wall_s": w,
+            "baseline_s": b,
+            "wall_ratio": w / b,
+            "cpu_per_run_s": c,
+            "peak_rss_mb": rss,
+        }
+        for w, b, c, rss in ((30.0, 20.0, 1.1, 960), (36.0, 15.0, 1.6, 990), (27.0, 15.0, 1.2, 970))
+    ]
+    orchestration.summarise(1000, figures)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    values = dict(pair.split("=") for pair in last.split())
+    assert values["wall_ratio"] == "1.80"  # of 1.50, 2.40 and 1.80
+    assert values["wall_ratios"] == "1.50,2.40,1.80"
+    assert values["cpu_per_run_s"] == "1.20"
+    assert values["wall_s"] == "30.0" and values["baseline_s"] == "15.0"
+    assert values["peak_rss_mb"] == "990" and values["repeats"] == "3"
