@@ -15,7 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
-from support import COUNT_MIGRATION_READS, add_stripe_connection, new_stripe_key
+from support import (
+    COUNT_MIGRATION_READS,
+    add_stripe_connection,
+    deploy_dagster_home,
+    new_stripe_key,
+)
 
 from bench.orchestration import descendants, process_parents, start_code_server
 from writevue_pipelines import registry, warehouse
@@ -422,7 +427,10 @@ print(json.dumps({"imported": imported, "reads": reads}))
 
 
 @pytest.mark.timeout(300)
-def test_a_forked_run_imports_nothing_and_reads_no_migration_script(home, runtime):
+@pytest.mark.parametrize("instance_kind", ["sqlite", "postgres"])
+def test_a_forked_run_imports_nothing_and_reads_no_migration_script(
+    instance_kind, request, monkeypatch, tmp_path, home, runtime
+):
     """Whatever a run imports or reads when it starts, it pays for in every run; forked
     from the forkserver, it should find all of it done. (Found undone: the file-system
     paths Dagster's instance loads for its definitions' state (``upath``, with fsspec), its
@@ -436,6 +444,10 @@ def test_a_forked_run_imports_nothing_and_reads_no_migration_script(home, runtim
 
     from writevue_pipelines.defs import defs
 
+    if instance_kind == "postgres":  # the production instance (deploy/dagster.yaml)
+        postgres_url = request.getfixturevalue("postgres_url")
+        dagster_home = deploy_dagster_home(monkeypatch, postgres_url, tmp_path / "dagster")
+        monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
     with SandboxServer(latency_s=0.01) as sandbox:
         _, connection = add_stripe_connection(runtime, sandbox.url, new_stripe_key())
         with DagsterInstance.get() as instance:

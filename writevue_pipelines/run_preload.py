@@ -36,8 +36,9 @@ DAGSTER_MODULES = (
 #: what Dagster imports only when a run opens its instance and executes (the instance's
 #: factory, secrets loader (dotenv), compute logs and storage of its definitions' state
 #: (``upath``, which imports fsspec), the execution plan's and executor's modules, the
-#: code pointer's loader) and httpx's certificates: each run imported them itself,
-#: about 0.05 s of CPU a run (tests/test_code_server.py watches a run for imports)
+#: code pointer's loader), PostgreSQL's driver (the production instance's storage) and
+#: httpx's certificates: each run imported them itself, about 0.05 s of CPU a run
+#: (tests/test_code_server.py watches a run, on either instance, for imports)
 RUN_START_MODULES = (
     "dagster._core.instance.factory",
     "dagster._core.secrets.env_file",
@@ -57,6 +58,9 @@ RUN_START_MODULES = (
     "upath.core",
     "upath.implementations.local",
     "watchdog.observers.polling",
+    "psycopg2.extras",
+    "psycopg2.errors",
+    "psycopg2._ipaddress",
     "certifi",
     "importlib.readers",
     "importlib.resources.readers",
