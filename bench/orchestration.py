@@ -761,6 +761,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.baseline_worker:
         print(json.dumps(baseline_worker(*args.baseline_worker)))
         return
+    # A kill of the bench still stops the daemon tree and the sandbox (see measure's finally).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    os.environ.pop("WRITEVUE_DATABASE_URL", None)
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    become_subreaper()
     figures = []
     for repeat in range(args.repeat):
         if args.repeat > 1:
@@ -783,12 +788,7 @@ def measure(args) -> dict[str, float]:
         # bytecode as an installed release has it, in a cache of the benchmark's own
         "PYTHONPYCACHEPREFIX": str(workdir / "bytecode"),
     }
-    # A kill of the bench still stops the daemon tree and the sandbox (see finally).
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     os.environ.update(env)
-    os.environ.pop("WRITEVUE_DATABASE_URL", None)
-    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
-    become_subreaper()
 
     from writevue_pipelines.home import init_home
     from writevue_pipelines.runtime import Runtime

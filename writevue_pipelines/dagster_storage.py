@@ -104,20 +104,20 @@ os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", str(EVENT_BATCH_SIZE))
 #: while a process runs: alembic's ``ScriptDirectory.from_config`` gives Dagster's the
 #: one folder object per process, which reads them once; every other folder (WriteVue's
 #: own migrations among them) is alembic's own, read as before.
-_dagster_scripts: dict[str, ScriptDirectory] = {}
+_dagster_scripts: ScriptDirectory | None = None
 _dagster_scripts_lock = threading.Lock()
 _scripts_from_config = ScriptDirectory.from_config.__func__
 
 
 def _dagster_scripts_read_once(cls: type[ScriptDirectory], config: Any) -> ScriptDirectory:
+    global _dagster_scripts
     location = config.get_alembic_option("script_location")
     if cls is not ScriptDirectory or location != ALEMBIC_SCRIPTS_LOCATION:
         return _scripts_from_config(cls, config)
     with _dagster_scripts_lock:
-        scripts = _dagster_scripts.get(location)
-        if scripts is None:
-            scripts = _dagster_scripts[location] = _scripts_from_config(cls, config)
-        return scripts
+        if _dagster_scripts is None:
+            _dagster_scripts = _scripts_from_config(cls, config)
+        return _dagster_scripts
 
 
 ScriptDirectory.from_config = classmethod(_dagster_scripts_read_once)
